@@ -1,0 +1,6 @@
+"""graphc: a symbolic graph compiler for static computation graphs, on NumPy."""
+from graphc.ir import Graph, GraphcError, Node, ShapeError  # noqa: F401
+from graphc.api import *  # noqa: F401,F403
+from graphc.autodiff import grad, vjp  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,403 @@
+"""The graph IR: one immutable node type, the op table it is built from, graphs and the printer.
+
+Everything above this module builds nodes through `apply`, which runs the op's shape rule and
+records the user's file and line, so every error can point back at the user's own code.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
+Shape = tuple[Dim, ...]
+
+
+class GraphcError(Exception):
+    """Every error a user can cause."""
+
+
+class ShapeError(GraphcError, ValueError):
+    """A shape or dtype rule rejected its inputs; `apply` adds the op, shapes and line."""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op: shape/dtype rule, NumPy kernel, VJP rule, sympy form, flags."""
+    name: str
+    infer: Callable[..., tuple]   # infer(*input_nodes, **attrs) -> (shape, dtype[, attrs])
+    kernel: Callable[..., np.ndarray]         # kernel(*arrays, **attrs) -> array
+    vjp: Callable | None = None               # vjp(g, out, *inputs, **attrs) -> input grads
+    sym: Callable | None = None               # sym(*sympy_args, **attrs) -> sympy expression
+    elementwise: bool = False
+    random: bool = False                      # kernel takes rng=, the executor owns the generator
+
+
+OPS: dict[str, OpDef] = {}
+_ids = itertools.count()
+_context = contextvars.ContextVar("graphc_context", default=((), None))
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name!r} registered twice")
+    OPS[op.name] = op
+    return op
+
+
+@contextlib.contextmanager
+def name_scope(name: str):
+    """Nodes built inside get `name` appended to their scope (layers use this for grouping)."""
+    scope, grad_of = _context.get()
+    token = _context.set((scope + (name,), grad_of))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+@contextlib.contextmanager
+def backward_of(node: Node):
+    """Nodes built inside are gradient nodes of the forward node `node`."""
+    scope, _ = _context.get()
+    token = _context.set((scope, node))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def user_line() -> str:
+    """file:line of the innermost frame outside the graphc package."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+class Node:
+    """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
+
+    Leaves carry `data`: a read-only array for constants, a one-element list (the storage
+    box, shared by every rebuilt copy) for variables, None for placeholders.
+    """
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "name", "where", "scope",
+                 "grad_of", "data", "id", "__weakref__")
+    __array_priority__ = 1000   # ndarray + node -> node.__radd__
+
+    def __init__(self, op: str, inputs: tuple[Node, ...], attrs: dict, shape: Shape, dtype,
+                 name: str | None = None, where: str = "<unknown>", scope: tuple = (),
+                 grad_of: Node | None = None, data: Any = None):
+        self.op, self.inputs, self.attrs = op, tuple(inputs), dict(attrs)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.name, self.where, self.scope, self.grad_of = name, where, scope, grad_of
+        self.data, self.id = data, next(_ids)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def opdef(self) -> OpDef:
+        return OPS[self.op]
+
+    def replace(self, inputs: Sequence[Node]) -> Node:
+        """This node with other inputs; `self` when nothing changes."""
+        inputs = tuple(inputs)
+        if all(a is b for a, b in zip(inputs, self.inputs)):
+            return self
+        return apply(self.op, *inputs, _where=self.where, _name=self.name, _scope=self.scope,
+                     _grad_of=self.grad_of, **self.attrs)
+
+    def key(self) -> tuple:
+        """What makes two non-leaf nodes compute the same value (for CSE)."""
+        return (self.op, tuple(i.id for i in self.inputs),
+                tuple(sorted((k, _hashable(v)) for k, v in self.attrs.items())))
+
+    # variables -----------------------------------------------------------------------
+    @property
+    def value(self) -> np.ndarray:
+        if self.op == "variable":
+            return self.data[0]
+        if self.op == "constant":
+            return self.data
+        raise GraphcError(f"{self.op} node has no stored value; use .eval(feeds)")
+
+    @value.setter
+    def value(self, new) -> None:
+        if self.op != "variable":
+            raise GraphcError(f"only variables can be assigned, not a {self.op} node")
+        new = np.asarray(new)
+        if new.shape != self.shape:
+            raise GraphcError(f"variable {self.label()}: cannot assign shape {new.shape}, "
+                              f"expected {self.shape}")
+        if not np.can_cast(new.dtype, self.dtype, "same_kind"):
+            raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
+                              f"expected {self.dtype}")
+        self.data[0] = np.array(new, dtype=self.dtype)
+
+    # evaluation and printing -----------------------------------------------------------
+    def eval(self, feeds: dict | None = None) -> np.ndarray:
+        """Evaluate with the reference interpreter (no compilation)."""
+        return evaluate([self], feeds or {})[0]
+
+    def label(self) -> str:
+        return repr(self.name) if self.name else f"<{self.op}>"
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"<Node {self.op}{name} {format_shape(self.shape)} {self.dtype.name}>"
+
+    def __str__(self) -> str:
+        return str(Graph([self]))
+
+    def __bool__(self):
+        raise GraphcError("a graph node has no truth value; use gc.where / gc.greater")
+
+    def __iter__(self):
+        raise GraphcError(f"cannot iterate over a graph node {format_shape(self.shape)}")
+
+    # operator overloads build nodes through the op table ------------------------------
+    def __add__(self, o): return apply("add", self, o)
+    def __radd__(self, o): return apply("add", o, self)
+    def __sub__(self, o): return apply("sub", self, o)
+    def __rsub__(self, o): return apply("sub", o, self)
+    def __mul__(self, o): return apply("mul", self, o)
+    def __rmul__(self, o): return apply("mul", o, self)
+    def __truediv__(self, o): return apply("div", self, o)
+    def __rtruediv__(self, o): return apply("div", o, self)
+    def __pow__(self, o): return apply("pow", self, o)
+    def __rpow__(self, o): return apply("pow", o, self)
+    def __matmul__(self, o): return apply("matmul", self, o)
+    def __rmatmul__(self, o): return apply("matmul", o, self)
+    def __neg__(self): return apply("neg", self)
+
+    @property
+    def T(self) -> Node:
+        return apply("transpose", self)
+
+
+def _hashable(v):
+    return tuple(map(_hashable, v)) if isinstance(v, (list, tuple)) else v
+
+
+def format_shape(shape: Shape) -> str:
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def as_node(x, like: Node | None = None) -> Node:
+    """A node for x; Python scalars take the dtype NumPy would give them beside `like`."""
+    if isinstance(x, Node):
+        return x
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        if like is not None:
+            dtype = np.result_type(like.dtype, x)
+        else:
+            dtype = np.float32 if isinstance(x, float) else np.asarray(x).dtype
+        return constant(np.asarray(x, dtype=dtype))
+    return constant(x)
+
+
+def constant(value, dtype=None, name: str | None = None) -> Node:
+    """A node holding a fixed array (read-only)."""
+    if isinstance(value, Node):
+        raise GraphcError(f"constant() needs an array, got a graph node {value!r}")
+    arr = np.array(value, dtype=dtype)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise GraphcError(f"constant: unsupported value of dtype {arr.dtype}")
+    if arr.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray) \
+            and not isinstance(value, np.generic):
+        arr = arr.astype(np.float32)       # Python floats default to float32, as in DL
+    arr.setflags(write=False)
+    scope, grad_of = _context.get()
+    return Node("constant", (), {}, arr.shape, arr.dtype, name, user_line(), scope, grad_of,
+                data=arr)
+
+
+def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
+          _scope: tuple | None = None, _grad_of: Node | None = None, **attrs) -> Node:
+    """Build a node of `op`: convert scalars, run the shape/dtype rule, record the user line."""
+    opdef = OPS[op]
+    nodes = [i for i in inputs if isinstance(i, Node)]
+    like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
+    nodes = tuple(as_node(i, like) for i in inputs)
+    where = _where or user_line()
+    try:
+        shape, dtype, *canonical = opdef.infer(*nodes, **attrs)
+    except ShapeError as e:
+        args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
+        raise GraphcError(f"{op}({args}): {e}\n  at {where}") from None
+    if canonical:                 # the rule may normalise attributes (axis=-1 -> axis=(1,))
+        attrs = canonical[0]
+    scope, grad_of = _context.get()
+    return Node(op, nodes, attrs, shape, dtype, _name, where,
+                scope if _scope is None else _scope, grad_of if _grad_of is None else _grad_of)
+
+
+# graphs -------------------------------------------------------------------------------
+
+def toposort(outputs: Iterable[Node]) -> list[Node]:
+    """Every node the outputs depend on, inputs before users, in a stable order (iterative)."""
+    order, seen = [], set()
+    for root in outputs:
+        if id(root) in seen:
+            continue
+        stack = [(root, 0)]
+        seen.add(id(root))
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                child = node.inputs[i]
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+class Graph:
+    """Outputs and variable updates (pairs (variable, new value)); nodes in stable order."""
+
+    def __init__(self, outputs: Sequence[Node], updates: Sequence[tuple[Node, Node]] = ()):
+        self.outputs = tuple(outputs)
+        self.updates = tuple((v, n) for v, n in updates)
+        roots = self.outputs + tuple(x for pair in self.updates for x in pair)
+        self.nodes = toposort(roots)
+
+    @property
+    def placeholders(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "placeholder"]
+
+    @property
+    def variables(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "variable"]
+
+    def users(self) -> dict[int, list[Node]]:
+        """id(node) -> the nodes that read it, in graph order."""
+        users: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                if n not in users[id(i)]:
+                    users[id(i)].append(n)
+        return users
+
+    def __str__(self) -> str:
+        return format_listing(self)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+def format_attr(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v)
+
+
+def format_node(node: Node, names: dict[int, str]) -> str:
+    """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`."""
+    args = [names.get(id(i), "?") for i in node.inputs]
+    if node.op == "constant":
+        arr = node.data
+        args.append(np.array2string(arr, precision=4, threshold=6, separator=", ")
+                    .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
+    args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
+    line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
+    note = f"  # {format_shape(node.shape)} {node.dtype.name}"
+    if node.name:
+        note += f" {node.name!r}"
+    if node.grad_of is not None:
+        note += f"  [grad of {names.get(id(node.grad_of), node.grad_of.label())}]"
+    return line + note
+
+
+def format_listing(graph: Graph) -> str:
+    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+    lines = [format_node(n, names) for n in graph.nodes]
+    outs = ", ".join(names[id(o)] for o in graph.outputs)
+    lines.append(f"return {outs}")
+    for var, new in graph.updates:
+        lines.append(f"update {names[id(var)]} <- {names[id(new)]}")
+    return "\n".join(lines)
+
+
+def rebuild(graph: Graph, mapping: dict[int, Node]) -> Graph:
+    """The graph with node id -> replacement applied, downstream nodes rebuilt (iteratively)."""
+    new: dict[int, Node] = {}
+    for n in graph.nodes:
+        if id(n) in mapping:
+            new[id(n)] = mapping[id(n)]
+        else:
+            new[id(n)] = n.replace([new[id(i)] for i in n.inputs]) if n.inputs else n
+    return Graph([new[id(o)] for o in graph.outputs],
+                 [(new[id(v)], new[id(u)]) for v, u in graph.updates])
+
+
+# the reference interpreter ------------------------------------------------------------
+
+def check_feed(ph: Node, value) -> np.ndarray:
+    """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != ph.dtype and not np.can_cast(value.dtype, ph.dtype, "safe"):
+            raise GraphcError(f"feed for placeholder {ph.label()}: expected dtype "
+                              f"{ph.dtype.name}, got {value.dtype.name} (cast it first, e.g. "
+                              f"x.astype('{ph.dtype.name}'))")
+        arr = value.astype(ph.dtype, copy=False)
+    else:
+        try:
+            arr = np.asarray(value, dtype=ph.dtype)
+        except (TypeError, ValueError) as e:
+            raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
+    if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n
+                                        for d, n in zip(ph.shape, arr.shape)):
+        raise GraphcError(f"feed for placeholder {ph.label()}: expected shape "
+                          f"{format_shape(ph.shape)}, got {format_shape(arr.shape)}")
+    return arr
+
+
+def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
+    """Run the kernels in topological order: the oracle passes and the runtime are tested on."""
+    order = toposort(outputs)
+    for ph in feeds:
+        if not isinstance(ph, Node) or ph.op != "placeholder":
+            raise GraphcError(f"feeds are keyed by placeholders, got {ph!r}")
+    values: dict[int, np.ndarray] = {}
+    rngs: dict[int, np.random.Generator] = {}
+    for n in order:
+        if n.op == "placeholder":
+            if n not in feeds:
+                raise GraphcError(f"placeholder {n.label()} {format_shape(n.shape)} "
+                                  f"{n.dtype.name} needs a feed (built at {n.where})")
+            values[id(n)] = check_feed(n, feeds[n])
+        elif n.op == "variable":
+            values[id(n)] = n.data[0]
+        elif n.op == "constant":
+            values[id(n)] = n.data
+        else:
+            opdef = OPS[n.op]
+            extra = {"rng": rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))} \
+                if opdef.random else {}
+            try:
+                with np.errstate(all="ignore"):
+                    out = opdef.kernel(*[values[id(i)] for i in n.inputs], **n.attrs, **extra)
+            except GraphcError:
+                raise
+            except Exception as e:
+                shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
+                raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
+                                  f"  at {n.where}") from None
+            values[id(n)] = np.asarray(out)
+    return [values[id(o)] for o in outputs]

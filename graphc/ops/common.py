@@ -1,0 +1,59 @@
+"""Shared pieces of op declarations: broadcasting, dtype rules, axis normalisation."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir import Node, OpDef, Shape, ShapeError, format_shape, register
+
+
+def broadcast_shapes(*shapes: Shape) -> Shape:
+    """NumPy broadcasting, where None or a name stands for a batch dim of unknown size."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
+        sized = {d for d in dims if isinstance(d, int) and d != 1}
+        free = {d for d in dims if not isinstance(d, int)}
+        if len(sized) > 1:
+            raise ShapeError("shapes " + " and ".join(format_shape(s) for s in shapes)
+                             + " do not broadcast")
+        if sized:
+            out.append(sized.pop())
+        elif free:
+            out.append(free.pop() if len(free) == 1 else None)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def promote(*nodes: Node) -> np.dtype:
+    return np.result_type(*[n.dtype for n in nodes])
+
+
+def need_float(*nodes: Node) -> np.dtype:
+    dtype = promote(*nodes)
+    if dtype.kind != "f":
+        raise ShapeError(f"needs floating-point inputs, got {dtype.name} "
+                         "(use gc.cast(x, 'float32'))")
+    return dtype
+
+
+def norm_axes(axis, ndim: int) -> tuple[int, ...]:
+    """axis=None|int|tuple -> sorted tuple of non-negative axes, checked against ndim."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for rank {ndim}")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"axis {axis} repeats an axis")
+    return tuple(sorted(out))
+
+
+def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote) -> OpDef:
+    """Declare a broadcasting elementwise op: shape is the broadcast of the inputs' shapes."""
+    def infer(*xs, **attrs):
+        return broadcast_shapes(*[x.shape for x in xs]), dtype_rule(*xs)
+    return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True))

@@ -1,0 +1,123 @@
+"""Elementwise ops with NumPy broadcasting: arithmetic, functions, comparisons, where, cast."""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from graphc.ir import OpDef, ShapeError, apply, register
+from graphc.ops.common import elementwise, need_float, promote
+
+
+def where0(cond, g):
+    """g where cond holds, else 0 (routes a gradient)."""
+    return apply("where", cond, g, 0.0)
+
+
+def to_bool(*xs):
+    promote(*xs)
+    return np.dtype(bool)
+
+
+def sigmoid_kernel(x):
+    return (np.tanh(x * 0.5) + 1) * 0.5   # stable for any x, one ufunc chain
+
+
+elementwise("add", np.add, lambda g, out, a, b: (g, g), lambda a, b: a + b)
+elementwise("sub", np.subtract, lambda g, out, a, b: (g, -g), lambda a, b: a - b)
+elementwise("mul", np.multiply, lambda g, out, a, b: (g * b, g * a), lambda a, b: a * b)
+elementwise("div", np.divide, lambda g, out, a, b: (g / b, -g * out / b), lambda a, b: a / b,
+            dtype_rule=need_float)
+elementwise("neg", np.negative, lambda g, out, x: (-g,), lambda x: -x)
+elementwise("pow", np.power,
+            lambda g, out, a, b: (g * b * apply("pow", a, b - 1),
+                                  where0(apply("greater", a, 0),
+                                         g * out * apply("log", apply("abs", a)))),
+            lambda a, b: a ** b)
+elementwise("exp", np.exp, lambda g, out, x: (g * out,), sp.exp, dtype_rule=need_float)
+elementwise("log", np.log, lambda g, out, x: (g / x,), sp.log, dtype_rule=need_float)
+elementwise("sqrt", np.sqrt, lambda g, out, x: (g * 0.5 / out,), sp.sqrt, dtype_rule=need_float)
+elementwise("abs", np.abs, lambda g, out, x: (g * apply("sign", x),), sp.Abs)
+elementwise("sign", np.sign, lambda g, out, x: (None,), sp.sign)
+elementwise("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), sp.tanh,
+            dtype_rule=need_float)
+elementwise("sigmoid", sigmoid_kernel, lambda g, out, x: (g * out * (1 - out),),
+            lambda x: 1 / (1 + sp.exp(-x)), dtype_rule=need_float)
+elementwise("relu", lambda x: np.maximum(x, 0),
+            lambda g, out, x: (where0(apply("greater", x, 0), g),),   # relu'(0) = 0
+            lambda x: sp.Max(x, 0))
+elementwise("softplus", lambda x: np.logaddexp(0, x),
+            lambda g, out, x: (g * apply("sigmoid", x),),
+            lambda x: sp.log(1 + sp.exp(x)), dtype_rule=need_float)
+elementwise("maximum", np.maximum,   # ties: the first input wins
+            lambda g, out, a, b: (where0(apply("greater_equal", a, b), g),
+                                  where0(apply("less", a, b), g)), sp.Max)
+elementwise("minimum", np.minimum,
+            lambda g, out, a, b: (where0(apply("less_equal", a, b), g),
+                                  where0(apply("greater", a, b), g)), sp.Min)
+elementwise("greater", np.greater, lambda g, out, a, b: (None, None),
+            lambda a, b: sp.Gt(a, b), dtype_rule=to_bool)
+elementwise("greater_equal", np.greater_equal, lambda g, out, a, b: (None, None),
+            lambda a, b: sp.Ge(a, b), dtype_rule=to_bool)
+elementwise("less", np.less, lambda g, out, a, b: (None, None),
+            lambda a, b: sp.Lt(a, b), dtype_rule=to_bool)
+elementwise("less_equal", np.less_equal, lambda g, out, a, b: (None, None),
+            lambda a, b: sp.Le(a, b), dtype_rule=to_bool)
+elementwise("equal", np.equal, lambda g, out, a, b: (None, None),
+            lambda a, b: sp.Eq(a, b), dtype_rule=to_bool)
+
+
+def where_dtype(c, a, b):
+    if c.dtype != bool:
+        raise ShapeError(f"the condition must be bool, got {c.dtype.name}")
+    return promote(a, b)
+
+
+elementwise("where", np.where,
+            lambda g, out, c, a, b: (None, where0(c, g), where0(apply("logical_not", c), g)),
+            lambda c, a, b: sp.Piecewise((a, c), (b, True)), dtype_rule=where_dtype)
+elementwise("logical_not", np.logical_not, lambda g, out, x: (None,), sp.Not,
+            dtype_rule=to_bool)
+
+
+def cast_infer(x, *, dtype):
+    return x.shape, np.dtype(dtype)
+
+
+register(OpDef(
+    "cast", cast_infer, lambda x, *, dtype: x.astype(dtype),
+    lambda g, out, x, *, dtype: (apply("cast", g, dtype=x.dtype.name),),
+    lambda x, *, dtype: x, elementwise=True))
+
+
+# the public builders ------------------------------------------------------------------
+
+__all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "sign", "tanh",
+           "sigmoid", "relu", "softplus", "maximum", "minimum", "greater", "greater_equal",
+           "less", "less_equal", "equal", "logical_not", "where", "cast"]
+
+
+def add(a, b): return apply("add", a, b)
+def sub(a, b): return apply("sub", a, b)
+def mul(a, b): return apply("mul", a, b)
+def div(a, b): return apply("div", a, b)
+def neg(x): return apply("neg", x)
+def pow(a, b): return apply("pow", a, b)   # noqa: A001  (NumPy's name)
+def exp(x): return apply("exp", x)
+def log(x): return apply("log", x)
+def sqrt(x): return apply("sqrt", x)
+def abs(x): return apply("abs", x)         # noqa: A001
+def sign(x): return apply("sign", x)
+def tanh(x): return apply("tanh", x)
+def sigmoid(x): return apply("sigmoid", x)
+def relu(x): return apply("relu", x)
+def softplus(x): return apply("softplus", x)
+def maximum(a, b): return apply("maximum", a, b)
+def minimum(a, b): return apply("minimum", a, b)
+def greater(a, b): return apply("greater", a, b)
+def greater_equal(a, b): return apply("greater_equal", a, b)
+def less(a, b): return apply("less", a, b)
+def less_equal(a, b): return apply("less_equal", a, b)
+def equal(a, b): return apply("equal", a, b)
+def logical_not(x): return apply("logical_not", x)
+def where(cond, a, b): return apply("where", cond, a, b)
+def cast(x, dtype): return apply("cast", x, dtype=np.dtype(dtype).name)

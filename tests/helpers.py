@@ -1,0 +1,87 @@
+"""Shared test helpers: finite-difference gradient checks and op-table rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import graphc as gc
+from graphc.ir import Node, toposort
+
+
+@dataclass
+class Row:
+    """One op-table row: build(*leaves) -> node; `ref(*arrays)` is the NumPy reference."""
+    name: str
+    build: Callable
+    inputs: list                       # arrays; float ones are fed through placeholders
+    ref: Callable | None = None
+    attrs: dict = field(default_factory=dict)
+    grad: bool = True                  # check the VJP against finite differences
+    ops: tuple = ()                    # registered ops this row exercises (default: name)
+
+
+def leaves_for(arrays):
+    return [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
+
+
+def check_row(row: Row, rtol=1e-5, atol=1e-6):
+    """The kernel matches the reference and the shape/dtype rule matches the kernel's result."""
+    leaves = leaves_for(row.inputs)
+    out = row.build(*leaves)
+    val = out.eval(dict(zip(leaves, row.inputs)))
+    assert val.shape == out.shape, f"{row.name}: shape rule {out.shape} vs kernel {val.shape}"
+    assert val.dtype == out.dtype, f"{row.name}: dtype rule {out.dtype} vs kernel {val.dtype}"
+    if row.ref is not None:
+        np.testing.assert_allclose(val, row.ref(*row.inputs), rtol=rtol, atol=atol)
+    return out
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central finite differences of scalar f at array x (float64)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f(x)
+        flat[i] = old - eps
+        down = f(x)
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return g
+
+
+def verify_grad(build, inputs, rtol=1e-4, atol=1e-6, seed=0):
+    """Check grad of sum(build(*leaves) * r) against finite differences, for each float input.
+
+    The random weights r make every output element matter; inputs are float64 arrays.
+    """
+    leaves = leaves_for(inputs)
+    out = build(*leaves)
+    r = np.random.default_rng(seed).standard_normal(out.shape if None not in out.shape
+                                                    else out.eval(dict(zip(leaves, inputs))).shape)
+    cost = gc.sum(out * gc.constant(r.astype(out.dtype)))
+    floats = [i for i, a in enumerate(inputs) if a.dtype.kind == "f"]
+    grads = gc.grad(cost, [leaves[i] for i in floats])
+    feeds = dict(zip(leaves, inputs))
+    for i, g in zip(floats, grads):
+        assert g.shape == leaves[i].shape
+        got = g.eval(feeds)
+        x = inputs[i].copy()
+
+        def f(xi, i=i):
+            return float(cost.eval({**feeds, leaves[i]: xi}))
+        want = numeric_grad(f, x)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of input {i}")
+    return grads
+
+
+def is_backward(node: Node) -> bool:
+    return node.grad_of is not None
+
+
+def ops_in(node: Node) -> set[str]:
+    return {n.op for n in toposort([node])}
