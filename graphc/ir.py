@@ -92,7 +92,7 @@ class Node:
     """
     __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "name", "where", "scope",
                  "grad_of", "data", "id", "__weakref__")
-    __array_priority__ = 1000   # ndarray + node -> node.__radd__
+    __array_ufunc__ = None   # ndarray + node -> node.__radd__ (NumPy defers to us)
 
     def __init__(self, op: str, inputs: tuple[Node, ...], attrs: dict, shape: Shape, dtype,
                  name: str | None = None, where: str = "<unknown>", scope: tuple = (),
@@ -140,10 +140,10 @@ class Node:
         if new.shape != self.shape:
             raise GraphcError(f"variable {self.label()}: cannot assign shape {new.shape}, "
                               f"expected {self.shape}")
-        if not np.can_cast(new.dtype, self.dtype, "same_kind"):
+        if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
-        self.data[0] = np.array(new, dtype=self.dtype)
+        np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 
     # evaluation and printing -----------------------------------------------------------
     def eval(self, feeds: dict | None = None) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""grad and vjp: errors, disconnected inputs, tags, whole models and second order vs finite
+differences (float64)."""
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import toposort
+from tests.helpers import numeric_grad
+
+rng = np.random.default_rng(42)
+
+
+def check_model(cost, params, feeds, rtol=1e-4, atol=1e-7):
+    """grad(cost, params) against central differences of cost.eval, param by param."""
+    grads = gc.grad(cost, params)
+    for p, g in zip(params, grads):
+        assert g.shape == p.shape
+        got = g.eval(feeds)
+        if p.op == "variable":
+            def f(v, p=p):
+                old = p.value.copy()
+                p.value = v
+                try:
+                    return float(cost.eval(feeds))
+                finally:
+                    p.value = old
+            want = numeric_grad(f, p.value.copy())
+        else:
+            want = numeric_grad(lambda v, p=p: float(cost.eval({**feeds, p: v})),
+                                feeds[p].copy())
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=repr(p))
+    return grads
+
+
+def var(*shape, scale=0.5, name=None):
+    return gc.variable(rng.standard_normal(shape) * scale, name=name)
+
+
+def test_grad_of_a_non_scalar_names_the_shape_and_suggests_a_fix():
+    x = gc.placeholder((None, 3), dtype="float64", name="x")
+    with pytest.raises(gc.GraphcError, match=r"(?s)cost must be a scalar, got shape \(\?, 3\)"
+                                             r".*test_autodiff.py:\d+.*gc.vjp"):
+        gc.grad(x * 2.0, [x])
+
+
+def test_unrelated_wrt_gets_zeros_of_its_shape_or_raises_on_request():
+    x = gc.placeholder((None, 3), dtype="float64", name="x")
+    u = gc.variable(np.ones((2, 5)), name="u")
+    cost = gc.sum(x * x)
+    gx, gu = gc.grad(cost, [x, u])
+    feeds = {x: np.ones((4, 3))}
+    np.testing.assert_array_equal(gu.eval(feeds), np.zeros((2, 5)))
+    np.testing.assert_array_equal(gx.eval(feeds), 2 * np.ones((4, 3)))
+    with pytest.raises(gc.GraphcError, match="does not depend on 'u'"):
+        gc.grad(cost, [u], disconnected="raise")
+
+
+def test_integer_wrt_is_refused_and_integer_paths_get_no_gradient():
+    k = gc.placeholder((3,), dtype="int64", name="k")
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    with pytest.raises(gc.GraphcError, match="integer/bool dtype int64"):
+        gc.grad(gc.sum(x), [k])
+    (g,) = gc.grad(gc.sum(x * gc.cast(k, "float64")), [x])
+    np.testing.assert_array_equal(g.eval({x: np.ones(3), k: np.array([1, 2, 3])}), [1, 2, 3])
+
+
+def test_grad_wrt_an_intermediate_node_and_gradient_tags():
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    h = gc.tanh(x)
+    cost = gc.sum(h * h)
+    gh, gx = gc.grad(cost, [h, x])
+    xv = rng.standard_normal(3)
+    np.testing.assert_allclose(gh.eval({x: xv}), 2 * np.tanh(xv))
+    np.testing.assert_allclose(gx.eval({x: xv}), 2 * np.tanh(xv) * (1 - np.tanh(xv) ** 2))
+    backward = [n for n in toposort([gx]) if n.grad_of is not None]
+    assert backward and {n.grad_of.op for n in backward} <= {"sum", "mul", "tanh"}
+    assert all(n.grad_of is None for n in toposort([cost]))
+
+
+def test_vjp_of_a_non_scalar_output():
+    x = gc.placeholder((2, 3), dtype="float64", name="x")
+    y = gc.exp(x) * 3.0
+    ct = rng.standard_normal((2, 3))
+    (g,) = gc.vjp([y], [x], [gc.constant(ct)])
+    xv = rng.standard_normal((2, 3))
+    np.testing.assert_allclose(g.eval({x: xv}), ct * 3 * np.exp(xv))
+
+
+def test_gradient_accumulates_over_fan_out_and_broadcast():
+    x = gc.placeholder((4, 1), dtype="float64", name="x")
+    b = var(3, name="b")
+    cost = gc.sum(gc.sigmoid(x * b + x) * gc.sqrt(x * x + 1.0))
+    check_model(cost, [b, x], {x: rng.standard_normal((4, 1))})
+
+
+def test_hessian_vector_product_matches_differences_of_the_gradient():
+    x = gc.placeholder((4,), dtype="float64", name="x")
+    v = gc.placeholder((4,), dtype="float64", name="v")
+    cost = gc.sum(gc.tanh(x) * gc.exp(x * 0.3)) + gc.sum(x * x * x)
+    (g,) = gc.grad(cost, [x])
+    (hv,) = gc.grad(gc.sum(g * v), [x])
+    xv, vv = rng.standard_normal(4), rng.standard_normal(4)
+    eps = 1e-5
+    want = (g.eval({x: xv + eps * vv}) - g.eval({x: xv - eps * vv})) / (2 * eps)
+    np.testing.assert_allclose(hv.eval({x: xv, v: vv}), want, rtol=1e-6, atol=1e-8)
+
+
+def test_backward_graph_grows_linearly_and_reuses_forward_activations():
+    x = gc.placeholder((None, 8), dtype="float64", name="x")
+    sizes = []
+    for depth in (5, 10, 20):
+        h = x
+        ws = []
+        for i in range(depth):
+            w = var(8, 8, name=f"W{i}")
+            ws.append(w)
+            h = gc.tanh(gc.matmul(h, w))
+        cost = gc.sum(h)
+        grads = gc.grad(cost, ws)
+        fwd = toposort([cost])
+        both = toposort([cost] + grads)
+        assert set(map(id, fwd)) <= set(map(id, both))     # activations reused, not rebuilt
+        assert sum(n.op == "tanh" for n in both) == depth   # no forward op recomputed
+        sizes.append(len(both))
+    assert sizes[2] - sizes[1] == 2 * (sizes[1] - sizes[0])   # linear in depth
+
+
+# whole models ----------------------------------------------------------------------------
+
+def test_mlp_with_softmax_cross_entropy():
+    x = gc.placeholder((None, 6), dtype="float64", name="x")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    W1, b1 = var(6, 5, name="W1"), var(5, name="b1")
+    W2, b2 = var(5, 3, name="W2"), var(3, name="b2")
+    h = gc.relu(x @ W1 + b1)
+    loss = gc.mean(gc.softmax_cross_entropy(h @ W2 + b2, y))
+    feeds = {x: rng.standard_normal((7, 6)), y: rng.integers(0, 3, 7)}
+    check_model(loss, [W1, b1, W2, b2, x], feeds)
+
+
+def test_cnn_with_conv_pool_reshape_matmul():
+    x = gc.placeholder((2, 1, 7, 7), dtype="float64", name="x")
+    y = gc.placeholder((2,), dtype="int64", name="y")
+    K = var(3, 1, 3, 3, name="K")
+    c = var(1, 3, 1, 1, name="c")
+    W = var(27, 4, name="W")
+    a = gc.relu(gc.conv2d(x, K, stride=1, padding=1) + c)
+    p = gc.max_pool2d(a, 2)                                  # 7x7 -> 3x3 (floor)
+    logits = gc.reshape(p, (-1, 27)) @ W
+    loss = gc.mean(gc.softmax_cross_entropy(logits, y))
+    check_model(loss, [K, c, W], {x: rng.standard_normal((2, 1, 7, 7)), y: np.array([1, 3])})
+
+
+def test_logistic_regression_with_hand_written_bce():
+    x = gc.placeholder((None, 4), dtype="float64", name="x")
+    y = gc.placeholder((None,), dtype="float64", name="y")
+    w, b = var(4, name="w"), var((), name="b")
+    p = gc.sigmoid(x @ w + b)
+    loss = -gc.mean(y * gc.log(p) + (1.0 - y) * gc.log(1.0 - p))
+    check_model(loss, [w, b], {x: rng.standard_normal((9, 4)),
+                               y: rng.integers(0, 2, 9).astype(np.float64)})
+
+
+def test_layer_norm_like_expression():
+    x = gc.placeholder((3, 5), dtype="float64", name="x")
+    gamma, beta = var(5, name="gamma"), var(5, name="beta")
+    mu = gc.mean(x, axis=-1, keepdims=True)
+    var_ = gc.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    out = (x - mu) / gc.sqrt(var_ + 1e-5) * gamma + beta
+    cost = gc.sum(out * gc.constant(rng.standard_normal((3, 5))))
+    check_model(cost, [gamma, beta, x], {x: rng.standard_normal((3, 5))})

@@ -1,0 +1,155 @@
+"""The IR: listing printer, deep graphs, broadcasting, feeds, variables, errors, rebuild."""
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import Graph, rebuild, toposort
+from graphc.ops.common import broadcast_shapes
+
+
+def test_listing_names_every_node_with_shape_and_dtype():
+    x = gc.placeholder((None, 3), name="x")
+    y = gc.relu(x * 2.0)
+    assert str(y) == "\n".join([
+        "%0 = placeholder()  # (?, 3) float32 'x'",
+        "%1 = constant(2.)  # () float32",
+        "%2 = mul(%0, %1)  # (?, 3) float32",
+        "%3 = relu(%2)  # (?, 3) float32",
+        "return %3",
+    ])
+
+
+def test_listing_shows_attrs_updates_and_gradient_marks():
+    x = gc.placeholder((4,), dtype="float64", name="x")
+    v = gc.variable(np.zeros(4), name="v")
+    s = gc.sum(x * v, axis=0)
+    (gv,) = gc.grad(s, [v])
+    text = str(Graph([s], [(v, v - gv)]))
+    assert "sum(%2, axis=(0,), keepdims=False)  # () float64" in text
+    assert "[grad of" in text
+    assert text.splitlines()[-1].startswith("update %1 <- ")
+
+
+def test_deep_chain_of_10000_nodes_builds_prints_and_evaluates():
+    x = gc.placeholder((2,), dtype="float64", name="x")
+    y = x
+    for _ in range(10_000):
+        y = y + 1.0
+    assert len(toposort([y])) == 20_001           # x, and a constant and an add per step
+    assert str(y).count("\n") == 20_001
+    np.testing.assert_allclose(y.eval({x: np.zeros(2)}), [10_000.0, 10_000.0])
+    (g,) = gc.grad(gc.sum(y), [x])
+    np.testing.assert_allclose(g.eval({x: np.zeros(2)}), [1.0, 1.0])
+
+
+def test_topological_order_is_stable_and_inputs_come_first():
+    a = gc.placeholder((2,), name="a")
+    b = gc.placeholder((2,), name="b")
+    out = (a * b) + (b - a)
+    order = toposort([out])
+    assert [n.name for n in order if n.op == "placeholder"] == ["a", "b"]
+    pos = {id(n): i for i, n in enumerate(order)}
+    assert all(pos[id(i)] < pos[id(n)] for n in order for i in n.inputs)
+    assert [n.op for n in order] == [n.op for n in toposort([out])]
+
+
+@pytest.mark.parametrize("a, b, want", [
+    ((3, 1), (1, 4), (3, 4)),
+    ((5,), (2, 3, 5), (2, 3, 5)),
+    ((), (2, 2), (2, 2)),
+    ((None, 1), (4,), (None, 4)),
+    ((None, 4), (1, 4), (None, 4)),
+    ((None, 4), (None, 4), (None, 4)),
+    (("n", 4), ("n", 1), ("n", 4)),
+    ((0, 3), (1, 3), (0, 3)),
+])
+def test_broadcast_shapes(a, b, want):
+    assert broadcast_shapes(a, b) == want
+
+
+def test_broadcast_values_match_numpy_including_empty_and_scalar():
+    for sa, sb in [((3, 1), (1, 4)), ((0, 3), (3,)), ((), (2, 2)), ((2, 1, 3), (4, 1))]:
+        x = gc.placeholder(sa, dtype="float64")
+        y = gc.placeholder(sb, dtype="float64")
+        xv, yv = np.random.rand(*sa), np.random.rand(*sb)
+        out = (x * y + x).eval({x: xv, y: yv})
+        np.testing.assert_allclose(out, xv * yv + xv)
+        assert out.shape == (x * y).shape
+
+
+def test_shape_error_names_op_shapes_dtypes_and_user_line():
+    x = gc.placeholder((None, 3), name="x")
+    y = gc.placeholder((4,), name="y")
+    with pytest.raises(gc.GraphcError) as e:
+        x + y   # noqa: B018
+    msg = str(e.value)
+    assert "add((?, 3) float32, (4,) float32)" in msg
+    assert "do not broadcast" in msg
+    assert "test_ir.py:" in msg
+
+
+def test_feed_errors_name_the_placeholder_and_expected_vs_got():
+    x = gc.placeholder((None, 3), dtype="float32", name="x")
+    y = x * 2.0
+    with pytest.raises(gc.GraphcError, match=r"placeholder 'x': expected shape \(\?, 3\), got "
+                                             r"\(2, 4\)"):
+        y.eval({x: np.zeros((2, 4), np.float32)})
+    with pytest.raises(gc.GraphcError, match=r"placeholder 'x': expected shape \(\?, 3\), got "
+                                             r"\(3,\)"):
+        y.eval({x: np.zeros(3, np.float32)})
+    with pytest.raises(gc.GraphcError, match="placeholder 'x': expected dtype float32, got "
+                                             "float64"):
+        y.eval({x: np.zeros((2, 3))})
+    with pytest.raises(gc.GraphcError, match="placeholder 'x' .* needs a feed"):
+        y.eval({})
+    k = gc.placeholder((2,), dtype="int64", name="k")
+    np.testing.assert_array_equal((k + 1).eval({k: np.array([1, 2], np.int32)}), [2, 3])
+
+
+def test_variable_assignment_checks_shape_and_dtype_and_keeps_old_value_on_error():
+    w = gc.variable(np.ones((2, 3), np.float32), name="W")
+    with pytest.raises(gc.GraphcError, match=r"variable 'W': cannot assign shape \(3, 2\)"):
+        w.value = np.zeros((3, 2), np.float32)
+    with pytest.raises(gc.GraphcError, match="variable 'W': cannot assign dtype int64"):
+        w.value = np.zeros((2, 3), np.int64)
+    np.testing.assert_array_equal(w.value, np.ones((2, 3)))
+    w.value = np.full((2, 3), 2.0)                 # float64 -> float32 is the same kind
+    assert w.value.dtype == np.float32
+    np.testing.assert_array_equal((w * 1.0).eval(), np.full((2, 3), 2.0))
+
+
+def test_constants_are_read_only_and_floats_default_to_float32():
+    c = gc.constant([1.0, 2.0])
+    assert c.dtype == np.float32
+    assert gc.constant(np.arange(3.0)).dtype == np.float64
+    with pytest.raises(ValueError):
+        c.value[0] = 5
+    with pytest.raises(gc.GraphcError):
+        c.value = [3.0, 4.0]
+
+
+def test_nodes_have_no_truth_value():
+    x = gc.placeholder((2,))
+    with pytest.raises(gc.GraphcError, match="no truth value"):
+        bool(gc.greater(x, 0))
+
+
+def test_rebuild_replaces_a_node_and_rebuilds_only_downstream():
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    a = gc.exp(x)
+    b = gc.log(x)
+    out = a + b
+    g = Graph([out])
+    new = rebuild(g, {id(a): gc.sqrt(x)})
+    xv = np.array([1.0, 4.0, 9.0])
+    np.testing.assert_allclose(new.outputs[0].eval({x: xv}), np.sqrt(xv) + np.log(xv))
+    assert b in new.nodes                        # untouched nodes are shared, not copied
+    assert rebuild(g, {}).outputs[0] is out      # nothing replaced -> same node
+
+
+def test_name_scope_and_user_line_are_recorded():
+    with gc.name_scope("dense1"):
+        x = gc.placeholder((2,), name="x")
+        y = x * 3.0
+    assert y.scope == ("dense1",)
+    assert y.where.startswith("test_ir.py:")
