@@ -154,7 +154,7 @@ def test_cnn_with_conv_pool_reshape_matmul():
 def test_logistic_regression_with_hand_written_bce():
     x = gc.placeholder((None, 4), dtype="float64", name="x")
     y = gc.placeholder((None,), dtype="float64", name="y")
-    w, b = var(4, name="w"), var((), name="b")
+    w, b = var(4, name="w"), var(name="b")
     p = gc.sigmoid(x @ w + b)
     loss = -gc.mean(y * gc.log(p) + (1.0 - y) * gc.log(1.0 - p))
     check_model(loss, [w, b], {x: rng.standard_normal((9, 4)),

@@ -1,39 +1,60 @@
-"""Ops that move data without arithmetic: reshape, broadcast_to, transpose, concat, one_hot."""
+"""Data movement without arithmetic: reshape, broadcast_to, transpose, concat, slice, one_hot."""
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
+import sympy as sp
 
-from graphc.ir import OpDef, ShapeError, apply, format_shape, register
-from graphc.ops.common import broadcast_shapes
+from graphc.ir import GraphcError, OpDef, ShapeError, apply, format_shape, register
+from graphc.ops.common import broadcast_shapes, norm_axes, promote
 
-__all__ = ["reshape", "broadcast_to"]
+__all__ = ["reshape", "broadcast_to", "transpose", "concat", "slice", "one_hot"]
 
+
+def same_sym(x, *rest, **attrs):
+    """Moving the elements of a scalar formula leaves it as it is; a matrix has no form here."""
+    return None if isinstance(x, sp.MatrixExpr) else x
+
+
+# reshape ------------------------------------------------------------------------------
 
 def runtime_shape(like_shape, keepdims_of):
     """A target shape taken from `like` at run time, with reduced axes set to 1."""
     return tuple(1 if i in keepdims_of else d for i, d in enumerate(like_shape))
 
 
+def target_dims(shape) -> tuple[int, ...]:
+    """The user's target shape as ints; None is read as -1 (the one inferred dim)."""
+    try:
+        dims = tuple(-1 if d is None else int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ShapeError(f"target shape {shape!r} must be a tuple of ints") from None
+    if any(d < -1 for d in dims):
+        raise ShapeError(f"target shape {dims} has a negative dimension other than -1")
+    if dims.count(-1) > 1:
+        raise ShapeError(f"target shape {dims} has more than one -1")
+    return dims
+
+
 def reshape_infer(x, like=None, *, shape=None, keepdims_of=None):
     if like is not None:     # shape of `like` (with reduced axes kept as 1) at run time
         target = runtime_shape(like.shape, keepdims_of or ())
         return target, x.dtype
-    shape = tuple(int(d) for d in shape)
-    known = [d for d in x.shape if not isinstance(d, int)]
-    if shape.count(-1) > 1:
-        raise ShapeError(f"target shape {shape} has more than one -1")
-    if not known:
-        size = int(np.prod(x.shape))
-        rest = int(np.prod([d for d in shape if d != -1]))
-        if -1 in shape:
-            if rest == 0 or size % rest:
-                raise ShapeError(f"cannot reshape {size} elements into {shape}")
-            shape = tuple(size // rest if d == -1 else d for d in shape)
-        elif rest != size:
+    shape = target_dims(shape)
+    if any(not isinstance(d, int) for d in x.shape):
+        return tuple(None if d == -1 else d for d in shape), x.dtype, {"shape": shape}
+    size = int(np.prod(x.shape))
+    rest = int(np.prod([d for d in shape if d != -1]))
+    if -1 in shape:
+        if rest == 0 or size % rest:
             raise ShapeError(f"cannot reshape {format_shape(x.shape)} ({size} elements) "
                              f"into {format_shape(shape)}")
-        return shape, x.dtype, {"shape": shape}
-    return tuple(None if d == -1 else d for d in shape), x.dtype, {"shape": shape}
+        shape = tuple(size // rest if d == -1 else d for d in shape)
+    elif rest != size:
+        raise ShapeError(f"cannot reshape {format_shape(x.shape)} ({size} elements) "
+                         f"into {format_shape(shape)}")
+    return shape, x.dtype, {"shape": shape}
 
 
 def reshape_kernel(x, like=None, *, shape=None, keepdims_of=None):
@@ -44,12 +65,18 @@ def reshape_kernel(x, like=None, *, shape=None, keepdims_of=None):
 
 register(OpDef(
     "reshape", reshape_infer, reshape_kernel,
-    lambda g, out, x, like=None, **attrs: (apply("reshape", g, x), None)))
+    lambda g, out, x, like=None, **attrs: (apply("reshape", g, x), None), same_sym))
 
+
+# broadcast_to -------------------------------------------------------------------------
 
 def broadcast_infer(x, like=None, *, shape=None):
     target = like.shape if like is not None else tuple(shape)
-    if len(target) < x.ndim or broadcast_shapes(x.shape, target) != tuple(target):
+    try:
+        fits = len(target) >= x.ndim and broadcast_shapes(x.shape, target) == tuple(target)
+    except ShapeError:
+        fits = False
+    if not fits:
         raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(target)}")
     return tuple(target), x.dtype
 
@@ -60,8 +87,155 @@ def broadcast_kernel(x, like=None, *, shape=None):
 
 register(OpDef(
     "broadcast_to", broadcast_infer, broadcast_kernel,
-    lambda g, out, x, like=None, **attrs: (g, None)))   # autodiff sums g back to x's shape
+    lambda g, out, x, like=None, **attrs: (g, None),    # autodiff sums g back to x's shape
+    same_sym))
 
+
+# transpose ----------------------------------------------------------------------------
+
+def transpose_infer(x, *, axes=None):
+    if axes is None:
+        axes = tuple(reversed(range(x.ndim)))
+    given = tuple(int(a) for a in axes)
+    axes = tuple(a % x.ndim if -x.ndim <= a < x.ndim else -1 for a in given)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ShapeError(f"axes {given} are not a permutation of the {x.ndim} axes")
+    return tuple(x.shape[a] for a in axes), x.dtype, {"axes": axes}
+
+
+register(OpDef(
+    "transpose", transpose_infer, lambda x, *, axes: np.transpose(x, axes),
+    lambda g, out, x, *, axes: (apply("transpose", g, axes=tuple(np.argsort(axes).tolist())),),
+    lambda x, *, axes: x.T if isinstance(x, sp.MatrixExpr) else x))
+
+
+# concat and the slices its gradient is made of ----------------------------------------
+
+def concat_infer(*xs, axis=0):
+    if not xs:
+        raise ShapeError("needs at least one input")
+    ndim = xs[0].ndim
+    if ndim == 0 or any(x.ndim != ndim for x in xs):
+        raise ShapeError(f"inputs must have the same rank >= 1, got ranks "
+                         f"{[x.ndim for x in xs]}")
+    (axis,) = norm_axes(int(axis), ndim)
+    shape = []
+    for i, dims in enumerate(zip(*[x.shape for x in xs])):
+        sized = [d for d in dims if isinstance(d, int)]
+        if i == axis:
+            shape.append(sum(sized) if len(sized) == len(dims) else None)
+        elif len(set(sized)) > 1:
+            raise ShapeError(f"dimension {i} differs between inputs: {sized}")
+        else:
+            shape.append(sized[0] if sized else dims[0])
+    return tuple(shape), promote(*xs), {"axis": axis}
+
+
+def concat_bounds(sizes) -> list[tuple[int, int | None]]:
+    """(start, stop) of each part along the axis; at most one size may be unknown (None)."""
+    unknown = [i for i, s in enumerate(sizes) if not isinstance(s, int)]
+    if len(unknown) > 1:
+        raise GraphcError("concat: the gradient needs the sizes along the axis; at most one "
+                          f"input may have an unknown size, got sizes {sizes}")
+    cut = unknown[0] if unknown else len(sizes)
+    bounds, pos = [], 0
+    for s in sizes[:cut]:                   # before the unknown part: counted from the start
+        bounds.append((pos, pos + s))
+        pos += s
+    tail = [(-sum(sizes[i:]), -sum(sizes[i + 1:]) or None)
+            for i in range(cut + 1, len(sizes))]     # after it: counted from the end
+    if unknown:
+        bounds.append((pos, tail[0][0] if tail else None))
+    return bounds + tail
+
+
+def concat_vjp(g, out, *xs, axis):
+    bounds = concat_bounds([x.shape[axis] for x in xs])
+    return tuple(apply("slice", g, axis=axis, start=a, stop=b) for a, b in bounds)
+
+
+register(OpDef("concat", concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis),
+               concat_vjp))
+
+
+def slice_size(dim, start, stop):
+    """Length of [start:stop] along a dim of size `dim` (None: unknown until run time)."""
+    if isinstance(dim, int):
+        s, e = (b + dim if b is not None and b < 0 else b for b in (start, stop))
+        e = dim if e is None else e
+        if not 0 <= s <= e <= dim:
+            raise ShapeError(f"slice [{start}:{stop}] is out of bounds for size {dim}")
+        return e - s
+    if start >= 0 and stop is not None and stop >= 0:
+        return max(stop - start, 0)
+    if start < 0 and (stop is None or stop < 0):
+        return max((stop or 0) - start, 0)
+    return None
+
+
+def slice_infer(x, like=None, *, axis, start, stop=None):
+    if x.ndim == 0:
+        raise ShapeError("cannot slice a scalar")
+    (axis,) = norm_axes(int(axis), x.ndim)
+    start, stop = int(start), None if stop is None else int(stop)
+    attrs = {"axis": axis, "start": start, "stop": stop}
+    if like is not None:                   # unslice: x goes back into like's shape
+        if like.ndim != x.ndim:
+            raise ShapeError(f"ranks differ: {x.ndim} vs {like.ndim}")
+        n, m = slice_size(like.shape[axis], start, stop), x.shape[axis]
+        if isinstance(n, int) and isinstance(m, int) and n != m:
+            raise ShapeError(f"slice [{start}:{stop}] has size {n}, the input has {m}")
+        return like.shape, x.dtype, attrs
+    n = slice_size(x.shape[axis], start, stop)
+    return x.shape[:axis] + (n,) + x.shape[axis + 1:], x.dtype, attrs
+
+
+def slice_index(axis, start, stop):
+    return (builtins.slice(None),) * axis + (builtins.slice(start, stop),)
+
+
+def slice_kernel(x, *, axis, start, stop):
+    try:                                         # strict: no silent clipping at run time
+        slice_size(x.shape[axis], start, stop)
+    except ShapeError as e:
+        raise ValueError(str(e)) from None       # the interpreter adds the op and the line
+    return x[slice_index(axis, start, stop)]
+
+
+def unslice_kernel(x, like, *, axis, start, stop):
+    out = np.zeros(like.shape, x.dtype)
+    out[slice_index(axis, start, stop)] = x
+    return out
+
+
+# slice(x)[start:stop] along axis; unslice is its adjoint: zeros of like's shape, x placed back
+register(OpDef(
+    "slice", slice_infer, slice_kernel,
+    lambda g, out, x, **attrs: (apply("unslice", g, x, **attrs),)))
+register(OpDef(
+    "unslice", slice_infer, unslice_kernel,
+    lambda g, out, x, like, **attrs: (apply("slice", g, **attrs), None)))
+
+
+# one_hot ------------------------------------------------------------------------------
+
+def one_hot_infer(labels, *, depth, dtype="float32"):
+    if labels.dtype.kind not in "iu":
+        raise ShapeError(f"labels must be integers, got {labels.dtype.name}")
+    if int(depth) < 1:
+        raise ShapeError(f"depth must be >= 1, got {depth}")
+    dtype = np.dtype(dtype)
+    return labels.shape + (int(depth),), dtype, {"depth": int(depth), "dtype": dtype.name}
+
+
+# labels outside [0, depth) give a row of zeros (as in TensorFlow)
+register(OpDef(
+    "one_hot", one_hot_infer,
+    lambda labels, *, depth, dtype: (labels[..., None] == np.arange(depth)).astype(dtype),
+    lambda g, out, labels, **attrs: (None,)))
+
+
+# the public builders ------------------------------------------------------------------
 
 def reshape(x, shape):
     """Reshape to `shape` (a tuple, one entry may be -1) or to the shape of node `shape`."""
@@ -75,3 +249,26 @@ def broadcast_to(x, shape):
     if hasattr(shape, "op"):
         return apply("broadcast_to", x, shape)
     return apply("broadcast_to", x, shape=tuple(shape))
+
+
+def transpose(x, axes=None):
+    """Permute the axes (default: reverse them, as NumPy)."""
+    return apply("transpose", x) if axes is None else apply("transpose", x, axes=tuple(axes))
+
+
+def concat(xs, axis: int = 0):
+    """Join nodes along an existing axis."""
+    xs = list(xs)
+    if not xs:
+        raise GraphcError("concat needs at least one input")
+    return apply("concat", *xs, axis=axis)
+
+
+def slice(x, axis: int, start: int, stop: int | None = None):   # noqa: A001
+    """x[start:stop] along `axis`, Python's negative indices allowed; out of bounds is an error."""
+    return apply("slice", x, axis=axis, start=start, stop=stop)
+
+
+def one_hot(labels, depth: int, dtype="float32"):
+    """labels (...,) integers -> (..., depth); a label outside [0, depth) gives a zero row."""
+    return apply("one_hot", labels, depth=depth, dtype=np.dtype(dtype).name)
