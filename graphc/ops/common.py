@@ -1,6 +1,8 @@
 """Shared pieces of op declarations: broadcasting, dtype rules, axis normalisation."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from graphc.ir import Node, OpDef, Shape, ShapeError, format_shape, register
@@ -54,6 +56,10 @@ def norm_axes(axis, ndim: int) -> tuple[int, ...]:
 
 def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote) -> OpDef:
     """Declare a broadcasting elementwise op: shape is the broadcast of the inputs' shapes."""
+    arity = getattr(kernel, "nin", None) or len(inspect.signature(kernel).parameters)
+
     def infer(*xs, **attrs):
+        if len(xs) != arity:
+            raise ShapeError(f"takes {arity} input(s), got {len(xs)}")
         return broadcast_shapes(*[x.shape for x in xs]), dtype_rule(*xs)
     return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True))
