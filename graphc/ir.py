@@ -160,6 +160,9 @@ class Node:
     def __str__(self) -> str:
         return str(Graph([self]))
 
+    def _repr_svg_(self):
+        return _repr_svg(self)
+
     def __bool__(self):
         raise GraphcError("a graph node has no truth value; use gc.where / gc.greater")
 
@@ -299,6 +302,15 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def _repr_svg_(self):
+        return _repr_svg(self)
+
+
+def _repr_svg(obj):
+    """Jupyter's picture of a node or graph (the drawing code sits above the IR)."""
+    from graphc.viz import repr_svg
+    return repr_svg(obj)
 
 
 def format_attr(v) -> str:

@@ -1,0 +1,343 @@
+"""Sympy formulas of nodes (gradient nodes included) and `explain`, a readable derivation.
+
+Scalar graphs become ordinary expressions in the user's names; graphs over tensors become
+matrix expressions (MatrixSymbol products, transposes, Hadamard products, functions applied
+elementwise). Each op's scalar meaning comes from its OpDef.sym; simplification only ever
+rewrites an expression into an equal one.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import sympy as sp
+
+from graphc.ir import OPS, Node, toposort
+from graphc.symbolic import (GLUE, Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
+                             scalar_sym, sigmoid, tex, text)
+
+BATCH = sp.Symbol("n", integer=True, positive=True)     # a dim of unknown size (None)
+
+
+def constant_sym(arr: np.ndarray):
+    v = arr.reshape(-1)[0].item()
+    if isinstance(v, bool):
+        return sp.true if v else sp.false
+    if isinstance(v, int) or float(v).is_integer():
+        return sp.Integer(int(v))
+    short = repr(float(np.float32(v))) if arr.dtype == np.float32 else repr(float(v))
+    return sp.Rational(short) if len(short) <= 8 else sp.Float(v)
+
+
+def leaf_names(order: list[Node]) -> dict[int, str]:
+    """The user's names for leaves; unnamed ones x1, W1, C1 by kind; repeats get _2, _3."""
+    prefix = {"placeholder": "x", "variable": "W", "constant": "C"}
+    counts: dict[str, int] = {}
+    names: dict[int, str] = {}
+    for n in order:
+        if n.op in prefix:
+            base = n.name or prefix[n.op]
+            counts[base] = counts.get(base, 0) + 1
+            if not n.name:
+                names[id(n)] = f"{base}{counts[base]}"
+            else:
+                names[id(n)] = base if counts[base] == 1 else f"{base}_{counts[base]}"
+    return names
+
+
+# matrix meaning of one op ---------------------------------------------------------------
+
+def dims(shape) -> tuple:
+    """A node shape as (rows, cols) for a matrix, () for a scalar; vectors are rows."""
+    d = [BATCH if not isinstance(s, int) else sp.Integer(s) for s in shape]
+    if len(d) == 0:
+        return ()
+    if len(d) == 1:
+        return (sp.Integer(1), d[0])
+    return (sp.Mul(*d[:-1]), d[-1])
+
+
+def fit(x, shape) -> object:
+    """x (scalar or matrix) as a value of `shape`: broadcast rows, columns or scalars."""
+    target = dims(shape)
+    if not target:
+        return x
+    if not isinstance(x, sp.MatrixExpr):
+        return Broadcast(x, *target)
+    if x.shape == target:
+        return x
+    (r, c), (tr, tc) = x.shape, target
+    if (c, r) == (tr, tc):
+        return x.T
+    if (r == 1 or r == tr) and (c == 1 or c == tc):
+        return Broadcast(x, tr, tc)
+    if (c == 1 or c == tr) and (r == 1 or r == tc):
+        return Broadcast(x.T, tr, tc)
+    return Opaque("reshape", tr, tc, x)
+
+
+def matrix_sym(n: Node, args: list):
+    """The node's value as a matrix expression (or a scalar expression for shape ())."""
+    op, attrs = n.op, n.attrs
+    if all(not isinstance(a, sp.MatrixExpr) for a in args) and n.shape == ():
+        return scalar_sym(op, args, attrs)          # a scalar computed from scalars
+    if op in GLUE:
+        return fit(args[0], n.shape)
+    if op == "size":
+        return sp.Mul(*[dims((n.inputs[0].shape[a],))[1] for a in attrs["axis"]])
+    if op == "transpose" and isinstance(args[0], sp.MatrixExpr) and n.ndim == 2:
+        return args[0].T
+    if op == "matmul" and len(n.shape) <= 2 and all(i.ndim <= 2 for i in n.inputs):
+        a, b = args
+        b = b.T if n.inputs[1].ndim == 1 else b
+        return fit(a * b, n.shape)
+    if op == "sum" and isinstance(args[0], sp.MatrixExpr) and n.inputs[0].ndim <= 2:
+        return reduce_sym(n, args[0])
+    if op in MATRIX_FORMS and n.ndim <= 2:
+        return MATRIX_FORMS[op](n, *args)
+    if OPS[op].elementwise and n.ndim <= 2:
+        return elementwise_sym(n, args)
+    r, c = dims(n.shape) or (1, 1)
+    out = Opaque(op, r, c, *args)
+    return sp.Function(op)(*args) if n.shape == () else out
+
+
+def per_row(g, rows, cols):
+    """A per-example weight (one value per row) repeated along each row."""
+    if isinstance(g, Broadcast) and not isinstance(g.args[0], sp.MatrixExpr):
+        g = g.args[0]
+    if isinstance(g, sp.MatrixExpr) and g.shape[0] == 1 and rows != 1:
+        g = g.T
+    return Broadcast(g, rows, cols)
+
+
+def sce_grad_form(n: Node, z, y, g):
+    """softmax_cross_entropy_grad(z, y, g) = (softmax(z)·sum(y) − y) ∘ g, y one-hot if ints."""
+    r, c = dims(n.shape)
+    probs = Opaque("softmax", r, c, z)
+    if n.inputs[1].dtype.kind in "iu":
+        target = Opaque("one_hot", r, c, y)
+    else:
+        target = fit(y, n.shape)
+        probs = sp.HadamardProduct(probs, per_row(Sum(target, 1), r, c))
+    return sp.HadamardProduct(probs - target, per_row(g, r, c))
+
+
+MATRIX_FORMS = {"softmax_cross_entropy_grad": sce_grad_form}   # ops read better expanded
+
+
+def reduce_sym(n: Node, x):
+    axes = n.attrs["axis"]
+    if n.inputs[0].ndim == 1:
+        axes = tuple(a + 1 for a in axes)
+    if axes == (0, 1) or (axes == (1,) and n.shape == ()):
+        if is_scalar_broadcast(x):                # a repeated scalar sums to count * scalar
+            return x.shape[0] * x.shape[1] * x.args[0]
+        return sp.Function("sum")(x)
+    if axes in ((0,), (1,)):
+        if is_scalar_broadcast(x):
+            return fit(x.shape[axes[0]] * x.args[0], n.shape)
+        return fit(Sum(x, axes[0]), n.shape)
+    return sp.Function("sum")(x)
+
+
+def elementwise_sym(n: Node, args: list):
+    op = n.op
+    if all(is_scalar_broadcast(a) or not isinstance(a, sp.MatrixExpr) for a in args):
+        plain = [a.args[0] if isinstance(a, Broadcast) else a for a in args]
+        return fit(scalar_sym(op, plain, n.attrs), n.shape)     # one repeated value
+    mats = [fit(a, n.shape) if isinstance(a, sp.MatrixExpr) else a for a in args]
+    if op in ("add", "sub"):
+        a, b = [fit(m, n.shape) for m in mats]
+        return a + b if op == "add" else a - b
+    if op == "neg":
+        return -mats[0]
+    if op == "mul":
+        a, b = mats
+        if not isinstance(a, sp.MatrixExpr) or not isinstance(b, sp.MatrixExpr):
+            return a * b
+        return sp.HadamardProduct(a, b)
+    if op == "div" and not isinstance(mats[1], sp.MatrixExpr):
+        return mats[0] / mats[1]
+    if op == "div":
+        return sp.HadamardProduct(fit(mats[0], n.shape), sp.HadamardPower(mats[1], -1))
+    if op == "pow" and not isinstance(mats[1], sp.MatrixExpr):
+        return mats[0] if mats[1] == 1 else sp.HadamardPower(mats[0], mats[1])
+    return Elementwise(op, *[fit(m, n.shape) for m in mats])
+
+
+# building and tidying -------------------------------------------------------------------
+
+def is_matrix_graph(order: list[Node]) -> bool:
+    """Scalar formulas only when every value is a scalar (sum of a broadcast is not x)."""
+    return any(n.ndim > 0 for n in order)
+
+
+def node_sym(n: Node, args: list, matrix: bool, name: str | None = None):
+    if n.op in ("placeholder", "variable"):
+        if matrix and n.ndim > 0:
+            return sp.MatrixSymbol(name, *dims(n.shape))
+        return sp.Symbol(name, real=True)
+    if n.op == "constant":
+        if matrix and n.ndim > 0:
+            flat = n.data.reshape(-1)
+            if flat.size and np.all(flat == flat[0]):
+                return fit(constant_sym(n.data), n.shape)
+            return sp.MatrixSymbol(name, *dims(n.shape))
+        return constant_sym(n.data)
+    return matrix_sym(n, args) if matrix else scalar_sym(n.op, args, n.attrs)
+
+
+def build(nodes: Sequence[Node], named: dict[int, object] | None = None) -> dict[int, object]:
+    """id(node) -> formula for every node the given ones depend on; `named` nodes stay names."""
+    order = toposort(nodes)
+    matrix = is_matrix_graph(order)
+    names = leaf_names(order)
+    env: dict[int, object] = {}
+    for n in order:
+        if named and id(n) in named:
+            env[id(n)] = named[id(n)]
+        else:
+            env[id(n)] = node_sym(n, [env[id(i)] for i in n.inputs], matrix, names.get(id(n)))
+    return env
+
+
+def tidy(expr):
+    """An equal expression that reads better: sigmoids kept whole, fractions cancelled."""
+    if isinstance(expr, sp.MatrixExpr):
+        return tidy_matrix(expr)
+    if not isinstance(expr, sp.Expr) or expr.has(sp.Piecewise, sp.Function("sum")):
+        return expr
+    sigs = sorted(expr.atoms(sigmoid), key=sp.default_sort_key)
+    stand = {s: sp.Dummy(f"s{k}") for k, s in enumerate(sigs)}
+    flat = expr.xreplace(stand)
+    steps = (lambda e: sp.factor_terms(sp.cancel(e)), None, sp.factor_terms, sp.cancel,
+             sp.factor)
+    candidates = []
+    for f in steps:                    # ties go to the earlier form
+        try:
+            candidates.append(flat if f is None else f(flat))
+        except (sp.PolynomialError, TypeError, ValueError, NotImplementedError):
+            pass
+    best = min(enumerate(candidates), key=lambda kv: (sp.count_ops(kv[1]), kv[0]))[1]
+    return best.xreplace({d: s for s, d in stand.items()})
+
+
+def tidy_matrix(expr):
+    """A ∘ broadcast(c) -> c·A and (c·A) ∘ B -> c·(A ∘ B), nested products flattened."""
+    def hadamard(e):
+        scale, factors = sp.Integer(1), []
+        stack = list(e.args)
+        while stack:
+            a = stack.pop(0)
+            if is_scalar_broadcast(a):
+                scale *= a.args[0]
+            elif isinstance(a, sp.HadamardProduct):
+                stack = list(a.args) + stack
+            elif isinstance(a, sp.MatMul) and len([f for f in a.args
+                                                   if isinstance(f, sp.MatrixExpr)]) == 1:
+                scale *= sp.Mul(*[f for f in a.args if not isinstance(f, sp.MatrixExpr)])
+                stack.insert(0, next(f for f in a.args if isinstance(f, sp.MatrixExpr)))
+            else:
+                factors.append(a)
+        if not factors:
+            return e
+        body = factors[0] if len(factors) == 1 else sp.HadamardProduct(*factors)
+        return body if scale == 1 else scale * body
+    return expr.replace(lambda e: isinstance(e, sp.HadamardProduct), hadamard)
+
+
+def formula(node: Node, simplify: bool = True):
+    """A sympy expression for the node's value in the names of its placeholders/variables."""
+    expr = build([node])[id(node)]
+    return tidy(expr) if simplify else expr
+
+
+# explain -----------------------------------------------------------------------------------
+
+class Explanation(str):
+    """Plain text that shows as LaTeX in Jupyter."""
+    latex: str = ""
+
+    def _repr_markdown_(self) -> str:
+        return "$$\\begin{aligned}" + self.latex + "\\end{aligned}$$"
+
+    def _repr_latex_(self) -> str:
+        return self._repr_markdown_()
+
+
+def shared(nodes: Sequence[Node]) -> list[Node]:
+    """Non-leaf nodes of the inputs' values read more than once, or named by the user."""
+    order = toposort(nodes)
+    uses: dict[int, int] = {}
+    live: set[int] = set()             # depends on a placeholder or variable
+    for n in order:
+        if n.op in ("placeholder", "variable") or any(id(i) in live for i in n.inputs):
+            live.add(id(n))
+        for i in {id(i): i for i in n.inputs}.values():
+            uses[id(i)] = uses.get(id(i), 0) + 1
+    wanted = {id(n) for n in nodes}
+    return [n for n in order if n.inputs and id(n) in live and id(n) not in wanted
+            and n.op not in GLUE and n.dtype != bool and (uses.get(id(n), 0) > 1 or n.name)]
+
+
+def explain(nodes, latex: bool = False) -> str:
+    """Each node's formula, shared subexpressions named once (`let z1 = x·W1 + b1`)."""
+    if isinstance(nodes, Node):
+        nodes = [nodes]
+    if isinstance(nodes, dict):
+        labels, nodes = list(nodes.keys()), list(nodes.values())
+    else:
+        nodes = list(nodes)
+        labels = [n.name or f"out{k}" for k, n in enumerate(nodes)]
+    env = build(nodes)
+    matrix = is_matrix_graph(toposort(nodes))
+    names: dict[object, object] = {}       # full formula (raw and tidy) -> its let name
+    lets: list[tuple[Node, object, object]] = []
+    for n in shared(nodes):
+        raw = env[id(n)]
+        if isinstance(raw, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or raw in names:
+            continue
+        name = n.name or f"z{len(lets) + 1}"
+        sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
+            sp.Symbol(name, real=True)
+        lets.append((n, sym, tidy(raw).xreplace(names)))
+        names[raw] = names[tidy(raw)] = sym
+    outs = [tidy(env[id(n)]).xreplace(names) for n in nodes]
+    lets = inline_single_use(lets, outs)
+    lines = [f"let {text(s)} = {text(b)}" for _, s, b in lets]
+    lines += [f"{label} = {text(o)}" for label, o in zip(labels, outs)]
+    tex_lines = [f"{tex(s)} &= {tex(b)}" for _, s, b in lets]
+    tex_lines += [f"\\text{{{label}}} &= {tex(o)}" for label, o in zip(labels, outs)]
+    result = Explanation(" \\\\\n".join(tex_lines) if latex else "\n".join(lines))
+    result.latex = " \\\\\n".join(tex_lines)
+    return result
+
+
+def inline_single_use(lets: list, outs: list) -> list:
+    """Drop lets nobody reads; put back unnamed lets read only once."""
+    kept = list(lets)
+    for k in reversed(range(len(kept))):
+        n, sym, body = kept[k]
+        readers = [b for _, _, b in kept[k + 1:]] + outs
+        count = sum(list(sp.preorder_traversal(r)).count(sym) for r in readers)
+        if count == 0 or (count == 1 and not n.name):
+            del kept[k]
+            for j in range(k, len(kept)):
+                kept[j] = (kept[j][0], kept[j][1], kept[j][2].xreplace({sym: body}))
+            for j, o in enumerate(outs):
+                outs[j] = o.xreplace({sym: body})
+    return renumber(kept, outs)
+
+
+def renumber(lets: list, outs: list) -> list:
+    """z1, z2, ... in order after some lets were put back."""
+    rename, k = {}, 0
+    for n, sym, _ in lets:
+        if not n.name:
+            k += 1
+            new = f"z{k}"
+            rename[sym] = sp.MatrixSymbol(new, *sym.shape) if isinstance(sym, sp.MatrixSymbol) \
+                else sp.Symbol(new, real=True)
+    outs[:] = [o.xreplace(rename) for o in outs]
+    return [(n, rename.get(s, s), b.xreplace(rename)) for n, s, b in lets]

@@ -1,0 +1,145 @@
+"""Ops that only the optimizer builds: a fused elementwise group and dense (the GEMM epilogue).
+
+`fused(*inputs, body=Body)` evaluates a small inner graph whose placeholders in0, in1, ...
+stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from graphc.ir import OPS, Graph, Node, OpDef, ShapeError, apply, evaluate, format_shape, \
+    register
+from graphc.ops.common import broadcast_shapes, promote
+from graphc.ops.elementwise import sigmoid_kernel
+
+
+class Body(Graph):
+    """The inner graph of a fused node: `inputs` are its placeholders, in input order."""
+
+    def __init__(self, inputs, output: Node):
+        super().__init__([output])
+        self.inputs = tuple(inputs)
+
+    def __repr__(self) -> str:
+        ops = [n.op for n in self.nodes if n.inputs]
+        return f"<{len(ops)} ops: {', '.join(ops)}>"
+
+
+def fused_infer(*xs, body):
+    if len(xs) != len(body.inputs):
+        raise ShapeError(f"the body takes {len(body.inputs)} inputs, got {len(xs)}")
+    out = body.outputs[0]
+    return out.shape, out.dtype
+
+
+def fused_kernel(*arrays, body):
+    return evaluate(body.outputs, dict(zip(body.inputs, arrays)))[0]
+
+
+def fused_vjp(g, out, *xs, body):
+    """The VJP of the body inlined on the real inputs (autodiff's walk, imported lazily:
+    autodiff sits above the op table)."""
+    from graphc.autodiff import vjp
+    mapping = dict(zip(body.inputs, xs))
+    inlined: dict[Node, Node] = {}
+    for n in body.nodes:
+        if n in mapping:
+            inlined[n] = mapping[n]
+        else:
+            inlined[n] = n.replace([inlined[i] for i in n.inputs]) if n.inputs else n
+    wrt = [x for x in xs if x.dtype.kind == "f"]
+    grads = iter(vjp([inlined[body.outputs[0]]], wrt, [g]) if wrt else [])
+    return tuple(next(grads) if x.dtype.kind == "f" else None for x in xs)
+
+
+def fused_sym(*args, body):
+    vals: dict[Node, object] = dict(zip(body.inputs, args))
+    for n in body.nodes:
+        if n in vals:
+            continue
+        if n.op == "constant":
+            if n.data.size != 1:
+                return None
+            v = n.data.item()
+            vals[n] = sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+            continue
+        sym = OPS[n.op].sym
+        ins = [vals[i] for i in n.inputs]
+        vals[n] = sym(*ins, **n.attrs) if sym is not None else None
+        if vals[n] is None:
+            return None
+    return vals[body.outputs[0]]
+
+
+register(OpDef("fused", fused_infer, fused_kernel, fused_vjp, fused_sym))
+
+
+# dense --------------------------------------------------------------------------------
+
+ACTIVATIONS = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0, out=z),
+               "sigmoid": sigmoid_kernel, "tanh": lambda z: np.tanh(z, out=z)}
+
+
+def bias_changes(bias, shape) -> bool:
+    try:
+        return broadcast_shapes(bias, shape) != shape
+    except ShapeError:
+        return True
+
+
+def dense_infer(a, b, bias=None, *, activation=None, transpose_a=False, transpose_b=False):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError("dense needs 2-D operands")
+    if activation not in ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}")
+    (m, ka), (kb, n) = a.shape[::-1] if transpose_a else a.shape, \
+        b.shape[::-1] if transpose_b else b.shape
+    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+        raise ShapeError(f"inner dimensions do not match: {ka} vs {kb}")
+    shape = (m, n)
+    if bias is not None and bias_changes(bias.shape, shape):
+        raise ShapeError(f"bias {format_shape(bias.shape)} does not broadcast to the product's "
+                         f"shape {format_shape(shape)}")
+    dtype = promote(a, b, bias) if bias is not None else promote(a, b)
+    attrs = {"activation": activation, "transpose_a": bool(transpose_a),
+             "transpose_b": bool(transpose_b)}
+    return shape, dtype, attrs
+
+
+def dense_kernel(a, b, bias=None, *, activation, transpose_a, transpose_b):
+    out = np.matmul(a.T if transpose_a else a, b.T if transpose_b else b)
+    if bias is not None:
+        out = np.add(out, bias, out=out) if out.dtype == np.result_type(out, bias) \
+            else out + bias
+    return ACTIVATIONS[activation](out)
+
+
+def activation_grad(g, out, activation):
+    if activation == "relu":
+        return apply("where", apply("greater", out, 0), g, 0.0)
+    if activation == "sigmoid":
+        return g * out * (1 - out)
+    if activation == "tanh":
+        return g * (1 - out * out)
+    return g
+
+
+def dense_vjp(g, out, a, b, bias=None, *, activation, transpose_a, transpose_b):
+    """C = A @ B, A = op(a), B = op(b): dA = gz @ B^T, dB = A^T @ gz, written as dense ops."""
+    gz = activation_grad(g, out, activation)
+    ta, tb = transpose_a, transpose_b
+    ga = apply("dense", b, gz, transpose_a=tb, transpose_b=True) if ta else \
+        apply("dense", gz, b, transpose_b=not tb)
+    gb = apply("dense", gz, a, transpose_a=True, transpose_b=ta) if tb else \
+        apply("dense", a, gz, transpose_a=not ta)
+    return (ga, gb) if bias is None else (ga, gb, gz)
+
+
+def dense_sym(a, b, *bias, activation, transpose_a, transpose_b):
+    if activation is not None or bias or not isinstance(a, sp.MatrixBase):
+        return None
+    return (a.T if transpose_a else a) * (b.T if transpose_b else b)
+
+
+register(OpDef("dense", dense_infer, dense_kernel, dense_vjp, dense_sym))

@@ -1,0 +1,76 @@
+"""Graph-to-graph passes and `optimize`, which runs a pipeline (a plain list) of them.
+
+rewrite.py: the one rule driver (with hash-consing CSE); algebra.py: folding, CSE, dead code,
+simplification rules; stability.py: stabilization rules and `stable_grad`; fuse.py: fusion.
+
+Every rewrite pass also merges common subexpressions (the driver hash-conses nodes), and
+stabilize/simplify include the folding rules, so fold_constants and
+eliminate_common_subexpressions need no slot of their own in the default pipeline.
+
+Default order, and why:
+  1. eliminate_dead_code   - work only on what outputs and updates need
+  2. stabilize             - first, while naive patterns are intact (simplify rules run too)
+  3. simplify              - identities, VJP leftovers, canonical order, folding, CSE
+  4. fuse_dense            - before elementwise fusion, which would swallow bias adds;
+                             relu masks read the activation so relu joins the dense node
+  5. fuse_elementwise      - last: fused bodies hide their ops from every rule
+  6. eliminate_dead_code
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from graphc.ir import Graph, Node
+from graphc.passes.fuse import fuse_dense, fuse_elementwise
+from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
+from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
+    fold_constants, simplify
+from graphc.passes.stability import stabilize, stable_grad
+
+Pass = Callable[[Graph], Graph]
+
+DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, stabilize, simplify, fuse_dense,
+                                fuse_elementwise, eliminate_dead_code]
+
+__all__ = ["optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
+           "same_shape", "fold_constants", "eliminate_common_subexpressions",
+           "eliminate_dead_code", "simplify", "stabilize", "stable_grad", "fuse_dense",
+           "fuse_elementwise"]
+
+
+@dataclass
+class Report:
+    """What `optimize` did: per pass (name, nodes before, nodes after, seconds), rule counts."""
+    passes: list[tuple[str, int, int, float]] = field(default_factory=list)
+    rules: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        lines = [f"{'pass':<34} {'nodes':>13} {'ms':>8}"]
+        for name, before, after, sec in self.passes:
+            lines.append(f"{name:<34} {before:>6} -> {after:<5} {sec * 1e3:>8.1f}")
+        lines += [f"  {name}: {n}" for name, n in sorted(self.rules.items())]
+        return "\n".join(lines)
+
+
+def as_graph(outputs_or_graph) -> Graph:
+    if isinstance(outputs_or_graph, Graph):
+        return outputs_or_graph
+    if isinstance(outputs_or_graph, Node):
+        return Graph([outputs_or_graph])
+    return Graph(list(outputs_or_graph))
+
+
+def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: bool = False):
+    """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
+    graph = as_graph(outputs_or_graph)
+    rep = Report()
+    with counting(rep.rules):
+        for p in DEFAULT_PIPELINE if passes is None else passes:
+            start, before = time.perf_counter(), len(graph.nodes)
+            graph = p(graph)
+            rep.passes.append((getattr(p, "__name__", repr(p)), before, len(graph.nodes),
+                               time.perf_counter() - start))
+    return (graph, rep) if report else graph

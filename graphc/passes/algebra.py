@@ -1,0 +1,236 @@
+"""Cleanup passes: constant folding, CSE, dead code, and algebraic simplification rules.
+
+Folding policy: a constant subgraph is folded when its result is no larger than its largest
+input (or tiny): folding `x * 2` of constants saves work, but folding `broadcast_to(0, (784,
+128))` would only turn a scalar into a 400 KB array stored in the graph and printed listings.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir import OPS, Graph, Node, apply, constant
+from graphc.passes.patterns import const_value, fit, is_value, order_key, positive, static, \
+    zeros
+from graphc.passes.rewrite import Rule, rewrite
+
+FOLD_TINY = 16          # results up to this many elements are always folded
+
+
+def fold(n: Node, *xs: Node) -> Node | None:
+    """Evaluate an op whose inputs are all constants with its kernel."""
+    for x in xs:
+        if x.op != "constant":
+            return None
+    if not xs or OPS[n.op].random:
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(OPS[n.op].kernel(*[x.data for x in xs], **n.attrs))
+    except Exception:       # e.g. a bad label: leave it to fail at run time, with its line
+        return None
+    if out.size > max(FOLD_TINY, *(x.data.size for x in xs)):
+        return None
+    return constant(np.array(out, dtype=n.dtype))
+
+
+def fold_size(n: Node, x: Node) -> Node | None:
+    dims = [x.shape[a] for a in (n.attrs["axis"] or range(x.ndim))]
+    return constant(np.asarray(np.prod(dims), n.dtype)) if static(dims) else None
+
+
+FOLD = [
+    # op(constants) -> constant
+    Rule("fold", "*", fold),
+    # size(x) with static dims -> constant
+    Rule("fold_size", "size", fold_size),
+]
+
+
+def commute(n: Node, a: Node, b: Node) -> Node | None:
+    return apply(n.op, b, a) if order_key(b) < order_key(a) else None
+
+
+def compose_transpose(n: Node, x: Node) -> Node | None:
+    if x.op != "transpose":
+        return None
+    axes = tuple(x.attrs["axes"][a] for a in n.attrs["axes"])
+    inner = x.inputs[0]
+    return inner if axes == tuple(range(inner.ndim)) else apply("transpose", inner, axes=axes)
+
+
+def same_size(a: Node, b: Node) -> bool:
+    """a and b certainly hold the same number of elements (one unknown dim at most)."""
+    return a.shape == b.shape and sum(not isinstance(d, int) for d in a.shape) <= 1
+
+
+def sum_unit_axes(n: Node, x: Node) -> Node | None:
+    """Summing over axes of size 1 only drops them."""
+    axes = n.attrs["axis"]
+    if not all(x.shape[a] == 1 for a in axes):
+        return None
+    if n.attrs["keepdims"]:
+        return x
+    return apply("reshape", x, shape=n.shape) if static(n.shape) else None
+
+
+def sum_broadcast(n: Node, x: Node) -> Node | None:
+    """Sum of a broadcast scalar is the scalar times the count (static dims only)."""
+    if x.op != "broadcast_to" or x.inputs[0].shape not in ((), (1,) * x.ndim):
+        return None
+    dims = [x.shape[a] for a in n.attrs["axis"]]
+    if not static(dims):
+        return None
+    y = apply("reshape", x.inputs[0], shape=()) if x.inputs[0].shape else x.inputs[0]
+    return fit(y * constant(np.asarray(np.prod(dims), n.dtype)), n)
+
+
+def where_chain(n: Node, c: Node, a: Node, b: Node) -> Node | None:
+    if a.op == "where" and a.inputs[0] is c and is_value(b, 0) and is_value(a.inputs[2], 0):
+        return fit(a, n)
+    return None
+
+
+def where_constant(n: Node, c: Node, a: Node, b: Node) -> Node | None:
+    arr = const_value(c)
+    if arr is None or arr.size == 0 or not (arr.all() or not arr.any()):
+        return None
+    return fit(a if arr.all() else b, n)
+
+
+def shape_source(n: Node, x: Node, *rest: Node) -> Node | None:
+    """A shape-only input (`like`) read from the cheapest node with that shape: walk down
+    elementwise ops to an input of the same shape, so the value itself need not be computed."""
+    k = 0 if n.op == "size" else 1
+    if len(n.inputs) <= k:
+        return None
+    like = n.inputs[k]
+    if not (like.inputs and OPS[like.op].elementwise):
+        return None
+    same = next((i for i in like.inputs if i.shape == like.shape), None)
+    if same is None:
+        return None
+    return n.replace(n.inputs[:k] + (same,) + n.inputs[k + 1:])
+
+
+SIMPLIFY = [
+    # x+0 -> x
+    Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
+    # 0+x -> x
+    Rule("zero_add", "add", lambda n, a, b: fit(b, n) if is_value(a, 0) else None),
+    # x-0 -> x
+    Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
+    # 0-x -> -x
+    Rule("zero_sub", "sub", lambda n, a, b: fit(-b, n) if is_value(a, 0) else None),
+    # x-x -> zeros
+    Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b else None),
+    # x*1 -> x
+    Rule("mul_one", "mul", lambda n, a, b: fit(a, n) if is_value(b, 1) else None),
+    # 1*x -> x
+    Rule("one_mul", "mul", lambda n, a, b: fit(b, n) if is_value(a, 1) else None),
+    # x*0 -> zeros
+    Rule("mul_zero", "mul",
+         lambda n, a, b: zeros(n) if is_value(a, 0) or is_value(b, 0) else None),
+    # x*-1 -> -x
+    Rule("mul_minus_one", "mul",
+         lambda n, a, b: fit(-a, n) if is_value(b, -1) else None),
+    # x/1 -> x
+    Rule("div_one", "div", lambda n, a, b: fit(a, n) if is_value(b, 1) else None),
+    # --x -> x
+    Rule("neg_neg", "neg", lambda n, x: x.inputs[0] if x.op == "neg" else None),
+    # -(a-b) -> b-a
+    Rule("neg_sub", "neg",
+         lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" else None),
+    # a+-b -> a-b
+    Rule("add_neg", "add", lambda n, a, b: a - b.inputs[0] if b.op == "neg" else None),
+    # -a+b -> b-a
+    Rule("neg_add", "add", lambda n, a, b: b - a.inputs[0] if a.op == "neg" else None),
+    # a--b -> a+b
+    Rule("sub_neg", "sub", lambda n, a, b: a + b.inputs[0] if b.op == "neg" else None),
+    # -a*-b -> a*b
+    Rule("mul_neg_neg", "mul",
+         lambda n, a, b: a.inputs[0] * b.inputs[0] if a.op == b.op == "neg" else None),
+    # log(exp x) -> x
+    Rule("log_exp", "log", lambda n, x: x.inputs[0] if x.op == "exp" else None),
+    # exp(log x) -> x, x > 0
+    Rule("exp_log", "exp",
+         lambda n, x: x.inputs[0] if x.op == "log" and positive(x.inputs[0]) else None),
+    # T(T(x)) -> T(x) or x
+    Rule("transpose_transpose", "transpose", compose_transpose),
+    # T(x, identity) -> x
+    Rule("transpose_identity", "transpose",
+         lambda n, x: x if n.attrs["axes"] == tuple(range(x.ndim)) else None),
+    # reshape(reshape(x)) -> reshape(x)
+    Rule("reshape_reshape", "reshape",
+         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "reshape" else None),
+    # reshape(x) to x's shape -> x
+    Rule("reshape_same", "reshape",
+         lambda n, x, *like: x if same_size(x, n) else None),
+    # broadcast_to(x) to x's shape -> x
+    Rule("broadcast_same", "broadcast_to",
+         lambda n, x, *like: x if x.shape == n.shape else None),
+    # bcast(reshape(scalar, ones)) -> bcast(scalar)
+    Rule("broadcast_scalar", "broadcast_to",
+         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "reshape"
+         and x.inputs[0].shape == () and all(d == 1 for d in x.shape) else None),
+    # bcast(bcast(x)) -> bcast(x)
+    Rule("broadcast_broadcast", "broadcast_to",
+         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "broadcast_to" else None),
+    # sum(x, ()) -> x
+    Rule("sum_no_axes", "sum", lambda n, x: x if not n.attrs["axis"] else None),
+    # sum over 1-sized axes -> reshape
+    Rule("sum_unit_axes", "sum", sum_unit_axes),
+    # sum(bcast(s)) -> s * count
+    Rule("sum_broadcast", "sum", sum_broadcast),
+    # cast(x, x.dtype) -> x
+    Rule("cast_same", "cast", lambda n, x: x if x.dtype == n.dtype else None),
+    # where(c,x,x) -> x
+    Rule("where_same", "where", lambda n, c, a, b: fit(a, n) if a is b else None),
+    # where(c, where(c,g,0), 0) -> where(c,g,0)
+    Rule("where_where", "where", where_chain),
+    # where(True, a, b) -> a
+    Rule("where_constant", "where", where_constant),
+    # reshape(x, like) -> reshape(x, shape)
+    Rule("reshape_static", "reshape",
+         lambda n, x, *like: apply("reshape", x, shape=n.shape) if like and static(n.shape)
+         else None),
+    # bcast(x, like) -> bcast(x, shape)
+    Rule("broadcast_static", "broadcast_to",
+         lambda n, x, *like: apply("broadcast_to", x, shape=n.shape) if like and static(n.shape)
+         else None),
+    # reshape(g, a*b) -> reshape(g, a)
+    Rule("like_reshape", "reshape", shape_source),
+    # bcast(g, a*b) -> bcast(g, a)
+    Rule("like_broadcast", "broadcast_to", shape_source),
+    # unslice(g, a*b) -> unslice(g, a)
+    Rule("like_unslice", "unslice", shape_source),
+    # size(a*b) -> size(a)
+    Rule("like_size", "size", shape_source),
+    # relu(x) > 0 -> x > 0
+    Rule("relu_positive", "greater",
+         lambda n, a, b: apply("greater", a.inputs[0], b)
+         if a.op == "relu" and is_value(b, 0) else None),
+    # b + a -> a + b (canonical order)
+    Rule("commute_add", "add", commute),
+    # b * a -> a * b (canonical order)
+    Rule("commute_mul", "mul", commute),
+]
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """Evaluate constant subgraphs (variables and random ops are never constant)."""
+    return rewrite(graph, FOLD)
+
+
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
+    """Same op, attributes and inputs -> one node (the driver's hash-consing, no rules)."""
+    return rewrite(graph, ())
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Keep only what outputs and updates need; drop updates that write a variable to itself."""
+    return Graph(graph.outputs, [(v, u) for v, u in graph.updates if u is not v])
+
+
+def simplify(graph: Graph) -> Graph:
+    """Algebraic identities, the leftovers of VJP rules, canonical operand order, folding."""
+    return rewrite(graph, SIMPLIFY + FOLD)

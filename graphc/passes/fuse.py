@@ -1,0 +1,177 @@
+"""Fusion passes: elementwise groups into one `fused` node, matmul + bias + activation into `dense`.
+
+Both need to know a node's users, so they are one walk each over the graph, not driver rules.
+"""
+from __future__ import annotations
+
+from graphc.ir import OPS, Graph, GraphcError, Node, apply
+from graphc.ops.fused import Body
+from graphc.passes.patterns import is_value
+from graphc.passes.rewrite import _stats, rebuild_node, same_shape, substitute
+
+INLINE_CONSTANT = 16     # constants up to this size live inside a fused body
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
+def count_users(graph: Graph) -> dict[Node, list[Node]]:
+    """node -> its distinct users in graph order; outputs and update values get a None user."""
+    users: dict[Node, list[Node]] = {n: [] for n in graph.nodes}
+    for n in graph.nodes:
+        for i in dict.fromkeys(n.inputs):
+            users[i].append(n)
+    for root in graph.outputs + tuple(u for _, u in graph.updates):
+        users[root].append(None)
+    return users
+
+
+def note(name: str) -> None:
+    stats = _stats.get()
+    if stats is not None:
+        stats[name] += 1
+
+
+def rebuilt(n: Node, op: str, *inputs: Node, new: dict[Node, Node], **attrs) -> Node:
+    """A node of `op` standing for n: n's name, line, scope and (remapped) grad_of tag."""
+    tag = new.get(n.grad_of, n.grad_of) if n.grad_of is not None else None
+    return apply(op, *inputs, _where=n.where, _name=n.name, _scope=n.scope, _grad_of=tag,
+                 **attrs)
+
+
+# elementwise fusion ---------------------------------------------------------------------
+
+def fusible(n: Node) -> bool:
+    return bool(n.inputs) and OPS[n.op].elementwise and not OPS[n.op].random
+
+
+def find_groups(graph: Graph, users) -> dict[Node, int]:
+    """node -> group number. A node joins its users' group when all its users are in one group,
+    so only a group's root is read from outside: no path can leave and re-enter (convex)."""
+    group: dict[Node, int] = {}
+    for n in reversed(graph.nodes):
+        if not fusible(n):
+            continue
+        us = users[n]
+        owners = {group.get(u, -1) if u is not None else -1 for u in us}
+        if us and len(owners) == 1 and -1 not in owners:
+            group[n] = owners.pop()
+        else:
+            group[n] = len(group)
+    return group
+
+
+def make_body(members: list[Node]) -> tuple[list[Node], Body]:
+    """The members rebuilt on placeholders in0, in1, ... for their external inputs."""
+    inside = set(members)
+    external, inner = [], {}
+    for m in members:
+        for i in m.inputs:
+            if i in inside or i in inner:
+                continue
+            if i.op == "constant" and i.data.size <= INLINE_CONSTANT:
+                inner[i] = i
+                continue
+            inner[i] = Node("placeholder", (), {}, i.shape, i.dtype, f"in{len(external)}")
+            external.append(i)
+    for m in members:
+        inner[m] = rebuild_node(m, [inner[i] for i in m.inputs], {})
+    return external, Body([inner[x] for x in external], inner[members[-1]])
+
+
+def fuse_elementwise(graph: Graph) -> Graph:
+    """Convex groups of two or more elementwise ops -> one `fused` node holding its body."""
+    users = count_users(graph)
+    group = find_groups(graph, users)
+    members: dict[int, list[Node]] = {}
+    for n in graph.nodes:
+        if n in group:
+            members.setdefault(group[n], []).append(n)
+    new: dict[Node, Node] = {}
+    for n in graph.nodes:
+        ms = members.get(group.get(n, -1), ())
+        if len(ms) >= 2 and n is ms[-1]:
+            external, body = make_body(ms)
+            new[n] = rebuilt(n, "fused", *[new[x] for x in external], body=body, new=new)
+            note("fuse_elementwise")
+        elif len(ms) >= 2:
+            continue                        # inner member: read only inside its group
+        else:
+            new[n] = rebuild_node(n, [new[i] for i in n.inputs], new)
+    return Graph([new[o] for o in graph.outputs], [(new[v], new[u]) for v, u in graph.updates])
+
+
+# dense: the GEMM epilogue ---------------------------------------------------------------
+
+def as_dense(m: Node) -> tuple[tuple, dict] | None:
+    """(inputs, attrs) of a bare product: a 2-D matmul or a dense without bias and activation."""
+    if m.op == "matmul" and m.inputs[0].ndim == 2 and m.inputs[1].ndim == 2:
+        return m.inputs, {"transpose_a": False, "transpose_b": False}
+    if m.op == "dense" and len(m.inputs) == 2 and m.attrs["activation"] is None:
+        return m.inputs, {k: m.attrs[k] for k in ("transpose_a", "transpose_b")}
+    return None
+
+
+def untranspose(x: Node) -> tuple[Node, bool]:
+    if x.op == "transpose" and x.ndim == 2 and x.attrs["axes"] == (1, 0):
+        return x.inputs[0], True
+    return x, False
+
+
+def dense_for(n: Node, ins: list[Node], users, new) -> tuple[Node | None, Node | None]:
+    """(the dense node replacing n, the original product it absorbed) or (None, None)."""
+    if n.op == "matmul" and all(x.ndim == 2 for x in ins):
+        (a, ta), (b, tb) = untranspose(ins[0]), untranspose(ins[1])
+        if ta or tb:                                   # matmul(T(h), dz) -> dense(h, dz, ta)
+            return rebuilt(n, "dense", a, b, transpose_a=ta, transpose_b=tb, new=new), None
+    if n.op == "add" and n.inputs[0] is not n.inputs[1]:
+        for k in (0, 1):
+            m, bias = ins[k], ins[1 - k]
+            d = as_dense(m) if len(users[n.inputs[k]]) == 1 else None
+            if d and bias.ndim <= 2 and m.shape == n.shape:       # a @ b + bias -> dense
+                return rebuilt(n, "dense", *d[0], bias, new=new, **d[1]), n.inputs[k]
+    if n.op in ACTIVATIONS and len(users[n.inputs[0]]) == 1:
+        d, x = None, ins[0]
+        if x.op == "dense" and x.attrs["activation"] is None:
+            d = (x.inputs, {k: x.attrs[k] for k in ("transpose_a", "transpose_b")})
+        d = d or as_dense(x)
+        if d:                                          # act(dense) -> dense(activation=act)
+            return rebuilt(n, "dense", *d[0], activation=n.op, new=new, **d[1]), n.inputs[0]
+    return None, None
+
+
+def mask_from_relu(graph: Graph) -> Graph:
+    """greater(z, 0) -> greater(relu(z), 0) when relu(z) exists: the relu's VJP mask then
+    reads the activation, so z has one user and the relu can join z's dense node."""
+    users = count_users(graph)
+    relu_of = {n.inputs[0]: n for n in graph.nodes if n.op == "relu"}
+    mapping = {}
+    for n in graph.nodes:
+        z = n.inputs[0] if n.op == "greater" else None
+        if z is not None and z in relu_of and z.op in ("add", "matmul") \
+                and is_value(n.inputs[1], 0) and len(users[z]) > 1:
+            mapping[n] = rebuild_node(n, [relu_of[z], n.inputs[1]], {})
+    return substitute(graph, mapping) if mapping else graph
+
+
+def fuse_dense(graph: Graph) -> Graph:
+    """matmul + bias add + activation -> one `dense` node, forward and backward."""
+    graph = mask_from_relu(graph)
+    users = count_users(graph)
+    new: dict[Node, Node] = {}
+    merged: dict[Node, list[Node]] = {}     # dense node -> the original nodes it absorbed
+    for n in graph.nodes:
+        ins = [new[i] for i in n.inputs]
+        try:
+            out, absorbed = dense_for(n, ins, users, new)
+        except GraphcError:                 # e.g. a bias that would broadcast the product
+            out = absorbed = None
+        if out is not None and out.dtype == n.dtype and same_shape(out.shape, n.shape):
+            note(f"fuse_dense_{n.op}")
+            new[n] = out
+            if absorbed is not None:        # its only user was n: grad_of tags point here
+                merged[out] = merged.pop(new[absorbed], []) + [absorbed]
+                for old in merged[out]:
+                    new[old] = out
+        else:
+            new[n] = rebuild_node(n, ins, new)
+    return Graph([new[o] for o in graph.outputs], [(new[v], new[u]) for v, u in graph.updates])
+

@@ -1,0 +1,147 @@
+"""The one rewrite driver every local pass shares: rules as data, applied bottom-up to a
+fixed point.
+
+Each node is rebuilt on its rewritten inputs, hash-consed (equal op, attrs and inputs -> one
+node, which is common-subexpression elimination for free), then offered to the rules of its op
+until none fires; a replacement is rewritten the same way before it is used. Every node is
+visited once per pass, so a pass is linear in the graph's size times the rule work per node.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from graphc.ir import Graph, GraphcError, Node, apply, format_shape
+
+_stats: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("graphc_rewrite_stats",
+                                                                       default=None)
+SMALL_CONSTANT = 1024      # constants up to this many elements are merged by value
+
+
+class RewriteError(GraphcError):
+    """A rule produced a node of another shape or dtype (a bug in the rule, not the user's)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`fn(node, *inputs)` returns the replacement of a node of `op`, or None ("*": any op)."""
+    name: str
+    op: str
+    fn: Callable[..., Node | None]
+
+
+@contextlib.contextmanager
+def counting(stats: Counter):
+    """Rules firing inside are counted in `stats` (rule name -> times)."""
+    token = _stats.set(stats)
+    try:
+        yield stats
+    finally:
+        _stats.reset(token)
+
+
+def same_shape(a: tuple, b: tuple) -> bool:
+    """Shapes agree, a dim known only at run time (None or a name) matching anything."""
+    return len(a) == len(b) and all(
+        x == y or not isinstance(x, int) or not isinstance(y, int) for x, y in zip(a, b))
+
+
+def node_key(n: Node):
+    """What identifies n's value: leaves by identity (small constants by value), random ops
+    by identity, everything else by Node.key() over already-canonical inputs."""
+    if n.op == "constant":
+        arr = n.data
+        return ("constant", arr.dtype.str, arr.shape, arr.tobytes()) \
+            if arr.size <= SMALL_CONSTANT else n
+    if not n.inputs or n.opdef.random:
+        return n
+    return n.key()
+
+
+def rebuild_node(n: Node, inputs: list[Node], done: dict[Node, Node]) -> Node:
+    """n on new inputs, its `grad_of` tag moved to the rewritten forward node when known."""
+    if not n.inputs:
+        return n
+    tag = done.get(n.grad_of, n.grad_of) if n.grad_of is not None else None
+    if all(a is b for a, b in zip(inputs, n.inputs)) and tag is n.grad_of:
+        return n
+    if all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(inputs, n.inputs)):
+        # same input types: the shape rule would give n's own type again, skip it
+        return Node(n.op, tuple(inputs), n.attrs, n.shape, n.dtype, n.name, n.where, n.scope,
+                    tag)
+    return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope, _grad_of=tag,
+                 **n.attrs)
+
+
+def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) -> Graph:
+    """`graph` with `rules` applied bottom-up to a fixed point and common subexpressions merged."""
+    by_op: dict[str, list[Rule]] = {}
+    for r in rules:
+        by_op.setdefault(r.op, []).append(r)
+    stats = _stats.get()
+    budget = [limit if limit is not None else 20 * len(graph.nodes) + 1000]
+    done: dict[Node, Node] = {}          # any node seen -> its rewritten form
+    table: dict = {}                     # node_key -> canonical node
+
+    def fire(n: Node) -> Node | None:
+        for r in by_op.get(n.op, []) + by_op.get("*", []):
+            out = r.fn(n, *n.inputs)
+            if out is None or out is n:
+                continue
+            if out.dtype != n.dtype or not same_shape(out.shape, n.shape):
+                raise RewriteError(
+                    f"rule {r.name!r} turned {n.op} {format_shape(n.shape)} {n.dtype.name} "
+                    f"into {out.op} {format_shape(out.shape)} {out.dtype.name}")
+            if stats is not None:
+                stats[r.name] += 1
+            return out
+        return None
+
+    def run(root: Node) -> Node:
+        stack, redirect = [root], {}
+        while stack:
+            n = stack[-1]
+            if n in done:
+                stack.pop()
+                continue
+            if n in redirect:                    # its replacement has been rewritten
+                stack.pop()
+                new, out = redirect.pop(n)
+                done[n] = done[new] = done[out]
+                continue
+            todo = [i for i in n.inputs if i not in done]
+            if todo:
+                stack.extend(reversed(todo))
+                continue
+            new = rebuild_node(n, [done[i] for i in n.inputs], done)
+            new = table.setdefault(node_key(new), new)
+            if new in done and new is not n:
+                stack.pop()
+                done[n] = done[new]
+                continue
+            out = fire(new) if budget[0] > 0 else None
+            if out is None:
+                stack.pop()
+                done[n] = done[new] = new
+                continue
+            budget[0] -= 1
+            redirect[n] = (new, out)
+            stack.append(out)
+        return done[root]
+
+    outputs = [run(o) for o in graph.outputs]
+    updates = [(run(v), run(u)) for v, u in graph.updates]
+    return Graph(outputs, updates)
+
+
+def substitute(graph: Graph, mapping: dict[Node, Node]) -> Graph:
+    """The graph with nodes replaced (old node -> new node), users rebuilt; no rules."""
+    done: dict[Node, Node] = {}
+    for n in graph.nodes:
+        new = mapping.get(n)
+        done[n] = new if new is not None else rebuild_node(n, [done[i] for i in n.inputs], done)
+    return Graph([done[o] for o in graph.outputs],
+                 [(done[v], done[u]) for v, u in graph.updates])

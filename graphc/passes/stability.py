@@ -1,0 +1,175 @@
+"""Numerical stabilization: naive log-of-probability forms become stable ops, in forward AND
+gradient graphs.
+
+Forward rules replace log(softmax), log(sigmoid), log(1 - sigmoid) and the hand-written
+softmax cross-entropy by stable ops. The gradient graph that autodiff built from the naive
+forward still divides by the (underflowing) probability: log's VJP is g / p, and the VJPs of
+softmax / sigmoid multiply by p again. The rules `cancel` and `distribute` cancel a factor that
+is positive in exact arithmetic (exp, sigmoid, softmax, softplus, 1 - sigmoid) from numerator
+and denominator of a product, which is exact algebra and removes every 0/0 and inf*0 of those
+gradients. `stable_grad` is the other route: stabilize the cost, then differentiate it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from graphc.autodiff import grad
+from graphc.ir import OPS, Graph, Node, apply, constant
+from graphc.passes.patterns import fit, is_value, positive
+from graphc.passes.rewrite import Rule, rewrite
+from graphc.passes.algebra import FOLD, SIMPLIFY
+
+MAX_FACTORS = 12      # products flattened deeper than this are left alone (linear time)
+
+
+def factors(n: Node, out: tuple[list, list, list], depth: int = 0) -> None:
+    """Flatten n as sign * prod(num) / prod(den) through mul, div and neg."""
+    sign, num, den = out
+    if depth < MAX_FACTORS and len(num) + len(den) < MAX_FACTORS:
+        if n.op == "mul":
+            factors(n.inputs[0], out, depth + 1)
+            factors(n.inputs[1], out, depth + 1)
+            return
+        if n.op == "div":
+            factors(n.inputs[0], out, depth + 1)
+            factors(n.inputs[1], (sign, den, num), depth + 1)
+            return
+        if n.op == "neg":
+            sign[0] = -sign[0]
+            factors(n.inputs[0], out, depth + 1)
+            return
+    num.append(n)
+
+
+def product(xs: list[Node], n: Node) -> Node:
+    if not xs:
+        return constant(1.0, dtype=n.dtype)
+    total = xs[0]
+    for x in xs[1:]:
+        total = total * x
+    return total
+
+
+def cancel(n: Node, *_: Node) -> Node | None:
+    """p * (g / p) -> g for p > 0 in exact arithmetic (the gradients of log(p) chains)."""
+    sign, num, den = [1], [], []
+    factors(n, (sign, num, den))
+    hit = False
+    for d in list(den):
+        if positive(d) and any(x is d for x in num):
+            num.pop(next(i for i, x in enumerate(num) if x is d))
+            den.remove(d)
+            hit = True
+    if not hit:
+        return None
+    out = product(num, n)
+    if den:
+        out = out / product(den, n)
+    return fit(-out if sign[0] < 0 else out, n)
+
+
+def has_divisor(t: Node, p: Node) -> bool:
+    sign, num, den = [1], [], []
+    factors(t, (sign, num, den))
+    return any(d is p for d in den)
+
+
+def distribute(n: Node, a: Node, b: Node) -> Node | None:
+    """p * (g / p - s) -> p * (g / p) - p * s, so that the first term cancels."""
+    for p, t in ((a, b), (b, a)):
+        if positive(p) and t.op in ("add", "sub") and any(has_divisor(x, p) for x in t.inputs):
+            return fit(apply(t.op, p * t.inputs[0], p * t.inputs[1]), n)
+    return None
+
+
+def cross_entropy(n: Node, x: Node) -> Node | None:
+    """sum(y * log_softmax(z), last axis) -> -softmax_cross_entropy(z, labels)."""
+    if x.op != "mul" or n.attrs["keepdims"] or "softmax_cross_entropy" not in OPS:
+        return None
+    for y, ls in (x.inputs, x.inputs[::-1]):
+        z = ls.inputs[0] if ls.op == "log_softmax" else None
+        last = (z.ndim - 1,) if z is not None else None
+        if z is None or ls.attrs["axis"] != last[0] or n.attrs["axis"] != last \
+                or y.shape != z.shape:
+            continue
+        labels = y.inputs[0] if y.op == "one_hot" else y
+        if labels.dtype.kind not in "iuf" or (y.op != "one_hot" and y.dtype != z.dtype):
+            continue
+        return fit(-apply("softmax_cross_entropy", z, labels), n)
+    return None
+
+
+def softmax_by_hand(n: Node, e: Node, s: Node) -> Node | None:
+    """exp(z - c) / sum(exp(z - c), axis, keepdims) -> softmax(z, axis) (c: a shift)."""
+    if e.op != "exp" or s.op != "sum" or s.inputs[0] is not e or not s.attrs["keepdims"] \
+            or len(s.attrs["axis"]) != 1 or "softmax" not in OPS:
+        return None
+    z = e.inputs[0]
+    m = z.inputs[1] if z.op == "sub" else None
+    if m is not None and m.op == "max" and m.inputs[0] is z.inputs[0] \
+            and m.attrs["axis"] == s.attrs["axis"] and m.attrs["keepdims"]:
+        z = z.inputs[0]                    # the usual max shift: softmax is shift-invariant
+    return fit(apply("softmax", z, axis=s.attrs["axis"][0]), n)
+
+
+def log_one_minus(n: Node, x: Node) -> Node | None:
+    if x.op == "sub" and is_value(x.inputs[0], 1) and x.inputs[1].op == "sigmoid":
+        return fit(-apply("softplus", x.inputs[1].inputs[0]), n)
+    return None
+
+
+def softplus_by_hand(n: Node, x: Node) -> Node | None:
+    if x.op != "add":
+        return None
+    for one, e in (x.inputs, x.inputs[::-1]):
+        if is_value(one, 1) and e.op == "exp":
+            return fit(apply("softplus", e.inputs[0]), n)
+    return None
+
+
+STABILIZE = [
+    # log(1 + exp z) -> softplus(z)
+    Rule("softplus_by_hand", "log", softplus_by_hand),
+    # log(softmax z) -> log_softmax z
+    Rule("log_softmax", "log",
+         lambda n, x: apply("log_softmax", x.inputs[0], **x.attrs) if x.op == "softmax" else None),
+    # log(sigmoid z) -> -softplus(-z)
+    Rule("log_sigmoid", "log",
+         lambda n, x: -apply("softplus", -x.inputs[0]) if x.op == "sigmoid" else None),
+    # log(1 - sigmoid z) -> -softplus(z)
+    Rule("log_one_minus_sigmoid", "log", log_one_minus),
+    # sum(y*log_softmax z) -> -sce(z, y)
+    Rule("cross_entropy", "sum", cross_entropy),
+    # p * (g / p) -> g, p > 0
+    Rule("cancel_mul", "mul", cancel),
+    # (g * p) / p -> g, p > 0
+    Rule("cancel_div", "div", cancel),
+    # p*(g/p - s) -> p*(g/p) - p*s
+    Rule("distribute", "mul", distribute),
+]
+
+
+RECOGNIZE = [
+    # exp(z)/sum(exp z) -> softmax(z)
+    Rule("softmax_by_hand", "div", softmax_by_hand),
+]
+
+
+def stabilize(graph: Graph) -> Graph:
+    """Stable forms of log-probabilities and cross-entropies, and of their gradients.
+
+    Two walks: the first cancels gradient forms while a hand-written softmax is still visible
+    as exp / sum (recognizing it as one op would hide the factors that cancel), the second
+    recognizes it, so log(softmax) and the cross-entropy rules apply to it too."""
+    rules = STABILIZE + SIMPLIFY + FOLD
+    return rewrite(rewrite(graph, rules), RECOGNIZE + rules)
+
+
+def stable_grad(cost: Node, wrt: Sequence[Node] | Node) -> tuple[Node, list[Node] | Node]:
+    """(stabilized cost, its gradients): the cost is made stable before it is differentiated,
+    so the gradient is derived from log_softmax / softplus / softmax_cross_entropy directly."""
+    single = isinstance(wrt, Node)
+    wrt = [wrt] if single else list(wrt)
+    stable, *targets = stabilize(Graph([cost] + wrt)).outputs   # wrt as rewritten in the cost
+    grads = grad(stable, targets)
+    return stable, grads[0] if single else grads

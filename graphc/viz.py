@@ -1,0 +1,452 @@
+"""Graphviz pictures of graphs: forward, backward and update nodes, fused groups, layer boxes.
+
+`render` draws a graph (nodes, a Graph or a compiled Function) as a `graphviz.Digraph`; the
+picture is deterministic: node ids follow the listing's `%i` numbering of the stable order.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
+
+# colour of each kind of node (fill) and of the edges that cross into the backward pass
+FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
+BORDER = {"forward": "#3d6fa5", "gradient": "#c26a12", "update": "#38761d"}
+SAVED_EDGE = "#c26a12"             # forward value read by the backward pass (saved activation)
+UPDATE_EDGE = "#38761d"
+FUSED = "fused:"                   # marks a fused node's cluster among scope names
+SHAPE_ONLY = {"reshape": (1,), "broadcast_to": (1,), "size": (0,)}   # inputs read for shape
+LEAF_SHAPE = {"placeholder": "parallelogram", "variable": "cylinder", "constant": "note"}
+INSTALL_HINT = ("install graphviz's `dot` program to get pictures "
+                "(apt-get install graphviz, brew install graphviz or conda install graphviz)")
+
+
+@dataclass
+class Options:
+    backward: bool = True
+    legend: bool = True
+    scopes: bool = True                 # draw name scopes as clusters
+    collapse: object = None             # None, True, depth (int), or scope prefixes
+    inline_scalars: bool = True         # scalar constants written into their user's label
+    rankdir: str = "TB"
+
+
+# what to draw -----------------------------------------------------------------------------
+
+def as_graph(obj) -> Graph:
+    if isinstance(obj, Graph):
+        return obj
+    if isinstance(obj, Node):
+        return Graph([obj])
+    if isinstance(obj, (list, tuple)) and all(isinstance(n, Node) for n in obj):
+        return Graph(list(obj))
+    if isinstance(getattr(obj, "graph", None), Graph):       # a compiled Function
+        return obj.graph
+    raise GraphcError(f"render: expected nodes, a Graph or a Function, got {type(obj).__name__}")
+
+
+def before_graph(obj) -> Graph | None:
+    """The graph as built (before optimization); None for a Function that did not keep it."""
+    for attr in ("original", "unoptimized", "source_graph"):
+        g = getattr(obj, attr, None)
+        if isinstance(g, Graph):
+            return g
+    if isinstance(getattr(obj, "graph", None), Graph):
+        return None
+    return as_graph(obj)
+
+
+def optimized_graph(graph: Graph) -> Graph:
+    try:
+        from graphc.passes import optimize
+    except ImportError:
+        print("graphc.render: graphc.passes.optimize is not available yet; drawing the graph "
+              "as built", file=sys.stderr)
+        return graph
+    return optimize(graph)
+
+
+def kinds(graph: Graph) -> dict[int, str]:
+    """id(node) -> 'forward' | 'gradient' | 'update'.
+
+    Gradient nodes carry grad_of; update nodes compute only new values of variables. An
+    untagged node outside the outputs' graph that feeds gradient nodes counts as gradient.
+    """
+    kind = {id(n): "gradient" if n.grad_of is not None else "forward" for n in graph.nodes}
+    reached = {id(n) for n in toposort(graph.outputs)}
+    users = graph.users()
+    new_values = {id(u) for _, u in graph.updates}
+    for n in reversed(graph.nodes):
+        if id(n) in reached or n.grad_of is not None or not n.inputs:
+            continue
+        if id(n) in new_values or all(kind[id(u)] == "update" for u in users[id(n)]):
+            kind[id(n)] = "update"
+        else:
+            kind[id(n)] = "gradient"
+    return kind
+
+
+def is_scalar_constant(n: Node) -> bool:
+    return n.op == "constant" and n.data.size == 1
+
+
+# labels -----------------------------------------------------------------------------------
+
+def format_value(arr: np.ndarray) -> str:
+    v = arr.reshape(()).item() if arr.size == 1 else None
+    if v is None:
+        return f"const {format_shape(arr.shape)}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def node_label(n: Node, num: dict[int, str], opts: Options) -> str:
+    if n.op in LEAF_SHAPE:
+        head = n.name or (format_value(n.data) if n.op == "constant" else n.op)
+        if n.op == "constant" and n.name:
+            head += f" = {format_value(n.data)}"
+        lines = [head]
+    else:
+        args = [format_value(i.data) if opts.inline_scalars and is_scalar_constant(i) else "·"
+                for i in n.inputs]
+        call = n.op if all(a == "·" for a in args) else f"{n.op}({', '.join(args)})"
+        lines = [f"{num[id(n)]} {call}"] + ([repr(n.name)] if n.name else [])
+    dtype = "" if n.dtype == np.float32 else f" {n.dtype.name}"
+    lines.append(format_shape(n.shape) + dtype)
+    if n.grad_of is not None:
+        lines.append(f"∂ of {num.get(id(n.grad_of), n.grad_of.label())}"
+                     + (f" {n.grad_of.name!r}" if n.grad_of.name else ""))
+    return "\n".join(lines)
+
+
+def node_tooltip(n: Node, num: dict[int, str]) -> str:
+    tip = format_node(n, num) + f"\nbuilt at {n.where}"
+    if n.grad_of is not None:
+        f = n.grad_of
+        tip += f"\nbackward pass of {num.get(id(f), '')} {f.op} {f.label()} (built at {f.where})"
+    return tip
+
+
+# drawing ----------------------------------------------------------------------------------
+
+class Drawer:
+    """Draws one graph into a Digraph (or a cluster of one), node ids prefixed by `prefix`."""
+
+    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = ""):
+        self.dot, self.graph, self.opts, self.prefix = dot, graph, opts, prefix
+        self.num = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+        self.kind = kinds(graph)
+        self.update_scope: dict[int, tuple] = {}     # update nodes: the updated variable's scope
+        for var, new in graph.updates:
+            for n in toposort([new]):
+                if self.kind[id(n)] == "update":
+                    self.update_scope.setdefault(id(n), var.scope)
+        self.clusters: dict[tuple, list] = {}     # cluster path -> [(method, args, kwargs)]
+        self.edges: list[tuple] = []
+        self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
+        self.body_kind: dict[str, str] = {}        # drawn id of an op inside a fused node -> kind
+        self.fused: set[int] = set()               # fused nodes drawn as clusters
+
+    def cluster(self, path: tuple):
+        for k in range(len(path)):                # every enclosing scope is drawn too
+            self.clusters.setdefault(path[:k], [])
+        return self.clusters.setdefault(path, [])
+
+    def visible(self) -> list[Node]:
+        out = []
+        for n in self.graph.nodes:
+            if not self.opts.backward and self.kind[id(n)] != "forward":
+                continue
+            if self.opts.inline_scalars and is_scalar_constant(n) and not n.name:
+                continue
+            out.append(n)
+        return out
+
+    def box_of(self, n: Node) -> tuple | None:
+        """The collapsed scope box `n` falls in, as (kind, scope prefix), or None."""
+        c = self.opts.collapse
+        if not c:
+            return None
+        kind = self.kind[id(n)]
+        scope = {"gradient": n.grad_of.scope if n.grad_of is not None else (),
+                 "update": self.update_scope.get(id(n), ())}.get(kind, n.scope)
+        if not scope:
+            return None
+        if c is True:
+            prefix = scope[:1]
+        elif isinstance(c, int):
+            prefix = scope[:c]
+        else:
+            wanted = [tuple(p.split("/")) if isinstance(p, str) else tuple(p)
+                      for p in ([c] if isinstance(c, str) else c)]
+            prefix = next((p for p in wanted if scope[:len(p)] == p), None)
+        return (kind, prefix) if prefix else None
+
+    def draw(self):
+        nodes = self.visible()
+        boxes: dict[tuple, list[Node]] = {}
+        for n in nodes:
+            box = self.box_of(n)
+            if box is not None:
+                boxes.setdefault(box, []).append(n)
+                self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
+            elif not (n.op in ("fused", "dense") and self.draw_fused(n)):
+                self.draw_node(n)
+        for (kind, scope), members in boxes.items():
+            self.draw_box(kind, scope, members)
+        for n in nodes:
+            self.draw_inputs(n)
+        self.draw_updates()
+        self.flush()
+
+    def node_attrs(self, n: Node) -> dict:
+        kind = self.kind[id(n)]
+        attrs = {"label": node_label(n, self.num, self.opts),
+                 "tooltip": node_tooltip(n, self.num), "fillcolor": FILL[kind],
+                 "color": BORDER[kind], "shape": LEAF_SHAPE.get(n.op, "box")}
+        if n.op not in LEAF_SHAPE:
+            attrs["style"] = "filled,rounded"
+        if any(n is o for o in self.graph.outputs):
+            attrs["penwidth"] = "2.5"
+        return attrs
+
+    def draw_node(self, n: Node):
+        nid = self.prefix + f"n{self.num[id(n)][1:]}"
+        self.ids[id(n)] = nid
+        path = n.scope if self.opts.scopes and self.kind[id(n)] == "forward" else ()
+        self.cluster(path).append(("node", (nid,), self.node_attrs(n)))
+
+    def draw_box(self, kind: str, scope: tuple, members: list[Node]):
+        ops = sum(1 for m in members if m.inputs)
+        name = {"gradient": "∂ ", "update": "update "}.get(kind, "") + "/".join(scope)
+        leaves = len(members) - ops
+        label = f"{name}\n{ops} ops" + (f", {leaves} leaves" if leaves else "") \
+            + f"\n→ {format_shape(members[-1].shape)}"
+        tip = "\n".join(format_node(m, self.num) for m in members)
+        self.cluster(()).append(("node", (self.ids[id(members[0])],), {
+            "label": label, "tooltip": tip, "shape": "box3d", "fillcolor": FILL[kind],
+            "color": BORDER[kind]}))
+
+    def draw_fused(self, n: Node) -> bool:
+        """A fused node as a cluster of the ops inside it; edges go to the ops that read each
+        input, and users read the body's output. False when it has no body to show."""
+        nid = self.prefix + f"n{self.num[id(n)][1:]}"
+        body = fused_body(n)
+        if body is None or not body.outputs or not body.outputs[0].inputs:
+            return False
+        kind = self.kind[id(n)]
+        inner: dict[int, str] = {}
+        items = [("attr", (), {"label": f"{self.num[id(n)]} {n.op}", "style": "filled,dashed",
+                               "fillcolor": "#f3f3f3", "color": "#674ea7",
+                               "tooltip": node_tooltip(n, self.num)})]
+        bnum = {id(b): f"{self.num[id(n)]}.{j}" for j, b in enumerate(body.nodes)}
+        for b in body.nodes:
+            if b.op == "placeholder" or (self.opts.inline_scalars and is_scalar_constant(b)):
+                continue
+            inner[id(b)] = f"{nid}_{bnum[id(b)].split('.')[1]}"
+            attrs = {"label": node_label(b, bnum, self.opts), "shape": "box",
+                     "style": "filled,rounded", "fillcolor": FILL[kind], "color": BORDER[kind]}
+            items.append(("node", (inner[id(b)],), attrs))
+            self.body_kind[inner[id(b)]] = kind
+            for i in b.inputs:
+                if i.op == "placeholder":
+                    k = body.placeholders.index(i) if not (i.name or "")[2:].isdigit() \
+                        else int(i.name[2:])
+                    self.edges.append((("outer", n.inputs[k]), inner[id(b)], {}))
+                elif id(i) in inner:
+                    self.edges.append((inner[id(i)], inner[id(b)], {}))
+        path = n.scope if self.opts.scopes and kind == "forward" else ()
+        self.cluster(path + (FUSED + nid,)).extend(items)
+        self.ids[id(n)] = inner[id(body.outputs[0])]
+        self.fused.add(id(n))
+        return True
+
+    def draw_inputs(self, n: Node):
+        if id(n) in self.fused:
+            return                                  # edges drawn with the body
+        dst = self.ids[id(n)]
+        for k, i in enumerate(n.inputs):
+            shape_only = k in SHAPE_ONLY.get(n.op, ())
+            self.edges.append((("outer", i), dst, {"style": "dotted", "color": "#999999",
+                                                   "tooltip": "reads only the shape"}
+                               if shape_only else {}))
+
+    def draw_updates(self):
+        for var, new in self.graph.updates:
+            if self.opts.backward and id(var) in self.ids and id(new) in self.ids:
+                self.edges.append((self.ids[id(new)], self.ids[id(var)], {
+                    "color": UPDATE_EDGE, "style": "bold", "constraint": "false",
+                    "tooltip": f"update {self.num[id(var)]} {var.label()}"}))
+
+    def edge_attrs(self, src: Node, dst_kind: str) -> dict:
+        if self.kind[id(src)] == "forward" and dst_kind == "gradient":
+            return {"color": SAVED_EDGE, "style": "dashed"}
+        return {}
+
+    def flush(self):
+        kind_of_id = dict(self.body_kind)
+        for n in self.graph.nodes:
+            if id(n) in self.ids:
+                kind_of_id.setdefault(self.ids[id(n)], self.kind[id(n)])
+        seen = set()
+        for src, dst, attrs in self.edges:
+            if isinstance(src, tuple):
+                node = src[1]
+                if id(node) not in self.ids:
+                    continue                        # inlined scalar or hidden backward node
+                attrs = {**self.edge_attrs(node, kind_of_id.get(dst, "forward")), **attrs}
+                src = self.ids[id(node)]
+            if src == dst or (src, dst) in seen:
+                continue
+            seen.add((src, dst))
+            self.cluster(()).append(("edge", (src, dst), attrs))
+        self.emit(self.dot, ())
+
+    def emit(self, target, path: tuple):
+        for method, args, attrs in self.clusters.get(path, []):
+            if method == "attr":
+                target.attr(**attrs)
+            else:
+                getattr(target, method)(*args, **attrs)
+        for sub in sorted(k for k in self.clusters if len(k) == len(path) + 1
+                          and k[:len(path)] == path):
+            fused = sub[-1].startswith(FUSED)
+            name = sub[-1][len(FUSED):] if fused else self.prefix + "scope_" + "/".join(sub)
+            with target.subgraph(name="cluster_" + name) as c:
+                if not fused:
+                    c.attr(label=sub[-1], style="dashed", color="#999999", fontcolor="#555555")
+                self.emit(c, sub)
+
+
+def fused_body(n: Node) -> Graph | None:
+    """The ops inside a fused node; a `dense` node is drawn as matmul -> add -> activation."""
+    if n.op == "fused":
+        body = n.attrs.get("body")
+        return body if isinstance(body, Graph) else None
+    if len(n.inputs) < 2:
+        return None
+    ins = [Node("placeholder", (), {}, i.shape, i.dtype, f"in{k}") for k, i in
+           enumerate(n.inputs)]
+    a, b = ins[0], ins[1]
+    a = apply("transpose", a) if n.attrs.get("transpose_a") else a
+    b = apply("transpose", b) if n.attrs.get("transpose_b") else b
+    out = apply("matmul", a, b)
+    for bias in ins[2:]:
+        out = apply("add", out, bias)
+    act = n.attrs.get("activation")
+    if act:
+        out = apply(act, out)
+    return Graph([out])
+
+
+def draw_legend(dot, backward: bool = True):
+    """One HTML-table node (a cluster with sample nodes costs dot more than the graph)."""
+    cell = '<tr><td bgcolor="{}" border="1" color="{}">{}</td><td align="left">{}</td></tr>'
+    rows = [cell.format(FILL["forward"], BORDER["forward"], "op", "forward"),
+            cell.format(FILL["gradient"], BORDER["gradient"], "op", "gradient (∂ of %i)"),
+            cell.format(FILL["update"], BORDER["update"], "op", "variable update"),
+            cell.format("white", "white", "▱", "placeholder"),
+            cell.format("white", "white", "⛁", "variable"),
+            cell.format("white", "white", "▯", "constant"),
+            cell.format("white", "white", f'<font color="{SAVED_EDGE}">╌╌▶</font>',
+                        "forward value read by the backward pass"),
+            cell.format("white", "white", f'<font color="{UPDATE_EDGE}">━━▶</font>',
+                        "new value of a variable"),
+            cell.format("white", "white", '<font color="#999999">┈┈▶</font>',
+                        "reads only the shape")]
+    if not backward:
+        rows = [r for k, r in enumerate(rows) if k not in (1, 2, 6, 7)]
+    dot.node("legend", "<<table border='0' cellspacing='2' cellborder='0'>"
+             + "".join(rows) + "</table>>", shape="plain", style="solid", fontsize="9")
+
+
+# the public function ----------------------------------------------------------------------
+
+def render(nodes_or_function, path: str | os.PathLike | None = None, backward: bool = True,
+           optimized: bool = False, collapse=None, compare: bool = False, legend: bool = True,
+           scopes: bool = True, inline_scalars: bool = True, rankdir: str = "TB"):
+    """Draw the graph as a `graphviz.Digraph`; write `path` (svg/png/pdf/dot by suffix).
+
+    A Function (or `optimized=True`) draws the optimized graph with fused nodes as clusters;
+    `compare=True` draws the graph before and after optimization side by side; `collapse`
+    folds name scopes into one box (True: top-level scopes, an int: scope depth, or prefixes).
+    `scopes` draws name scopes as dashed clusters, `inline_scalars` writes scalar constants
+    into their user's label (`mul(·, 0.1)`), `legend` adds the colour key.
+    """
+    graphviz = load_graphviz()
+    opts = Options(backward, legend, scopes, collapse, inline_scalars, rankdir)
+    dot = graphviz.Digraph("graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
+                           node_attr={"fontname": "Helvetica", "fontsize": "10",
+                                      "style": "filled"},
+                           edge_attr={"arrowsize": "0.6", "fontname": "Helvetica",
+                                      "fontsize": "9"})
+    is_function = not isinstance(nodes_or_function, (Node, Graph, list, tuple))
+    before = before_graph(nodes_or_function) if compare else None
+    if compare and before is None:
+        print("graphc.render: this Function keeps only its optimized graph; draw the nodes "
+              "instead (gc.render(outputs, compare=True)) to see them before optimization",
+              file=sys.stderr)
+    if before is not None:
+        after = as_graph(nodes_or_function) if is_function else optimized_graph(before)
+        for tag, g, title in (("a_", before, "as built"), ("b_", after, "optimized")):
+            with dot.subgraph(name=f"cluster_{tag}") as c:
+                c.attr(label=f"{title} ({len(g)} nodes)", style="rounded", color="#666666")
+                Drawer(c, g, opts, tag).draw()
+    else:
+        graph = as_graph(nodes_or_function)
+        if optimized and not is_function:
+            graph = optimized_graph(graph)
+        Drawer(dot, graph, opts).draw()
+    if opts.legend:
+        draw_legend(dot, backward)
+    if path is not None:
+        write(dot, path)
+    return dot
+
+
+def write(dot, path) -> str:
+    """Write the picture; without `dot` write the DOT source and say how to get pictures."""
+    graphviz = load_graphviz()
+    path = os.fspath(path)
+    stem, suffix = os.path.splitext(path)
+    fmt = suffix.lstrip(".").lower()
+    if fmt in ("dot", "gv", ""):
+        with open(path or "graph.dot", "w", encoding="utf-8") as f:
+            f.write(dot.source)
+        return path
+    if fmt not in graphviz.FORMATS:
+        raise GraphcError(f"render: cannot write {path!r}: unknown picture format {fmt!r} "
+                          "(use .svg, .png, .pdf or .dot)")
+    try:
+        data = dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        src = stem + ".dot"
+        with open(src, "w", encoding="utf-8") as f:
+            f.write(dot.source)
+        print(f"graphc.render: wrote DOT source to {src}; {INSTALL_HINT}", file=sys.stderr)
+        return src
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def load_graphviz():
+    """The graphviz Python package, imported on first use so graphc imports without it."""
+    try:
+        import graphviz
+    except ImportError:
+        raise GraphcError("render needs the graphviz Python package: pip install graphviz") \
+            from None
+    return graphviz
+
+
+def repr_svg(obj) -> str | None:
+    """SVG text for Jupyter's `_repr_svg_` (None without `dot`, so Jupyter falls back)."""
+    graphviz = load_graphviz()
+    try:
+        return render(obj, legend=False).pipe(format="svg").decode("utf-8")
+    except graphviz.ExecutableNotFound:
+        return None

@@ -1,0 +1,68 @@
+"""Op table rows for the ops only the optimizer builds: `fused` (an elementwise group with its
+body graph) and `dense` (act(op(a) @ op(b) + bias)); kernels vs NumPy, VJPs vs differences."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import Node, apply
+from graphc.ops.fused import Body
+from tests.helpers import Row, check_row, verify_grad
+
+rng = np.random.default_rng(4)
+
+
+def f64(*shape):
+    return rng.uniform(-2.0, 2.0, size=shape)
+
+
+def body_of(build, *shapes) -> Body:
+    """A fused body: `build` applied to placeholders in0, in1, ... (float64)."""
+    ins = [Node("placeholder", (), {}, s, np.float64, f"in{i}") for i, s in enumerate(shapes)]
+    return Body(ins, build(*ins))
+
+
+BODY = body_of(lambda a, b: gc.tanh(a * b + 1.0) - gc.sigmoid(b), (3, 4), (4,))
+SIGMOID = lambda z: 1 / (1 + np.exp(-z))                       # noqa: E731
+ACTS = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": SIGMOID,
+        "tanh": np.tanh}
+
+
+def dense_row(act, ta, tb, bias=True):
+    a, b = f64(*((3, 2) if ta else (2, 3))), f64(*((4, 3) if tb else (3, 4)))
+    inputs = [a, b, f64(4)] if bias else [a, b]
+
+    def ref(a, b, c=0.0):
+        return ACTS[act]((a.T if ta else a) @ (b.T if tb else b) + c)
+    return Row("dense", lambda *xs: apply("dense", *xs, activation=act, transpose_a=ta,
+                                         transpose_b=tb), inputs, ref)
+
+
+ROWS = [
+    Row("fused", lambda a, b: apply("fused", a, b, body=BODY), [f64(3, 4), f64(4)],
+        lambda a, b: np.tanh(a * b + 1.0) - SIGMOID(b)),
+] + [dense_row(act, ta, tb) for act in ACTS for ta in (False, True) for tb in (False, True)] \
+  + [dense_row("relu", False, True, bias=False)]
+IDS = [f"{i}-{r.name}" for i, r in enumerate(ROWS)]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_kernel_matches_reference(row):
+    check_row(row, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_vjp_matches_finite_differences(row):
+    verify_grad(row.build, row.inputs)
+
+
+def test_fused_listing_shows_the_body_compactly():
+    a, b = gc.placeholder((3, 4), "float64", "a"), gc.placeholder((4,), "float64", "b")
+    assert "body=<5 ops: mul, add, tanh, sigmoid, sub>" in str(apply("fused", a, b, body=BODY))
+
+
+def test_dense_rejects_a_bias_that_would_broadcast_the_product():
+    a, b = gc.placeholder((2, 3), name="a"), gc.placeholder((3, 4), name="b")
+    with pytest.raises(gc.GraphcError, match="dense.*bias"):
+        apply("dense", a, b, gc.placeholder((5, 4), name="c"))
