@@ -13,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.io import decode_attr, encode_attr, file_paths
+from graphc.io import file_paths
+from graphc.io_format import decode_attr, encode_attr
+from graphc.ir import Node, apply
+from graphc.ops.fused import Body
 from tests.helpers import leaves_for
 
 
@@ -43,6 +46,24 @@ def feeds_for(x, y):
 
 def by_name(graph: gc.Graph, name: str):
     return next(n for n in graph.nodes if n.name == name)
+
+
+def assert_same_nodes(new_nodes, old_nodes):
+    """Same ops, attributes and grad_of tags; fused bodies compared node by node."""
+    assert len(new_nodes) == len(old_nodes)
+    for new, old in zip(new_nodes, old_nodes):
+        assert (new.op, new.shape, new.dtype, new.name) == (old.op, old.shape, old.dtype,
+                                                            old.name)
+        assert (new.grad_of is None) == (old.grad_of is None)
+        assert new.attrs.keys() == old.attrs.keys()
+        for k, v in old.attrs.items():
+            if isinstance(v, Body):
+                body = new.attrs[k]
+                assert isinstance(body, Body) and str(body) == str(v)
+                assert [p.name for p in body.inputs] == [p.name for p in v.inputs]
+                assert_same_nodes(body.nodes, v.nodes)
+            else:
+                assert new.attrs[k] == v
 
 
 def test_round_trip_keeps_values_listing_and_attrs(tmp_path):
@@ -190,9 +211,7 @@ def test_every_op_row_round_trips(row, tmp_path):
     gc.save(before, tmp_path / "op")
     after = gc.load(tmp_path / "op")
     assert str(after) == str(before)
-    for old, new in zip(before.nodes, after.nodes):
-        assert new.attrs == old.attrs
-        assert (new.grad_of is None) == (old.grad_of is None)
+    assert_same_nodes(after.nodes, before.nodes)
     if any(gc.ir.OPS[n.op].random for n in before.nodes if n.op in gc.ir.OPS):
         return                        # random masks differ per run; the listing is enough
     new_leaves = [by_name(after, x.name) for x in leaves]
@@ -443,6 +462,212 @@ def test_corrupted_bytes_load_or_raise_graphc_error(fuzz_file, pos, junk):
     text = json.dumps(original).encode()
     pos %= len(text)
     path.write_bytes(text[:pos] + junk + text[pos + len(junk):])
+    try:
+        gc.load(path)
+    except gc.GraphcError:
+        pass
+
+
+# optimized graphs: fused bodies and dense nodes -----------------------------------------
+
+def training_step():
+    """gc.function of one SGD step of a 4-8-3 MLP; its optimized graph has fused and dense."""
+    rng = np.random.default_rng(2)
+    x = gc.placeholder((None, 4), "float32", "x")
+    y = gc.placeholder((None,), "int64", "y")
+    params = [gc.variable(rng.normal(size=(4, 8)).astype("float32"), name="W1"),
+              gc.variable(np.full(8, 0.1, "float32"), name="b1"),
+              gc.variable(rng.normal(size=(8, 3)).astype("float32"), name="W2"),
+              gc.variable(np.zeros(3, "float32"), name="b2")]
+    W1, b1, W2, b2 = params
+    loss = gc.mean(gc.softmax_cross_entropy(gc.relu(x @ W1 + b1) @ W2 + b2, y))
+    grads = gc.grad(loss, params)
+    step = gc.function([x, y], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    feeds = {x: rng.normal(size=(6, 4)).astype("float32"), y: np.arange(6) % 3}
+    return step.graph, feeds
+
+
+def test_optimized_training_step_round_trips(tmp_path):
+    graph, feeds = training_step()
+    ops = [n.op for n in graph.nodes]
+    assert "fused" in ops and "dense" in ops
+    gc.save(graph, tmp_path / "step")
+    before, after = graph, gc.load(tmp_path / "step")
+    assert str(after) == str(before)
+    assert_same_nodes(after.nodes, before.nodes)
+    inner_tags = [b for n in before.nodes if n.op == "fused"
+                  for b in n.attrs["body"].nodes if b.grad_of is not None]
+    assert inner_tags, "the relu gradient's body holds gradient nodes"
+    roots = lambda g: list(g.outputs) + [u for _, u in g.updates]      # noqa: E731
+    want = gc.ir.evaluate(roots(before), feeds)
+    have = gc.ir.evaluate(roots(after), {by_name(after, p.name): v for p, v in feeds.items()})
+    assert len(have) == 5
+    for w, h in zip(want, have):
+        np.testing.assert_array_equal(h, w)
+    with np.load(tmp_path / "step.npz", allow_pickle=False) as npz:
+        inner = [k for k in npz.files if ".body." in k]
+        assert inner and all(npz[k].shape == () for k in inner)   # the inlined 0.1 and 0.0
+    x, y = by_name(after, "x"), by_name(after, "y")       # and the loaded graph compiles
+    run = gc.function([x, y], after.outputs[0], updates=list(after.updates), optimize=False)
+    np.testing.assert_array_equal(run(*feeds.values()), want[0])
+    np.testing.assert_array_equal(by_name(after, "W1").value, want[1])
+
+
+def small_fused():
+    """x -> fused(x, w) with body tanh(in0 * in1) + [1, 2, 3] (an array constant inside)."""
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.array([0.5, -1.0, 2.0], "float32"), name="w")
+    ins = [Node("placeholder", (), {}, s, np.float32, f"in{i}")
+           for i, s in enumerate([(None, 3), (3,)])]
+    body = Body(ins, gc.tanh(ins[0] * ins[1]) + gc.constant(np.arange(1, 4, dtype="float32")))
+    return x, w, apply("fused", x, w, body=body, _name="f")
+
+
+def test_fused_body_constants_are_arrays_of_their_own(tmp_path):
+    x, w, f = small_fused()
+    gc.save(f, tmp_path / "f")
+    with np.load(tmp_path / "f.npz", allow_pickle=False) as npz:
+        keys = sorted(npz.files)
+        body_key = next(k for k in keys if ".body." in k)
+        np.testing.assert_array_equal(npz[body_key], [1, 2, 3])
+    assert len(keys) == 2                     # w and the body's constant
+    got = gc.load(tmp_path / "f")
+    assert got.attrs["body"] is not f.attrs["body"] and str(got) == str(f)
+    value = np.array([[0.0, 1.0, -1.0]], "float32")
+    np.testing.assert_array_equal(got.eval({by_name(gc.Graph([got]), "x"): value}),
+                                  f.eval({x: value}))
+
+
+@pytest.fixture
+def saved_fused(tmp_path):
+    """A saved fused node, its body's JSON and a function that rewrites that body."""
+    *_, f = small_fused()
+    gc.save(f, tmp_path / "f")
+    path = tmp_path / "f.json"
+    top = next(i for i, r in enumerate(json.loads(path.read_text())["nodes"])
+               if r["op"] == "fused")
+
+    def edit(change):
+        doc = json.loads(path.read_text())
+        change(doc["nodes"][top]["attrs"]["body"]["graph"], doc)
+        path.write_text(json.dumps(doc))
+    return path, edit, top
+
+
+def test_body_errors_name_the_inner_node(saved_fused):
+    path, edit, top = saved_fused
+    edit(lambda b, d: b["nodes"][-1].update(op="eval"))
+    load_fails(path, rf"node %{top} body %\d+ \(eval\): unknown op 'eval'")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda b, d: b.update(inputs=[b["inputs"][0]]), "one for each of the node's 2 inputs"),
+    (lambda b, d: b.update(inputs=[b["inputs"][0]] * 2), "must be its placeholders"),
+    (lambda b, d: b.update(output=99), "99 is not a node index"),
+    (lambda b, d: b.update(output="0"), "field 'output' must be an integer"),
+    (lambda b, d: b.pop("nodes"), "field 'nodes' must be a list"),
+    (lambda b, d: [r.update(shape=[1]) for r in b["nodes"]
+                   if r["name"] == "in1"], "placeholders .* do not match the node's inputs"),
+    (lambda b, d: [r.update(dtype="float64") for r in b["nodes"]
+                   if r["name"] == "in0"], "do not match|shape rule gives"),
+    (lambda b, d: b["nodes"][-1].update(grad_of=len(d["nodes"]) - 1), "cycle"),
+    (lambda b, d: b["nodes"][-1].update(grad_of=10**6), "grad_of: 1000000 is not"),
+    (lambda b, d: b["nodes"][-1]["attrs"].update(body=[1]), "takes no attribute 'body'"),
+])
+def test_malformed_bodies(saved_fused, change, match):
+    path, edit, _ = saved_fused
+    edit(change)
+    load_fails(path, match)
+
+
+def test_body_attribute_must_be_a_graph_on_a_fused_node_only(saved_fused):
+    path, _, top = saved_fused
+    original = json.loads(path.read_text())
+    for bad in ([1, 2], {"graph": [1]}, {"graph": {}, "code": "print(1)"}, "graph", {}):
+        doc = json.loads(json.dumps(original))
+        doc["nodes"][top]["attrs"]["body"] = bad
+        path.write_text(json.dumps(doc))
+        load_fails(path, r"attribute 'body': (must be a graph|field 'nodes')")
+    doc = json.loads(json.dumps(original))     # a body on another op: an unknown attribute
+    x = next(i for i, r in enumerate(doc["nodes"]) if r["name"] == "x")
+    doc["nodes"][top].update(op="tanh", inputs=[x])
+    path.write_text(json.dumps(doc))
+    load_fails(path, "op tanh takes no attribute 'body'")
+
+
+def nest(depth: int) -> dict:
+    """A body whose one op is a fused node with a body of its own, `depth` levels down."""
+    ph = {"op": "placeholder", "inputs": [], "attrs": {}, "shape": [3], "dtype": "float32",
+          "name": "in0", "scope": [], "where": "f.py:1", "grad_of": None}
+    op = {**ph, "op": "tanh", "inputs": [0], "name": None}
+    if depth:
+        op.update(op="fused", attrs={"body": nest(depth - 1)})
+    return {"graph": {"inputs": [0], "output": 1, "nodes": [ph, op]}}
+
+
+def test_nesting_is_bounded(tmp_path):
+    for depth, match in ((3, None), (40, "nest deeper than 4 levels")):
+        doc = {"format": "graphc-graph", "version": 1, "form": "node", "outputs": [1],
+               "updates": [], "nodes": [nest(0)["graph"]["nodes"][0],
+                                        {**nest(depth)["graph"]["nodes"][1]}]}
+        (tmp_path / "n.json").write_text(json.dumps(doc))
+        if match:
+            load_fails(tmp_path / "n.json", match)
+            continue
+        got = gc.load(tmp_path / "n")     # no arrays: the .npz is never opened
+        value = np.array([0.5, -1.0, 2.0], "float32")
+        ph = gc.Graph([got]).placeholders[0]
+        np.testing.assert_allclose(got.eval({ph: value}), np.tanh(value), rtol=1e-6)
+
+
+def test_body_array_missing_or_pickled(saved_fused, tmp_path):
+    path, _, top = saved_fused
+    npz_path = path.with_suffix(".npz")
+    with np.load(npz_path) as npz:
+        arrays = dict(npz)
+    key = next(k for k in arrays if ".body." in k)
+    np.savez(npz_path, **{k: v for k, v in arrays.items() if k != key})
+    load_fails(path, rf"has no array {key} for node %{top} body %\d+ \(constant\)")
+    np.savez(npz_path, **{**arrays, key: np.zeros(100_000, "float32")})
+    load_fails(path, "is larger than node")
+    trap = Trap()
+    trap.marker = str(tmp_path / "pwned")
+    np.savez(npz_path, **{**arrays, key: np.array([trap, 1, 2], dtype=object)})
+    load_fails(path, "pickled objects are refused")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture(scope="module")
+def fuzz_fused_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz_fused")
+    *_, f = small_fused()
+    gc.save(f, folder / "f")
+    return folder / "f.json", json.loads((folder / "f.json").read_text())
+
+
+def all_records(records: list) -> list[dict]:
+    """The records and those of every body inside them."""
+    out = []
+    for r in records if isinstance(records, list) else []:
+        if not isinstance(r, dict):
+            continue
+        out.append(r)
+        body = r["attrs"].get("body") if isinstance(r.get("attrs"), dict) else None
+        if isinstance(body, dict) and isinstance(body.get("graph"), dict):
+            out += [body["graph"]] + all_records(body["graph"].get("nodes"))
+    return out
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.data())
+def test_fuzzed_bodies_load_or_raise_graphc_error(fuzz_fused_file, data):
+    path, original = fuzz_fused_file
+    doc = json.loads(json.dumps(original))
+    for _ in range(data.draw(st.integers(1, 3))):
+        record = data.draw(st.sampled_from(all_records(doc["nodes"])))
+        key = data.draw(st.sampled_from(sorted(record)))
+        record[key] = data.draw(json_values)
+    path.write_text(json.dumps(doc))
     try:
         gc.load(path)
     except gc.GraphcError:
