@@ -2,5 +2,10 @@
 from graphc.ir import Graph, GraphcError, Node, ShapeError  # noqa: F401
 from graphc.api import *  # noqa: F401,F403
 from graphc.autodiff import grad, vjp  # noqa: F401
+from graphc.passes import optimize  # noqa: F401
+from graphc.runtime import Function, function  # noqa
+from graphc.io import save, load  # noqa: F401
+from graphc.viz import render  # noqa: F401
+from graphc.formula import formula, explain  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,18 +1,145 @@
-"""The `graphc` command."""
+"""The `graphc` command: `graphc demo`, `graphc render FILE`, `graphc formula FILE`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import graphc
 
+DEMO_EPOCHS = 30
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphc", description=graphc.__doc__)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except graphc.GraphcError as e:
+        print(f"graphc {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphc", description=graphc.__doc__,
+        epilog="Start with `graphc demo`; `graphc COMMAND --help` explains each command.")
     parser.add_argument("--version", action="version", version=f"graphc {graphc.__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="train an MLP on the handwritten digits and draw its graphs",
+        description="Train a 64-128-64-10 MLP on scikit-learn's 8x8 digits, print the test "
+                    "accuracy, and write the forward and backward graph pictures, the gradient "
+                    "formulas of the last layer and the saved graph into a folder.")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs "
+                      f"(default {DEMO_EPOCHS})")
+    demo.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
+    demo.add_argument("--out", default=".", help="folder for the files (default: here)")
+    demo.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
+    demo.set_defaults(run=run_demo)
+
+    render = sub.add_parser(
+        "render", help="draw a graph saved with gc.save",
+        description="Draw a graph saved with gc.save (FILE.json + FILE.npz) as a picture.")
+    render.add_argument("file", help="the saved graph (.json)")
+    render.add_argument("-o", "--output", help="picture to write; the format follows the suffix "
+                        "(svg, png, pdf, dot); default FILE.svg")
+    render.add_argument("--forward", action="store_true", help="leave out gradient nodes")
+    render.add_argument("--optimized", action="store_true", help="draw the optimized graph")
+    render.set_defaults(run=run_render)
+
+    formula = sub.add_parser(
+        "formula", help="print the formulas of a graph saved with gc.save",
+        description="Print the outputs of a saved graph (and its updates) as formulas.")
+    formula.add_argument("file", help="the saved graph (.json)")
+    formula.add_argument("--latex", action="store_true", help="LaTeX instead of text")
+    formula.set_defaults(run=run_formula)
+    return parser
+
+
+def loaded_nodes(path: str) -> list:
+    """The outputs (and update values) of a saved graph, in the order saved."""
+    obj = graphc.load(path)
+    if isinstance(obj, graphc.Graph):
+        return list(obj.outputs) + [new for _, new in obj.updates]
+    return [obj] if isinstance(obj, graphc.Node) else list(obj)
+
+
+def run_render(args) -> int:
+    nodes = loaded_nodes(args.file)
+    out = args.output or os.path.splitext(args.file)[0] + ".svg"
+    graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized)
+    print(f"wrote {out}")
     return 0
+
+
+def run_formula(args) -> int:
+    print(graphc.explain(loaded_nodes(args.file), latex=args.latex))
+    return 0
+
+
+def run_demo(args) -> int:
+    import numpy as np
+
+    import graphc as gc
+    from graphc import nn
+
+    started = time.perf_counter()
+    (x_train, y_train), (x_test, y_test) = nn.data.load("digits", seed=args.seed)
+    print(f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8 pixels")
+    model = nn.Sequential([nn.Dense(128, "relu"), nn.Dense(64, "relu"), nn.Dense(10)],
+                          seed=args.seed)
+    nn.fit(model, "softmax_cross_entropy", nn.Adam(1e-3), x_train, y_train,
+           epochs=args.epochs, batch_size=32, validation_data=(x_test, y_test), seed=args.seed,
+           verbose=0 if args.quiet else 1)
+    print(model.summary())
+    result = nn.evaluate(model, "softmax_cross_entropy", x_test, y_test)
+    print(f"test accuracy {result['accuracy']:.2%} (loss {result['loss']:.4f}) after "
+          f"{args.epochs} epochs, {time.perf_counter() - started:.1f} s")
+
+    os.makedirs(args.out, exist_ok=True)
+    x = gc.placeholder((None, 64), "float32", name="x")
+    y = gc.placeholder((None,), "int64", name="y")
+    loss = nn.softmax_cross_entropy(model(x, training=False), y)
+    grads = gc.grad(loss, model.params)           # W, b of each layer; the last two: dense_2
+    write_pictures(args.out, loss, grads)
+    write_formulas(args.out, {f"dL/d({p.name})": g for p, g in zip(model.params[-2:],
+                                                                     grads[-2:])})
+    saved = gc.save([loss] + list(grads), os.path.join(args.out, "mlp_graph"))
+    print(f"wrote {saved}: try `graphc render {saved}` and `graphc formula {saved}`")
+    return 0 if np.isfinite(result["loss"]) else 1
+
+
+def missing(name: str) -> bool:
+    if hasattr(graphc, name):
+        return False
+    print(f"(skipped: this graphc has no gc.{name} yet)")
+    return True
+
+
+def write_formulas(folder: str, grads) -> None:
+    if missing("explain"):
+        return
+    text = graphc.explain(grads)     # a dict: label -> gradient node
+    path = os.path.join(folder, "mlp_gradients.txt")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(f"\ngradients of the last layer ({path}):\n{text}")
+
+
+def write_pictures(folder: str, loss, grads) -> None:
+    if missing("render"):
+        return
+    forward = os.path.join(folder, "mlp_forward.svg")
+    backward = os.path.join(folder, "mlp_backward.svg")
+    graphc.render(loss, forward, backward=False)
+    graphc.render([loss] + list(grads), backward, backward=True)
+    print(f"wrote {forward} and {backward}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Step times of graphc against the shared hand-written reference and our own NumPy baseline.
+
+    python bench/run.py                       # every workload
+    python bench/run.py --workloads mlp_b32,cnn_b64 --steps 200
+
+Each workload is built three ways (graphc, the reference in ../shared/reference, the plain
+NumPy baseline in bench/workloads.py); their steps are interleaved in one process and the
+table reports median step times and the ratio graphc / reference (and the ratio of the best
+step times, which the load of a shared machine disturbs less). `compile s` is building the
+graph, its gradients, `gc.function` (optimize + lower) and the first call.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REF = os.path.join(HERE, "..", "..", "shared", "reference")
+sys.path.insert(0, os.path.abspath(REF))
+sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..")))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402  (pins the BLAS threads before numpy is imported)
+import numpy as np  # noqa: E402
+import numpy_ref  # noqa: E402
+
+import workloads as wl  # noqa: E402
+
+TARGETS = {"mlp_b32": 1.30, "mlp_b512": 1.10, "logreg_b512": 1.30, "cnn_b64": 1.50}
+BUILD = {"mlp": (wl.graphc_mlp, numpy_ref.MLP, wl.NumpyMLP),
+         "logreg": (wl.graphc_logreg, numpy_ref.LogReg, wl.NumpyLogReg),
+         "cnn": (wl.graphc_cnn, numpy_ref.CNN, wl.NumpyCNN)}
+
+
+def batches_for(kind, name):
+    params, batches = common.data_for(name)
+    if kind == "cnn":      # graphc and the baseline are NCHW
+        return params, batches, [(x.transpose(0, 3, 1, 2).copy(), y) for x, y in batches]
+    return params, batches, batches
+
+
+def run_workload(name, steps):
+    kind, B, _ = common.workload_spec(name)
+    build_g, Ref, Mine = BUILD[kind]
+    params, ref_batches, batches = batches_for(kind, name)
+    t0 = time.perf_counter()
+    f = build_g(params, B)
+    first = float(f(*batches[0]))
+    compile_s = time.perf_counter() - t0
+    ref, mine = Ref(params, B), Mine(params, B)
+    loss_ref = float(ref.step(*ref_batches[0]))
+    loss_mine = float(mine.step(*batches[0]))
+    runners = {"graphc": lambda i: f(*batches[i % 4]),
+               "reference": lambda i: ref.step(*ref_batches[i % 4]),
+               "numpy": lambda i: mine.step(*batches[i % 4])}
+    times = {k: [] for k in runners}
+    order = list(runners)
+    for i in range(1, steps + 1):
+        turn = order[i % 3:] + order[:i % 3]      # interleaved, each in every position in turn
+        for k in turn:
+            t = time.perf_counter()
+            runners[k](i)
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v[steps // 10:]) * 1e3 for k, v in times.items()}
+    best = {k: min(v) * 1e3 for k, v in times.items()}
+    return {"workload": name, "graphc_ms": med["graphc"], "reference_ms": med["reference"],
+            "best_ratio": best["graphc"] / best["reference"], "numpy_ms": med["numpy"],
+            "ratio": med["graphc"] / med["reference"],
+            "numpy_ratio": med["numpy"] / med["reference"], "target": TARGETS[name],
+            "compile_s": compile_s, "loss1": first, "loss1_ref": loss_ref,
+            "loss1_numpy": loss_mine}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", default=",".join(TARGETS))
+    ap.add_argument("--steps", type=int, default=0, help="steps per implementation")
+    ap.add_argument("--no-optimize", action="store_true", help="compile without the passes")
+    args = ap.parse_args()
+    wl.OPTIMIZE[0] = not args.no_optimize
+    print(f"{'workload':<12} {'graphc ms':>10} {'ref ms':>8} {'ratio':>6} {'target':>6} "
+          f"{'numpy ms':>9} {'np/ref':>6} {'min ratio':>9} {'compile s':>9}  loss1 graphc / ref")
+    for name in args.workloads.split(","):
+        steps = args.steps or (60 if name.startswith("cnn") else 400)
+        r = run_workload(name, steps)
+        ok = "ok" if r["ratio"] <= r["target"] else "MISS"
+        print(f"{name:<12} {r['graphc_ms']:10.3f} {r['reference_ms']:8.3f} {r['ratio']:6.2f} "
+              f"{r['target']:6.2f} {r['numpy_ms']:9.3f} {r['numpy_ratio']:6.2f} "
+              f"{r['best_ratio']:9.2f} "
+              f"{r['compile_s']:9.3f}  {r['loss1']:.6f} / {r['loss1_ref']:.6f} {ok}",
+              flush=True)
+        assert np.isclose(r["loss1"], r["loss1_ref"], rtol=1e-4), "first-step losses differ"
+
+
+if __name__ == "__main__":
+    main()

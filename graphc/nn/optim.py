@@ -1,0 +1,116 @@
+"""Optimizers as update graphs: `.updates(loss, params)` returns (variable, new value) pairs.
+
+The gradients come from gc.grad and the optimizer's state (velocities, moments, the step
+count) lives in variables updated by the same pairs, so one compiled call
+`gc.function(inputs, loss, updates=opt.updates(loss, params))` is a whole training step.
+`lr` may be a float or a scalar node (e.g. a variable you change between epochs).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+import graphc as gc
+from graphc.ir import GraphcError, Node
+
+Updates = list[tuple[Node, Node]]
+
+
+class Optimizer:
+    """Base class: `update(p, g)` returns the pairs for one parameter."""
+    kind = "optimizer"
+
+    def __init__(self, lr):
+        self.lr = lr
+        self.variables: list[Node] = []     # the state, created by `updates`
+
+    def updates(self, loss: Node, params: Sequence[Node]) -> Updates:
+        """Update pairs for one training step on `loss` (fresh state on every call)."""
+        params = list(params)
+        if not params:
+            raise GraphcError(f"{type(self).__name__}.updates: no parameters to train "
+                              "(call the model on an input first)")
+        for p in params:
+            if not isinstance(p, Node) or p.op != "variable":
+                raise GraphcError(f"{type(self).__name__}.updates: parameters must be "
+                                  f"variables, got {p!r}")
+        grads = gc.grad(loss, params)
+        self.variables = []
+        with gc.name_scope(self.kind):
+            pairs = self.start(params)
+            for p, g in zip(params, grads):
+                pairs += self.update(p, g)
+        return pairs
+
+    def start(self, params: list[Node]) -> Updates:
+        """Pairs shared by every parameter (e.g. Adam's step count)."""
+        return []
+
+    def update(self, p: Node, g: Node) -> Updates:
+        raise NotImplementedError
+
+    def slot(self, p: Node, what: str) -> Node:
+        """A state variable shaped like p, starting at zero."""
+        var = gc.variable(np.zeros(p.shape, p.dtype), name=f"{p.name or 'param'}/{what}")
+        self.variables.append(var)
+        return var
+
+
+class SGD(Optimizer):
+    """v <- momentum * v - lr * g;  p <- p + v  (plain p <- p - lr * g when momentum is 0)."""
+    kind = "sgd"
+
+    def __init__(self, lr=0.01, momentum: float = 0.0):
+        super().__init__(lr)
+        self.momentum = float(momentum)
+
+    def update(self, p, g):
+        if self.momentum == 0.0:
+            return [(p, p - self.lr * g)]
+        v = self.slot(p, "velocity")
+        v_new = self.momentum * v - self.lr * g
+        return [(v, v_new), (p, p + v_new)]
+
+
+class RMSProp(Optimizer):
+    """s <- rho * s + (1 - rho) * g^2;  p <- p - lr * g / (sqrt(s) + eps)."""
+    kind = "rmsprop"
+
+    def __init__(self, lr=1e-3, rho: float = 0.9, eps: float = 1e-7):
+        super().__init__(lr)
+        self.rho, self.eps = float(rho), float(eps)
+
+    def update(self, p, g):
+        s = self.slot(p, "square")
+        s_new = self.rho * s + (1 - self.rho) * (g * g)
+        return [(s, s_new), (p, p - self.lr * g / (gc.sqrt(s_new) + self.eps))]
+
+
+class Adam(Optimizer):
+    """Adam with bias correction: m, v moving averages of g and g^2, t the step count."""
+    kind = "adam"
+
+    def __init__(self, lr=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def start(self, params):
+        dtype = np.result_type(*[p.dtype for p in params])
+        self.t = gc.variable(np.zeros((), dtype), name="adam/t")
+        self.variables.append(self.t)
+        self.t_new = self.t + 1.0
+        self.correction1 = 1.0 - self.beta1 ** self.t_new
+        self.correction2 = 1.0 - self.beta2 ** self.t_new
+        return [(self.t, self.t_new)]
+
+    def update(self, p, g):
+        m, v = self.slot(p, "m"), self.slot(p, "v")
+        m_new = self.beta1 * m + (1 - self.beta1) * g
+        v_new = self.beta2 * v + (1 - self.beta2) * (g * g)
+        step = self.lr * (m_new / self.correction1) / (gc.sqrt(v_new / self.correction2)
+                                                        + self.eps)
+        return [(m, m_new), (v, v_new), (p, p - step)]
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSProp}

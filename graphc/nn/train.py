@@ -1,0 +1,160 @@
+"""The training loop: compile one training step and one evaluation step, run them over batches.
+
+`fit` builds the training graph (`model(x, training=True)`, loss, regularization, the
+optimizer's updates) and the evaluation graph (`model(x, training=False)`) over the same
+variables, compiles each once with gc.function, and reports per-epoch loss and accuracy.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import numpy as np
+
+import graphc as gc
+from graphc.ir import GraphcError
+from graphc.nn import losses as losses_mod
+
+try:
+    from tqdm import tqdm
+except ImportError:          # the progress bar is optional
+    tqdm = None
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Fraction right: argmax for several columns, threshold 0.5 for one (probabilities)."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        labels = y if y.ndim == 1 else y.argmax(axis=1)
+        return float(np.mean(pred.argmax(axis=1) == labels))
+    return float(np.mean((pred.reshape(len(y), -1) > 0.5) == (y.reshape(len(y), -1) > 0.5)))
+
+
+def pick_metric(metric, out_shape, y: np.ndarray) -> Callable | None:
+    """'auto': accuracy for classes (several outputs, or 0/1 targets), none for regression."""
+    if metric == "accuracy":
+        return accuracy
+    if metric != "auto":
+        return metric
+    if len(out_shape) == 2 and out_shape[1] not in (None, 1):
+        return accuracy
+    if np.isin(y, (0, 1)).all():
+        return accuracy
+    return None
+
+
+def placeholders(x: np.ndarray, y: np.ndarray):
+    """Placeholders for batches of x and y (the batch size is free)."""
+    return (gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x"),
+            gc.placeholder((None,) + y.shape[1:], dtype=y.dtype, name="y"))
+
+
+def batches(n: int, batch_size: int, order: np.ndarray | None = None):
+    """Index arrays of consecutive batches; the last one may be smaller."""
+    order = np.arange(n) if order is None else order
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def run_batches(step, x, y, batch_size: int, order=None, bar=None):
+    """Run `step(xb, yb) -> (loss, out)` over batches: (mean loss, all outputs)."""
+    total, outs = 0.0, []
+    for idx in batches(len(x), batch_size, order):
+        loss, out = step(x[idx], y[idx])
+        total += float(loss) * len(idx)
+        outs.append(np.asarray(out))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+    return total / len(x), np.concatenate(outs)
+
+
+def check_data(x, y, what: str):
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or len(x) == 0:
+        raise GraphcError(f"{what}: {len(x)} examples but {len(y)} targets")
+    return x, y
+
+
+def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
+        validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
+        metric="auto", verbose: int = 1, out=None) -> dict[str, list[float]]:
+    """Train `model` on (x, y); returns the history {'loss': [...], 'accuracy': [...], ...}.
+
+    `loss` is a name ('softmax_cross_entropy', 'mse', 'binary_cross_entropy') or a function
+    (pred, target) -> scalar node; l1/l2 add regularization of the model's kernels. Batches
+    are reshuffled each epoch with a generator seeded by `seed`. verbose: 0 silent, 1 a
+    progress bar and one line per epoch.
+    """
+    x, y = check_data(x, y, "fit")
+    loss_fn = losses_mod.get(loss)
+    xp, yp = placeholders(x, y)
+    pred = model(xp, training=True)
+    data_loss = loss_fn(pred, yp)
+    cost = data_loss
+    if l1:
+        cost = cost + losses_mod.l1(model.kernels, l1)
+    if l2:
+        cost = cost + losses_mod.l2(model.kernels, l2)
+    train_step = gc.function([xp, yp], [data_loss, pred],
+                             updates=optimizer.updates(cost, model.params))
+    eval_step = evaluation_step(model, loss_fn, xp, yp)
+    metric_fn = pick_metric(metric, pred.shape, y)
+    if validation_data is not None:
+        validation_data = check_data(*validation_data, "fit validation_data")
+
+    history: dict[str, list[float]] = {"loss": []}
+    rng = np.random.default_rng(seed)
+    out = out or sys.stdout
+    n_batches = -(-len(x) // batch_size)
+    for epoch in range(1, epochs + 1):
+        bar = None
+        if verbose and tqdm is not None:
+            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
+                       file=sys.stderr, dynamic_ncols=True, disable=None)   # None: tty only
+        order = rng.permutation(len(x))
+        train_loss, outs = run_batches(train_step, x, y, batch_size, order, bar)
+        if bar is not None:
+            bar.close()
+        record(history, "", train_loss, metric_fn, outs, y[order])
+        if validation_data is not None:
+            vx, vy = validation_data
+            val_loss, vouts = run_batches(eval_step, vx, vy, max(batch_size, 256))
+            record(history, "val_", val_loss, metric_fn, vouts, vy)
+        if verbose:
+            print(f"epoch {epoch}/{epochs}  " + "  ".join(
+                f"{k} {v[-1]:.4f}" for k, v in history.items()), file=out, flush=True)
+    return history
+
+
+def record(history, prefix, loss, metric_fn, outs, y):
+    history.setdefault(prefix + "loss", []).append(loss)
+    if metric_fn is not None:
+        history.setdefault(prefix + "accuracy", []).append(metric_fn(outs, y))
+
+
+def evaluation_step(model, loss_fn, xp, yp):
+    pred = model(xp, training=False)
+    return gc.function([xp, yp], [loss_fn(pred, yp), pred])
+
+
+def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
+    """Loss (and accuracy for classification) of the model in evaluation mode."""
+    x, y = check_data(x, y, "evaluate")
+    loss_fn = losses_mod.get(loss)
+    xp, yp = placeholders(x, y)
+    step = evaluation_step(model, loss_fn, xp, yp)
+    value, outs = run_batches(step, x, y, batch_size)
+    result = {"loss": value}
+    metric_fn = pick_metric(metric, outs.shape, y)
+    if metric_fn is not None:
+        result["accuracy"] = metric_fn(outs, y)
+    return result
+
+
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs in evaluation mode, batch by batch."""
+    x = np.asarray(x)
+    xp = gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x")
+    step = gc.function([xp], model(xp, training=False))
+    return np.concatenate([np.asarray(step(x[idx])) for idx in batches(len(x), batch_size)])

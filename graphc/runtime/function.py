@@ -1,0 +1,196 @@
+"""The compiled `Function`: checks feeds, picks the plan for their shapes, runs it, updates.
+
+A plan is built on the first call with each feed-shape signature (a dry run resolves every
+shape, then the graph is lowered to generated NumPy code) and cached for later calls.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from graphc.ir import Graph, GraphcError, Node, check_feed, format_node, format_shape
+from graphc.runtime.instrument import profile_run
+from graphc.runtime.program import Plan, lower
+from graphc.runtime.shapes import discover
+
+
+def optimize_graph(graph: Graph, optimize) -> Graph:
+    """Run the pass pipeline (default, or the given list of passes) when it exists."""
+    if optimize is False or optimize is None:
+        return graph
+    try:
+        from graphc.passes import optimize as run_passes
+    except ImportError:        # the passes package is not there yet: run as built
+        return graph
+    passes = None if optimize is True else list(optimize)
+    return run_passes(graph, passes=passes)
+
+
+class Function:
+    """A compiled graph: call it with one array per input; returns the outputs' values."""
+
+    def __init__(self, inputs: Sequence[Node], outputs, updates=(), optimize=True,
+                 check_numerics: bool = False, cast_feeds: bool = False):
+        single = isinstance(outputs, Node)
+        outs = [outputs] if single else list(outputs)
+        inputs = [inputs] if isinstance(inputs, Node) else list(inputs)
+        for x in inputs:
+            if not isinstance(x, Node) or x.op != "placeholder":
+                raise GraphcError(f"function inputs must be placeholders, got {x!r}")
+        for o in outs:
+            if not isinstance(o, Node):
+                raise GraphcError(f"function outputs must be graph nodes, got {o!r}")
+        updates = list(updates.items()) if isinstance(updates, dict) else list(updates)
+        for k, pair in enumerate(updates):
+            check_update(pair)
+            if any(pair[0] is v for v, _ in updates[:k]):
+                raise GraphcError(f"variable {pair[0].label()} is updated twice")
+        self.inputs, self.single = inputs, single
+        self.check_numerics, self.cast_feeds = check_numerics, cast_feeds
+        self.graph = optimize_graph(Graph(outs, updates), optimize)
+        missing = [p for p in self.graph.placeholders if not any(p is x for x in inputs)]
+        if missing:
+            p = missing[0]
+            raise GraphcError(f"placeholder {p.label()} {format_shape(p.shape)} is needed "
+                              f"but is not an input of the function (built at {p.where})")
+        self.plans: dict[tuple, Plan] = {}
+        self.rngs: dict[int, np.random.Generator] = {}
+        self.last_plan: Plan | None = None
+
+    # feeds -----------------------------------------------------------------------------
+    def feeds(self, args) -> list[np.ndarray]:
+        if len(args) != len(self.inputs):
+            names = ", ".join(ph.label() for ph in self.inputs)
+            raise GraphcError(f"function takes {len(self.inputs)} inputs ({names}), "
+                              f"got {len(args)}")
+        out = []
+        for ph, value in zip(self.inputs, args):
+            if self.cast_feeds and isinstance(value, np.ndarray) and value.dtype != ph.dtype \
+                    and np.can_cast(value.dtype, ph.dtype, "same_kind"):
+                value = value.astype(ph.dtype)
+            out.append(check_feed(ph, value))
+        sizes: dict = {}
+        for ph, arr in zip(self.inputs, out):
+            for d, n in zip(ph.shape, arr.shape):
+                if isinstance(d, str):     # a named dim must be the same size everywhere
+                    if sizes.setdefault(d, n) != n:
+                        raise GraphcError(f"feed for placeholder {ph.label()}: dimension "
+                                          f"{d!r} is {n} here but {sizes[d]} in another feed")
+        return out
+
+    def fast_plan(self, args) -> Plan | None:
+        """The cached plan when every feed already is an array of the right dtype and of a
+        signature seen before (so it passed the full check then)."""
+        if len(args) != len(self.inputs):
+            return None
+        for ph, a in zip(self.inputs, args):
+            if type(a) is not np.ndarray or a.dtype != ph.dtype:
+                return None
+        plan = self.plans.get(tuple([a.shape for a in args]))
+        if plan is not None:
+            self.last_plan = plan
+        return plan
+
+    def plan_for(self, feeds: list[np.ndarray]) -> Plan:
+        sig = tuple(a.shape for a in feeds)
+        plan = self.plans.get(sig)
+        if plan is None:
+            shapes = discover(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+            plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
+                         tag=" x ".join(map(format_shape, sig)))
+            self.plans[sig] = plan
+        self.last_plan = plan
+        return plan
+
+    # calling ---------------------------------------------------------------------------
+    def __call__(self, *args):
+        plan = self.fast_plan(args)
+        if plan is None:
+            args = self.feeds(args)
+            plan = self.plan_for(args)
+        feeds = args
+        try:
+            with np.errstate(all="ignore"):
+                result = plan.run(*feeds)
+        except GraphcError:
+            raise
+        except Exception as e:
+            raise self.step_error(plan, e) from None
+        return result[0] if self.single else result
+
+    def step_error(self, plan: Plan, e: Exception) -> GraphcError:
+        tb, line = sys.exc_info()[2], None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith("<graphc plan"):
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        names = {id(n): f"%{i}" for i, n in enumerate(self.graph.nodes)}
+        for k, (node, first, last) in enumerate(plan.steps):
+            if line is not None and first <= line <= last:
+                return GraphcError(f"step {k} failed at run time: {type(e).__name__}: {e}\n"
+                                   f"  {format_node(node, names)}\n  at {node.where}")
+        return GraphcError(f"compiled function failed: {type(e).__name__}: {e}")
+
+    # looking inside --------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """The generated code of the latest plan (a plan for batch size 1 if never called)."""
+        if self.last_plan is None:
+            self.plan_for([dummy_feed(p) for p in self.inputs])
+        return self.last_plan.source
+
+    def profile(self, *args, repeat: int = 1) -> str:
+        """Run (updates included) with a timer around every step; a table per step and per
+        op kind. With repeat > 1, each step's best time over the runs."""
+        feeds = self.feeds(args)
+        plan = self.plan_for(feeds)
+        with np.errstate(all="ignore"):
+            runs = [profile_run(plan, feeds) for _ in range(max(1, repeat))]
+        return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
+
+    def __repr__(self) -> str:
+        return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "
+                f"{len(self.graph.updates)} updates, {len(self.graph.nodes)} nodes>")
+
+
+def check_update(pair) -> None:
+    try:
+        var, new = pair
+    except (TypeError, ValueError):
+        raise GraphcError(f"updates must be (variable, new value) pairs, got {pair!r}") from None
+    if not isinstance(var, Node) or var.op != "variable":
+        raise GraphcError(f"update target must be a variable, got {var!r}")
+    if not isinstance(new, Node):
+        raise GraphcError(f"update of {var.label()}: the new value must be a node, got {new!r}")
+    if new.shape != var.shape or new.dtype != var.dtype:
+        raise GraphcError(f"update of {var.label()} {format_shape(var.shape)} "
+                          f"{var.dtype.name}: new value has {format_shape(new.shape)} "
+                          f"{new.dtype.name} (built at {new.where})")
+
+
+def dummy_feed(ph: Node) -> np.ndarray:
+    return np.zeros([d if isinstance(d, int) else 1 for d in ph.shape], ph.dtype)
+
+
+def profile_table(graph: Graph, plan: Plan, times: list[float]) -> str:
+    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+    total = sum(times) or 1e-12
+    rows = [f"{'step':>4}  {'ms':>8}  {'%':>5}  node"]
+    kinds: dict[str, float] = {}
+    for k, ((node, _, _), t) in enumerate(zip(plan.steps, times)):
+        kinds[node.op] = kinds.get(node.op, 0.0) + t
+        line = format_node(node, names)
+        rows.append(f"{k:>4}  {t * 1e3:8.3f}  {100 * t / total:5.1f}  {line[:90]}")
+    rows += ["", f"{'op':<28}  {'ms':>8}  {'%':>5}"]
+    for op, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        rows.append(f"{op:<28}  {t * 1e3:8.3f}  {100 * t / total:5.1f}")
+    rows.append(f"{'total':<28}  {total * 1e3:8.3f}")
+    return "\n".join(rows)
+
+
+def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
+             cast_feeds: bool = False) -> Function:
+    """Compile `outputs` (a node or a list) and `updates` into a callable Function."""
+    return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)

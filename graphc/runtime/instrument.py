@@ -1,0 +1,50 @@
+"""Instruments for compiled plans: the numerics check and the per-step profiler."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from graphc.ir import GraphcError, format_node
+
+
+def check_step(steps: list, names: dict):
+    """The check(value, k) function of check_numerics mode."""
+    def check(value, k):
+        if not np.all(np.isfinite(value)):
+            node = steps[k][0]
+            kind = "NaN" if np.isnan(value).any() else "Inf"
+            raise GraphcError(f"check_numerics: step {k} produced {kind}: "
+                              f"{format_node(node, names)}\n  at {node.where}")
+    return check
+
+
+def profile_run(plan: Plan, args: list) -> list[float]:
+    """Run the plan once with a timer around every step; seconds per step."""
+    if plan.profile_run is None:
+        lines = plan.source.splitlines()
+        out, marks = [], {}
+        for k, (node, first, stop) in enumerate(plan.steps):
+            marks[first] = k
+        k_open = None
+        for ln, text in enumerate(lines, start=1):
+            if ln in marks:
+                if k_open is not None:
+                    out.append(f"    T[{k_open}] += clock() - t0")
+                k_open = marks[ln]
+                out.append("    t0 = clock()")
+            if text.startswith(("    # updates", "    return", "    result =")):
+                if k_open is not None:
+                    out.append(f"    T[{k_open}] += clock() - t0")
+                    k_open = None
+            out.append(text)
+        ns = dict(plan.ns)
+        ns["clock"] = time.perf_counter
+        plan.profile_source = "\n".join(out) + "\n"
+        exec(compile(plan.profile_source, "<graphc profile>", "exec"), ns)
+        plan.profile_run = ns["run"]
+        plan.profile_ns = ns
+    T = [0.0] * len(plan.steps)
+    plan.profile_ns["T"] = T
+    plan.profile_run(*args)
+    return T

@@ -1,0 +1,423 @@
+"""Lowering: a graph and its concrete shapes -> one generated Python function (a Plan).
+
+Each non-leaf node becomes one step, one line of code, with the printed node as a comment
+above it. Steps that can write into a buffer (`out=`) get one from the memory planner, which
+reuses a buffer once the last reader of every value that may alias it has run.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphc.ir import OPS, Graph, Node, format_node
+from graphc.runtime import conv, emit, kernels, rules
+from graphc.runtime.instrument import check_step
+
+# kernel-called ops known to return a new array (never a view of an input)
+FRESH = {"sum", "size", "softmax_cross_entropy", "softmax_cross_entropy_grad", "conv2d",
+         "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "matmul"}
+# steps that can raise on valid shapes (label checks): no variable is written before them
+RAISING = {"softmax_cross_entropy", "softmax_cross_entropy_grad"}
+
+
+@dataclass
+class Plan:
+    """The generated function for one feed signature, with what its lines stand for."""
+    source: str
+    run: object
+    steps: list                   # (node, first line, last line) per step, in order
+    ns: dict = field(default_factory=dict)      # the names the generated code reads
+    profile_source: str = ""                    # the same code with a timer per step
+    profile_run: object = None
+    profile_ns: dict = field(default_factory=dict)
+
+
+class Lowering:
+    """Builds the source of one plan: names, buffers, and one emitted line per step."""
+
+    def __init__(self, graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool,
+                 rngs: dict):
+        self.graph, self.inputs, self.shapes, self.rngs = graph, inputs, shapes, rngs
+        self.check = check_numerics
+        self.index = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+        self.ns: dict = {"np": np, "kernels": kernels, "conv": conv}
+        self.conv_ws: dict[tuple, str] = {}    # (x, w, attrs) of a conv2d -> its workspace
+        self.var: dict[int, str] = {}      # id(node) -> python name of its value
+        self.free: dict[tuple, list[str]] = {}
+        self.nbuf = 0
+        self.nconst = 0
+        self.cache: dict = {}                  # plan constants shared by steps
+        self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
+        self.sce_pair: dict[int, Node] = {}    # sce grad id -> its forward node
+        self.probs: dict[int, str | None] = {}  # sce forward id -> exp(z - max) buffer
+        self.sce_sums: dict[int, str] = {}
+        self.sce_rows: dict[int, str] = {}
+
+    # buffers ---------------------------------------------------------------------------
+    def take(self, shape, dtype) -> str:
+        key = (tuple(shape), np.dtype(dtype).str)
+        if self.free.get(key):
+            return self.free[key].pop()
+        name = f"b{self.nbuf}"
+        self.nbuf += 1
+        self.ns[name] = np.empty(shape, dtype)
+        return name
+
+    def give(self, name: str) -> None:
+        arr = self.ns[name]
+        self.free.setdefault((arr.shape, arr.dtype.str), []).append(name)
+
+    # liveness --------------------------------------------------------------------------
+    def liveness(self, writes: set[int]) -> tuple[dict, dict]:  # noqa: C901
+        """roots: id -> ids of buffer-writing values it may alias; last: root id -> last step."""
+        end = len(self.graph.nodes)
+        last_use = {id(n): -1 for n in self.graph.nodes}
+        for i, n in enumerate(self.graph.nodes):
+            for x in n.inputs + self.extra_reads.get(id(n), ()):
+                last_use[id(x)] = i
+        for o in self.graph.outputs:
+            last_use[id(o)] = end
+        for v, u in self.graph.updates:
+            last_use[id(u)] = end
+        roots: dict[int, tuple] = {}
+        for n in self.graph.nodes:
+            if not n.inputs or id(n) in writes or n.op in FRESH:
+                roots[id(n)] = (id(n),)
+            else:
+                roots[id(n)] = tuple(sorted({r for x in n.inputs for r in roots[id(x)]}))
+        last = {}
+        for n in self.graph.nodes:
+            for r in roots[id(n)]:
+                last[r] = max(last.get(r, -1), last_use[id(n)])
+        return roots, last
+
+    def const(self, arr: np.ndarray) -> str:
+        """A plan constant (zeros for relu, ones for column sums, sizes) by name."""
+        name = f"k{self.nconst}"
+        self.nconst += 1
+        self.ns[name] = arr
+        return name
+
+    # the whole function ----------------------------------------------------------------
+    def build(self) -> tuple[str, list]:
+        g = self.graph
+        args, head = [], []
+        for k, ph in enumerate(self.inputs):
+            self.var[id(ph)] = f"x{k}"
+            args.append(f"x{k}")
+        for i, n in enumerate(g.nodes):
+            if n.op == "variable":
+                self.ns[f"box{i}"] = n.data
+                self.var[id(n)] = f"w{i}"
+                head.append(f"    w{i} = box{i}[0]   # {n.label()}")
+            elif n.op == "constant":
+                self.ns[f"c{i}"] = n.data
+                self.var[id(n)] = f"c{i}"
+        self.pair_sce()
+        kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.inputs}
+        self.pair_pools(kinds)
+        writes = {k for k, v in kinds.items() if v == "buffer"}
+        self.roots, self.last = self.liveness(writes)
+        direct = self.direct_updates(kinds)
+        owner: dict[int, str] = {}        # root id -> buffer name
+        lines = [f"def run({', '.join(args)}):"] + head
+        steps = []
+        for i, n in enumerate(g.nodes):
+            if not n.inputs:
+                continue
+            reads = n.inputs + self.extra_reads.get(id(n), ())
+            dying = [owner[r] for r in sorted({r for x in reads for r in self.roots[id(x)]})
+                     if self.last[r] == i and r in owner]
+            o = None
+            if id(n) in direct:
+                o = owner[id(n)] = self.var[id(direct[id(n)])]
+            elif id(n) in writes:
+                o = self.inplace_target(n, i, owner) or self.take(*self.shapes[id(n)])
+                owner[id(n)] = o
+            self.dying_now = [b for b in dying if b != o]
+            code = self.emit(n, i, o, kinds[id(n)])
+            for b in dying:
+                if b != o and b.startswith("b"):
+                    self.give(b)
+            first = len(lines) + 1
+            lines.append(f"    # {format_node(n, self.names)}")
+            lines.append(f"    {code}")
+            if self.check and n.dtype.kind == "f":
+                lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
+            steps.append((n, first, len(lines)))
+        lines += self.epilogue(direct)
+        return "\n".join(lines) + "\n", steps
+
+    def direct_updates(self, kinds: dict) -> dict[int, Node]:
+        """Updates whose last step may write straight into the variable: every other read of
+        the variable is done by then and no later step can raise (so a failing call still
+        leaves the variables unchanged)."""
+        if self.check:
+            return {}
+        g = self.graph
+        index = {id(n): i for i, n in enumerate(g.nodes)}
+        raising = [i for i, n in enumerate(g.nodes)
+                   if n.inputs and (kinds[id(n)] == "kernel" or n.op in RAISING)]
+        last_raise = max(raising, default=-1)
+        targets = [v for v, _ in g.updates]
+        values = [u for _, u in g.updates]
+        direct = {}
+        for v, u in g.updates:
+            i = index[id(u)]
+            if not u.inputs or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
+                    or i < last_raise or sum(t is v for t in targets) != 1 \
+                    or sum(w is u for w in values) != 1 or any(o is u for o in g.outputs):
+                continue
+            if self.last[id(v)] > i or self.shapes[id(u)] != self.shapes[id(v)]:
+                continue
+            if self.last[id(v)] == i and any(id(v) in self.roots[id(x)] and x is not v
+                                             for x in u.inputs):
+                continue
+            direct[id(u)] = v
+        return direct
+
+    def may_write_input(self, u: Node) -> bool:
+        """Whether u's code may write its result over one of its inputs (read elementwise)."""
+        if u.op == "fused":
+            out = u.attrs["body"].outputs[0]
+            return rules.inplace_ok(out, lambda b: self.shapes[(id(u), id(b))][0])
+        return rules.inplace_ok(u, lambda x: self.shapes[id(x)][0])
+
+    def epilogue(self, direct: dict) -> list[str]:
+        g = self.graph
+        out = []
+        updated = {id(v) for v, _ in g.updates}
+        writes = []
+        for k, (v, u) in enumerate(g.updates):
+            if u is v or id(u) in direct:
+                continue
+            src = self.var[id(u)]
+            others = [r for r in self.roots[id(u)] if r in updated and r != id(v)]
+            if others:        # the new value may share memory with another updated variable
+                out.append(f"    u{k} = np.array({src})")
+                src = f"u{k}"
+            writes.append(f"    np.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
+        rets = [f"np.array({self.var[id(o)]})" for o in g.outputs]
+        if writes:        # outputs are copied first: they are values from before the updates
+            out.append(f"    result = [{', '.join(rets)}]")
+            out.append("    # updates: every new value is computed; write them in place")
+            out += writes
+            out.append("    return result")
+        else:
+            out.append(f"    return [{', '.join(rets)}]")
+        return out
+
+    def inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
+        """A dying input's buffer the step may overwrite while reading it (elementwise)."""
+        if n.op == "fused":
+            return self.fused_inplace_target(n, i, owner)
+        if not rules.inplace_ok(n, lambda x: self.shapes[id(x)][0]):
+            return None
+        for x in n.inputs:
+            r = id(x)
+            if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b"):
+                return owner[r]
+        return None
+
+    # code of one step ------------------------------------------------------------------
+    def emit(self, n: Node, i: int, o: str | None, kind: str) -> str:
+        a = [self.var[id(x)] for x in n.inputs]
+        name = f"v{i}"
+        self.var[id(n)] = name
+        if kind == "view":
+            expr = rules.view_code(self, n, a)
+            if all(x[0] in "bckh" for x in a):    # a view of plan-owned arrays: make it once
+                self.var[id(n)] = hoisted = f"h{i}"
+                self.ns[hoisted] = eval(expr, self.ns)
+                return f"pass  # {hoisted} = {expr}, made once per plan"
+            return f"{name} = {expr}"
+        if o is None:
+            return f"{name} = {self.kernel_ref(n, i)}({', '.join(a)})"
+        self.var[id(n)] = o
+        return rules.buffer_code(self, n, a, o)
+
+    def kernel_ref(self, n: Node, i: int) -> str:
+        opdef = OPS[n.op]
+        attrs = dict(n.attrs)
+        if opdef.random:
+            attrs["rng"] = self.rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))
+        fname = f"{n.op}_{i}"
+        self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
+        return fname
+
+    # softmax cross-entropy: forward keeps the probabilities for the gradient ------------
+    def pair_sce(self) -> None:
+        """grad node id -> its forward node, when both read the same logits and labels."""
+        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        fwd = {(id(n.inputs[0]), id(n.inputs[1])): n for n in self.graph.nodes
+               if n.op == "softmax_cross_entropy" and rules.sce_ok(self, n)}
+        for n in self.graph.nodes:
+            if n.op == "softmax_cross_entropy_grad":
+                f = fwd.get((id(n.inputs[0]), id(n.inputs[1])))
+                if f is not None and index[id(f)] < index[id(n)] \
+                        and self.shapes[id(n.inputs[2])][1] == n.dtype == f.dtype:
+                    self.sce_pair[id(n)] = f
+                    self.probs[id(f)] = None
+
+    def pair_pools(self, kinds: dict) -> None:
+        """A max-pool gradient reads its forward step's result instead of pooling again."""
+        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        fwd = {(id(n.inputs[0]), repr(n.attrs)): n for n in self.graph.nodes
+               if n.op == "max_pool2d" and kinds[id(n)] == "buffer"}
+        for n in self.graph.nodes:
+            f = fwd.get((id(n.inputs[1]), repr(n.attrs))) if n.op == "max_pool2d_grad" else None
+            if f is not None and kinds[id(n)] == "buffer" and index[id(f)] < index[id(n)]:
+                self.extra_reads[id(n)] = (f,)
+
+    def sce_forward(self, n: Node, a: list[str], o: str) -> str:
+        rows, classes = self.shapes[id(n.inputs[0])][0]
+        p = self.const(np.empty((rows, classes), n.dtype))
+        self.probs[id(n)] = p
+        mx, s = self.const(np.empty((rows, 1), n.dtype)), self.const(np.empty(rows, n.dtype))
+        self.sce_rows[id(n)] = rows = self.const(np.arange(rows))
+        self.sce_sums[id(n)] = s
+        return f"kernels.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {rows})"
+
+    def sce_backward(self, n: Node, a: list[str], o: str) -> str:
+        f = id(self.sce_pair[id(n)])
+        p, s, rows = self.probs[f], self.sce_sums[f], self.sce_rows[f]
+        return f"kernels.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
+
+    # fused elementwise groups ------------------------------------------------------------
+    def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
+        """The chain of body nodes from the output down that can all run in place in the
+        output buffer (each read only by the next), and its first-computed node."""
+        out = n.attrs["body"].outputs[0]
+        shape_of = lambda b: self.shapes[(id(n), id(b))][0]  # noqa: E731
+        spine, cur = {id(out)}, out
+        while rules.inplace_ok(cur, shape_of):
+            nxt = next((x for x in cur.inputs if x.inputs and users[id(x)] == 1
+                        and self.shapes[(id(n), id(x))] == self.shapes[(id(n), id(out))]),
+                       None)
+            if nxt is None:
+                break
+            spine.add(id(nxt))
+            cur = nxt
+        return spine, cur
+
+    def fused_inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
+        """A dying input buffer a fused step may run its spine in: only the spine's first
+        call reads that input, elementwise, before anything else writes the buffer."""
+        if not self.fused_ok(n):
+            return None
+        body = n.attrs["body"]
+        users: dict[int, int] = {}
+        for b in body.nodes:
+            for x in b.inputs:
+                users[id(x)] = users.get(id(x), 0) + 1
+        _, bottom = self.spine_of(n, users)
+        if not rules.inplace_ok(bottom, lambda b: self.shapes[(id(n), id(b))][0]):
+            return None
+        for ph in bottom.inputs:
+            if ph.op != "placeholder" or users[id(ph)] != 1:
+                continue
+            k = body_position(body, ph)
+            x, r = n.inputs[k], id(n.inputs[k])
+            if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b") \
+                    and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
+                return owner[r]
+        return None
+
+    def reusable_input(self, n: Node, b: Node, a: list[str], users: dict, shape_of):
+        """A buffer of n's inputs that dies at this step and that body node b alone reads:
+        b may write its result over it (elementwise) instead of taking a scratch buffer."""
+        if not rules.inplace_ok(b, shape_of):
+            return None
+        body = n.attrs["body"]
+        for x in b.inputs:
+            if x.op != "placeholder" or users[id(x)] != 1:
+                continue
+            k = body_position(body, x)
+            name, outer = a[k], n.inputs[k]
+            if name not in self.dying_now or a.count(name) != 1 \
+                    or self.shapes[id(outer)] != self.shapes[(id(n), id(b))]:
+                continue
+            if any(id(outer) in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
+                continue
+            self.dying_now.remove(name)
+            return name
+        return None
+
+    def fused_ok(self, n: Node) -> bool:
+        body: Graph = n.attrs["body"]
+        for b in body.nodes:
+            if b.inputs:
+                dts = [self.shapes[(id(n), id(x))][1] for x in b.inputs]
+                if not emit.ufunc_ok(b, dts):
+                    return False
+        return bool(body.outputs[0].inputs)
+
+    def emit_fused(self, n: Node, a: list[str], o: str) -> str:
+        """The body as a chain of ufunc calls: the chain that leads to the output runs in
+        place in o; side branches use scratch buffers. When o is a variable being updated
+        (also an input), only the last call writes o."""
+        body: Graph = n.attrs["body"]
+        out = body.outputs[0]
+        key = lambda b: (id(n), id(b))  # noqa: E731
+        shape_of = lambda b: self.shapes[key(b)][0]  # noqa: E731
+        users: dict[int, int] = {}
+        for b in body.nodes:
+            for x in b.inputs:
+                users[id(x)] = users.get(id(x), 0) + 1
+        spine = self.spine_of(n, users)[0] if o.startswith("b") else {id(out)}
+        names: dict[int, str] = {}
+        left = dict(users)
+        scratch: list[str] = []
+        code = []
+        for j, b in enumerate(body.nodes):
+            if b.op == "placeholder":
+                names[id(b)] = a[body_position(body, b)]
+                continue
+            if b.op == "constant":
+                cname = f"c{self.index[id(n)]}_{j}"
+                self.ns[cname] = b.data
+                names[id(b)] = cname
+                continue
+            if id(b) in spine:
+                dst = o
+            else:
+                dst = self.reusable_input(n, b, a, users, shape_of)
+                if dst is None:
+                    dst = self.take(*self.shapes[key(b)])
+                    scratch.append(dst)
+            code.append(rules.elementwise_code(self, b, [names[id(x)] for x in b.inputs], dst,
+                                               shape_of))
+            names[id(b)] = dst
+            for x in b.inputs:
+                left[id(x)] -= 1
+                if left[id(x)] == 0 and names[id(x)] in scratch and names[id(x)] != dst:
+                    scratch.remove(names[id(x)])
+                    self.give(names[id(x)])
+        for s in scratch:
+            if s != o:
+                self.give(s)
+        return "; ".join(code)
+
+
+def body_position(body: Graph, ph: Node) -> int:
+    """Which fused input a body placeholder stands for (Body.inputs, else its name inK)."""
+    inputs = getattr(body, "inputs", None)
+    if inputs is not None:
+        return next(k for k, x in enumerate(inputs) if x is ph)
+    return int(ph.name[2:])
+
+
+def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool = False,
+          rngs: dict | None = None, tag: str = "") -> Plan:
+    """The plan for one signature: generated source compiled into a function."""
+    low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
+    source, steps = low.build()
+    ns = low.ns
+    ns["check"] = check_step(steps, low.names)
+    exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
+    return Plan(source, ns["run"], steps, ns)

@@ -1,0 +1,421 @@
+"""The compiled runtime: same values as node.eval, simultaneous updates, feeds, numerics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import OPS, Graph, apply
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def compiled_equals_eval(outputs, feeds, optimize=False, rtol=1e-5, atol=1e-6):
+    """Compile outputs, run on feeds; compare with the reference interpreter."""
+    f = gc.function(list(feeds), outputs, optimize=optimize)
+    got = f(*feeds.values())
+    for o, g in zip(outputs, got):
+        want = o.eval(feeds)
+        assert g.shape == want.shape and g.dtype == want.dtype, o
+        np.testing.assert_allclose(g, want, rtol=rtol, atol=atol, err_msg=str(o))
+    return f
+
+
+# every elementwise op, compiled with out= templates ----------------------------------------
+
+UNARY = ["neg", "exp", "abs", "sign", "tanh", "sigmoid", "relu", "softplus", "logical_not"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "greater", "greater_equal",
+          "less", "less_equal", "equal"]
+
+
+@pytest.mark.parametrize("op", UNARY + ["log", "sqrt"])
+def test_unary_ops_compiled_equal_eval(op):
+    x = gc.placeholder((None, 5), name="x")
+    xv = np.abs(rand(3, 5)) + 0.1 if op in ("log", "sqrt") else rand(3, 5)
+    if op == "logical_not":
+        x = gc.placeholder((None, 5), dtype=bool, name="x")
+        xv = rand(3, 5) > 0
+    compiled_equals_eval([apply(op, x), apply(op, x) * 1 if op != "logical_not" else x],
+                         {x: xv})
+
+
+@pytest.mark.parametrize("op", BINARY + ["pow"])
+def test_binary_ops_compiled_equal_eval(op):
+    a = gc.placeholder((None, 4), name="a")
+    b = gc.placeholder((4,), name="b")               # broadcasts against a
+    av, bv = rand(6, 4), rand(4)
+    if op == "pow":
+        av = np.abs(av) + 0.5
+    compiled_equals_eval([apply(op, a, b), apply(op, b, a)], {a: av, b: bv})
+
+
+def test_where_and_cast_compiled_equal_eval():
+    a = gc.placeholder((None, 3), name="a")
+    b = gc.placeholder((None, 3), name="b")
+    out = gc.where(gc.greater(a, b), a * 2.0, b)
+    compiled_equals_eval([out, gc.cast(out, "int32"), gc.cast(a, "float64")],
+                         {a: rand(4, 3), b: rand(4, 3)})
+
+
+@pytest.mark.parametrize("op", sorted(set(OPS) - set(UNARY) - set(BINARY)
+                                      - {"log", "sqrt", "pow", "where", "cast", "fused",
+                                         "dense", "dropout_mask"}))
+def test_every_other_registered_op_runs_through_its_kernel(op):
+    rows = op_rows()
+    if op not in rows:
+        pytest.skip(f"no runtime sample row for {op}")
+    build, arrays = rows[op]
+    leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in
+              enumerate(arrays)]
+    out = build(*leaves)
+    compiled_equals_eval([out], dict(zip(leaves, arrays)))
+
+
+def op_rows():
+    """op -> (build, arrays) for the non-elementwise ops that exist right now."""
+    x, m, k = rand(4, 6), rand(6, 3), rand(2, 3, 8, 8)
+    labels = np.array([0, 2, 1, 2])
+    rows = {
+        "sum": (lambda a: gc.sum(a, axis=1), [x]),
+        "reshape": (lambda a: gc.reshape(a, (6, 4)), [x]),
+        "broadcast_to": (lambda a: gc.broadcast_to(a, (2, 4, 6)), [x]),
+    }
+    more = {
+        "mean": ("mean", lambda a: gc.mean(a, axis=0), [x]),
+        "max": ("max", lambda a: gc.max(a, axis=1), [x]),
+        "matmul": ("matmul", lambda a, b: gc.matmul(a, b), [x, m]),
+        "transpose": ("transpose", lambda a: gc.transpose(a), [x]),
+        "concat": ("concat", lambda a: gc.concat([a, a], axis=1), [x]),
+        "one_hot": ("one_hot", lambda y: gc.one_hot(y, 3), [labels]),
+        "softmax": ("softmax", lambda a: gc.softmax(a), [m]),
+        "log_softmax": ("log_softmax", lambda a: gc.log_softmax(a), [m]),
+        "softmax_cross_entropy": ("softmax_cross_entropy",
+                                  lambda a, y: gc.softmax_cross_entropy(a, y), [rand(4, 3),
+                                                                                labels]),
+        "conv2d": ("conv2d", lambda a, w: gc.conv2d(a, w, padding=1),
+                   [k, rand(4, 3, 3, 3)]),
+        "max_pool2d": ("max_pool2d", lambda a: gc.max_pool2d(a, 2), [k]),
+        "avg_pool2d": ("avg_pool2d", lambda a: gc.avg_pool2d(a, 2), [k]),
+    }
+    for op, (fn, build, arrays) in more.items():
+        if op in OPS and hasattr(gc, fn):
+            rows[op] = (build, arrays)
+    tied = np.maximum(k, 0)                         # zeros: ties inside pooling windows
+    direct = {                                      # ops only rules and passes build
+        "argmax_mask": (lambda a: apply("argmax_mask", a, axis=1), [x]),
+        "size": (lambda a: apply("size", a, axis=(0,)), [x]),
+        "slice": (lambda a: apply("slice", a, axis=1, start=1, stop=4), [x]),
+        "unslice": (lambda a, b: apply("unslice", a, b, axis=1, start=1, stop=4),
+                    [rand(4, 3), x]),
+        "softmax_cross_entropy_grad": (
+            lambda a, y, g: apply("softmax_cross_entropy_grad", a, y, g),
+            [rand(4, 3), labels, rand(4)]),
+        "conv2d_grad_input": (lambda g, w, a: apply("conv2d_grad_input", g, w, a, stride=2,
+                                                   padding=1), [rand(2, 4, 4, 4),
+                                                                rand(4, 3, 3, 3), k]),
+        "conv2d_grad_weight": (lambda a, g, w: apply("conv2d_grad_weight", a, g, w, stride=1,
+                                                    padding=0), [k, rand(2, 4, 6, 6),
+                                                                 rand(4, 3, 3, 3)]),
+        "max_pool2d_grad": (lambda g, a: apply("max_pool2d_grad", g, a, size=2),
+                            [rand(2, 3, 4, 4), tied]),
+        "max_pool2d_gather": (lambda y, a: apply("max_pool2d_gather", y, a, size=2),
+                              [rand(2, 3, 8, 8), tied]),
+        "avg_pool2d_grad": (lambda g, a: apply("avg_pool2d_grad", g, a, size=2),
+                            [rand(2, 3, 4, 4), k]),
+    }
+    rows.update({op: row for op, row in direct.items() if op in OPS})
+    return rows
+
+
+def test_dropout_mask_advances_per_call_and_starts_at_the_seed():
+    x = gc.placeholder((3, 50), name="x")
+    mask = apply("dropout_mask", x, keep=0.5, seed=7)
+    f = gc.function([x], mask)
+    xv = np.ones((3, 50), np.float32)
+    first, second = f(xv), f(xv)
+    np.testing.assert_array_equal(first, mask.eval({x: xv}))     # same seed, same first draw
+    assert not np.array_equal(first, second)                     # the generator advances
+    assert set(np.unique(first)) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
+@pytest.mark.parametrize("optimize", [False, True])
+def test_cnn_gradients_compiled_equal_eval(stride, padding, optimize):
+    """conv (both layouts), relu, max-pool with ties, their gradients, paired reuse."""
+    x = gc.placeholder((None, 3, 9, 9), name="x")
+    w1 = gc.placeholder((8, 3, 3, 3), name="w1")
+    w2 = gc.placeholder((9, 8, 3, 3), name="w2")
+    h = gc.relu(gc.conv2d(x, w1, stride=stride, padding=padding))
+    h = gc.max_pool2d(h, 2)
+    h = gc.relu(gc.conv2d(h, w2, padding=1))
+    loss = gc.sum(h * h)
+    grads = gc.grad(loss, [x, w1, w2])
+    feeds = {x: rand(2, 3, 9, 9), w1: rand(8, 3, 3, 3), w2: rand(9, 8, 3, 3)}
+    compiled_equals_eval([loss] + grads, feeds, optimize=optimize, rtol=2e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_softmax_cross_entropy_forward_and_gradient_in_one_pass(optimize):
+    z = gc.placeholder((None, 5), name="z")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    loss = gc.mean(gc.softmax_cross_entropy(z * 2.0, y))
+    f = compiled_equals_eval([loss, gc.grad(loss, z)], {z: rand(6, 5), y: RNG.integers(0, 5, 6)},
+                             optimize=optimize)
+    assert "kernels.sce_forward" in f.source and "kernels.sce_backward" in f.source
+    with pytest.raises(gc.GraphcError, match="label 5 is out of range"):
+        f(rand(6, 5), np.array([0, 1, 2, 3, 4, 5]))
+
+
+# gradients of whole models, compiled vs reference -------------------------------------------
+
+def mlp_loss(x, y_onehot, W1, b1, W2, b2):
+    h = gc.relu(gc.matmul(x, W1) + b1) if hasattr(gc, "matmul") else gc.relu(x @ W1 + b1)
+    z = h @ W2 + b2
+    p = gc.sigmoid(z)
+    return gc.sum((p - y_onehot) * (p - y_onehot)) * 0.5
+
+
+def test_training_step_matches_reference_and_updates():
+    x = gc.placeholder((None, 5), name="x")
+    t = gc.placeholder((None, 3), name="t")
+    params = [gc.variable(rand(5, 4), name="W1"), gc.variable(rand(4), name="b1"),
+              gc.variable(rand(4, 3), name="W2"), gc.variable(rand(3), name="b2")]
+    loss = mlp_loss(x, t, *params)
+    grads = gc.grad(loss, params)
+    before = [p.value.copy() for p in params]
+    feeds = {x: rand(7, 5), t: rand(7, 3)}
+    want_loss = loss.eval(feeds)
+    want_grads = [g.eval(feeds) for g in grads]
+    step = gc.function([x, t], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    got = step(feeds[x], feeds[t])
+    np.testing.assert_allclose(got, want_loss, rtol=1e-5)
+    for p, b, g in zip(params, before, want_grads):
+        np.testing.assert_allclose(p.value, b - np.float32(0.1) * g, rtol=1e-5, atol=1e-6)
+    # the same graph through the compiled gradients
+    f = gc.function([x, t], grads)
+    for g, want in zip(f(feeds[x], feeds[t]), [g.eval(feeds) for g in grads]):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_keep_their_form_and_are_not_overwritten():
+    x = gc.placeholder((None, 2), name="x")
+    f1 = gc.function([x], x * 2.0)
+    f2 = gc.function([x], [x * 2.0])
+    a = f1(np.ones((1, 2), np.float32))
+    assert isinstance(a, np.ndarray) and a.tolist() == [[2, 2]]
+    assert isinstance(f2(np.ones((1, 2), np.float32)), list)
+    f1(np.full((1, 2), 5, np.float32))
+    assert a.tolist() == [[2, 2]]          # a later call does not reuse the returned array
+
+
+# updates ----------------------------------------------------------------------------------
+
+def test_updates_are_simultaneous_swap():
+    a = gc.variable(np.array([1.0, 2.0], np.float32), name="a")
+    b = gc.variable(np.array([3.0, 4.0], np.float32), name="b")
+    swap = gc.function([], [], updates=[(a, b), (b, a)])
+    swap()
+    assert a.value.tolist() == [3, 4] and b.value.tolist() == [1, 2]
+    storage = a.value
+    swap()
+    assert a.value is storage and a.value.tolist() == [1, 2]   # written in place
+
+
+def test_updates_read_old_values_everywhere():
+    a = gc.variable(np.array(1.0, np.float32), name="a")
+    b = gc.variable(np.array(10.0, np.float32), name="b")
+    f = gc.function([], a + b, updates=[(a, a + b), (b, a * b)])
+    assert float(f()) == 11.0
+    assert float(a.value) == 11.0 and float(b.value) == 10.0
+
+
+def test_outputs_are_values_from_before_the_updates():
+    a = gc.variable(np.array([1.0, 2.0], np.float32), name="a")
+    f = gc.function([], [a, a * 2.0], updates=[(a, a + 1.0)])
+    old, twice = f()
+    assert old.tolist() == [1, 2] and twice.tolist() == [2, 4]
+    assert a.value.tolist() == [2, 3]
+
+
+def test_failing_call_changes_nothing():
+    w = gc.variable(np.ones(3, np.float32), name="w")
+    x = gc.placeholder((None, 3), name="x")
+    f = gc.function([x], gc.sum(x * w), updates=[(w, w + gc.sum(gc.log(x), axis=0))],
+                    check_numerics=True)
+    with pytest.raises(gc.GraphcError):
+        f(np.ones((2, 4), np.float32))               # bad feed
+    assert w.value.tolist() == [1, 1, 1]
+    with pytest.raises(gc.GraphcError, match="check_numerics"):
+        f(-np.ones((2, 3), np.float32))              # log of negatives: NaN
+    assert w.value.tolist() == [1, 1, 1]
+    f(np.ones((2, 3), np.float32))
+    assert w.value.tolist() == [1, 1, 1]             # log(1) = 0
+
+
+def test_failing_call_after_in_place_updates_changes_nothing():
+    """Updates written straight into variables come after every step that can raise."""
+    x = gc.placeholder((None, 4), name="x")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    W = gc.variable(rand(4, 3), name="W")
+    b = gc.variable(rand(3), name="b")
+    loss = gc.mean(gc.softmax_cross_entropy(gc.relu(x @ W + b), y))
+    gW, gb = gc.grad(loss, [W, b])
+    step = gc.function([x, y], loss, updates=[(W, W - 0.5 * gW), (b, b - 0.5 * gb)])
+    xv, storage = rand(5, 4), W.value
+    step(xv, np.array([0, 1, 2, 0, 1]))
+    before = (W.value.copy(), b.value.copy())
+    with pytest.raises(gc.GraphcError, match="out of range"):
+        step(xv, np.array([0, 1, 7, 0, 1]))
+    np.testing.assert_array_equal(W.value, before[0])
+    np.testing.assert_array_equal(b.value, before[1])
+    assert W.value is storage
+
+
+# shapes per signature -----------------------------------------------------------------------
+
+def test_varying_batch_sizes_get_their_own_plans():
+    x = gc.placeholder((None, 3), name="x")
+    W = gc.variable(rand(3, 2), name="W")
+    out = gc.relu(x @ W) * 2.0
+    f = gc.function([x], out)
+    for n in (5, 2, 5, 1):
+        xv = rand(n, 3)
+        np.testing.assert_allclose(f(xv), out.eval({x: xv}), rtol=1e-6)
+    assert sorted(s[0][0] for s in f.plans) == [1, 2, 5]
+
+
+# errors -------------------------------------------------------------------------------------
+
+def test_numerics_check_names_the_step_and_line():
+    x = gc.placeholder((3,), name="x")
+    y = gc.log(x)    # the line the error must name
+    f = gc.function([x], y * 2.0, check_numerics=True, optimize=False)
+    with pytest.raises(gc.GraphcError) as e:
+        f(np.array([1, 0, 2], np.float32))
+    msg = str(e.value)
+    assert "step 0" in msg and "log(" in msg and "Inf" in msg
+    assert "test_runtime.py" in msg and y.where in msg
+
+
+def test_wrong_feeds_give_clear_errors():
+    x = gc.placeholder((None, 3), name="x")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    f = gc.function([x, y], gc.sum(x) + gc.cast(gc.sum(y), "float32"))
+    good = np.ones((2, 3), np.float32)
+    with pytest.raises(gc.GraphcError, match="takes 2 inputs"):
+        f(good)
+    with pytest.raises(gc.GraphcError, match="'x'.*shape.*\\(\\?, 3\\).*\\(2, 4\\)"):
+        f(np.ones((2, 4), np.float32), np.zeros(2, np.int64))
+    with pytest.raises(gc.GraphcError, match="'x'.*shape"):
+        f(np.ones(3, np.float32), np.zeros(2, np.int64))
+    with pytest.raises(gc.GraphcError, match="'x'.*float32.*float64"):
+        f(np.ones((2, 3)), np.zeros(2, np.int64))
+    with pytest.raises(gc.GraphcError, match="'y'.*int64.*float32"):
+        f(good, np.zeros(2, np.float32))
+    assert float(f(good, np.ones(2, np.int32))) == 8.0          # safe cast int32 -> int64
+    g = gc.function([x, y], gc.sum(x), cast_feeds=True)
+    assert float(g(np.ones((2, 3)), np.zeros(2, np.int64))) == 6.0   # float64 -> float32
+
+
+def test_missing_input_and_bad_updates_are_reported():
+    x = gc.placeholder((2,), name="x")
+    z = gc.placeholder((2,), name="z")
+    with pytest.raises(gc.GraphcError, match="'z'"):
+        gc.function([x], x + z)
+    w = gc.variable(np.zeros(2, np.float32), name="w")
+    with pytest.raises(gc.GraphcError, match="update of 'w'"):
+        gc.function([x], x, updates=[(w, gc.sum(x))])
+    with pytest.raises(gc.GraphcError, match="'w' is updated twice"):
+        gc.function([x], x, updates=[(w, w + x), (w, w - x)])
+
+
+# looking inside -----------------------------------------------------------------------------
+
+def test_source_has_node_comments_and_profile_is_a_table():
+    x = gc.placeholder((None, 4), name="x")
+    W = gc.variable(rand(4, 2), name="W")
+    f = gc.function([x], gc.sum(gc.relu(x @ W)), optimize=False)
+    src = f.source
+    assert src.startswith("def run(x0):")
+    assert "# %2 = matmul(%0, %1)  # (?, 2) float32" in src
+    assert "np.matmul(x0, w1, out=b0)" in src
+    assert "# %3 = relu(%2)" in src
+    table = f.profile(rand(8, 4))
+    assert "matmul" in table and "relu" in table and "total" in table
+
+
+def test_fused_and_dense_ops_compile_to_the_same_values():
+    if "fused" not in OPS or "dense" not in OPS:
+        pytest.skip("the passes package does not register fused/dense yet")
+    a = gc.placeholder((None, 4), name="a")
+    b = gc.placeholder((4,), name="b")
+    i0 = gc.placeholder((None, 4), name="in0")
+    i1 = gc.placeholder((4,), name="in1")
+    expr = gc.tanh(gc.exp(i0) * i1 + i0) * gc.sigmoid(i1 - 1.0)
+    try:
+        from graphc.ops.fused import Body
+        body = Body([i0, i1], expr)
+    except ImportError:
+        body = Graph([expr])
+    fused = apply("fused", a, b, body=body)
+    W = gc.placeholder((4, 3), name="W")
+    bias = gc.placeholder((3,), name="bias")
+    outs = [fused]
+    for act in (None, "relu", "sigmoid", "tanh"):
+        outs.append(apply("dense", a, W, bias, activation=act, transpose_a=False,
+                          transpose_b=False))
+    outs.append(apply("dense", a, a, activation=None, transpose_a=True, transpose_b=False))
+    compiled_equals_eval(outs, {a: rand(5, 4), b: rand(4), W: rand(4, 3), bias: rand(3)})
+
+
+def test_overlapping_max_pool_gradient_compiled_equals_eval():
+    x = gc.placeholder((None, 2, 7, 7), name="x")
+    g = gc.placeholder((None, 2, 3, 3), name="g")
+    xv = np.round(rand(3, 2, 7, 7))                  # many ties
+    out = apply("max_pool2d_grad", g, x, size=3, stride=2)
+    compiled_equals_eval([gc.max_pool2d(x, 3, stride=2), out], {x: xv, g: rand(3, 2, 3, 3)})
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("optimize", [False, True])
+def test_random_elementwise_graphs_compiled_equal_eval(seed, optimize):
+    """Buffer reuse, in-place steps and fusion on random DAGs (several outputs, updates)."""
+    rng = np.random.default_rng(seed)
+    a = gc.placeholder((None, 4), name="a")
+    b = gc.placeholder((4,), name="b")
+    w = gc.variable(rand(5, 4), name="w")
+    nodes = [a, b, w, a * 0.5]
+    ops = [gc.add, gc.sub, gc.mul, gc.maximum, gc.minimum]
+    for _ in range(14):
+        x, y = (nodes[i] for i in rng.integers(0, len(nodes), 2))
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            nodes.append(ops[rng.integers(0, len(ops))](x, y))
+        elif kind == 1:
+            nodes.append([gc.tanh, gc.sigmoid, gc.relu, gc.neg, gc.softplus][rng.integers(0, 5)](x))
+        elif kind == 2:
+            nodes.append(gc.where(gc.greater(x, y), x, 0.0))
+        else:
+            nodes.append(gc.sum(x, axis=0) + y if x.ndim == 2 else x * 2.0)
+    outs = nodes[-4:]
+    feeds = {a: rand(5, 4), b: rand(4)}
+    last = nodes[-1] if nodes[-1].shape == w.shape else w + gc.sum(nodes[-1])
+    want_update, want = last.eval(feeds), [o.eval(feeds) for o in outs]
+    compiled_equals_eval(outs, feeds, optimize=optimize)
+    g = gc.function([a, b], outs, updates=[(w, last)], optimize=optimize)
+    for got, expected in zip(g(feeds[a], feeds[b]), want):     # values from before the update
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.value, want_update, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [(0, 2, 3), (0,), (1, 2, 3), (0, 1), (3,), (1, 2), None])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_sums_over_leading_and_trailing_axes(axis, keepdims):
+    x = gc.placeholder((None, 3, 4, 5), name="x")
+    y = gc.sum(x * 2.0, axis=axis, keepdims=keepdims)         # a buffer input
+    z = gc.sum(gc.transpose(x, (0, 1, 3, 2)), axis=axis, keepdims=keepdims)   # a view input
+    compiled_equals_eval([y, z], {x: rand(6, 3, 4, 5)})
