@@ -26,7 +26,7 @@ def leaves_for(arrays):
     return [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
 
 
-def check_row(row: Row, rtol=1e-5, atol=1e-6):
+def check_row(row: Row):
     """The kernel matches the reference and the shape/dtype rule matches the kernel's result."""
     leaves = leaves_for(row.inputs)
     out = row.build(*leaves)
@@ -34,7 +34,8 @@ def check_row(row: Row, rtol=1e-5, atol=1e-6):
     assert val.shape == out.shape, f"{row.name}: shape rule {out.shape} vs kernel {val.shape}"
     assert val.dtype == out.dtype, f"{row.name}: dtype rule {out.dtype} vs kernel {val.dtype}"
     if row.ref is not None:
-        np.testing.assert_allclose(val, row.ref(*row.inputs), rtol=rtol, atol=atol)
+        tol = (1e-9, 1e-12) if val.dtype == np.float64 else (1e-5, 1e-6)
+        np.testing.assert_allclose(val, row.ref(*row.inputs), rtol=tol[0], atol=tol[1])
     return out
 
 
