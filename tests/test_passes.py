@@ -513,3 +513,97 @@ def test_fused_and_dense_have_sympy_forms():
     A, B = sp.Matrix([[1, 2]]), sp.Matrix([[3], [4]])
     assert OPS["dense"].sym(A, B, activation=None, transpose_a=False,
                             transpose_b=False) == sp.Matrix([[11]])
+
+
+# pooling and relu commute --------------------------------------------------------------
+
+def pool_relu_graph():
+    x = gc.placeholder((None, 2, 6, 6), "float64", name="x")
+    w = gc.variable(np.linspace(-1.0, 1.0, 72).reshape(1, 2, 6, 6), name="w")
+    c = gc.constant(np.arange(18.0).reshape(2, 3, 3) - 9.0)
+    loss = gc.sum(gc.max_pool2d(gc.relu(x * w), 2) * c)
+    return x, w, Graph([loss] + gc.grad(loss, [x, w]))
+
+
+def test_pool_relu_commutes_with_exact_gradient():
+    x, w, graph = pool_relu_graph()
+    opt, report = gc.optimize(graph, report=True)
+    assert report.rules["pool_relu"] == 1 and report.rules["pool_relu_grad"] == 1
+    pools = [n for n in opt.nodes if n.op == "max_pool2d"]
+    assert len(pools) == 1 and pools[0].inputs[0].op == "mul"    # relu now on the pooled map
+    ties = np.zeros((3, 2, 6, 6))                           # windows all <= 0 and ties
+    ties[0, 0, :2, :2] = [[1.0, 1.0], [0.0, 1.0]]
+    ties[1] = -1.0
+    ties[2] = np.sign(rand(2, 6, 6, dtype=np.float64))
+    for feed in (ties, rand(3, 2, 6, 6, dtype=np.float64)):
+        want = evaluate(graph.outputs, {x: feed})
+        got = evaluate(opt.outputs, {x: feed})
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        f = gc.function([x], list(graph.outputs))
+        for a, b in zip(want, f(feed)):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_pool_relu_grad_rule_needs_the_relu_mask():
+    x = gc.placeholder((1, 1, 4, 4), "float64", name="x")
+    g = gc.placeholder((1, 1, 2, 2), "float64", name="g")
+    r = gc.relu(x)
+    pg = gc.ir.apply("max_pool2d_grad", g, r, size=2)
+    other = gc.where(gc.greater(x, 1.0), pg, 0.0)           # not relu's mask: left alone
+    opt, report = gc.optimize(Graph([other]), report=True)
+    assert report.rules["pool_relu_grad"] == 0
+    feeds = {x: rand(1, 1, 4, 4, dtype=np.float64), g: rand(1, 1, 2, 2, dtype=np.float64)}
+    same_values(Graph([other]), opt, feeds)
+
+
+def test_pool_bias_moves_the_add_to_the_pooled_map():
+    x = gc.placeholder((None, 2, 4, 4), "float64", name="x")
+    b = gc.variable(np.array([0.5, -2.0]).reshape(1, 2, 1, 1), name="b")
+    row = gc.constant(np.arange(4.0))                      # varies along W: not moved
+    c = gc.constant(np.arange(8.0).reshape(2, 2, 2) - 3.0)
+    loss = gc.sum(gc.relu(gc.max_pool2d(gc.relu(x + b), 2)) * c) \
+        + gc.sum(gc.max_pool2d(x * 2.0 + row, 2) * c)
+    graph = Graph([loss] + gc.grad(loss, [x, b]))
+    opt, report = gc.optimize(graph, report=True)
+    assert report.rules["pool_bias"] == 1 and report.rules["pool_grad_bias"] == 1
+    assert report.rules["sum_pool_grad"] == 1
+    feed = rand(3, 2, 4, 4, dtype=np.float64)
+    feed[0, 0] = 0.0                                        # ties
+    same_values(graph, opt, {x: feed}, rtol=1e-12, atol=1e-12)
+    f = gc.function([x], list(graph.outputs))
+    for want, got in zip(evaluate(graph.outputs, {x: feed}), f(feed)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# binary cross-entropy from logits -------------------------------------------------------
+
+def test_hand_written_bce_becomes_softplus_minus_yz_with_compact_gradient():
+    z = gc.placeholder((None, 1), "float64", name="z")
+    y = gc.placeholder((None, 1), "float64", name="y")
+    p = gc.sigmoid(z)
+    loss = gc.mean(-(y * gc.log(p) + (1.0 - y) * gc.log(1.0 - p)))
+    graph = Graph([loss, gc.grad(loss, z)])
+    opt, report = gc.optimize(graph, passes=[P.stabilize, P.simplify], report=True)
+    assert report.rules["bce_logits"] == 1
+    assert report.rules["bce_logits_grad"] + report.rules["bce_logits_grad_sub"] == 1
+    ops = sorted(n.op for n in opt.nodes if n.inputs)
+    assert ops.count("softplus") == 1 and ops.count("sigmoid") == 1 and "log" not in ops
+    zv = np.array([[-800.0], [-30.0], [-1.0], [0.0], [2.0], [40.0], [800.0]])
+    yv = np.array([[0.0], [1.0], [0.3], [1.0], [0.0], [1.0], [0.0]])
+    loss_v, grad_v = evaluate(opt.outputs, {z: zv, y: yv})
+    want = np.logaddexp(0, zv) - yv * zv
+    np.testing.assert_allclose(loss_v, want.mean(), rtol=1e-12)
+    sig = 0.5 * (1 + np.tanh(zv / 2))
+    np.testing.assert_allclose(grad_v, (sig - yv) / len(zv), rtol=1e-12, atol=1e-300)
+    mid = {z: zv[2:5], y: yv[2:5]}                     # the naive form is finite here
+    same_values(graph, opt, mid, rtol=1e-12, atol=1e-12)
+
+
+def test_bce_rule_needs_matching_terms():
+    z = gc.placeholder((3,), "float64", name="z")
+    y = gc.placeholder((3,), "float64", name="y")
+    other = y * gc.softplus(-z) + (1.0 - y) * gc.softplus(z * 2.0)   # different z: kept
+    opt, report = gc.optimize(Graph([other]), passes=[P.stabilize], report=True)
+    assert report.rules["bce_logits"] == 0
+    same_values(Graph([other]), opt, {z: np.array([-2.0, 0.5, 3.0]), y: np.array([0, .5, 1])})

@@ -419,3 +419,57 @@ def test_sums_over_leading_and_trailing_axes(axis, keepdims):
     y = gc.sum(x * 2.0, axis=axis, keepdims=keepdims)         # a buffer input
     z = gc.sum(gc.transpose(x, (0, 1, 3, 2)), axis=axis, keepdims=keepdims)   # a view input
     compiled_equals_eval([y, z], {x: rand(6, 3, 4, 5)})
+
+
+@pytest.mark.parametrize("size,stride", [(2, 2), (3, 2)])
+def test_conv_pool_gradients_share_channels_last_copies(size, stride):
+    """Unoptimized, the two conv gradients share one channels-last copy of g; optimized
+    (the pool reads the conv directly), pooling and its gradient use the conv's own
+    channels-last result. Image 0 is all zeros: every window is a tie."""
+    x = gc.placeholder((None, 8, 7, 7), name="x")
+    w = gc.placeholder((4, 8, 3, 3), name="w")
+    b = gc.placeholder((1, 4, 1, 1), name="b")
+    h = gc.relu(gc.max_pool2d(gc.conv2d(x, w) + b, size, stride=stride))
+    loss = gc.sum(h * h)
+    xv = rand(3, 8, 7, 7)
+    xv[0] = 0.0
+    feeds = {x: xv, w: rand(4, 8, 3, 3), b: rand(1, 4, 1, 1)}
+    outs = [loss] + gc.grad(loss, [x, w, b])
+    f = compiled_equals_eval(outs, feeds, rtol=2e-4, atol=1e-4)
+    assert "fill=True" in f.source and "fill=False" in f.source
+    f = compiled_equals_eval(outs, feeds, optimize=True, rtol=2e-4, atol=1e-4)
+    assert "top_shadow=" in f.source and "gT=" in f.source
+    assert f.source.count("nchw=False") == 2       # no NCHW copy nobody reads
+    c = gc.conv2d(x, w)                            # returned too: its NCHW copy is written
+    f = compiled_equals_eval(outs + [c], feeds, optimize=True, rtol=2e-4, atol=1e-4)
+    assert f.source.count("nchw=False") == 1
+    checked = gc.function(list(feeds), outs, check_numerics=True)   # checks every buffer
+    assert "nchw=False" not in checked.source
+    for got, want in zip(checked(*feeds.values()), f(*feeds.values())):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_function_keeps_the_graph_as_built_and_the_optimize_report():
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.ones((3, 2), np.float32), name="w")
+    out = gc.sum(gc.relu(x @ w * 1.0 + 0.0))
+    f = gc.function([x], out, updates=[(w, w - 0.1 * gc.grad(out, w))])
+    assert isinstance(f.original, Graph) and f.original.outputs[0] is out
+    assert f.original.updates[0][0] is w and len(f.original.nodes) > len(f.graph.nodes)
+    assert f.report.rules["mul_one"] >= 1 and f.report.rules["add_zero"] >= 1
+    names = [p[0] for p in f.report.passes]
+    assert names[0] == "eliminate_dead_code" and "fuse_elementwise" in names
+    assert f.report.passes[-1][2] == len(f.graph.nodes)
+    assert "mul_one" in str(f.report)
+    plain = gc.function([x], out, optimize=False)
+    assert plain.report is None and plain.graph.outputs[0] is out
+
+
+def test_function_repr_svg_draws_the_compiled_graph():
+    pytest.importorskip("graphviz")
+    x = gc.placeholder((None, 3), name="x")
+    f = gc.function([x], gc.sum(gc.tanh(x) * 2.0))
+    svg = f._repr_svg_()
+    if svg is None:             # no `dot` binary: Jupyter falls back to the repr
+        pytest.skip("graphviz `dot` is not installed")
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg

@@ -90,6 +90,65 @@ def where_chain(n: Node, c: Node, a: Node, b: Node) -> Node | None:
     return None
 
 
+def pool_relu(n: Node, x: Node) -> Node | None:
+    """max_pool2d(relu x) -> relu(max_pool2d x): both monotone, relu on the smaller map."""
+    return apply("relu", apply("max_pool2d", x.inputs[0], **n.attrs)) if x.op == "relu" \
+        else None
+
+
+def pool_relu_grad(n: Node, c: Node, a: Node, b: Node) -> Node | None:
+    """where(x > 0, max_pool2d_grad(g, relu x), 0) -> max_pool2d_grad(where(pool x > 0, g, 0),
+    x): the gradient of relu(max_pool2d x), exactly (a window whose max is <= 0 gets 0 in
+    both; otherwise relu x and x have their first maximum at the same place)."""
+    if a.op != "max_pool2d_grad" or a.inputs[1].op != "relu" or not is_value(b, 0) \
+            or c.op != "greater" or not is_value(c.inputs[1], 0):
+        return None
+    g, r = a.inputs
+    x = r.inputs[0]
+    if c.inputs[0] is not x and c.inputs[0] is not r:
+        return None
+    top = apply("max_pool2d", x, **a.attrs)
+    masked = apply("where", apply("greater", top, c.inputs[1]), g, b)
+    return fit(apply("max_pool2d_grad", masked, x, **a.attrs), n)
+
+
+def window_constant(b: Node, x: Node) -> bool:
+    """b, added to the NCHW map x, is the same over each pooling window (size 1 along H, W)."""
+    return x.ndim == 4 and (b.ndim == 0 or 2 <= b.ndim <= 4 and b.shape[-2:] == (1, 1))
+
+
+def split_window_constant(s: Node) -> tuple[Node, Node] | None:
+    """add(x, b) with b constant over H and W -> (x, b)."""
+    if s.op != "add":
+        return None
+    for x, b in (s.inputs, s.inputs[::-1]):
+        if x.shape == s.shape and window_constant(b, x):
+            return x, b
+    return None
+
+
+def pool_bias(n: Node, s: Node) -> Node | None:
+    """max_pool2d(x + b) -> max_pool2d(x) + b for b constant over each window (rounding is
+    monotone, so the values are exactly equal): the add runs on the pooled map."""
+    parts = split_window_constant(s)
+    return fit(apply("max_pool2d", parts[0], **n.attrs) + parts[1], n) if parts else None
+
+
+def pool_grad_bias(n: Node, g: Node, s: Node) -> Node | None:
+    """max_pool2d_grad(g, x + b) -> max_pool2d_grad(g, x): the gradient of the rewritten
+    pool_bias forward (the winners of x, b constant over each window)."""
+    parts = split_window_constant(s)
+    return fit(apply("max_pool2d_grad", g, parts[0], **n.attrs), n) if parts else None
+
+
+def sum_pool_grad(n: Node, x: Node) -> Node | None:
+    """sum(max_pool2d_grad(g, x)) over H and W (and more) -> sum(g): every g lands once."""
+    axes = n.attrs["axis"]
+    if x.op != "max_pool2d_grad" or 2 not in axes or 3 not in axes:
+        return None
+    return fit(apply("sum", x.inputs[0], axis=axes, keepdims=n.attrs["keepdims"]), n)
+
+
 def where_constant(n: Node, c: Node, a: Node, b: Node) -> Node | None:
     arr = const_value(c)
     if arr is None or arr.size == 0 or not (arr.all() or not arr.any()):
@@ -187,6 +246,16 @@ SIMPLIFY = [
     Rule("where_same", "where", lambda n, c, a, b: fit(a, n) if a is b else None),
     # where(c, where(c,g,0), 0) -> where(c,g,0)
     Rule("where_where", "where", where_chain),
+    # where(x > 0, pool_grad(g, relu x), 0) -> pool_grad(where(pool x > 0, g, 0), x)
+    Rule("pool_relu_grad", "where", pool_relu_grad),
+    # max_pool2d(x + b) -> max_pool2d(x) + b, b constant over H, W
+    Rule("pool_bias", "max_pool2d", pool_bias),
+    # max_pool2d_grad(g, x + b) -> max_pool2d_grad(g, x), b constant over H, W
+    Rule("pool_grad_bias", "max_pool2d_grad", pool_grad_bias),
+    # sum(max_pool2d_grad(g, x), H and W) -> sum(g)
+    Rule("sum_pool_grad", "sum", sum_pool_grad),
+    # max_pool2d(relu x) -> relu(max_pool2d x)
+    Rule("pool_relu", "max_pool2d", pool_relu),
     # where(True, a, b) -> a
     Rule("where_constant", "where", where_constant),
     # reshape(x, like) -> reshape(x, shape)

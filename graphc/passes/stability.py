@@ -8,6 +8,8 @@ softmax / sigmoid multiply by p again. The rules `cancel` and `distribute` cance
 is positive in exact arithmetic (exp, sigmoid, softmax, softplus, 1 - sigmoid) from numerator
 and denominator of a product, which is exact algebra and removes every 0/0 and inf*0 of those
 gradients. `stable_grad` is the other route: stabilize the cost, then differentiate it.
+The hand-written binary cross-entropy, once its logs are softplus forms, is merged into
+softplus(z) - y z, and its (cancelled) gradient into sigmoid(z) - y, by two more rules.
 """
 from __future__ import annotations
 
@@ -127,6 +129,73 @@ def softplus_by_hand(n: Node, x: Node) -> Node | None:
     return None
 
 
+def signed_products(n: Node) -> list[tuple[int, list[Node]]] | None:
+    """The two terms of an add / sub, each as (sign, its factors) when it is a product."""
+    out = []
+    for k, t in enumerate(n.inputs):
+        sign, num, den = [-1 if (n.op == "sub" and k == 1) else 1], [], []
+        factors(t, (sign, num, den))
+        if den:
+            return None
+        out.append((sign[0], num))
+    return out
+
+
+def take(xs: list[Node], pred) -> Node | None:
+    """Remove and return the first x of xs with pred(x)."""
+    for i, x in enumerate(xs):
+        if pred(x):
+            return xs.pop(i)
+    return None
+
+
+def one_minus(x: Node, y: Node) -> bool:
+    return x.op == "sub" and is_value(x.inputs[0], 1) and x.inputs[1] is y
+
+
+def same_factors(a: list[Node], b: list[Node]) -> bool:
+    return sorted(map(id, a)) == sorted(map(id, b))
+
+
+def bce_logits(n: Node, *_: Node) -> Node | None:
+    """y softplus(-z) + (1 - y) softplus(z) -> softplus(z) - y z (binary cross-entropy from
+    logits, the two softplus forms of -log sigmoid and -log(1 - sigmoid) merged)."""
+    terms = signed_products(n)
+    if terms is None or terms[0][0] != terms[1][0]:
+        return None
+    for (sign, f1), (_, f2) in (terms, terms[::-1]):
+        f1, f2 = list(f1), list(f2)
+        neg_sp = take(f1, lambda x: x.op == "softplus" and x.inputs[0].op == "neg")
+        z = neg_sp.inputs[0].inputs[0] if neg_sp is not None else None
+        if z is None or take(f2, lambda x: x.op == "softplus" and x.inputs[0] is z) is None \
+                or len(f1) != 1 or len(f2) != 1 or not one_minus(f2[0], f1[0]):
+            continue
+        out = apply("softplus", z) - f1[0] * z
+        return fit(out if sign > 0 else -out, n)
+    return None
+
+
+def bce_logits_grad(n: Node, *_: Node) -> Node | None:
+    """-c y (1 - sigmoid z) + c (1 - y) sigmoid z -> c (sigmoid z - y): the gradient of the
+    binary cross-entropy through the cancelled log-sigmoid forms."""
+    terms = signed_products(n)
+    if terms is None or terms[0][0] == terms[1][0]:
+        return None
+    for (_, f1), (sign, f2) in (terms, terms[::-1]):
+        f1, f2 = list(f1), list(f2)
+        comp = take(f1, lambda x: x.op == "sub" and is_value(x.inputs[0], 1)
+                    and x.inputs[1].op == "sigmoid")
+        sig = comp.inputs[1] if comp is not None else None
+        if sig is None or take(f2, lambda x: x is sig) is None:
+            continue
+        y = take(f1, lambda x: any(one_minus(v, x) for v in f2))
+        if y is None or take(f2, lambda x: one_minus(x, y)) is None or not same_factors(f1, f2):
+            continue
+        out = product(f2, n) * (sig - y) if f2 else sig - y
+        return fit(out if sign > 0 else -out, n)
+    return None
+
+
 STABILIZE = [
     # log(1 + exp z) -> softplus(z)
     Rule("softplus_by_hand", "log", softplus_by_hand),
@@ -140,6 +209,12 @@ STABILIZE = [
     Rule("log_one_minus_sigmoid", "log", log_one_minus),
     # sum(y*log_softmax z) -> -sce(z, y)
     Rule("cross_entropy", "sum", cross_entropy),
+    # y softplus(-z) + (1-y) softplus(z) -> softplus(z) - y z
+    Rule("bce_logits", "add", bce_logits),
+    Rule("bce_logits_sub", "sub", bce_logits),
+    # -c y (1 - sigmoid z) + c (1-y) sigmoid z -> c (sigmoid z - y)
+    Rule("bce_logits_grad", "add", bce_logits_grad),
+    Rule("bce_logits_grad_sub", "sub", bce_logits_grad),
     # p * (g / p) -> g, p > 0
     Rule("cancel_mul", "mul", cancel),
     # (g * p) / p -> g, p > 0

@@ -30,7 +30,22 @@ def fill_cols(x, ws, kh, kw, stride, padding):
 
 def channels_last(x) -> bool:
     """Wide inputs take the channels-last path (long contiguous rows in im2col)."""
-    return x.shape[1] >= 8
+    return wide(x.shape)
+
+
+def wide(shape) -> bool:
+    return shape[1] >= 8
+
+
+def g_last(g, ws, shared, fill):
+    """g (N, Co, Ho, Wo) as a channels-last copy: in ws, or in the `shared` dict of the two
+    gradient steps reading the same g (the first fills it, the second reuses it)."""
+    box = ws if shared is None else shared
+    if "gT" not in box:
+        box["gT"] = np.empty(g.shape[:1] + g.shape[2:] + g.shape[1:2], g.dtype)
+    if fill or shared is None:
+        np.copyto(box["gT"], g.transpose(0, 2, 3, 1))
+    return box["gT"]
 
 
 def fill_cols_last(x, ws, kh, kw, stride, padding):
@@ -52,12 +67,13 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
     return cols.reshape(n * ho * wo, kh * kw * c)
 
 
-def conv2d(x, w, *, stride, padding, out, ws):
-    """out (N, Co, Ho, Wo): im2col and one GEMM (channels-last for wide inputs, else one GEMM
-    per image straight into NCHW)."""
+def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
+    """out (N, Co, Ho, Wo): im2col and one GEMM (channels-last for wide inputs or when `last`,
+    else one GEMM per image straight into NCHW). The channels-last path leaves its result in
+    ws["nhwc"] too, for a max-pool step that reads it (see max_pool2d's `shadow`)."""
     co, c, kh, kw = w.shape
     n = x.shape[0]
-    if not channels_last(x):
+    if not (channels_last(x) if last is None else last):
         cols = fill_cols(x, ws, kh, kw, stride, padding)
         np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, -1))
         return out
@@ -65,25 +81,28 @@ def conv2d(x, w, *, stride, padding, out, ws):
     if "res" not in ws:
         ws["wr"] = np.empty((kh, kw, c, co), w.dtype)
         ws["res"] = np.empty((cols.shape[0], co), out.dtype)
+        ws["nhwc"] = ws["res"].reshape(n, out.shape[2], out.shape[3], co)
     np.copyto(ws["wr"], w.transpose(2, 3, 1, 0))
     np.matmul(cols, ws["wr"].reshape(-1, co), out=ws["res"])
-    np.copyto(out, ws["res"].reshape(n, out.shape[2], out.shape[3], co).transpose(0, 3, 1, 2))
+    if nchw:                    # False: every reader of the result reads ws["nhwc"]
+        np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
     return out
 
 
-def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False):
-    """dw from the columns (those of the paired forward step when cols_ready)."""
+def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False,
+                       shared=None, fill=True, last=None, gT=None):
+    """dw from the columns (those of the paired forward step when cols_ready; `last` is then
+    the layout that step used); gT: a channels-last copy of g another step already made."""
     co, c, kh, kw = like.shape
     n = x.shape[0]
-    if channels_last(x):
+    if channels_last(x) if last is None else last:
         cols = ws["cols"].reshape(-1, kh * kw * c) if cols_ready \
             else fill_cols_last(x, ws, kh, kw, stride, padding)
-        if "gT" not in ws:
-            ws["gT"] = np.empty((n, g.shape[2], g.shape[3], co), out.dtype)
-            ws["dw"] = np.empty((co, kh, kw, c), out.dtype)
-        np.copyto(ws["gT"], g.transpose(0, 2, 3, 1))
-        np.matmul(ws["gT"].reshape(-1, co).T, cols, out=ws["dw"].reshape(co, -1))
-        np.copyto(out, ws["dw"].transpose(0, 3, 1, 2))
+        gT = g_last(g, ws, shared, fill) if gT is None else gT
+        if "dwT" not in ws:
+            ws["dwT"] = np.empty((kh, kw, c, co), out.dtype)
+        np.matmul(cols.T, gT.reshape(-1, co), out=ws["dwT"].reshape(-1, co))
+        np.copyto(out, ws["dwT"].transpose(3, 2, 0, 1))
         return out
     cols = ws["cols"].reshape(n, -1, g.shape[2] * g.shape[3]) if cols_ready \
         else fill_cols(x, ws, kh, kw, stride, padding)
@@ -95,42 +114,57 @@ def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False
     return out
 
 
-def conv2d_grad_input(g, w, like, *, stride, padding, out, ws):
-    """dx: one GEMM gives every window's gradient in channels-last order, which is then added
-    back window offset by window offset along long contiguous rows (col2im)."""
+def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill=True,
+                      gT=None):
+    """dx: one batched GEMM per window offset, (N*Ho*Wo, Co) @ (Co, C), gives each offset's
+    gradient channels-last and contiguous; col2im adds them back offset by offset along long
+    rows (Wo*C floats when the stride is 1)."""
     co, c, kh, kw = w.shape
     n, _, ho, wo = g.shape
     (sh, sw), (ph, pw) = stride, padding
     h, wd = like.shape[2:]
-    if "gT" not in ws:
-        ws["gT"] = np.empty((n, ho, wo, co), out.dtype)
-        ws["wr"] = np.empty((co, kh, kw, c), out.dtype)
-        ws["d"] = np.empty((n * ho * wo, kh * kw * c), out.dtype)
+    gT = g_last(g, ws, shared, fill) if gT is None else gT
+    if "wk" not in ws:
+        ws["wk"] = np.empty((kh, kw, co, c), out.dtype)
+        ws["d"] = np.empty((kh * kw, n * ho * wo, c), out.dtype)
         ws["dxh"] = np.empty((n, h + 2 * ph, wd + 2 * pw, c), out.dtype)
-    gT, wr, d, dxh = ws["gT"], ws["wr"], ws["d"], ws["dxh"]
-    np.copyto(gT, g.transpose(0, 2, 3, 1))
-    np.copyto(wr, w.transpose(0, 2, 3, 1))
-    np.matmul(gT.reshape(-1, co), wr.reshape(co, -1), out=d)
-    d6 = d.reshape(n, ho, wo, kh, kw, c)
+    wk, d, dxh = ws["wk"], ws["d"], ws["dxh"]
+    np.copyto(wk, w.transpose(2, 3, 0, 1))
+    np.matmul(gT.reshape(-1, co), wk.reshape(kh * kw, co, c), out=d)
+    d5 = d.reshape(kh * kw, n, ho, wo, c)
     dxh.fill(0)
     for i in range(kh):
         for j in range(kw):
             view = dxh[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            np.add(view, d6[:, :, :, i, j, :], out=view)
+            np.add(view, d5[i * kw + j], out=view)
     np.copyto(out, dxh[:, ph:ph + h, pw:pw + wd, :].transpose(0, 3, 1, 2))
     return out
 
 
-def windows_at(x, size, stride, out_hw):
+def windows_at(x, size, stride, out_hw, last=False):
+    """Each window offset's view of x (NCHW; NHWC when last)."""
     (kh, kw), (sh, sw), (ho, wo) = size, stride, out_hw
     for i in range(kh):
         for j in range(kw):
-            yield x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            rows, cols = slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+            yield x[:, rows, cols, :] if last else x[:, :, rows, cols]
 
 
-def max_pool2d(x, *, size, stride, out, ws=None):
+def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
     """Max over each window; 2x2 windows with stride 2 first take the max of row pairs (two
-    contiguous halves), then of column pairs."""
+    contiguous halves), then of column pairs. `shadow`: x channels-last (kept by the step that
+    made x): pooled there along contiguous channel rows, the result kept in ws["nhwc"]. With a
+    shadow, only out's values are written: x is not read."""
+    if shadow is not None:
+        n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[3]
+        if "nhwc" not in ws:
+            ws["nhwc"] = np.empty((n, ho, wo, c), out.dtype)
+        it = windows_at(shadow, size, stride, (ho, wo), last=True)
+        np.copyto(ws["nhwc"], next(it))
+        for view in it:
+            np.maximum(ws["nhwc"], view, out=ws["nhwc"])
+        np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
+        return out
     if ws is not None and tuple(size) == tuple(stride) == (2, 2):
         n, c, h, w = x.shape
         ho, wo = out.shape[2:]
@@ -147,32 +181,57 @@ def max_pool2d(x, *, size, stride, out, ws=None):
     return out
 
 
-def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None):
+def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_shadow=None,
+                    nchw=True):
     """Each window's g goes to its first maximum (row-major), as the registered kernel does;
-    `top` is the forward pooling's result when the plan still has it."""
-    if "hit" not in ws:
-        ws["hit"], ws["taken"] = np.empty(g.shape, bool), np.empty(g.shape, bool)
-    hit, taken = ws["hit"], ws["taken"]
+    `top` is the forward pooling's result when the plan still has it. With the channels-last
+    copies of x and top (`shadow`, `top_shadow`) it runs channels-last, keeps that result in
+    ws["nhwc"] and writes its NCHW transpose to out."""
     if top is None:
         if "top" not in ws:
             ws["top"] = np.empty(g.shape, x.dtype)
         top = max_pool2d(x, size=size, stride=stride, out=ws["top"])
+    if shadow is None or top_shadow is None:
+        return route(g, x, top, size, stride, out, ws, last=False)
+    if "nhwc" not in ws:
+        ws["g_nhwc"] = np.empty(top_shadow.shape, g.dtype)
+        ws["nhwc"] = np.empty(shadow.shape, out.dtype)
+    np.copyto(ws["g_nhwc"], g.transpose(0, 2, 3, 1))
+    route(ws["g_nhwc"], shadow, top_shadow, size, stride, ws["nhwc"], ws, last=True)
+    if nchw:                    # False: every reader of the result reads ws["nhwc"]
+        np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
+    return out
+
+
+def route(g, x, top, size, stride, out, ws, last):
+    """out <- g at each window's first maximum of x, zeros elsewhere (NCHW or NHWC arrays)."""
+    key = "hit_last" if last else "hit"
+    if key not in ws:
+        ws[key], ws[key + "_taken"] = np.empty(g.shape, bool), np.empty(g.shape, bool)
+    hit, taken = ws[key], ws[key + "_taken"]
     disjoint = all(s >= k for s, k in zip(stride, size))
-    (kh, kw), (sh, sw), (ho, wo) = size, stride, g.shape[2:]
+    (kh, kw), (sh, sw) = size, stride
+    ho, wo = g.shape[1:3] if last else g.shape[2:]
     if disjoint and (kh, kw) == (sh, sw):     # windows tile out: zero only the uncovered rim
-        out[:, :, ho * sh:, :] = 0
-        out[:, :, :ho * sh, wo * sw:] = 0
+        h, w = ho * sh, wo * sw
+        if last:
+            out[:, h:] = 0
+            out[:, :h, w:] = 0
+        else:
+            out[:, :, h:, :] = 0
+            out[:, :, :h, w:] = 0
     else:
         out.fill(0)
-    last = kh * kw - 1
-    pairs = zip(windows_at(x, size, stride, (ho, wo)), windows_at(out, size, stride, (ho, wo)))
+    final = kh * kw - 1
+    pairs = zip(windows_at(x, size, stride, (ho, wo), last),
+                windows_at(out, size, stride, (ho, wo), last))
     for k, (view, dst) in enumerate(pairs):
         np.equal(view, top, out=hit)
         if k:
             np.greater(hit, taken, out=hit)      # hit and not taken by an earlier offset
-        if k == 0 and last:
+        if k == 0 and final:
             np.copyto(taken, hit)
-        elif k < last:
+        elif k < final:
             np.logical_or(taken, hit, out=taken)
         if disjoint:
             np.multiply(g, hit, out=dst)

@@ -16,20 +16,24 @@ from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import discover
 
 
-def optimize_graph(graph: Graph, optimize) -> Graph:
-    """Run the pass pipeline (default, or the given list of passes) when it exists."""
+def optimize_graph(graph: Graph, optimize):
+    """(optimized graph, report) from the pass pipeline (default, or the given list of
+    passes); the graph itself and report None when not optimizing."""
     if optimize is False or optimize is None:
-        return graph
+        return graph, None
     try:
         from graphc.passes import optimize as run_passes
     except ImportError:        # the passes package is not there yet: run as built
-        return graph
+        return graph, None
     passes = None if optimize is True else list(optimize)
-    return run_passes(graph, passes=passes)
+    return run_passes(graph, passes=passes, report=True)
 
 
 class Function:
-    """A compiled graph: call it with one array per input; returns the outputs' values."""
+    """A compiled graph: call it with one array per input; returns the outputs' values.
+
+    `graph` is the optimized graph it runs, `original` the graph as built, `report` what the
+    passes did (rules fired, nodes per pass; None when compiled with optimize=False)."""
 
     def __init__(self, inputs: Sequence[Node], outputs, updates=(), optimize=True,
                  check_numerics: bool = False, cast_feeds: bool = False):
@@ -49,7 +53,8 @@ class Function:
                 raise GraphcError(f"variable {pair[0].label()} is updated twice")
         self.inputs, self.single = inputs, single
         self.check_numerics, self.cast_feeds = check_numerics, cast_feeds
-        self.graph = optimize_graph(Graph(outs, updates), optimize)
+        self.original = Graph(outs, updates)        # as built: render(fn, compare=True)
+        self.graph, self.report = optimize_graph(self.original, optimize)
         missing = [p for p in self.graph.placeholders if not any(p is x for x in inputs)]
         if missing:
             p = missing[0]
@@ -149,6 +154,10 @@ class Function:
         with np.errstate(all="ignore"):
             runs = [profile_run(plan, feeds) for _ in range(max(1, repeat))]
         return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
+
+    def _repr_svg_(self) -> str | None:
+        from graphc.viz import repr_svg      # graphviz is loaded only when drawing
+        return repr_svg(self)
 
     def __repr__(self) -> str:
         return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "

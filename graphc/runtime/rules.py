@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.runtime import emit
+from graphc.runtime import conv, emit
 
 VIEWS = ("transpose", "reshape", "broadcast_to", "size")
 CONV = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad")
@@ -166,20 +166,98 @@ def dense_code(low, n, a: list[str], o: str) -> str:
 
 def conv_code(low, n, a: list[str], o: str) -> str:
     """Convolution and pooling steps: each with its workspace; the weight gradient reuses
-    the columns of the forward convolution of the same input and weight."""
+    the columns of the forward convolution of the same input and weight. A channels-last
+    convolution (wide input) keeps that copy of its result (a "shadow"), so a max-pool of it,
+    the pool's gradient and the convolution gradients after that run along contiguous
+    channel rows; each registers the shadow of its own result for the next. (Forcing narrow
+    convolutions channels-last to get a shadow costs more in transposes than it saves.)"""
     attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
     ws = low.const({})
+    args = f"{', '.join(a)}, {attrs}, out={o}, ws={ws}"
     if n.op == "max_pool2d":
-        return f"conv.max_pool2d({a[0]}, {attrs}, out={o}, ws={ws})"
+        x = shadow(low, n.inputs[0])
+        if x is None:
+            return f"conv.max_pool2d({args})"
+        low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
+        return f"conv.max_pool2d({args}, shadow={x})"
     if n.op == "conv2d":
+        last = conv.wide(low.shapes[id(n.inputs[0])][0])
         low.conv_ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
+        low.cache[("conv_last", ws)] = last
+        if last:
+            low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
+        skip = ", nchw=False" if last and only_shadow_readers(low, n) else ""
+        return f"conv.conv2d({args}, last={last}{skip})"
+    if n.op in ("conv2d_grad_input", "conv2d_grad_weight"):
+        g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
+        gs = shadow(low, g)
     if n.op == "conv2d_grad_weight":
         x, _, w = n.inputs
         fwd = low.conv_ws.get((id(x), id(w), repr(n.attrs)))
         if fwd is not None:
+            last = low.cache[("conv_last", fwd)]
+            more = (f", gT={gs}" if gs is not None else shared_g(low, n, last)) if last else ""
             return f"conv.conv2d_grad_weight({', '.join(a)}, {attrs}, out={o}, ws={fwd}, " \
-                   "cols_ready=True)"
+                   f"cols_ready=True, last={last}{more})"
+        return f"conv.conv2d_grad_weight({args}{shared_g(low, n, None)})"
+    if n.op == "conv2d_grad_input":
+        return f"conv.conv2d_grad_input({args}, gT={gs})" if gs is not None \
+            else f"conv.conv2d_grad_input({args}{shared_g(low, n, True)})"
     if n.op == "max_pool2d_grad" and id(n) in low.extra_reads:
-        top = low.var[id(low.extra_reads[id(n)][0])]
-        return f"conv.max_pool2d_grad({', '.join(a)}, {attrs}, out={o}, ws={ws}, top={top})"
-    return f"conv.{n.op}({', '.join(a)}, {attrs}, out={o}, ws={ws})"
+        f = low.extra_reads[id(n)][0]
+        x, t = shadow(low, n.inputs[1]), shadow(low, f)
+        if x is not None and t is not None:
+            low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
+            skip = ", nchw=False" if only_shadow_readers(low, n) else ""
+            return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]}, shadow={x}, " \
+                   f"top_shadow={t}{skip})"
+        return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]})"
+    return f"conv.{n.op}({args})"
+
+
+def only_shadow_readers(low, n) -> bool:
+    """Every step reading n reads its channels-last shadow instead (so n's NCHW buffer need
+    not be written): pools of n, pool gradients at n with their forward pool, and the
+    convolution gradients of g = n whose layout is channels-last."""
+    g = low.graph
+    if low.check or any(o is n for o in g.outputs) or any(u is n for _, u in g.updates):
+        return False
+    readers = [m for m in g.nodes if any(x is n for x in m.inputs)]
+    return bool(readers) and all(reads_shadow(low, m, n) for m in readers)
+
+
+def reads_shadow(low, m, n) -> bool:
+    if classify(low, m) != "buffer":
+        return False
+    pos = [k for k, x in enumerate(m.inputs) if x is n]
+    if m.op == "max_pool2d":
+        return True
+    if m.op == "max_pool2d_grad":
+        return pos == [1] and id(m) in low.extra_reads
+    if m.op == "conv2d_grad_input":
+        return pos == [0]
+    if m.op == "conv2d_grad_weight":
+        fwd = low.conv_ws.get((id(m.inputs[0]), id(m.inputs[2]), repr(m.attrs)))
+        return pos == [1] and fwd is not None and low.cache[("conv_last", fwd)]
+    return False
+
+
+def shadow(low, x) -> str | None:
+    """The expression of x's channels-last copy kept by the step that made it, if any."""
+    return low.cache.get(("nhwc", id(x)))
+
+
+def shared_g(low, n, last) -> str:
+    """The input and weight gradients of a convolution that read the same g share its
+    channels-last copy: the first step makes it, the second reuses it. last: the layout of a
+    weight gradient (None: decided by its input's width)."""
+    g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
+    if last is None:
+        last = conv.wide(low.shapes[id(n.inputs[0])][0])
+    if not last:
+        return ""                       # this path does not use the copy
+    key = ("g_last", id(g))
+    if key in low.cache:
+        return f", shared={low.cache[key]}, fill=False"
+    low.cache[key] = low.const({})
+    return f", shared={low.cache[key]}, fill=True"
