@@ -19,6 +19,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "..", "shared", "reference")
+if not os.path.exists(os.path.join(REF, "numpy_ref.py")):
+    sys.exit(f"bench/run.py needs the hand-written reference beside the repository: "
+             f"{os.path.abspath(REF)}/numpy_ref.py (the shared/ folder) is missing")
 sys.path.insert(0, os.path.abspath(REF))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..")))
 sys.path.insert(0, HERE)

@@ -60,8 +60,7 @@ def main(argv=None) -> list[str]:
 
     def picture(name: str, what, **options) -> None:
         path = os.path.join(args.out, f"{name}.{args.format}")
-        gc.render(what, path, **options)
-        written.append(path)
+        written.append(gc.render(what, path, **options).written)
 
     loss, grads, updates, inputs = logistic_regression()
     print("logistic regression")

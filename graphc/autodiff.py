@@ -87,7 +87,7 @@ def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
         if id(w) in totals:
             result.append(totals[id(w)])
         elif disconnected == "raise":
-            raise GraphcError(f"grad: the output does not depend on {w.label()}")
+            raise GraphcError(f"grad: the output does not depend on {w!r} (built at {w.where})")
         else:
             result.append(zeros_like(w))
     return result[0] if single else result

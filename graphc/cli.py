@@ -73,8 +73,8 @@ def loaded_nodes(path: str) -> list:
 def run_render(args) -> int:
     nodes = loaded_nodes(args.file)
     out = args.output or os.path.splitext(args.file)[0] + ".svg"
-    graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized)
-    print(f"wrote {out}")
+    dot = graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized)
+    print(f"wrote {dot.written}")
     return 0
 
 
@@ -137,8 +137,8 @@ def write_pictures(folder: str, loss, grads) -> None:
         return
     forward = os.path.join(folder, "mlp_forward.svg")
     backward = os.path.join(folder, "mlp_backward.svg")
-    graphc.render(loss, forward, backward=False)
-    graphc.render([loss] + list(grads), backward, backward=True)
+    forward = graphc.render(loss, forward, backward=False).written
+    backward = graphc.render([loss] + list(grads), backward, backward=True).written
     print(f"wrote {forward} and {backward}")
 
 

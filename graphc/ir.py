@@ -183,6 +183,39 @@ class Node:
     def __matmul__(self, o): return apply("matmul", self, o)
     def __rmatmul__(self, o): return apply("matmul", o, self)
     def __neg__(self): return apply("neg", self)
+    def __abs__(self): return apply("abs", self)
+    def __gt__(self, o): return apply("greater", self, o)
+    def __ge__(self, o): return apply("greater_equal", self, o)
+    def __lt__(self, o): return apply("less", self, o)
+    def __le__(self, o): return apply("less_equal", self, o)
+    # == stays identity: nodes are dict keys (feeds); use gc.equal for the elementwise test
+
+    def __getitem__(self, index) -> Node:
+        """Basic indexing: integers and slices with step 1, one per leading axis."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > self.ndim:
+            raise GraphcError(f"too many indices ({len(index)}) for shape "
+                              f"{format_shape(self.shape)}\n  at {user_line()}")
+        out, drop = self, []
+        for axis, i in enumerate(index):
+            if isinstance(i, (int, np.integer)):
+                out = apply("slice", out, axis=axis, start=int(i),
+                            stop=None if i == -1 else int(i) + 1)
+                drop.append(axis)
+            elif isinstance(i, slice) and i.step in (None, 1):
+                if (i.start, i.stop) != (None, None):
+                    out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
+            else:
+                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers and "
+                                  f"slices with step 1\n  at {user_line()}")
+        if drop:
+            shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
+            if sum(not isinstance(d, int) for d in shape) <= 1:
+                out = apply("reshape", out, shape=tuple(d if isinstance(d, int) else -1
+                                                       for d in shape))
+            else:
+                out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
+        return out
 
     @property
     def T(self) -> Node:
@@ -302,6 +335,10 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def __repr__(self) -> str:
+        return (f"<Graph {len(self.nodes)} nodes, {len(self.outputs)} outputs, "
+                f"{len(self.updates)} updates; print() it for the listing>")
 
     def _repr_svg_(self):
         return _repr_svg(self)

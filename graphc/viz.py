@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from graphc.autodiff import grad
 from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
 
 # colour of each kind of node (fill) and of the edges that cross into the backward pass
@@ -397,14 +399,27 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
                 Drawer(c, g, opts, tag).draw()
     else:
         graph = as_graph(nodes_or_function)
+        if backward and not is_function:
+            graph = with_gradients(graph)
         if optimized and not is_function:
             graph = optimized_graph(graph)
         Drawer(dot, graph, opts).draw()
     if opts.legend:
         draw_legend(dot, backward)
-    if path is not None:
-        write(dot, path)
+    dot.written = write(dot, path) if path is not None else None   # the file really written
     return dot
+
+
+def with_gradients(graph: Graph) -> Graph:
+    """A forward-only graph with a scalar output gets the gradients of that output with
+    respect to its variables, so `render(loss, backward=True)` shows the backward pass."""
+    if any(n.grad_of is not None for n in graph.nodes) or graph.updates:
+        return graph
+    cost = next((o for o in graph.outputs if o.shape == () and o.dtype.kind == "f"), None)
+    variables = [v for v in graph.variables if v.dtype.kind == "f"]
+    if cost is None or not variables:
+        return graph
+    return Graph(list(graph.outputs) + grad(cost, variables))
 
 
 def write(dot, path) -> str:
@@ -426,7 +441,8 @@ def write(dot, path) -> str:
         src = stem + ".dot"
         with open(src, "w", encoding="utf-8") as f:
             f.write(dot.source)
-        print(f"graphc.render: wrote DOT source to {src}; {INSTALL_HINT}", file=sys.stderr)
+        warnings.warn(f"graphc.render: the graphviz `dot` program is missing, so DOT source "
+                      f"is written instead of pictures; {INSTALL_HINT}", stacklevel=3)
         return src
     with open(path, "wb") as f:
         f.write(data)

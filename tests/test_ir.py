@@ -153,3 +153,20 @@ def test_name_scope_and_user_line_are_recorded():
         y = x * 3.0
     assert y.scope == ("dense1",)
     assert y.where.startswith("test_ir.py:")
+
+
+def test_indexing_and_comparison_operators_build_nodes():
+    x = gc.placeholder((None, 5, 4), dtype="float64", name="x")
+    xv = np.random.default_rng(1).random((3, 5, 4)) - 0.5
+    for node, want in [(x[:, 1:3], xv[:, 1:3]), (x[0], xv[0]), (x[:, -1, 2:], xv[:, -1, 2:]),
+                       (x[1:, 2, 3], xv[1:, 2, 3]), (abs(x), np.abs(xv)),
+                       (x > 0, xv > 0), (x <= 0.1, xv <= 0.1)]:
+        got = node.eval({x: xv})
+        assert got.shape[1:] == node.shape[1:] and np.array_equal(got, want)
+    (g,) = gc.grad(gc.sum(x[:, -1, 2:] ** 2), [x])
+    want = np.zeros_like(xv)
+    want[:, -1, 2:] = 2 * xv[:, -1, 2:]
+    np.testing.assert_allclose(g.eval({x: xv}), want)
+    with pytest.raises(gc.GraphcError, match=r"(?s)unsupported index.*test_ir.py:\d+"):
+        x[::2]
+    assert {x: 1}[x] == 1                     # == stays identity: nodes key the feeds

@@ -269,6 +269,20 @@ def test_rmsprop_matches_numpy():
     np.testing.assert_allclose(got, w, rtol=1e-10)
 
 
+@pytest.mark.parametrize("make", [nn.SGD, lambda lr: nn.SGD(lr, momentum=0.9), nn.Adam,
+                                  nn.RMSProp])
+def test_a_float64_learning_rate_variable_trains_float32_parameters(make):
+    ws = [gc.variable(np.array([1.0, -2.0], np.float32), name="w") for _ in range(2)]
+    lr = gc.variable(0.1, name="lr")                    # a Python float: a float64 variable
+    for w, rate in zip(ws, (lr, 0.1)):
+        step = gc.function([], gc.sum(w * w), updates=make(rate).updates(gc.sum(w * w), [w]))
+        step()
+        step()
+    assert ws[0].value.dtype == np.float32
+    assert np.all(np.abs(ws[0].value) < [1.0, 2.0])
+    np.testing.assert_allclose(ws[0].value, ws[1].value, rtol=1e-6)
+
+
 def test_optimizer_needs_variables():
     w, loss, _ = quadratic_problem()
     with pytest.raises(gc.GraphcError, match="no parameters"):
@@ -500,3 +514,9 @@ def test_params_save_is_atomic_and_load_checks(tmp_path, monkeypatch):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(gc.GraphcError, match="cannot read parameters"):
         nn.load_params(model, tmp_path / "junk.npz")
+
+
+def test_load_params_into_a_model_never_called_says_to_call_it_first(tmp_path):
+    model = nn.Sequential([nn.Dense(3)], seed=0)
+    with pytest.raises(gc.GraphcError, match=r"no variables yet.*model\(x\)"):
+        nn.load_params(model, tmp_path / "p.npz")

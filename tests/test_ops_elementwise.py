@@ -101,6 +101,21 @@ def test_python_scalars_take_the_dtype_of_the_node():
     assert (k * 0.5).dtype == np.float64          # as NumPy 2 promotes
 
 
+def test_result_dtypes_are_numpys_own_loops_including_bool():
+    t = gc.placeholder((2,), dtype="bool")
+    u = gc.placeholder((2,), dtype="uint8")
+    tv, uv = np.array([True, False]), np.array([3, 4], np.uint8)
+    for node, want in [(t ** t, tv ** tv), (gc.relu(t), tv), (t + t, tv + tv),
+                       (t * u, tv * uv), (gc.abs(u), np.abs(uv))]:
+        assert node.dtype == want.dtype
+        for got in (node.eval({t: tv, u: uv}), gc.function([t, u], node)(tv, uv)):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    for bad in (lambda: -t, lambda: t - t, lambda: gc.sign(t)):
+        with pytest.raises(gc.GraphcError, match=r"\(2,\) bool\): .*(supported|loop)"):
+            bad()
+
+
 def test_arrays_are_accepted_where_a_node_is():
     x = gc.placeholder((2, 3), dtype="float64")
     b = np.arange(3.0)

@@ -489,3 +489,14 @@ def test_out_of_range_label_is_a_run_time_error_naming_the_op():
             {z2: f64(3, 2), y: np.array([0, 3, 1]), g: np.ones(3)})
     with pytest.raises(gc.GraphcError, match="label -1"):
         loss.eval({z: f64(3, 4), y: np.array([0, -1, 1])})
+
+
+def test_binary_cross_entropy_of_saturated_probabilities_clamps_the_logs():
+    p, y = gc.placeholder((4,), "float64"), gc.placeholder((4,), "float64")
+    loss = gc.binary_cross_entropy(p, y)
+    (gp,) = gc.grad(gc.sum(loss), [p])
+    feeds = {p: np.array([0.0, 1.0, 0.0, 1.0]), y: np.array([0.0, 1.0, 1.0, 0.0])}
+    f = gc.function([p, y], [loss, gp])
+    for value, grad in (f(*feeds.values()), (loss.eval(feeds), gp.eval(feeds))):
+        np.testing.assert_allclose(value, [0.0, 0.0, 100.0, 100.0])   # 0 log 0 = 0, as PyTorch
+        np.testing.assert_allclose(grad, [1.0, -1.0, 0.0, 0.0])       # exact, or flat if clamped

@@ -122,6 +122,8 @@ ROWS = [
         lambda a, b, c: np.concatenate([a, b, c], axis=-1)),
     Row("concat", lambda a, k: gc.concat([a, k], axis=0),
         [f64(2, 2), np.array([[1, 2]])], lambda a, k: np.concatenate([a, k])),
+    Row("concat_part", lambda g, a, b: apply("concat_part", g, a, b, axis=1, index=1),
+        [f64(2, 5), f64(2, 2), f64(2, 3)], lambda g, a, b: g[:, 2:], ops=("concat_part", "concat")),
     Row("slice", lambda x: gc.slice(x, 1, 1, 3), [f64(3, 4)], lambda x: x[:, 1:3],
         ops=("slice", "unslice")),
     Row("slice", lambda x: gc.slice(x, -1, -2), [f64(3, 4)], lambda x: x[:, -2:]),
@@ -371,7 +373,17 @@ def test_run_time_errors_name_the_op():
         node.eval({x: np.zeros((2, 3), np.float32)})
 
 
-def test_concat_gradient_needs_all_but_one_size():
+def test_broadcast_to_a_static_shape_with_an_unknown_size_is_a_build_error():
+    x, like = gc.placeholder((1, 3)), gc.placeholder((None, 3))
+    with pytest.raises(gc.GraphcError, match=r"(?s)must be a tuple of ints.*broadcast_to\(x, like"):
+        gc.broadcast_to(x, (None, 3))
+    assert gc.broadcast_to(x, like).shape == (None, 3)
+
+
+def test_concat_gradient_with_two_unknown_sizes_finds_the_parts_at_run_time():
     a, b = gc.placeholder((None, 3), "float64"), gc.placeholder((None, 3), "float64")
-    with pytest.raises(gc.GraphcError, match="at most one input"):
-        gc.grad(gc.sum(gc.concat([a, b])), a)
+    ga, gb = gc.grad(gc.sum(gc.concat([a, b]) * np.arange(3.0)), [a, b])
+    assert ga.op == gb.op == "concat_part"
+    feeds = {a: np.zeros((2, 3)), b: np.zeros((1, 3))}
+    np.testing.assert_array_equal(ga.eval(feeds), np.tile(np.arange(3.0), (2, 1)))
+    np.testing.assert_array_equal(gb.eval(feeds), np.arange(3.0)[None])

@@ -61,6 +61,19 @@ def test_where_and_cast_compiled_equal_eval():
                          {a: rand(4, 3), b: rand(4, 3)})
 
 
+def test_where_with_zero_masks_inf_and_nan_of_the_other_branch():
+    x = gc.placeholder((None,), dtype="float64", name="x")
+    y = gc.placeholder((None,), dtype="float64", name="y")
+    safe_log = gc.where(gc.greater(x, 0.0), gc.log(x), 0.0)
+    (gy,) = gc.grad(gc.sum(gc.pow(x, y)), [y])          # log(0) masked at a zero base
+    feeds = {x: np.array([-1.0, 0.0, 2.0]), y: np.array([2.0, 1.0, 0.5])}
+    compiled_equals_eval([safe_log, gy], feeds)
+    for optimize in (True, False):
+        out = gc.function([x, y], [safe_log, gy], optimize=optimize)(*feeds.values())
+        np.testing.assert_allclose(out[0], [0.0, 0.0, np.log(2.0)])
+        np.testing.assert_allclose(out[1], [0.0, 0.0, np.sqrt(2.0) * np.log(2.0)])
+
+
 @pytest.mark.parametrize("op", sorted(set(OPS) - set(UNARY) - set(BINARY)
                                       - {"log", "sqrt", "pow", "where", "cast", "fused",
                                          "dense", "dropout_mask"}))

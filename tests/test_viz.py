@@ -136,7 +136,7 @@ def fused_graph():
 
 def test_fused_node_is_a_cluster_showing_its_body_ops():
     graph, fused = fused_graph()
-    src = gc.render(graph).source
+    src = gc.render(graph, backward=False).source
     k = graph.nodes.index(fused)
     assert f"subgraph cluster_n{k}" in src and f'label="%{k} fused"' in src
     for op in ("mul", "tanh", "add(·, 1)"):
@@ -200,16 +200,25 @@ def test_format_from_suffix(tmp_path, suffix, magic):
     assert path.read_bytes().startswith(magic)
 
 
-def test_without_dot_the_dot_source_is_written_with_a_hint(tmp_path, monkeypatch, capsys):
+def test_without_dot_the_dot_source_is_written_with_a_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     graph = mlp()
-    dot = gc.render(graph, tmp_path / "mlp.svg")
+    with pytest.warns(UserWarning, match="apt-get install graphviz") as record:
+        dot = gc.render(graph, tmp_path / "mlp.svg")
     assert not (tmp_path / "mlp.svg").exists()
     assert (tmp_path / "mlp.dot").read_text() == dot.source
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "apt-get install graphviz" in err
-    assert INSTALL_HINT in err
+    assert dot.written == str(tmp_path / "mlp.dot")       # what was really written
+    assert len(record) == 1 and INSTALL_HINT in str(record[0].message)
     assert repr_svg(graph) is None                       # Jupyter falls back to text
+
+
+def test_render_of_a_loss_alone_draws_its_backward_pass():
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.ones(3, np.float32), name="w")
+    loss = gc.mean(gc.sigmoid(x @ w))
+    forward_only = gc.render(loss, backward=False).source
+    both = gc.render(loss).source
+    assert "∂ of" not in forward_only and "∂ of" in both
 
 
 def test_dot_suffix_writes_source_without_graphviz(tmp_path, monkeypatch):

@@ -41,6 +41,10 @@ class Optimizer:
             pairs = self.start(params)
             for p, g in zip(params, grads):
                 pairs += self.update(p, g)
+            # a hyper-parameter node of another dtype (lr = gc.variable(0.01) is float64)
+            # must not change the dtype of what it updates
+            pairs = [(v, new if new.dtype == v.dtype else gc.cast(new, v.dtype))
+                     for v, new in pairs]
         return pairs
 
     def start(self, params: list[Node]) -> Updates:

@@ -50,6 +50,9 @@ def save_params(params, path: str | os.PathLike) -> None:
 def load_params(params, path: str | os.PathLike) -> None:
     """Assign the values saved in `path` to the variables of the same names."""
     params = variables_of(params)
+    if not params:
+        raise GraphcError("load_params: the model has no variables yet; layers create them "
+                          "on their first call, so call the model on an input (model(x)) first")
     try:
         with np.load(os.fspath(path), allow_pickle=False) as data:
             saved = {k: data[k] for k in data.files}

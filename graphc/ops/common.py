@@ -61,5 +61,11 @@ def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote) -> OpDef:
     def infer(*xs, **attrs):
         if len(xs) != arity:
             raise ShapeError(f"takes {arity} input(s), got {len(xs)}")
-        return broadcast_shapes(*[x.shape for x in xs]), dtype_rule(*xs)
+        dtype = dtype_rule(*xs)
+        if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
+            try:                                                      # (bool ** bool: int8)
+                dtype = kernel.resolve_dtypes(tuple(x.dtype for x in xs) + (None,))[-1]
+            except TypeError as e:
+                raise ShapeError(str(e)) from None
+        return broadcast_shapes(*[x.shape for x in xs]), dtype
     return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True))

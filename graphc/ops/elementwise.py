@@ -28,11 +28,13 @@ elementwise("mul", np.multiply, lambda g, out, a, b: (g * b, g * a), lambda a, b
 elementwise("div", np.divide, lambda g, out, a, b: (g / b, -g * out / b), lambda a, b: a / b,
             dtype_rule=need_float)
 elementwise("neg", np.negative, lambda g, out, x: (-g,), lambda x: -x)
-elementwise("pow", np.power,
-            lambda g, out, a, b: (g * b * apply("pow", a, b - 1),
-                                  where0(apply("greater", a, 0),
-                                         g * out * apply("log", apply("abs", a)))),
-            lambda a, b: a ** b)
+def pow_vjp(g, out, a, b):
+    base = a if a.dtype.kind == "f" else apply("cast", a, dtype=g.dtype.name)  # log(int) too
+    return (g * b * apply("pow", a, b - 1),
+            where0(apply("greater", a, 0), g * out * apply("log", apply("abs", base))))
+
+
+elementwise("pow", np.power, pow_vjp, lambda a, b: a ** b)
 elementwise("exp", np.exp, lambda g, out, x: (g * out,), sp.exp, dtype_rule=need_float)
 elementwise("log", np.log, lambda g, out, x: (g / x,), sp.log, dtype_rule=need_float)
 elementwise("sqrt", np.sqrt, lambda g, out, x: (g * 0.5 / out,), sp.sqrt, dtype_rule=need_float)
@@ -42,7 +44,7 @@ elementwise("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), sp.tanh,
             dtype_rule=need_float)
 elementwise("sigmoid", sigmoid_kernel, lambda g, out, x: (g * out * (1 - out),),
             lambda x: 1 / (1 + sp.exp(-x)), dtype_rule=need_float)
-elementwise("relu", lambda x: np.maximum(x, 0),
+elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
             lambda g, out, x: (where0(apply("greater", x, 0), g),),   # relu'(0) = 0
             lambda x: sp.Max(x, 0))
 elementwise("softplus", lambda x: np.logaddexp(0, x),

@@ -220,11 +220,18 @@ def softmax_cross_entropy(logits, labels):
 
 
 def binary_cross_entropy(p, y, from_logits: bool = False):
-    """Elementwise -(y log p + (1-y) log(1-p)); with from_logits, p is a logit z and the
-    stable softplus(z) - y z is used."""
+    """Elementwise -(y log p + (1-y) log(1-p)), each log clamped at -100 as in PyTorch (so
+    0 log 0 = 0 and a saturated p = 0 or 1 gives no nan); with from_logits, p is a logit z
+    and the stable softplus(z) - y z is used."""
     if from_logits:
         return apply("softplus", p) - y * p
-    return -(y * apply("log", p) + (1 - y) * apply("log", 1 - p))
+    p = as_node(p)
+    return -(y * clamped_log(p) + (1 - y) * clamped_log(1 - p))
+
+
+def clamped_log(q):
+    """log(max(q, e^-100)): >= -100, with no nan gradient at q = 0."""
+    return apply("log", apply("maximum", q, float(np.exp(-100.0))))
 
 
 def dropout(x, rate: float, seed: int | None = None, training: bool = True):

@@ -6,7 +6,7 @@ import builtins
 import numpy as np
 import sympy as sp
 
-from graphc.ir import GraphcError, OpDef, ShapeError, apply, format_shape, register
+from graphc.ir import GraphcError, OpDef, ShapeError, apply, as_node, format_shape, register
 from graphc.ops.common import broadcast_shapes, norm_axes, promote
 
 __all__ = ["reshape", "broadcast_to", "transpose", "concat", "slice", "one_hot"]
@@ -72,6 +72,9 @@ register(OpDef(
 
 def broadcast_infer(x, like=None, *, shape=None):
     target = like.shape if like is not None else tuple(shape)
+    if like is None and not all(isinstance(d, (int, np.integer)) for d in target):
+        raise ShapeError(f"target shape {target!r} must be a tuple of ints; for a size known "
+                         "only at run time pass a node of that shape: broadcast_to(x, like)")
     try:
         fits = len(target) >= x.ndim and broadcast_shapes(x.shape, target) == tuple(target)
     except ShapeError:
@@ -150,12 +153,36 @@ def concat_bounds(sizes) -> list[tuple[int, int | None]]:
 
 
 def concat_vjp(g, out, *xs, axis):
-    bounds = concat_bounds([x.shape[axis] for x in xs])
+    sizes = [x.shape[axis] for x in xs]
+    if sum(not isinstance(s, int) for s in sizes) > 1:      # bounds known only at run time
+        return tuple(apply("concat_part", g, *xs, axis=axis, index=i) for i in range(len(xs)))
+    bounds = concat_bounds(sizes)
     return tuple(apply("slice", g, axis=axis, start=a, stop=b) for a, b in bounds)
 
 
 register(OpDef("concat", concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis),
                concat_vjp))
+
+
+# concat_part(g, *xs): the part of g where xs[index] lies in concat(xs), found at run time
+def concat_part_infer(g, *xs, axis, index):
+    if not 0 <= int(index) < len(xs):
+        raise ShapeError(f"index {index} is out of range for {len(xs)} parts")
+    return xs[int(index)].shape, g.dtype, {"axis": int(axis), "index": int(index)}
+
+
+def concat_part_kernel(g, *xs, axis, index):
+    start = sum(x.shape[axis] for x in xs[:index])
+    return g[slice_index(axis, start, start + xs[index].shape[axis])]
+
+
+def concat_part_vjp(gg, out, g, *xs, axis, index):
+    zero = as_node(0, like=gg)
+    parts = [gg if i == index else apply("broadcast_to", zero, x) for i, x in enumerate(xs)]
+    return (apply("concat", *parts, axis=axis),) + (None,) * len(xs)
+
+
+register(OpDef("concat_part", concat_part_infer, concat_part_kernel, concat_part_vjp))
 
 
 def slice_size(dim, start, stop):

@@ -85,7 +85,8 @@ def buffer_code(low, n, a: list[str], o: str) -> str:
 
 
 def where_zero(n, shape_of) -> bool:
-    """where(c, g, 0) with g of the result's shape: computed as g * c."""
+    """where(c, g, 0) with g of the result's shape: g * c (fast), then, only when that is not
+    all finite (an inf or nan of g that c masks gives nan), zeros where c is False."""
     return n.op == "where" and n.inputs[0].dtype == bool and n.inputs[2].op == "constant" \
         and n.inputs[2].data.size == 1 and float(n.inputs[2].data.reshape(())) == 0.0 \
         and shape_of(n.inputs[1]) == shape_of(n)
@@ -98,7 +99,9 @@ def inplace_ok(n, shape_of) -> bool:
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     """One elementwise node into o; shape_of(node) gives concrete shapes (body or graph)."""
     if where_zero(n, shape_of):
-        return f"np.multiply({a[1]}, {a[0]}, out={o})"
+        zero = scalars(low, n.dtype)["zero"]
+        return (f"np.multiply({a[1]}, {a[0]}, out={o}); np.isfinite({o}).all() or "
+                f"np.copyto({o}, {zero}, where=np.logical_not({a[0]}))")
     if n.op == "relu":
         return f"np.maximum({a[0]}, {low.const(np.zeros(shape_of(n), n.dtype))}, out={o})"
     if n.op == "softplus" and shape_of(n.inputs[0]) == shape_of(n):
