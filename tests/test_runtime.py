@@ -79,8 +79,7 @@ def test_where_with_zero_masks_inf_and_nan_of_the_other_branch():
                                          "dense", "dropout_mask"}))
 def test_every_other_registered_op_runs_through_its_kernel(op):
     rows = op_rows()
-    if op not in rows:
-        pytest.skip(f"no runtime sample row for {op}")
+    assert op in rows, f"op {op!r} has no sample row in op_rows()"
     build, arrays = rows[op]
     leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in
               enumerate(arrays)]
@@ -124,6 +123,8 @@ def op_rows():
         "slice": (lambda a: apply("slice", a, axis=1, start=1, stop=4), [x]),
         "unslice": (lambda a, b: apply("unslice", a, b, axis=1, start=1, stop=4),
                     [rand(4, 3), x]),
+        "concat_part": (lambda g, a, b: apply("concat_part", g, a, b, axis=0, index=1),
+                        [rand(7, 3), rand(3, 3), rand(4, 3)]),
         "softmax_cross_entropy_grad": (
             lambda a, y, g: apply("softmax_cross_entropy_grad", a, y, g),
             [rand(4, 3), labels, rand(4)]),
@@ -486,3 +487,12 @@ def test_function_repr_svg_draws_the_compiled_graph():
     if svg is None:             # no `dot` binary: Jupyter falls back to the repr
         pytest.skip("graphviz `dot` is not installed")
     assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+
+
+def test_outputs_come_back_in_the_form_given():
+    x = gc.placeholder((None, 2), name="x")
+    xv = np.ones((3, 2), np.float32)
+    assert isinstance(gc.function([x], x * 2.0)(xv), np.ndarray)
+    assert isinstance(gc.function([x], [x * 2.0])(xv), list)
+    pair = gc.function([x], (x * 2.0, x + 1.0))(xv)
+    assert isinstance(pair, tuple) and np.array_equal(pair[1], xv + 1)

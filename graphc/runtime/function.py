@@ -52,6 +52,7 @@ class Function:
             if any(pair[0] is v for v, _ in updates[:k]):
                 raise GraphcError(f"variable {pair[0].label()} is updated twice")
         self.inputs, self.single = inputs, single
+        self.form = tuple if isinstance(outputs, tuple) else list   # returned as given
         self.check_numerics, self.cast_feeds = check_numerics, cast_feeds
         self.original = Graph(outs, updates)        # as built: render(fn, compare=True)
         self.graph, self.report = optimize_graph(self.original, optimize)
@@ -123,7 +124,7 @@ class Function:
             raise
         except Exception as e:
             raise self.step_error(plan, e) from None
-        return result[0] if self.single else result
+        return result[0] if self.single else self.form(result)
 
     def step_error(self, plan: Plan, e: Exception) -> GraphcError:
         tb, line = sys.exc_info()[2], None
@@ -196,7 +197,14 @@ def profile_table(graph: Graph, plan: Plan, times: list[float]) -> str:
     for op, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
         rows.append(f"{op:<28}  {t * 1e3:8.3f}  {100 * t / total:5.1f}")
     rows.append(f"{'total':<28}  {total * 1e3:8.3f}")
-    return "\n".join(rows)
+    return Table("\n".join(rows))
+
+
+class Table(str):
+    """Text that shows itself as the table it is at the prompt, not as an escaped string."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
