@@ -7,12 +7,13 @@ rewrites an expression into an equal one.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 import sympy as sp
 
-from graphc.ir import OPS, Node, toposort
+from graphc.ir import OPS, GraphcError, Node, toposort
 from graphc.symbolic import (GLUE, Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              scalar_sym, sigmoid, tex, text)
 
@@ -247,10 +248,21 @@ def tidy_matrix(expr):
     return expr.replace(lambda e: isinstance(e, sp.HadamardProduct), hadamard)
 
 
+@contextlib.contextmanager
+def within_sympy(what: str):
+    """sympy recurses over expression trees: a very deep graph becomes a clear error."""
+    try:
+        yield
+    except RecursionError:
+        raise GraphcError(f"{what}: the expression is too deep for sympy; print the listing "
+                          "or draw the graph with gc.render instead") from None
+
+
 def formula(node: Node, simplify: bool = True):
     """A sympy expression for the node's value in the names of its placeholders/variables."""
-    expr = build([node])[id(node)]
-    return tidy(expr) if simplify else expr
+    with within_sympy("formula"):
+        expr = build([node])[id(node)]
+        return tidy(expr) if simplify else expr
 
 
 # explain -----------------------------------------------------------------------------------
@@ -290,6 +302,11 @@ def explain(nodes, latex: bool = False) -> str:
     else:
         nodes = list(nodes)
         labels = [n.name or f"out{k}" for k, n in enumerate(nodes)]
+    with within_sympy("explain"):
+        return explanation(nodes, labels, latex)
+
+
+def explanation(nodes: list[Node], labels: list[str], latex: bool) -> str:
     env = build(nodes)
     matrix = is_matrix_graph(toposort(nodes))
     names: dict[object, object] = {}       # full formula (raw and tidy) -> its let name

@@ -258,3 +258,12 @@ def test_random_scalar_graphs_formula_and_gradient_formulas_match_the_graph():
             numeric(sp.diff(formula(out), A), point), rel=1e-9, abs=1e-12)
 
     check()
+
+
+def test_a_graph_too_deep_for_sympy_is_a_clear_error():
+    x = gc.placeholder((), dtype="float64", name="x")
+    y = x
+    for _ in range(3000):
+        y = gc.tanh(y) * 1.01
+    with pytest.raises(gc.GraphcError, match="too deep for sympy"):
+        gc.formula(y)
