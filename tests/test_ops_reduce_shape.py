@@ -387,3 +387,11 @@ def test_concat_gradient_with_two_unknown_sizes_finds_the_parts_at_run_time():
     feeds = {a: np.zeros((2, 3)), b: np.zeros((1, 3))}
     np.testing.assert_array_equal(ga.eval(feeds), np.tile(np.arange(3.0), (2, 1)))
     np.testing.assert_array_equal(gb.eval(feeds), np.arange(3.0)[None])
+
+
+def test_reshape_of_a_batch_into_a_size_no_batch_can_have_is_a_build_error():
+    x = gc.placeholder((None, 3), name="x")
+    assert gc.reshape(x, (3, 4)).shape == (3, 4)
+    with pytest.raises(gc.GraphcError, match=r"(?s)cannot reshape \(\?, 3\) \(a multiple of 3 "
+                                             r"elements\) into \(5, 7\).*test_ops_reduce"):
+        gc.reshape(x, (5, 7))

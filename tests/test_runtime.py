@@ -496,3 +496,9 @@ def test_outputs_come_back_in_the_form_given():
     assert isinstance(gc.function([x], [x * 2.0])(xv), list)
     pair = gc.function([x], (x * 2.0, x + 1.0))(xv)
     assert isinstance(pair, tuple) and np.array_equal(pair[1], xv + 1)
+
+
+def test_a_placeholder_given_twice_as_input_is_refused():
+    x = gc.placeholder((2,), name="x")
+    with pytest.raises(gc.GraphcError, match="placeholder 'x' is an input twice"):
+        gc.function([x, x], x * 2.0)

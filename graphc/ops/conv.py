@@ -29,7 +29,8 @@ def out_size(n, k, s: int, p: int, what: str):
         return None
     if n + 2 * p < k:
         raise ShapeError(f"{what} {k} is larger than the input size {n}"
-                         + (f" padded by {p} on each side" if p else ""))
+                         + (f" padded by {p} on each side" if p else "")
+                         + " (images are NCHW: batch, channels, height, width)")
     return (n + 2 * p - k) // s + 1
 
 
@@ -68,7 +69,8 @@ def conv_infer(x, w, *, stride=1, padding=0):
     (n, c, h, wd), (co, ci, kh, kw) = x.shape, w.shape
     if isinstance(c, int) and isinstance(ci, int) and c != ci:
         raise ShapeError(f"channel mismatch: x {format_shape(x.shape)} has {c} channels but "
-                         f"w {format_shape(w.shape)} (C_out, C_in, kH, kW) expects {ci}")
+                         f"w {format_shape(w.shape)} (C_out, C_in, kH, kW) expects {ci} "
+                         "(images are NCHW: batch, channels, height, width)")
     shape = (n, co, out_size(h, kh, stride[0], padding[0], "kernel height"),
              out_size(wd, kw, stride[1], padding[1], "kernel width"))
     return shape, dtype, {"stride": stride, "padding": padding}

@@ -43,6 +43,10 @@ def reshape_infer(x, like=None, *, shape=None, keepdims_of=None):
         return target, x.dtype
     shape = target_dims(shape)
     if any(not isinstance(d, int) for d in x.shape):
+        known = int(np.prod([d for d in x.shape if isinstance(d, int)]))
+        if -1 not in shape and known and int(np.prod(shape)) % known:
+            raise ShapeError(f"cannot reshape {format_shape(x.shape)} (a multiple of {known} "
+                             f"elements) into {format_shape(shape)}")
         return tuple(None if d == -1 else d for d in shape), x.dtype, {"shape": shape}
     size = int(np.prod(x.shape))
     rest = int(np.prod([d for d in shape if d != -1]))

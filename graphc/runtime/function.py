@@ -40,9 +40,11 @@ class Function:
         single = isinstance(outputs, Node)
         outs = [outputs] if single else list(outputs)
         inputs = [inputs] if isinstance(inputs, Node) else list(inputs)
-        for x in inputs:
+        for k, x in enumerate(inputs):
             if not isinstance(x, Node) or x.op != "placeholder":
                 raise GraphcError(f"function inputs must be placeholders, got {x!r}")
+            if any(x is y for y in inputs[:k]):
+                raise GraphcError(f"placeholder {x.label()} is an input twice")
         for o in outs:
             if not isinstance(o, Node):
                 raise GraphcError(f"function outputs must be graph nodes, got {o!r}")
