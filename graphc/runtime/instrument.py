@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from graphc.ir import GraphcError, format_node
+
+if TYPE_CHECKING:                 # program.py imports this module
+    from graphc.runtime.program import Plan
 
 
 def check_step(steps: list, names: dict):
