@@ -13,6 +13,18 @@ LR = 0.1
 OPTIMIZE = [True]     # bench/run.py --no-optimize sets it to False
 
 
+def np_softmax_ce(z, y):
+    """Mean softmax cross-entropy of logits z (n, C) and integer labels y, and its gradient."""
+    n = len(y)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    loss = np.mean(np.log(s[:, 0]) - z[np.arange(n), y])
+    dz = e / s
+    dz[np.arange(n), y] -= 1
+    return loss, dz / n
+
+
 def sgd(loss, params):
     return [(p, p - LR * g) for p, g in zip(params, gc.grad(loss, params))]
 
@@ -67,17 +79,11 @@ class NumpyMLP:
         self.p = {k: v.copy() for k, v in p.items()}
 
     def step(self, x, y):
-        p, n = self.p, x.shape[0]
+        p = self.p
         a1 = np.maximum(x @ p["W1"] + p["b1"], 0)
         a2 = np.maximum(a1 @ p["W2"] + p["b2"], 0)
         z = a2 @ p["W3"] + p["b3"]
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        s = e.sum(axis=1, keepdims=True)
-        loss = np.mean(np.log(s[:, 0]) - z[np.arange(n), y])
-        dz = e / s
-        dz[np.arange(n), y] -= 1
-        dz /= n
+        loss, dz = np_softmax_ce(z, y)
         g = {"W3": a2.T @ dz, "b3": dz.sum(0)}
         d2 = (dz @ p["W3"].T) * (a2 > 0)
         g.update(W2=a1.T @ d2, b2=d2.sum(0))
@@ -166,13 +172,7 @@ class NumpyCNN:
         f = p2.reshape(n, -1)
         h = np.maximum(f @ p["W3"] + p["b3"], 0)
         z = h @ p["W4"] + p["b4"]
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        s = e.sum(axis=1, keepdims=True)
-        loss = np.mean(np.log(s[:, 0]) - z[np.arange(n), y])
-        dz = e / s
-        dz[np.arange(n), y] -= 1
-        dz /= n
+        loss, dz = np_softmax_ce(z, y)
         g = {"W4": h.T @ dz, "b4": dz.sum(0)}
         dh = (dz @ p["W4"].T) * (h > 0)
         g.update(W3=f.T @ dh, b3=dh.sum(0))

@@ -80,9 +80,5 @@ def verify_grad(build, inputs, rtol=1e-4, atol=1e-6, seed=0):
     return grads
 
 
-def is_backward(node: Node) -> bool:
-    return node.grad_of is not None
-
-
 def ops_in(node: Node) -> set[str]:
     return {n.op for n in toposort([node])}
