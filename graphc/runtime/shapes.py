@@ -15,7 +15,8 @@ def run_node(n: Node, args: list) -> np.ndarray:
     extra = {"rng": np.random.default_rng(0)} if opdef.random else {}
     try:
         with np.errstate(all="ignore"):
-            return np.asarray(opdef.kernel(*args, **n.attrs, **extra))
+            out = opdef.kernel(*args, **n.attrs, **extra)
+            return out if opdef.items else np.asarray(out)
     except GraphcError:
         raise
     except Exception as e:
@@ -41,7 +42,7 @@ def discover(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
                 body_shapes(n, args, shapes)
             val = run_node(n, args)
         values[id(n)] = val
-        shapes[id(n)] = (val.shape, val.dtype)
+        shapes[id(n)] = (n.shape, n.dtype) if isinstance(val, tuple) else (val.shape, val.dtype)
     return shapes
 
 
