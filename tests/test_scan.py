@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import nn
 from graphc.ir import Graph, evaluate
 from tests.helpers import numeric_grad
 
@@ -167,3 +168,52 @@ def test_save_and_load_round_trip(tmp_path):
     want = evaluate(outs, {xs: feeds[0], h0: feeds[1]})
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+# recurrent layers ---------------------------------------------------------------------------
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def reference(cls, params, xv, units):
+    """PyTorch's formulas, by hand, one step at a time."""
+    W, U, b1, b2 = params
+    h = np.zeros((xv.shape[0], units))
+    c = np.zeros_like(h)
+    outs = []
+    for t in range(xv.shape[1]):
+        zx, zh = xv[:, t] @ W + b1, h @ U + b2
+        blocks = lambda z: [z[:, k * units:(k + 1) * units] for k in range(z.shape[1] // units)]  # noqa
+        if cls is nn.SimpleRNN:
+            h = np.tanh(zx + zh)
+        elif cls is nn.LSTM:
+            i, f, g, o = blocks(zx + zh)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        else:
+            (xr, xz, xn), (hr, hz, hn) = blocks(zx), blocks(zh)
+            r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+            h = (1 - z) * np.tanh(xn + r * hn) + z * h
+        outs.append(h)
+    return np.stack(outs, 1), h, c
+
+
+@pytest.mark.parametrize("cls", ["SimpleRNN", "LSTM", "GRU"])
+def test_recurrent_layers_follow_pytorch_formulas_and_gradients(cls):
+    cls = getattr(nn, cls)
+    x = gc.placeholder((None, 5, 3), "float64", "x")
+    layer = cls(4, return_sequences=True, return_state=True, seed=3)
+    out, *state = layer(x)
+    assert out.shape == (None, 5, 4) and len(state) == (2 if cls is nn.LSTM else 1)
+    xv = f64(2, 5, 3)
+    seq, h, c = reference(cls, [p.value for p in layer.params], xv, 4)
+    np.testing.assert_allclose(out.eval({x: xv}), seq, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(state[0].eval({x: xv}), h, rtol=1e-10, atol=1e-12)
+    if cls is nn.LSTM:
+        np.testing.assert_allclose(state[1].eval({x: xv}), c, rtol=1e-10, atol=1e-12)
+    cost = gc.sum(out * gc.constant(f64(5, 4))) + gc.sum(state[0])
+    grads = check_grads(cost, layer.params + [x], {x: xv})
+    same_everywhere([x], [cost, *grads], [[xv], [f64(3, 5, 3)]])
+    last = cls(4, seed=3)(x)
+    assert last.shape == (None, 4)

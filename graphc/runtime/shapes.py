@@ -13,6 +13,9 @@ from graphc.ir import OPS, Graph, GraphcError, Node, format_shape
 def run_node(n: Node, args: list) -> np.ndarray:
     opdef = OPS[n.op]
     extra = {"rng": np.random.default_rng(0)} if opdef.random else {}
+    if n.op == "scan":            # the dry run too steps through the compiled body
+        from graphc.runtime.loop import body_step
+        extra["step"] = body_step(n.attrs["body"])
     try:
         with np.errstate(all="ignore"):
             out = opdef.kernel(*args, **n.attrs, **extra)
