@@ -217,3 +217,10 @@ def test_recurrent_layers_follow_pytorch_formulas_and_gradients(cls):
     same_everywhere([x], [cost, *grads], [[xv], [f64(3, 5, 3)]])
     last = cls(4, seed=3)(x)
     assert last.shape == (None, 4)
+
+
+def test_rnn_example_learns_digits_row_by_row_and_a_character_grammar():
+    from tests.test_examples import number_after, run
+    out = run("rnn_digits.py", "--epochs", "4", "--char-epochs", "4", "--quiet")
+    assert number_after("test accuracy", out.replace("%", "")) > 85
+    assert number_after("next-character accuracy", out.replace("%", "")) > 60
