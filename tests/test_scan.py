@@ -224,3 +224,28 @@ def test_rnn_example_learns_digits_row_by_row_and_a_character_grammar():
     out = run("rnn_digits.py", "--epochs", "4", "--char-epochs", "4", "--quiet")
     assert number_after("test accuracy", out.replace("%", "")) > 85
     assert number_after("next-character accuracy", out.replace("%", "")) > 60
+
+
+def test_passes_reach_into_bodies_prune_saved_carries_and_unroll_short_loops():
+    xs = gc.placeholder((None, 3), "float64", "xs")
+    w = gc.variable(f64(3), name="w")
+    h, ys = gc.scan(lambda h, x: (gc.tanh(h * w + x) * 1.0 + 0.0, gc.log(gc.exp(h))),
+                    gc.constant(np.zeros(3)), xs)
+    opt, report = gc.optimize([h, ys], report=True)
+    (loop,) = [n for n in opt.nodes if n.op == "scan"]
+    body_ops = [n.op for n in loop.attrs["body"].nodes if n.inputs]
+    assert "log" not in body_ops and "exp" not in body_ops        # simplified inside
+    assert report.rules["prune_loops"] == 1 and loop.attrs["saves"] is False
+    (gw,) = gc.grad(gc.sum(ys) + gc.sum(h), [w])
+    trained = gc.optimize([gw])
+    assert all(n.attrs["saves"] for n in trained.nodes if n.op == "scan" and
+               any(m.op == "item" and m.inputs[0] is n and m.attrs["index"] >= 2
+                   for m in trained.nodes))
+    same_everywhere([xs], [h, ys, gw], [[f64(6, 3)], [f64(3, 3)]])
+    short = gc.placeholder((3, 3), "float64", "short")
+    h3, ys3 = gc.scan(lambda h, x: (gc.tanh(h * w + x), h), gc.constant(np.zeros(3)), short,
+                      reverse=True)
+    (g3,) = gc.grad(gc.sum(ys3 * ys3) + gc.sum(h3), [w])
+    opt = gc.optimize([h3, ys3, g3])
+    assert not [n for n in opt.nodes if n.op == "scan"]
+    same_everywhere([short], [h3, ys3, g3], [[f64(3, 3)], [f64(3, 3)]])
