@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, GraphcError, Node, Shape, _context, constant, name_scope, register, \
-    user_line
-from graphc.ir import METHODS, OpDef, apply
+from graphc.ir import METHODS, OPS, GraphcError, Node, OpDef, Shape, _context, apply, constant, \
+    name_scope, register, user_line
 from graphc.ops import activations, elementwise, indexing, layout, linalg, nn, random, reduce, \
     shape, statistics
 from graphc.ops.activations import *  # noqa: F401,F403
