@@ -29,7 +29,7 @@ __all__ = (["placeholder", "variable", "constant", "name_scope", "OpDef", "regis
 
 
 METHODS.update(mean=mean, var=var, std=std, clip=clip, squeeze=squeeze,  # noqa: F405
-               swapaxes=swapaxes, flatten=flatten, expand_dims=expand_dims)  # noqa: F405
+               swapaxes=swapaxes, flatten=flatten, getitem=indexing.getitem)  # noqa: F405
 
 
 def register_op(op: OpDef) -> OpDef:
