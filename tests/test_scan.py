@@ -249,3 +249,17 @@ def test_passes_reach_into_bodies_prune_saved_carries_and_unroll_short_loops():
     opt = gc.optimize([h3, ys3, g3])
     assert not [n for n in opt.nodes if n.op == "scan"]
     same_everywhere([short], [h3, ys3, g3], [[f64(3, 3)], [f64(3, 3)]])
+
+
+def test_an_optimized_training_step_runs_one_forward_and_one_backward_loop():
+    x = gc.placeholder((None, 6, 3), "float64", "x")
+    layer = nn.LSTM(4, seed=0)
+    loss = gc.sum(layer(x))
+    grads = gc.grad(loss, layer.params)
+    step = gc.function([x], [loss, *grads])
+    loops = [n for n in step.graph.nodes if n.op == "scan"]
+    assert len(loops) == 2 and sum(n.grad_of is not None for n in loops) == 1
+    assert [n.attrs["saves"] for n in loops if n.grad_of is None] == [True]
+    xv = f64(2, 6, 3)
+    for got, want in zip(step(xv), evaluate([loss, *grads], {x: xv})):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
