@@ -263,3 +263,18 @@ def test_an_optimized_training_step_runs_one_forward_and_one_backward_loop():
     xv = f64(2, 6, 3)
     for got, want in zip(step(xv), evaluate([loss, *grads], {x: xv})):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_explain_prints_the_recurrence_of_one_step_and_of_its_gradient():
+    x = gc.placeholder((None,), "float64", "x")
+    w = gc.placeholder((), "float64", "w")
+    h, ys = gc.scan(lambda h, xt: (gc.tanh(w * h + xt), h * h), gc.constant(np.float64(0)), x)
+    text = str(gc.explain({"h": h, "ys": ys}))
+    assert text.splitlines() == ["h = L1.s1[T]", "ys = L1.y1",
+                                 "loop L1, t = 1, ..., T over x[t]:", "  s1[0] = 0",
+                                 "  s1[t] = tanh(s1[t-1]*w + x[t])", "  y1[t] = s1[t-1]**2"]
+    grad_text = str(gc.explain({"dh/dw": gc.grad(h, w)}))
+    assert "loop L2, t = T, ..., 1 over L1.s1[t-1], x[t]:" in grad_text
+    assert "  s2[t] = L1.s1[t-1]*s1[t-1]*(1 - tanh(L1.s1[t-1]*w + x[t])**2) + s2[t-1]" \
+        in grad_text.splitlines()
+    assert "loop L1" in gc.explain({"dh/dw": gc.grad(h, w)}, latex=True)
