@@ -1,0 +1,28 @@
+"""Bugs the differential fuzzer (tests/test_fuzz.py) found, each as a plain test: the compiled
+Function, optimized or not, agrees with the interpreter on the shrunk graph."""
+from __future__ import annotations
+
+import numpy as np
+
+import graphc as gc
+
+
+def agree(inputs, outputs, *feeds):
+    """Every compiled mode gives the interpreter's values (and dtypes) on each feed."""
+    fns = [gc.function(inputs, outputs, optimize=o, check_numerics=c)
+           for o in (False, True) for c in (False, True)]
+    for vals in feeds:
+        want = [o.eval(dict(zip(inputs, vals))) for o in outputs]
+        for f in fns:
+            for w, g in zip(want, f(*vals)):
+                assert g.dtype == w.dtype and g.shape == w.shape
+                np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_sums_of_bools_over_no_axis_or_unit_axes_stay_counts():
+    """sum_no_axes / sum_unit_axes returned the bool input for an int64 count (RewriteError
+    at compile time)."""
+    x, y = gc.placeholder((), "bool"), gc.placeholder((2, 1, 3), "bool")
+    agree([x, y], [gc.sum(x), gc.sum(y, axis=1), gc.sum(y, axis=1, keepdims=True)],
+          [np.array(True), np.ones((2, 1, 3), bool)],
+          [np.array(False), np.arange(6).reshape(2, 1, 3) % 2 == 0])
