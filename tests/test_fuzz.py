@@ -186,16 +186,17 @@ class Builder:
         return seq[self.choice(len(seq), label)]
 
     # leaves ---------------------------------------------------------------------------
-    def fresh(self, a: np.ndarray, shape, exotic: bool = True) -> Node:
+    def fresh(self, a: np.ndarray, shape, plain: bool = False) -> Node:
         """A new leaf like example `a`: a placeholder (fed per call), a variable or a constant;
-        floats as float64 or float32, now and then as integers or bools (mixed dtypes)."""
+        floats as float64 or float32, now and then as integers or bools (mixed dtypes);
+        `plain`: a placeholder of a's own dtype."""
         dtype = a.dtype
-        if dtype.kind == "f":
+        if dtype.kind == "f" and not plain:
             dtype = np.dtype(self.pick(["float64", "float32"], "float dtype"))
-            if exotic and self.choice(6, "exotic") == 5:
+            if self.choice(6, "exotic") == 5:
                 dtype = np.dtype(self.pick(["int64", "int32", "bool"], "exotic dtype"))
         kind = "placeholder"
-        if None not in shape and dtype.kind == "f":
+        if None not in shape and dtype.kind == "f" and not plain:
             kind = self.pick(["placeholder", "variable", "constant"], "leaf")
         if kind == "placeholder":
             node = gc.placeholder(shape, dtype, name=f"x{len(self.examples)}")
@@ -282,7 +283,7 @@ class Builder:
             out = row.build(*ins)
         except GraphcError:         # an adapted input the row's rule refuses: fresh leaves
             out = row.build(*[self.fresh(a, batched_shape(a) if batched and i in plan
-                                         else a.shape, exotic=False)
+                                         else a.shape, plain=True)
                               for i, a in enumerate(row.inputs)])
         self.results.append(out)
         return out

@@ -26,3 +26,17 @@ def test_sums_of_bools_over_no_axis_or_unit_axes_stay_counts():
     agree([x, y], [gc.sum(x), gc.sum(y, axis=1), gc.sum(y, axis=1, keepdims=True)],
           [np.array(True), np.ones((2, 1, 3), bool)],
           [np.array(False), np.arange(6).reshape(2, 1, 3) % 2 == 0])
+
+
+def test_fused_refuses_inputs_its_body_was_not_built_for():
+    """fused(int) was accepted and its VJP failed later inside the body (sigmoid(int64))."""
+    import pytest
+    from graphc.ir import Node, apply
+    from graphc.ops.fused import Body
+    p = Node("placeholder", (), {}, (None, 4), np.float64, "in0")
+    body = Body([p], gc.sigmoid(p) * 2.0)
+    assert apply("fused", gc.placeholder((3, 4), "float64"), body=body).shape == (None, 4)
+    for bad in [gc.placeholder((3, 4), "int64"), gc.placeholder((3, 5), "float64"),
+                gc.placeholder((4,), "float64")]:
+        with pytest.raises(gc.GraphcError, match="does not match the body's in0"):
+            apply("fused", bad, body=body)

@@ -29,6 +29,12 @@ class Body(Graph):
 def fused_infer(*xs, body):
     if len(xs) != len(body.inputs):
         raise ShapeError(f"the body takes {len(body.inputs)} inputs, got {len(xs)}")
+    for x, p in zip(xs, body.inputs):      # the body (and its VJP) is built for these types
+        if x.dtype != p.dtype or x.ndim != p.ndim or any(
+                isinstance(a, int) and isinstance(b, int) and a != b
+                for a, b in zip(x.shape, p.shape)):
+            raise ShapeError(f"input {format_shape(x.shape)} {x.dtype.name} does not match "
+                             f"the body's {p.name} {format_shape(p.shape)} {p.dtype.name}")
     out = body.outputs[0]
     return out.shape, out.dtype
 
