@@ -40,3 +40,12 @@ def test_fused_refuses_inputs_its_body_was_not_built_for():
                 gc.placeholder((4,), "float64")]:
         with pytest.raises(gc.GraphcError, match="does not match the body's in0"):
             apply("fused", bad, body=body)
+
+
+def test_cross_entropy_needs_float_logits():
+    """sce(int64 logits, float labels) was accepted, and the gradient for the labels failed
+    inside its VJP (log_softmax of int64)."""
+    import pytest
+    z, p = gc.placeholder((3, 4), "int64"), gc.placeholder((3, 4), "float64")
+    with pytest.raises(gc.GraphcError, match=r"softmax_cross_entropy\(\(3, 4\) int64.*floating"):
+        gc.softmax_cross_entropy(z, p)
