@@ -86,6 +86,7 @@ def merge_dims(a, b):
 def sce_infer(z, y, g=None):
     if z.ndim < 1:
         raise ShapeError("logits need a class axis (the last one)")
+    need_float(z)                      # int logits: no softmax, no gradient for float labels
     if int_labels(y):
         dtype = need_float(z) if g is None else need_float(z, g)
         shape = merge_dims(z.shape[:-1], y.shape)
