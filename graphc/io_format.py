@@ -128,7 +128,8 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
     op = field(r, "op", str, at)
     at = f"{at} ({op[:40]})"
     if op not in OPS and op not in LEAVES:
-        raise GraphcError(f"{at}: unknown op {op[:40]!r}")
+        raise GraphcError(f"{at}: unknown op {op[:40]!r} (an op of your own? import the module "
+                          "that registers it with gc.register_op before gc.load)")
     inputs = field(r, "inputs", list, at)
     for j in inputs:
         if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i:
