@@ -80,9 +80,11 @@ def read_npy(member: BinaryIO, key: str, shape: tuple[int, ...],
     if dtype.hasobject:
         raise GraphcError(f"{what}: array {key!r} holds Python objects (pickled objects are "
                           "refused)")
-    if have != tuple(shape) or dtype.names or dtype.subdtype or not accept(dtype):
-        raise GraphcError(f"{what}: array {key!r} is {list(have)} {dtype}, expected "
+    if have != tuple(shape):
+        raise GraphcError(f"{what}: array {key!r} has shape {list(have)}, expected "
                           f"{list(shape)}")
+    if dtype.names or dtype.subdtype or not accept(dtype):
+        raise GraphcError(f"{what}: array {key!r} has dtype {dtype}, which does not fit")
     size = math.prod(shape) * dtype.itemsize
     data = member.read(size)
     if len(data) != size or member.read(1):   # reading to the end checks the CRC
