@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from graphc.io_arrays import open_npz, read_member, write_npz
-from graphc.io_files import fsync_folder, folder_lock, open_regular, remove_leftovers, \
-    replace, sha256_of, write_temp
+from graphc.io_files import fsync_folder, folder_lock, open_regular, read_all, \
+    remove_leftovers, replace, sha256_of, write_temp
 from graphc.io_format import FORMAT, VERSION, body_nodes, build_graph, check_graph, \
     encode_graph, field, indices, stored_specs
 from graphc.ir import Graph, GraphcError, Node, toposort
@@ -98,11 +98,11 @@ def document_text(header: dict, records: list[dict]) -> str:
 def finish_killed_save(json_path: str, npz_path: str) -> None:
     """Complete a save killed after its .json was replaced; remove temp and staged files."""
     folder = os.path.dirname(os.path.abspath(json_path))
-    with contextlib.suppress(GraphcError, OSError):
+    with contextlib.suppress(GraphcError, OSError, ValueError, LookupError, TypeError):
         with open_regular(json_path, "graph file", MAX_BYTES) as f:
-            digest = json.loads(f.read()).get("arrays", {}).get("sha256", "")
-        if isinstance(digest, str) and HEX64.match(digest) \
-                and os.path.exists(staged_path(npz_path, digest)):
+            doc = json.loads(read_all(f, json_path, "graph file", MAX_BYTES))
+        digest = doc["arrays"]["sha256"]
+        if HEX64.match(digest) and os.path.exists(staged_path(npz_path, digest)):
             os.replace(staged_path(npz_path, digest), npz_path)
     name = os.path.basename(npz_path)
     remove_leftovers(folder, [os.path.basename(json_path), name],
@@ -230,7 +230,7 @@ def assemble(doc: dict, nodes: list[Node]):
 def read_json(path: str, limit: int) -> tuple[bytes, dict]:
     with open_regular(path, "graph file", limit) as f:
         try:
-            text = f.read(limit + 1)
+            text = read_all(f, path, "graph file", limit)
         except OSError as e:
             raise GraphcError(f"cannot read graph file {path}: {e.strerror or e}") from None
     try:

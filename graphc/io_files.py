@@ -141,3 +141,15 @@ def sha256_of(f: BinaryIO) -> str:
         digest.update(chunk)
     f.seek(0)
     return digest.hexdigest()
+
+
+def read_all(f: BinaryIO, path: str, what: str, limit: int) -> bytes:
+    """The rest of an open file, refusing more than `limit` bytes (it may grow while read)."""
+    chunks, total = [], 0
+    while chunk := f.read(min(CHUNK, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise GraphcError(f"{what} {path} has more than the limit of {limit} bytes "
+                              "(raise it with max_bytes=)")
+    return b"".join(chunks)
