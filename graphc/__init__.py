@@ -7,5 +7,6 @@ from graphc.runtime import Function, function  # noqa
 from graphc.io import save, load  # noqa: F401
 from graphc.viz import render  # noqa: F401
 from graphc.formula import formula, explain  # noqa: F401
+from graphc import nn  # noqa: F401,E402  (last: nn builds on everything above)
 
 __version__ = "0.1.0"
