@@ -1,8 +1,10 @@
 """Multi-head scaled dot-product attention as one layer, written with batched matmuls.
 
-The heads are an axis, not a loop: (B, T, D) is reshaped to (B, T, H, D/H) and transposed
-to (B, H, T, D/H), so every head's scores are one (B, H, Tq, D/H) @ (B, H, D/H, Tk) matmul
-and the graph stays the same size for any number of heads.
+The heads are an axis, not a loop: the projections are kept per head, W_q of shape
+(H, D, d_head), so (B, 1, T, D) @ W_q is every head's queries (B, H, T, d_head) in one
+batched matmul, the scores are one (B, H, Tq, d) @ (B, H, d, Tk) matmul, and the output
+projection W_o (H, d_head, D) sums the heads back to (B, T, D) (the einsum
+'bhtd,hdD->btD'). No tensor is reshaped after a transpose, so nothing is copied.
 """
 from __future__ import annotations
 
@@ -12,14 +14,11 @@ import numpy as np
 
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
-from graphc.nn.layers import Dense
 from graphc.nn.module import Layer
 
 
-def swap_axes(x: Node, a: int, b: int) -> Node:
-    axes = list(range(x.ndim))
-    axes[a], axes[b] = axes[b], axes[a]
-    return gc.transpose(x, tuple(axes))
+def swap_last(x: Node) -> Node:
+    return gc.transpose(x, tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2))
 
 
 class MultiHeadAttention(Layer):
@@ -27,10 +26,11 @@ class MultiHeadAttention(Layer):
 
     `mha(x)` is self-attention; `mha(q, kv)` attends from q to kv, `mha(q, k, v)` takes
     keys and values apart. Inputs are (..., T, D) with the embedding last (PyTorch's
-    batch_first=True); the output has the query's shape. `causal=True` lets position i see
-    only positions <= i. Q, K, V and the output projection are Dense layers (`query`, `key`,
-    `value`, `output`) of D units each; after a call, `.attention` is the node of the
-    attention weights (B, H, Tq, Tk), e.g. to look at or render.
+    batch_first=True); the output has the query's shape, D = embed size, d_head = D / H.
+    `causal=True` lets query position i see only key positions <= i. Variables: `W_q`,
+    `W_k`, `W_v` (H, D_in, d_head), their biases (H, 1, d_head), `W_o` (H, d_head, D) and
+    `b_o` (D,), Glorot-initialized as the (D_in, D) matrices they are slices of. After a
+    call, `.attention` is the node of the attention weights (B, H, Tq, Tk).
     """
     kind = "attention"
 
@@ -43,26 +43,31 @@ class MultiHeadAttention(Layer):
         self.dropout = float(dropout)
         self.attention: Node | None = None
 
-    def named_children(self):
-        if not self.built:
-            return []
-        return [("query", self.query), ("key", self.key), ("value", self.value),
-                ("output", self.output)]
-
     def build(self, q, k=None, v=None):
+        k = q if k is None else k
+        v = k if v is None else v
         for x in (q, k, v):
-            if x is not None and (x.ndim < 2 or not isinstance(x.shape[-1], int)):
+            if x.ndim < 2 or not isinstance(x.shape[-1], int):
                 raise GraphcError(f"MultiHeadAttention {self.name!r}: inputs are (..., T, D) "
                                   f"with a known D, got {format_shape(x.shape)} "
                                   f"(built at {x.where})")
-        d = q.shape[-1]
-        if d % self.num_heads:
+        d, h = q.shape[-1], self.num_heads
+        if d % h:
             raise GraphcError(f"MultiHeadAttention {self.name!r}: the embedding size {d} "
-                              f"does not split into {self.num_heads} heads")
-        self.d_model, self.d_head = d, d // self.num_heads
-        self.query, self.key, self.value, self.output = (
-            Dense(d, use_bias=self.use_bias, seed=self.seed) for _ in range(4))
-        self.built = True                 # so that named_children lists them now
+                              f"does not split into {h} heads")
+        self.d_model, self.d_head = d, d // h
+        dtype = q.dtype if q.dtype.kind == "f" else np.dtype("float32")
+        for what, x in (("q", q), ("k", k), ("v", v)):
+            w = self.add_variable(f"W_{what}", (h, x.shape[-1], self.d_head), "glorot",
+                                  x.shape[-1], d, dtype, kernel=True)
+            b = (self.add_variable(f"b_{what}", (h, 1, self.d_head), "zeros", d, d, dtype)
+                 if self.use_bias else None)
+            setattr(self, f"W_{what}", w)
+            setattr(self, f"b_{what}", b)
+        self.W_o = self.add_variable("W_o", (h, self.d_head, d), "glorot", d, d, dtype,
+                                     kernel=True)
+        self.b_o = (self.add_variable("b_o", (d,), "zeros", d, d, dtype)
+                    if self.use_bias else None)
 
     def forward(self, q, k=None, v=None, *, training):
         k = q if k is None else k
@@ -71,9 +76,11 @@ class MultiHeadAttention(Layer):
             raise GraphcError(f"MultiHeadAttention {self.name!r} was built for D = "
                               f"{self.d_model}, got a query {format_shape(q.shape)} "
                               f"(built at {q.where})")
-        qh = self.heads(self.query(q)) * (1.0 / np.sqrt(self.d_head))
-        kh, vh = self.heads(self.key(k)), self.heads(self.value(v))
-        scores = qh @ swap_axes(kh, -1, -2)                      # (B, H, Tq, Tk)
+        scale = float(1.0 / np.sqrt(self.d_head))
+        qh = self.project(q, self.W_q, self.b_q) * scale          # (B, H, Tq, d)
+        kh = self.project(k, self.W_k, self.b_k)                  # (B, H, Tk, d)
+        vh = self.project(v, self.W_v, self.b_v)                  # (B, H, Tk, d)
+        scores = qh @ swap_last(kh)                               # (B, H, Tq, Tk)
         if self.causal:
             scores = self.mask_future(scores)
         weights = gc.softmax(scores, axis=-1)
@@ -81,23 +88,18 @@ class MultiHeadAttention(Layer):
         if training and self.dropout > 0.0:
             seed = zlib.crc32(f"{self.seed or 0}/{self.full_name}".encode())
             weights = gc.dropout(weights, self.dropout, seed=seed)
-        mixed = swap_axes(weights @ vh, -3, -2)                  # (B, Tq, H, d_head)
-        shape = self.known(mixed.shape[:-2]) + (self.d_model,)
-        return self.output(gc.reshape(mixed, shape))
+        out = gc.sum((weights @ vh) @ self.W_o, axis=-3)          # (B, Tq, D)
+        return out + self.b_o if self.b_o is not None else out
 
-    def known(self, dims) -> tuple[int, ...]:
-        """dims with the one unknown size as -1, for reshape."""
-        out = tuple(d if isinstance(d, int) else -1 for d in dims)
-        if out.count(-1) > 1:
-            raise GraphcError(f"MultiHeadAttention {self.name!r}: the sizes "
-                              f"{format_shape(tuple(dims))} before D may have only one "
-                              f"unknown (the batch); give the sequence length")
-        return out
-
-    def heads(self, x: Node) -> Node:
-        """(..., T, D) -> (..., H, T, d_head)."""
-        split = gc.reshape(x, self.known(x.shape[:-1]) + (self.num_heads, self.d_head))
-        return swap_axes(split, -3, -2)
+    def project(self, x: Node, w: Node, b: Node | None) -> Node:
+        """(..., T, D_in) -> (..., H, T, d_head): every head's projection in one matmul."""
+        dims = tuple(d if isinstance(d, int) else -1 for d in x.shape)
+        if dims.count(-1) > 1:
+            raise GraphcError(f"MultiHeadAttention {self.name!r}: an input "
+                              f"{format_shape(x.shape)} may have only one unknown size "
+                              f"(the batch); give the sequence length (built at {x.where})")
+        y = gc.reshape(x, dims[:-2] + (1,) + dims[-2:]) @ w
+        return y + b if b is not None else y
 
     def mask_future(self, scores: Node) -> Node:
         tq, tk = scores.shape[-2:]

@@ -139,6 +139,18 @@ class Dropout(Layer):
         return gc.dropout(x, self.rate, seed=seed, training=True)
 
 
+class Activation(Layer):
+    """An activation as a layer, e.g. after BatchNorm: Activation('relu'), ('gelu'), ..."""
+    kind = "activation"
+
+    def __init__(self, activation, name: str | None = None):
+        super().__init__(name)
+        self.fn = activation_fn(activation)
+
+    def forward(self, x, training):
+        return self.fn(x)
+
+
 def standard_normal(shape, fan_in, fan_out, rng):
     return rng.standard_normal(shape)
 
