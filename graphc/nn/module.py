@@ -251,7 +251,7 @@ class Model(Layer):
     """
     kind = "model"
 
-    def __init__(self, name: str | None = None, seed: int | None = 0):
+    def __init__(self, name: str | None = None, seed: int | None = None):
         super().__init__(name, seed)
         self.opens_scope = False
 
@@ -281,10 +281,12 @@ def unique_children(found):
 
 
 class Sequential(Model):
-    """Layers applied in order. Unnamed layers are named by kind and position ('dense_2')."""
+    """Layers applied in order. Unnamed layers are named by kind and position ('dense_2').
+    Layers without a seed of their own take the model's (or its parent's, else 0)."""
     kind = "sequential"
 
-    def __init__(self, layers: Sequence[Layer], name: str | None = None, seed: int = 0):
+    def __init__(self, layers: Sequence[Layer], name: str | None = None,
+                 seed: int | None = None):
         super().__init__(name, seed)
         self.layers = list(layers)
         names = set()
@@ -296,8 +298,6 @@ class Sequential(Model):
             if layer.name in names:
                 raise GraphcError(f"Sequential: two layers are named {layer.name!r}")
             names.add(layer.name)
-            if layer.seed is None:
-                layer.seed = seed
 
     def named_children(self) -> list[tuple[str, Layer]]:
         return unique_children((layer.name, layer) for layer in self.layers)
