@@ -225,3 +225,25 @@ def test_attention_errors_name_the_problem():
     mha(gc.placeholder((None, 3, 6), name="z"))
     with pytest.raises(gc.GraphcError, match="built for D = 6"):
         mha(gc.placeholder((None, 3, 4), name="w"))
+
+
+# Embedding ------------------------------------------------------------------------------
+
+def test_embedding_is_a_gather_whose_gradient_adds_up_repeated_ids():
+    ids = gc.placeholder((None, 4), "int64", name="ids")
+    emb = nn.Embedding(6, 3, dtype="float64", name="emb")
+    out = emb(ids)
+    assert out.shape == (None, 4, 3) and out.dtype == np.float64
+    assert [p.name for p in emb.params] == ["emb/E"] and emb.E.shape == (6, 3)
+    assert "one_hot" not in {n.op for n in gc.Graph([out]).nodes}
+    idv = np.array([[1, 1, 5, 0], [5, 1, 2, 2]])          # repeated ids, 3 and 4 unused
+    got = compiled_equals_eval(out, {ids: idv})
+    np.testing.assert_array_equal(got, emb.E.value[idv])
+    check_grads(out, {ids: idv}, [emb.E])
+    g = gc.grad(gc.sum(out), [emb.E])[0].eval({ids: idv})
+    np.testing.assert_array_equal(g[:, 0], [1, 3, 2, 0, 0, 2])    # counts of each id
+
+
+def test_embedding_refuses_float_ids():
+    with pytest.raises(gc.GraphcError, match="ids must be integers"):
+        nn.Embedding(4, 2)(gc.placeholder((None, 3), name="x"))
