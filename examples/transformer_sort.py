@@ -110,8 +110,9 @@ def main(argv=None) -> dict:
     acc = per_token_accuracy(model, x_test, y_test)
     whole = float(np.mean((nn.predict(model, x_test).argmax(-1) == y_test).all(axis=1)))
     print(model.summary())
-    print(f"task {args.task}: held-out per-token accuracy {acc:.4f}, whole sequences "
-          f"{whole:.4f}, after {steps} steps of {args.batch_size} in {seconds:.1f} s")
+    print(f"task {args.task}: final per-token accuracy {acc:.4f} on 2000 held-out "
+          f"sequences ({whole:.4f} of them entirely right), after {steps} steps of "
+          f"{args.batch_size} in {seconds:.1f} s of training")
     return {"accuracy": acc, "seconds": seconds, "steps": steps}
 
 

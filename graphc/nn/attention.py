@@ -77,9 +77,10 @@ class MultiHeadAttention(Layer):
                               f"{self.d_model}, got a query {format_shape(q.shape)} "
                               f"(built at {q.where})")
         scale = float(1.0 / np.sqrt(self.d_head))
-        qh = self.project(q, self.W_q, self.b_q) * scale          # (B, H, Tq, d)
-        kh = self.project(k, self.W_k, self.b_k)                  # (B, H, Tk, d)
-        vh = self.project(v, self.W_v, self.b_v)                  # (B, H, Tk, d)
+        q4, k4, v4 = self.add_head_axis(q, k, v)                  # (B, 1, T, D)
+        qh = self.project(q4, self.W_q, self.b_q) * scale         # (B, H, Tq, d)
+        kh = self.project(k4, self.W_k, self.b_k)                 # (B, H, Tk, d)
+        vh = self.project(v4, self.W_v, self.b_v)                 # (B, H, Tk, d)
         scores = qh @ swap_last(kh)                               # (B, H, Tq, Tk)
         if self.causal:
             scores = self.mask_future(scores)
@@ -91,14 +92,23 @@ class MultiHeadAttention(Layer):
         out = gc.sum((weights @ vh) @ self.W_o, axis=-3)          # (B, Tq, D)
         return out + self.b_o if self.b_o is not None else out
 
-    def project(self, x: Node, w: Node, b: Node | None) -> Node:
-        """(..., T, D_in) -> (..., H, T, d_head): every head's projection in one matmul."""
-        dims = tuple(d if isinstance(d, int) else -1 for d in x.shape)
-        if dims.count(-1) > 1:
-            raise GraphcError(f"MultiHeadAttention {self.name!r}: an input "
-                              f"{format_shape(x.shape)} may have only one unknown size "
-                              f"(the batch); give the sequence length (built at {x.where})")
-        y = gc.reshape(x, dims[:-2] + (1,) + dims[-2:]) @ w
+    def add_head_axis(self, *xs: Node) -> list[Node]:
+        """(..., T, D) -> (..., 1, T, D), once per distinct input (self-attention: once)."""
+        done: dict[int, Node] = {}
+        for x in xs:
+            if id(x) not in done:
+                dims = tuple(d if isinstance(d, int) else -1 for d in x.shape)
+                if dims.count(-1) > 1:
+                    raise GraphcError(f"MultiHeadAttention {self.name!r}: an input "
+                                      f"{format_shape(x.shape)} may have only one unknown "
+                                      f"size (the batch); give the sequence length (built "
+                                      f"at {x.where})")
+                done[id(x)] = gc.reshape(x, dims[:-2] + (1,) + dims[-2:])
+        return [done[id(x)] for x in xs]
+
+    def project(self, x4: Node, w: Node, b: Node | None) -> Node:
+        """(..., 1, T, D_in) @ (H, D_in, d_head) -> (..., H, T, d_head): every head at once."""
+        y = x4 @ w
         return y + b if b is not None else y
 
     def mask_future(self, scores: Node) -> Node:
