@@ -109,7 +109,7 @@ class Layer:
                 out = self.forward(*inputs, training=bool(training))
         finally:
             _training.reset(token)
-        self.output_shape = out.shape if isinstance(out, Node) else None
+        self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
         return out
 
     def scope(self):
