@@ -225,7 +225,7 @@ class Layer:
                 continue                      # a container: its layers have the rows
             count = sum(int(np.prod(p.shape)) for p in layer.own_params)
             total += count
-            shape = format_shape(layer.output_shape) if layer.output_shape else "?"
+            shape = show_shape(layer.output_shape)
             name = "/".join((layer.path or (layer.name,))[skip:]) or layer.name
             rows.append((name, shape, count))
         width = max([14] + [len(r[0]) + 2 for r in rows])
@@ -236,6 +236,16 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def show_shape(shape) -> str:
+    """'(?, 8)'; several outputs (an RNN's sequence and state) one after the other; '?' before
+    the first call."""
+    if not shape:
+        return "?"
+    if isinstance(shape[0], tuple):
+        return " ".join(format_shape(s) for s in shape)
+    return format_shape(shape)
 
 
 class Model(Layer):
