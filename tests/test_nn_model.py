@@ -177,3 +177,23 @@ def test_activation_names_in_dense_conv_and_activation_layers(name, ref):
     assert nn.Conv2D(2, 3, activation=name)(img).shape == (None, 2, 2, 2)
     np.testing.assert_allclose(nn.Activation(name)(x).eval({x: xv}), ref(xv), rtol=1e-6,
                                atol=1e-9)
+
+
+def test_per_token_accuracy_and_fit_on_sequences():
+    pred = np.zeros((2, 3, 4))
+    pred[0, :, 1] = 1                       # predicts 1 everywhere in sequence 0
+    pred[1, :, 2] = 1
+    assert nn.accuracy(pred, np.array([[1, 1, 0], [2, 2, 2]])) == pytest.approx(5 / 6)
+
+    class Tagger(nn.Model):                 # the tag of a token is its id mod 3
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(9, 8), nn.Dense(3)
+
+        def forward(self, ids, training):
+            return self.out(self.embed(ids))
+
+    ids = np.random.default_rng(0).integers(0, 9, size=(64, 5))
+    history = nn.fit(Tagger(), "softmax_cross_entropy", nn.Adam(0.05), ids, ids % 3,
+                     epochs=5, batch_size=16, verbose=0)
+    assert history["accuracy"][-1] == 1.0
