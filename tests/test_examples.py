@@ -60,9 +60,9 @@ def test_cnn_digits():
     assert number_after("test accuracy", out) > 75
 
 
-def test_transformer_sort_learns_to_sort_in_a_few_hundred_steps():
-    out = run("transformer_sort.py", "--max-steps", "200", "--eval-every", "100")
-    assert number_after("final per-token accuracy", out) > 0.9
+def test_transformer_sort_learns_to_sort_in_a_hundred_steps():
+    out = run("transformer_sort.py", "--max-steps", "100", "--eval-every", "100")
+    assert number_after("final per-token accuracy", out) > 0.8     # 0.99 after ~200 steps
     assert "blocks_1/attention" in out
 
 
