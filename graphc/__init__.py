@@ -7,5 +7,6 @@ from graphc.runtime import Function, function  # noqa
 from graphc.io import save, load  # noqa: F401
 from graphc.viz import render  # noqa: F401
 from graphc.formula import formula, explain  # noqa: F401
+from graphc.inspect import inspect  # noqa: F401
 
 __version__ = "0.1.0"

@@ -33,6 +33,8 @@ class Options:
     collapse: object = None             # None, True, depth (int), or scope prefixes
     inline_scalars: bool = True         # scalar constants written into their user's label
     rankdir: str = "TB"
+    only: frozenset | None = None       # ids of the nodes to draw; inputs from outside are
+    tooltips: bool = True               # drawn as small dashed stand-ins
 
 
 # what to draw -----------------------------------------------------------------------------
@@ -162,6 +164,9 @@ class Drawer:
         self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
         self.body_kind: dict[str, str] = {}        # drawn id of an op inside a fused node -> kind
         self.fused: set[int] = set()               # fused nodes drawn as clusters
+        self.drawn: dict[str, Node] = {}           # drawn id -> the node (or body op) it shows
+        self.boxes: dict[str, tuple] = {}          # drawn id of a collapsed box -> (kind, scope)
+        self.owner: dict[str, tuple] = {}          # body op's drawn id -> (fused, body names)
 
     def cluster(self, path: tuple):
         for k in range(len(path)):                # every enclosing scope is drawn too
@@ -174,6 +179,8 @@ class Drawer:
             if not self.opts.backward and self.kind[id(n)] != "forward":
                 continue
             if self.opts.inline_scalars and is_scalar_constant(n) and not n.name:
+                continue
+            if self.opts.only is not None and id(n) not in self.opts.only:
                 continue
             out.append(n)
         return out
@@ -206,6 +213,7 @@ class Drawer:
             if box is not None:
                 boxes.setdefault(box, []).append(n)
                 self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
+                self.boxes[self.ids[id(n)]] = box
             elif not (n.op in ("fused", "dense") and self.draw_fused(n)):
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
@@ -229,6 +237,7 @@ class Drawer:
     def draw_node(self, n: Node):
         nid = self.prefix + f"n{self.num[id(n)][1:]}"
         self.ids[id(n)] = nid
+        self.drawn[nid] = n
         path = n.scope if self.opts.scopes and self.kind[id(n)] == "forward" else ()
         self.cluster(path).append(("node", (nid,), self.node_attrs(n)))
 
@@ -265,6 +274,8 @@ class Drawer:
                      "style": "filled,rounded", "fillcolor": FILL[bkind],
                      "color": BORDER[bkind]}
             items.append(("node", (inner[id(b)],), attrs))
+            self.drawn[inner[id(b)]] = b
+            self.owner[inner[id(b)]] = (n, bnum)
             self.body_kind[inner[id(b)]] = bkind
             for i in b.inputs:
                 if i.op == "placeholder":
@@ -310,6 +321,8 @@ class Drawer:
         for src, dst, attrs in self.edges:
             if isinstance(src, tuple):
                 node = src[1]
+                if id(node) not in self.ids and self.opts.only is not None:
+                    self.draw_ghost(node)
                 if id(node) not in self.ids:
                     continue                        # inlined scalar or hidden backward node
                 attrs = {**self.edge_attrs(node, kind_of_id.get(dst, "forward")), **attrs}
@@ -325,8 +338,22 @@ class Drawer:
             self.cluster(()).append(("edge", (src, dst), attrs))
         self.emit(self.dot, ())
 
+    def draw_ghost(self, n: Node):
+        """A node from outside the drawn part (`only`), small and dashed."""
+        if (self.opts.inline_scalars and is_scalar_constant(n)) or \
+                (not self.opts.backward and self.kind[id(n)] != "forward"):
+            return
+        gid = self.prefix + f"x{self.num[id(n)][1:]}"
+        self.ids[id(n)], self.drawn[gid] = gid, n
+        self.cluster(()).append(("node", (gid,), {
+            "label": f"{self.num[id(n)]} {n.name or n.op}", "shape": "box", "style": "dashed",
+            "color": "#999999", "fontcolor": "#555555", "fontsize": "8",
+            "tooltip": node_tooltip(n, self.num)}))
+
     def emit(self, target, path: tuple):
         for method, args, attrs in self.clusters.get(path, []):
+            if not self.opts.tooltips:
+                attrs = {k: v for k, v in attrs.items() if k != "tooltip"}
             if method == "attr":
                 target.attr(**attrs)
             else:
@@ -396,13 +423,8 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     `scopes` draws name scopes as dashed clusters, `inline_scalars` writes scalar constants
     into their user's label (`mul(·, 0.1)`), `legend` adds the colour key.
     """
-    graphviz = load_graphviz()
     opts = Options(backward, legend, scopes, collapse, inline_scalars, rankdir)
-    dot = graphviz.Digraph("graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
-                           node_attr={"fontname": "Helvetica", "fontsize": "10",
-                                      "style": "filled"},
-                           edge_attr={"arrowsize": "0.6", "fontname": "Helvetica",
-                                      "fontsize": "9"})
+    dot = new_digraph(rankdir)
     is_function = not isinstance(nodes_or_function, (Node, Graph, list, tuple))
     before = before_graph(nodes_or_function) if compare else None
     if compare and before is None:
@@ -426,6 +448,14 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
         draw_legend(dot, backward)
     dot.written = write(dot, path) if path is not None else None   # the file really written
     return dot
+
+
+def new_digraph(rankdir: str = "TB"):
+    """An empty Digraph with graphc's fonts and arrow sizes."""
+    return load_graphviz().Digraph(
+        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
+        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
+        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
 
 
 def with_gradients(graph: Graph) -> Graph:
