@@ -8,14 +8,18 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import GraphcError, Node, Shape, _context, constant, name_scope, user_line
-from graphc.ops import elementwise, nn, reduce, shape
+from graphc.ops import elementwise, image, integer, nn, reduce, shape, trig
 from graphc.ops.elementwise import *  # noqa: F401,F403
 from graphc.ops.nn import *  # noqa: F401,F403
 from graphc.ops.reduce import *  # noqa: F401,F403
 from graphc.ops.shape import *  # noqa: F401,F403
+from graphc.ops.image import *  # noqa: F401,F403
+from graphc.ops.integer import *  # noqa: F401,F403
+from graphc.ops.trig import *  # noqa: F401,F403
 
 __all__ = (["placeholder", "variable", "constant", "name_scope"] + elementwise.__all__
-           + reduce.__all__ + shape.__all__ + nn.__all__)
+           + reduce.__all__ + shape.__all__ + nn.__all__ + image.__all__ + integer.__all__
+           + trig.__all__)
 
 
 def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
