@@ -60,7 +60,7 @@ def ones_dtype(*xs):
 zero = (lambda g, out, *xs: (None,) * len(xs))
 elementwise("floor", np.floor, zero, sp.floor)
 elementwise("ceil", np.ceil, zero, sp.ceiling)
-elementwise("round", np.round, zero)           # halves to even, as NumPy and ONNX
+elementwise("round", np.rint, zero)            # halves to even, as NumPy and ONNX
 elementwise("trunc", np.trunc, zero)
 elementwise("mod", np.mod, quotient_vjp("floor"), sp.Mod)        # sign of b, as Python
 elementwise("fmod", np.fmod, quotient_vjp("trunc"))               # sign of a, as C
