@@ -94,7 +94,8 @@ def run_case(model, data_sets, rtol: float, atol: float) -> tuple[str, str]:
         return "out of scope", fam
     try:
         for inputs, expected in data_sets:
-            fn, feeds = build(model, list(inputs))
+            inputs, expected = [array(a) for a in inputs], [array(e) for e in expected]
+            fn, feeds = build(model, inputs)
             got = fn(*feeds)
             for g, e in zip(got, expected):
                 compare(np.asarray(g), np.asarray(e), rtol, atol)
@@ -103,6 +104,12 @@ def run_case(model, data_sets, rtol: float, atol: float) -> tuple[str, str]:
     except Exception as e:     # every other error is a bug inside the supported set
         return "fail", f"{type(e).__name__}: {e}"
     return "pass", ""
+
+
+def array(value) -> np.ndarray:
+    """A case's input or output as an array (some cases hold TensorProtos)."""
+    from onnx import TensorProto, numpy_helper
+    return numpy_helper.to_array(value) if isinstance(value, TensorProto) else np.asarray(value)
 
 
 def compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> None:

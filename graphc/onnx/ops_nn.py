@@ -316,14 +316,17 @@ def class_loss(ctx, logp, labels, weights, reduction, ignore_index):
     """-logp[label] per element with weights and ignore_index, then the reduction."""
     ctx.need(reduction in ("none", "sum", "mean"), f"reduction={reduction!r}")
     c = logp.shape[1]
+    ignored = None
+    if ignore_index is not None:     # an ignored label may lie outside [0, C): one_hot of 0
+        ignored = gc.equal(labels, like(labels, ignore_index))
+        labels = gc.where(ignored, like(labels, 0), labels)
     hot = gc.one_hot(labels, c, dtype=logp.dtype)          # (N, d..., C)
     perm = (0, logp.ndim - 1) + tuple(range(1, logp.ndim - 1))
     hot = gc.transpose(hot, perm)                            # (N, C, d...)
     picked = -gc.sum(logp * hot, axis=1)
     w = gc.sum(hot * per_channel(weights, logp), axis=1) if weights is not None else None
-    if ignore_index is not None:
-        keep = gc.cast(gc.logical_not(gc.equal(labels, like(labels, ignore_index))),
-                       logp.dtype)
+    if ignored is not None:
+        keep = gc.cast(gc.logical_not(ignored), logp.dtype)
         w = keep if w is None else w * keep
     loss = picked if w is None else picked * w
     if reduction == "none":
