@@ -145,7 +145,7 @@ def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shap
 def pool_geometry(ctx, x, kernel, strides, pads, ceil_mode):
     """Pads (before, after) per axis, with the extra end padding ceil mode needs."""
     out = []
-    for n, k, s, (lo, hi) in zip(static(x, ctx.op_type)[2:], kernel, strides, pads):
+    for n, k, s, (lo, hi) in zip(image_size(ctx, x), kernel, strides, pads):
         span = n + lo + hi - k
         if ceil_mode and span % s:
             extra = s - span % s
@@ -154,6 +154,11 @@ def pool_geometry(ctx, x, kernel, strides, pads, ceil_mode):
             hi += max(extra, 0)
         out.append((lo, hi))
     return out
+
+
+def image_size(ctx, x) -> tuple[int, ...]:
+    ctx.need(all(isinstance(d, int) for d in x.shape[2:]), f"image size {x.shape[2:]} unknown")
+    return x.shape[2:]
 
 
 POOL_ATTRS = dict(auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None,
@@ -185,7 +190,7 @@ def average_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, 
     x = as_2d(x)
     given = pads
     pads = pool_geometry(ctx, x, kernel, strides, pads, ceil_mode)
-    inside = np.ones(static(x)[2:])           # what each window's count includes
+    inside = np.ones(image_size(ctx, x))           # what each window's count includes
     if count_include_pad:
         inside = np.pad(inside, given, constant_values=1)
         inside = np.pad(inside, [(0, hi - g[1]) for (lo, hi), g in zip(pads, given)])
