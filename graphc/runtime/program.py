@@ -230,15 +230,26 @@ class Lowering:
         self.var[id(n)] = name
         if kind == "view":
             expr = rules.view_code(self, n, a)
-            if all(x[0] in "bckh" for x in a):    # a view of plan-owned arrays: make it once
-                self.var[id(n)] = hoisted = f"h{i}"
-                self.ns[hoisted] = eval(expr, self.ns)
-                return f"pass  # {hoisted} = {expr}, made once per plan"
+            if all(x[0] in "bckh" for x in a):    # of plan-owned arrays: maybe made once
+                value = eval(expr, self.ns)
+                if self.true_view(value, a, n):
+                    self.var[id(n)] = hoisted = f"h{i}"
+                    self.ns[hoisted] = value
+                    return f"pass  # {hoisted} = {expr}, made once per plan"
             return f"{name} = {expr}"
         if o is None:
             return f"{name} = {self.kernel_ref(n, i)}({', '.join(a)})"
         self.var[id(n)] = o
         return rules.buffer_code(self, n, a, o)
+
+    def true_view(self, value, a: list[str], n: Node) -> bool:
+        """Whether a view step's result, made now, stays right on every call: it shares memory
+        with each input that a call may write (a reshape of a transpose or a broadcast is a
+        copy; made once, it would keep the values of plan build time). Graph constants never
+        change, and `size` is a plan constant."""
+        if n.op == "size":
+            return True
+        return all(x.startswith("c") or np.may_share_memory(value, self.ns[x]) for x in a)
 
     def kernel_ref(self, n: Node, i: int) -> str:
         opdef = OPS[n.op]
