@@ -191,8 +191,41 @@ class Node:
     # == stays identity: nodes are dict keys (feeds); use gc.equal for the elementwise test
 
     def __getitem__(self, index) -> Node:
-        """Basic indexing: integers and slices with step 1, one per leading axis."""
+        """Integers, slices with step 1, `...` and None (a new axis), as NumPy; an integer
+        node or array (after full slices `:`) gathers along its axis: E[ids] is take(E, ids)."""
         index = index if isinstance(index, tuple) else (index,)
+        k = next((k for k, i in enumerate(index) if is_index_array(i)), None)
+        if k is not None:
+            return self.take_at(index, k)
+        if sum(i is Ellipsis for i in index) > 1:
+            raise GraphcError(f"an index can only have one ellipsis (...)\n  at {user_line()}")
+        if any(i is Ellipsis for i in index):
+            e = next(k for k, i in enumerate(index) if i is Ellipsis)
+            fill = self.ndim - (len(index) - 1 - sum(i is None for i in index))
+            index = index[:e] + (slice(None),) * max(fill, 0) + index[e + 1:]
+        new_axes = [k for k, i in enumerate(index) if i is None]
+        out = self.basic_index(tuple(i for i in index if i is not None))
+        if new_axes:
+            kept = [k for k, i in enumerate(index) if i is not None
+                    and not isinstance(i, (int, np.integer))]
+            at = [sum(1 for j in kept if j < k) + n for n, k in enumerate(new_axes)]
+            out = METHODS["expand_dims"](out, tuple(at))
+        return out
+
+    def take_at(self, index: tuple, k: int) -> Node:
+        i = index[k]
+        if isinstance(i, Node) and i.dtype == bool or getattr(i, "dtype", None) == bool:
+            raise GraphcError("boolean mask indexing has a data-dependent shape, which a static "
+                              "graph cannot have; use gc.where(mask, x, 0) (or a masked sum) "
+                              f"instead\n  at {user_line()}")
+        if len(index) != k + 1 or any(not (isinstance(j, slice) and j == slice(None))
+                                      for j in index[:k]):
+            raise GraphcError("an integer array index works alone after full slices "
+                              "(E[ids], x[:, ids]); combine gc.take and slicing for more"
+                              f"\n  at {user_line()}")
+        return apply("take", self, i, axis=k)
+
+    def basic_index(self, index: tuple) -> Node:
         if len(index) > self.ndim:
             raise GraphcError(f"too many indices ({len(index)}) for shape "
                               f"{format_shape(self.shape)}\n  at {user_line()}")
@@ -206,8 +239,9 @@ class Node:
                 if (i.start, i.stop) != (None, None):
                     out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
             else:
-                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers and "
-                                  f"slices with step 1\n  at {user_line()}")
+                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers, "
+                                  "slices with step 1, ..., None and integer index arrays "
+                                  f"(gc.flip reverses an axis)\n  at {user_line()}")
         if drop:
             shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
             if sum(not isinstance(d, int) for d in shape) <= 1:
@@ -217,9 +251,86 @@ class Node:
                 out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
         return out
 
+    # NumPy's and PyTorch's methods, where they agree (or NumPy's, with a hint) -----------
+    def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis,
+                                                           keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return apply("max", self, axis=axis,
+                                                           keepdims=keepdims)
+    def min(self, axis=None, keepdims=False): return apply("min", self, axis=axis,
+                                                           keepdims=keepdims)
+    def prod(self, axis=None, keepdims=False): return apply("prod", self, axis=axis,
+                                                            keepdims=keepdims)
+    def argmax(self, axis=None, keepdims=False): return apply("argmax", self, axis=axis,
+                                                              keepdims=keepdims)
+    def argmin(self, axis=None, keepdims=False): return apply("argmin", self, axis=axis,
+                                                              keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return METHODS["mean"](self, axis, keepdims)
+
+    def var(self, axis=None, keepdims=False, ddof=0):
+        return METHODS["var"](self, axis, keepdims, ddof)
+
+    def std(self, axis=None, keepdims=False, ddof=0):
+        return METHODS["std"](self, axis, keepdims, ddof)
+
+    def astype(self, dtype) -> Node:
+        return apply("cast", self, dtype=np.dtype(dtype).name)
+
+    def clip(self, lo=None, hi=None): return METHODS["clip"](self, lo, hi)
+    def squeeze(self, axis=None): return METHODS["squeeze"](self, axis)
+    def swapaxes(self, axis1, axis2): return METHODS["swapaxes"](self, axis1, axis2)
+
+    def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Node:
+        """All axes into one, as NumPy's x.flatten() and torch's (gc.flatten keeps axis 0)."""
+        return METHODS["flatten"](self, start_axis, end_axis)
+
+    def reshape(self, *shape) -> Node:
+        """x.reshape(2, 3) or x.reshape((2, 3)), one dim may be -1."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply("reshape", self, shape=shape)
+
+    def transpose(self, *axes) -> Node:
+        """NumPy's meaning: no axes reverses them; else a permutation of all the axes."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            return apply("transpose", self)
+        if len(axes) != self.ndim:
+            hint = (f"; to swap two axes as PyTorch's x.transpose({axes[0]}, {axes[1]}) does, "
+                    f"use x.swapaxes({axes[0]}, {axes[1]}) (or x.mT for the last two)"
+                    if len(axes) == 2 else "")
+            raise GraphcError(f"x.transpose{tuple(axes)} of shape {format_shape(self.shape)}: "
+                              f"graphc's transpose (as NumPy's) takes a permutation of all "
+                              f"{self.ndim} axes{hint}\n  at {user_line()}")
+        return apply("transpose", self, axes=axes)
+
     @property
     def T(self) -> Node:
+        if self.ndim > 2:
+            raise GraphcError(f"x.T of a {self.ndim}-d node {format_shape(self.shape)} would "
+                              f"reverse all {self.ndim} axes (NumPy's meaning; PyTorch refuses "
+                              "it): use x.mT or gc.swapaxes(x, -2, -1) to swap the last two "
+                              "axes, or gc.transpose(x) to reverse them all"
+                              f"\n  at {user_line()}")
         return apply("transpose", self)
+
+    @property
+    def mT(self) -> Node:
+        """The last two axes swapped (a stack of matrices transposed), as NumPy and PyTorch."""
+        if self.ndim < 2:
+            raise GraphcError(f"x.mT needs at least 2 axes, got shape "
+                              f"{format_shape(self.shape)}\n  at {user_line()}")
+        return METHODS["swapaxes"](self, -2, -1)
+
+
+METHODS: dict[str, Callable] = {}   # sugar the methods above call; graphc.api fills it
+
+
+def is_index_array(i) -> bool:
+    """An integer (or bool) array or node used as an index (not a Python int or slice)."""
+    if isinstance(i, Node):
+        return True
+    return isinstance(i, (np.ndarray, list)) and np.asarray(i).dtype.kind in "iub"
 
 
 def _hashable(v):
