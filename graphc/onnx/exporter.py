@@ -127,12 +127,19 @@ def cast(e, n, a):
 def reshape(e, n, a):
     if len(a) == 2:
         keep = n.attrs.get("keepdims_of") or ()
+        dims = [1 if i in keep else d for i, d in enumerate(n.inputs[1].shape)]
+        if sum(not isinstance(d, int) for d in dims) <= 1:     # -1 for the batch: no Shape
+            return e.node("Reshape", [a[0], e.ints([d if isinstance(d, int) else -1
+                                                    for d in dims])])
         return e.node("Reshape", [a[0], e.shape_of(n.inputs[1], a[1], keep)])
     return e.node("Reshape", [a[0], e.ints(n.attrs["shape"])])
 
 
 @rule("broadcast_to")
 def broadcast_to(e, n, a):
+    if len(a) == 2 and not all(isinstance(d, int) for d in n.inputs[1].shape):
+        like = e.cast(a[1], n.inputs[1].dtype, n.dtype)   # Where broadcasts x against like
+        return e.node("Where", [e.const(np.ones(1, bool)), a[0], like])
     shape = e.shape_of(n.inputs[1], a[1]) if len(a) == 2 else e.ints(n.attrs["shape"])
     return e.node("Expand", [a[0], shape])
 
@@ -192,9 +199,12 @@ def size(e, n, a):
     dims = [x.shape[i] for i in axes]
     if all(isinstance(d, int) for d in dims):
         return e.const(np.asarray(np.prod(dims), dtype=n.dtype))
-    picked = e.node("Gather", [e.node("Shape", a), e.ints(list(axes))])
-    prod = e.node("ReduceProd", [picked], keepdims=0)
-    return e.cast(prod, np.int64, n.dtype)
+    # ones of x's shape (Where broadcasts), summed over the axes: no Shape node, so the
+    # exported graph imports again with its batch dim dynamic
+    ones = e.node("Where", [e.const(np.ones(1, bool)), e.const(np.ones(1, n.dtype)),
+                            e.cast(a[0], x.dtype, n.dtype)])
+    counts = e.node("ReduceSum", [ones, e.ints(list(axes))], keepdims=0)
+    return e.node("ReduceMax", [counts], keepdims=0)
 
 
 @rule("argmax_mask")

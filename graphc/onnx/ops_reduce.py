@@ -6,7 +6,7 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import fn, like, need_float
-from graphc.onnx.table import onnx_op
+from graphc.onnx.table import Unsupported, onnx_op
 
 
 def reduce_axes(ctx, x, axes_in, axes_attr, noop):
@@ -23,8 +23,7 @@ def reduction(body):
         axes = reduce_axes(ctx, x, axes_in, axes, noop_with_empty_axes)
         if axes is None:
             return x
-        ctx.need(all(isinstance(x.shape[a], int) and x.shape[a] > 0 for a in axes),
-                 "reducing over an empty or unknown-size axis")
+        ctx.need(all(x.shape[a] != 0 for a in axes), "reducing over an empty axis")
         return body(x, axes, bool(keepdims))
     return build
 
@@ -36,7 +35,9 @@ def sum_(x, axes, keep):
 def mean(x, axes, keep):
     if x.dtype.kind == "f":
         return gc.mean(x, axis=axes, keepdims=keep)
-    count = int(np.prod([x.shape[a] for a in axes]))
+    count = int(np.prod([x.shape[a] if isinstance(x.shape[a], int) else -1 for a in axes]))
+    if count < 0:
+        raise Unsupported("the integer mean over an unknown-size axis")
     return apply("trunc_divide", gc.sum(x, axis=axes, keepdims=keep), like(x, count))
 
 
