@@ -127,8 +127,15 @@ def schema_check(node, opset: int) -> None:
                           f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
 
 
+SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
+
+
 def frozen_names(graph) -> set[str]:
-    """Values that entries read as constants (shapes, axes, running stats): never variables."""
+    """Values that entries read as constants (shapes, axes, running stats): never variables.
+
+    The set is closed backwards: a value computed into a shape (Sub, Concat, Cast...) needs its
+    own inputs constant too, up to Shape and Size, which read only a shape.
+    """
     frozen = set()
     for node in graph.node:
         entry = TABLE.get(node.op_type)
@@ -137,6 +144,16 @@ def frozen_names(graph) -> set[str]:
         for i, name in enumerate(node.input):
             if i in entry.const_inputs or (entry.weights is not None and i not in entry.weights):
                 frozen.add(name)
+    producers = {o: n for n in graph.node for o in n.output}
+    todo = list(frozen)
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.op_type in SHAPE_ONLY:
+            continue
+        for name in node.input:
+            if name and name not in frozen:
+                frozen.add(name)
+                todo.append(name)
     return frozen
 
 

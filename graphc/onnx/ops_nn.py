@@ -223,7 +223,7 @@ def per_channel(v, x):
     return gc.reshape(v, (1, -1) + (1,) * (x.ndim - 2))
 
 
-@onnx_op("BatchNormalization", const=(3, 4), weights=(1, 2), epsilon=1e-5, momentum=0.9,
+@onnx_op("BatchNormalization", const=(3, 4), epsilon=1e-5, momentum=0.9,
          training_mode=0)
 def batch_norm(ctx, x, scale, b, mean, var, *, epsilon, momentum, training_mode):
     if training_mode or ctx.n_outputs > 1:
