@@ -42,13 +42,21 @@ for _onnx, _op in [("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Greater", "
     onnx_op(_onnx)(binary(_op))
 
 
+def in_float32(f, x: Node) -> Node:
+    """f(x) computed in float32 for float16 x (as onnxruntime does), else as it is."""
+    if x.dtype != np.float16:
+        return f(x)
+    y = f(gc.cast(x, "float32"))
+    return gc.cast(y, "float16") if y.dtype.kind == "f" else y
+
+
 def unary(op: str, floats: bool = False):
     def build(ctx, x):
         if floats:
             need_float(x)
         if op not in OPS:
             raise Unsupported(f"graphc has no {op} op")
-        return apply(op, x)
+        return in_float32(lambda v: apply(op, v), x) if floats else apply(op, x)
     return build
 
 
