@@ -215,7 +215,7 @@ def mish(ctx, x):
 @onnx_op("Swish", alpha=1.0)
 def swish(ctx, x, *, alpha):
     need_float(x)
-    return x * gc.sigmoid(x * like(x, alpha))
+    return in_float32(lambda v: v * gc.sigmoid(v * like(v, alpha)), x)
 
 
 @onnx_op("Gelu", approximate="none")
