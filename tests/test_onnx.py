@@ -186,3 +186,20 @@ def test_import_graphc_does_not_import_onnx():
     import sys
     code = "import sys, graphc; assert 'onnx' not in sys.modules, 'onnx imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_renders_and_explains_an_onnx_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "logistic.onnx"
+    onnx.save(onnx_models.logistic(), str(path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    run = [sys.executable, "-m", "graphc.cli"]
+    out = subprocess.run(run + ["render", str(path), "-o", str(tmp_path / "m.svg")], env=env,
+                         capture_output=True, text=True, check=True)
+    assert "m.svg" in out.stdout and (tmp_path / "m.svg").exists()
+    out = subprocess.run(run + ["formula", str(path)], env=env, capture_output=True, text=True,
+                         check=True)
+    assert "p = sigmoid(z)" in out.stdout

@@ -19,6 +19,11 @@ def save(path, inputs, outputs, opset: int | None = None):
     return export(path, inputs, outputs, opset)
 
 
+def load_outputs(path) -> list:
+    """The output nodes of an ONNX model (for `graphc render/formula model.onnx`)."""
+    return list(load(path).outputs.values())
+
+
 def imported_ops() -> list[str]:
     """The ONNX op types that have an import entry."""
     return sorted(TABLE)
