@@ -102,13 +102,23 @@ def same_name(e, n, a):
 @rule("mod", "fmod")
 def mod(e, n, a):
     a = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
+    if n.op == "mod" and n.dtype.kind == "f":    # a - b floor(a / b): Mod(fmod=0) is ints only
+        quotient = e.node("Floor", [e.node("Div", a)])
+        return e.node("Sub", [a[0], e.node("Mul", [a[1], quotient])])
     return e.node("Mod", a, fmod=int(n.op == "fmod"))
 
 
 @rule("left_shift", "right_shift")
 def shift(e, n, a):
-    a = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
-    return e.node("BitShift", a, direction="LEFT" if n.op == "left_shift" else "RIGHT")
+    """BitShift takes unsigned ints; a signed left shift is the same bits as an unsigned one."""
+    left = n.op == "left_shift"
+    if n.dtype.kind == "i" and not left:
+        raise GraphcError("right_shift of signed integers has no ONNX form (BitShift is "
+                          "logical, NumPy's is arithmetic)")
+    work = np.dtype(n.dtype.name.replace("int", "uint")) if n.dtype.kind == "i" else n.dtype
+    a = [e.cast(x, i.dtype, work) for x, i in zip(a, n.inputs)]
+    out = e.node("BitShift", a, direction="LEFT" if left else "RIGHT")
+    return e.cast(out, work, n.dtype)
 
 
 @rule("trunc")
@@ -348,6 +358,8 @@ def value_info(helper, name: str, node: Node):
 def build_model(inputs, outputs, opset: int | None = None):
     """The ONNX ModelProto of the graph from `inputs` to `outputs`."""
     from onnx import helper
+
+    from graphc.onnx import export_more  # noqa: F401  (the rules of the newer op families)
     ins, outs = named(inputs, "input"), named(outputs, "output")
     graph = Graph(list(outs.values()))
     missing = sorted({n.op for n in graph.nodes if n.inputs and n.op not in RULES})
