@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, GraphcError, Node, Shape, _context, constant, name_scope, register, \
-    user_line
-from graphc.ir import METHODS, OpDef, apply
+from graphc.ir import METHODS, OPS, GraphcError, Node, OpDef, Shape, _context, apply, constant, \
+    name_scope, register, user_line
 from graphc.ops import activations, elementwise, indexing, layout, linalg, nn, random, reduce, \
     shape, statistics
 from graphc.ops import image, integer, trig
@@ -35,7 +34,7 @@ __all__ = (["placeholder", "variable", "constant", "name_scope", "OpDef", "regis
 
 
 METHODS.update(mean=mean, var=var, std=std, clip=clip, squeeze=squeeze,  # noqa: F405
-               swapaxes=swapaxes, flatten=flatten, expand_dims=expand_dims)  # noqa: F405
+               swapaxes=swapaxes, flatten=flatten, getitem=indexing.getitem)  # noqa: F405
 
 
 def register_op(op: OpDef) -> OpDef:

@@ -10,6 +10,8 @@ import contextvars
 import itertools
 import os
 import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -37,6 +39,8 @@ class OpDef:
     sym: Callable | None = None               # sym(*sympy_args, **attrs) -> sympy expression
     elementwise: bool = False
     random: bool = False                      # kernel takes rng=, the executor owns the generator
+    items: Callable | None = None             # items(node) -> [(shape, dtype)]: the node is a
+                                              # tuple of arrays, read through `item` nodes
 
 
 OPS: dict[str, OpDef] = {}
@@ -82,6 +86,24 @@ def user_line() -> str:
     if frame is None:
         return "<unknown>"
     return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+_storage_locks: dict[int, threading.RLock] = {}
+_storage_guard = threading.Lock()
+
+
+def storage_lock(var: Node) -> threading.RLock:
+    """The lock of a variable's storage (one per array, shared by every rebuilt copy of the
+    node): compiled calls reading or updating it and `.value` assignment hold it."""
+    arr = var.data[0]
+    lock = _storage_locks.get(id(arr))
+    if lock is None:
+        with _storage_guard:
+            lock = _storage_locks.get(id(arr))
+            if lock is None:
+                lock = _storage_locks[id(arr)] = threading.RLock()
+                weakref.finalize(arr, _storage_locks.pop, id(arr), None)
+    return lock
 
 
 class Node:
@@ -143,7 +165,8 @@ class Node:
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
-        np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
+        with storage_lock(self):     # a compiled call of another thread sees old or new
+            np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 
     # evaluation and printing -----------------------------------------------------------
     def eval(self, feeds: dict | None = None) -> np.ndarray:
@@ -191,65 +214,8 @@ class Node:
     # == stays identity: nodes are dict keys (feeds); use gc.equal for the elementwise test
 
     def __getitem__(self, index) -> Node:
-        """Integers, slices with step 1, `...` and None (a new axis), as NumPy; an integer
-        node or array (after full slices `:`) gathers along its axis: E[ids] is take(E, ids)."""
-        index = index if isinstance(index, tuple) else (index,)
-        k = next((k for k, i in enumerate(index) if is_index_array(i)), None)
-        if k is not None:
-            return self.take_at(index, k)
-        if sum(i is Ellipsis for i in index) > 1:
-            raise GraphcError(f"an index can only have one ellipsis (...)\n  at {user_line()}")
-        if any(i is Ellipsis for i in index):
-            e = next(k for k, i in enumerate(index) if i is Ellipsis)
-            fill = self.ndim - (len(index) - 1 - sum(i is None for i in index))
-            index = index[:e] + (slice(None),) * max(fill, 0) + index[e + 1:]
-        new_axes = [k for k, i in enumerate(index) if i is None]
-        out = self.basic_index(tuple(i for i in index if i is not None))
-        if new_axes:
-            kept = [k for k, i in enumerate(index) if i is not None
-                    and not isinstance(i, (int, np.integer))]
-            at = [sum(1 for j in kept if j < k) + n for n, k in enumerate(new_axes)]
-            out = METHODS["expand_dims"](out, tuple(at))
-        return out
-
-    def take_at(self, index: tuple, k: int) -> Node:
-        i = index[k]
-        if isinstance(i, Node) and i.dtype == bool or getattr(i, "dtype", None) == bool:
-            raise GraphcError("boolean mask indexing has a data-dependent shape, which a static "
-                              "graph cannot have; use gc.where(mask, x, 0) (or a masked sum) "
-                              f"instead\n  at {user_line()}")
-        if len(index) != k + 1 or any(not (isinstance(j, slice) and j == slice(None))
-                                      for j in index[:k]):
-            raise GraphcError("an integer array index works alone after full slices "
-                              "(E[ids], x[:, ids]); combine gc.take and slicing for more"
-                              f"\n  at {user_line()}")
-        return apply("take", self, i, axis=k)
-
-    def basic_index(self, index: tuple) -> Node:
-        if len(index) > self.ndim:
-            raise GraphcError(f"too many indices ({len(index)}) for shape "
-                              f"{format_shape(self.shape)}\n  at {user_line()}")
-        out, drop = self, []
-        for axis, i in enumerate(index):
-            if isinstance(i, (int, np.integer)):
-                out = apply("slice", out, axis=axis, start=int(i),
-                            stop=None if i == -1 else int(i) + 1)
-                drop.append(axis)
-            elif isinstance(i, slice) and i.step in (None, 1):
-                if (i.start, i.stop) != (None, None):
-                    out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
-            else:
-                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers, "
-                                  "slices with step 1, ..., None and integer index arrays "
-                                  f"(gc.flip reverses an axis)\n  at {user_line()}")
-        if drop:
-            shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
-            if sum(not isinstance(d, int) for d in shape) <= 1:
-                out = apply("reshape", out, shape=tuple(d if isinstance(d, int) else -1
-                                                       for d in shape))
-            else:
-                out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
-        return out
+        """NumPy's indexing where a static graph can have it (graphc.ops.indexing)."""
+        return METHODS["getitem"](self, index)
 
     # NumPy's and PyTorch's methods, where they agree (or NumPy's, with a hint) -----------
     def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis,
@@ -324,13 +290,6 @@ class Node:
 
 
 METHODS: dict[str, Callable] = {}   # sugar the methods above call; graphc.api fills it
-
-
-def is_index_array(i) -> bool:
-    """An integer (or bool) array or node used as an index (not a Python int or slice)."""
-    if isinstance(i, Node):
-        return True
-    return isinstance(i, (np.ndarray, list)) and np.asarray(i).dtype.kind in "iub"
 
 
 def _hashable(v):
@@ -476,7 +435,9 @@ def format_node(node: Node, names: dict[int, str]) -> str:
                     .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
     args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
     line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
-    note = f"  # {format_shape(node.shape)} {node.dtype.name}"
+    items = OPS[node.op].items if node.inputs else None
+    note = f"  # tuple of {len(items(node))}" if items \
+        else f"  # {format_shape(node.shape)} {node.dtype.name}"
     if node.name:
         note += f" {node.name!r}"
     if node.grad_of is not None:
@@ -508,6 +469,11 @@ def rebuild(graph: Graph, mapping: dict[int, Node]) -> Graph:
 
 # the reference interpreter ------------------------------------------------------------
 
+def short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_feed(ph: Node, value) -> np.ndarray:
     """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
     if isinstance(value, np.ndarray):
@@ -518,7 +484,11 @@ def check_feed(ph: Node, value) -> np.ndarray:
         arr = value.astype(ph.dtype, copy=False)
     else:
         try:
-            arr = np.asarray(value, dtype=ph.dtype)
+            raw = np.asarray(value)
+            if raw.dtype == object:       # None would become NaN, a huge int overflow
+                raise GraphcError(f"feed for placeholder {ph.label()}: expected numbers of "
+                                  f"dtype {ph.dtype.name}, got {short_repr(value)}")
+            arr = raw.astype(ph.dtype, copy=False)
         except (TypeError, ValueError) as e:
             raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
     if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n
@@ -559,5 +529,5 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
-            values[id(n)] = np.asarray(out)
+            values[id(n)] = out if opdef.items else np.asarray(out)
     return [values[id(o)] for o in outputs]
