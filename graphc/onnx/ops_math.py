@@ -90,9 +90,7 @@ def pow_(ctx, a, b):
 
 @onnx_op("Mod", fmod=0)
 def mod(ctx, a, b, *, fmod):
-    if a.dtype.kind == "f" and not fmod:
-        raise Unsupported("fmod=0 on floating-point inputs is undefined in ONNX")
-    return apply("fmod" if fmod else "mod", a, b)
+    return apply("fmod" if fmod else "mod", a, b)     # fmod=0: the sign of b, as Python
 
 
 @onnx_op("BitShift", direction=REQUIRED)

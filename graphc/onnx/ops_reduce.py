@@ -17,13 +17,28 @@ def reduce_axes(ctx, x, axes_in, axes_attr, noop):
     return tuple(int(a) % x.ndim if x.ndim else 0 for a in axes)
 
 
+def empty_value(op: str, dtype: np.dtype):
+    """What a reduction over no elements gives (ONNX: the reduction's identity element)."""
+    if dtype == bool:
+        big, small = True, False
+    else:
+        big = np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+        small = -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    return {"ReduceProd": 1, "ReduceMax": small, "ReduceMin": big, "ReduceLogSum": -np.inf,
+            "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
+
+
 def reduction(body):
     """An entry reducing with body(x, axes, keepdims) over ONNX's axes/keepdims/noop rules."""
     def build(ctx, x, axes_in=None, *, keepdims, noop_with_empty_axes, axes):
         axes = reduce_axes(ctx, x, axes_in, axes, noop_with_empty_axes)
         if axes is None:
             return x
-        ctx.need(all(x.shape[a] != 0 for a in axes), "reducing over an empty axis")
+        if any(x.shape[a] == 0 for a in axes):       # no elements: a constant of the shape
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)
+                          if keepdims or i not in axes)
+            ctx.need(all(isinstance(d, int) for d in shape), "an empty reduction of unknown size")
+            return constant(np.full(shape, empty_value(ctx.op_type, x.dtype), x.dtype))
         return body(x, axes, bool(keepdims))
     return build
 
