@@ -7,8 +7,9 @@ pad of the input.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from graphc import api as gc
 from graphc.ir import apply, constant
@@ -165,18 +166,63 @@ POOL_ATTRS = dict(auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
                   pads=None, strides=None)
 
 
+def pool_setup(ctx, x, kernel, strides, dilations, pads, auto_pad, ceil_mode):
+    """kernel, strides, dilations, the given pads and the pads with ceil mode's extra end."""
+    rank = x.ndim - 2
+    ctx.need(rank >= 1 and kernel is not None, f"{ctx.op_type} of rank {x.ndim}")
+    kernel, strides = list(kernel), list(strides or [1] * rank)
+    dils = list(dilations or [1] * rank)
+    given = pads_for(ctx, image_size(ctx, x), kernel, strides, dils, pads, auto_pad)
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dils)]
+    return kernel, strides, dils, given, pool_geometry(ctx, x, reach, strides, given, ceil_mode)
+
+
+def padded(ctx, x, pads, fill):
+    for axis, (lo, hi) in enumerate(pads):
+        x = pad_axis(ctx, x, 2 + axis, lo, hi, "constant", fill)
+    return x
+
+
+def window_starts(sizes, kernel, strides, dils):
+    """Per window offset, the positions it reads along each spatial axis."""
+    outs = [(n - (k - 1) * d - 1) // s + 1 for n, k, s, d in zip(sizes, kernel, strides, dils)]
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        yield [o * d + s * np.arange(m) for o, d, s, m in zip(offset, dils, strides, outs)]
+
+
+def by_offsets(x, kernel, strides, dils, combine):
+    """Pooling of any rank and dilation: one strided read per window offset, combined."""
+    out = None
+    for reads in window_starts(x.shape[2:], kernel, strides, dils):
+        part = x
+        for axis, idx in enumerate(reads):
+            if len(idx) > 1 and idx[1] - idx[0] == 1:
+                part = gc.slice(part, 2 + axis, int(idx[0]), int(idx[-1]) + 1)
+            else:
+                part = gc.take(part, constant(idx.astype(np.int64)), axis=2 + axis)
+        out = part if out is None else combine(out, part)
+    return out
+
+
+def fast_path(x, dils) -> bool:
+    """graphc's own 2-D pooling ops serve 1-D and 2-D pooling without dilation."""
+    return x.ndim in (3, 4) and set(dils) == {1}
+
+
 @onnx_op("MaxPool", storage_order=0, **POOL_ATTRS)
 def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides,
              storage_order):
     ctx.need(ctx.n_outputs == 1, "the Indices output")
-    ctx.need(not dilations or set(dilations) == {1}, "dilations")
-    rank, kernel, strides, _, pads = window_attrs(ctx, x, kernel_shape, strides, None, pads,
-                                                  auto_pad)
-    x = as_2d(x)
-    pads = pool_geometry(ctx, x, kernel, strides, pads, ceil_mode)
+    kernel, strides, dils, _, pads = pool_setup(ctx, x, kernel_shape, strides, dilations, pads,
+                                                auto_pad, ceil_mode)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    for axis, (lo, hi) in zip((2, 3), pads):
-        x = pad_axis(ctx, x, axis, lo, hi, "constant", like(x, low))
+    if not fast_path(x, dils):
+        return by_offsets(padded(ctx, x, pads, like(x, low)), kernel, strides, dils,
+                          gc.maximum)
+    rank = x.ndim - 2
+    if rank == 1:
+        kernel, strides, pads = [1] + kernel, [1] + strides, [(0, 0)] + pads
+    x = padded(ctx, as_2d(x), pads, like(x, low))
     return from_2d(gc.max_pool2d(x, tuple(kernel), tuple(strides)), rank)
 
 
@@ -184,26 +230,30 @@ def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, stri
 def average_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides,
                  count_include_pad):
     need_float(x)
-    ctx.need(not dilations or set(dilations) == {1}, "dilations")
-    rank, kernel, strides, _, pads = window_attrs(ctx, x, kernel_shape, strides, None, pads,
-                                                  auto_pad)
-    x = as_2d(x)
-    given = pads
-    pads = pool_geometry(ctx, x, kernel, strides, pads, ceil_mode)
+    kernel, strides, dils, given, pads = pool_setup(ctx, x, kernel_shape, strides, dilations,
+                                                    pads, auto_pad, ceil_mode)
     inside = np.ones(image_size(ctx, x))           # what each window's count includes
     if count_include_pad:
         inside = np.pad(inside, given, constant_values=1)
         inside = np.pad(inside, [(0, hi - g[1]) for (lo, hi), g in zip(pads, given)])
     else:
         inside = np.pad(inside, pads)
-    counts = sliding_window_view(inside, kernel)[::strides[0], ::strides[1]].sum(axis=(2, 3))
-    for axis, (lo, hi) in zip((2, 3), pads):
-        x = pad_axis(ctx, x, axis, lo, hi, "constant", like(x, 0))
-    y = gc.avg_pool2d(x, tuple(kernel), tuple(strides))
-    scale = kernel[0] * kernel[1] / counts
+    counts = sum(inside[np.ix_(*reads)] for reads in
+                 window_starts(inside.shape, kernel, strides, dils))
+    size = int(np.prod(kernel))
+    if fast_path(x, dils):
+        rank = x.ndim - 2
+        k2, s2, p2 = (([1] + kernel, [1] + strides, [(0, 0)] + pads) if rank == 1
+                      else (kernel, strides, pads))
+        y = gc.avg_pool2d(padded(ctx, as_2d(x), p2, like(x, 0)), tuple(k2), tuple(s2))
+        y = from_2d(y, rank)
+    else:
+        y = by_offsets(padded(ctx, x, pads, like(x, 0)), kernel, strides, dils, gc.add)
+        size = 1
+    scale = size / counts
     if not np.all(scale == 1):
         y = y * constant(scale.astype(x.dtype))
-    return from_2d(y, rank)
+    return y
 
 
 @onnx_op("GlobalAveragePool")
