@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def loaded_nodes(path: str) -> list:
     """The outputs (and update values) of a saved graph, in the order saved."""
+    if path.endswith(".onnx"):                   # an ONNX model: its outputs, by ONNX name
+        from graphc.onnx import load_outputs
+        return load_outputs(path)
     obj = graphc.load(path)
     if isinstance(obj, graphc.Graph):
         return list(obj.outputs) + [new for _, new in obj.updates]
