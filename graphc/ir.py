@@ -10,6 +10,8 @@ import contextvars
 import itertools
 import os
 import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -86,6 +88,24 @@ def user_line() -> str:
     return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
+_storage_locks: dict[int, threading.RLock] = {}
+_storage_guard = threading.Lock()
+
+
+def storage_lock(var: Node) -> threading.RLock:
+    """The lock of a variable's storage (one per array, shared by every rebuilt copy of the
+    node): compiled calls reading or updating it and `.value` assignment hold it."""
+    arr = var.data[0]
+    lock = _storage_locks.get(id(arr))
+    if lock is None:
+        with _storage_guard:
+            lock = _storage_locks.get(id(arr))
+            if lock is None:
+                lock = _storage_locks[id(arr)] = threading.RLock()
+                weakref.finalize(arr, _storage_locks.pop, id(arr), None)
+    return lock
+
+
 class Node:
     """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
 
@@ -145,7 +165,8 @@ class Node:
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
-        np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
+        with storage_lock(self):     # a compiled call of another thread sees old or new
+            np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 
     # evaluation and printing -----------------------------------------------------------
     def eval(self, feeds: dict | None = None) -> np.ndarray:
@@ -452,6 +473,11 @@ def rebuild(graph: Graph, mapping: dict[int, Node]) -> Graph:
 
 # the reference interpreter ------------------------------------------------------------
 
+def short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_feed(ph: Node, value) -> np.ndarray:
     """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
     if isinstance(value, np.ndarray):
@@ -462,7 +488,11 @@ def check_feed(ph: Node, value) -> np.ndarray:
         arr = value.astype(ph.dtype, copy=False)
     else:
         try:
-            arr = np.asarray(value, dtype=ph.dtype)
+            raw = np.asarray(value)
+            if raw.dtype == object:       # None would become NaN, a huge int overflow
+                raise GraphcError(f"feed for placeholder {ph.label()}: expected numbers of "
+                                  f"dtype {ph.dtype.name}, got {short_repr(value)}")
+            arr = raw.astype(ph.dtype, copy=False)
         except (TypeError, ValueError) as e:
             raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
     if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n

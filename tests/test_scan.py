@@ -249,3 +249,32 @@ def test_passes_reach_into_bodies_prune_saved_carries_and_unroll_short_loops():
     opt = gc.optimize([h3, ys3, g3])
     assert not [n for n in opt.nodes if n.op == "scan"]
     same_everywhere([short], [h3, ys3, g3], [[f64(3, 3)], [f64(3, 3)]])
+
+
+def test_an_optimized_training_step_runs_one_forward_and_one_backward_loop():
+    x = gc.placeholder((None, 6, 3), "float64", "x")
+    layer = nn.LSTM(4, seed=0)
+    loss = gc.sum(layer(x))
+    grads = gc.grad(loss, layer.params)
+    step = gc.function([x], [loss, *grads])
+    loops = [n for n in step.graph.nodes if n.op == "scan"]
+    assert len(loops) == 2 and sum(n.grad_of is not None for n in loops) == 1
+    assert [n.attrs["saves"] for n in loops if n.grad_of is None] == [True]
+    xv = f64(2, 6, 3)
+    for got, want in zip(step(xv), evaluate([loss, *grads], {x: xv})):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_explain_prints_the_recurrence_of_one_step_and_of_its_gradient():
+    x = gc.placeholder((None,), "float64", "x")
+    w = gc.placeholder((), "float64", "w")
+    h, ys = gc.scan(lambda h, xt: (gc.tanh(w * h + xt), h * h), gc.constant(np.float64(0)), x)
+    text = str(gc.explain({"h": h, "ys": ys}))
+    assert text.splitlines() == ["h = L1.s1[T]", "ys = L1.y1",
+                                 "loop L1, t = 1, ..., T over x[t]:", "  s1[0] = 0",
+                                 "  s1[t] = tanh(s1[t-1]*w + x[t])", "  y1[t] = s1[t-1]**2"]
+    grad_text = str(gc.explain({"dh/dw": gc.grad(h, w)}))
+    assert "loop L2, t = T, ..., 1 over L1.s1[t-1], x[t]:" in grad_text
+    assert "  s2[t] = L1.s1[t-1]*s1[t-1]*(1 - tanh(L1.s1[t-1]*w + x[t])**2) + s2[t-1]" \
+        in grad_text.splitlines()
+    assert "loop L1" in gc.explain({"dh/dw": gc.grad(h, w)}, latex=True)

@@ -7,7 +7,7 @@ from typing import Callable
 from graphc.ir import Graph, Node, apply
 from graphc.ops.fused import Body
 from graphc.passes.fuse import note
-from graphc.passes.rewrite import rebuild_node, substitute
+from graphc.passes.rewrite import rebuild_node
 from graphc.scan import inline, loop_parts, static_length
 
 UNROLL_STEPS = 4        # loops of at most this many (static) steps are unrolled
@@ -17,42 +17,52 @@ def loops(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op == "scan"]
 
 
-def with_attrs(n: Node, **attrs) -> Node:
-    """The loop node n with some attributes changed (same inputs, name, line and tags)."""
-    return apply(n.op, *n.inputs, _where=n.where, _name=n.name, _scope=n.scope,
+def with_attrs(n: Node, inputs: list[Node], **attrs) -> Node:
+    """Loop node n on `inputs` with some attributes changed (same name, line and tags)."""
+    return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope,
                  _grad_of=n.grad_of, **{**n.attrs, **attrs})
+
+
+def map_loops(graph: Graph, fn: Callable[[Node, list[Node]], Node | None]) -> Graph:
+    """The graph with every loop node n replaced by fn(n, its rebuilt inputs) (None: kept)."""
+    if not loops(graph):
+        return graph
+    new: dict[Node, Node] = {}
+    changed = False
+    for n in graph.nodes:
+        inputs = [new[i] for i in n.inputs]
+        out = fn(n, inputs) if n.op == "scan" else None
+        changed |= out is not None
+        new[n] = out if out is not None else rebuild_node(n, inputs, new)
+    if not changed:
+        return graph
+    return Graph([new[o] for o in graph.outputs], [(new[v], new[u]) for v, u in graph.updates])
 
 
 def into_bodies(p: Callable[[Graph], Graph], graph: Graph) -> Graph:
     """p applied to the graph and to the body of every loop in it, at every depth."""
-    graph = p(graph)
-    mapping = {}
-    for n in loops(graph):
+    def optimized(n: Node, inputs: list[Node]) -> Node | None:
         body = n.attrs["body"]
         inner = into_bodies(p, Graph(body.outputs))
-        if any(a is not b for a, b in zip(inner.outputs, body.outputs)):
-            mapping[n] = with_attrs(n, body=Body(body.inputs, inner.outputs))
-    return substitute(graph, mapping) if mapping else graph
-
-
-def items_of(graph: Graph) -> dict[Node, list[Node]]:
-    """loop node -> the item nodes that read it."""
-    out: dict[Node, list[Node]] = {}
-    for n in graph.nodes:
-        if n.op == "item" and n.inputs[0].op == "scan":
-            out.setdefault(n.inputs[0], []).append(n)
-    return out
+        if all(a is b for a, b in zip(inner.outputs, body.outputs)):
+            return None
+        return with_attrs(n, inputs, body=Body(body.inputs, inner.outputs))
+    return map_loops(p(graph), optimized)
 
 
 def prune_loops(graph: Graph) -> Graph:
     """A loop whose saved carries nobody reads (no gradient needs them) stops saving them."""
-    mapping = {}
-    for n, items in items_of(graph).items():
-        c, body = n.attrs["carries"], n.attrs["body"]
-        if n.attrs["saves"] and all(i.attrs["index"] < len(body.outputs) for i in items):
-            mapping[n] = with_attrs(n, saves=False)
-            note("prune_loops")
-    return substitute(graph, mapping) if mapping else graph
+    read = {}                                       # loop -> the highest item index read
+    for n in graph.nodes:
+        if n.op == "item" and n.inputs[0].op == "scan":
+            read[n.inputs[0]] = max(read.get(n.inputs[0], -1), n.attrs["index"])
+
+    def pruned(n: Node, inputs: list[Node]) -> Node | None:
+        if not n.attrs["saves"] or read.get(n, -1) >= len(n.attrs["body"].outputs):
+            return None
+        note("prune_loops")
+        return with_attrs(n, inputs, saves=False)
+    return map_loops(graph, pruned)
 
 
 def stacked(values: list[Node]) -> Node | None:
