@@ -105,6 +105,30 @@ def kinds(graph: Graph) -> dict[int, str]:
     return kind
 
 
+def analyse(graph: Graph) -> tuple[dict[int, str], dict[int, tuple]]:
+    """The kind of every node, and for update nodes the scope of the variable they update
+    (computed once per graph: drawing one graph many times reuses it)."""
+    kind = kinds(graph)
+    update_scope: dict[int, tuple] = {}
+    for var, new in graph.updates:
+        stack, seen = [new], set()
+        while stack:                       # only through update nodes: linear, not n x updates
+            n = stack.pop()
+            if id(n) in seen or kind[id(n)] != "update":
+                continue
+            seen.add(id(n))
+            update_scope.setdefault(id(n), var.scope)
+            stack.extend(n.inputs)
+    return kind, update_scope
+
+
+def home_scope(n: Node, kind: dict, update_scope: dict) -> tuple:
+    """The scope a node is boxed in: gradients in their forward node's, updates in their
+    variable's."""
+    return {"gradient": n.grad_of.scope if n.grad_of is not None else (),
+            "update": update_scope.get(id(n), ())}.get(kind[id(n)], n.scope)
+
+
 def is_scalar_constant(n: Node) -> bool:
     return n.op == "constant" and n.data.size == 1
 
@@ -150,15 +174,11 @@ def node_tooltip(n: Node, num: dict[int, str]) -> str:
 class Drawer:
     """Draws one graph into a Digraph (or a cluster of one), node ids prefixed by `prefix`."""
 
-    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = ""):
+    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = "",
+                 analysis: tuple | None = None):
         self.dot, self.graph, self.opts, self.prefix = dot, graph, opts, prefix
         self.num = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.kind = kinds(graph)
-        self.update_scope: dict[int, tuple] = {}     # update nodes: the updated variable's scope
-        for var, new in graph.updates:
-            for n in toposort([new]):
-                if self.kind[id(n)] == "update":
-                    self.update_scope.setdefault(id(n), var.scope)
+        self.kind, self.update_scope = analysis or analyse(graph)
         self.clusters: dict[tuple, list] = {}     # cluster path -> [(method, args, kwargs)]
         self.edges: list[tuple] = []
         self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
@@ -191,8 +211,7 @@ class Drawer:
         if not c:
             return None
         kind = self.kind[id(n)]
-        scope = {"gradient": n.grad_of.scope if n.grad_of is not None else (),
-                 "update": self.update_scope.get(id(n), ())}.get(kind, n.scope)
+        scope = home_scope(n, self.kind, self.update_scope)
         if not scope:
             return None
         if c is True:
