@@ -51,7 +51,16 @@ def inspect(obj, path: str | os.PathLike = "graph.html", title: str | None = Non
     path = os.fspath(path)
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_html(data))
-    return path
+    return PagePath(path)
+
+
+class PagePath(str):
+    """The written page's path; in Jupyter a link to open it."""
+
+    def _repr_html_(self) -> str:
+        size = os.path.getsize(self) / 1e6 if os.path.exists(self) else 0.0
+        return (f'<a href="{html.escape(self)}" target="_blank">open the graphc inspector: '
+                f"{html.escape(self)}</a> ({size:.1f} MB, works offline)")
 
 
 # the stages: as built, after each pass --------------------------------------------------

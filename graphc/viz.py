@@ -466,7 +466,18 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     if opts.legend:
         draw_legend(dot, backward)
     dot.written = write(dot, path) if path is not None else None   # the file really written
+    dot._repr_mimebundle_ = lambda include=None, exclude=None, **_: mimebundle(dot)
     return dot
+
+
+def mimebundle(dot) -> dict:
+    """Jupyter's picture of a rendered Digraph through `pipe` (graphviz-pure included); the
+    DOT text and a one-time hint instead of an error when nothing can draw it."""
+    try:
+        return {"image/svg+xml": pipe(dot.source, "svg").decode("utf-8")}
+    except MissingRenderer as e:
+        hint_once(f"graphc: no picture ({e}); {INSTALL_HINT}")
+        return {"text/plain": dot.source}
 
 
 def new_digraph(rankdir: str = "TB"):
