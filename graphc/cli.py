@@ -148,7 +148,8 @@ def run_demo(args) -> int:
     write_formulas(args.out, {f"dL/d({p.name})": g for p, g in zip(model.params[-2:],
                                                                      grads[-2:])})
     saved = gc.save([loss] + list(grads), os.path.join(args.out, "mlp_graph"))
-    print(f"wrote {saved}: try `graphc render {saved}` and `graphc formula {saved}`")
+    print(f"wrote {saved}: try `graphc render {saved}`, `graphc inspect {saved}` and "
+          f"`graphc formula {saved}`")
     return 0 if np.isfinite(result["loss"]) else 1
 
 
