@@ -109,7 +109,8 @@ def run_inspect(args) -> int:
                                         and isinstance(obj[0], graphc.Node)):
         obj = graphc.Graph([obj] if isinstance(obj, graphc.Node) else list(obj))
     if not isinstance(obj, graphc.Graph) and not hasattr(obj, "graph"):
-        obj = graphc.Graph(list(getattr(obj, "outputs", obj)))
+        outs = getattr(obj, "outputs", obj)      # an ONNX model: outputs by ONNX name
+        obj = graphc.Graph(list(outs.values() if isinstance(outs, dict) else outs))
     out = args.output or os.path.splitext(args.file)[0] + ".html"
     print(f"wrote {inspect(obj, out, title=os.path.basename(args.file))}")
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from graphc.ir import Graph, GraphcError, Node, format_node, format_shape
+from graphc.renderer import INSTALL_HINT, MissingRenderer
 from graphc.viz import (Drawer, Options, analyse, as_graph, home_scope, new_digraph, pipe,
                         with_gradients)
 
@@ -162,7 +163,7 @@ class Page:
         opts = Options(backward=stage.backward, legend=False, tooltips=False)
         view = {"drawn": {}, "boxes": {}, "pictures": {}, "mode": "full", "nodes": len(shown),
                 "linekey": stage.key}
-        if not big:
+        if not big or not scoped:           # no scopes to fold: the whole graph it is
             view["pictures"]["full"] = self.picture(graph, opts, num, view, analysis)
         if scoped:
             view["pictures"]["collapsed"] = self.picture(
@@ -199,7 +200,10 @@ class Page:
 
     def draw_all(self) -> list[str]:
         """Every picture of the page from one run of the layout program."""
-        out = pipe("\n".join(self.sources), "svg").decode("utf-8")
+        try:
+            out = pipe("\n".join(self.sources), "svg").decode("utf-8")
+        except MissingRenderer as e:
+            raise GraphcError(f"inspect: {e}; {INSTALL_HINT}") from None
         svgs = [m.group(0) for m in re.finditer(r"<svg.*?</svg>", out, re.S)]
         if len(svgs) != len(self.sources):
             raise GraphcError(f"inspect: the layout program drew {len(svgs)} pictures of "

@@ -318,3 +318,21 @@ def test_browser_scopes_collapse_and_open(browser, tmp_path):
     assert browser.execute_script("return window.graphcInspector.state.scope") is None
     others, errors = requests_and_errors(browser, path)
     assert others == [] and errors == []
+
+
+def test_cli_inspect_reads_an_onnx_model(tmp_path):
+    pytest.importorskip("graphc.onnx", reason="graphc.onnx (the ONNX importer) is not here")
+    onnx = pytest.importorskip("onnx", reason="the onnx package is not installed")
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])], [w])
+    onnx.save(helper.make_model(graph), tmp_path / "tiny.onnx")
+    out = subprocess.run([sys.executable, "-m", "graphc.cli", "inspect", "tiny.onnx"],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    ops = {n["op"] for n in page_data(tmp_path / "tiny.html")["nodes"]}
+    assert {"matmul", "relu"} <= ops
