@@ -13,7 +13,8 @@ import numpy as np
 
 from graphc.autodiff import grad
 from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
-from graphc.renderer import INSTALL_HINT, MissingRenderer, hint_once, load_graphviz, pipe, write
+from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
+                             mimebundle, new_digraph, pipe, write)
 
 # colour of each kind of node (fill) and of the edges that cross into the backward pass
 FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
@@ -468,24 +469,6 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     dot.written = write(dot, path) if path is not None else None   # the file really written
     dot._repr_mimebundle_ = lambda include=None, exclude=None, **_: mimebundle(dot)
     return dot
-
-
-def mimebundle(dot) -> dict:
-    """Jupyter's picture of a rendered Digraph through `pipe` (graphviz-pure included); the
-    DOT text and a one-time hint instead of an error when nothing can draw it."""
-    try:
-        return {"image/svg+xml": pipe(dot.source, "svg").decode("utf-8")}
-    except MissingRenderer as e:
-        hint_once(f"graphc: no picture ({e}); {INSTALL_HINT}")
-        return {"text/plain": dot.source}
-
-
-def new_digraph(rankdir: str = "TB"):
-    """An empty Digraph with graphc's fonts and arrow sizes."""
-    return load_graphviz().Digraph(
-        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
-        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
-        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
 
 
 def with_gradients(graph: Graph) -> Graph:
