@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def loaded_nodes(path: str) -> list:
     """The outputs (and update values) of a saved graph, in the order saved."""
+    if path.endswith(".onnx"):                   # an ONNX model: its outputs, by ONNX name
+        from graphc.onnx import load_outputs
+        return load_outputs(path)
     obj = graphc.load(path)
     if isinstance(obj, graphc.Graph):
         return list(obj.outputs) + [new for _, new in obj.updates]
@@ -89,28 +92,12 @@ def run_render(args) -> int:
     return 0
 
 
-def load_any(path: str):
-    """A saved graph (.json) or an ONNX model (.onnx, through graphc.onnx when available)."""
-    if path.lower().endswith(".onnx"):
-        try:
-            from graphc.onnx import load as load_onnx
-        except ImportError as e:
-            raise graphc.GraphcError(f"cannot read {path}: ONNX import needs the onnx package "
-                                     f"and graphc.onnx ({e})") from None
-        return load_onnx(path)
-    return graphc.load(path)
-
-
 def run_inspect(args) -> int:
     from graphc.inspect import inspect
 
-    obj = load_any(args.file)
-    if isinstance(obj, graphc.Node) or (isinstance(obj, (list, tuple)) and obj
-                                        and isinstance(obj[0], graphc.Node)):
-        obj = graphc.Graph([obj] if isinstance(obj, graphc.Node) else list(obj))
-    if not isinstance(obj, graphc.Graph) and not hasattr(obj, "graph"):
-        outs = getattr(obj, "outputs", obj)      # an ONNX model: outputs by ONNX name
-        obj = graphc.Graph(list(outs.values() if isinstance(outs, dict) else outs))
+    obj = None if args.file.endswith(".onnx") else graphc.load(args.file)
+    if not isinstance(obj, graphc.Graph):        # keep a saved Graph's updates as updates
+        obj = graphc.Graph(loaded_nodes(args.file))
     out = args.output or os.path.splitext(args.file)[0] + ".html"
     print(f"wrote {inspect(obj, out, title=os.path.basename(args.file))}")
     return 0
