@@ -13,7 +13,8 @@ import numpy as np
 
 from graphc.autodiff import grad
 from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
-from graphc.renderer import INSTALL_HINT, MissingRenderer, hint_once, load_graphviz, pipe, write
+from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
+                             mimebundle, new_digraph, pipe, write)
 
 # colour of each kind of node (fill) and of the edges that cross into the backward pass
 FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
@@ -105,6 +106,30 @@ def kinds(graph: Graph) -> dict[int, str]:
     return kind
 
 
+def analyse(graph: Graph) -> tuple[dict[int, str], dict[int, tuple]]:
+    """The kind of every node, and for update nodes the scope of the variable they update
+    (computed once per graph: drawing one graph many times reuses it)."""
+    kind = kinds(graph)
+    update_scope: dict[int, tuple] = {}
+    for var, new in graph.updates:
+        stack, seen = [new], set()
+        while stack:                       # only through update nodes: linear, not n x updates
+            n = stack.pop()
+            if id(n) in seen or kind[id(n)] != "update":
+                continue
+            seen.add(id(n))
+            update_scope.setdefault(id(n), var.scope)
+            stack.extend(n.inputs)
+    return kind, update_scope
+
+
+def home_scope(n: Node, kind: dict, update_scope: dict) -> tuple:
+    """The scope a node is boxed in: gradients in their forward node's, updates in their
+    variable's."""
+    return {"gradient": n.grad_of.scope if n.grad_of is not None else (),
+            "update": update_scope.get(id(n), ())}.get(kind[id(n)], n.scope)
+
+
 def is_scalar_constant(n: Node) -> bool:
     return n.op == "constant" and n.data.size == 1
 
@@ -150,15 +175,11 @@ def node_tooltip(n: Node, num: dict[int, str]) -> str:
 class Drawer:
     """Draws one graph into a Digraph (or a cluster of one), node ids prefixed by `prefix`."""
 
-    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = ""):
+    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = "",
+                 analysis: tuple | None = None):
         self.dot, self.graph, self.opts, self.prefix = dot, graph, opts, prefix
         self.num = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.kind = kinds(graph)
-        self.update_scope: dict[int, tuple] = {}     # update nodes: the updated variable's scope
-        for var, new in graph.updates:
-            for n in toposort([new]):
-                if self.kind[id(n)] == "update":
-                    self.update_scope.setdefault(id(n), var.scope)
+        self.kind, self.update_scope = analysis or analyse(graph)
         self.clusters: dict[tuple, list] = {}     # cluster path -> [(method, args, kwargs)]
         self.edges: list[tuple] = []
         self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
@@ -191,8 +212,7 @@ class Drawer:
         if not c:
             return None
         kind = self.kind[id(n)]
-        scope = {"gradient": n.grad_of.scope if n.grad_of is not None else (),
-                 "update": self.update_scope.get(id(n), ())}.get(kind, n.scope)
+        scope = home_scope(n, self.kind, self.update_scope)
         if not scope:
             return None
         if c is True:
@@ -447,15 +467,8 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     if opts.legend:
         draw_legend(dot, backward)
     dot.written = write(dot, path) if path is not None else None   # the file really written
+    dot._repr_mimebundle_ = lambda include=None, exclude=None, **_: mimebundle(dot)
     return dot
-
-
-def new_digraph(rankdir: str = "TB"):
-    """An empty Digraph with graphc's fonts and arrow sizes."""
-    return load_graphviz().Digraph(
-        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
-        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
-        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
 
 
 def with_gradients(graph: Graph) -> Graph:
