@@ -234,7 +234,7 @@ class Drawer:
                 boxes.setdefault(box, []).append(n)
                 self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
                 self.boxes[self.ids[id(n)]] = box
-            elif not (n.op in ("fused", "dense") and self.draw_fused(n)):
+            elif not (n.op in ("fused", "dense", "scan") and self.draw_fused(n)):
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
             self.draw_box(kind, scope, members)
@@ -273,15 +273,19 @@ class Drawer:
             "color": BORDER[kind]}))
 
     def draw_fused(self, n: Node) -> bool:
-        """A fused node as a cluster of the ops inside it; edges go to the ops that read each
-        input, and users read the body's output. False when it has no body to show."""
+        """A fused node (or a loop) as a cluster of the ops inside it; edges go to the ops
+        that read each input, and users read the body's output (a loop's users read its head
+        node, which the body's outputs feed). False when it has no body to show."""
         nid = self.prefix + f"n{self.num[id(n)][1:]}"
         body = fused_body(n)
         if body is None or not body.outputs or not body.outputs[0].inputs:
             return False
         kind = self.kind[id(n)]
         inner: dict[int, str] = {}
-        items = [("attr", (), {"label": f"{self.num[id(n)]} {n.op}", "style": "filled,dashed",
+        loop = n.op == "scan"
+        title = f"{self.num[id(n)]} {n.op}" + (" (reverse)" if loop and n.attrs["reverse"]
+                                                else "")
+        items = [("attr", (), {"label": title, "style": "filled,dashed",
                                "fillcolor": "#f3f3f3", "color": "#674ea7",
                                "tooltip": node_tooltip(n, self.num)})]
         bnum = {id(b): f"{self.num[id(n)]}.{j}" for j, b in enumerate(body.nodes)}
@@ -299,14 +303,23 @@ class Drawer:
             self.body_kind[inner[id(b)]] = bkind
             for i in b.inputs:
                 if i.op == "placeholder":
-                    k = body.placeholders.index(i) if not (i.name or "")[2:].isdigit() \
-                        else int(i.name[2:])
+                    k = body_input(body, i)
                     self.edges.append((("outer", n.inputs[k]), inner[id(b)], {}))
                 elif id(i) in inner:
                     self.edges.append((inner[id(i)], inner[id(b)], {}))
+        if loop:                  # the head: one step's results, carried or stacked
+            items.append(("node", (nid,), {**self.node_attrs(n), "shape": "cds",
+                                           "label": loop_label(n, self.num)}))
+            self.drawn[nid] = n
+            for k, o in enumerate(body.outputs):
+                if id(o) in inner:
+                    carry = k < n.attrs["carries"]
+                    self.edges.append((inner[id(o)], nid, {
+                        "style": "bold" if carry else "solid",
+                        "tooltip": f"carry {k}" if carry else f"y {k - n.attrs['carries']}"}))
         path = n.scope if self.opts.scopes and kind == "forward" else ()
         self.cluster(path + (FUSED + nid,)).extend(items)
-        self.ids[id(n)] = inner[id(body.outputs[0])]
+        self.ids[id(n)] = nid if loop else inner[id(body.outputs[0])]
         self.fused.add(id(n))
         return True
 
@@ -388,9 +401,27 @@ class Drawer:
                 self.emit(c, sub)
 
 
+def body_input(body: Graph, ph: Node) -> int:
+    """Which input of its node a body placeholder stands for."""
+    inputs = getattr(body, "inputs", None)
+    if inputs is not None:
+        return next(k for k, x in enumerate(inputs) if x is ph)
+    return int(ph.name[2:])
+
+
+def loop_label(n: Node, num: dict) -> str:
+    """The head of a loop: its carries, sequences and captured inputs, one step per slice."""
+    a = n.attrs
+    c, xs = a["carries"], a["xs"]
+    parts = [f"{c} carr{'y' if c == 1 else 'ies'}", f"{xs} sequence{'s' * (xs != 1)}"
+             if xs else f"{a['length']} steps", f"{len(n.inputs) - c - xs} captured"]
+    return f"{num[id(n)]} scan\n" + ", ".join(parts)
+
+
 def fused_body(n: Node) -> Graph | None:
-    """The ops inside a fused node; a `dense` node is drawn as matmul -> add -> activation."""
-    if n.op == "fused":
+    """The ops inside a fused node or a loop; a `dense` node is drawn as matmul -> add ->
+    activation."""
+    if n.op in ("fused", "scan"):
         body = n.attrs.get("body")
         return body if isinstance(body, Graph) else None
     if len(n.inputs) < 2:
