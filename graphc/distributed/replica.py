@@ -7,6 +7,7 @@ Imported only by graphc.distributed's functions (and by the workers), never at `
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -32,11 +33,12 @@ class Replica(WorkerPlugin):
         self.payload, self.n_params = payload, n_params
 
     def setup(self, worker=None):
-        graph, p = unpack(self.payload), self.n_params
-        xp, yp, loss, pred, *rest = graph.outputs
-        grads, grad_inputs, self.state = rest[:p], rest[p:2 * p], rest[2 * p:]
-        self.gradient_step = gc.function([xp, yp], [loss, pred] + grads)
-        self.update_step = gc.function(grad_inputs, [], updates=graph.updates)
+        with naming(worker):
+            graph, p = unpack(self.payload), self.n_params
+            xp, yp, loss, pred, *rest = graph.outputs
+            grads, grad_inputs, self.state = rest[:p], rest[p:2 * p], rest[2 * p:]
+            self.gradient_step = gc.function([xp, yp], [loss, pred] + grads)
+            self.update_step = gc.function(grad_inputs, [], updates=graph.updates)
         self.version, self.lock = 0, threading.Lock()
 
     def catch_up(self, version: int, grads, state) -> None:
@@ -59,9 +61,20 @@ class Predictor(WorkerPlugin):
         self.payload = payload
 
     def setup(self, worker=None):
-        xp, out = unpack(self.payload).outputs
-        self.function = gc.function([xp], out)
+        with naming(worker):
+            xp, out = unpack(self.payload).outputs
+            self.function = gc.function([xp], out)
         self.lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def naming(worker):
+    """A GraphcError raised while building the graph says on which worker it happened."""
+    try:
+        yield
+    except GraphcError as e:
+        where = getattr(worker, "address", "a worker")
+        raise GraphcError(f"Dask worker {where} cannot build the graph: {e}") from None
 
 
 def plugin(name: str):
