@@ -26,7 +26,7 @@ class WorkerLost(Exception):
     """A step could not finish on the workers it was given (the driver recomputes it)."""
 
 
-def fit(model, loss, optimizer, x, y, client=None, epochs: int = 10, batch_size: int = 32,
+def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_size: int = 32,
         validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
         metric="auto", verbose: int = 1, out=None, workers=None, timeout: float = 300.0,
         retries: int = 3) -> dict[str, list[float]]:
@@ -271,8 +271,12 @@ class Trainer:
         futures = [self.client.submit(replica.replica_state, self.name, workers=[w],
                                       allow_other_workers=False, pure=False)
                    for w in self.workers]
+        try:
+            states = self.gather(futures, self.workers)
+        except WorkerLost:         # training is done and the driver holds the result
+            return
         mine = [np.asarray(v.value) for v in self.state]
-        for w, (version, values) in zip(self.workers, self.gather(futures, self.workers)):
+        for w, (version, values) in zip(self.workers, states):
             worst = max((float(np.max(np.abs(a - b), initial=0.0))
                          for a, b in zip(values, mine)), default=0.0)
             if version != self.version or not all(
