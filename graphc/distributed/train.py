@@ -33,12 +33,13 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
         retries: int = 3) -> dict[str, list[float]]:
     """nn.fit on the workers of a Dask client; the same arguments, batches and history.
 
-    x and y may be NumPy or Dask arrays (their rows stay on the workers; y is also gathered
-    to the driver for the accuracy). The loss must be a mean over the batch, as nn's losses
-    are. `workers`: the worker addresses to train on (default: all of the client's). A step
-    that loses a worker is recomputed on the others (at most `retries` times); one that takes
-    longer than `timeout` seconds fails the call. Dropout masks are drawn per worker, so a
-    model with Dropout trains alike but not to the same bits as nn.fit.
+    x (an array, or a tuple of arrays for a model with several inputs) and y may be NumPy or
+    Dask arrays; their rows stay on the workers (y is also gathered to the driver for the
+    accuracy). The loss must be a mean over the batch, as nn's losses are. `workers`: the
+    worker addresses to train on (default: all of the client's). A step that loses a worker
+    is recomputed on the others (at most `retries` times); one that takes longer than
+    `timeout` seconds fails the call. Dropout masks and BatchNorm statistics are
+    per worker, so such models train alike but not to the same bits as nn.fit.
     """
     need_dask()
     client = get_client(client)
