@@ -247,3 +247,11 @@ def test_embedding_is_a_gather_whose_gradient_adds_up_repeated_ids():
 def test_embedding_refuses_float_ids():
     with pytest.raises(gc.GraphcError, match="ids must be integers"):
         nn.Embedding(4, 2)(gc.placeholder((None, 3), name="x"))
+
+
+def test_attention_dropout_only_while_training():
+    x = gc.placeholder((None, 3, 4), name="x")
+    mha = nn.MultiHeadAttention(2, dropout=0.5)
+    ops_train = {n.op for n in gc.Graph([mha(x)]).nodes}
+    ops_eval = {n.op for n in gc.Graph([mha(x, training=False)]).nodes}
+    assert "dropout_mask" in ops_train and "dropout_mask" not in ops_eval

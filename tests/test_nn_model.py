@@ -197,3 +197,27 @@ def test_per_token_accuracy_and_fit_on_sequences():
     history = nn.fit(Tagger(), "softmax_cross_entropy", nn.Adam(0.05), ids, ids % 3,
                      epochs=5, batch_size=16, verbose=0)
     assert history["accuracy"][-1] == 1.0
+
+
+def test_a_saved_evaluation_graph_of_a_model_computes_the_same(tmp_path):
+    class Tiny(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.norm = nn.Embedding(7, 4), nn.LayerNorm()
+            self.attention, self.bn = nn.MultiHeadAttention(2, causal=True), nn.BatchNorm()
+            self.out = nn.Dense(3, "gelu")
+
+        def forward(self, ids, training):
+            h = self.embed(ids)
+            h = h + self.attention(self.norm(h))
+            return self.out(self.bn(gc.reshape(h, (-1, 12))))
+
+    ids = gc.placeholder((None, 3), "int64", name="ids")
+    model = Tiny()
+    model(ids)
+    out = model(ids, training=False)
+    gc.save(out, tmp_path / "tiny.json")
+    loaded = gc.load(tmp_path / "tiny.json")
+    (ph,) = gc.Graph([loaded]).placeholders
+    idv = np.random.default_rng(0).integers(0, 7, size=(5, 3))
+    np.testing.assert_allclose(loaded.eval({ph: idv}), out.eval({ids: idv}), rtol=1e-6)
