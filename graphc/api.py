@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, GraphcError, Node, Shape, _context, constant, name_scope, register, \
-    user_line
-from graphc.ir import METHODS, OpDef, apply
+from graphc.ir import METHODS, OPS, GraphcError, Node, OpDef, Shape, _context, apply, constant, \
+    name_scope, register, user_line
 from graphc.ops import activations, elementwise, indexing, layout, linalg, nn, random, reduce, \
     shape, statistics
+from graphc.ops import image, integer, trig
 from graphc.ops.activations import *  # noqa: F401,F403
 from graphc.ops.elementwise import *  # noqa: F401,F403
 from graphc.ops.indexing import *  # noqa: F401,F403
@@ -21,16 +21,20 @@ from graphc.ops.nn import *  # noqa: F401,F403
 from graphc.ops.random import *  # noqa: F401,F403
 from graphc.ops.reduce import *  # noqa: F401,F403
 from graphc.ops.shape import *  # noqa: F401,F403
+from graphc.ops.image import *  # noqa: F401,F403
+from graphc.ops.integer import *  # noqa: F401,F403
+from graphc.ops.trig import *  # noqa: F401,F403
 from graphc.ops.statistics import *  # noqa: F401,F403
 
 __all__ = (["placeholder", "variable", "constant", "name_scope", "OpDef", "register_op",
             "apply"] + elementwise.__all__ + activations.__all__ + reduce.__all__
            + statistics.__all__ + shape.__all__ + layout.__all__ + indexing.__all__
-           + linalg.__all__ + nn.__all__ + random.__all__)
+           + linalg.__all__ + nn.__all__ + random.__all__ + image.__all__ + integer.__all__
+           + trig.__all__)
 
 
 METHODS.update(mean=mean, var=var, std=std, clip=clip, squeeze=squeeze,  # noqa: F405
-               swapaxes=swapaxes, flatten=flatten, expand_dims=expand_dims)  # noqa: F405
+               swapaxes=swapaxes, flatten=flatten, getitem=indexing.getitem)  # noqa: F405
 
 
 def register_op(op: OpDef) -> OpDef:

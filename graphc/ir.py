@@ -10,6 +10,8 @@ import contextvars
 import itertools
 import os
 import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -86,6 +88,24 @@ def user_line() -> str:
     return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
+_storage_locks: dict[int, threading.RLock] = {}
+_storage_guard = threading.Lock()
+
+
+def storage_lock(var: Node) -> threading.RLock:
+    """The lock of a variable's storage (one per array, shared by every rebuilt copy of the
+    node): compiled calls reading or updating it and `.value` assignment hold it."""
+    arr = var.data[0]
+    lock = _storage_locks.get(id(arr))
+    if lock is None:
+        with _storage_guard:
+            lock = _storage_locks.get(id(arr))
+            if lock is None:
+                lock = _storage_locks[id(arr)] = threading.RLock()
+                weakref.finalize(arr, _storage_locks.pop, id(arr), None)
+    return lock
+
+
 class Node:
     """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
 
@@ -145,7 +165,8 @@ class Node:
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
-        np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
+        with storage_lock(self):     # a compiled call of another thread sees old or new
+            np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 
     # evaluation and printing -----------------------------------------------------------
     def eval(self, feeds: dict | None = None) -> np.ndarray:
@@ -193,65 +214,8 @@ class Node:
     # == stays identity: nodes are dict keys (feeds); use gc.equal for the elementwise test
 
     def __getitem__(self, index) -> Node:
-        """Integers, slices with step 1, `...` and None (a new axis), as NumPy; an integer
-        node or array (after full slices `:`) gathers along its axis: E[ids] is take(E, ids)."""
-        index = index if isinstance(index, tuple) else (index,)
-        k = next((k for k, i in enumerate(index) if is_index_array(i)), None)
-        if k is not None:
-            return self.take_at(index, k)
-        if sum(i is Ellipsis for i in index) > 1:
-            raise GraphcError(f"an index can only have one ellipsis (...)\n  at {user_line()}")
-        if any(i is Ellipsis for i in index):
-            e = next(k for k, i in enumerate(index) if i is Ellipsis)
-            fill = self.ndim - (len(index) - 1 - sum(i is None for i in index))
-            index = index[:e] + (slice(None),) * max(fill, 0) + index[e + 1:]
-        new_axes = [k for k, i in enumerate(index) if i is None]
-        out = self.basic_index(tuple(i for i in index if i is not None))
-        if new_axes:
-            kept = [k for k, i in enumerate(index) if i is not None
-                    and not isinstance(i, (int, np.integer))]
-            at = [sum(1 for j in kept if j < k) + n for n, k in enumerate(new_axes)]
-            out = METHODS["expand_dims"](out, tuple(at))
-        return out
-
-    def take_at(self, index: tuple, k: int) -> Node:
-        i = index[k]
-        if isinstance(i, Node) and i.dtype == bool or getattr(i, "dtype", None) == bool:
-            raise GraphcError("boolean mask indexing has a data-dependent shape, which a static "
-                              "graph cannot have; use gc.where(mask, x, 0) (or a masked sum) "
-                              f"instead\n  at {user_line()}")
-        if len(index) != k + 1 or any(not (isinstance(j, slice) and j == slice(None))
-                                      for j in index[:k]):
-            raise GraphcError("an integer array index works alone after full slices "
-                              "(E[ids], x[:, ids]); combine gc.take and slicing for more"
-                              f"\n  at {user_line()}")
-        return apply("take", self, i, axis=k)
-
-    def basic_index(self, index: tuple) -> Node:
-        if len(index) > self.ndim:
-            raise GraphcError(f"too many indices ({len(index)}) for shape "
-                              f"{format_shape(self.shape)}\n  at {user_line()}")
-        out, drop = self, []
-        for axis, i in enumerate(index):
-            if isinstance(i, (int, np.integer)):
-                out = apply("slice", out, axis=axis, start=int(i),
-                            stop=None if i == -1 else int(i) + 1)
-                drop.append(axis)
-            elif isinstance(i, slice) and i.step in (None, 1):
-                if (i.start, i.stop) != (None, None):
-                    out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
-            else:
-                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers, "
-                                  "slices with step 1, ..., None and integer index arrays "
-                                  f"(gc.flip reverses an axis)\n  at {user_line()}")
-        if drop:
-            shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
-            if sum(not isinstance(d, int) for d in shape) <= 1:
-                out = apply("reshape", out, shape=tuple(d if isinstance(d, int) else -1
-                                                       for d in shape))
-            else:
-                out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
-        return out
+        """NumPy's indexing where a static graph can have it (graphc.ops.indexing)."""
+        return METHODS["getitem"](self, index)
 
     # NumPy's and PyTorch's methods, where they agree (or NumPy's, with a hint) -----------
     def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis,
@@ -326,13 +290,6 @@ class Node:
 
 
 METHODS: dict[str, Callable] = {}   # sugar the methods above call; graphc.api fills it
-
-
-def is_index_array(i) -> bool:
-    """An integer (or bool) array or node used as an index (not a Python int or slice)."""
-    if isinstance(i, Node):
-        return True
-    return isinstance(i, (np.ndarray, list)) and np.asarray(i).dtype.kind in "iub"
 
 
 def _hashable(v):
@@ -512,6 +469,11 @@ def rebuild(graph: Graph, mapping: dict[int, Node]) -> Graph:
 
 # the reference interpreter ------------------------------------------------------------
 
+def short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_feed(ph: Node, value) -> np.ndarray:
     """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
     if isinstance(value, np.ndarray):
@@ -522,7 +484,11 @@ def check_feed(ph: Node, value) -> np.ndarray:
         arr = value.astype(ph.dtype, copy=False)
     else:
         try:
-            arr = np.asarray(value, dtype=ph.dtype)
+            raw = np.asarray(value)
+            if raw.dtype == object:       # None would become NaN, a huge int overflow
+                raise GraphcError(f"feed for placeholder {ph.label()}: expected numbers of "
+                                  f"dtype {ph.dtype.name}, got {short_repr(value)}")
+            arr = raw.astype(ph.dtype, copy=False)
         except (TypeError, ValueError) as e:
             raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
     if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n

@@ -46,7 +46,7 @@ def static_length(seqs, length):
     return length if length is not None else (sizes.pop() if sizes else None)
 
 
-def scan_infer(*inputs, body, carries, xs, reverse=False, length=None):
+def scan_infer(*inputs, body, carries, xs, reverse=False, length=None, saves=True):
     if not isinstance(body, Body) or len(body.inputs) != len(inputs):
         raise ShapeError("the body must be a graph with one placeholder per input")
     if not (isinstance(carries, int) and isinstance(xs, int) and 0 <= carries
@@ -74,21 +74,22 @@ def scan_infer(*inputs, body, carries, xs, reverse=False, length=None):
                              f"{c.dtype.name}")
     static_length(seqs, length)
     attrs = {"body": body, "carries": carries, "xs": xs, "reverse": bool(reverse),
-             "length": length}
+             "length": length, "saves": bool(saves)}
     return (), np.dtype(TUPLE_DTYPE), attrs
 
 
 def scan_items(node: Node) -> list[tuple]:
-    """final carries, stacked y's, stacked carries entering each step."""
+    """final carries, stacked y's, stacked carries entering each step (when it saves them)."""
     a = node.attrs
     init, seqs, _ = loop_parts(node.inputs, a["carries"], a["xs"])
     steps = static_length(seqs, a["length"])
     ys = node.attrs["body"].outputs[a["carries"]:]
-    return ([(c.shape, c.dtype) for c in init] + [((steps,) + y.shape, y.dtype) for y in ys]
-            + [((steps,) + c.shape, c.dtype) for c in init])
+    saved = [((steps,) + c.shape, c.dtype) for c in init] if a["saves"] else []
+    return [(c.shape, c.dtype) for c in init] + [((steps,) + y.shape, y.dtype) for y in ys] \
+        + saved
 
 
-def scan_kernel(*arrays, body, carries, xs, reverse, length, step=None):
+def scan_kernel(*arrays, body, carries, xs, reverse, length, saves=True, step=None):
     """Run the body once per step; `step(list of arrays) -> list of arrays` runs the body
     (the reference interpreter unless the runtime gives its compiled plan)."""
     from graphc.ir import evaluate
@@ -104,14 +105,15 @@ def scan_kernel(*arrays, body, carries, xs, reverse, length, step=None):
     carry, ys, saved = list(init), [], []
     for t in order:
         outs = step(carry + [x[t] for x in seqs] + caps)
-        saved.append(carry)
+        if saves:
+            saved.append(carry)
         carry = [np.asarray(c) for c in outs[:carries]]
         ys.append(outs[carries:])
     if reverse:
         ys.reverse()
         saved.reverse()
     return tuple(carry) + stack(ys, body.outputs[carries:], steps) \
-        + stack(saved, body.inputs[:carries], steps)
+        + (stack(saved, body.inputs[:carries], steps) if saves else ())
 
 
 def stack(rows: list[list], like: list[Node], steps: int) -> tuple:
@@ -124,11 +126,15 @@ def stack(rows: list[list], like: list[Node], steps: int) -> tuple:
     return tuple(np.empty((0,) + n.shape, n.dtype) for n in like)
 
 
-def scan_vjp(g, out, *inputs, body, carries, xs, reverse, length):
+def scan_vjp(g, out, *inputs, body, carries, xs, reverse, length, saves):
     """Backpropagation through time: a scan in the other direction whose carries are the
     carries' cotangents and the captured values' accumulated gradients."""
     c, n = carries, len(body.outputs) - carries
     init, seqs, caps = loop_parts(inputs, c, xs)
+    if not saves:                 # pruned by a pass: run the loop again, keeping the carries
+        out = apply("scan", *inputs, body=body, carries=c, xs=xs, reverse=reverse,
+                    length=length)
+        g = tuple(g) + (None,) * c
     item = lambda k: apply("item", out, index=k)  # noqa: E731
     zero = lambda k: zeros_like(item(k))  # noqa: E731
     g_carry = [g[k] if g[k] is not None else zero(k) for k in range(c)]

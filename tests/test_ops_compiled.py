@@ -34,3 +34,29 @@ def test_row_compiled_equals_eval(row, optimize):
         weights = np.random.default_rng(0).standard_normal(out.shape).astype(out.dtype)
         outputs += gc.grad(gc.sum(out * gc.constant(weights)), floats)
     compiled_matches_eval(outputs, dict(zip(leaves, row.inputs)), optimize)
+
+
+@pytest.mark.parametrize("row", [r for _, r in ROWS], ids=[i for i, _ in ROWS])
+def test_row_survives_save_and_load(row, tmp_path):
+    leaves = leaves_for(row.inputs)
+    out = row.build(*leaves)
+    gc.save([out] + leaves, str(tmp_path / "g"))
+    loaded, *loaded_leaves = gc.load(str(tmp_path / "g"))
+    assert str(gc.Graph([loaded])) == str(gc.Graph([out]))
+    np.testing.assert_array_equal(loaded.eval(dict(zip(loaded_leaves, row.inputs))),
+                                  out.eval(dict(zip(leaves, row.inputs))))
+
+
+SCALAR_FORMS = {"erf": gc.erf, "sin": gc.sin, "cos": gc.cos, "min": gc.min, "prod": gc.prod,
+                "logsumexp": gc.logsumexp, "flip": gc.flip, "stop_gradient": gc.stop_gradient}
+
+
+@pytest.mark.parametrize("op", sorted(n for n in TABLE_CHECKED if OPS[n].sym is not None))
+def test_sympy_form_of_a_scalar_agrees_with_the_kernel(op):
+    import sympy as sp
+    x = gc.placeholder((), dtype="float64", name="s")
+    node = SCALAR_FORMS[op](x)
+    assert node.op == op
+    form = gc.formula(node)
+    value = float(node.eval({x: 0.7}))
+    assert float(form.subs(sp.Symbol("s", real=True), 0.7)) == pytest.approx(value, rel=1e-12)

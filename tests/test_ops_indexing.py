@@ -131,3 +131,26 @@ def test_batched_attention_matmul_gradients_second_order():
                 [f64(2, 2, 3, 4), f64(2, 2, 3, 4)])
     verify_grad(lambda q, k: gc.grad(gc.sum(gc.tanh(gc.einsum("bik,bjk->bij", q, k))), k),
                 [f64(2, 3, 4), f64(2, 3, 4)])
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_attention_on_stacks_compiled_equals_eval_with_gradients(optimize):
+    """(b, h, t, d) @ (b, h, d, t) with a causal mask, then batched @ 2-D with bias and
+    activation (a dense-fusion candidate) and broadcast batch dims, values and gradients."""
+    q = gc.placeholder((None, 2, 5, 4), dtype="float64")
+    k = gc.placeholder((None, 2, 5, 4), dtype="float64")
+    W = gc.variable(f64(4, 4))
+    b = gc.variable(f64(4))
+    W2 = gc.variable(f64(3, 1, 4, 4))
+    mask = gc.constant(np.triu(np.full((5, 5), -1e9), 1))
+    s = gc.softmax(q @ k.mT / 2.0 + mask)
+    h = gc.relu((s @ k) @ W + b)
+    h2 = gc.tanh(h[:1] @ W2 + b)
+    loss = gc.sum(h * h) + gc.sum(h2)
+    outs = [loss] + gc.grad(loss, [q, k, W, b, W2])
+    feeds = {q: f64(3, 2, 5, 4), k: f64(3, 2, 5, 4)}
+    got = gc.function([q, k], outs, optimize=optimize)(*feeds.values())
+    for value, node in zip(got, outs):
+        np.testing.assert_allclose(value, node.eval(feeds), rtol=1e-9, atol=1e-10)
+    verify_grad(lambda q, k: gc.relu((gc.softmax(q @ k.mT + mask) @ k) @ W + b),
+                [f64(2, 2, 5, 4), f64(2, 2, 5, 4)])

@@ -108,3 +108,19 @@ def test_argmax_rejects_a_tuple_of_axes_and_has_no_gradient():
     g = gc.grad(gc.sum(x * gc.cast(gc.argmax(x, axis=1, keepdims=True), "float64")), x)
     np.testing.assert_allclose(g.eval({x: np.array([[0.0, 2, 1], [3, 1, 0]])}),
                                [[1, 1, 1], [0, 0, 0]])
+
+
+DYNAMIC = [
+    ("min", lambda x: gc.min(x, axis=0), lambda x: x.min(0)),
+    ("prod", lambda x: gc.prod(x, axis=1, keepdims=True), lambda x: x.prod(1, keepdims=True)),
+    ("logsumexp", lambda x: gc.logsumexp(x, axis=0), lambda x: lse(x, 0)),
+    ("logsumexp", gc.logsumexp, lse),
+    ("var", lambda x: gc.var(x, axis=0, ddof=1), lambda x: x.var(0, ddof=1)),
+    ("std", lambda x: gc.std(x, axis=1), lambda x: x.std(1)),
+]
+
+
+@pytest.mark.parametrize("name,build,ref", DYNAMIC, ids=[d[0] for d in DYNAMIC])
+def test_none_batch_dims(name, build, ref):
+    from tests.test_ops_reduce_shape import check_dynamic
+    check_dynamic(build, [(None, 3)], [away(4, 3) * 0.3], ref)

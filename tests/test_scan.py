@@ -217,3 +217,64 @@ def test_recurrent_layers_follow_pytorch_formulas_and_gradients(cls):
     same_everywhere([x], [cost, *grads], [[xv], [f64(3, 5, 3)]])
     last = cls(4, seed=3)(x)
     assert last.shape == (None, 4)
+
+
+def test_rnn_example_learns_digits_row_by_row_and_a_character_grammar():
+    from tests.test_examples import number_after, run
+    out = run("rnn_digits.py", "--epochs", "4", "--char-epochs", "4", "--quiet")
+    assert number_after("test accuracy", out.replace("%", "")) > 85
+    assert number_after("next-character accuracy", out.replace("%", "")) > 60
+
+
+def test_passes_reach_into_bodies_prune_saved_carries_and_unroll_short_loops():
+    xs = gc.placeholder((None, 3), "float64", "xs")
+    w = gc.variable(f64(3), name="w")
+    h, ys = gc.scan(lambda h, x: (gc.tanh(h * w + x) * 1.0 + 0.0, gc.log(gc.exp(h))),
+                    gc.constant(np.zeros(3)), xs)
+    opt, report = gc.optimize([h, ys], report=True)
+    (loop,) = [n for n in opt.nodes if n.op == "scan"]
+    body_ops = [n.op for n in loop.attrs["body"].nodes if n.inputs]
+    assert "log" not in body_ops and "exp" not in body_ops        # simplified inside
+    assert report.rules["prune_loops"] == 1 and loop.attrs["saves"] is False
+    (gw,) = gc.grad(gc.sum(ys) + gc.sum(h), [w])
+    trained = gc.optimize([gw])
+    assert all(n.attrs["saves"] for n in trained.nodes if n.op == "scan" and
+               any(m.op == "item" and m.inputs[0] is n and m.attrs["index"] >= 2
+                   for m in trained.nodes))
+    same_everywhere([xs], [h, ys, gw], [[f64(6, 3)], [f64(3, 3)]])
+    short = gc.placeholder((3, 3), "float64", "short")
+    h3, ys3 = gc.scan(lambda h, x: (gc.tanh(h * w + x), h), gc.constant(np.zeros(3)), short,
+                      reverse=True)
+    (g3,) = gc.grad(gc.sum(ys3 * ys3) + gc.sum(h3), [w])
+    opt = gc.optimize([h3, ys3, g3])
+    assert not [n for n in opt.nodes if n.op == "scan"]
+    same_everywhere([short], [h3, ys3, g3], [[f64(3, 3)], [f64(3, 3)]])
+
+
+def test_an_optimized_training_step_runs_one_forward_and_one_backward_loop():
+    x = gc.placeholder((None, 6, 3), "float64", "x")
+    layer = nn.LSTM(4, seed=0)
+    loss = gc.sum(layer(x))
+    grads = gc.grad(loss, layer.params)
+    step = gc.function([x], [loss, *grads])
+    loops = [n for n in step.graph.nodes if n.op == "scan"]
+    assert len(loops) == 2 and sum(n.grad_of is not None for n in loops) == 1
+    assert [n.attrs["saves"] for n in loops if n.grad_of is None] == [True]
+    xv = f64(2, 6, 3)
+    for got, want in zip(step(xv), evaluate([loss, *grads], {x: xv})):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_explain_prints_the_recurrence_of_one_step_and_of_its_gradient():
+    x = gc.placeholder((None,), "float64", "x")
+    w = gc.placeholder((), "float64", "w")
+    h, ys = gc.scan(lambda h, xt: (gc.tanh(w * h + xt), h * h), gc.constant(np.float64(0)), x)
+    text = str(gc.explain({"h": h, "ys": ys}))
+    assert text.splitlines() == ["h = L1.s1[T]", "ys = L1.y1",
+                                 "loop L1, t = 1, ..., T over x[t]:", "  s1[0] = 0",
+                                 "  s1[t] = tanh(s1[t-1]*w + x[t])", "  y1[t] = s1[t-1]**2"]
+    grad_text = str(gc.explain({"dh/dw": gc.grad(h, w)}))
+    assert "loop L2, t = T, ..., 1 over L1.s1[t-1], x[t]:" in grad_text
+    assert "  s2[t] = L1.s1[t-1]*s1[t-1]*(1 - tanh(L1.s1[t-1]*w + x[t])**2) + s2[t-1]" \
+        in grad_text.splitlines()
+    assert "loop L1" in gc.explain({"dh/dw": gc.grad(h, w)}, latex=True)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OpDef, ShapeError, apply, format_shape, register
+from graphc.ir import GraphcError, Node, OpDef, ShapeError, apply, format_shape, register, \
+    user_line
 from graphc.ops.common import norm_axes
+from graphc.ops.layout import expand_dims
 
 __all__ = ["take", "take_along_axis"]
 
@@ -152,3 +154,75 @@ def take_along_axis(x, indices, axis: int):
     """np.take_along_axis: pick along `axis` with indices of x's rank (e.g. from argmax)."""
     return apply("take_along_axis", x, indices, axis=axis)
 
+
+# indexing a node: x[...] ---------------------------------------------------------------
+
+def is_index_array(i) -> bool:
+    """An integer (or bool) array or node used as an index (not a Python int or slice)."""
+    if isinstance(i, Node):
+        return True
+    return isinstance(i, (np.ndarray, list)) and np.asarray(i).dtype.kind in "iub"
+
+
+def getitem(x: Node, index) -> Node:
+    """Integers, slices with step 1, `...` and None (a new axis), as NumPy; an integer
+    node or array (after full slices `:`) gathers along its axis: E[ids] is take(E, ids)."""
+    index = index if isinstance(index, tuple) else (index,)
+    k = next((k for k, i in enumerate(index) if is_index_array(i)), None)
+    if k is not None:
+        return take_at(x, index, k)
+    if sum(i is Ellipsis for i in index) > 1:
+        raise GraphcError(f"an index can only have one ellipsis (...)\n  at {user_line()}")
+    if any(i is Ellipsis for i in index):
+        e = next(k for k, i in enumerate(index) if i is Ellipsis)
+        fill = x.ndim - (len(index) - 1 - sum(i is None for i in index))
+        index = index[:e] + (slice(None),) * max(fill, 0) + index[e + 1:]
+    new_axes = [k for k, i in enumerate(index) if i is None]
+    out = basic_index(x, tuple(i for i in index if i is not None))
+    if new_axes:
+        kept = [k for k, i in enumerate(index) if i is not None
+                and not isinstance(i, (int, np.integer))]
+        at = [sum(1 for j in kept if j < k) + n for n, k in enumerate(new_axes)]
+        out = expand_dims(out, tuple(at))
+    return out
+
+
+def take_at(x: Node, index: tuple, k: int) -> Node:
+    i = index[k]
+    if (i.dtype if isinstance(i, Node) else np.asarray(i).dtype) == bool:
+        raise GraphcError("boolean mask indexing has a data-dependent shape, which a static "
+                          "graph cannot have; use gc.where(mask, x, 0) (or a masked sum) "
+                          f"instead\n  at {user_line()}")
+    if len(index) != k + 1 or any(not (isinstance(j, slice) and j == slice(None))
+                                  for j in index[:k]):
+        raise GraphcError("an integer array index works alone after full slices "
+                          "(E[ids], x[:, ids]); combine gc.take and slicing for more"
+                          f"\n  at {user_line()}")
+    return apply("take", x, i, axis=k)
+
+
+def basic_index(x: Node, index: tuple) -> Node:
+    if len(index) > x.ndim:
+        raise GraphcError(f"too many indices ({len(index)}) for shape "
+                          f"{format_shape(x.shape)}\n  at {user_line()}")
+    out, drop = x, []
+    for axis, i in enumerate(index):
+        if isinstance(i, (int, np.integer)):
+            out = apply("slice", out, axis=axis, start=int(i),
+                        stop=None if i == -1 else int(i) + 1)
+            drop.append(axis)
+        elif isinstance(i, slice) and i.step in (None, 1):
+            if (i.start, i.stop) != (None, None):
+                out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
+        else:
+            raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers, "
+                              "slices with step 1, ..., None and integer index arrays "
+                              f"(gc.flip reverses an axis)\n  at {user_line()}")
+    if drop:
+        shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
+        if sum(not isinstance(d, int) for d in shape) <= 1:
+            out = apply("reshape", out, shape=tuple(d if isinstance(d, int) else -1
+                                                   for d in shape))
+        else:
+            out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
+    return out

@@ -16,8 +16,8 @@ __all__ = ["stack", "split", "squeeze", "expand_dims", "swapaxes", "flatten", "t
 
 
 def fail(op: str, x, msg: str):
-    shape = f"{format_shape(x.shape)} {x.dtype.name}" if hasattr(x, "shape") else repr(x)
-    raise GraphcError(f"{op}({shape}): {msg}\n  at {user_line()}")
+    """A build error in apply's format, for sugar that checks its arguments itself."""
+    raise GraphcError(f"{op}({format_shape(x.shape)} {x.dtype.name}): {msg}\n  at {user_line()}")
 
 
 # pad ----------------------------------------------------------------------------------
