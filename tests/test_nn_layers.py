@@ -201,6 +201,8 @@ def test_causal_attention_never_looks_ahead():
     ya, yb = out.eval({x: a}), out.eval({x: b})
     np.testing.assert_allclose(ya[0, :3], yb[0, :3], atol=1e-12)
     assert not np.allclose(ya[0, 3:], yb[0, 3:])
+    with pytest.raises(gc.GraphcError, match="causal=True needs known sequence lengths"):
+        nn.MultiHeadAttention(2, causal=True)(gc.placeholder((1, None, 4), name="y"))
 
 
 def test_cross_attention_from_queries_to_keys_and_values():
