@@ -151,11 +151,13 @@ def bomb(size: int) -> tuple[bytes, int]:
     if size not in BOMBS:
         head = npy({"descr": "<f4", "fortran_order": False, "shape": (size // 4,)})
         z, chunk = zlib.compressobj(9, zlib.DEFLATED, -15), bytes(1 << 20)
-        stream, crc = [z.compress(head)], zlib.crc32(head)
+        first = z.compress(head) + z.flush(zlib.Z_FULL_FLUSH)
+        block = z.compress(chunk) + z.flush(zlib.Z_FULL_FLUSH)   # the same after any full
+        crc = zlib.crc32(head)                                   # flush: repeat it
         for _ in range(size >> 20):
-            stream.append(z.compress(chunk))
             crc = zlib.crc32(chunk, crc)
-        BOMBS[size] = (b"".join(stream) + z.flush(), crc, len(head) + size)
+        stream = first + block * (size >> 20) + z.flush()
+        BOMBS[size] = (stream, crc, len(head) + size)
     return BOMBS[size]
 
 
