@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -703,3 +704,36 @@ def test_fuzzed_bodies_load_or_raise_graphc_error(fuzz_fused_file, data):
         gc.load(path)
     except gc.GraphcError:
         pass
+
+
+def test_max_bytes_limits_what_a_load_reads(tmp_path):
+    w = gc.variable(np.ones(1000, "float32"), name="w")
+    gc.save(gc.sum(w), tmp_path / "g")
+    size = os.path.getsize(tmp_path / "g.json")
+    with pytest.raises(gc.GraphcError, match="more than the limit of 100"):
+        gc.load(tmp_path / "g", max_bytes=100)
+    with pytest.raises(gc.GraphcError, match="arrays declare 4000 bytes, more than the limit"):
+        gc.load(tmp_path / "g", max_bytes=size + 3000)
+    assert gc.load(tmp_path / "g", max_bytes=size + 100_000).shape == ()
+
+
+def test_a_flipped_npy_header_is_caught_by_the_digest(saved):
+    path, _ = saved
+    npz = path.with_suffix(".npz")
+    data = bytearray(npz.read_bytes())
+    at = data.index(b"'fortran_order': False")
+    data[at + 17:at + 22] = b"True "              # the same bytes read in another order
+    npz.write_bytes(bytes(data))
+    load_fails(path, "does not match the sha256")
+
+
+def test_compressed_members_are_refused_in_graph_files(saved):
+    path, _ = saved
+    npz = path.with_suffix(".npz")
+    with zipfile.ZipFile(npz) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    resign(path)
+    load_fails(path, "compression method 8, which is not accepted here")
