@@ -190,7 +190,7 @@ def test_save_rejects_non_nodes_unsavable_attrs_and_missing_folders(tmp_path):
     with pytest.raises(gc.GraphcError, match="must be graph nodes"):
         gc.save([np.zeros(3)], tmp_path / "bad")
     x = gc.placeholder((3,), name="x")
-    odd = gc.ir.apply("broadcast_to", x, shape=np.array([2, 3]))   # an array as attribute
+    odd = Node("broadcast_to", (x,), {"shape": np.array([2, 3])}, (2, 3), "float32")  # an array
     with pytest.raises(gc.GraphcError, match="attribute shape=.* is a ndarray"):
         gc.save(odd, tmp_path / "bad")
     with pytest.raises(gc.GraphcError, match="cannot write"):
