@@ -330,7 +330,7 @@ def test_attr_not_allowed(saved):
     edit(lambda d: d["nodes"][-1]["attrs"].update(axis={"__class__": "os.system"}))
     load_fails(path, "a dict is not an allowed value")
     edit(lambda d: d["nodes"][-1]["attrs"].update(axis="everything"))
-    load_fails(path, "rejects its attributes")
+    load_fails(path, "axis must be None, an int or a tuple of ints, got everything")
     edit(lambda d: d["nodes"][-1]["attrs"].update(axis=[1], _where="x"))
     load_fails(path, "takes no attribute '_where'")
 
