@@ -237,3 +237,23 @@ def test_a_saved_evaluation_graph_of_a_model_computes_the_same(tmp_path):
     (ph,) = gc.Graph([loaded]).placeholders
     idv = np.random.default_rng(0).integers(0, 7, size=(5, 3))
     np.testing.assert_allclose(loaded.eval({ph: idv}), out.eval({ids: idv}), rtol=1e-6)
+
+
+def test_save_and_load_params_include_the_running_statistics(tmp_path):
+    x = np.random.default_rng(3).standard_normal((32, 4)).astype(np.float32) * 3 + 1
+    y = (x[:, 0] > 1).astype(np.int64)
+
+    def make():
+        return nn.Sequential([nn.Dense(6), nn.BatchNorm(), nn.Activation("relu"),
+                              nn.Dense(2)])
+    model = make()
+    nn.fit(model, "softmax_cross_entropy", nn.Adam(0.01), x, y, epochs=2, verbose=0)
+    nn.save_params(model, tmp_path / "bn.npz")
+    with np.load(tmp_path / "bn.npz") as saved:
+        assert "batchnorm_1/running_mean" in saved.files
+    again = make()
+    again(gc.placeholder((None, 4), name="x"))
+    nn.load_params(again, tmp_path / "bn.npz")
+    np.testing.assert_array_equal(again.layers[1].running_var.value,
+                                  model.layers[1].running_var.value)
+    np.testing.assert_allclose(nn.predict(again, x), nn.predict(model, x), rtol=1e-6)
