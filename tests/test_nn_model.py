@@ -159,8 +159,9 @@ def test_model_mistakes_get_clear_errors():
     x = gc.placeholder((None, 3), name="x")
     with pytest.raises(gc.GraphcError, match="must call super"):
         Forgot()(x)
-    with pytest.raises(gc.GraphcError, match="keyword: layer\\(x, training=False\\)"):
-        nn.Dense(2)(x, False)
+    with pytest.raises(gc.GraphcError, match="call the layer on graph nodes, got int"):
+        nn.Dense(2)(x, 3)
+    assert nn.Dropout(0.5)(x, False) is x            # a trailing bool is the mode
 
     class Clash(nn.Model):
         def __init__(self):
