@@ -170,21 +170,25 @@ def load(path, *, max_bytes: int = MAX_BYTES):
 def load_pair(json_path: str, npz_path: str, max_bytes: int):
     """Load the pair; read the .json again while a save is replacing the pair under us."""
     last = None
-    for attempt in range(5):
+    for attempt in range(20):              # each retry means a save moved files meanwhile
         text, doc = read_json(json_path, max_bytes)
-        if text == last:
-            break                                   # no save is racing: the pair is bad
-        last = text
         try:
             return load_document(doc, json_path, npz_path, max_bytes - len(text))
         except StalePair as e:
-            problem = str(e)
-            time.sleep(0.002 * attempt)
+            if (text, e.seen) == last:
+                break                        # nothing moved since the last try: the pair is bad
+            last, problem = (text, e.seen), e.problem
+            time.sleep(min(0.002 * attempt, 0.05))
     raise GraphcError(f"{json_path}: {problem}")
 
 
 class StalePair(Exception):
-    """The .npz beside the .json is missing or is not the one the .json names."""
+    """The .npz beside the .json is missing or is not the one the .json names; `seen` tells
+    which files were there (a save may have moved them since)."""
+
+    def __init__(self, problem: str, seen: tuple):
+        super().__init__(problem)
+        self.problem, self.seen = problem, seen
 
 
 def load_document(doc: dict, json_path: str, npz_path: str, budget: int):
@@ -260,21 +264,24 @@ def read_json(path: str, limit: int) -> tuple[bytes, dict]:
 @contextlib.contextmanager
 def open_arrays(npz_path: str, digest: str, limit: int):
     """The .npz whose sha256 is `digest`: path.npz, or the file a running save staged."""
-    problem = f"the arrays file {npz_path} is missing"
+    problem, seen = f"the arrays file {npz_path} is missing", []
     for candidate in (npz_path, staged_path(npz_path, digest)):
         try:
             f = open_regular(candidate, "arrays file", limit)
         except GraphcError:
             if os.path.lexists(candidate):
                 raise
+            seen.append(None)
             continue
         with f:
+            info = os.fstat(f.fileno())
+            seen.append((info.st_ino, info.st_size, info.st_mtime_ns))
             if sha256_of(f) == digest:
                 yield f
                 return
         problem = (f"the arrays file {npz_path} does not match the sha256 its graph file "
                    "names (it is damaged, or the two files come from different saves)")
-    raise StalePair(problem)
+    raise StalePair(problem, tuple(seen))
 
 
 def read_arrays(f, path: str, specs: list[dict]) -> dict[str, np.ndarray]:

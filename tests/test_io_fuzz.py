@@ -151,11 +151,13 @@ def bomb(size: int) -> tuple[bytes, int]:
     if size not in BOMBS:
         head = npy({"descr": "<f4", "fortran_order": False, "shape": (size // 4,)})
         z, chunk = zlib.compressobj(9, zlib.DEFLATED, -15), bytes(1 << 20)
-        stream, crc = [z.compress(head)], zlib.crc32(head)
+        first = z.compress(head) + z.flush(zlib.Z_FULL_FLUSH)
+        block = z.compress(chunk) + z.flush(zlib.Z_FULL_FLUSH)   # the same after any full
+        crc = zlib.crc32(head)                                   # flush: repeat it
         for _ in range(size >> 20):
-            stream.append(z.compress(chunk))
             crc = zlib.crc32(chunk, crc)
-        BOMBS[size] = (b"".join(stream) + z.flush(), crc, len(head) + size)
+        stream = first + block * (size >> 20) + z.flush()
+        BOMBS[size] = (stream, crc, len(head) + size)
     return BOMBS[size]
 
 
@@ -456,3 +458,23 @@ def test_special_files_are_refused_quickly(tmp_path):
         with pytest.raises(gc.GraphcError, match="is not a regular file"):
             gc.load(tmp_path / name)
         assert time.monotonic() - started < 2
+
+
+def test_a_small_pair_declaring_a_gigabyte_is_refused_without_inflating(tmp_path):
+    """The probe's slow pair: ~1 MB of deflate stream the .json declares as a 1 GiB variable
+    (it took 24.5 s and 3.1 GB: inflated, then copied). Compressed members are refused."""
+    graph, feeds = models()["mlp"]
+    gc.save(graph, tmp_path / "g")
+    doc = json.loads((tmp_path / "g.json").read_text())
+    index = next(i for i, r in enumerate(doc["nodes"]) if r["op"] == "variable")
+    doc["nodes"][index].update(shape=[1 << 28], dtype="float32")
+    with zipfile.ZipFile(tmp_path / "g.npz") as z:
+        members = [(i.filename, z.read(i), zipfile.ZIP_STORED) for i in z.infolist()
+                   if i.filename != f"n{index}.npy"]
+    stream, crc, size = bomb(1 << 30)
+    write_zip(tmp_path / "g.npz",
+              members + [(f"n{index}.npy", stream, zipfile.ZIP_DEFLATED, crc, size)])
+    write_signed(tmp_path / "g.json", doc)
+    assert os.path.getsize(tmp_path / "g.npz") < 2 << 20
+    verdict, detail = run_case(tmp_path / "g.json", graph, feeds, [], "", True)
+    assert verdict == "GraphcError" and "compression method 8" in detail

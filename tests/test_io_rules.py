@@ -91,3 +91,19 @@ def test_a_huge_pool_size_in_a_file_is_refused_at_load(tmp_path):
                             lambda r: r["attrs"].update(size=[2**63, 2**63]))
     with pytest.raises(gc.GraphcError, match="max_pool2d_grad.*size must be an int in"):
         gc.load(path)
+
+
+def test_attributes_of_the_wrong_type_are_shape_errors_not_type_errors():
+    m = gc.placeholder((2, 3), name="m")
+    labels = gc.placeholder((2,), "int64", name="labels")
+    refused("axes must be an int", "transpose", m, axes=("1", "0"))
+    refused("axis must be an int", "concat", m, m, axis=True)
+    refused("start must be an int", "slice", m, axis=0, start=0.5)
+    refused("axis must be None, an int or a tuple of ints", "max", m, axis=1.5)
+    refused("axis must be None, an int or a tuple of ints", "sum", m, axis="a")
+    refused("must be a tuple of ints >= 0", "broadcast_to", m, shape=(-1, 3))
+    refused("holds more than 2\\*\\*62 bytes", "broadcast_to", m, shape=(2**40, 2**40, 3))
+    refused("depth must be an int", "one_hot", labels, depth="3")
+    refused("holds more than 2\\*\\*62 bytes", "one_hot", labels, depth=2**62)
+    refused("dtype must be a bool, integer or float type", "one_hot", labels, depth=3,
+            dtype="object")

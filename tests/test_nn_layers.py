@@ -201,6 +201,8 @@ def test_causal_attention_never_looks_ahead():
     ya, yb = out.eval({x: a}), out.eval({x: b})
     np.testing.assert_allclose(ya[0, :3], yb[0, :3], atol=1e-12)
     assert not np.allclose(ya[0, 3:], yb[0, 3:])
+    with pytest.raises(gc.GraphcError, match="causal=True needs known sequence lengths"):
+        nn.MultiHeadAttention(2, causal=True)(gc.placeholder((1, None, 4), name="y"))
 
 
 def test_cross_attention_from_queries_to_keys_and_values():
@@ -247,3 +249,11 @@ def test_embedding_is_a_gather_whose_gradient_adds_up_repeated_ids():
 def test_embedding_refuses_float_ids():
     with pytest.raises(gc.GraphcError, match="ids must be integers"):
         nn.Embedding(4, 2)(gc.placeholder((None, 3), name="x"))
+
+
+def test_attention_dropout_only_while_training():
+    x = gc.placeholder((None, 3, 4), name="x")
+    mha = nn.MultiHeadAttention(2, dropout=0.5)
+    ops_train = {n.op for n in gc.Graph([mha(x)]).nodes}
+    ops_eval = {n.op for n in gc.Graph([mha(x, training=False)]).nodes}
+    assert "dropout_mask" in ops_train and "dropout_mask" not in ops_eval

@@ -3,6 +3,8 @@ layers) collect their layers' variables, and fit/evaluate/predict/save_params/su
 on them as on Sequential."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,22 @@ class TwoTower(nn.Model):
         return self.head(h)
 
 
+def two_tower_ref(model, a, b):
+    def dense(layer, x):
+        return x @ layer.W.value + layer.b.value
+
+    def norm(x):
+        z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return z * model.norm.gamma.value + model.norm.beta.value
+    erf = np.vectorize(math.erf)
+    h = np.tanh(dense(model.shared, a)) + np.tanh(dense(model.shared, b))
+    z = dense(model.blocks[0], norm(h))
+    h = h + 0.5 * z * (1 + erf(z / np.sqrt(2)))                  # gelu
+    z = dense(model.blocks[1], norm(h))
+    h = h + z / (1 + np.exp(-z))                                 # silu
+    return dense(model.head, h)
+
+
 def test_a_model_collects_the_variables_of_the_layers_it_holds_once():
     model = TwoTower()
     a = gc.placeholder((None, 4), "float64", name="a")
@@ -44,13 +62,11 @@ def test_a_model_collects_the_variables_of_the_layers_it_holds_once():
     assert {n.scope for n in toposort([out]) if n.op == "variable"} == {
         ("shared",), ("blocks_0",), ("blocks_1",), ("norm",), ("head",)}
     av, bv = RNG.standard_normal((5, 4)), RNG.standard_normal((5, 4))
-    s = model.shared
-    h = np.tanh(av @ s.W.value + s.b.value) + np.tanh(bv @ s.W.value + s.b.value)
     want = out.eval({a: av, b: bv})
+    np.testing.assert_allclose(want, two_tower_ref(model, av, bv), rtol=1e-9)
     np.testing.assert_allclose(gc.function([a, b], out)(av, bv), want, rtol=1e-12)
     grads = gc.grad(gc.sum(out), model.params)
     assert [g.shape for g in grads] == [p.shape for p in model.params]
-    assert h.shape == (5, 8)
     lines = model.summary().splitlines()
     assert [line.split()[0] for line in lines[1:-1]] == [
         "shared", "blocks_0", "blocks_1", "norm", "head"]
@@ -143,8 +159,9 @@ def test_model_mistakes_get_clear_errors():
     x = gc.placeholder((None, 3), name="x")
     with pytest.raises(gc.GraphcError, match="must call super"):
         Forgot()(x)
-    with pytest.raises(gc.GraphcError, match="keyword: layer\\(x, training=False\\)"):
-        nn.Dense(2)(x, False)
+    with pytest.raises(gc.GraphcError, match="call the layer on graph nodes, got int"):
+        nn.Dense(2)(x, 3)
+    assert nn.Dropout(0.5)(x, False) is x            # a trailing bool is the mode
 
     class Clash(nn.Model):
         def __init__(self):
@@ -164,7 +181,7 @@ def test_model_mistakes_get_clear_errors():
     ("silu", lambda z: z / (1 + np.exp(-z))),
     ("leaky_relu", lambda z: np.where(z > 0, z, 0.01 * z)),
     ("elu", lambda z: np.where(z > 0, z, np.expm1(z))),
-    ("gelu", lambda z: 0.5 * z * (1 + np.vectorize(__import__("math").erf)(z / np.sqrt(2)))),
+    ("gelu", lambda z: 0.5 * z * (1 + np.vectorize(math.erf)(z / np.sqrt(2)))),
 ])
 def test_activation_names_in_dense_conv_and_activation_layers(name, ref):
     x = gc.placeholder((None, 5), "float64", name="x")
@@ -197,3 +214,47 @@ def test_per_token_accuracy_and_fit_on_sequences():
     history = nn.fit(Tagger(), "softmax_cross_entropy", nn.Adam(0.05), ids, ids % 3,
                      epochs=5, batch_size=16, verbose=0)
     assert history["accuracy"][-1] == 1.0
+
+
+def test_a_saved_evaluation_graph_of_a_model_computes_the_same(tmp_path):
+    class Tiny(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.norm = nn.Embedding(7, 4), nn.LayerNorm()
+            self.attention, self.bn = nn.MultiHeadAttention(2, causal=True), nn.BatchNorm()
+            self.out = nn.Dense(3, "gelu")
+
+        def forward(self, ids, training):
+            h = self.embed(ids)
+            h = h + self.attention(self.norm(h))
+            return self.out(self.bn(gc.reshape(h, (-1, 12))))
+
+    ids = gc.placeholder((None, 3), "int64", name="ids")
+    model = Tiny()
+    model(ids)
+    out = model(ids, training=False)
+    gc.save(out, tmp_path / "tiny.json")
+    loaded = gc.load(tmp_path / "tiny.json")
+    (ph,) = gc.Graph([loaded]).placeholders
+    idv = np.random.default_rng(0).integers(0, 7, size=(5, 3))
+    np.testing.assert_allclose(loaded.eval({ph: idv}), out.eval({ids: idv}), rtol=1e-6)
+
+
+def test_save_and_load_params_include_the_running_statistics(tmp_path):
+    x = np.random.default_rng(3).standard_normal((32, 4)).astype(np.float32) * 3 + 1
+    y = (x[:, 0] > 1).astype(np.int64)
+
+    def make():
+        return nn.Sequential([nn.Dense(6), nn.BatchNorm(), nn.Activation("relu"),
+                              nn.Dense(2)])
+    model = make()
+    nn.fit(model, "softmax_cross_entropy", nn.Adam(0.01), x, y, epochs=2, verbose=0)
+    nn.save_params(model, tmp_path / "bn.npz")
+    with np.load(tmp_path / "bn.npz") as saved:
+        assert "batchnorm_1/running_mean" in saved.files
+    again = make()
+    again(gc.placeholder((None, 4), name="x"))
+    nn.load_params(again, tmp_path / "bn.npz")
+    np.testing.assert_array_equal(again.layers[1].running_var.value,
+                                  model.layers[1].running_var.value)
+    np.testing.assert_allclose(nn.predict(again, x), nn.predict(model, x), rtol=1e-6)

@@ -63,7 +63,7 @@ class Layer:
 
     Subclasses define `build(*inputs)` (create variables with `add_variable`, once the
     shapes are known) and `forward(*inputs, training)`. `training=None` takes the mode of the
-    enclosing call (True at the top).
+    enclosing call (True at the top); `layer(x, False)` is `layer(x, training=False)`.
     """
     kind = "layer"
 
@@ -85,12 +85,12 @@ class Layer:
         if "own_params" not in vars(self):
             raise GraphcError(f"{type(self).__name__}.__init__ must call super().__init__() "
                               "before the layer is used")
+        if inputs and isinstance(inputs[-1], bool) and training is None:
+            *inputs, training = inputs       # the first API's layer(x, training), kept
         for x in inputs:
             if not isinstance(x, Node):
-                hint = (" (the mode is a keyword: layer(x, training=False))"
-                        if isinstance(x, bool) else "")
                 raise GraphcError(f"{self.name}: call the layer on graph nodes, got "
-                                  f"{type(x).__name__}{hint}")
+                                  f"{type(x).__name__}")
         if not inputs:
             raise GraphcError(f"{self.name}: call the layer on at least one graph node")
         if training is None:

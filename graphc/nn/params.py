@@ -17,11 +17,12 @@ from graphc.ir import GraphcError, Node
 
 
 def variables_of(params) -> list[Node]:
-    """A model/layer/optimizer's variables, or a list of variables, checked and unique."""
-    if hasattr(params, "params"):
-        params = params.params
-    elif hasattr(params, "variables"):
+    """A model/layer/optimizer's variables (a model's state too, e.g. BatchNorm's running
+    statistics), or a list of variables, checked and unique."""
+    if hasattr(params, "variables"):
         params = params.variables
+    elif hasattr(params, "params"):
+        params = params.params
     params = list(params)
     names = []
     for p in params:

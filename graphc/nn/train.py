@@ -45,17 +45,22 @@ def pick_metric(metric, out_shape, y: np.ndarray) -> Callable | None:
 
 
 def placeholders(x, y: np.ndarray):
-    """Placeholders for batches of x (one per input of a model with several) and y."""
+    """Placeholders for batches of x and y (the batch size is free); for a tuple of input
+    arrays (a model with several inputs) a list of placeholders, 'x0', 'x1'..."""
     return (input_placeholders(x),
             gc.placeholder((None,) + y.shape[1:], dtype=y.dtype, name="y"))
 
 
-def input_placeholders(x) -> list:
-    """One placeholder per input array, batch size free: 'x', or 'x0', 'x1'... for several."""
+def input_placeholders(x):
     if isinstance(x, tuple):
         return [gc.placeholder((None,) + a.shape[1:], dtype=a.dtype, name=f"x{i}")
                 for i, a in enumerate(x)]
-    return [gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x")]
+    return gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x")
+
+
+def as_list(xp) -> list:
+    """The model's input placeholders as a list (one placeholder, or several)."""
+    return list(xp) if isinstance(xp, (list, tuple)) else [xp]
 
 
 def as_inputs(x, what: str):
@@ -120,7 +125,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     x, y = check_data(x, y, "fit")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
-    pred = model(*xp, training=True)
+    pred = model(*as_list(xp), training=True)
     data_loss = loss_fn(pred, yp)
     cost = data_loss
     if l1:
@@ -128,7 +133,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     if l2:
         cost = cost + losses_mod.l2(model.kernels, l2)
     updates = optimizer.updates(cost, model.params) + list(model.state_updates)
-    train_step = gc.function([*xp, yp], [data_loss, pred], updates=updates)
+    train_step = gc.function([*as_list(xp), yp], [data_loss, pred], updates=updates)
     eval_step = evaluation_step(model, loss_fn, xp, yp)
     metric_fn = pick_metric(metric, pred.shape, y)
     if validation_data is not None:
@@ -165,8 +170,8 @@ def record(history, prefix, loss, metric_fn, outs, y):
 
 
 def evaluation_step(model, loss_fn, xp, yp):
-    pred = model(*xp, training=False)
-    return gc.function([*xp, yp], [loss_fn(pred, yp), pred])
+    pred = model(*as_list(xp), training=False)
+    return gc.function([*as_list(xp), yp], [loss_fn(pred, yp), pred])
 
 
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
@@ -186,7 +191,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
     x = as_inputs(x, "predict")
-    xp = input_placeholders(x)
+    xp = as_list(input_placeholders(x))
     step = gc.function(xp, model(*xp, training=False))
     return np.concatenate([np.asarray(step(*rows(x, idx)))
                            for idx in batches(count(x), batch_size)])

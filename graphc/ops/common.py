@@ -43,7 +43,10 @@ def norm_axes(axis, ndim: int) -> tuple[int, ...]:
     """axis=None|int|tuple -> sorted tuple of non-negative axes, checked against ndim."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+    if not isinstance(axes, (tuple, list)) or not all(
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+        raise ShapeError(f"axis must be None, an int or a tuple of ints, got {str(axis)[:40]}")
     out = []
     for a in axes:
         if not -ndim <= a < ndim:

@@ -29,6 +29,19 @@ def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def an_int(v, what: str) -> int:
+    """An attribute that must be an int (bools, floats and strings are refused)."""
+    if not is_int(v):
+        raise ShapeError(f"{what} must be an int, got {str(v)[:40]}")
+    return int(v)
+
+
+def check_size(shape, dtype) -> None:
+    """A shape with more bytes than NumPy can index is refused when the node is built."""
+    if math.prod(d for d in shape if isinstance(d, int)) * np.dtype(dtype).itemsize > 1 << 62:
+        raise ShapeError(f"shape {format_shape(shape)} holds more than 2**62 bytes")
+
+
 def target_dims(shape) -> tuple[int, ...]:
     """The user's target shape as ints; None is read as -1 (the one inferred dim)."""
     if not isinstance(shape, (tuple, list)) or not all(d is None or is_int(d) for d in shape):
@@ -94,10 +107,16 @@ register(OpDef(
 # broadcast_to -------------------------------------------------------------------------
 
 def broadcast_infer(x, like=None, *, shape=None):
-    target = like.shape if like is not None else tuple(shape)
-    if like is None and not all(isinstance(d, (int, np.integer)) for d in target):
-        raise ShapeError(f"target shape {target!r} must be a tuple of ints; for a size known "
-                         "only at run time pass a node of that shape: broadcast_to(x, like)")
+    if like is not None and shape is not None:
+        raise ShapeError("broadcast_to a node's shape takes no shape attribute")
+    target = like.shape if like is not None else shape
+    if like is None and not (isinstance(target, (tuple, list))
+                             and all(is_int(d) and d >= 0 for d in target)):
+        raise ShapeError(f"target shape {str(target)[:80]} must be a tuple of ints >= 0; for a "
+                         "size known only at run time pass a node of that shape: "
+                         "broadcast_to(x, like)")
+    target = tuple(target)
+    check_size(target, x.dtype)
     try:
         fits = len(target) >= x.ndim and broadcast_shapes(x.shape, target) == tuple(target)
     except ShapeError:
@@ -122,7 +141,8 @@ register(OpDef(
 def transpose_infer(x, *, axes=None):
     if axes is None:
         axes = tuple(reversed(range(x.ndim)))
-    given = tuple(int(a) for a in axes)
+    given = tuple(an_int(a, "axes") for a in axes) if isinstance(axes, (tuple, list)) \
+        else (an_int(axes, "axes"),)
     axes = tuple(a % x.ndim if -x.ndim <= a < x.ndim else -1 for a in given)
     if sorted(axes) != list(range(x.ndim)):
         raise ShapeError(f"axes {given} are not a permutation of the {x.ndim} axes")
@@ -144,7 +164,7 @@ def concat_infer(*xs, axis=0):
     if ndim == 0 or any(x.ndim != ndim for x in xs):
         raise ShapeError(f"inputs must have the same rank >= 1, got ranks "
                          f"{[x.ndim for x in xs]}")
-    (axis,) = norm_axes(int(axis), ndim)
+    (axis,) = norm_axes(an_int(axis, "axis"), ndim)
     shape = []
     for i, dims in enumerate(zip(*[x.shape for x in xs])):
         sized = [d for d in dims if isinstance(d, int)]
@@ -189,9 +209,11 @@ register(OpDef("concat", concat_infer, lambda *xs, axis: np.concatenate(xs, axis
 
 # concat_part(g, *xs): the part of g where xs[index] lies in concat(xs), found at run time
 def concat_part_infer(g, *xs, axis, index):
-    if not 0 <= int(index) < len(xs):
+    index, axis = an_int(index, "index"), an_int(axis, "axis")
+    if not 0 <= index < len(xs):
         raise ShapeError(f"index {index} is out of range for {len(xs)} parts")
-    return xs[int(index)].shape, g.dtype, {"axis": int(axis), "index": int(index)}
+    (axis,) = norm_axes(axis, g.ndim)
+    return xs[index].shape, g.dtype, {"axis": axis, "index": index}
 
 
 def concat_part_kernel(g, *xs, axis, index):
@@ -226,8 +248,8 @@ def slice_size(dim, start, stop):
 def slice_infer(x, like=None, *, axis, start, stop=None):
     if x.ndim == 0:
         raise ShapeError("cannot slice a scalar")
-    (axis,) = norm_axes(int(axis), x.ndim)
-    start, stop = int(start), None if stop is None else int(stop)
+    (axis,) = norm_axes(an_int(axis, "axis"), x.ndim)
+    start, stop = an_int(start, "start"), None if stop is None else an_int(stop, "stop")
     attrs = {"axis": axis, "start": start, "stop": stop}
     if like is not None:                   # unslice: x goes back into like's shape
         if like.ndim != x.ndim:
@@ -272,10 +294,17 @@ register(OpDef(
 def one_hot_infer(labels, *, depth, dtype="float32"):
     if labels.dtype.kind not in "iu":
         raise ShapeError(f"labels must be integers, got {labels.dtype.name}")
-    if int(depth) < 1:
+    depth = an_int(depth, "depth")
+    if depth < 1:
         raise ShapeError(f"depth must be >= 1, got {depth}")
-    dtype = np.dtype(dtype)
-    return labels.shape + (int(depth),), dtype, {"depth": int(depth), "dtype": dtype.name}
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ShapeError(f"unknown dtype {str(dtype)[:40]}") from None
+    if dtype.kind not in "biuf":
+        raise ShapeError(f"dtype must be a bool, integer or float type, got {dtype.name}")
+    check_size(labels.shape + (depth,), dtype)
+    return labels.shape + (depth,), dtype, {"depth": depth, "dtype": dtype.name}
 
 
 # labels outside [0, depth) give a row of zeros (as in TensorFlow)
