@@ -176,6 +176,12 @@ def pool_infer(x, *, size, stride=None):
 
 
 def pool_hw(x, size, stride):
+    """Windows along H and W; a window larger than the image (a size known only at run time)
+    is an error, not an empty result."""
+    if any(d < k for d, k in zip(x.shape[2:], size)):
+        raise ValueError(f"pooling window {size[0]}x{size[1]} is larger than the image "
+                         f"{x.shape[2]}x{x.shape[3]} (images are NCHW: batch, channels, "
+                         f"height, width)")
     return tuple((d - k) // s + 1 for d, k, s in zip(x.shape[2:], size, stride))
 
 
