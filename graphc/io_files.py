@@ -35,7 +35,8 @@ def folder_lock(folder: str):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):      # a file system without locks: save unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)                   # closing releases the lock

@@ -9,6 +9,7 @@ graph runs or is refused with a GraphcError at its first call.
 
 CI runs a bounded seeded campaign; GRAPHC_FUZZ_CASES=N (and GRAPHC_FUZZ_SEED=S) runs a long one:
     GRAPHC_FUZZ_CASES=3000 python3 -m pytest -q -s tests/test_io_fuzz.py
+or, printing progress: python3 -m tests.test_io_fuzz 3000 11
 """
 from __future__ import annotations
 
@@ -393,7 +394,7 @@ def run_case(json_path, graph, feeds, want, listing, hostile) -> tuple[str, str]
     return verdicts[-1]["verdict"], verdicts[-1].get("detail", "")
 
 
-def campaign(folder, cases: int, seed: int):
+def campaign(folder, cases: int, seed: int, report=None):
     rng = np.random.default_rng(seed)
     bases = models()
     originals = {}
@@ -427,18 +428,26 @@ def campaign(folder, cases: int, seed: int):
         counts[verdict] += 1
         if len(examples[verdict]) < 5:
             examples[verdict].append(f"{name} {what}: {detail}")
+        if report and (i + 1) % 250 == 0:
+            report(i + 1, counts)
     return counts, examples
 
 
-def test_hostile_files_never_crash_hang_blow_up_or_load_wrong(tmp_path):
-    (tmp_path / "orig").mkdir()
-    (tmp_path / "other").mkdir()
-    counts, examples = campaign(tmp_path, CASES, SEED)
-    print(f"\nfuzz campaign: {CASES} cases, seed {SEED}: " + ", ".join(
+def run_campaign(folder, cases: int, seed: int, report=None):
+    """The campaign with its counts and examples printed."""
+    (folder / "orig").mkdir()
+    (folder / "other").mkdir()
+    counts, examples = campaign(folder, cases, seed, report)
+    print(f"\nfuzz campaign: {cases} cases, seed {seed}: " + ", ".join(
         f"{k} {v}" for k, v in sorted(counts.items())))
     for verdict in BAD + ("refused at first call",):
         for line in examples.get(verdict, []):
             print(f"  {verdict}: {line}")
+    return counts, examples
+
+
+def test_hostile_files_never_crash_hang_blow_up_or_load_wrong(tmp_path):
+    counts, examples = run_campaign(tmp_path, CASES, SEED)
     assert sum(counts.values()) == CASES
     assert counts["GraphcError"] > 0 and counts["ok-same"] >= 0
     bad = {k: counts[k] for k in BAD if counts[k]}
@@ -478,3 +487,16 @@ def test_a_small_pair_declaring_a_gigabyte_is_refused_without_inflating(tmp_path
     assert os.path.getsize(tmp_path / "g.npz") < 2 << 20
     verdict, detail = run_case(tmp_path / "g.json", graph, feeds, [], "", True)
     assert verdict == "GraphcError" and "compression method 8" in detail
+
+
+if __name__ == "__main__":      # a long campaign: python3 -m tests.test_io_fuzz CASES [SEED]
+    import pathlib
+    import sys
+    import tempfile
+
+    def progress(done, counts):
+        print(f"{done} cases: {dict(sorted(counts.items()))}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        found, _ = run_campaign(pathlib.Path(work), int(sys.argv[1]),
+                                int(sys.argv[2]) if len(sys.argv) > 2 else 0, progress)
+    sys.exit(1 if any(found[k] for k in BAD) else 0)
