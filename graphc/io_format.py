@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,14 +19,16 @@ from graphc import api
 from graphc.ir import OPS, GraphcError, Node, _context, apply, constant
 from graphc.ops.fused import Body
 
-FORMAT, VERSION = "graphc-graph", 1
+FORMAT, VERSION = "graphc-graph", 2
 LEAVES = ("placeholder", "variable", "constant")
 STORED = ("variable", "constant")      # leaves whose array is in the .npz
 DTYPES = frozenset(np.dtype(t).name for t in (
     bool, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-    np.float16, np.float32, np.float64))
-GRAPH_ATTRS = {"fused": ("body",)}     # attributes holding a graph whose placeholders stand
-                                       # for the node's inputs, in order
+    np.float16, np.float32, np.float64)) | {"void"}     # void: a tuple-valued node
+GRAPH_ATTRS = {"fused": ("body",), "scan": ("body",)}   # attributes holding a graph whose
+                                       # placeholders stand for the node's inputs, in order
+MAX_RANK = 32      # NumPy's limit on dimensions
+MAX_SIZE = 1 << 62      # bytes any one declared array may hold (NumPy's own bound is 2**63-1)
 MAX_DEPTH = 8      # how deeply attribute tuples may nest
 MAX_NESTING = 4    # how deeply graphs may sit inside graph attributes
 
@@ -57,7 +60,7 @@ def encode_body(body: Body, top: dict[int, int], prefix: str, arrays: dict) -> d
     nodes = list(body.nodes) + [p for p in body.inputs if all(p is not n for n in body.nodes)]
     index = {id(n): i for i, n in enumerate(nodes)}
     return {"inputs": [index[id(p)] for p in body.inputs],
-            "output": index[id(body.outputs[0])],
+            "outputs": [index[id(o)] for o in body.outputs],
             "nodes": encode_graph(nodes, top, prefix, arrays)}
 
 
@@ -89,10 +92,10 @@ def encode_attr(v, node: Node, key: str):
 
 @dataclass(frozen=True)
 class BodySpec:
-    """A checked inner graph: its node specs, which of them are the inputs, which the output."""
+    """A checked inner graph: its node specs, which of them are the inputs, the outputs."""
     specs: list
     inputs: list[int]
-    output: int
+    outputs: list[int]
 
 
 KINDS = {list: "a list", dict: "an object", str: "a string", int: "an integer"}
@@ -128,7 +131,8 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
     op = field(r, "op", str, at)
     at = f"{at} ({op[:40]})"
     if op not in OPS and op not in LEAVES:
-        raise GraphcError(f"{at}: unknown op {op[:40]!r}")
+        raise GraphcError(f"{at}: unknown op {op[:40]!r} (an op of your own? import the module "
+                          "that registers it with gc.register_op before gc.load)")
     inputs = field(r, "inputs", list, at)
     for j in inputs:
         if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i:
@@ -140,10 +144,17 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
     if dtype not in DTYPES:
         raise GraphcError(f"{at}: unsupported dtype {dtype[:40]!r}")
     shape = field(r, "shape", list, at)
+    if len(shape) > MAX_RANK:
+        raise GraphcError(f"{at}: rank {len(shape)} is above the limit of {MAX_RANK}")
     for d in shape:
-        if not (d is None or isinstance(d, str)
+        if not (d is None or (isinstance(d, str) and len(d) <= 100)
                 or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)):
-            raise GraphcError(f"{at}: bad dimension {d!r} in shape {shape}")
+            raise GraphcError(f"{at}: bad dimension {str(d)[:40]} in shape")
+    size = math.prod(d for d in shape if isinstance(d, int))
+    if size * np.dtype(dtype).itemsize > MAX_SIZE:
+        raise GraphcError(f"{at}: shape {shape} holds more than {MAX_SIZE} bytes")
+    if op in STORED and not all(isinstance(d, int) for d in shape):
+        raise GraphcError(f"{at}: a {op} needs a fixed shape, got {shape}")
     name, grad_of = r.get("name"), r.get("grad_of")
     if name is not None and not isinstance(name, str):
         raise GraphcError(f"{at}: name must be a string or null")
@@ -156,7 +167,8 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
                          (top, key, depth))
     return {"op": op, "inputs": inputs, "attrs": attrs, "shape": tuple(shape),
             "dtype": np.dtype(dtype), "name": name, "scope": tuple(scope),
-            "where": field(r, "where", str, at), "grad_of": grad_of, "key": key, "at": at}
+            "where": field(r, "where", str, at), "grad_of": grad_of, "key": key, "at": at,
+            "nbytes": size * np.dtype(dtype).itemsize}
 
 
 def decode_attrs(attrs: dict, op: str, n_inputs: int, at: str, nest: tuple) -> dict:
@@ -187,7 +199,8 @@ def decode_attr(v, at: str, depth: int):
 
 def decode_body(v, at: str, n_inputs: int, attr: str, top: int, key: str,
                 depth: int) -> BodySpec:
-    """{"graph": {"inputs", "output", "nodes"}}: placeholders standing for the node's inputs."""
+    """{"graph": {"inputs", "outputs", "nodes"}}: placeholders standing for the node's inputs
+    ("output": one index, in files of fused bodies written before loops had bodies)."""
     if not (isinstance(v, dict) and list(v) == ["graph"] and isinstance(v["graph"], dict)):
         raise GraphcError(f"{at}: must be a graph {{\"graph\": {{...}}}}")
     if depth >= MAX_NESTING:
@@ -195,12 +208,14 @@ def decode_body(v, at: str, n_inputs: int, attr: str, top: int, key: str,
     doc = v["graph"]
     specs = check_graph(field(doc, "nodes", list, at), top, f"{key}.{attr}.", depth + 1)
     inputs = indices(field(doc, "inputs", list, at), len(specs), f"{at} inputs")
-    output = indices([field(doc, "output", int, at)], len(specs), f"{at} output")[0]
+    outputs = [field(doc, "output", int, at)] if "output" in doc \
+        else field(doc, "outputs", list, at)
+    outputs = indices(outputs, len(specs), f"{at} outputs")
     placeholders = [j for j, s in enumerate(specs) if s["op"] == "placeholder"]
     if len(inputs) != n_inputs or sorted(inputs) != placeholders:
         raise GraphcError(f"{at}: its inputs {inputs} must be its placeholders "
                           f"{placeholders}, one for each of the node's {n_inputs} inputs")
-    return BodySpec(specs, inputs, output)
+    return BodySpec(specs, inputs, outputs)
 
 
 def stored_specs(specs: list[dict]) -> list[dict]:
@@ -287,7 +302,7 @@ def build_body(b: BodySpec, top: list[Node], arrays: dict) -> Body:
     nodes: list[Node] = []
     for s in b.specs:                        # inputs come first; grad_of targets are built
         nodes.append(build(s, nodes, top, arrays))
-    return Body([nodes[j] for j in b.inputs], nodes[b.output])
+    return Body([nodes[j] for j in b.inputs], [nodes[j] for j in b.outputs])
 
 
 def build(s: dict, nodes: list, top: list, arrays: dict) -> Node:
@@ -307,11 +322,6 @@ def build(s: dict, nodes: list, top: list, arrays: dict) -> Node:
     if node.shape != s["shape"] or node.dtype != s["dtype"]:
         raise GraphcError(f"{s['at']}: the file declares {list(s['shape'])} {s['dtype'].name} "
                           f"but the shape rule gives {list(node.shape)} {node.dtype.name}")
-    for k, v in attrs.items():
-        if isinstance(v, Body) and any((p.shape, p.dtype) != (x.shape, x.dtype)
-                                       for p, x in zip(v.inputs, node.inputs)):
-            raise GraphcError(f"{s['at']}: the placeholders of attribute {k!r} do not match "
-                              f"the node's inputs in shape and dtype")
     return node
 
 

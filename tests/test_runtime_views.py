@@ -58,3 +58,18 @@ def test_reshape_of_a_broadcast_and_of_a_plan_constant():
     y = gc.reshape(gc.broadcast_to(gc.exp(a), (2, 3)), (6,))
     z = gc.reshape(gc.transpose(gc.constant(np.arange(6.0).reshape(2, 3))), (6,)) + a[0]
     calls_equal_eval([a], [y, z], [[np.arange(3.0)], [np.ones(3)], [-np.arange(3.0)]], False)
+
+
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
+def test_pooling_window_larger_than_a_dynamic_image_is_an_error(pool):
+    x = gc.placeholder((None, 1, None, None), "float64", "x")
+    y = getattr(gc, pool)(x, 5)
+    cost = gc.sum(y)
+    small, ok = np.ones((2, 1, 3, 3)), np.ones((2, 1, 6, 7))
+    with pytest.raises(gc.GraphcError, match="larger than the image 3x3"):
+        y.eval({x: small})
+    for outputs in ([y], [gc.grad(cost, [x])[0]]):
+        f = gc.function([x], outputs)
+        assert f(ok)[0].shape in ((2, 1, 1, 1), (2, 1, 6, 7))
+        with pytest.raises(gc.GraphcError, match="larger than the image 3x3"):
+            f(small)

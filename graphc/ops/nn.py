@@ -199,7 +199,15 @@ register(OpDef("softmax_cross_entropy_grad", sce_infer, sce_grad_kernel, sce_gra
 # dropout ------------------------------------------------------------------------------
 
 def mask_infer(x, *, keep, seed=None):
-    return x.shape, need_float(x)
+    """keep: the probability of keeping, in (0, 1]; seed: None or an int in [0, 2**128)."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)) \
+            or not 0 < keep <= 1:
+        raise ShapeError(f"keep must be a probability in (0, 1], got {str(keep)[:40]}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 1 << 128):
+        raise ShapeError(f"seed must be None or an int in [0, 2**128), got {str(seed)[:40]}")
+    return x.shape, need_float(x), {"keep": float(keep),
+                                    "seed": None if seed is None else int(seed)}
 
 
 def mask_kernel(x, *, keep, seed=None, rng):

@@ -6,11 +6,14 @@ shape, then the graph is lowered to generated NumPy code) and cached for later c
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Sequence
 
 import numpy as np
 
-from graphc.ir import Graph, GraphcError, Node, check_feed, format_node, format_shape
+from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
+                       storage_lock)
+from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import discover
@@ -66,6 +69,12 @@ class Function:
         self.plans: dict[tuple, Plan] = {}
         self.rngs: dict[int, np.random.Generator] = {}
         self.last_plan: Plan | None = None
+        # a call holds the Function's lock (its plans' buffers) and its variables' storage
+        # locks, in one global order (atomic.py); feeds that share memory with an updated
+        # variable are copied first (every update is computed before any is written)
+        variables = {id(v.data[0]): v for v in self.graph.variables}
+        self.locks = [threading.Lock()] + [storage_lock(variables[k]) for k in sorted(variables)]
+        self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
 
     # feeds -----------------------------------------------------------------------------
     def feeds(self, args) -> list[np.ndarray]:
@@ -105,6 +114,7 @@ class Function:
         sig = tuple(a.shape for a in feeds)
         plan = self.plans.get(sig)
         if plan is None:
+            atomic.install()
             shapes = discover(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
             plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                          tag=" x ".join(map(format_shape, sig)))
@@ -114,19 +124,40 @@ class Function:
 
     # calling ---------------------------------------------------------------------------
     def __call__(self, *args):
-        plan = self.fast_plan(args)
-        if plan is None:
-            args = self.feeds(args)
-            plan = self.plan_for(args)
-        feeds = args
+        atomic.acquire(self.locks)
         try:
-            with np.errstate(all="ignore"):
-                result = plan.run(*feeds)
-        except GraphcError:
-            raise
-        except Exception as e:
-            raise self.step_error(plan, e) from None
+            atomic.release()            # a Ctrl-C that came while taking the locks
+            plan = self.fast_plan(args)
+            if plan is None:
+                args = self.feeds(args)
+                plan = self.plan_for(args)
+            feeds = self.unshared(args) if self.updated else args
+            try:
+                with np.errstate(all="ignore"):
+                    result = plan.run(*feeds)    # holds Ctrl-C from its first update write
+            except GraphcError:
+                raise
+            except Exception as e:
+                raise self.step_error(plan, e) from None
+        finally:
+            atomic.give_back(self.locks)
         return result[0] if self.single else self.form(result)
+
+    def unshared(self, feeds) -> list:
+        """The feeds, each copied when it is (a view of) a variable this call updates."""
+        out = list(feeds)
+        for k, a in enumerate(out):
+            base = a
+            while isinstance(base, np.ndarray):
+                if id(base) in self.updated:
+                    out[k] = a.copy()
+                    break
+                base = base.base
+            else:
+                if base is not None and any(np.may_share_memory(a, v.data[0])
+                                            for v, _ in self.graph.updates):
+                    out[k] = a.copy()       # a view of foreign memory: compare bounds
+        return out
 
     def step_error(self, plan: Plan, e: Exception) -> GraphcError:
         tb, line = sys.exc_info()[2], None
@@ -146,16 +177,26 @@ class Function:
     def source(self) -> str:
         """The generated code of the latest plan (a plan for batch size 1 if never called)."""
         if self.last_plan is None:
-            self.plan_for([dummy_feed(p) for p in self.inputs])
+            with self.locks[0]:
+                self.plan_for([dummy_feed(p) for p in self.inputs])
         return self.last_plan.source
 
     def profile(self, *args, repeat: int = 1) -> str:
         """Run (updates included) with a timer around every step; a table per step and per
         op kind. With repeat > 1, each step's best time over the runs."""
         feeds = self.feeds(args)
-        plan = self.plan_for(feeds)
-        with np.errstate(all="ignore"):
-            runs = [profile_run(plan, feeds) for _ in range(max(1, repeat))]
+        atomic.acquire(self.locks)
+        try:
+            atomic.release()
+            plan = self.plan_for(feeds)
+            feeds = self.unshared(feeds) if self.updated else feeds
+            runs = []
+            for _ in range(max(1, repeat)):
+                with np.errstate(all="ignore"):
+                    runs.append(profile_run(plan, feeds))
+                atomic.release()       # each run holds Ctrl-C in its write phase
+        finally:
+            atomic.give_back(self.locks)
         return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
 
     def _repr_svg_(self) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import conv, emit, kernels, rules
+from graphc.runtime import atomic, conv, emit, kernels, loop, rules
 from graphc.runtime.instrument import check_step
 
 # kernel-called ops known to return a new array (never a view of an input)
@@ -43,7 +43,7 @@ class Lowering:
         self.check = check_numerics
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.ns: dict = {"np": np, "kernels": kernels, "conv": conv}
+        self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
         self.conv_ws: dict[tuple, str] = {}    # (x, w, attrs) of a conv2d -> its workspace
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.free: dict[tuple, list[str]] = {}
@@ -125,6 +125,7 @@ class Lowering:
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
         steps = []
+        held = False
         for i, n in enumerate(g.nodes):
             if not n.inputs:
                 continue
@@ -143,12 +144,15 @@ class Lowering:
                 if b != o and b.startswith("b"):
                     self.give(b)
             first = len(lines) + 1
+            if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
+                lines.append("    hold()")
+                held = True
             lines.append(f"    # {format_node(n, self.names)}")
             lines.append(f"    {code}")
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
-        lines += self.epilogue(direct)
+        lines += self.epilogue(direct, held)
         return "\n".join(lines) + "\n", steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
@@ -186,7 +190,7 @@ class Lowering:
             return rules.inplace_ok(out, lambda b: self.shapes[(id(u), id(b))][0])
         return rules.inplace_ok(u, lambda x: self.shapes[id(x)][0])
 
-    def epilogue(self, direct: dict) -> list[str]:
+    def epilogue(self, direct: dict, held: bool) -> list[str]:
         g = self.graph
         out = []
         updated = {id(v) for v, _ in g.updates}
@@ -204,6 +208,7 @@ class Lowering:
         if writes:        # outputs are copied first: they are values from before the updates
             out.append(f"    result = [{', '.join(rets)}]")
             out.append("    # updates: every new value is computed; write them in place")
+            out += [] if held else ["    hold()"]
             out += writes
             out.append("    return result")
         else:
@@ -256,6 +261,8 @@ class Lowering:
         attrs = dict(n.attrs)
         if opdef.random:
             attrs["rng"] = self.rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))
+        if n.op == "scan":        # the body runs through its own plan, made once
+            attrs["step"] = loop.body_step(n.attrs["body"], self.check)
         fname = f"{n.op}_{i}"
         self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         return fname
