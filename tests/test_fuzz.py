@@ -97,9 +97,11 @@ TOL = {np.dtype("float64"): 1e-6, np.dtype("float32"): 2e-3, np.dtype("float16")
 STATS = {"graphs": 0, "calls": 0}       # what a campaign ran (printed with -s)
 
 
-def fuzz_settings(examples: int):
-    """Seeded and bounded in CI; a campaign (GRAPHC_FUZZ_EXAMPLES=N) draws N fresh graphs."""
-    return settings(max_examples=CAMPAIGN or examples, deadline=None, derandomize=not CAMPAIGN,
+def fuzz_settings(examples: int, share: int = 1):
+    """Seeded and bounded in CI; a campaign (GRAPHC_FUZZ_EXAMPLES=N) draws N fresh graphs
+    (N / share for a test parametrized `share` ways)."""
+    return settings(max_examples=CAMPAIGN // share + 1 if CAMPAIGN else examples,
+                    deadline=None, derandomize=not CAMPAIGN,
                     database=None, suppress_health_check=list(HealthCheck))
 
 
@@ -539,7 +541,7 @@ def test_random_graphs_agree_across_interpreter_compiled_and_optimized(data):
 
 @pytest.mark.parametrize("k", range(len(ROWS)),
                          ids=[name for name, _ in TABLE] + [r.name for r in MOTIFS])
-@fuzz_settings(1)
+@fuzz_settings(1, share=len(ROWS))
 @given(data=st.data())
 def test_every_row_in_a_random_graph(k, data):
     """Each row of the table, once per CI run, inside a small random graph."""
