@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.ir import OPS, Graph, GraphcError, Node, apply, evaluate, toposort
+from graphc.passes import DEFAULT_PIPELINE, eliminate_common_subexpressions, fold_constants
 from tests.helpers import Row
 from tests.test_ops import ROWS as TABLE
 
@@ -93,6 +94,7 @@ MOTIFS = [
 ROWS = [row for _, row in TABLE] + MOTIFS
 CAMPAIGN = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", "0"))
 MODES = [(False, False), (True, False), (False, True), (True, True)]  # optimize, check_numerics
+PASSES = list(dict.fromkeys(DEFAULT_PIPELINE + [fold_constants, eliminate_common_subexpressions]))
 TOL = {np.dtype("float64"): 1e-6, np.dtype("float32"): 2e-3, np.dtype("float16"): 2e-2}
 STATS = {"graphs": 0, "calls": 0}       # what a campaign ran (printed with -s)
 
@@ -454,9 +456,10 @@ def reference(nodes, updates, inputs, feeds) -> list:
 
 
 def check_graph(nodes: list[Node], n_out: int, examples: dict, batches, seed: int,
-                updates=()) -> None:
+                updates=(), passes=()) -> None:
     """Every mode of gc.function agrees with the interpreter on every call: outputs, variables
-    after the updates, errors; feeds stay unwritten, returned arrays stay as returned."""
+    after the updates, errors; feeds stay unwritten, returned arrays stay as returned. Modes:
+    optimize or not, check_numerics or not, and `passes` (a list, in any order) alone."""
     inputs = Graph(nodes).placeholders
     variables = [v for v, _ in updates]
     initial = [v.value.copy() for v in variables]
@@ -467,18 +470,22 @@ def check_graph(nodes: list[Node], n_out: int, examples: dict, batches, seed: in
     random = any(n.inputs and OPS[n.op].random for n in toposort(nodes))
     context = describe(nodes, n_out, batches, updates)
     tols = [TOL.get(precision(n), 1e-6) for n in nodes + [u for _, u in updates]]
-    for opt, check in MODES:
+    for opt, check in MODES + ([(list(passes), False)] if passes else []):
         for v, value in zip(variables, initial):
             v.value = value
         f, kept, state = None, [], initial
         for call, (vals, batch, (want, err, after)) in enumerate(zip(feeds, batches, wants)):
-            mode = f"optimize={opt} check_numerics={check} call {call} batch {batch}"
-            if f is None or random:      # random ops: each Function's generator starts fresh
-                f = gc.function(inputs, nodes, updates=updates, optimize=opt,
-                                check_numerics=check)
+            shown = [p.__name__ for p in opt] if isinstance(opt, list) else opt
+            mode = f"optimize={shown} check_numerics={check} call {call} batch {batch}"
             args = [layout(v, int(rng.integers(4))) for v in vals]
             before = {n: n.value.copy() for n in toposort(nodes) if n.op == "variable"}
-            got, gerr = attempt(lambda: f(*args))
+            try:
+                if f is None or random:  # random ops: each Function's generator starts fresh
+                    f = gc.function(inputs, nodes, updates=updates, optimize=opt,
+                                    check_numerics=check)
+                got, gerr = attempt(lambda: f(*args))
+            except Exception as e:
+                raise AssertionError(f"{mode}: {type(e).__name__}: {e}\n{context}") from e
             STATS["calls"] += 1
             for v, a in zip(vals, args):
                 assert np.array_equal(v, a, equal_nan=True), f"{mode}: a feed was written\n" \
@@ -529,8 +536,9 @@ def run_random_graph(data, first_row: int | None = None, most: int = 7) -> None:
     b1 = data.draw(st.integers(1, 5), label="batch")
     b2 = data.draw(st.integers(1, 5).filter(lambda n: n != b1), label="other batch")
     STATS["graphs"] += 1
+    passes = data.draw(st.lists(st.sampled_from(PASSES), max_size=4), label="passes")
     check_graph(nodes, n_out, b.examples, [b1, b1, b2, b1], data.draw(st.integers(0, 2**32 - 1)),
-                updates)
+                updates, passes)
 
 
 @fuzz_settings(60)
@@ -565,4 +573,4 @@ def report_counts():
     """Prints what the fuzz tests ran (see it with pytest -s)."""
     yield
     print(f"\nfuzz: {STATS['graphs']} random graphs, {STATS['calls']} compiled calls "
-          f"({len(MODES)} modes), each checked against the interpreter")
+          f"({len(MODES)} modes and a random pass list), each checked against the interpreter")

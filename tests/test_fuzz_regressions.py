@@ -78,3 +78,17 @@ def test_pool_gradient_through_a_reshaped_broadcast_is_read_per_call():
     (gx,) = gc.grad(cost, [x])
     r = np.random.default_rng(1)
     agree([x], [cost, gx], *[[r.permutation(140).reshape(2, 2, 7, 5) * 0.1] for _ in range(3)])
+
+
+def test_elementwise_fusion_leaves_groups_of_constants_alone():
+    """fuse_elementwise alone (a custom pass list, no folding) fused cast(1) / 3, whose inputs
+    are constants it inlines, into a fused node with no inputs: the runtime took it for a leaf
+    and failed with a KeyError."""
+    from graphc.passes import fuse_elementwise
+    x = gc.placeholder((3,), "float32", "x")
+    third = gc.cast(gc.constant(1.0, dtype="float64"), "float32") / 3.0
+    y = x * gc.reshape(third, (1,))          # reshape: the group {cast, div} ends there
+    fused = fuse_elementwise(gc.ir.Graph([y]))
+    assert all(n.inputs for n in fused.nodes if n.op == "fused")
+    f = gc.function([x], y, optimize=[fuse_elementwise])
+    np.testing.assert_allclose(f(np.arange(3, dtype=np.float32)), np.arange(3) / 3, rtol=1e-6)
