@@ -20,6 +20,8 @@ FRESH = {"sum", "size", "softmax_cross_entropy", "softmax_cross_entropy_grad", "
          "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "matmul"}
 # steps that can raise on valid shapes (label checks): no variable is written before them
 RAISING = {"softmax_cross_entropy", "softmax_cross_entropy_grad"}
+# the nodes that are not steps (an op node may have no inputs: a user's op)
+LEAVES = ("placeholder", "variable", "constant")
 
 
 @dataclass
@@ -117,7 +119,7 @@ class Lowering:
                 self.ns[f"c{i}"] = n.data
                 self.var[id(n)] = f"c{i}"
         self.pair_sce()
-        kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.inputs}
+        kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.op not in LEAVES}
         self.pair_pools(kinds)
         writes = {k for k, v in kinds.items() if v == "buffer"}
         self.roots, self.last = self.liveness(writes)
@@ -127,7 +129,7 @@ class Lowering:
         steps = []
         held = False
         for i, n in enumerate(g.nodes):
-            if not n.inputs:
+            if n.op in LEAVES:
                 continue
             reads = n.inputs + self.extra_reads.get(id(n), ())
             dying = [owner[r] for r in sorted({r for x in reads for r in self.roots[id(x)]})
@@ -164,14 +166,14 @@ class Lowering:
         g = self.graph
         index = {id(n): i for i, n in enumerate(g.nodes)}
         raising = [i for i, n in enumerate(g.nodes)
-                   if n.inputs and (kinds[id(n)] == "kernel" or n.op in RAISING)]
+                   if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING)]
         last_raise = max(raising, default=-1)
         targets = [v for v, _ in g.updates]
         values = [u for _, u in g.updates]
         direct = {}
         for v, u in g.updates:
             i = index[id(u)]
-            if not u.inputs or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
+            if u.op in LEAVES or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
                     or i < last_raise or sum(t is v for t in targets) != 1 \
                     or sum(w is u for w in values) != 1 or any(o is u for o in g.outputs):
                 continue
