@@ -2,6 +2,7 @@
 from graphc.ir import Graph, GraphcError, Node, ShapeError  # noqa: F401
 from graphc.api import *  # noqa: F401,F403
 from graphc.autodiff import grad, vjp  # noqa: F401
+from graphc.scan import scan  # noqa: F401
 from graphc.passes import optimize  # noqa: F401
 from graphc.runtime import Function, function  # noqa
 from graphc.io import save, load  # noqa: F401

@@ -69,13 +69,19 @@ def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
         if id(node) not in depends or id(node) not in parts:
             continue
         with backward_of(node):
-            g = accumulate(parts.pop(id(node)))
+            g = per_item(node, parts.pop(id(node))) if is_tuple(node) \
+                else accumulate(parts.pop(id(node)))
             totals[id(node)] = g
             if not node.inputs:
                 continue
             grads = node.opdef.vjp(g, node, *node.inputs, **node.attrs)
             for x, gx in zip(node.inputs, grads):
-                if gx is None or id(x) not in depends or not differentiable(x):
+                if gx is None or id(x) not in depends:
+                    continue
+                if is_tuple(x):             # gx = (index, cotangent of that item)
+                    parts.setdefault(id(x), []).append(gx)
+                    continue
+                if not differentiable(x):
                     continue
                 gx = unbroadcast(as_node(gx, like=x), x)
                 if gx.dtype != x.dtype:
@@ -91,6 +97,18 @@ def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
         else:
             result.append(zeros_like(w))
     return result[0] if single else result
+
+
+def is_tuple(x: Node) -> bool:
+    return bool(x.inputs) and x.opdef.items is not None
+
+
+def per_item(node: Node, parts: list[tuple[int, Node]]) -> tuple:
+    """The cotangents of a tuple node's items, summed per item; None for an unused item."""
+    grouped: list[list[Node]] = [[] for _ in node.opdef.items(node)]
+    for index, g in parts:
+        grouped[index].append(g)
+    return tuple(accumulate(gs) if gs else None for gs in grouped)
 
 
 def accumulate(parts: list[Node]) -> Node:

@@ -306,9 +306,16 @@ def explain(nodes, latex: bool = False) -> str:
         return explanation(nodes, labels, latex)
 
 
-def explanation(nodes: list[Node], labels: list[str], latex: bool) -> str:
-    env = build(nodes)
-    matrix = is_matrix_graph(toposort(nodes))
+def explanation(nodes: list[Node], labels: list[str], latex: bool,
+                known: dict[int, object] | None = None) -> str:
+    """`known`: names of loop results explained elsewhere (their loops are not repeated)."""
+    order = toposort(nodes)
+    matrix = is_matrix_graph(order)
+    known = dict(known or {})
+    loops = [n for n in order if n.op == "scan" and not any(
+        m.op == "item" and m.inputs[0] is n and id(m) in known for m in order)]
+    items = {**known, **loop_items(order, loops, matrix)}
+    env = build(nodes, items)
     names: dict[object, object] = {}       # full formula (raw and tidy) -> its let name
     lets: list[tuple[Node, object, object]] = []
     for n in shared(nodes):
@@ -326,9 +333,69 @@ def explanation(nodes: list[Node], labels: list[str], latex: bool) -> str:
     lines += [f"{label} = {text(o)}" for label, o in zip(labels, outs)]
     tex_lines = [f"{tex(s)} &= {tex(b)}" for _, s, b in lets]
     tex_lines += [f"\\text{{{label}}} &= {tex(o)}" for label, o in zip(labels, outs)]
+    for m, loop in enumerate(loops, 1):
+        plain, typeset = recurrence(loop, m, items)
+        lines += plain
+        tex_lines += typeset
     result = Explanation(" \\\\\n".join(tex_lines) if latex else "\n".join(lines))
     result.latex = " \\\\\n".join(tex_lines)
     return result
+
+
+# loops: the recurrence of one step ---------------------------------------------------------
+
+def loop_items(order: list[Node], loops: list[Node], matrix: bool) -> dict[int, object]:
+    """Names for what loop L<m> returns: final carries L1.s1[T], stacked outputs L1.y1,
+    stacked carries entering each step L1.s1[t-1]."""
+    names: dict[int, object] = {}
+    for n in order:
+        if n.op != "item" or n.inputs[0] not in loops:
+            continue
+        loop, k = n.inputs[0], n.attrs["index"]
+        m, c = loops.index(loop) + 1, loop.attrs["carries"]
+        ys = len(loop.attrs["body"].outputs) - c
+        name = f"L{m}.s{k + 1}[T]" if k < c else f"L{m}.y{k - c + 1}" if k < c + ys \
+            else f"L{m}.s{k - c - ys + 1}[t-1]"
+        names[id(n)] = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim \
+            else sp.Symbol(name, real=True)
+    return names
+
+
+def recurrence(loop: Node, m: int, items: dict[int, object]) -> tuple[list[str], list[str]]:
+    """Lines of loop L<m>: where it starts and what it reads, then one step's formulas in the
+    body's terms (`items`: names of loop results, which are not explained again)."""
+    from graphc.scan import inline, loop_parts
+    a = loop.attrs
+    body, c = a["body"], a["carries"]
+    init, seqs, caps = loop_parts(loop.inputs, c, a["xs"])
+    reads, given, labels = [], [], []
+    for j, x in enumerate(seqs + caps):
+        name = x.name if x.op in ("placeholder", "variable") and x.name else \
+            str(items[id(x)]) if id(x) in items else None
+        if name is None:               # a computed value: named, explained once
+            name = f"L{m}.x{j + 1}" if j < len(seqs) else f"L{m}.w{j - len(seqs) + 1}"
+            given.append(x)
+            labels.append(name)
+            items[id(x)] = sp.MatrixSymbol(name, *dims(x.shape)) if x.ndim \
+                else sp.Symbol(name, real=True)
+        reads.append(name if j >= len(seqs) or name.endswith("]") else f"{name}[t]")
+    steps = [Node("placeholder", (), {}, p.shape, p.dtype, name) for p, name in
+             zip(body.inputs, [f"s{k + 1}[t-1]" for k in range(c)] + reads)]
+    outs = inline(body, steps)
+    span = "t = T, ..., 1" if a["reverse"] else "t = 1, ..., T"
+    head = f"loop L{m}, {span}" + (f" over {', '.join(reads[:len(seqs)])}" if seqs
+                                   else f" ({a['length']} steps)")
+    parts = [explanation(init, [f"s{k + 1}[0]" for k in range(c)], False, items) if init
+             else None,
+             explanation(given, labels, False,
+                         {k: v for k, v in items.items() if k not in map(id, given)})
+             if given else None,
+             explanation(outs, [f"s{k + 1}[t]" for k in range(c)]
+                         + [f"y{j + 1}[t]" for j in range(len(outs) - c)], False, items)]
+    parts = [p for p in parts if p]
+    plain = [head + ":"] + ["  " + ln for p in parts for ln in p.splitlines()]
+    typeset = [f"\\text{{{head}:}} &"] + [ln for p in parts for ln in p.latex.split(" \\\\\n")]
+    return plain, typeset
 
 
 def inline_single_use(lets: list, outs: list) -> list:

@@ -23,9 +23,9 @@ LEAVES = ("placeholder", "variable", "constant")
 STORED = ("variable", "constant")      # leaves whose array is in the .npz
 DTYPES = frozenset(np.dtype(t).name for t in (
     bool, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-    np.float16, np.float32, np.float64))
-GRAPH_ATTRS = {"fused": ("body",)}     # attributes holding a graph whose placeholders stand
-                                       # for the node's inputs, in order
+    np.float16, np.float32, np.float64)) | {"void"}     # void: a tuple-valued node
+GRAPH_ATTRS = {"fused": ("body",), "scan": ("body",)}   # attributes holding a graph whose
+                                       # placeholders stand for the node's inputs, in order
 MAX_DEPTH = 8      # how deeply attribute tuples may nest
 MAX_NESTING = 4    # how deeply graphs may sit inside graph attributes
 
@@ -57,7 +57,7 @@ def encode_body(body: Body, top: dict[int, int], prefix: str, arrays: dict) -> d
     nodes = list(body.nodes) + [p for p in body.inputs if all(p is not n for n in body.nodes)]
     index = {id(n): i for i, n in enumerate(nodes)}
     return {"inputs": [index[id(p)] for p in body.inputs],
-            "output": index[id(body.outputs[0])],
+            "outputs": [index[id(o)] for o in body.outputs],
             "nodes": encode_graph(nodes, top, prefix, arrays)}
 
 
@@ -89,10 +89,10 @@ def encode_attr(v, node: Node, key: str):
 
 @dataclass(frozen=True)
 class BodySpec:
-    """A checked inner graph: its node specs, which of them are the inputs, which the output."""
+    """A checked inner graph: its node specs, which of them are the inputs, the outputs."""
     specs: list
     inputs: list[int]
-    output: int
+    outputs: list[int]
 
 
 KINDS = {list: "a list", dict: "an object", str: "a string", int: "an integer"}
@@ -187,7 +187,8 @@ def decode_attr(v, at: str, depth: int):
 
 def decode_body(v, at: str, n_inputs: int, attr: str, top: int, key: str,
                 depth: int) -> BodySpec:
-    """{"graph": {"inputs", "output", "nodes"}}: placeholders standing for the node's inputs."""
+    """{"graph": {"inputs", "outputs", "nodes"}}: placeholders standing for the node's inputs
+    ("output": one index, in files of fused bodies written before loops had bodies)."""
     if not (isinstance(v, dict) and list(v) == ["graph"] and isinstance(v["graph"], dict)):
         raise GraphcError(f"{at}: must be a graph {{\"graph\": {{...}}}}")
     if depth >= MAX_NESTING:
@@ -195,12 +196,14 @@ def decode_body(v, at: str, n_inputs: int, attr: str, top: int, key: str,
     doc = v["graph"]
     specs = check_graph(field(doc, "nodes", list, at), top, f"{key}.{attr}.", depth + 1)
     inputs = indices(field(doc, "inputs", list, at), len(specs), f"{at} inputs")
-    output = indices([field(doc, "output", int, at)], len(specs), f"{at} output")[0]
+    outputs = [field(doc, "output", int, at)] if "output" in doc \
+        else field(doc, "outputs", list, at)
+    outputs = indices(outputs, len(specs), f"{at} outputs")
     placeholders = [j for j, s in enumerate(specs) if s["op"] == "placeholder"]
     if len(inputs) != n_inputs or sorted(inputs) != placeholders:
         raise GraphcError(f"{at}: its inputs {inputs} must be its placeholders "
                           f"{placeholders}, one for each of the node's {n_inputs} inputs")
-    return BodySpec(specs, inputs, output)
+    return BodySpec(specs, inputs, outputs)
 
 
 def stored_specs(specs: list[dict]) -> list[dict]:
@@ -287,7 +290,7 @@ def build_body(b: BodySpec, top: list[Node], arrays: dict) -> Body:
     nodes: list[Node] = []
     for s in b.specs:                        # inputs come first; grad_of targets are built
         nodes.append(build(s, nodes, top, arrays))
-    return Body([nodes[j] for j in b.inputs], nodes[b.output])
+    return Body([nodes[j] for j in b.inputs], [nodes[j] for j in b.outputs])
 
 
 def build(s: dict, nodes: list, top: list, arrays: dict) -> Node:
@@ -307,11 +310,6 @@ def build(s: dict, nodes: list, top: list, arrays: dict) -> Node:
     if node.shape != s["shape"] or node.dtype != s["dtype"]:
         raise GraphcError(f"{s['at']}: the file declares {list(s['shape'])} {s['dtype'].name} "
                           f"but the shape rule gives {list(node.shape)} {node.dtype.name}")
-    for k, v in attrs.items():
-        if isinstance(v, Body) and any((p.shape, p.dtype) != (x.shape, x.dtype)
-                                       for p, x in zip(v.inputs, node.inputs)):
-            raise GraphcError(f"{s['at']}: the placeholders of attribute {k!r} do not match "
-                              f"the node's inputs in shape and dtype")
     return node
 
 

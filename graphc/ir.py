@@ -39,6 +39,8 @@ class OpDef:
     sym: Callable | None = None               # sym(*sympy_args, **attrs) -> sympy expression
     elementwise: bool = False
     random: bool = False                      # kernel takes rng=, the executor owns the generator
+    items: Callable | None = None             # items(node) -> [(shape, dtype)]: the node is a
+                                              # tuple of arrays, read through `item` nodes
 
 
 OPS: dict[str, OpDef] = {}
@@ -386,7 +388,9 @@ def format_node(node: Node, names: dict[int, str]) -> str:
                     .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
     args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
     line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
-    note = f"  # {format_shape(node.shape)} {node.dtype.name}"
+    items = OPS[node.op].items if node.inputs else None
+    note = f"  # tuple of {len(items(node))}" if items \
+        else f"  # {format_shape(node.shape)} {node.dtype.name}"
     if node.name:
         note += f" {node.name!r}"
     if node.grad_of is not None:
@@ -478,5 +482,5 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
-            values[id(n)] = np.asarray(out)
+            values[id(n)] = out if opdef.items else np.asarray(out)
     return [values[id(o)] for o in outputs]

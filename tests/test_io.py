@@ -567,7 +567,7 @@ def test_body_errors_name_the_inner_node(saved_fused):
     (lambda b, d: b.update(output="0"), "field 'output' must be an integer"),
     (lambda b, d: b.pop("nodes"), "field 'nodes' must be a list"),
     (lambda b, d: [r.update(shape=[1]) for r in b["nodes"]
-                   if r["name"] == "in1"], "placeholders .* do not match the node's inputs"),
+                   if r["name"] == "in1"], "body input 1 is .* the node gives"),
     (lambda b, d: [r.update(dtype="float64") for r in b["nodes"]
                    if r["name"] == "in0"], "do not match|shape rule gives"),
     (lambda b, d: b["nodes"][-1].update(grad_of=len(d["nodes"]) - 1), "cycle"),

@@ -14,7 +14,7 @@ one_hot softmax log_softmax softmax_cross_entropy binary_cross_entropy conv2d ma
 avg_pool2d dropout""".split()
 
 FAMILIES = ["tests.test_ops_elementwise", "tests.test_ops_reduce_shape", "tests.test_ops_nn",
-            "tests.test_ops_fused"]
+            "tests.test_ops_fused", "tests.test_ops_loops"]
 
 
 def all_rows():

@@ -500,3 +500,22 @@ def test_binary_cross_entropy_of_saturated_probabilities_clamps_the_logs():
     for value, grad in (f(*feeds.values()), (loss.eval(feeds), gp.eval(feeds))):
         np.testing.assert_allclose(value, [0.0, 0.0, 100.0, 100.0])   # 0 log 0 = 0, as PyTorch
         np.testing.assert_allclose(grad, [1.0, -1.0, 0.0, 0.0])       # exact, or flat if clamped
+
+
+@pytest.mark.parametrize("labels", ["int", "float"])
+def test_cross_entropy_labels_of_another_batch_are_refused_not_broadcast(labels):
+    z = gc.placeholder((None, 4), "float64", name="z")
+    y = gc.placeholder((None,) if labels == "int" else (None, 4),
+                       "int64" if labels == "int" else "float64", name="y")
+    loss = gc.softmax_cross_entropy(z, y)
+    (gz,) = gc.grad(gc.sum(loss), [z])
+    yv = np.array([2]) if labels == "int" else np.eye(4)[[2]]
+    zv = f64(8, 4)
+    for check in (False, True):
+        f = gc.function([z, y], [loss, gz], check_numerics=check)
+        with pytest.raises(gc.GraphcError, match=r"labels of shape \(1,.*logits of shape "
+                                                 r"\(8, 4\)"):
+            f(zv, yv)
+        np.testing.assert_allclose(f(zv[:1], yv)[0], loss.eval({z: zv[:1], y: yv}))
+    with pytest.raises(gc.GraphcError, match="do not match logits"):
+        loss.eval({z: zv, y: yv})

@@ -607,3 +607,24 @@ def test_bce_rule_needs_matching_terms():
     opt, report = gc.optimize(Graph([other]), passes=[P.stabilize], report=True)
     assert report.rules["bce_logits"] == 0
     same_values(Graph([other]), opt, {z: np.array([-2.0, 0.5, 3.0]), y: np.array([0, .5, 1])})
+
+
+def test_stabilized_cross_entropy_keeps_the_zero_row_of_an_out_of_range_label():
+    """one_hot of a padding label -1 is a zero row: no loss, no gradient, after optimizing
+    too (the rewrite must not turn it into integer labels, which raise)."""
+    z = gc.placeholder((None, 3), dtype="float64", name="z")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    w = gc.variable(np.arange(9.0).reshape(3, 3) / 10, name="w")
+    loss = gc.sum(-gc.sum(gc.one_hot(y, 3, dtype="float64") * gc.log_softmax(z @ w), axis=-1))
+    (gw,) = gc.grad(loss, [w])
+    zv, yv = rand(4, 3), np.array([0, -1, 2, 3])
+    want = [loss.eval({z: zv, y: yv}), gw.eval({z: zv, y: yv})]
+    keep = yv[(yv >= 0) & (yv < 3)]
+    assert np.isclose(want[0], loss.eval({z: zv[[0, 2]], y: keep}))
+    opt = gc.optimize(Graph([loss, gw]))
+    assert "softmax_cross_entropy" in [n.op for n in opt.nodes]
+    same_values(Graph([loss, gw]), opt, {z: zv, y: yv})
+    for optimize in (False, True):
+        got = gc.function([z, y], [loss, gw], optimize=optimize)(zv, yv)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -140,7 +140,10 @@ def op_rows():
                               [rand(2, 3, 8, 8), tied]),
         "avg_pool2d_grad": (lambda g, a: apply("avg_pool2d_grad", g, a, size=2),
                             [rand(2, 3, 4, 4), k]),
+        "scan": (lambda a: gc.scan(lambda c, r: (c + r, c * r),
+                                   gc.constant(np.zeros(6, np.float32)), a)[1], [x]),
     }
+    direct["item"] = direct["scan"]
     rows.update({op: row for op, row in direct.items() if op in OPS})
     return rows
 

@@ -52,12 +52,21 @@ def he_uniform(shape, fan_in, fan_out, rng):
     return rng.uniform(-limit, limit, shape)
 
 
+def orthogonal(shape, fan_in, fan_out, rng):
+    """A (semi-)orthogonal matrix, as Keras starts recurrent weights: Q of a Gaussian's QR."""
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    a = rng.normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return (q if rows >= cols else q.T).reshape(shape)
+
+
 INITIALIZERS: dict[str, Initializer] = {
     "zeros": zeros, "ones": ones, "normal": normal, "random": normal, "uniform": uniform,
     "glorot": glorot_uniform, "glorot_uniform": glorot_uniform, "xavier": glorot_uniform,
     "xavier_uniform": glorot_uniform, "glorot_normal": glorot_normal,
     "xavier_normal": glorot_normal, "he": he_normal, "he_normal": he_normal,
-    "he_uniform": he_uniform,
+    "he_uniform": he_uniform, "orthogonal": orthogonal,
 }
 
 

@@ -63,7 +63,7 @@ class Layer:
                 self.build(x)
                 self.built = True
             out = self.forward(x, training)
-        self.output_shape = out.shape
+        self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
         return out
 
     def build(self, x: Node) -> None:

@@ -15,10 +15,11 @@ from graphc.ops.elementwise import sigmoid_kernel
 
 
 class Body(Graph):
-    """The inner graph of a fused node: `inputs` are its placeholders, in input order."""
+    """The inner graph of a fused or loop node: `inputs` are its placeholders, in input order;
+    a fused body has one output, a loop body one per value a step makes."""
 
-    def __init__(self, inputs, output: Node):
-        super().__init__([output])
+    def __init__(self, inputs, outputs: Node | list[Node]):
+        super().__init__([outputs] if isinstance(outputs, Node) else list(outputs))
         self.inputs = tuple(inputs)
 
     def __repr__(self) -> str:
@@ -27,8 +28,15 @@ class Body(Graph):
 
 
 def fused_infer(*xs, body):
-    if len(xs) != len(body.inputs):
-        raise ShapeError(f"the body takes {len(body.inputs)} inputs, got {len(xs)}")
+    if not isinstance(body, Body) or len(xs) != len(body.inputs) or len(body.outputs) != 1:
+        raise ShapeError("the body must be a graph with one placeholder per input and one "
+                         "output")
+    for k, (x, p) in enumerate(zip(xs, body.inputs)):
+        if p.op != "placeholder" or p.dtype != x.dtype or len(p.shape) != len(x.shape) \
+                or any(a != b and isinstance(a, int) and isinstance(b, int)
+                       for a, b in zip(p.shape, x.shape)):
+            raise ShapeError(f"body input {k} is {format_shape(p.shape)} {p.dtype.name}, "
+                             f"the node gives {format_shape(x.shape)} {x.dtype.name}")
     out = body.outputs[0]
     return out.shape, out.dtype
 

@@ -109,6 +109,15 @@ def sce_infer(z, y, g=None):
 
 
 def check_labels(z, y):
+    """Labels of the logits' batch shape (never broadcast), integer ones in [0, classes)."""
+    want = z.shape[:-1] if int_labels(y) else z.shape
+    if y.shape != want:
+        raise ValueError(f"softmax_cross_entropy: labels of shape {format_shape(y.shape)} do "
+                         f"not match logits of shape {format_shape(z.shape)} (labels must be "
+                         f"{'integers of shape' if int_labels(y) else 'of shape'} "
+                         f"{format_shape(want)})")
+    if not int_labels(y):
+        return
     classes = z.shape[-1]
     if y.size and (y.min() < 0 or y.max() >= classes):
         bad = y[(y < 0) | (y >= classes)].ravel()[0]
@@ -117,16 +126,17 @@ def check_labels(z, y):
 
 
 def sce_kernel(z, y):
+    check_labels(z, y)
     m = z.max(axis=-1, keepdims=True)
     lse = np.log(np.exp(z - m).sum(axis=-1)) + m[..., 0]
     if not int_labels(y):
         return lse * y.sum(axis=-1) - (y * z).sum(axis=-1)
-    check_labels(z, y)
     return lse - np.take_along_axis(z, y[..., None].astype(np.intp), axis=-1)[..., 0]
 
 
 def sce_grad_kernel(z, y, g):
     """(softmax(z) * sum(y) - y) * g[..., None] in one pass (y one-hot when integer)."""
+    check_labels(z, y)
     dtype = np.result_type(z, g) if int_labels(y) else np.result_type(z, y, g)
     e = np.exp(z - z.max(axis=-1, keepdims=True)).astype(dtype, copy=False)
     scale = g / e.sum(axis=-1)
@@ -134,7 +144,6 @@ def sce_grad_kernel(z, y, g):
         e *= (scale * y.sum(axis=-1))[..., None]
         e -= y * g[..., None]
         return e
-    check_labels(z, y)
     e *= scale[..., None]
     flat = e.reshape(-1, z.shape[-1])
     flat[np.arange(flat.shape[0]), y.ravel()] -= g.ravel()

@@ -15,6 +15,9 @@ Default order, and why:
                              relu masks read the activation so relu joins the dense node
   5. fuse_elementwise      - last: fused bodies hide their ops from every rule
   6. eliminate_dead_code
+  7. prune_loops           - last: loops whose carries no gradient reads stop saving them
+Every pass also runs inside loop bodies; unroll_loops (first) inlines loops of <= 4 static
+steps, which then take part in every later rewrite like any other nodes.
 """
 from __future__ import annotations
 
@@ -29,16 +32,17 @@ from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_sh
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
     fold_constants, simplify
 from graphc.passes.stability import stabilize, stable_grad
+from graphc.passes.loops import into_bodies, prune_loops, unroll_loops
 
 Pass = Callable[[Graph], Graph]
 
-DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, stabilize, simplify, fuse_dense,
-                                fuse_elementwise, eliminate_dead_code]
+DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, unroll_loops, stabilize, simplify,
+                                fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
 
 __all__ = ["optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
            "same_shape", "fold_constants", "eliminate_common_subexpressions",
            "eliminate_dead_code", "simplify", "stabilize", "stable_grad", "fuse_dense",
-           "fuse_elementwise"]
+           "fuse_elementwise", "unroll_loops", "prune_loops"]
 
 
 @dataclass
@@ -70,7 +74,7 @@ def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: boo
     with counting(rep.rules):
         for p in DEFAULT_PIPELINE if passes is None else passes:
             start, before = time.perf_counter(), len(graph.nodes)
-            graph = p(graph)
+            graph = into_bodies(p, graph)      # loop bodies are optimized the same way
             rep.passes.append((getattr(p, "__name__", repr(p)), before, len(graph.nodes),
                                time.perf_counter() - start))
     return (graph, rep) if report else graph

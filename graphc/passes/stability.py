@@ -85,19 +85,20 @@ def distribute(n: Node, a: Node, b: Node) -> Node | None:
 
 
 def cross_entropy(n: Node, x: Node) -> Node | None:
-    """sum(y * log_softmax(z), last axis) -> -softmax_cross_entropy(z, labels)."""
+    """sum(y * log_softmax(z), last axis) -> -softmax_cross_entropy(z, y), y float.
+
+    A one-hot y stays the float probabilities it is (not its integer labels): a label outside
+    [0, depth) is a zero row, which the float form turns into zero loss and zero gradient,
+    where the integer form would raise."""
     if x.op != "mul" or n.attrs["keepdims"] or "softmax_cross_entropy" not in OPS:
         return None
     for y, ls in (x.inputs, x.inputs[::-1]):
         z = ls.inputs[0] if ls.op == "log_softmax" else None
         last = (z.ndim - 1,) if z is not None else None
         if z is None or ls.attrs["axis"] != last[0] or n.attrs["axis"] != last \
-                or y.shape != z.shape:
+                or y.shape != z.shape or y.dtype.kind != "f":
             continue
-        labels = y.inputs[0] if y.op == "one_hot" else y
-        if labels.dtype.kind not in "iuf" or (y.op != "one_hot" and y.dtype != z.dtype):
-            continue
-        return fit(-apply("softmax_cross_entropy", z, labels), n)
+        return fit(-apply("softmax_cross_entropy", z, y), n)
     return None
 
 

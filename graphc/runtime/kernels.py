@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def check_labels(y, classes: int) -> None:
-    if y.size and (y.min() < 0 or y.max() >= classes):
-        bad = y[(y < 0) | (y >= classes)].ravel()[0]
-        raise ValueError(f"softmax_cross_entropy: label {bad} is out of range for "
-                         f"{classes} classes (labels must be in [0, {classes}))")
+from graphc.ops.nn import check_labels
 
 
 def sce_forward(z, y, loss, e, mx, s, rows):
     """loss = logsumexp(z) - z[y] per row; leaves e = exp(z - max) and s = sum(e) for the
     gradient, which is then one multiply and one scatter (sce_backward)."""
-    check_labels(y, z.shape[1])
+    check_labels(z, y)
     np.max(z, axis=1, keepdims=True, out=mx)
     np.subtract(z, mx, out=e)
     picked = e[rows, y]

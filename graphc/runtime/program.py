@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, rules
+from graphc.runtime import atomic, conv, emit, kernels, loop, rules
 from graphc.runtime.instrument import check_step
 
 # kernel-called ops known to return a new array (never a view of an input)
@@ -263,6 +263,8 @@ class Lowering:
         attrs = dict(n.attrs)
         if opdef.random:
             attrs["rng"] = self.rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))
+        if n.op == "scan":        # the body runs through its own plan, made once
+            attrs["step"] = loop.body_step(n.attrs["body"], self.check)
         fname = f"{n.op}_{i}"
         self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         return fname

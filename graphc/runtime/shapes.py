@@ -13,9 +13,13 @@ from graphc.ir import OPS, Graph, GraphcError, Node, format_shape
 def run_node(n: Node, args: list) -> np.ndarray:
     opdef = OPS[n.op]
     extra = {"rng": np.random.default_rng(0)} if opdef.random else {}
+    if n.op == "scan":            # the dry run too steps through the compiled body
+        from graphc.runtime.loop import body_step
+        extra["step"] = body_step(n.attrs["body"])
     try:
         with np.errstate(all="ignore"):
-            return np.asarray(opdef.kernel(*args, **n.attrs, **extra))
+            out = opdef.kernel(*args, **n.attrs, **extra)
+            return out if opdef.items else np.asarray(out)
     except GraphcError:
         raise
     except Exception as e:
@@ -41,7 +45,7 @@ def discover(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
                 body_shapes(n, args, shapes)
             val = run_node(n, args)
         values[id(n)] = val
-        shapes[id(n)] = (val.shape, val.dtype)
+        shapes[id(n)] = (n.shape, n.dtype) if isinstance(val, tuple) else (val.shape, val.dtype)
     return shapes
 
 
