@@ -127,21 +127,26 @@ class Function:
         atomic.acquire(self.locks)
         try:
             atomic.release()            # a Ctrl-C that came while taking the locks
-            plan = self.fast_plan(args)
-            if plan is None:
-                args = self.feeds(args)
-                plan = self.plan_for(args)
-            feeds = self.unshared(args) if self.updated else args
-            try:
-                with np.errstate(all="ignore"):
-                    result = plan.run(*feeds)    # holds Ctrl-C from its first update write
-            except GraphcError:
-                raise
-            except Exception as e:
-                raise self.step_error(plan, e) from None
+            result = self.call(args)
         finally:
             atomic.give_back(self.locks)
         return result[0] if self.single else self.form(result)
+
+    def call(self, args) -> list:
+        """One call without taking locks (the caller holds them, or, for a loop body called
+        by its scan step, the enclosing call does): the list of outputs."""
+        plan = self.fast_plan(args)
+        if plan is None:
+            args = self.feeds(args)
+            plan = self.plan_for(args)
+        feeds = self.unshared(args) if self.updated else args
+        try:
+            with np.errstate(all="ignore"):
+                return plan.run(*feeds)      # holds Ctrl-C from its first update write
+        except GraphcError:
+            raise
+        except Exception as e:
+            raise self.step_error(plan, e) from None
 
     def unshared(self, feeds) -> list:
         """The feeds, each copied when it is (a view of) a variable this call updates."""
