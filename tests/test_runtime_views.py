@@ -88,3 +88,10 @@ def test_an_op_without_inputs_is_a_step_not_a_leaf():
             np.testing.assert_array_equal(f(np.full(5, 2.0)), 2 * np.arange(5.0))
     finally:
         del OPS["test_iota5"]
+
+
+def test_updates_none_means_no_updates_and_a_bad_updates_value_is_a_graphc_error():
+    x = gc.placeholder((2,), "float64", "x")
+    np.testing.assert_array_equal(gc.function([x], x * 2.0, updates=None)(np.ones(2)), [2, 2])
+    with pytest.raises(gc.GraphcError, match="updates must be"):
+        gc.function([x], x * 2.0, updates=3)

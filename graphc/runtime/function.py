@@ -19,6 +19,11 @@ from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import discover
 
 
+# how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
+# registers viz.repr_svg here (a list, so importers see the registration)
+DRAW: list = []
+
+
 def optimize_graph(graph: Graph, optimize):
     """(optimized graph, report) from the pass pipeline (default, or the given list of
     passes); the graph itself and report None when not optimizing."""
@@ -51,11 +56,19 @@ class Function:
         for o in outs:
             if not isinstance(o, Node):
                 raise GraphcError(f"function outputs must be graph nodes, got {o!r}")
-        updates = list(updates.items()) if isinstance(updates, dict) else list(updates)
-        for k, pair in enumerate(updates):
+        if updates is None:
+            updates = ()
+        try:
+            updates = list(updates.items()) if isinstance(updates, dict) else list(updates)
+        except TypeError:
+            raise GraphcError(f"updates must be a dict or a list of (variable, new value) "
+                              f"pairs, got {updates!r}") from None
+        seen: set[int] = set()
+        for pair in updates:
             check_update(pair)
-            if any(pair[0] is v for v, _ in updates[:k]):
+            if id(pair[0]) in seen:
                 raise GraphcError(f"variable {pair[0].label()} is updated twice")
+            seen.add(id(pair[0]))
         self.inputs, self.single = inputs, single
         self.form = tuple if isinstance(outputs, tuple) else list   # returned as given
         self.check_numerics, self.cast_feeds = check_numerics, cast_feeds
@@ -205,8 +218,7 @@ class Function:
         return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
 
     def _repr_svg_(self) -> str | None:
-        from graphc.viz import repr_svg      # graphviz is loaded only when drawing
-        return repr_svg(self)
+        return DRAW[0](self) if DRAW else None    # Jupyter: None shows the text repr
 
     def __repr__(self) -> str:
         return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "

@@ -7,6 +7,7 @@ reuses a buffer once the last reader of every value that may alias it has run.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,14 +169,15 @@ class Lowering:
         raising = [i for i, n in enumerate(g.nodes)
                    if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING)]
         last_raise = max(raising, default=-1)
-        targets = [v for v, _ in g.updates]
-        values = [u for _, u in g.updates]
+        targets = Counter(id(v) for v, _ in g.updates)
+        values = Counter(id(u) for _, u in g.updates)
+        outputs = {id(o) for o in g.outputs}
         direct = {}
         for v, u in g.updates:
             i = index[id(u)]
             if u.op in LEAVES or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
-                    or i < last_raise or sum(t is v for t in targets) != 1 \
-                    or sum(w is u for w in values) != 1 or any(o is u for o in g.outputs):
+                    or i < last_raise or targets[id(v)] != 1 or values[id(u)] != 1 \
+                    or id(u) in outputs:
                 continue
             if self.last[id(v)] > i or self.shapes[id(u)] != self.shapes[id(v)]:
                 continue
