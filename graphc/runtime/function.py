@@ -199,6 +199,24 @@ class Function:
                 self.plan_for([dummy_feed(p) for p in self.inputs])
         return self.last_plan.source
 
+    def plan_report(self) -> str:
+        """How the latest plan runs each step: steps per kind (buffer: NumPy calls writing a
+        planned buffer; view; kernel: a call of the op's kernel), and every kernel step with
+        the reason it is not compiled (a fused group through the interpreter is one)."""
+        if self.last_plan is None:
+            self.source            # noqa: B018  (makes a plan for batch size 1)
+        plan = self.last_plan
+        names = {id(n): f"%{i}" for i, n in enumerate(self.graph.nodes)}
+        counts: dict[str, int] = {}
+        rows = []
+        for k, ((node, _, _), (kind, why)) in enumerate(zip(plan.steps, plan.kinds)):
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "kernel":
+                rows.append(f"  step {k}: {format_node(node, names)[:70]}\n    kernel: {why}")
+        head = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        return Table(f"{len(plan.steps)} steps: {head}" + ("\n" + "\n".join(rows) if rows
+                                                         else ""))
+
     def profile(self, *args, repeat: int = 1) -> str:
         """Run (updates included) with a timer around every step; a table per step and per
         op kind. With repeat > 1, each step's best time over the runs."""

@@ -31,6 +31,7 @@ class Plan:
     source: str
     run: object
     steps: list                   # (node, first line, last line) per step, in order
+    kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
     ns: dict = field(default_factory=dict)      # the names the generated code reads
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
@@ -58,6 +59,7 @@ class Lowering:
         self.probs: dict[int, str | None] = {}  # sce forward id -> exp(z - max) buffer
         self.sce_sums: dict[int, str] = {}
         self.sce_rows: dict[int, str] = {}
+        self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
 
     # buffers ---------------------------------------------------------------------------
     def take(self, shape, dtype) -> str:
@@ -155,6 +157,8 @@ class Lowering:
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
+            kind = kinds[id(n)]
+            self.kinds.append((kind, rules.why_kernel(self, n) if kind == "kernel" else ""))
         lines += self.epilogue(direct, held)
         return "\n".join(lines) + "\n", steps
 
@@ -442,4 +446,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, ns)
+    return Plan(source, ns["run"], steps, low.kinds, ns)

@@ -37,6 +37,30 @@ def classify(low, n) -> str:
     return "buffer" if emit.ufunc_ok(n, dts) else "kernel"
 
 
+def why_kernel(low, n) -> str:
+    """Why a step calls a kernel (for the plan report): the op has no fast form, or this
+    node is not on it (dtypes, ranks), or a fused group runs through the interpreter."""
+    from graphc.ir import OPS
+    if n.op == "fused":
+        for b in n.attrs["body"].nodes:
+            if b.inputs:
+                dts = [low.shapes[(id(n), id(x))][1] for x in b.inputs]
+                if not emit.ufunc_ok(b, dts):
+                    return f"interpreter (fused group): {emit.why_not(b, dts)}"
+        return "interpreter (fused group): its output is an input"
+    dts = [low.shapes[id(x)][1] for x in n.inputs]
+    if OPS[n.op].elementwise:
+        return emit.why_not(n, dts)
+    if n.op in FAST:
+        names = ", ".join(np.dtype(d).name for d in dts)
+        return f"not on the fast path here (inputs {names} -> {n.dtype.name}, " \
+               f"ranks {[x.ndim for x in n.inputs]})"
+    return "no fast lowering: the op's own NumPy kernel"
+
+
+FAST = ("dense", "matmul", "sum", "softmax_cross_entropy", "softmax_cross_entropy_grad") + CONV
+
+
 def sce_ok(low, n) -> bool:
     z, y = n.inputs
     return y.dtype.kind in "iu" and z.ndim == 2 and z.dtype.kind == "f"
@@ -93,7 +117,7 @@ def where_zero(n, shape_of) -> bool:
 
 
 def inplace_ok(n, shape_of) -> bool:
-    return n.op in emit.INPLACE_OK or where_zero(n, shape_of)
+    return emit.inplace_ok(n.op) or where_zero(n, shape_of)
 
 
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
