@@ -7,13 +7,12 @@ reuses a buffer once the last reader of every value that may alias it has run.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, loop, rules
+from graphc.runtime import atomic, conv, emit, kernels, loop, planner, rules
 from graphc.runtime.instrument import check_step
 
 # kernel-called ops known to return a new array (never a view of an input)
@@ -50,8 +49,7 @@ class Lowering:
         self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
         self.conv_ws: dict[tuple, str] = {}    # (x, w, attrs) of a conv2d -> its workspace
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
-        self.free: dict[tuple, list[str]] = {}
-        self.nbuf = 0
+        self.pool = planner.Pool(self.ns)
         self.nconst = 0
         self.cache: dict = {}                  # plan constants shared by steps
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
@@ -61,43 +59,22 @@ class Lowering:
         self.sce_rows: dict[int, str] = {}
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
 
-    # buffers ---------------------------------------------------------------------------
+    # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
-        key = (tuple(shape), np.dtype(dtype).str)
-        if self.free.get(key):
-            return self.free[key].pop()
-        name = f"b{self.nbuf}"
-        self.nbuf += 1
-        self.ns[name] = np.empty(shape, dtype)
-        return name
+        return self.pool.take(shape, dtype)
 
     def give(self, name: str) -> None:
-        arr = self.ns[name]
-        self.free.setdefault((arr.shape, arr.dtype.str), []).append(name)
+        self.pool.give(name)
 
-    # liveness --------------------------------------------------------------------------
-    def liveness(self, writes: set[int]) -> tuple[dict, dict]:  # noqa: C901
-        """roots: id -> ids of buffer-writing values it may alias; last: root id -> last step."""
-        end = len(self.graph.nodes)
-        last_use = {id(n): -1 for n in self.graph.nodes}
-        for i, n in enumerate(self.graph.nodes):
-            for x in n.inputs + self.extra_reads.get(id(n), ()):
-                last_use[id(x)] = i
-        for o in self.graph.outputs:
-            last_use[id(o)] = end
-        for v, u in self.graph.updates:
-            last_use[id(u)] = end
-        roots: dict[int, tuple] = {}
+    def plan_steps(self, writes: set[int]) -> list[planner.Step]:
+        """Every node as a planner step (leaves too, so step indices are node indices)."""
+        out = []
         for n in self.graph.nodes:
-            if not n.inputs or id(n) in writes or n.op in FRESH:
-                roots[id(n)] = (id(n),)
-            else:
-                roots[id(n)] = tuple(sorted({r for x in n.inputs for r in roots[id(x)]}))
-        last = {}
-        for n in self.graph.nodes:
-            for r in roots[id(n)]:
-                last[r] = max(last.get(r, -1), last_use[id(n)])
-        return roots, last
+            kind = "buffer" if id(n) in writes else \
+                "fresh" if n.op in LEAVES or n.op in FRESH else "view"
+            reads = n.inputs + self.extra_reads.get(id(n), ())
+            out.append(planner.Step(id(n), tuple(id(x) for x in reads), kind))
+        return out
 
     def const(self, arr: np.ndarray) -> str:
         """A plan constant (zeros for relu, ones for column sums, sizes) by name."""
@@ -125,7 +102,9 @@ class Lowering:
         kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.op not in LEAVES}
         self.pair_pools(kinds)
         writes = {k for k, v in kinds.items() if v == "buffer"}
-        self.roots, self.last = self.liveness(writes)
+        self.steps = self.plan_steps(writes)
+        kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
+        self.roots, self.last = planner.liveness(self.steps, kept)
         direct = self.direct_updates(kinds)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
@@ -134,9 +113,7 @@ class Lowering:
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            reads = n.inputs + self.extra_reads.get(id(n), ())
-            dying = [owner[r] for r in sorted({r for x in reads for r in self.roots[id(x)]})
-                     if self.last[r] == i and r in owner]
+            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
             o = None
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
@@ -146,7 +123,7 @@ class Lowering:
             self.dying_now = [b for b in dying if b != o]
             code = self.emit(n, i, o, kinds[id(n)])
             for b in dying:
-                if b != o and b.startswith("b"):
+                if b != o:
                     self.give(b)
             first = len(lines) + 1
             if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
@@ -163,33 +140,22 @@ class Lowering:
         return "\n".join(lines) + "\n", steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
-        """Updates whose last step may write straight into the variable: every other read of
-        the variable is done by then and no later step can raise (so a failing call still
-        leaves the variables unchanged)."""
+        """Updates whose last step may write straight into the variable (planner rules);
+        none in check_numerics mode (a later check may still raise)."""
         if self.check:
             return {}
         g = self.graph
         index = {id(n): i for i, n in enumerate(g.nodes)}
         raising = [i for i, n in enumerate(g.nodes)
                    if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING)]
-        last_raise = max(raising, default=-1)
-        targets = Counter(id(v) for v, _ in g.updates)
-        values = Counter(id(u) for _, u in g.updates)
-        outputs = {id(o) for o in g.outputs}
-        direct = {}
-        for v, u in g.updates:
-            i = index[id(u)]
-            if u.op in LEAVES or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
-                    or i < last_raise or targets[id(v)] != 1 or values[id(u)] != 1 \
-                    or id(u) in outputs:
-                continue
-            if self.last[id(v)] > i or self.shapes[id(u)] != self.shapes[id(v)]:
-                continue
-            if self.last[id(v)] == i and any(id(v) in self.roots[id(x)] and x is not v
-                                             for x in u.inputs):
-                continue
-            direct[id(u)] = v
-        return direct
+        updates = [planner.Update(id(v), id(u), index[id(u)],
+                                  u.op not in LEAVES and self.may_write_input(u),
+                                  self.shapes[id(u)] == self.shapes[id(v)],
+                                  tuple(id(x) for x in u.inputs))
+                   for v, u in g.updates]
+        ok = planner.direct_updates(updates, self.steps, raising, self.roots, self.last,
+                                    [id(o) for o in g.outputs])
+        return {id(u): v for v, u in g.updates if id(u) in ok}
 
     def may_write_input(self, u: Node) -> bool:
         """Whether u's code may write its result over one of its inputs (read elementwise)."""
@@ -232,7 +198,7 @@ class Lowering:
         for x in n.inputs:
             r = id(x)
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
-                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b"):
+                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]):
                 return owner[r]
         return None
 
@@ -349,7 +315,7 @@ class Lowering:
             k = body_position(body, ph)
             x, r = n.inputs[k], id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
-                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b") \
+                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
                     and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
                 return owner[r]
         return None
@@ -395,7 +361,7 @@ class Lowering:
         for b in body.nodes:
             for x in b.inputs:
                 users[id(x)] = users.get(id(x), 0) + 1
-        spine = self.spine_of(n, users)[0] if o.startswith("b") else {id(out)}
+        spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
         names: dict[int, str] = {}
         left = dict(users)
         scratch: list[str] = []
