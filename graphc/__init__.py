@@ -1,7 +1,7 @@
 """graphc: a symbolic graph compiler for static computation graphs, on NumPy."""
 from graphc.ir import Graph, GraphcError, Node, ShapeError  # noqa: F401
 from graphc.api import *  # noqa: F401,F403
-from graphc.autodiff import grad, vjp  # noqa: F401
+from graphc.autodiff import check_grad, grad, hessian, jacobian, jvp, vjp  # noqa: F401
 from graphc.scan import scan  # noqa: F401
 from graphc.passes import optimize  # noqa: F401
 from graphc.runtime import Function, function  # noqa
@@ -11,5 +11,7 @@ from graphc.viz import repr_svg as _repr_svg
 from graphc.runtime.function import DRAW as _DRAW
 _DRAW.append(_repr_svg)         # Function._repr_svg_ draws with viz (which sits above runtime)
 from graphc.formula import formula, explain  # noqa: F401
+from graphc.inspect import inspect  # noqa: F401
+from graphc import nn  # noqa: F401,E402  (gc.nn.Dense without a second import)
 
 __version__ = "0.1.0"

@@ -7,15 +7,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import GraphcError, Node, Shape, _context, constant, name_scope, user_line
-from graphc.ops import elementwise, nn, reduce, shape
+from graphc.ir import METHODS, OPS, GraphcError, Node, OpDef, Shape, _context, apply, constant, \
+    name_scope, register, user_line
+from graphc.ops import activations, elementwise, indexing, layout, linalg, nn, random, reduce, \
+    shape, statistics
+from graphc.ops import image, integer, trig
+from graphc.ops.activations import *  # noqa: F401,F403
 from graphc.ops.elementwise import *  # noqa: F401,F403
+from graphc.ops.indexing import *  # noqa: F401,F403
+from graphc.ops.layout import *  # noqa: F401,F403
+from graphc.ops.linalg import *  # noqa: F401,F403
 from graphc.ops.nn import *  # noqa: F401,F403
+from graphc.ops.random import *  # noqa: F401,F403
 from graphc.ops.reduce import *  # noqa: F401,F403
 from graphc.ops.shape import *  # noqa: F401,F403
+from graphc.ops.image import *  # noqa: F401,F403
+from graphc.ops.integer import *  # noqa: F401,F403
+from graphc.ops.trig import *  # noqa: F401,F403
+from graphc.ops.statistics import *  # noqa: F401,F403
 
-__all__ = (["placeholder", "variable", "constant", "name_scope"] + elementwise.__all__
-           + reduce.__all__ + shape.__all__ + nn.__all__)
+__all__ = (["placeholder", "variable", "constant", "name_scope", "OpDef", "register_op",
+            "apply"] + elementwise.__all__ + activations.__all__ + reduce.__all__
+           + statistics.__all__ + shape.__all__ + layout.__all__ + indexing.__all__
+           + linalg.__all__ + nn.__all__ + random.__all__ + image.__all__ + integer.__all__
+           + trig.__all__)
+
+
+METHODS.update(mean=mean, var=var, std=std, clip=clip, squeeze=squeeze,  # noqa: F405
+               swapaxes=swapaxes, flatten=flatten, getitem=indexing.getitem)  # noqa: F405
+
+
+def register_op(op: OpDef) -> OpDef:
+    """Add a user's op to the op table; build its nodes with gc.apply(op.name, *inputs, **attrs).
+
+    A saved graph that uses it loads once the module calling register_op is imported.
+    """
+    if not isinstance(op, OpDef):
+        raise GraphcError(f"register_op needs a gc.OpDef, got {type(op).__name__}")
+    if not isinstance(op.name, str) or not op.name.isidentifier():
+        raise GraphcError(f"op name must be an identifier, got {op.name!r}")
+    if not callable(op.infer) or not callable(op.kernel):
+        raise GraphcError(f"op {op.name!r}: infer and kernel must be callables")
+    if op.name in OPS:
+        raise GraphcError(f"op {op.name!r} is already registered (by {OPS[op.name].kernel!r}); "
+                          "pick another name")
+    return register(op)
 
 
 def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:

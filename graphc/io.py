@@ -5,23 +5,37 @@ records and the array keys are described in `graphc.io_format`. Loading runs no 
 file: op names are looked up in the op table, attributes may only be plain data (or inner graphs
 of the same records, for fused nodes), and every node is rebuilt through its op's shape rule, so
 a file that declares a shape or dtype the rule disagrees with is rejected.
+
+The `.json` carries the sha256 of its own content and of its `.npz`, so a damaged file or a
+pair from two different saves is refused. A save replaces the pair so that a reader sees the
+old pair or the new one: the new `.npz` is first written under a staged name
+(`model.npz.graphc-staged-<digest>`), then the `.json` naming its digest replaces the old one,
+then the staged file is renamed to `model.npz`. A reader whose `model.npz` does not match looks
+for the staged file, and reads the `.json` again when a save raced it; the next save finishes
+(or removes) what a killed save left.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import tempfile
-import zipfile
+import re
+import time
 from typing import Sequence
 
 import numpy as np
 
+from graphc.io_arrays import open_npz, read_member, write_npz
+from graphc.io_files import fsync_folder, folder_lock, open_regular, read_all, \
+    remove_leftovers, replace, sha256_of, write_temp
 from graphc.io_format import FORMAT, VERSION, body_nodes, build_graph, check_graph, \
     encode_graph, field, indices, stored_specs
 from graphc.ir import Graph, GraphcError, Node, toposort
 
-HEADER_ROOM = 1 << 16    # bytes an .npy member may hold beyond its data (its header)
+MAX_BYTES = 1 << 32      # default limit on what one load reads (the .json and the arrays)
+STAGED = ".graphc-staged-"
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def file_paths(path) -> tuple[str, str]:
@@ -29,6 +43,17 @@ def file_paths(path) -> tuple[str, str]:
     base = os.fspath(path)
     base = base[:-5] if base.endswith(".json") else base
     return base + ".json", base + ".npz"
+
+
+def staged_path(npz_path: str, digest: str) -> str:
+    return npz_path + STAGED + digest[:16]
+
+
+def document_digest(doc: dict) -> str:
+    """sha256 of the document without its own "sha256" field, in a canonical JSON form."""
+    rest = {k: v for k, v in doc.items() if k != "sha256"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 # saving -------------------------------------------------------------------------------
@@ -40,16 +65,48 @@ def save(outputs, path, updates: Sequence[tuple[Node, Node]] = ()) -> str:
     index = {id(n): i for i, n in enumerate(nodes)}
     arrays: dict[str, np.ndarray] = {}
     records = encode_graph(nodes, index, "", arrays)
-    header = {"format": FORMAT, "version": VERSION, "form": form,
-              "outputs": [index[id(o)] for o in graph.outputs],
-              "updates": [[index[id(v)], index[id(u)]] for v, u in graph.updates]}
-    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
-    text = "{\n" + "\n".join(lines) + '\n "nodes": [\n' \
-        + ",\n".join("  " + json.dumps(r) for r in records) + "\n ]\n}\n"
     json_path, npz_path = file_paths(path)
-    write_atomic(npz_path, lambda f: np.savez(f, **arrays))
-    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))
+    folder = os.path.dirname(os.path.abspath(json_path))
+    with folder_lock(folder):
+        finish_killed_save(json_path, npz_path)
+        tmp, digest = write_temp(npz_path, lambda f: write_npz(f, arrays), "save")
+        staged = staged_path(npz_path, digest)
+        replace(tmp, staged, "save")
+        header = {"format": FORMAT, "version": VERSION, "sha256": "", "form": form,
+                  "arrays": {"sha256": digest},
+                  "outputs": [index[id(o)] for o in graph.outputs],
+                  "updates": [[index[id(v)], index[id(u)]] for v, u in graph.updates]}
+        text = document_text(header, records)
+        header["sha256"] = document_digest(json.loads(text))    # as a reader will see it
+        text = document_text(header, records).encode("utf-8")
+        fsync_folder(folder)
+        tmp, _ = write_temp(json_path, lambda f: f.write(text), "save")
+        replace(tmp, json_path, "save")         # the new pair is what readers see from here
+        fsync_folder(folder)
+        replace(staged, npz_path, "save")
+        fsync_folder(folder)
     return json_path
+
+
+def document_text(header: dict, records: list[dict]) -> str:
+    """One header field and one node record per line, so that diffs of graph files read well."""
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
+    return "{\n" + "\n".join(lines) + '\n "nodes": [\n' \
+        + ",\n".join("  " + json.dumps(r) for r in records) + "\n ]\n}\n"
+
+
+def finish_killed_save(json_path: str, npz_path: str) -> None:
+    """Complete a save killed after its .json was replaced; remove temp and staged files."""
+    folder = os.path.dirname(os.path.abspath(json_path))
+    with contextlib.suppress(GraphcError, OSError, ValueError, LookupError, TypeError):
+        with open_regular(json_path, "graph file", MAX_BYTES) as f:
+            doc = json.loads(read_all(f, json_path, "graph file", MAX_BYTES))
+        digest = doc["arrays"]["sha256"]
+        if HEX64.match(digest) and os.path.exists(staged_path(npz_path, digest)):
+            os.replace(staged_path(npz_path, digest), npz_path)
+    name = os.path.basename(npz_path)
+    remove_leftovers(folder, [os.path.basename(json_path), name],
+                     re.compile(re.escape(name + STAGED) + r"[0-9a-f]{16}\Z"))
 
 
 def as_graph(outputs, updates) -> tuple[Graph, str]:
@@ -91,48 +148,64 @@ def with_grad_targets(graph: Graph) -> list[Node]:
     return nodes
 
 
-def write_atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                   dir=folder)
-    except OSError as e:
-        raise GraphcError(f"save: cannot write {path}: {e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise GraphcError(f"save: cannot write {path}: {e}") from None
-        raise
-
 
 # loading ------------------------------------------------------------------------------
 
-def load(path):
+def load(path, *, max_bytes: int = MAX_BYTES):
     """Read what `save` wrote, in the form it was saved: a node, a list of nodes or a Graph.
 
-    Variables come back as new variables holding the saved values.
+    Variables come back as new variables holding the saved values. Every refusal is a
+    GraphcError; at most `max_bytes` are read (the .json, and again the arrays).
     """
     json_path, npz_path = file_paths(path)
-    doc = read_json(json_path)
     try:
-        return load_document(doc, npz_path)
+        return load_pair(json_path, npz_path, max_bytes)
+    except GraphcError:
+        raise
+    except Exception as e:     # a case the checks missed: still a refusal, with its cause
+        raise GraphcError(f"{json_path} cannot be loaded: {type(e).__name__}: "
+                          f"{str(e)[:200]}") from e
+
+
+def load_pair(json_path: str, npz_path: str, max_bytes: int):
+    """Load the pair; read the .json again while a save is replacing the pair under us."""
+    last = None
+    for attempt in range(5):
+        text, doc = read_json(json_path, max_bytes)
+        if text == last:
+            break                                   # no save is racing: the pair is bad
+        last = text
+        try:
+            return load_document(doc, json_path, npz_path, max_bytes - len(text))
+        except StalePair as e:
+            problem = str(e)
+            time.sleep(0.002 * attempt)
+    raise GraphcError(f"{json_path}: {problem}")
+
+
+class StalePair(Exception):
+    """The .npz beside the .json is missing or is not the one the .json names."""
+
+
+def load_document(doc: dict, json_path: str, npz_path: str, budget: int):
+    try:
+        records = field(doc, "nodes", list, "the file")
+        specs = check_graph(records, len(records))
+        stored = stored_specs(specs)
+        need = sum(s["nbytes"] for s in stored)
+        if need > budget:
+            raise GraphcError(f"its arrays declare {need} bytes, more than the limit of "
+                              f"{budget} (raise it with max_bytes=)")
+        arrays = {}
+        if stored:                        # a graph without arrays never opens its .npz
+            with open_arrays(npz_path, doc["arrays"]["sha256"], budget) as f:
+                arrays = read_arrays(f, npz_path, stored)
+        return assemble(doc, build_graph(specs, arrays))
     except GraphcError as e:
         raise GraphcError(f"{json_path}: {e}") from None
 
 
-def load_document(doc: dict, npz_path: str):
-    records = field(doc, "nodes", list, "the file")
-    specs = check_graph(records, len(records))
-    nodes = build_graph(specs, read_arrays(npz_path, stored_specs(specs)))
+def assemble(doc: dict, nodes: list[Node]):
     outputs = [nodes[j] for j in indices(field(doc, "outputs", list, "the file"), len(nodes),
                                         "outputs")]
     updates = []
@@ -140,8 +213,10 @@ def load_document(doc: dict, npz_path: str):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise GraphcError("an update must be a pair [variable, value]")
         v, u = indices(pair, len(nodes), "an update")
-        if nodes[v].op != "variable" or nodes[v].shape != nodes[u].shape:
-            raise GraphcError(f"update {pair} does not pair a variable with a node of its shape")
+        if nodes[v].op != "variable" or nodes[v].shape != nodes[u].shape \
+                or nodes[v].dtype != nodes[u].dtype:
+            raise GraphcError(f"update {pair} does not pair a variable with a node of its "
+                              "shape and dtype")
         updates.append((nodes[v], nodes[u]))
     form = doc["form"]
     if form == "graph":
@@ -152,52 +227,60 @@ def load_document(doc: dict, npz_path: str):
     return outputs[0] if form == "node" else outputs
 
 
-def read_json(path: str) -> dict:
+def read_json(path: str, limit: int) -> tuple[bytes, dict]:
+    with open_regular(path, "graph file", limit) as f:
+        try:
+            text = read_all(f, path, "graph file", limit)
+        except OSError as e:
+            raise GraphcError(f"cannot read graph file {path}: {e.strerror or e}") from None
     try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read().decode("utf-8"))
-    except OSError as e:
-        raise GraphcError(f"cannot read graph file {path}: {e.strerror or e}") from None
+        doc = json.loads(text.decode("utf-8"))
     except (ValueError, RecursionError) as e:   # bad UTF-8, bad JSON, absurd nesting
         raise GraphcError(f"{path} is not a graphc graph file (not valid JSON: "
                           f"{str(e)[:200]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GraphcError(f"{path} is not a graphc graph file (no \"format\": \"{FORMAT}\")")
     if doc.get("version") != VERSION:
-        raise GraphcError(f"{path}: format version {doc.get('version')!r} is not supported "
-                          f"(this graphc reads version {VERSION})")
+        raise GraphcError(f"{path}: format version {str(doc.get('version'))[:20]} is not "
+                          f"supported (this graphc reads version {VERSION}; save the graph "
+                          "again with this graphc)")
+    digest = doc.get("sha256")
+    if not isinstance(digest, str) or digest != document_digest(doc):
+        raise GraphcError(f"{path} is damaged: its content does not match its sha256 "
+                          "(graph files are not meant to be edited by hand)")
+    arrays = doc.get("arrays")
+    if not (isinstance(arrays, dict) and isinstance(arrays.get("sha256"), str)
+            and HEX64.match(arrays["sha256"])):
+        raise GraphcError(f"{path}: field \"arrays\" must name the sha256 of the .npz")
     if doc.get("form") not in ("node", "list", "graph"):
-        raise GraphcError(f"{path}: unknown form {doc.get('form')!r}")
-    return doc
+        raise GraphcError(f"{path}: unknown form {str(doc.get('form'))[:40]!r}")
+    return text, doc
 
 
-def read_arrays(path: str, specs: list[dict]) -> dict[str, np.ndarray]:
-    """The arrays of variables and constants (by key), each no bigger than its node declares."""
-    if not specs:
-        return {}
-    out = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            present = set(npz.files)
-            for s in specs:
-                key, at = s["key"], s["at"]
-                if key not in present:
-                    raise GraphcError(f"the arrays file {path} has no array {key} for {at}")
-                if npz.zip.getinfo(key + ".npy").file_size > nbytes(s) + HEADER_ROOM:
-                    raise GraphcError(f"array {key} in {path} is larger than {at} "
-                                      f"declares ({list(s['shape'])} {s['dtype'].name})")
-                out[key] = npz[key]
-    except GraphcError:
-        raise
-    except OSError as e:
-        raise GraphcError(f"cannot read the arrays file {path}: {e.strerror or e}") from None
-    except (ValueError, zipfile.BadZipFile, EOFError, MemoryError, KeyError) as e:
-        raise GraphcError(f"{path} is not a valid arrays file (pickled objects are "
-                          f"refused): {str(e)[:200]}") from None
-    return out
+@contextlib.contextmanager
+def open_arrays(npz_path: str, digest: str, limit: int):
+    """The .npz whose sha256 is `digest`: path.npz, or the file a running save staged."""
+    problem = f"the arrays file {npz_path} is missing"
+    for candidate in (npz_path, staged_path(npz_path, digest)):
+        try:
+            f = open_regular(candidate, "arrays file", limit)
+        except GraphcError:
+            if os.path.lexists(candidate):
+                raise
+            continue
+        with f:
+            if sha256_of(f) == digest:
+                yield f
+                return
+        problem = (f"the arrays file {npz_path} does not match the sha256 its graph file "
+                   "names (it is damaged, or the two files come from different saves)")
+    raise StalePair(problem)
 
 
-def nbytes(spec: dict) -> int:
-    if not all(isinstance(d, int) for d in spec["shape"]):
-        raise GraphcError(f"a {spec['op']} needs a fixed shape, got {list(spec['shape'])}")
-    return int(np.prod(spec["shape"], dtype=object)) * spec["dtype"].itemsize
+def read_arrays(f, path: str, specs: list[dict]) -> dict[str, np.ndarray]:
+    """The arrays of variables and constants (by key), each exactly as its node declares."""
+    with open_npz(f, path) as z:
+        return {s["key"]: read_member(z, s["key"], s["shape"],
+                                      lambda d, want=s["dtype"]: d == want, s["at"],
+                                      stored_only=True, itemsize=s["dtype"].itemsize)
+                for s in specs}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from graphc import api
 from graphc.ir import OPS, GraphcError, Node, _context, apply, constant
 from graphc.ops.fused import Body
 
-FORMAT, VERSION = "graphc-graph", 1
+FORMAT, VERSION = "graphc-graph", 2
 LEAVES = ("placeholder", "variable", "constant")
 STORED = ("variable", "constant")      # leaves whose array is in the .npz
 DTYPES = frozenset(np.dtype(t).name for t in (
@@ -26,6 +27,8 @@ DTYPES = frozenset(np.dtype(t).name for t in (
     np.float16, np.float32, np.float64)) | {"void"}     # void: a tuple-valued node
 GRAPH_ATTRS = {"fused": ("body",), "scan": ("body",)}   # attributes holding a graph whose
                                        # placeholders stand for the node's inputs, in order
+MAX_RANK = 32      # NumPy's limit on dimensions
+MAX_SIZE = 1 << 62      # bytes any one declared array may hold (NumPy's own bound is 2**63-1)
 MAX_DEPTH = 8      # how deeply attribute tuples may nest
 MAX_NESTING = 4    # how deeply graphs may sit inside graph attributes
 
@@ -128,7 +131,8 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
     op = field(r, "op", str, at)
     at = f"{at} ({op[:40]})"
     if op not in OPS and op not in LEAVES:
-        raise GraphcError(f"{at}: unknown op {op[:40]!r}")
+        raise GraphcError(f"{at}: unknown op {op[:40]!r} (an op of your own? import the module "
+                          "that registers it with gc.register_op before gc.load)")
     inputs = field(r, "inputs", list, at)
     for j in inputs:
         if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < i:
@@ -140,10 +144,17 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
     if dtype not in DTYPES:
         raise GraphcError(f"{at}: unsupported dtype {dtype[:40]!r}")
     shape = field(r, "shape", list, at)
+    if len(shape) > MAX_RANK:
+        raise GraphcError(f"{at}: rank {len(shape)} is above the limit of {MAX_RANK}")
     for d in shape:
-        if not (d is None or isinstance(d, str)
+        if not (d is None or (isinstance(d, str) and len(d) <= 100)
                 or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)):
-            raise GraphcError(f"{at}: bad dimension {d!r} in shape {shape}")
+            raise GraphcError(f"{at}: bad dimension {str(d)[:40]} in shape")
+    size = math.prod(d for d in shape if isinstance(d, int))
+    if size * np.dtype(dtype).itemsize > MAX_SIZE:
+        raise GraphcError(f"{at}: shape {shape} holds more than {MAX_SIZE} bytes")
+    if op in STORED and not all(isinstance(d, int) for d in shape):
+        raise GraphcError(f"{at}: a {op} needs a fixed shape, got {shape}")
     name, grad_of = r.get("name"), r.get("grad_of")
     if name is not None and not isinstance(name, str):
         raise GraphcError(f"{at}: name must be a string or null")
@@ -156,7 +167,8 @@ def check_record(r, i: int, top: int, prefix: str, depth: int) -> dict:
                          (top, key, depth))
     return {"op": op, "inputs": inputs, "attrs": attrs, "shape": tuple(shape),
             "dtype": np.dtype(dtype), "name": name, "scope": tuple(scope),
-            "where": field(r, "where", str, at), "grad_of": grad_of, "key": key, "at": at}
+            "where": field(r, "where", str, at), "grad_of": grad_of, "key": key, "at": at,
+            "nbytes": size * np.dtype(dtype).itemsize}
 
 
 def decode_attrs(attrs: dict, op: str, n_inputs: int, at: str, nest: tuple) -> dict:

@@ -214,35 +214,82 @@ class Node:
     # == stays identity: nodes are dict keys (feeds); use gc.equal for the elementwise test
 
     def __getitem__(self, index) -> Node:
-        """Basic indexing: integers and slices with step 1, one per leading axis."""
-        index = index if isinstance(index, tuple) else (index,)
-        if len(index) > self.ndim:
-            raise GraphcError(f"too many indices ({len(index)}) for shape "
-                              f"{format_shape(self.shape)}\n  at {user_line()}")
-        out, drop = self, []
-        for axis, i in enumerate(index):
-            if isinstance(i, (int, np.integer)):
-                out = apply("slice", out, axis=axis, start=int(i),
-                            stop=None if i == -1 else int(i) + 1)
-                drop.append(axis)
-            elif isinstance(i, slice) and i.step in (None, 1):
-                if (i.start, i.stop) != (None, None):
-                    out = apply("slice", out, axis=axis, start=i.start or 0, stop=i.stop)
-            else:
-                raise GraphcError(f"unsupported index {i!r}: graphc nodes take integers and "
-                                  f"slices with step 1\n  at {user_line()}")
-        if drop:
-            shape = tuple(d for k, d in enumerate(out.shape) if k not in drop)
-            if sum(not isinstance(d, int) for d in shape) <= 1:
-                out = apply("reshape", out, shape=tuple(d if isinstance(d, int) else -1
-                                                       for d in shape))
-            else:
-                out = apply("sum", out, axis=tuple(drop))   # drops the size-1 axes
-        return out
+        """NumPy's indexing where a static graph can have it (graphc.ops.indexing)."""
+        return METHODS["getitem"](self, index)
+
+    # NumPy's and PyTorch's methods, where they agree (or NumPy's, with a hint) -----------
+    def sum(self, axis=None, keepdims=False): return apply("sum", self, axis=axis,
+                                                           keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return apply("max", self, axis=axis,
+                                                           keepdims=keepdims)
+    def min(self, axis=None, keepdims=False): return apply("min", self, axis=axis,
+                                                           keepdims=keepdims)
+    def prod(self, axis=None, keepdims=False): return apply("prod", self, axis=axis,
+                                                            keepdims=keepdims)
+    def argmax(self, axis=None, keepdims=False): return apply("argmax", self, axis=axis,
+                                                              keepdims=keepdims)
+    def argmin(self, axis=None, keepdims=False): return apply("argmin", self, axis=axis,
+                                                              keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return METHODS["mean"](self, axis, keepdims)
+
+    def var(self, axis=None, keepdims=False, ddof=0):
+        return METHODS["var"](self, axis, keepdims, ddof)
+
+    def std(self, axis=None, keepdims=False, ddof=0):
+        return METHODS["std"](self, axis, keepdims, ddof)
+
+    def astype(self, dtype) -> Node:
+        return apply("cast", self, dtype=np.dtype(dtype).name)
+
+    def clip(self, lo=None, hi=None): return METHODS["clip"](self, lo, hi)
+    def squeeze(self, axis=None): return METHODS["squeeze"](self, axis)
+    def swapaxes(self, axis1, axis2): return METHODS["swapaxes"](self, axis1, axis2)
+
+    def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Node:
+        """All axes into one, as NumPy's x.flatten() and torch's (gc.flatten keeps axis 0)."""
+        return METHODS["flatten"](self, start_axis, end_axis)
+
+    def reshape(self, *shape) -> Node:
+        """x.reshape(2, 3) or x.reshape((2, 3)), one dim may be -1."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply("reshape", self, shape=shape)
+
+    def transpose(self, *axes) -> Node:
+        """NumPy's meaning: no axes reverses them; else a permutation of all the axes."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            return apply("transpose", self)
+        if len(axes) != self.ndim:
+            hint = (f"; to swap two axes as PyTorch's x.transpose({axes[0]}, {axes[1]}) does, "
+                    f"use x.swapaxes({axes[0]}, {axes[1]}) (or x.mT for the last two)"
+                    if len(axes) == 2 else "")
+            raise GraphcError(f"x.transpose{tuple(axes)} of shape {format_shape(self.shape)}: "
+                              f"graphc's transpose (as NumPy's) takes a permutation of all "
+                              f"{self.ndim} axes{hint}\n  at {user_line()}")
+        return apply("transpose", self, axes=axes)
 
     @property
     def T(self) -> Node:
+        if self.ndim > 2:
+            raise GraphcError(f"x.T of a {self.ndim}-d node {format_shape(self.shape)} would "
+                              f"reverse all {self.ndim} axes (NumPy's meaning; PyTorch refuses "
+                              "it): use x.mT or gc.swapaxes(x, -2, -1) to swap the last two "
+                              "axes, or gc.transpose(x) to reverse them all"
+                              f"\n  at {user_line()}")
         return apply("transpose", self)
+
+    @property
+    def mT(self) -> Node:
+        """The last two axes swapped (a stack of matrices transposed), as NumPy and PyTorch."""
+        if self.ndim < 2:
+            raise GraphcError(f"x.mT needs at least 2 axes, got shape "
+                              f"{format_shape(self.shape)}\n  at {user_line()}")
+        return METHODS["swapaxes"](self, -2, -1)
+
+
+METHODS: dict[str, Callable] = {}   # sugar the methods above call; graphc.api fills it
 
 
 def _hashable(v):

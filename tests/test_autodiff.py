@@ -2,9 +2,10 @@
 differences (float64)."""
 import numpy as np
 import pytest
+import sympy as sp
 
 import graphc as gc
-from graphc.ir import toposort
+from graphc.ir import OPS, toposort
 from tests.helpers import numeric_grad
 
 rng = np.random.default_rng(42)
@@ -197,3 +198,116 @@ def test_gradient_of_the_exponent_of_an_integer_base():
     assert gx.dtype == np.float32
     np.testing.assert_allclose(gx.eval({k: kv, x: xv}), want, rtol=1e-6)
     np.testing.assert_allclose(gc.function([k, x], gx)(kv, xv), want, rtol=1e-6)
+
+
+# forward mode, Jacobians, Hessians, check_grad ------------------------------------------
+
+def numeric_jacobian(f, x, eps=1e-6):
+    cols = []
+    for k in range(x.size):
+        e = np.zeros(x.size)
+        e[k] = eps
+        e = e.reshape(x.shape)
+        cols.append(((f(x + e) - f(x - e)) / (2 * eps)).reshape(-1))
+    return np.stack(cols, axis=1)
+
+
+def test_jacobian_and_jvp_agree_with_central_differences():
+    rng = np.random.default_rng(7)
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    W = gc.placeholder((2, 3), dtype="float64", name="W")
+    y = gc.tanh(W @ x) * gc.sum(x * x)
+    xv, Wv, tv = rng.standard_normal(3), rng.standard_normal((2, 3)), rng.standard_normal(3)
+    feeds = {x: xv, W: Wv}
+    want = numeric_jacobian(lambda v: np.tanh(Wv @ v) * np.sum(v * v), xv)
+    J = gc.jacobian(y, x)
+    assert J.shape == (2, 3)
+    np.testing.assert_allclose(J.eval(feeds), want, rtol=1e-6, atol=1e-9)
+    t = gc.jvp(y, x, tv)
+    assert t.shape == (2,)
+    np.testing.assert_allclose(t.eval(feeds), want @ tv, rtol=1e-6, atol=1e-9)
+    JW = gc.jacobian(y, [x, W])[1]
+    assert JW.shape == (2, 2, 3)
+    want_W = numeric_jacobian(lambda v: np.tanh(v @ xv) * np.sum(xv * xv), Wv)
+    np.testing.assert_allclose(JW.eval(feeds).reshape(2, 6), want_W, rtol=1e-6, atol=1e-9)
+
+
+def test_jvp_of_several_outputs_and_inputs_with_an_unknown_batch():
+    rng = np.random.default_rng(8)
+    x = gc.placeholder((None, 3), dtype="float64")
+    W = gc.variable(rng.standard_normal((3, 2)))
+    outs = [gc.softmax(x @ W), gc.argmax(x, axis=1), gc.sum(x * x)]
+    tx, tW = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    jx, jarg, jsum = gc.jvp(outs, [x, W], [gc.constant(tx), tW])
+    xv = rng.standard_normal((4, 3))
+    eps = 1e-6
+    plus = {x: xv + eps * tx}
+    minus = {x: xv - eps * tx}
+    W0 = W.value.copy()
+    W.value = W0 + eps * tW
+    up = [o.eval(plus) for o in (outs[0], outs[2])]
+    W.value = W0 - eps * tW
+    down = [o.eval(minus) for o in (outs[0], outs[2])]
+    W.value = W0
+    np.testing.assert_allclose(jx.eval({x: xv}), (up[0] - down[0]) / (2 * eps), atol=1e-8)
+    np.testing.assert_allclose(jsum.eval({x: xv}), (up[1] - down[1]) / (2 * eps), rtol=1e-6)
+    assert jarg.dtype == np.int64 and not jarg.eval({x: xv}).any()     # integers: no tangent
+
+
+def test_jvp_compiles_and_does_not_need_the_dummy_cotangent():
+    x = gc.placeholder((None, 2), dtype="float64")
+    t = gc.jvp(gc.sum(gc.exp(x) * x, axis=1), x, gc.ones_like(x))
+    xv = np.array([[0.5, -1.0], [2.0, 0.0]])
+    want = ((np.exp(xv) * xv + np.exp(xv))).sum(1)
+    for optimize in (True, False):
+        np.testing.assert_allclose(gc.function([x], t, optimize=optimize)(xv), want)
+
+
+def test_hessian_of_a_vector_is_symmetric_and_matches_differences():
+    rng = np.random.default_rng(9)
+    x = gc.placeholder((3,), dtype="float64")
+    A = rng.standard_normal((3, 3))
+    cost = gc.logsumexp(gc.constant(A) @ x) + gc.sum(gc.sin(x) * x)
+    H = gc.hessian(cost, x)
+    assert H.shape == (3, 3)
+    xv = rng.standard_normal(3)
+    f = lambda v: np.log(np.exp(A @ v).sum()) + np.sum(np.sin(v) * v)     # noqa: E731
+    g = lambda v: numeric_jacobian(f, v, 1e-5)[0]                          # noqa: E731
+    got = H.eval({x: xv})
+    np.testing.assert_allclose(got, got.T, atol=1e-12)
+    np.testing.assert_allclose(got, numeric_jacobian(g, xv, 1e-4), rtol=1e-4, atol=1e-6)
+
+
+def test_hessian_formula_of_a_scalar_expression_is_the_textbook_one():
+    x = gc.placeholder((), dtype="float64", name="x")
+    y = gc.placeholder((), dtype="float64", name="y")
+    f = x ** 2 * y + gc.sin(x * y) + gc.exp(y) / x + gc.tanh(x)
+    X, Y = sp.symbols("x y", real=True)
+    want = sp.hessian(X ** 2 * Y + sp.sin(X * Y) + sp.exp(Y) / X + sp.tanh(X), (X, Y))
+    H = gc.hessian(f, [x, y])
+    for i in range(2):
+        for j in range(2):
+            assert sp.simplify(gc.formula(H[i][j]) - want[i, j]) == 0
+    text = gc.explain({"fxy": H[0][1]})
+    assert text.splitlines()[-1].startswith("fxy = ") and "cos(" in text
+
+
+def test_check_grad_reports_the_worst_entry_and_raises_on_a_wrong_rule():
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    W = gc.variable(np.ones((2, 3)), name="W")
+    report = gc.check_grad(gc.sum(gc.tanh(W @ x) ** 2), [x, W], {x: np.arange(3.0)})
+    assert report.ok and report.checked == 9 and report.abs_err < 1e-8
+    assert np.array_equal(W.value, np.ones((2, 3)))          # restored after perturbing
+    wrong = gc.OpDef("half_square_grad_test", lambda v: (v.shape, v.dtype), lambda v: v * v,
+                     lambda g, out, v: (g * v,), elementwise=True)    # should be 2 g v
+    gc.register_op(wrong)
+    try:
+        cost = gc.sum(gc.apply("half_square_grad_test", x))
+        with pytest.raises(gc.GraphcError, match=r"FAILED at 3 of 3 entries; worst entry "
+                                                 r"'x'\[2\]: graphc 3 vs central differences 6"):
+            gc.check_grad(cost, x, {x: np.array([1.0, 2.0, 3.0])})
+        assert not gc.check_grad(cost, x, {x: np.ones(3)}, raise_error=False).ok
+    finally:
+        del OPS["half_square_grad_test"]
+    with pytest.raises(gc.GraphcError, match="without a seed"):
+        gc.check_grad(gc.sum(x * gc.random_normal(x, dtype="float64")), x, {x: np.ones(3)})

@@ -1,6 +1,7 @@
 """Save/load: round trips keep values, listings, attributes and grad_of; bad files fail cleanly."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.io import file_paths
+from graphc.io import document_digest, file_paths
 from graphc.io_format import decode_attr, encode_attr
 from graphc.ir import Node, apply
 from graphc.ops.fused import Body
@@ -42,6 +43,23 @@ def mlp():
 def feeds_for(x, y):
     rng = np.random.default_rng(1)
     return {x: rng.normal(size=(5, 4)).astype("float32"), y: np.arange(5)}
+
+
+def write_signed(path, doc: dict) -> None:
+    """Write an edited graph document with the digests a save would give it (a hostile file
+    can do the same: the digests catch damage and torn pairs, not authors)."""
+    path = pathlib.Path(path)
+    npz = path.with_suffix(".npz")
+    if npz.exists():
+        doc["arrays"] = {"sha256": hashlib.sha256(npz.read_bytes()).hexdigest()}
+    doc.setdefault("arrays", {"sha256": "0" * 64})
+    doc["sha256"] = document_digest(doc)
+    path.write_text(json.dumps(doc))
+
+
+def resign(path) -> None:
+    """Sign the graph file again after its .npz was replaced."""
+    write_signed(path, json.loads(pathlib.Path(path).read_text()))
 
 
 def by_name(graph: gc.Graph, name: str):
@@ -154,7 +172,10 @@ def test_files_are_json_and_npz_without_leftovers(tmp_path):
     assert written == str(tmp_path / "m.json")
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.npz"]
     doc = json.loads((tmp_path / "m.json").read_text())
-    assert (doc["format"], doc["version"], doc["form"]) == ("graphc-graph", 1, "node")
+    assert (doc["format"], doc["version"], doc["form"]) == ("graphc-graph", 2, "node")
+    npz_bytes = (tmp_path / "m.npz").read_bytes()
+    assert doc["arrays"]["sha256"] == hashlib.sha256(npz_bytes).hexdigest()
+    assert doc["sha256"] == document_digest(doc)
     with np.load(tmp_path / "m.npz", allow_pickle=False) as npz:
         keys = sorted(npz.files)
     leaves = [f"n{i}" for i, r in enumerate(doc["nodes"]) if r["op"] in ("variable", "constant")]
@@ -235,7 +256,7 @@ def saved(tmp_path):
     def edit(change):
         doc = json.loads(path.read_text())
         change(doc)
-        path.write_text(json.dumps(doc))
+        write_signed(path, doc)
     return path, edit
 
 
@@ -336,7 +357,7 @@ def test_grad_of_cycle_and_bad_update(saved):
 def test_missing_npz(saved):
     path, _ = saved
     os.remove(path.with_suffix(".npz"))
-    load_fails(path, "cannot read the arrays file")
+    load_fails(path, "the arrays file .* is missing")
 
 
 def test_npz_missing_array_or_wrong_shape(saved):
@@ -344,12 +365,15 @@ def test_npz_missing_array_or_wrong_shape(saved):
     with np.load(path.with_suffix(".npz")) as npz:
         arrays = dict(npz)
     np.savez(path.with_suffix(".npz"), other=np.ones(3, "float32"))
-    load_fails(path, "has no array n")
+    resign(path)
+    load_fails(path, "no array 'n1' in the arrays file")
     key = next(f"n{i}" for i, r in enumerate(json.loads(path.read_text())["nodes"])
                if r["op"] == "variable")
     np.savez(path.with_suffix(".npz"), **{**arrays, key: np.ones(4, "float32")})
-    load_fails(path, r"its array is \[4\] float32")
+    resign(path)
+    load_fails(path, r"array 'n1' has shape \[4\], expected \[3\]")
     np.savez(path.with_suffix(".npz"), **{**arrays, key: np.ones(3, "float64")})
+    resign(path)
     load_fails(path, "float64")
 
 
@@ -370,6 +394,7 @@ def test_npz_with_pickled_objects_runs_nothing(saved, tmp_path):
     arr = np.empty(3, dtype=object)
     arr[:] = [trap, 1, "a"]
     np.savez(path.with_suffix(".npz"), **{key: arr})     # np.savez pickles object arrays
+    resign(path)
     load_fails(path, "pickled objects are refused")
     assert not (tmp_path / "pwned").exists()
 
@@ -377,10 +402,12 @@ def test_npz_with_pickled_objects_runs_nothing(saved, tmp_path):
 def test_npz_garbage_or_a_bare_pickle(saved, tmp_path):
     path, _ = saved
     path.with_suffix(".npz").write_bytes(b"PK\x03\x04" + os.urandom(64))
+    resign(path)
     load_fails(path, "not a valid arrays file")
     trap = Trap()
     trap.marker = str(tmp_path / "pwned")
     path.with_suffix(".npz").write_bytes(pickle.dumps(trap))
+    resign(path)
     load_fails(path, "not a valid arrays file")
     assert not (tmp_path / "pwned").exists()
 
@@ -392,7 +419,8 @@ def test_npz_array_bigger_than_declared(saved):
     key = next(f"n{i}" for i, r in enumerate(json.loads(path.read_text())["nodes"])
                if r["op"] == "variable")
     np.savez(path.with_suffix(".npz"), **{**arrays, key: np.zeros(100_000, "float32")})
-    load_fails(path, f"array {key} .* is larger than node %.* declares")
+    resign(path)
+    load_fails(path, f"node %1 \\(variable\\): array '{key}' .* is larger than its declared")
 
 
 @pytest.mark.parametrize("change", [
@@ -448,7 +476,7 @@ def test_fuzzed_documents_load_or_raise_graphc_error(fuzz_file, data):
         node = data.draw(st.sampled_from(doc["nodes"]))
         key = data.draw(st.sampled_from(sorted(node)))
         node[key] = data.draw(json_values)
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     try:
         gc.load(path)
     except gc.GraphcError:
@@ -550,7 +578,7 @@ def saved_fused(tmp_path):
     def edit(change):
         doc = json.loads(path.read_text())
         change(doc["nodes"][top]["attrs"]["body"]["graph"], doc)
-        path.write_text(json.dumps(doc))
+        write_signed(path, doc)
     return path, edit, top
 
 
@@ -586,12 +614,12 @@ def test_body_attribute_must_be_a_graph_on_a_fused_node_only(saved_fused):
     for bad in ([1, 2], {"graph": [1]}, {"graph": {}, "code": "print(1)"}, "graph", {}):
         doc = json.loads(json.dumps(original))
         doc["nodes"][top]["attrs"]["body"] = bad
-        path.write_text(json.dumps(doc))
+        write_signed(path, doc)
         load_fails(path, r"attribute 'body': (must be a graph|field 'nodes')")
     doc = json.loads(json.dumps(original))     # a body on another op: an unknown attribute
     x = next(i for i, r in enumerate(doc["nodes"]) if r["name"] == "x")
     doc["nodes"][top].update(op="tanh", inputs=[x])
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     load_fails(path, "op tanh takes no attribute 'body'")
 
 
@@ -607,10 +635,10 @@ def nest(depth: int) -> dict:
 
 def test_nesting_is_bounded(tmp_path):
     for depth, match in ((3, None), (40, "nest deeper than 4 levels")):
-        doc = {"format": "graphc-graph", "version": 1, "form": "node", "outputs": [1],
+        doc = {"format": "graphc-graph", "version": 2, "form": "node", "outputs": [1],
                "updates": [], "nodes": [nest(0)["graph"]["nodes"][0],
                                         {**nest(depth)["graph"]["nodes"][1]}]}
-        (tmp_path / "n.json").write_text(json.dumps(doc))
+        write_signed(tmp_path / "n.json", doc)
         if match:
             load_fails(tmp_path / "n.json", match)
             continue
@@ -627,12 +655,15 @@ def test_body_array_missing_or_pickled(saved_fused, tmp_path):
         arrays = dict(npz)
     key = next(k for k in arrays if ".body." in k)
     np.savez(npz_path, **{k: v for k, v in arrays.items() if k != key})
-    load_fails(path, rf"has no array {key} for node %{top} body %\d+ \(constant\)")
+    resign(path)
+    load_fails(path, rf"node %{top} body %\d+ \(constant\): no array '{key}'")
     np.savez(npz_path, **{**arrays, key: np.zeros(100_000, "float32")})
-    load_fails(path, "is larger than node")
+    resign(path)
+    load_fails(path, "is larger than its declared shape")
     trap = Trap()
     trap.marker = str(tmp_path / "pwned")
     np.savez(npz_path, **{**arrays, key: np.array([trap, 1, 2], dtype=object)})
+    resign(path)
     load_fails(path, "pickled objects are refused")
     assert not (tmp_path / "pwned").exists()
 
@@ -667,7 +698,7 @@ def test_fuzzed_bodies_load_or_raise_graphc_error(fuzz_fused_file, data):
         record = data.draw(st.sampled_from(all_records(doc["nodes"])))
         key = data.draw(st.sampled_from(sorted(record)))
         record[key] = data.draw(json_values)
-    path.write_text(json.dumps(doc))
+    write_signed(path, doc)
     try:
         gc.load(path)
     except gc.GraphcError:

@@ -170,3 +170,45 @@ def test_indexing_and_comparison_operators_build_nodes():
     with pytest.raises(gc.GraphcError, match=r"(?s)unsupported index.*test_ir.py:\d+"):
         x[::2]
     assert {x: 1}[x] == 1                     # == stays identity: nodes key the feeds
+
+
+# NumPy / PyTorch methods on nodes, and the hints where the two disagree ---------------------
+
+def test_node_methods_match_numpy():
+    x = gc.placeholder((2, 3, 4), dtype="float64")
+    xv = np.random.default_rng(0).standard_normal((2, 3, 4))
+    cases = [(x.sum(), xv.sum()), (x.sum(axis=1, keepdims=True), xv.sum(1, keepdims=True)),
+             (x.mean(axis=(0, 2)), xv.mean((0, 2))), (x.max(axis=-1), xv.max(-1)),
+             (x.min(), xv.min()), (x.prod(axis=0), xv.prod(0)), (x.var(axis=1), xv.var(1)),
+             (x.std(ddof=1), xv.std(ddof=1)), (x.argmax(axis=2), xv.argmax(2)),
+             (x.argmin(), xv.argmin()), (x.reshape(6, 4), xv.reshape(6, 4)),
+             (x.reshape((4, -1)), xv.reshape((4, -1))), (x.transpose(), xv.transpose()),
+             (x.transpose(1, 0, 2), xv.transpose(1, 0, 2)),
+             (x.transpose((2, 0, 1)), xv.transpose((2, 0, 1))),
+             (x.swapaxes(0, 2), xv.swapaxes(0, 2)), (x.mT, np.swapaxes(xv, -1, -2)),
+             (x[0].T, xv[0].T), (x.astype("int32"), xv.astype("int32")),
+             (x.flatten(), xv.flatten()), (x[:, :1].squeeze(), xv[:, :1].squeeze()),
+             (x.clip(-0.5, 0.5), xv.clip(-0.5, 0.5)), (x[..., 1], xv[..., 1]),
+             (x[:, None, 0], xv[:, None, 0]), (x[None, ..., None], xv[None, ..., None]),
+             (x[np.array([1, 0, 1])], xv[[1, 0, 1]]), (x[:, np.array([2, 2])], xv[:, [2, 2]])]
+    for node, want in cases:
+        got = node.eval({x: xv})
+        assert got.shape == want.shape and got.dtype == want.dtype, (node, want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_pytorch_habits_get_hints_naming_the_fix():
+    k = gc.placeholder((2, 4, 5, 8), name="k")
+    with pytest.raises(gc.GraphcError, match=r"(?s)x.transpose\(-2, -1\) of shape \(2, 4, 5, 8\)"
+                                             r".*permutation of all 4 axes.*"
+                                             r"k?.swapaxes\(-2, -1\).*mT.*test_ir.py"):
+        k.transpose(-2, -1)
+    with pytest.raises(gc.GraphcError, match=r"(?s)x.T of a 4-d node \(2, 4, 5, 8\) would "
+                                             r"reverse all 4 axes.*swapaxes.*test_ir.py"):
+        k.T
+    with pytest.raises(gc.GraphcError, match=r"boolean mask.*gc.where"):
+        k[np.ones(2, bool)]
+    with pytest.raises(gc.GraphcError, match=r"step 1.*gc.flip"):
+        k[::-1]
+    with pytest.raises(gc.GraphcError, match=r"needs at least 2 axes"):
+        gc.placeholder((3,)).mT

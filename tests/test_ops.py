@@ -14,7 +14,9 @@ one_hot softmax log_softmax softmax_cross_entropy binary_cross_entropy conv2d ma
 avg_pool2d dropout""".split()
 
 FAMILIES = ["tests.test_ops_elementwise", "tests.test_ops_reduce_shape", "tests.test_ops_nn",
-            "tests.test_ops_fused", "tests.test_ops_loops"]
+            "tests.test_ops_fused", "tests.test_ops_loops", "tests.test_ops_statistics",
+            "tests.test_ops_activations", "tests.test_ops_layout", "tests.test_ops_indexing",
+            "tests.test_ops_integer", "tests.test_ops_trig", "tests.test_ops_image"]
 
 
 def all_rows():

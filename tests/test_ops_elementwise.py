@@ -68,8 +68,9 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items()
-                                        if op.elementwise and op.sym and n != "cast"))
+@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items()    # (other families'
+                                        if op.elementwise and op.sym and n != "cast"  # own)
+                                        and any(r.name == n for r in ROWS)))
 def test_sympy_form_agrees_with_kernel(name):
     op = OPS[name]
     n_in = len(next(r for r in ROWS if r.name == name).inputs)

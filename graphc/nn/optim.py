@@ -4,6 +4,10 @@ The gradients come from gc.grad and the optimizer's state (velocities, moments, 
 count) lives in variables updated by the same pairs, so one compiled call
 `gc.function(inputs, loss, updates=opt.updates(loss, params))` is a whole training step.
 `lr` may be a float or a scalar node (e.g. a variable you change between epochs).
+
+Parameters in float16 keep their state (moments, velocities, the step count) in float32 and
+get their update computed in float32, then rounded to float16: Adam's eps = 1e-8 and a squared
+gradient below 6e-8 are 0 in float16, which would divide 0 by 0 from the second step.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class Optimizer:
         with gc.name_scope(self.kind):
             pairs = self.start(params)
             for p, g in zip(params, grads):
+                if g.dtype != state_dtype(p.dtype):
+                    g = gc.cast(g, state_dtype(p.dtype))
                 pairs += self.update(p, g)
             # a hyper-parameter node of another dtype (lr = gc.variable(0.01) is float64)
             # must not change the dtype of what it updates
@@ -56,9 +62,15 @@ class Optimizer:
 
     def slot(self, p: Node, what: str) -> Node:
         """A state variable shaped like p, starting at zero."""
-        var = gc.variable(np.zeros(p.shape, p.dtype), name=f"{p.name or 'param'}/{what}")
+        var = gc.variable(np.zeros(p.shape, state_dtype(p.dtype)),
+                          name=f"{p.name or 'param'}/{what}")
         self.variables.append(var)
         return var
+
+
+def state_dtype(dtype: np.dtype) -> np.dtype:
+    """Where an optimizer keeps a parameter's state: float32 at least (float64 stays)."""
+    return np.promote_types(dtype, np.float32) if dtype.kind == "f" else np.dtype(np.float32)
 
 
 class SGD(Optimizer):
@@ -100,7 +112,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def start(self, params):
-        dtype = np.result_type(*[p.dtype for p in params])
+        dtype = np.result_type(*[state_dtype(p.dtype) for p in params])
         self.t = gc.variable(np.zeros((), dtype), name="adam/t")
         self.variables.append(self.t)
         self.t_new = self.t + 1.0

@@ -1,12 +1,18 @@
-"""Save and load parameter values as .npz, keyed by variable name, written atomically."""
+"""Save and load parameter values as .npz, keyed by variable name, written atomically.
+
+Names are data, never keyword arguments (a variable may be called `file` or `allow_pickle`).
+Loading reads only the members of the variables asked for, checks every one of them (size
+before inflating, then shape and dtype) and assigns only when all of them are good.
+"""
 from __future__ import annotations
 
 import os
-import tempfile
-import zipfile
+import sys
 
 import numpy as np
 
+from graphc.io_arrays import open_npz, read_member, write_npz
+from graphc.io_files import open_regular, write_atomic
 from graphc.ir import GraphcError, Node
 
 
@@ -30,41 +36,34 @@ def variables_of(params) -> list[Node]:
 
 
 def save_params(params, path: str | os.PathLike) -> None:
-    """Write every variable's value to `path` (.npz); the file is complete or untouched."""
-    params = variables_of(params)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{p.name: p.value for p in params})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write every variable's value to `path` (.npz, mode 0644); complete or untouched."""
+    arrays = {p.name: np.asarray(p.value) for p in variables_of(params)}
+    write_atomic(os.fspath(path), lambda f: write_npz(f, arrays), "save_params")
 
 
 def load_params(params, path: str | os.PathLike) -> None:
-    """Assign the values saved in `path` to the variables of the same names."""
+    """Assign the values saved in `path` to the variables of the same names (all or none)."""
     params = variables_of(params)
     if not params:
         raise GraphcError("load_params: the model has no variables yet; layers create them "
                           "on their first call, so call the model on an input (model(x)) first")
+    path = os.fspath(path)
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            saved = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise GraphcError(f"cannot read parameters from {os.fspath(path)!r}: {e}") from None
-    missing = [p.name for p in params if p.name not in saved]
-    if missing:
-        raise GraphcError(f"{os.fspath(path)!r} has no values for {', '.join(missing)} "
-                          f"(it holds {', '.join(sorted(saved)) or 'nothing'})")
-    for p in params:
-        if saved[p.name].shape != p.shape:
-            raise GraphcError(f"{os.fspath(path)!r}: {p.name!r} has shape "
-                              f"{saved[p.name].shape}, the variable {p.shape}")
-    for p in params:
-        p.value = saved[p.name]
+        with open_regular(path, "parameter file", sys.maxsize) as f, open_npz(f, path) as z:
+            saved = sorted(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+            missing = [p.name for p in params if p.name not in saved]
+            if missing:
+                raise GraphcError(f"{path!r} has no values for {', '.join(missing)} "
+                                  f"(it holds {', '.join(saved) or 'nothing'})")
+            values = [read_member(z, p.name, p.shape, assignable(p), f"{path!r}",
+                                  stored_only=False) for p in params]
+    except GraphcError as e:
+        raise GraphcError(f"cannot read parameters: {e}") from None
+    for p, value in zip(params, values):     # every value checked: assigning cannot fail
+        p.value = value
+
+
+def assignable(p: Node):
+    """Whether an array of a dtype may be assigned to p (the rule of Node.value)."""
+    return lambda d: d.kind in "biuf" and (np.can_cast(d, p.dtype, "safe")
+                                           or d.kind == p.dtype.kind)

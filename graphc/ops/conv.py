@@ -15,12 +15,27 @@ __all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
 
 # shared pieces ------------------------------------------------------------------------
 
+MAX_ATTR = (1 << 31) - 1     # bound on sizes, strides and paddings (keeps index math exact)
+
+
 def pair(v, what: str, low: int) -> tuple[int, int]:
-    """An int or a pair of ints (each >= low) as a pair."""
-    vals = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(vals) != 2 or not all(isinstance(a, (int, np.integer)) and a >= low for a in vals):
-        raise ShapeError(f"{what} must be an int >= {low} or a pair of them, got {v!r}")
+    """An int or a pair of ints (each in [low, MAX_ATTR]) as a pair."""
+    vals = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) \
+        if isinstance(v, (tuple, list)) else ()
+    if len(vals) != 2 or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                                 and low <= a <= MAX_ATTR for a in vals):
+        raise ShapeError(f"{what} must be an int in [{low}, {MAX_ATTR}] or a pair of them, "
+                         f"got {str(v)[:80]}")
     return int(vals[0]), int(vals[1])
+
+
+def expect_shape(node, shape, what: str) -> None:
+    """node must have `shape` (None matching any size): a gradient op's g must have the shape
+    its forward op gives, so that its stride, padding and size are checked like the forward's."""
+    if node.ndim != len(shape) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                      for a, b in zip(node.shape, shape)):
+        raise ShapeError(f"{what} {format_shape(node.shape)} must have the shape "
+                         f"{format_shape(shape)} of the forward op's output")
 
 
 def out_size(n, k, s: int, p: int, what: str):
@@ -109,10 +124,20 @@ def grad_weight_kernel(x, g, like, *, stride, padding):
     return dw.reshape(like.shape)
 
 
-def like_infer(a, b, like, *, stride=1, padding=0):
-    need_rank4(a, b, like)
-    return like.shape, need_float(a, b), {"stride": pair(stride, "stride", 1),
-                                          "padding": pair(padding, "padding", 0)}
+def grad_input_infer(g, w, like, *, stride=1, padding=0):
+    """conv2d_grad_input(g, w, like=x): g must be what conv2d(x, w) gives."""
+    need_rank4(g, w, like)
+    shape, _, attrs = conv_infer(like, w, stride=stride, padding=padding)
+    expect_shape(g, shape, "g")
+    return like.shape, need_float(g, w), attrs
+
+
+def grad_weight_infer(x, g, like, *, stride=1, padding=0):
+    """conv2d_grad_weight(x, g, like=w): g must be what conv2d(x, w) gives."""
+    need_rank4(x, g, like)
+    shape, _, attrs = conv_infer(x, like, stride=stride, padding=padding)
+    expect_shape(g, shape, "g")
+    return like.shape, need_float(x, g), attrs
 
 
 register(OpDef(
@@ -123,12 +148,12 @@ register(OpDef(
 # <grad_input(g, w), gg> = <g, conv2d(gg, w)> = <grad_weight(gg, g), w>: each of the three
 # bilinear maps has the other two as its VJPs
 register(OpDef(
-    "conv2d_grad_input", like_infer, grad_input_kernel,
+    "conv2d_grad_input", grad_input_infer, grad_input_kernel,
     lambda gg, out, g, w, like, **attrs: (apply("conv2d", gg, w, **attrs),
                                           apply("conv2d_grad_weight", gg, g, w, **attrs),
                                           None)))
 register(OpDef(
-    "conv2d_grad_weight", like_infer, grad_weight_kernel,
+    "conv2d_grad_weight", grad_weight_infer, grad_weight_kernel,
     lambda gg, out, x, g, like, **attrs: (apply("conv2d_grad_input", g, gg, x, **attrs),
                                           apply("conv2d", x, gg, **attrs),
                                           None)))
@@ -217,13 +242,17 @@ def avg_grad_kernel(g, like, *, size, stride):
 
 
 def scatter_infer(g, x, *, size, stride=None):
+    """max/avg_pool2d_grad(g, x): g must be what pooling x gives."""
     need_rank4(g, x)
-    size, stride = pool_attrs(size, stride)
-    return x.shape, promote(g, x), {"size": size, "stride": stride}
+    shape, _, attrs = pool_infer(x, size=size, stride=stride)
+    expect_shape(g, shape, "g")
+    return x.shape, promote(g, x), attrs
 
 
 def gather_infer(y, x, *, size, stride=None):
+    """max_pool2d_gather(y, x): y is read where x's windows have their maximum."""
     shape, _, attrs = pool_infer(x, size=size, stride=stride)
+    expect_shape(y, x.shape, "y")
     return shape, promote(y, x), attrs
 
 

@@ -86,6 +86,7 @@ def merge_dims(a, b):
 def sce_infer(z, y, g=None):
     if z.ndim < 1:
         raise ShapeError("logits need a class axis (the last one)")
+    need_float(z)                      # int logits: no softmax, no gradient for float labels
     if int_labels(y):
         dtype = need_float(z) if g is None else need_float(z, g)
         shape = merge_dims(z.shape[:-1], y.shape)
@@ -198,7 +199,15 @@ register(OpDef("softmax_cross_entropy_grad", sce_infer, sce_grad_kernel, sce_gra
 # dropout ------------------------------------------------------------------------------
 
 def mask_infer(x, *, keep, seed=None):
-    return x.shape, need_float(x)
+    """keep: the probability of keeping, in (0, 1]; seed: None or an int in [0, 2**128)."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)) \
+            or not 0 < keep <= 1:
+        raise ShapeError(f"keep must be a probability in (0, 1], got {str(keep)[:40]}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 1 << 128):
+        raise ShapeError(f"seed must be None or an int in [0, 2**128), got {str(seed)[:40]}")
+    return x.shape, need_float(x), {"keep": float(keep),
+                                    "seed": None if seed is None else int(seed)}
 
 
 def mask_kernel(x, *, keep, seed=None, rng):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 
 import numpy as np
 import sympy as sp
@@ -24,12 +25,15 @@ def runtime_shape(like_shape, keepdims_of):
     return tuple(1 if i in keepdims_of else d for i, d in enumerate(like_shape))
 
 
+def is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def target_dims(shape) -> tuple[int, ...]:
     """The user's target shape as ints; None is read as -1 (the one inferred dim)."""
-    try:
-        dims = tuple(-1 if d is None else int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ShapeError(f"target shape {shape!r} must be a tuple of ints") from None
+    if not isinstance(shape, (tuple, list)) or not all(d is None or is_int(d) for d in shape):
+        raise ShapeError(f"target shape {str(shape)[:80]} must be a tuple of ints")
+    dims = tuple(-1 if d is None else int(d) for d in shape)
     if any(d < -1 for d in dims):
         raise ShapeError(f"target shape {dims} has a negative dimension other than -1")
     if dims.count(-1) > 1:
@@ -37,19 +41,34 @@ def target_dims(shape) -> tuple[int, ...]:
     return dims
 
 
+def like_target(x, like, shape, keepdims_of):
+    """reshape(x, like): like's shape with the axes in keepdims_of set to 1."""
+    keep = () if keepdims_of is None else keepdims_of
+    if shape is not None or not isinstance(keep, (tuple, list)) \
+            or not all(is_int(a) and 0 <= a < like.ndim for a in keep):
+        raise ShapeError(f"reshape to a node takes keepdims_of (axes of {like.ndim}) and no "
+                         f"shape, got shape={str(shape)[:40]} keepdims_of={str(keep)[:40]}")
+    target = runtime_shape(like.shape, tuple(int(a) for a in keep))
+    if all(isinstance(d, int) for d in x.shape + target) \
+            and math.prod(x.shape) != math.prod(target):
+        raise ShapeError(f"cannot reshape {format_shape(x.shape)} into {format_shape(target)}")
+    return target, x.dtype, {} if keepdims_of is None else {"keepdims_of": keepdims_of}
+
+
 def reshape_infer(x, like=None, *, shape=None, keepdims_of=None):
     if like is not None:     # shape of `like` (with reduced axes kept as 1) at run time
-        target = runtime_shape(like.shape, keepdims_of or ())
-        return target, x.dtype
+        return like_target(x, like, shape, keepdims_of)
+    if keepdims_of is not None:
+        raise ShapeError("keepdims_of needs a node to take the shape from")
     shape = target_dims(shape)
     if any(not isinstance(d, int) for d in x.shape):
-        known = int(np.prod([d for d in x.shape if isinstance(d, int)]))
-        if -1 not in shape and known and int(np.prod(shape)) % known:
+        known = math.prod(d for d in x.shape if isinstance(d, int))
+        if -1 not in shape and known and math.prod(shape) % known:
             raise ShapeError(f"cannot reshape {format_shape(x.shape)} (a multiple of {known} "
                              f"elements) into {format_shape(shape)}")
         return tuple(None if d == -1 else d for d in shape), x.dtype, {"shape": shape}
-    size = int(np.prod(x.shape))
-    rest = int(np.prod([d for d in shape if d != -1]))
+    size = math.prod(x.shape)           # Python ints: no int64 overflow
+    rest = math.prod(d for d in shape if d != -1)
     if -1 in shape:
         if rest == 0 or size % rest:
             raise ShapeError(f"cannot reshape {format_shape(x.shape)} ({size} elements) "

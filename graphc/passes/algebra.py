@@ -69,8 +69,8 @@ def sum_unit_axes(n: Node, x: Node) -> Node | None:
     if not all(x.shape[a] == 1 for a in axes):
         return None
     if n.attrs["keepdims"]:
-        return x
-    return apply("reshape", x, shape=n.shape) if static(n.shape) else None
+        return fit(x, n)                       # a sum of bools counts: int64
+    return fit(apply("reshape", x, shape=n.shape), n) if static(n.shape) else None
 
 
 def sum_broadcast(n: Node, x: Node) -> Node | None:
@@ -234,8 +234,8 @@ SIMPLIFY = [
     # bcast(bcast(x)) -> bcast(x)
     Rule("broadcast_broadcast", "broadcast_to",
          lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "broadcast_to" else None),
-    # sum(x, ()) -> x
-    Rule("sum_no_axes", "sum", lambda n, x: x if not n.attrs["axis"] else None),
+    # sum(x, ()) -> x (as int64 when x is bool)
+    Rule("sum_no_axes", "sum", lambda n, x: fit(x, n) if not n.attrs["axis"] else None),
     # sum over 1-sized axes -> reshape
     Rule("sum_unit_axes", "sum", sum_unit_axes),
     # sum(bcast(s)) -> s * count

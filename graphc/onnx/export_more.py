@@ -1,0 +1,136 @@
+"""Export rules for graphc's indexing, statistics, layout, linalg, random and image ops."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir import GraphcError
+from graphc.onnx.exporter import INT_MAX, rule
+
+
+def static_shape(node, what):
+    if not all(isinstance(d, int) for d in node.shape):
+        raise GraphcError(f"{what}: export needs a static shape, got {node.shape}")
+    return node.shape
+
+
+@rule("take")
+def take(e, n, a):
+    return e.node("Gather", a, axis=n.attrs["axis"])
+
+
+@rule("take_along_axis")
+def take_along_axis(e, n, a):
+    x, idx = n.inputs
+    index = a[1]
+    if idx.shape != n.shape:                     # graphc broadcasts the indices against x
+        index = e.node("Expand", [index, e.ints(static_shape(n, "take_along_axis"))])
+    return e.node("GatherElements", [a[0], index], axis=n.attrs["axis"])
+
+
+@rule("scatter_add_along_axis")
+def scatter_add_along_axis(e, n, a):
+    g, idx, like = n.inputs
+    index = a[1]
+    if idx.shape != g.shape:
+        index = e.node("Expand", [index, e.ints(static_shape(g, "scatter_add_along_axis"))])
+    zeros = e.const(np.zeros(static_shape(like, "scatter_add_along_axis"), n.dtype))
+    return e.node("ScatterElements", [zeros, index, e.cast(a[0], g.dtype, n.dtype)],
+                  axis=n.attrs["axis"], reduction="add")
+
+
+@rule("scatter_add")
+def scatter_add(e, n, a):
+    """take's gradient: g's rows added at the indices, as ScatterElements over a flat index."""
+    g, idx, like = n.inputs
+    axis = n.attrs["axis"]
+    shape = static_shape(like, "scatter_add")
+    k = int(np.prod(static_shape(idx, "scatter_add")))
+    flat_shape = shape[:axis] + (k,) + shape[axis + 1:]
+    flat_g = e.node("Reshape", [e.cast(a[0], g.dtype, n.dtype), e.ints(flat_shape)])
+    index = e.node("Reshape", [a[1], e.ints([1] * axis + [k] + [1] * (len(shape) - axis - 1))])
+    index = e.node("Expand", [index, e.ints(flat_shape)])
+    zeros = e.const(np.zeros(shape, n.dtype))
+    return e.node("ScatterElements", [zeros, index, flat_g], axis=axis, reduction="add")
+
+
+@rule("scatter_elements")
+def scatter_elements(e, n, a):
+    return e.node("ScatterElements", a, axis=n.attrs["axis"], reduction=n.attrs["reduction"])
+
+
+@rule("scatter_nd")
+def scatter_nd(e, n, a):
+    return e.node("ScatterND", a, reduction=n.attrs["reduction"])
+
+
+@rule("min", "prod", "logsumexp")
+def reduce(e, n, a):
+    op = {"min": "ReduceMin", "prod": "ReduceProd", "logsumexp": "ReduceLogSumExp"}[n.op]
+    if not n.attrs["axis"]:
+        return e.node("Identity", a)
+    return e.node(op, [a[0], e.ints(n.attrs["axis"])], keepdims=int(n.attrs["keepdims"]))
+
+
+@rule("argmax", "argmin")
+def arg(e, n, a):
+    op = "ArgMax" if n.op == "argmax" else "ArgMin"
+    axis, x = n.attrs["axis"], a[0]
+    if axis is None:                               # a flat index
+        x, axis = e.node("Reshape", [x, e.ints([-1])]), 0
+    return e.node(op, [x], axis=axis, keepdims=int(n.attrs["keepdims"]))
+
+
+@rule("cumsum")
+def cumsum(e, n, a):
+    return e.node("CumSum", [a[0], e.ints(n.attrs["axis"])], reverse=int(n.attrs["reverse"]))
+
+
+@rule("argsort")
+def argsort(e, n, a):
+    axis = n.attrs["axis"]
+    k = n.shape[axis]
+    if not isinstance(k, int):
+        raise GraphcError("argsort: export needs a static size along the axis")
+    out, idx = e.fresh("sorted"), e.fresh("order")
+    e.nodes.append(e.helper.make_node("TopK", [a[0], e.ints([k])], [out, idx],
+                                      name=e.fresh("TopK"), axis=axis,
+                                      largest=int(n.attrs["descending"]), sorted=1))
+    return idx
+
+
+@rule("flip")
+def flip(e, n, a):
+    axes = list(n.attrs["axis"])
+    if not axes:
+        return e.node("Identity", a)
+    return e.node("Slice", [a[0], e.ints([-1] * len(axes)), e.ints([-INT_MAX] * len(axes)),
+                            e.ints(axes), e.ints([-1] * len(axes))])
+
+
+@rule("pad")
+def pad(e, n, a):
+    widths = n.attrs["widths"]
+    pads = [b for b, _ in widths] + [after for _, after in widths]
+    value = e.const(np.asarray(n.attrs["value"], n.dtype))
+    return e.node("Pad", [a[0], e.ints(pads), value])
+
+
+@rule("stop_gradient")
+def stop_gradient(e, n, a):
+    return e.node("Identity", a)
+
+
+@rule("einsum")
+def einsum(e, n, a):
+    return e.node("Einsum", a, equation=n.attrs["spec"])
+
+
+@rule("random_normal", "random_uniform")
+def random(e, n, a):
+    to = e.helper.np_dtype_to_tensor_dtype(n.dtype)
+    seed = {} if n.attrs["seed"] is None else {"seed": float(n.attrs["seed"])}
+    if n.op == "random_normal":
+        return e.node("RandomNormalLike", a, dtype=to, mean=n.attrs["mean"],
+                      scale=n.attrs["std"], **seed)
+    return e.node("RandomUniformLike", a, dtype=to, low=n.attrs["low"], high=n.attrs["high"],
+                  **seed)

@@ -1,0 +1,399 @@
+"""graphc graph -> ONNX model: one export rule per graphc op, in a table like the import one.
+
+Placeholders become graph inputs (a None dim stays dynamic, a named dim keeps its name),
+variables and constants become initializers, and each node becomes a few ONNX nodes. An op
+without a rule raises GraphcError naming it before anything is written.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graphc.ir import Graph, GraphcError, Node
+
+OPSET = 18
+INT_MAX = 2 ** 63 - 1
+RULES: dict = {}
+
+SAME_NAME = {
+    "add": "Add", "sub": "Sub", "mul": "Mul", "pow": "Pow", "maximum": "Max", "minimum": "Min",
+    "greater": "Greater", "greater_equal": "GreaterOrEqual", "less": "Less",
+    "less_equal": "LessOrEqual", "equal": "Equal", "logical_and": "And", "logical_or": "Or",
+    "logical_xor": "Xor", "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr",
+    "bitwise_xor": "BitwiseXor", "trunc_divide": "Div", "div": "Div",
+    "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign",
+    "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu", "softplus": "Softplus",
+    "floor": "Floor", "ceil": "Ceil", "round": "Round", "logical_not": "Not",
+    "isnan": "IsNaN", "isinf": "IsInf", "bitwise_not": "BitwiseNot", "tan": "Tan",
+    "arcsin": "Asin", "arccos": "Acos", "arctan": "Atan", "sinh": "Sinh", "cosh": "Cosh",
+    "arcsinh": "Asinh", "arccosh": "Acosh", "arctanh": "Atanh", "erf": "Erf", "sin": "Sin",
+    "cos": "Cos", "matmul": "MatMul", "where": "Where",
+}
+TYPED = {"logical_and", "logical_or", "logical_xor", "logical_not", "isnan", "isinf", "where"}
+
+
+def rule(*ops):
+    def register(fn):
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return register
+
+
+class Emitter:
+    """Collects ONNX nodes and initializers; hands out fresh value names."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def node(self, op_type: str, inputs: list[str], hint: str = "", **attrs) -> str:
+        out = self.fresh(hint or op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out],
+                                                name=self.fresh(op_type), **attrs))
+        return out
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self.fresh(hint)
+        self.inits.append(self.numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), hint="ints")
+
+    def cast(self, name: str, src: np.dtype, dst: np.dtype) -> str:
+        if np.dtype(src) == np.dtype(dst):
+            return name
+        return self.node("Cast", [name], to=self.helper.np_dtype_to_tensor_dtype(np.dtype(dst)))
+
+    def shape_of(self, node: Node, name: str, keep_as_one=()) -> str:
+        """The shape of `node` as an int64 vector: a constant when static."""
+        if all(isinstance(d, int) for d in node.shape):
+            return self.ints([1 if i in keep_as_one else d for i, d in enumerate(node.shape)])
+        shape = self.node("Shape", [name])
+        if not keep_as_one:
+            return shape
+        mask = np.array([i in keep_as_one for i in range(node.ndim)])
+        return self.node("Where", [self.const(mask), self.ints([1] * node.ndim), shape])
+
+
+# rules: rule(e, node, args) -> output name; args are the inputs' ONNX names ------------
+
+@rule(*SAME_NAME)
+def same_name(e, n, a):
+    if n.op in TYPED or n.op.startswith(("greater", "less", "equal")):
+        if n.op == "where":
+            a = [a[0]] + [e.cast(x, i.dtype, n.dtype) for x, i in zip(a[1:], n.inputs[1:])]
+        elif n.op.startswith(("greater", "less", "equal")):
+            common = np.result_type(*[i.dtype for i in n.inputs])
+            a = [e.cast(x, i.dtype, common) for x, i in zip(a, n.inputs)]
+        return e.node(SAME_NAME[n.op], a)
+    a = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
+    return e.node(SAME_NAME[n.op], a)
+
+
+@rule("mod", "fmod")
+def mod(e, n, a):
+    a = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
+    if n.op == "mod" and n.dtype.kind == "f":    # a - b floor(a / b): Mod(fmod=0) is ints only
+        quotient = e.node("Floor", [e.node("Div", a)])
+        return e.node("Sub", [a[0], e.node("Mul", [a[1], quotient])])
+    return e.node("Mod", a, fmod=int(n.op == "fmod"))
+
+
+@rule("left_shift", "right_shift")
+def shift(e, n, a):
+    """BitShift takes unsigned ints; a signed left shift is the same bits as an unsigned one."""
+    left = n.op == "left_shift"
+    if n.dtype.kind == "i" and not left:
+        raise GraphcError("right_shift of signed integers has no ONNX form (BitShift is "
+                          "logical, NumPy's is arithmetic)")
+    work = np.dtype(n.dtype.name.replace("int", "uint")) if n.dtype.kind == "i" else n.dtype
+    a = [e.cast(x, i.dtype, work) for x, i in zip(a, n.inputs)]
+    out = e.node("BitShift", a, direction="LEFT" if left else "RIGHT")
+    return e.cast(out, work, n.dtype)
+
+
+@rule("trunc")
+def trunc(e, n, a):
+    return e.node("Mul", [e.node("Sign", a), e.node("Floor", [e.node("Abs", a)])])
+
+
+@rule("cast")
+def cast(e, n, a):
+    if n.inputs[0].dtype == n.dtype:
+        return e.node("Identity", a)
+    return e.cast(a[0], n.inputs[0].dtype, n.dtype)
+
+
+@rule("reshape")
+def reshape(e, n, a):
+    if len(a) == 2:
+        keep = n.attrs.get("keepdims_of") or ()
+        dims = [1 if i in keep else d for i, d in enumerate(n.inputs[1].shape)]
+        if sum(not isinstance(d, int) for d in dims) <= 1:     # -1 for the batch: no Shape
+            return e.node("Reshape", [a[0], e.ints([d if isinstance(d, int) else -1
+                                                    for d in dims])])
+        return e.node("Reshape", [a[0], e.shape_of(n.inputs[1], a[1], keep)])
+    return e.node("Reshape", [a[0], e.ints(n.attrs["shape"])])
+
+
+@rule("broadcast_to")
+def broadcast_to(e, n, a):
+    if len(a) == 2 and not all(isinstance(d, int) for d in n.inputs[1].shape):
+        like = e.cast(a[1], n.inputs[1].dtype, n.dtype)   # Where broadcasts x against like
+        return e.node("Where", [e.const(np.ones(1, bool)), a[0], like])
+    shape = e.shape_of(n.inputs[1], a[1]) if len(a) == 2 else e.ints(n.attrs["shape"])
+    return e.node("Expand", [a[0], shape])
+
+
+@rule("transpose")
+def transpose(e, n, a):
+    return e.node("Transpose", a, perm=list(n.attrs["axes"]))
+
+
+@rule("concat")
+def concat(e, n, a):
+    a = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
+    return e.node("Concat", a, axis=n.attrs["axis"])
+
+
+@rule("slice")
+def slice_(e, n, a):
+    at = n.attrs
+    stop = INT_MAX if at["stop"] is None else at["stop"]
+    return e.node("Slice", [a[0], e.ints([at["start"]]), e.ints([stop]), e.ints([at["axis"]])])
+
+
+@rule("unslice")
+def unslice(e, n, a):
+    x, like = n.inputs
+    axis, start, stop = n.attrs["axis"], n.attrs["start"], n.attrs["stop"]
+    size = like.shape[axis]
+    if not isinstance(size, int):
+        raise GraphcError("unslice: export needs a static size along the axis")
+    s = start % size if start < 0 else start
+    t = size if stop is None else (stop % size if stop < 0 else stop)
+    pads = [0] * (2 * like.ndim)
+    pads[axis], pads[like.ndim + axis] = s, size - t
+    return e.node("Pad", [a[0], e.ints(pads)])
+
+
+@rule("one_hot")
+def one_hot(e, n, a):
+    depth = n.attrs["depth"]
+    labels = e.node("Unsqueeze", [a[0], e.ints([-1])])
+    rng = e.const(np.arange(depth).astype(n.inputs[0].dtype))
+    return e.cast(e.node("Equal", [labels, rng]), np.bool_, n.dtype)
+
+
+@rule("sum", "max")
+def reduce(e, n, a):
+    x = e.cast(a[0], n.inputs[0].dtype, n.dtype)
+    op = "ReduceSum" if n.op == "sum" else "ReduceMax"
+    if not n.attrs["axis"]:
+        return e.node("Identity", [x])
+    return e.node(op, [x, e.ints(n.attrs["axis"])], keepdims=int(n.attrs["keepdims"]))
+
+
+@rule("size")
+def size(e, n, a):
+    x, axes = n.inputs[0], n.attrs["axis"]
+    dims = [x.shape[i] for i in axes]
+    if all(isinstance(d, int) for d in dims):
+        return e.const(np.asarray(np.prod(dims), dtype=n.dtype))
+    # ones of x's shape (Where broadcasts), summed over the axes: no Shape node, so the
+    # exported graph imports again with its batch dim dynamic
+    ones = e.node("Where", [e.const(np.ones(1, bool)), e.const(np.ones(1, n.dtype)),
+                            e.cast(a[0], x.dtype, n.dtype)])
+    counts = e.node("ReduceSum", [ones, e.ints(list(axes))], keepdims=0)
+    return e.node("ReduceMax", [counts], keepdims=0)
+
+
+@rule("argmax_mask")
+def argmax_mask(e, n, a):
+    axes = n.attrs["axis"]
+    if len(axes) != 1 or not isinstance(n.shape[axes[0]], int):
+        raise GraphcError("argmax_mask: export supports one axis of static size")
+    axis = axes[0]
+    top = e.node("ArgMax", a, axis=axis, keepdims=1)
+    rng = np.arange(n.shape[axis]).reshape([-1 if i == axis else 1 for i in range(n.ndim)])
+    return e.cast(e.node("Equal", [top, e.const(rng.astype(np.int64))]), np.bool_, n.dtype)
+
+
+@rule("softmax", "log_softmax")
+def softmax(e, n, a):
+    return e.node("Softmax" if n.op == "softmax" else "LogSoftmax", a, axis=n.attrs["axis"])
+
+
+def labels_as_probs(e, z: Node, y: Node, ay: str) -> str:
+    if y.dtype.kind in "iu":
+        labels = e.node("Unsqueeze", [ay, e.ints([-1])])
+        rng = e.const(np.arange(z.shape[-1]).astype(y.dtype))
+        return e.cast(e.node("Equal", [labels, rng]), np.bool_, z.dtype)
+    return e.cast(ay, y.dtype, z.dtype)
+
+
+@rule("softmax_cross_entropy")
+def sce(e, n, a):
+    z, y = n.inputs
+    probs = labels_as_probs(e, z, y, a[1])
+    logp = e.node("LogSoftmax", [a[0]], axis=-1)
+    picked = e.node("ReduceSum", [e.node("Mul", [logp, probs]), e.ints([-1])], keepdims=0)
+    return e.node("Neg", [picked])
+
+
+@rule("softmax_cross_entropy_grad")
+def sce_grad(e, n, a):
+    z, y, g = n.inputs
+    probs = labels_as_probs(e, z, y, a[1])
+    total = e.node("ReduceSum", [probs, e.ints([-1])], keepdims=1)
+    s = e.node("Softmax", [a[0]], axis=-1)
+    diff = e.node("Sub", [e.node("Mul", [s, total]), probs])
+    gcol = e.node("Unsqueeze", [e.cast(a[2], g.dtype, n.dtype), e.ints([-1])])
+    return e.node("Mul", [diff, gcol])
+
+
+@rule("conv2d")
+def conv2d(e, n, a):
+    (ph, pw), stride = n.attrs["padding"], n.attrs["stride"]
+    return e.node("Conv", a, strides=list(stride), pads=[ph, pw, ph, pw])
+
+
+@rule("conv2d_grad_input")
+def conv2d_grad_input(e, n, a):
+    g, w, like = n.inputs
+    (ph, pw), stride = n.attrs["padding"], n.attrs["stride"]
+    if not all(isinstance(d, int) for d in like.shape[2:] + g.shape[2:]):
+        raise GraphcError("conv2d_grad_input: export needs static image sizes")
+    extra = [like.shape[2 + i] + 2 * p - ((g.shape[2 + i] - 1) * stride[i] + w.shape[2 + i])
+             for i, p in enumerate((ph, pw))]
+    return e.node("ConvTranspose", a[:2], strides=list(stride), pads=[ph, pw, ph, pw],
+                  output_padding=extra)
+
+
+@rule("conv2d_grad_weight")
+def conv2d_grad_weight(e, n, a):
+    """dW = conv(x^T, g^T) with the stride as dilation, cropped to the kernel size."""
+    (ph, pw), stride = n.attrs["padding"], n.attrs["stride"]
+    xt = e.node("Transpose", [a[0]], perm=[1, 0, 2, 3])
+    gt = e.node("Transpose", [a[1]], perm=[1, 0, 2, 3])
+    out = e.node("Conv", [xt, gt], dilations=list(stride), pads=[ph, pw, ph, pw])
+    kh, kw = n.shape[2:]
+    out = e.node("Slice", [out, e.ints([0, 0]), e.ints([kh, kw]), e.ints([2, 3])])
+    return e.node("Transpose", [out], perm=[1, 0, 2, 3])
+
+
+@rule("max_pool2d", "avg_pool2d")
+def pool(e, n, a):
+    op = "MaxPool" if n.op == "max_pool2d" else "AveragePool"
+    return e.node(op, a, kernel_shape=list(n.attrs["size"]), strides=list(n.attrs["stride"]))
+
+
+@rule("max_pool2d_grad")
+def max_pool_grad(e, n, a):
+    """g put back where each window's maximum was: MaxPool's indices, then MaxUnpool."""
+    size, stride = n.attrs["size"], n.attrs["stride"]
+    if any(s < k for s, k in zip(stride, size)):
+        raise GraphcError("max_pool2d_grad: export supports non-overlapping windows only")
+    x = n.inputs[1]
+    out, idx = e.fresh("pooled"), e.fresh("indices")
+    e.nodes.append(e.helper.make_node("MaxPool", [a[1]], [out, idx], name=e.fresh("MaxPool"),
+                                      kernel_shape=list(size), strides=list(stride)))
+    g = e.cast(a[0], n.inputs[0].dtype, n.dtype)
+    return e.node("MaxUnpool", [g, idx, e.shape_of(x, a[1])], kernel_shape=list(size),
+                  strides=list(stride))
+
+
+@rule("avg_pool2d_grad")
+def avg_pool_grad(e, n, a):
+    """g / (kh kw) spread over each window: a depthwise ConvTranspose with constant weights."""
+    g, like = n.inputs
+    size, stride = n.attrs["size"], n.attrs["stride"]
+    c = like.shape[1]
+    if not all(isinstance(d, int) for d in like.shape[1:] + g.shape[2:]):
+        raise GraphcError("avg_pool2d_grad: export needs static channels and image sizes")
+    w = np.full((c, 1) + tuple(size), 1 / (size[0] * size[1]), n.dtype)
+    extra = [like.shape[2 + i] - ((g.shape[2 + i] - 1) * stride[i] + size[i]) for i in range(2)]
+    return e.node("ConvTranspose", [e.cast(a[0], g.dtype, n.dtype), e.const(w)], group=c,
+                  strides=list(stride), output_padding=extra)
+
+
+@rule("dropout_mask")
+def dropout_mask(e, n, a):
+    u = e.node("RandomUniformLike", a)
+    return e.cast(e.node("Less", [u, e.const(np.asarray(n.attrs["keep"], n.dtype))]),
+                  np.bool_, n.dtype)
+
+
+# the model ----------------------------------------------------------------------------
+
+def named(nodes, what: str) -> dict[str, Node]:
+    if isinstance(nodes, dict):
+        return dict(nodes)
+    if isinstance(nodes, Node):
+        nodes = [nodes]
+    out = {}
+    for i, n in enumerate(nodes):
+        name = n.name or f"{what}_{i}"
+        if name in out:
+            name = f"{name}_{i}"
+        out[name] = n
+    return out
+
+
+def value_info(helper, name: str, node: Node):
+    dims = [d if isinstance(d, int) else (d if isinstance(d, str) else None)
+            for d in node.shape]
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(node.dtype), dims)
+
+
+def build_model(inputs, outputs, opset: int | None = None):
+    """The ONNX ModelProto of the graph from `inputs` to `outputs`."""
+    from onnx import helper
+
+    from graphc.onnx import export_more  # noqa: F401  (the rules of the newer op families)
+    ins, outs = named(inputs, "input"), named(outputs, "output")
+    graph = Graph(list(outs.values()))
+    missing = sorted({n.op for n in graph.nodes if n.inputs and n.op not in RULES})
+    if missing:
+        raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {missing}")
+    e = Emitter()
+    names: dict[int, str] = {id(n): k for k, n in ins.items()}
+    given = {id(n) for n in ins.values()}
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            if id(n) not in given:
+                raise GraphcError(f"graphc.onnx.save: the outputs need placeholder "
+                                  f"{n.label()}, which is not among the inputs")
+            continue
+        if n.op in ("constant", "variable"):
+            names[id(n)] = e.const(n.value, hint=n.name or n.op)
+            continue
+        try:
+            names[id(n)] = RULES[n.op](e, n, [names[id(i)] for i in n.inputs])
+        except GraphcError as err:
+            raise GraphcError(f"graphc.onnx.save: {n.op} node {n.label()} "
+                              f"(built at {n.where}): {err}") from None
+    for k, n in outs.items():
+        e.nodes.append(helper.make_node("Identity", [names[id(n)]], [k], name=f"output_{k}"))
+    onnx_graph = helper.make_graph(
+        e.nodes, "graphc", [value_info(helper, k, n) for k, n in ins.items()],
+        [value_info(helper, k, n) for k, n in outs.items()], e.inits)
+    return helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset or OPSET)],
+                             producer_name="graphc")
+
+
+def export(path, inputs, outputs, opset: int | None = None):
+    """Write the model to `path` and return it (a ModelProto)."""
+    import onnx
+    model = build_model(inputs, outputs, opset)
+    onnx.save(model, os.fspath(path))
+    return model

@@ -1,0 +1,309 @@
+"""ONNX graph -> graphc nodes: a walk over the ONNX nodes in order, one table entry each.
+
+Every check happens while importing, before anything runs: an op without an entry, an unknown
+attribute, an unsupported attribute value or data type raises `GraphcError` naming the ONNX
+node and its op type (`check` collects all of them instead). Nodes whose inputs are all
+constants are folded into constants, so the shape arithmetic of exported models (Shape ->
+Gather -> Concat -> Reshape) becomes plain constants that later entries can read.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graphc.ir import GraphcError, Node, constant, evaluate, name_scope, toposort
+from graphc.onnx.table import REQUIRED, TABLE, Ctx, Unsupported
+
+MIN_OPSET = 13
+
+
+class OnnxModel:
+    """An imported ONNX model: placeholders, outputs and parameters keyed by their ONNX names."""
+
+    def __init__(self, inputs: dict, outputs: dict, params: dict, proto, opset: int):
+        self.inputs, self.outputs, self.params = inputs, outputs, params
+        self.proto, self.opset = proto, opset
+
+    @property
+    def variables(self) -> list[Node]:
+        return [p for p in self.params.values() if p.op == "variable"]
+
+    def __repr__(self) -> str:
+        return (f"<OnnxModel opset {self.opset}: inputs {list(self.inputs)}, outputs "
+                f"{list(self.outputs)}, {len(self.params)} params>")
+
+
+def read_model(model):
+    """A ModelProto from a path or a ModelProto, with model-local functions inlined."""
+    import onnx
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            model = onnx.load(os.fspath(model))
+        except Exception as e:   # a damaged file: protobuf's own error, said plainly
+            raise GraphcError(f"cannot read ONNX model {os.fspath(model)!r}: {e}") from None
+    if not isinstance(model, onnx.ModelProto):
+        raise GraphcError(f"graphc.onnx.load needs a path or an onnx.ModelProto, got "
+                          f"{type(model).__name__}")
+    if model.functions:
+        from onnx import inliner
+        model = inliner.inline_local_functions(model)
+    return model
+
+
+def model_opset(model) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return versions[0] if versions else 1
+
+
+def np_dtype(elem_type: int, what: str) -> np.dtype:
+    """The NumPy dtype of an ONNX tensor type, or Unsupported for those graphc has not."""
+    from onnx import helper
+    try:
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        dt = np.dtype(object)
+    if dt.kind not in "biuf" or dt.name in ("bfloat16",) or "float8" in dt.name:
+        name = helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        raise Unsupported(f"{what} has data type {name.replace('TensorProto.', '')}, which "
+                          "graphc does not support (bool, ints, uints, float16/32/64 only)")
+    return dt
+
+
+def value_type(vi) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of an ONNX ValueInfo; an unknown dim is None, a symbolic one its name."""
+    kind = vi.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise Unsupported(f"input {vi.name!r} is a {kind or 'value of unknown type'}; graphc "
+                          "imports tensors only")
+    tt = vi.type.tensor_type
+    dtype = np_dtype(tt.elem_type, f"input {vi.name!r}")
+    if not tt.HasField("shape"):
+        raise Unsupported(f"input {vi.name!r} has no shape (not even a rank)")
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in tt.shape.dim)
+    return dims, dtype
+
+
+def attribute_values(node, entry) -> dict:
+    """The node's attributes as Python values, defaults applied; unknown ones are Unsupported."""
+    from onnx import helper, numpy_helper
+    given = {}
+    for a in node.attribute:
+        if a.name not in entry.attrs:
+            raise Unsupported(f"attribute {a.name!r} is not supported")
+        if a.ref_attr_name:
+            raise Unsupported(f"attribute {a.name!r} refers to a function attribute")
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        elif a.type == a.TENSOR:
+            np_dtype(v.data_type, f"attribute {a.name!r}")
+            v = numpy_helper.to_array(v)
+        elif a.type in (a.GRAPH, a.GRAPHS, a.SPARSE_TENSOR, a.TYPE_PROTO):
+            raise Unsupported(f"attribute {a.name!r} holds a subgraph or a type; graphc "
+                              "imports no control flow")
+        given[a.name] = v
+    missing = [k for k, d in entry.attrs.items() if d is REQUIRED and k not in given]
+    if missing:
+        raise Unsupported(f"required attribute(s) {missing} missing")
+    return {**entry.attrs, **given}
+
+
+def schema_check(node, opset: int) -> None:
+    """Older opsets are imported where the op's definition is the one in force at opset 13."""
+    if opset >= MIN_OPSET:
+        return
+    from onnx import defs
+    try:
+        old = defs.get_schema(node.op_type, opset).since_version
+        new = defs.get_schema(node.op_type, MIN_OPSET).since_version
+    except Exception:
+        raise Unsupported(f"no schema of {node.op_type} at opset {opset}") from None
+    if old != new:
+        raise Unsupported(f"opset {opset} ({node.op_type}-{old}) is older than the supported "
+                          f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
+
+
+SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
+
+
+def frozen_names(graph) -> set[str]:
+    """Values that entries read as constants (shapes, axes, running stats): never variables.
+
+    The set is closed backwards: a value computed into a shape (Sub, Concat, Cast...) needs its
+    own inputs constant too, up to Shape and Size, which read only a shape.
+    """
+    frozen = set()
+    for node in graph.node:
+        entry = TABLE.get(node.op_type)
+        if entry is None:
+            continue
+        for i, name in enumerate(node.input):
+            if i in entry.const_inputs or (entry.weights is not None and i not in entry.weights):
+                frozen.add(name)
+    producers = {o: n for n in graph.node for o in n.output}
+    todo = list(frozen)
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.op_type in SHAPE_ONLY:
+            continue
+        for name in node.input:
+            if name and name not in frozen:
+                frozen.add(name)
+                todo.append(name)
+    return frozen
+
+
+def label(node: Node, known: set[int], name: str | None, where: str) -> None:
+    """Name the output and point `where` at the ONNX node, on the nodes just built for it.
+
+    These nodes are fresh (no graph holds them yet), so setting the labels is still part of
+    building them.
+    """
+    for n in toposort([node]):
+        if id(n) not in known:
+            n.where = where
+    if id(node) not in known and name:
+        node.name = name
+
+
+def fold(outs: list[Node]) -> list[Node]:
+    """Outputs computed from constants alone become constants (random ops stay as they are)."""
+    nodes = toposort(outs)
+    if any(n.op in ("placeholder", "variable") or n.opdef.random for n in nodes
+           if n.op != "constant"):
+        return outs
+    values = evaluate(outs, {})
+    return [o if o.op == "constant" else constant(v, dtype=v.dtype) for o, v in zip(outs, values)]
+
+
+class Importer:
+    def __init__(self, proto, trainable: bool, input_values: dict | None, collect: bool):
+        self.proto, self.collect = proto, collect
+        self.trainable, self.input_values = trainable, dict(input_values or {})
+        self.opset = model_opset(proto)
+        self.env: dict[str, Node] = {}
+        self.errors: list[str] = []
+        self.poisoned: set[str] = set()
+
+    def fail(self, where: str, e: Exception) -> None:
+        msg = f"{where}: {e}"
+        if not self.collect:
+            raise (Unsupported if isinstance(e, Unsupported) else GraphcError)(msg) from None
+        self.errors.append(msg)
+
+    def run(self) -> OnnxModel:
+        graph = self.proto.graph
+        frozen = frozen_names(graph)
+        params = self.leaves(graph, frozen)
+        inputs = self.placeholders(graph)
+        for i, node in enumerate(graph.node):
+            self.import_node(node, i)
+        outputs = {}
+        for vi in graph.output:
+            if vi.name in self.env:
+                outputs[vi.name] = self.env[vi.name]
+            elif vi.name not in self.poisoned:
+                self.fail(f"graph output {vi.name!r}", GraphcError("is produced by no node"))
+        return OnnxModel(inputs, outputs, params, self.proto, self.opset)
+
+    def leaves(self, graph, frozen) -> dict[str, Node]:
+        from onnx import numpy_helper
+        params = {}
+        for init in graph.initializer:
+            try:
+                np_dtype(init.data_type, f"initializer {init.name!r}")
+                arr = numpy_helper.to_array(init)
+            except Unsupported as e:
+                self.fail(f"initializer {init.name!r}", e)
+                self.poisoned.add(init.name)
+                continue
+            if self.trainable and arr.dtype.kind == "f" and init.name not in frozen:
+                from graphc.api import variable
+                node = variable(arr.copy(), name=init.name)
+            else:
+                node = constant(arr, dtype=arr.dtype, name=init.name)
+            node.where = f"ONNX initializer {init.name!r}"
+            params[init.name] = self.env[init.name] = node
+        for sparse in graph.sparse_initializer:
+            self.fail(f"initializer {sparse.values.name!r}",
+                      Unsupported("sparse initializers are not supported"))
+        return params
+
+    def placeholders(self, graph) -> dict[str, Node]:
+        from graphc.api import placeholder
+        inputs = {}
+        for vi in graph.input:
+            if vi.name in self.env:            # an initializer listed as an input (IR < 4)
+                continue
+            try:
+                shape, dtype = value_type(vi)
+            except Unsupported as e:
+                self.fail(f"graph input {vi.name!r}", e)
+                self.poisoned.add(vi.name)
+                continue
+            if vi.name in self.input_values:
+                arr = np.asarray(self.input_values[vi.name], dtype=dtype)
+                node = constant(arr, dtype=dtype, name=vi.name)
+            else:
+                node = placeholder(shape, dtype=dtype, name=vi.name)
+                inputs[vi.name] = node
+            node.where = f"ONNX graph input {vi.name!r}"
+            self.env[vi.name] = node
+        return inputs
+
+    def import_node(self, node, index: int) -> None:
+        name = node.name or f"{node.op_type}_{index}"
+        where = f"ONNX node {name!r} ({node.op_type})"
+        try:
+            if node.domain not in ("", "ai.onnx"):
+                raise Unsupported(f"domain {node.domain!r} is not supported")
+            entry = TABLE.get(node.op_type)
+            if entry is None:
+                raise Unsupported(f"op type {node.op_type} is not supported")
+            schema_check(node, self.opset)
+            attrs = attribute_values(node, entry)
+        except Unsupported as e:
+            self.fail(where, e)
+            self.poisoned.update(node.output)
+            return
+        if any(i in self.poisoned for i in node.input):
+            self.poisoned.update(node.output)
+            return
+        try:
+            missing = [i for i in node.input if i and i not in self.env]
+            if missing:
+                raise GraphcError(f"input(s) {missing} are produced by no earlier node")
+            args = [self.env[i] if i else None for i in node.input]
+            ctx = Ctx(node.op_type, name, self.opset, len(node.output))
+            with name_scope(name):
+                outs = entry.build(ctx, *args, **attrs)
+            outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+            wanted = [k for k, o in enumerate(node.output) if o]
+            if wanted and max(wanted) >= len(outs) or any(outs[k] is None for k in wanted):
+                raise Unsupported(f"output {max(wanted)} ({node.output[max(wanted)]!r}) is "
+                                  "not supported")
+            outs = fold([outs[k] for k in wanted])
+        except GraphcError as e:
+            self.fail(where, e)
+            self.poisoned.update(node.output)
+            return
+        known = {id(a) for a in args if a is not None}
+        for k, out in zip(wanted, outs):
+            label(out, known, node.output[k], where)
+            self.env[node.output[k]] = out
+
+
+def load(model, trainable: bool = False, input_values: dict | None = None) -> OnnxModel:
+    """Import an ONNX model (path or ModelProto) as graphc nodes; raises on anything unsupported."""
+    return Importer(read_model(model), trainable, input_values, collect=False).run()
+
+
+def check(model, input_values: dict | None = None) -> list[str]:
+    """Every unsupported op, attribute value or data type of the model, one message each."""
+    importer = Importer(read_model(model), False, input_values, collect=True)
+    importer.run()
+    return importer.errors

@@ -1,0 +1,155 @@
+"""Import entries for ONNX's image ops that are linear maps with constant weights: Resize
+(each axis is one matmul with an interpolation matrix), CenterCropPad and the window makers.
+
+Resize's interpolation matrices are computed once, at import, by onnx's reference 1-D
+interpolation applied to an identity matrix, so every coordinate mode, nearest rounding,
+cubic coefficient, antialias and extrapolation rule is ONNX's own; the model's data then flows
+through graphc matmuls, and gradients flow back through them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc import api as gc
+from graphc.ir import constant
+from graphc.onnx.ops_shape import pad_axis, static
+from graphc.onnx.table import Unsupported, onnx_op
+
+
+def coeff_fn(mode, antialias, cubic_a, nearest_mode):
+    """onnx's own coefficient function for the mode (imported lazily, at import time)."""
+    try:
+        from onnx.reference.ops import op_resize as r
+    except ImportError:      # pragma: no cover  (an onnx without the reference backend)
+        raise Unsupported("Resize needs onnx's reference interpolation weights") from None
+    if mode == "nearest":
+        if antialias:
+            raise Unsupported("antialias with mode='nearest'")
+        return lambda x, scale: r._nearest_coeffs(x, mode=nearest_mode)
+    if mode == "cubic":
+        f = r._cubic_coeffs_antialias if antialias else r._cubic_coeffs
+        return lambda x, scale: f(x, scale, A=cubic_a)
+    if mode == "linear":
+        return r._linear_coeffs_antialias if antialias else r._linear_coeffs
+    raise Unsupported(f"mode={mode!r}")
+
+
+def axis_map(n_in, n_out, scale, coeffs, roi, ext_value, ctm, exclude):
+    """(M of shape (n_out, n_in), extrapolated rows mask) for one axis."""
+    from onnx.reference.ops.op_resize import _interpolate_1d_along_axis as interp
+    kw = dict(roi=roi, coordinate_transformation_mode=ctm, exclude_outside=exclude)
+    matrix = interp(np.eye(n_in), 0, scale, n_out, coeffs, extrapolation_value=0.0, **kw)
+    marks = interp(np.ones((n_in, 1)), 0, scale, n_out, coeffs, extrapolation_value=np.nan,
+                   **kw)
+    return matrix, np.isnan(marks[:, 0])
+
+
+def sizes_and_scales(ctx, shape, roi, scales, sizes, axes, policy):
+    """Per-axis output size and scale, as onnx's reference computes them."""
+    r = len(shape)
+    axes = list(range(r)) if axes is None else [a % r for a in axes]
+    full_scales = [1.0] * r
+    full_sizes = list(shape)
+    full_roi = None
+    if roi is not None and roi.size:
+        full_roi = [0.0] * r + [1.0] * r
+        for i, a in enumerate(axes):
+            full_roi[a], full_roi[r + a] = roi[i], roi[len(axes) + i]
+    if sizes is not None:
+        for i, a in enumerate(axes):
+            full_sizes[a] = int(sizes[i])
+        full_scales = [full_sizes[i] / shape[i] for i in range(r)]
+        if policy != "stretch":
+            ctx.need(policy in ("not_larger", "not_smaller"), f"policy {policy!r}")
+            pick = min if policy == "not_larger" else max
+            s = pick(full_scales[a] for a in axes)
+            full_scales = [s if i in axes else 1.0 for i in range(r)]
+            full_sizes = [int(s * shape[i] + 0.5) if i in axes else shape[i] for i in range(r)]
+    else:
+        ctx.need(scales is not None, "neither scales nor sizes")
+        for i, a in enumerate(axes):
+            full_scales[a] = float(scales[i])
+        full_sizes = [int(s * n) for s, n in zip(full_scales, shape)]
+    return axes, full_sizes, full_scales, full_roi
+
+
+def along(x, matrix, axis):
+    """matrix (out, in) applied along `axis` of x."""
+    moved = gc.swapaxes(x, axis, -1) if axis != x.ndim - 1 else x
+    out = gc.matmul(moved, constant(matrix.T.astype(x.dtype)))
+    return gc.swapaxes(out, axis, -1) if axis != x.ndim - 1 else out
+
+
+@onnx_op("Resize", const=(1, 2, 3), antialias=0, axes=None,
+         coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
+         extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
+         nearest_mode="round_prefer_floor")
+def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
+           coordinate_transformation_mode, cubic_coeff_a, exclude_outside, extrapolation_value,
+           keep_aspect_ratio_policy, mode, nearest_mode):
+    shape = static(x, "Resize")
+    roi, scales, sizes = (ctx.const(v, w) for v, w in ((roi, "roi"), (scales, "scales"),
+                                                       (sizes, "sizes")))
+    scales = None if scales is not None and scales.size == 0 else scales
+    sizes = None if sizes is not None and sizes.size == 0 else sizes
+    coeffs = coeff_fn(mode, antialias, cubic_coeff_a, nearest_mode)
+    axes, out_sizes, out_scales, full_roi = sizes_and_scales(
+        ctx, shape, roi, scales, sizes, axes, keep_aspect_ratio_policy)
+    r = len(shape)
+    y = x if x.dtype.kind == "f" else gc.cast(x, "float64")
+    for a in axes:
+        same_roi = full_roi is None or (math.isclose(full_roi[a], 0.0)
+                                        and math.isclose(full_roi[a + r], 1.0))
+        if math.isclose(out_scales[a], 1.0) and out_sizes[a] == shape[a] and same_roi:
+            continue
+        axis_roi = None if full_roi is None else [full_roi[a], full_roi[a + r]]
+        matrix, outside = axis_map(shape[a], out_sizes[a], out_scales[a], coeffs, axis_roi,
+                                   extrapolation_value, coordinate_transformation_mode,
+                                   bool(exclude_outside))
+        y = along(y, matrix, a)
+        if outside.any():
+            mark = outside.reshape([-1 if i == a else 1 for i in range(r)])
+            y = gc.where(constant(mark), constant(np.asarray(extrapolation_value, y.dtype)), y)
+    if x.dtype.kind != "f":
+        info = np.iinfo(x.dtype)
+        y = gc.cast(gc.clip(gc.round(y), float(info.min), float(info.max)), x.dtype)
+    return y
+
+
+@onnx_op("CenterCropPad", const=(1,), axes=None)
+def center_crop_pad(ctx, x, shape, *, axes):
+    target = ctx.ints(shape, "shape")
+    axes = list(range(x.ndim)) if axes is None else [a % x.ndim for a in axes]
+    for a, want in zip(axes, target):
+        n = static(x)[a]
+        if want < n:
+            start = (n - want) // 2
+            x = gc.slice(x, a, start, start + want)
+        elif want > n:
+            before = (want - n) // 2
+            x = pad_axis(ctx, x, a, before, want - n - before, "constant",
+                         constant(np.zeros((), x.dtype)))
+    return x
+
+
+def window(kind):
+    def build(ctx, size, *, output_datatype, periodic):
+        n = int(ctx.const(size, "size").reshape(-1)[0])
+        from graphc.onnx.ops_math import to_dtype
+        k = np.arange(n)
+        denom = n if periodic else n - 1
+        if kind == "hann":
+            w = np.sin(np.pi * k / denom) ** 2
+        elif kind == "hamming":
+            w = 25 / 46 - 21 / 46 * np.cos(2 * np.pi * k / denom)
+        else:
+            w = 0.42 - 0.5 * np.cos(2 * np.pi * k / denom) + 0.08 * np.cos(4 * np.pi * k / denom)
+        return constant(w.astype(to_dtype(output_datatype)))
+    return build
+
+
+for _name, _kind in [("HannWindow", "hann"), ("HammingWindow", "hamming"),
+                     ("BlackmanWindow", "blackman")]:
+    onnx_op(_name, const=(0,), output_datatype=1, periodic=1)(window(_kind))

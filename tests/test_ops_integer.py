@@ -1,0 +1,62 @@
+"""Op table rows for the rounding, remainder, integer-division, bitwise and logical ops."""
+import numpy as np
+
+import graphc as gc
+from tests.helpers import Row
+
+rng = np.random.default_rng(3)
+ints = np.array([[-7, -4, 0, 3], [5, 8, -1, 9]], dtype=np.int32)
+divs = np.array([2, -3, 4, 5], dtype=np.int32)
+bits = np.array([[1, 6, 12], [255, 0, 7]], dtype=np.uint8)
+shifts = np.array([1, 2, 3], dtype=np.uint8)
+flags = np.array([[True, False, True, False]])
+other = np.array([[True, True, False, False]])
+halves = np.array([-2.5, -1.5, -0.4, 0.5, 1.5, 2.6])
+special = np.array([np.nan, np.inf, -np.inf, 1.0])
+num = np.array([2.3, -1.7, 5.2, -4.4])          # a / b far from integers: smooth there
+den = np.array([2.0, 1.5, -3.0, -1.3])
+
+
+def trunc_div(a, b):
+    return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(a.dtype)
+
+
+ROWS = [
+    Row("floor", gc.floor, [halves], np.floor, grad=False),
+    Row("ceil", gc.ceil, [halves], np.ceil, grad=False),
+    Row("round", gc.round, [halves], np.round, grad=False),     # halves to even
+    Row("trunc", gc.trunc, [halves], np.trunc, grad=False),
+    Row("mod", gc.mod, [num, den], np.mod),
+    Row("mod", gc.mod, [ints, divs], np.mod, grad=False),
+    Row("fmod", gc.fmod, [num, den], np.fmod),
+    Row("fmod", gc.fmod, [ints, divs], np.fmod, grad=False),
+    Row("trunc_divide", gc.trunc_divide, [ints, divs], trunc_div, grad=False),
+    Row("trunc_divide", gc.trunc_divide, [num, den], lambda a, b: np.trunc(a / b), grad=False),
+    Row("bitwise_and", gc.bitwise_and, [bits, shifts], np.bitwise_and, grad=False),
+    Row("bitwise_or", gc.bitwise_or, [bits, shifts], np.bitwise_or, grad=False),
+    Row("bitwise_xor", gc.bitwise_xor, [bits, shifts], np.bitwise_xor, grad=False),
+    Row("bitwise_not", gc.bitwise_not, [bits], np.invert, grad=False),
+    Row("left_shift", gc.left_shift, [bits, shifts], np.left_shift, grad=False),
+    Row("right_shift", gc.right_shift, [bits, shifts], np.right_shift, grad=False),
+    Row("logical_and", gc.logical_and, [flags, other], np.logical_and, grad=False),
+    Row("logical_or", gc.logical_or, [flags, other], np.logical_or, grad=False),
+    Row("logical_xor", gc.logical_xor, [flags, other], np.logical_xor, grad=False),
+    Row("isnan", gc.isnan, [special], np.isnan, grad=False),
+    Row("isinf", gc.isinf, [special], np.isinf, grad=False),
+]
+
+
+def test_trunc_divide_rounds_toward_zero_not_down():
+    a, b = np.array([-3, 3, -3, 3], np.int64), np.array([2, 2, -2, -2], np.int64)
+    x, y = gc.placeholder((4,), "int64"), gc.placeholder((4,), "int64")
+    assert gc.trunc_divide(x, y).eval({x: a, y: b}).tolist() == [-1, 1, 1, -1]
+
+
+def test_integer_ops_reject_floats_and_name_the_op():
+    x = gc.placeholder((3,), "float32")
+    try:
+        gc.bitwise_and(x, x)
+    except gc.GraphcError as e:
+        assert "bitwise_and" in str(e) and "float32" in str(e)
+    else:
+        raise AssertionError("bitwise_and accepted floats")
