@@ -57,11 +57,20 @@ def inplace_ok(op: str) -> bool:
     return op not in NOT_INPLACE and template(op) is not None
 
 
-def ufunc_ok(node, in_dtypes) -> bool:
+def kernel_call_ok(node) -> bool:
+    """An elementwise op without a template still compiles in a fused group: its kernel
+    computes a new array that is copied into {o} (not for random ops or ops with attrs)."""
+    opdef = OPS.get(node.op)
+    return opdef is not None and opdef.elementwise and not opdef.random and not node.attrs
+
+
+def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
     """Whether the template computes exactly what the kernel does: inputs of the result's
-    dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's loop."""
+    dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's loop. In a
+    fused group, an op without a template calls its kernel (`kernel_call_ok`); alone, such a
+    node is a kernel step (no copy)."""
     if template(node.op) is None:
-        return False
+        return in_group and kernel_call_ok(node)
     if node.op == "cast":
         return True
     if node.op == "where":
@@ -74,7 +83,10 @@ def ufunc_ok(node, in_dtypes) -> bool:
 def why_not(node, in_dtypes) -> str:
     """Why an elementwise node has no compiled form here (for the plan's report)."""
     if template(node.op) is None:
-        return f"{node.op} has no template (its kernel is not a NumPy ufunc)"
+        if kernel_call_ok(node):
+            return f"{node.op} has no ufunc template: its kernel is called"
+        return f"{node.op} has no template (its kernel is not a NumPy ufunc) and " \
+               f"{'is random' if OPS[node.op].random else 'has attributes'}"
     names = ", ".join(np.dtype(d).name for d in in_dtypes)
     return f"mixed dtypes ({names} -> {node.dtype.name})"
 

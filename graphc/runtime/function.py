@@ -211,8 +211,8 @@ class Function:
         rows = []
         for k, ((node, _, _), (kind, why)) in enumerate(zip(plan.steps, plan.kinds)):
             counts[kind] = counts.get(kind, 0) + 1
-            if kind == "kernel":
-                rows.append(f"  step {k}: {format_node(node, names)[:70]}\n    kernel: {why}")
+            if why:
+                rows.append(f"  step {k}: {format_node(node, names)[:70]}\n    {kind}: {why}")
         head = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         return Table(f"{len(plan.steps)} steps: {head}" + ("\n" + "\n".join(rows) if rows
                                                          else ""))

@@ -58,6 +58,7 @@ class Lowering:
         self.sce_sums: dict[int, str] = {}
         self.sce_rows: dict[int, str] = {}
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
+        self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
@@ -121,6 +122,7 @@ class Lowering:
                 o = self.inplace_target(n, i, owner) or self.take(*self.shapes[id(n)])
                 owner[id(n)] = o
             self.dying_now = [b for b in dying if b != o]
+            self.kernel_calls = []
             code = self.emit(n, i, o, kinds[id(n)])
             for b in dying:
                 if b != o:
@@ -135,7 +137,10 @@ class Lowering:
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
             kind = kinds[id(n)]
-            self.kinds.append((kind, rules.why_kernel(self, n) if kind == "kernel" else ""))
+            why = rules.why_kernel(self, n) if kind == "kernel" else \
+                f"calls the kernel of {', '.join(sorted(set(self.kernel_calls)))} (no ufunc " \
+                f"template)" if self.kernel_calls else ""
+            self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
         return "\n".join(lines) + "\n", steps
 
@@ -345,7 +350,7 @@ class Lowering:
         for b in body.nodes:
             if b.inputs:
                 dts = [self.shapes[(id(n), id(x))][1] for x in b.inputs]
-                if not emit.ufunc_ok(b, dts):
+                if not emit.ufunc_ok(b, dts, in_group=True):
                     return False
         return bool(body.outputs[0].inputs)
 

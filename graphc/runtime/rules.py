@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphc.ir import OPS
 from graphc.runtime import conv, emit
 
 VIEWS = ("transpose", "reshape", "broadcast_to", "size")
@@ -40,12 +41,11 @@ def classify(low, n) -> str:
 def why_kernel(low, n) -> str:
     """Why a step calls a kernel (for the plan report): the op has no fast form, or this
     node is not on it (dtypes, ranks), or a fused group runs through the interpreter."""
-    from graphc.ir import OPS
     if n.op == "fused":
         for b in n.attrs["body"].nodes:
             if b.inputs:
                 dts = [low.shapes[(id(n), id(x))][1] for x in b.inputs]
-                if not emit.ufunc_ok(b, dts):
+                if not emit.ufunc_ok(b, dts, in_group=True):
                     return f"interpreter (fused group): {emit.why_not(b, dts)}"
         return "interpreter (fused group): its output is an input"
     dts = [low.shapes[id(x)][1] for x in n.inputs]
@@ -84,7 +84,6 @@ def view_code(low, n, a: list[str]) -> str:
 
 
 def OPS_size(low, n):  # noqa: N802
-    from graphc.ir import OPS
     x = np.empty(low.shapes[id(n.inputs[0])][0], np.uint8)
     return OPS["size"].kernel(x, **n.attrs)
 
@@ -135,6 +134,11 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
         return (f"np.maximum({a[0]}, {zeros}, out={t}); np.absolute({a[0]}, out={o}); "
                 f"np.negative({o}, out={o}); np.exp({o}, out={o}); np.log1p({o}, out={o}); "
                 f"np.add({o}, {t}, out={o})")
+    if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
+        name = f"kernel_{n.op}"
+        low.ns[name] = OPS[n.op].kernel
+        low.kernel_calls.append(n.op)
+        return f"np.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path
         a = [low.const(np.full(shape_of(n), x.data.reshape(()), n.dtype))
              if x.op == "constant" and x.data.size == 1 else s for x, s in zip(n.inputs, a)]
