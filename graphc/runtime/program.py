@@ -12,14 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, loop, planner, rules
+from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
-# kernel-called ops known to return a new array (never a view of an input)
-FRESH = {"sum", "size", "softmax_cross_entropy", "softmax_cross_entropy_grad", "conv2d",
-         "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "matmul"}
-# steps that can raise on valid shapes (label checks): no variable is written before them
-RAISING = {"softmax_cross_entropy", "softmax_cross_entropy_grad"}
+FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
 # the nodes that are not steps (an op node may have no inputs: a user's op)
 LEAVES = ("placeholder", "variable", "constant")
 
@@ -47,16 +43,14 @@ class Lowering:
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
         self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
-        self.conv_ws: dict[tuple, str] = {}    # (x, w, attrs) of a conv2d -> its workspace
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
         self.cache: dict = {}                  # plan constants shared by steps
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
-        self.sce_pair: dict[int, Node] = {}    # sce grad id -> its forward node
-        self.probs: dict[int, str | None] = {}  # sce forward id -> exp(z - max) buffer
-        self.sce_sums: dict[int, str] = {}
-        self.sce_rows: dict[int, str] = {}
+        # per-plan state of the op families that lower together (lowering.FAMILIES)
+        self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
+        self.kinds_of: dict[int, str] = {}       # step id -> "buffer", "view" or "kernel"
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
         self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
 
@@ -99,9 +93,12 @@ class Lowering:
             elif n.op == "constant":
                 self.ns[f"c{i}"] = n.data
                 self.var[id(n)] = f"c{i}"
-        self.pair_sce()
-        kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.op not in LEAVES}
-        self.pair_pools(kinds)
+        for fam in self.families.values():      # pairs that decide how steps lower
+            fam.before(self)
+        kinds = {id(n): lowering.classify(self, n) for n in g.nodes if n.op not in LEAVES}
+        for fam in self.families.values():
+            fam.after(self, kinds)
+        self.kinds_of = kinds
         writes = {k for k, v in kinds.items() if v == "buffer"}
         self.steps = self.plan_steps(writes)
         kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
@@ -137,7 +134,7 @@ class Lowering:
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
             kind = kinds[id(n)]
-            why = rules.why_kernel(self, n) if kind == "kernel" else \
+            why = lowering.why_kernel(self, n) if kind == "kernel" else \
                 f"calls the kernel of {', '.join(sorted(set(self.kernel_calls)))} (no ufunc " \
                 f"template)" if self.kernel_calls else ""
             self.kinds.append((kind, why))
@@ -224,7 +221,7 @@ class Lowering:
         if o is None:
             return f"{name} = {self.kernel_ref(n, i)}({', '.join(a)})"
         self.var[id(n)] = o
-        return rules.buffer_code(self, n, a, o)
+        return lowering.code(self, n, a, o)
 
     def true_view(self, value, a: list[str], n: Node) -> bool:
         """Whether a view step's result, made now, stays right on every call: it shares memory
@@ -245,44 +242,6 @@ class Lowering:
         fname = f"{n.op}_{i}"
         self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         return fname
-
-    # softmax cross-entropy: forward keeps the probabilities for the gradient ------------
-    def pair_sce(self) -> None:
-        """grad node id -> its forward node, when both read the same logits and labels."""
-        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
-        fwd = {(id(n.inputs[0]), id(n.inputs[1])): n for n in self.graph.nodes
-               if n.op == "softmax_cross_entropy" and rules.sce_ok(self, n)}
-        for n in self.graph.nodes:
-            if n.op == "softmax_cross_entropy_grad":
-                f = fwd.get((id(n.inputs[0]), id(n.inputs[1])))
-                if f is not None and index[id(f)] < index[id(n)] \
-                        and self.shapes[id(n.inputs[2])][1] == n.dtype == f.dtype:
-                    self.sce_pair[id(n)] = f
-                    self.probs[id(f)] = None
-
-    def pair_pools(self, kinds: dict) -> None:
-        """A max-pool gradient reads its forward step's result instead of pooling again."""
-        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
-        fwd = {(id(n.inputs[0]), repr(n.attrs)): n for n in self.graph.nodes
-               if n.op == "max_pool2d" and kinds[id(n)] == "buffer"}
-        for n in self.graph.nodes:
-            f = fwd.get((id(n.inputs[1]), repr(n.attrs))) if n.op == "max_pool2d_grad" else None
-            if f is not None and kinds[id(n)] == "buffer" and index[id(f)] < index[id(n)]:
-                self.extra_reads[id(n)] = (f,)
-
-    def sce_forward(self, n: Node, a: list[str], o: str) -> str:
-        rows, classes = self.shapes[id(n.inputs[0])][0]
-        p = self.const(np.empty((rows, classes), n.dtype))
-        self.probs[id(n)] = p
-        mx, s = self.const(np.empty((rows, 1), n.dtype)), self.const(np.empty(rows, n.dtype))
-        self.sce_rows[id(n)] = rows = self.const(np.arange(rows))
-        self.sce_sums[id(n)] = s
-        return f"kernels.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {rows})"
-
-    def sce_backward(self, n: Node, a: list[str], o: str) -> str:
-        f = id(self.sce_pair[id(n)])
-        p, s, rows = self.probs[f], self.sce_sums[f], self.sce_rows[f]
-        return f"kernels.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
 
     # fused elementwise groups ------------------------------------------------------------
     def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
