@@ -71,8 +71,8 @@ def test_pooling_window_larger_than_a_dynamic_image_is_an_error(pool):
     for outputs in ([y], [gc.grad(cost, [x])[0]]):
         f = gc.function([x], outputs)
         assert f(ok)[0].shape in ((2, 1, 1, 1), (2, 1, 6, 7))
-        with pytest.raises(gc.GraphcError, match="larger than the image 3x3"):
-            f(small)
+        with pytest.raises(gc.GraphcError, match="larger than the (image 3x3|input size 3)"):
+            f(small)                              # the shape rule, at the plan's build
 
 
 def test_an_op_without_inputs_is_a_step_not_a_leaf():

@@ -1,7 +1,8 @@
 """The compiled `Function`: checks feeds, picks the plan for their shapes, runs it, updates.
 
-A plan is built on the first call with each feed-shape signature (a dry run resolves every
-shape, then the graph is lowered to generated NumPy code) and cached for later calls.
+A plan is built on the first call with each feed-shape signature (the shape rules resolve
+every shape -- a dry run of the kernels when a shape needs values -- then the graph is lowered
+to generated NumPy code) and cached for later calls.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
-from graphc.runtime.shapes import discover
+from graphc.runtime.shapes import resolve
 
 
 # how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
@@ -128,7 +129,7 @@ class Function:
         plan = self.plans.get(sig)
         if plan is None:
             atomic.install()
-            shapes = discover(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+            shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
             plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                          tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
