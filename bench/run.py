@@ -18,7 +18,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REF = os.path.join(HERE, "..", "..", "shared", "reference")
+REF = os.environ.get("GRAPHC_REFERENCE",       # a worktree elsewhere: point at shared/reference
+                     os.path.join(HERE, "..", "..", "shared", "reference"))
 if not os.path.exists(os.path.join(REF, "numpy_ref.py")):
     sys.exit(f"bench/run.py needs the hand-written reference beside the repository: "
              f"{os.path.abspath(REF)}/numpy_ref.py (the shared/ folder) is missing")
@@ -32,7 +33,8 @@ import numpy_ref  # noqa: E402
 
 import workloads as wl  # noqa: E402
 
-TARGETS = {"mlp_b32": 1.30, "mlp_b512": 1.10, "logreg_b512": 1.30, "cnn_b64": 1.50}
+TARGETS = {"mlp_b32": 1.30, "mlp_b512": 1.10, "mlp_infer_b512": 1.10, "logreg_b512": 1.30,
+           "cnn_b64": 1.50}
 BUILD = {"mlp": (wl.graphc_mlp, numpy_ref.MLP, wl.NumpyMLP),
          "logreg": (wl.graphc_logreg, numpy_ref.LogReg, wl.NumpyLogReg),
          "cnn": (wl.graphc_cnn, numpy_ref.CNN, wl.NumpyCNN)}
@@ -46,19 +48,25 @@ def batches_for(kind, name):
 
 
 def run_workload(name, steps):
-    kind, B, _ = common.workload_spec(name)
+    kind, B, train = common.workload_spec(name)
     build_g, Ref, Mine = BUILD[kind]
     params, ref_batches, batches = batches_for(kind, name)
+    if not train:         # inference: the logits of x; the check value is their sum
+        build_g = wl.graphc_mlp_infer
+        ref_batches, batches = [b[:1] for b in ref_batches], [b[:1] for b in batches]
     t0 = time.perf_counter()
     f = build_g(params, B)
-    first = float(f(*batches[0]))
+    first = float(np.sum(f(*batches[0])))
     compile_s = time.perf_counter() - t0
-    ref, mine = Ref(params, B), Mine(params, B)
-    loss_ref = float(ref.step(*ref_batches[0]))
-    loss_mine = float(mine.step(*batches[0]))
+    ref, mine = (Ref(params, B), Mine(params, B)) if train else \
+        (Ref(params, B, train=False), Mine(params, B))
+    ref_step = ref.step if train else ref.forward
+    mine_step = mine.step if train else mine.forward
+    loss_ref = float(np.sum(ref_step(*ref_batches[0])))
+    loss_mine = float(np.sum(mine_step(*batches[0])))
     runners = {"graphc": lambda i: f(*batches[i % 4]),
-               "reference": lambda i: ref.step(*ref_batches[i % 4]),
-               "numpy": lambda i: mine.step(*batches[i % 4])}
+               "reference": lambda i: ref_step(*ref_batches[i % 4]),
+               "numpy": lambda i: mine_step(*batches[i % 4])}
     times = {k: [] for k in runners}
     order = list(runners)
     for i in range(1, steps + 1):

@@ -29,15 +29,26 @@ def sgd(loss, params):
     return [(p, p - LR * g) for p, g in zip(params, gc.grad(loss, params))]
 
 
-def graphc_mlp(p, B):
+def mlp_logits(p):
     x = gc.placeholder((None, 784), "float32", name="x")
-    y = gc.placeholder((None,), "int64", name="y")
     params = [gc.variable(p[k].copy(), name=k) for k in ("W1", "b1", "W2", "b2", "W3", "b3")]
     W1, b1, W2, b2, W3, b3 = params
     h1 = gc.relu(x @ W1 + b1)
     h2 = gc.relu(h1 @ W2 + b2)
-    loss = gc.mean(gc.softmax_cross_entropy(h2 @ W3 + b3, y))
+    return x, params, h2 @ W3 + b3
+
+
+def graphc_mlp(p, B):
+    x, params, z = mlp_logits(p)
+    y = gc.placeholder((None,), "int64", name="y")
+    loss = gc.mean(gc.softmax_cross_entropy(z, y))
     return gc.function([x, y], loss, updates=sgd(loss, params), optimize=OPTIMIZE[0])
+
+
+def graphc_mlp_infer(p, B):
+    """The MLP's forward pass: the logits of a batch."""
+    x, _, z = mlp_logits(p)
+    return gc.function([x], z, optimize=OPTIMIZE[0])
 
 
 def graphc_logreg(p, B):
@@ -58,7 +69,11 @@ def cnn_weights(p):
 
 
 def graphc_cnn(p, B):
-    q = cnn_weights(p)
+    return graphc_cnn_nchw(cnn_weights(p), B)
+
+
+def graphc_cnn_nchw(q, B):
+    """The CNN step from weights already in graphc's layouts (OIHW kernels, CHW dense rows)."""
     x = gc.placeholder((None, 1, 28, 28), "float32", name="x")
     y = gc.placeholder((None,), "int64", name="y")
     params = [gc.variable(q[k].copy(), name=k) for k in ("K1", "c1", "K2", "c2", "W3", "b3",
@@ -77,6 +92,12 @@ def graphc_cnn(p, B):
 class NumpyMLP:
     def __init__(self, p, B):
         self.p = {k: v.copy() for k, v in p.items()}
+
+    def forward(self, x):
+        p = self.p
+        a1 = np.maximum(x @ p["W1"] + p["b1"], 0)
+        a2 = np.maximum(a1 @ p["W2"] + p["b2"], 0)
+        return a2 @ p["W3"] + p["b3"]
 
     def step(self, x, y):
         p = self.p

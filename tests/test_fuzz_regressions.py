@@ -50,3 +50,45 @@ def test_cross_entropy_needs_float_logits():
     z, p = gc.placeholder((3, 4), "int64"), gc.placeholder((3, 4), "float64")
     with pytest.raises(gc.GraphcError, match=r"softmax_cross_entropy\(\(3, 4\) int64.*floating"):
         gc.softmax_cross_entropy(z, p)
+
+
+def test_cross_entropy_gradient_of_logits_in_any_memory_layout():
+    """The kernel subtracted g at the labels through e.reshape(-1, C), a copy when the logits
+    are not C-contiguous (a transpose, a Fortran-ordered feed): the subtraction was lost."""
+    z, y = gc.placeholder((3, 2, 4), "float64", "z"), gc.placeholder((2, 3), "int64", "y")
+    zt = gc.transpose(z, (1, 0, 2))                        # (2, 3, 4), not C-contiguous
+    cost = gc.sum(gc.softmax_cross_entropy(zt, y) * np.arange(1.0, 7.0).reshape(2, 3))
+    (gz,) = gc.grad(cost, [z])
+    r = np.random.default_rng(0)
+    zv, yv = r.normal(size=(3, 2, 4)), r.integers(0, 4, (2, 3))
+    zt_v = zv.transpose(1, 0, 2)
+    p = np.exp(zt_v) / np.exp(zt_v).sum(-1, keepdims=True)
+    want = (p - np.eye(4)[yv]) * np.arange(1.0, 7.0).reshape(2, 3, 1)
+    np.testing.assert_allclose(gz.eval({z: zv, y: yv}), want.transpose(1, 0, 2), rtol=1e-12)
+    agree([z, y], [gz], [zv, yv], [np.asfortranarray(zv), yv])
+
+
+def test_pool_gradient_through_a_reshaped_broadcast_is_read_per_call():
+    """The first bug the fuzzer found (fixed in the runtime, issue 10): the gradient of
+    reshape(max_pool2d(x)) reshapes a broadcast upstream gradient, a copy NumPy made once per
+    plan, so max_pool2d_grad read stale values."""
+    x = gc.placeholder((2, 2, 7, 5), "float64", "x")
+    s = gc.sum(gc.reshape(gc.max_pool2d(x, 2), (2, 3, 4)), axis=2, keepdims=True)
+    cost = gc.sum(s * np.linspace(-1, 1, 6).reshape(2, 3, 1))
+    (gx,) = gc.grad(cost, [x])
+    r = np.random.default_rng(1)
+    agree([x], [cost, gx], *[[r.permutation(140).reshape(2, 2, 7, 5) * 0.1] for _ in range(3)])
+
+
+def test_elementwise_fusion_leaves_groups_of_constants_alone():
+    """fuse_elementwise alone (a custom pass list, no folding) fused cast(1) / 3, whose inputs
+    are constants it inlines, into a fused node with no inputs: the runtime took it for a leaf
+    and failed with a KeyError."""
+    from graphc.passes import fuse_elementwise
+    x = gc.placeholder((3,), "float32", "x")
+    third = gc.cast(gc.constant(1.0, dtype="float64"), "float32") / 3.0
+    y = x * gc.reshape(third, (1,))          # reshape: the group {cast, div} ends there
+    fused = fuse_elementwise(gc.ir.Graph([y]))
+    assert all(n.inputs for n in fused.nodes if n.op == "fused")
+    f = gc.function([x], y, optimize=[fuse_elementwise])
+    np.testing.assert_allclose(f(np.arange(3, dtype=np.float32)), np.arange(3) / 3, rtol=1e-6)

@@ -62,6 +62,9 @@ ROWS = [
         ops=("cast",)),
     Row("cast", lambda k: gc.cast(k, "float64"), [np.array([1, -2])],
         lambda k: k.astype(np.float64), grad=False),
+    Row("log1p", gc.log1p, [pos(2, 3)], np.log1p),
+    Row("expm1", gc.expm1, [f64(2, 3)], np.expm1),
+    Row("square", gc.square, [f64(2, 3)], np.square),
 ]
 
 

@@ -71,5 +71,27 @@ def test_pooling_window_larger_than_a_dynamic_image_is_an_error(pool):
     for outputs in ([y], [gc.grad(cost, [x])[0]]):
         f = gc.function([x], outputs)
         assert f(ok)[0].shape in ((2, 1, 1, 1), (2, 1, 6, 7))
-        with pytest.raises(gc.GraphcError, match="larger than the image 3x3"):
-            f(small)
+        with pytest.raises(gc.GraphcError, match="larger than the (image 3x3|input size 3)"):
+            f(small)                              # the shape rule, at the plan's build
+
+
+def test_an_op_without_inputs_is_a_step_not_a_leaf():
+    from graphc.ir import OPS, OpDef, apply, register
+    register(OpDef("test_iota5", lambda: ((5,), np.dtype("float64")),
+                   lambda: np.arange(5.0)))
+    try:
+        x = gc.placeholder((5,), "float64", "x")
+        out = x * apply("test_iota5")
+        for optimize in (False, True):
+            f = gc.function([x], out, optimize=optimize)
+            np.testing.assert_array_equal(f(np.ones(5)), np.arange(5.0))
+            np.testing.assert_array_equal(f(np.full(5, 2.0)), 2 * np.arange(5.0))
+    finally:
+        del OPS["test_iota5"]
+
+
+def test_updates_none_means_no_updates_and_a_bad_updates_value_is_a_graphc_error():
+    x = gc.placeholder((2,), "float64", "x")
+    np.testing.assert_array_equal(gc.function([x], x * 2.0, updates=None)(np.ones(2)), [2, 2])
+    with pytest.raises(gc.GraphcError, match="updates must be"):
+        gc.function([x], x * 2.0, updates=3)

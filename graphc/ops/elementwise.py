@@ -37,6 +37,11 @@ def pow_vjp(g, out, a, b):
 elementwise("pow", np.power, pow_vjp, lambda a, b: a ** b)
 elementwise("exp", np.exp, lambda g, out, x: (g * out,), sp.exp, dtype_rule=need_float)
 elementwise("log", np.log, lambda g, out, x: (g / x,), sp.log, dtype_rule=need_float)
+elementwise("log1p", np.log1p, lambda g, out, x: (g / (1 + x),), lambda x: sp.log(1 + x),
+            dtype_rule=need_float)
+elementwise("expm1", np.expm1, lambda g, out, x: (g * (out + 1),), lambda x: sp.exp(x) - 1,
+            dtype_rule=need_float)
+elementwise("square", np.square, lambda g, out, x: (g * 2 * x,), lambda x: x ** 2)
 elementwise("sqrt", np.sqrt, lambda g, out, x: (g * 0.5 / out,), sp.sqrt, dtype_rule=need_float)
 elementwise("abs", np.abs, lambda g, out, x: (g * apply("sign", x),), sp.Abs)
 elementwise("sign", np.sign, lambda g, out, x: (None,), sp.sign)
@@ -93,7 +98,8 @@ register(OpDef(
 
 # the public builders ------------------------------------------------------------------
 
-__all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs", "sign", "tanh",
+__all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "square",
+           "sqrt", "abs", "sign", "tanh",
            "sigmoid", "relu", "softplus", "maximum", "minimum", "greater", "greater_equal",
            "less", "less_equal", "equal", "logical_not", "where", "cast"]
 
@@ -106,6 +112,9 @@ def neg(x): return apply("neg", x)
 def pow(a, b): return apply("pow", a, b)   # noqa: A001  (NumPy's name)
 def exp(x): return apply("exp", x)
 def log(x): return apply("log", x)
+def log1p(x): return apply("log1p", x)
+def expm1(x): return apply("expm1", x)
+def square(x): return apply("square", x)
 def sqrt(x): return apply("sqrt", x)
 def abs(x): return apply("abs", x)         # noqa: A001
 def sign(x): return apply("sign", x)

@@ -59,6 +59,10 @@ def find_groups(graph: Graph, users) -> dict[Node, int]:
     return group
 
 
+def inlined(x: Node) -> bool:
+    return x.op == "constant" and x.data.size <= INLINE_CONSTANT
+
+
 def make_body(members: list[Node]) -> tuple[list[Node], Body]:
     """The members rebuilt on placeholders in0, in1, ... for their external inputs."""
     inside = set(members)
@@ -67,7 +71,7 @@ def make_body(members: list[Node]) -> tuple[list[Node], Body]:
         for i in m.inputs:
             if i in inside or i in inner:
                 continue
-            if i.op == "constant" and i.data.size <= INLINE_CONSTANT:
+            if inlined(i):
                 inner[i] = i
                 continue
             inner[i] = Node("placeholder", (), {}, i.shape, i.dtype, f"in{len(external)}")
@@ -85,6 +89,9 @@ def fuse_elementwise(graph: Graph) -> Graph:
     for n in graph.nodes:
         if n in group:
             members.setdefault(group[n], []).append(n)
+    for k, ms in list(members.items()):     # constants only: a fused node without inputs
+        if not any(i not in ms and not inlined(i) for m in ms for i in m.inputs):
+            del members[k]                  # would look like a leaf; folding's job instead
     new: dict[Node, Node] = {}
     for n in graph.nodes:
         ms = members.get(group.get(n, -1), ())

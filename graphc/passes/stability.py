@@ -130,6 +130,23 @@ def softplus_by_hand(n: Node, x: Node) -> Node | None:
     return None
 
 
+def log1p_by_hand(n: Node, x: Node) -> Node | None:
+    """log(1 + y) -> log1p(y): 1 + y rounds a small y away (log(1 + exp z) is softplus)."""
+    if x.op != "add":
+        return None
+    for one, y in (x.inputs, x.inputs[::-1]):
+        if is_value(one, 1) and y.op != "exp" and y.dtype == x.dtype:
+            return fit(apply("log1p", y), n)
+    return None
+
+
+def expm1_by_hand(n: Node, e: Node, one: Node) -> Node | None:
+    """exp(z) - 1 -> expm1(z): exp(z) - 1 cancels every digit of a small z."""
+    if e.op == "exp" and is_value(one, 1):
+        return fit(apply("expm1", e.inputs[0]), n)
+    return None
+
+
 def signed_products(n: Node) -> list[tuple[int, list[Node]]] | None:
     """The two terms of an add / sub, each as (sign, its factors) when it is a product."""
     out = []
@@ -200,6 +217,9 @@ def bce_logits_grad(n: Node, *_: Node) -> Node | None:
 STABILIZE = [
     # log(1 + exp z) -> softplus(z)
     Rule("softplus_by_hand", "log", softplus_by_hand),
+    # log(1 + y) -> log1p(y); exp(z) - 1 -> expm1(z)
+    Rule("log1p_by_hand", "log", log1p_by_hand),
+    Rule("expm1_by_hand", "sub", expm1_by_hand),
     # log(softmax z) -> log_softmax z
     Rule("log_softmax", "log",
          lambda n, x: apply("log_softmax", x.inputs[0], **x.attrs) if x.op == "softmax" else None),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import signal
 import threading
 
-_MAIN = threading.main_thread().ident
+MAIN = threading.main_thread().ident
+_MAIN = MAIN
 get_ident = threading.get_ident
 
 
@@ -39,9 +40,15 @@ def release() -> None:
     if get_ident() == _MAIN:
         STATE.held = False
         if STATE.pending is not None:
-            signum, frame = STATE.pending
-            STATE.pending = None
-            _deferring.previous(signum, frame)
+            raise_pending()
+
+
+def raise_pending() -> None:
+    """Hand the deferred interrupt to the handler it was meant for (raises KeyboardInterrupt
+    with Python's default handler)."""
+    signum, frame = STATE.pending
+    STATE.pending = None
+    _deferring.previous(signum, frame)
 
 
 def _deferring(signum, frame):

@@ -1,65 +1,95 @@
-"""Code templates: how one node becomes NumPy code that writes into a given buffer.
+"""Code templates: how one elementwise node becomes NumPy code that writes into a given buffer.
 
-`UFUNC` maps an elementwise op to the statements that compute it into `{o}` from `{0}`, `{1}`..
-Every template reads each input before it first writes `{o}`, or reads it only through `{o}`;
-`INPLACE_OK` lists the ops where the output may share memory with an input. `{half}`, `{one}`,
-`{zero}` are 0-d arrays of the op's dtype (a Python scalar operand costs NumPy a conversion).
+An elementwise op whose registered kernel is a NumPy ufunc needs nothing here: its template is
+derived from the kernel (`np.log1p({0}, out={o})`), so adding such an op is its declaration
+and a test row. `SPECIAL` holds the templates of the elementwise ops whose kernel is not a
+ufunc. Every template reads each input before it first writes `{o}`, or reads it only through
+`{o}`. `{half}`, `{one}`, `{zero}` are 0-d arrays of the op's dtype (a Python scalar operand
+costs NumPy a conversion).
 """
 from __future__ import annotations
 
-UFUNC = {
-    "add": "np.add({0}, {1}, out={o})",
-    "sub": "np.subtract({0}, {1}, out={o})",
-    "mul": "np.multiply({0}, {1}, out={o})",
-    "div": "np.divide({0}, {1}, out={o})",
-    "neg": "np.negative({0}, out={o})",
-    "pow": "np.power({0}, {1}, out={o})",
-    "exp": "np.exp({0}, out={o})",
-    "log": "np.log({0}, out={o})",
-    "sqrt": "np.sqrt({0}, out={o})",
-    "abs": "np.absolute({0}, out={o})",
-    "sign": "np.sign({0}, out={o})",
-    "tanh": "np.tanh({0}, out={o})",
-    "sigmoid": "np.multiply({0}, {half}, out={o}); np.tanh({o}, out={o}); "
-               "np.add({o}, {one}, out={o}); np.multiply({o}, {half}, out={o})",
-    "relu": "np.maximum({0}, 0, out={o})",
+import numpy as np
+
+from graphc.ir import OPS
+
+SIGMOID = ("np.multiply({0}, {half}, out={o}); np.tanh({o}, out={o}); "
+           "np.add({o}, {one}, out={o}); np.multiply({o}, {half}, out={o})")
+
+SPECIAL = {
+    "sigmoid": SIGMOID,
+    "relu": "np.maximum({0}, 0, out={o})",      # rules.py passes a zeros array for the 0
     "softplus": "np.logaddexp({zero}, {0}, out={o})",
-    "maximum": "np.maximum({0}, {1}, out={o})",
-    "minimum": "np.minimum({0}, {1}, out={o})",
-    "greater": "np.greater({0}, {1}, out={o})",
-    "greater_equal": "np.greater_equal({0}, {1}, out={o})",
-    "less": "np.less({0}, {1}, out={o})",
-    "less_equal": "np.less_equal({0}, {1}, out={o})",
-    "equal": "np.equal({0}, {1}, out={o})",
-    "logical_not": "np.logical_not({0}, out={o})",
     "where": "np.copyto({o}, {2}); np.copyto({o}, {1}, where={0})",
     "cast": "np.copyto({o}, {0}, casting='unsafe')",
 }
 
-# ops whose template may write {o} while {o} is one of the inputs (pure elementwise passes)
-INPLACE_OK = set(UFUNC) - {"where", "cast"}
+# ops whose template may not write {o} while {o} is one of the inputs
+NOT_INPLACE = {"where", "cast"}
 
-# activations applied in place to a buffer (the dense epilogue)
-ACTIVATE = {
-    None: "",
-    "relu": "np.maximum({o}, 0, out={o})",
-    "sigmoid": UFUNC["sigmoid"].replace("{0}", "{o}"),
-    "tanh": "np.tanh({o}, out={o})",
-}
+# the activations of `dense`, applied in place to its buffer (relu: rules.dense_code)
+ACTIVATE = {"sigmoid": SIGMOID.replace("{0}", "{o}"), "tanh": "np.tanh({o}, out={o})"}
 
 
-def ufunc_ok(node, in_dtypes) -> bool:
-    """Whether the template computes exactly what the kernel does (same dtypes throughout)."""
-    if node.op not in UFUNC:
-        return False
-    if node.op in ("greater", "greater_equal", "less", "less_equal", "equal", "logical_not"):
-        return len(set(in_dtypes)) == 1
-    if node.op == "where":
-        return all(d == node.dtype for d in in_dtypes[1:])
+def ufunc_of(op: str):
+    """The NumPy ufunc an elementwise op's kernel is (one output, reachable as np.<name>)."""
+    opdef = OPS.get(op)
+    kernel = getattr(opdef, "kernel", None)
+    if opdef is None or not opdef.elementwise or not isinstance(kernel, np.ufunc) \
+            or kernel.nout != 1 or getattr(np, kernel.__name__, None) is not kernel:
+        return None
+    return kernel
+
+
+def template(op: str) -> str | None:
+    """The statements computing op into {o} from {0}, {1}..; None: no compiled form."""
+    if op in SPECIAL:
+        return SPECIAL[op]
+    uf = ufunc_of(op)
+    if uf is None:
+        return None
+    args = ", ".join(f"{{{k}}}" for k in range(uf.nin))
+    return f"np.{uf.__name__}({args}, out={{o}})"
+
+
+def inplace_ok(op: str) -> bool:
+    """Whether the template may write {o} while {o} is also an input (a pure ufunc pass)."""
+    return op not in NOT_INPLACE and template(op) is not None
+
+
+def kernel_call_ok(node) -> bool:
+    """An elementwise op without a template still compiles in a fused group: its kernel
+    computes a new array that is copied into {o} (not for random ops or ops with attrs)."""
+    opdef = OPS.get(node.op)
+    return opdef is not None and opdef.elementwise and not opdef.random and not node.attrs
+
+
+def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
+    """Whether the template computes exactly what the kernel does: inputs of the result's
+    dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's loop. In a
+    fused group, an op without a template calls its kernel (`kernel_call_ok`); alone, such a
+    node is a kernel step (no copy)."""
+    if template(node.op) is None:
+        return in_group and kernel_call_ok(node)
     if node.op == "cast":
         return True
+    if node.op == "where":
+        return all(d == node.dtype for d in in_dtypes[1:])
+    if node.dtype == bool:
+        return len(set(in_dtypes)) == 1
     return all(d == node.dtype for d in in_dtypes)
 
 
+def why_not(node, in_dtypes) -> str:
+    """Why an elementwise node has no compiled form here (for the plan's report)."""
+    if template(node.op) is None:
+        if kernel_call_ok(node):
+            return f"{node.op} has no ufunc template: its kernel is called"
+        return f"{node.op} has no template (its kernel is not a NumPy ufunc) and " \
+               f"{'is random' if OPS[node.op].random else 'has attributes'}"
+    names = ", ".join(np.dtype(d).name for d in in_dtypes)
+    return f"mixed dtypes ({names} -> {node.dtype.name})"
+
+
 def ufunc(op: str, args: list[str], o: str, scalars: dict) -> str:
-    return UFUNC[op].format(*args, o=o, **scalars)
+    return template(op).format(*args, o=o, **scalars)

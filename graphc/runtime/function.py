@@ -1,7 +1,8 @@
 """The compiled `Function`: checks feeds, picks the plan for their shapes, runs it, updates.
 
-A plan is built on the first call with each feed-shape signature (a dry run resolves every
-shape, then the graph is lowered to generated NumPy code) and cached for later calls.
+A plan is built on the first call with each feed-shape signature (the shape rules resolve
+every shape -- a dry run of the kernels when a shape needs values -- then the graph is lowered
+to generated NumPy code) and cached for later calls.
 """
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
-from graphc.runtime.shapes import discover
+from graphc.runtime.shapes import resolve
+
+
+# how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
+# registers viz.repr_svg here (a list, so importers see the registration)
+DRAW: list = []
 
 
 def optimize_graph(graph: Graph, optimize):
@@ -51,11 +57,19 @@ class Function:
         for o in outs:
             if not isinstance(o, Node):
                 raise GraphcError(f"function outputs must be graph nodes, got {o!r}")
-        updates = list(updates.items()) if isinstance(updates, dict) else list(updates)
-        for k, pair in enumerate(updates):
+        if updates is None:
+            updates = ()
+        try:
+            updates = list(updates.items()) if isinstance(updates, dict) else list(updates)
+        except TypeError:
+            raise GraphcError(f"updates must be a dict or a list of (variable, new value) "
+                              f"pairs, got {updates!r}") from None
+        seen: set[int] = set()
+        for pair in updates:
             check_update(pair)
-            if any(pair[0] is v for v, _ in updates[:k]):
+            if id(pair[0]) in seen:
                 raise GraphcError(f"variable {pair[0].label()} is updated twice")
+            seen.add(id(pair[0]))
         self.inputs, self.single = inputs, single
         self.form = tuple if isinstance(outputs, tuple) else list   # returned as given
         self.check_numerics, self.cast_feeds = check_numerics, cast_feeds
@@ -74,6 +88,7 @@ class Function:
         # variable are copied first (every update is computed before any is written)
         variables = {id(v.data[0]): v for v in self.graph.variables}
         self.locks = [threading.Lock()] + [storage_lock(variables[k]) for k in sorted(variables)]
+        self.unlocks = self.locks[::-1]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
 
     # feeds -----------------------------------------------------------------------------
@@ -115,7 +130,7 @@ class Function:
         plan = self.plans.get(sig)
         if plan is None:
             atomic.install()
-            shapes = discover(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+            shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
             plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                          tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
@@ -124,24 +139,44 @@ class Function:
 
     # calling ---------------------------------------------------------------------------
     def __call__(self, *args):
-        atomic.acquire(self.locks)
+        # atomic.acquire / release / give_back, inlined (a call of a small step is ~100 us)
+        main, state = atomic.get_ident() == atomic.MAIN, atomic.STATE
+        if main:
+            state.held = True          # a Ctrl-C between two acquires would leak the first
+        for lock in self.locks:
+            lock.acquire()
         try:
-            atomic.release()            # a Ctrl-C that came while taking the locks
-            plan = self.fast_plan(args)
-            if plan is None:
-                args = self.feeds(args)
-                plan = self.plan_for(args)
-            feeds = self.unshared(args) if self.updated else args
-            try:
-                with np.errstate(all="ignore"):
-                    result = plan.run(*feeds)    # holds Ctrl-C from its first update write
-            except GraphcError:
-                raise
-            except Exception as e:
-                raise self.step_error(plan, e) from None
+            if main:
+                state.held = False
+                if state.pending is not None:
+                    atomic.raise_pending()     # a Ctrl-C that came while taking the locks
+            result = self.call(args)
         finally:
-            atomic.give_back(self.locks)
+            if main:
+                state.held = True
+            for lock in self.unlocks:
+                lock.release()
+            if main:
+                state.held = False
+                if state.pending is not None:
+                    atomic.raise_pending()
         return result[0] if self.single else self.form(result)
+
+    def call(self, args) -> list:
+        """One call without taking locks (the caller holds them, or, for a loop body called
+        by its scan step, the enclosing call does): the list of outputs."""
+        plan = self.fast_plan(args)
+        if plan is None:
+            args = self.feeds(args)
+            plan = self.plan_for(args)
+        feeds = self.unshared(args) if self.updated else args
+        try:
+            with np.errstate(all="ignore"):
+                return plan.run(*feeds)      # holds Ctrl-C from its first update write
+        except GraphcError:
+            raise
+        except Exception as e:
+            raise self.step_error(plan, e) from None
 
     def unshared(self, feeds) -> list:
         """The feeds, each copied when it is (a view of) a variable this call updates."""
@@ -181,6 +216,24 @@ class Function:
                 self.plan_for([dummy_feed(p) for p in self.inputs])
         return self.last_plan.source
 
+    def plan_report(self) -> str:
+        """How the latest plan runs each step: steps per kind (buffer: NumPy calls writing a
+        planned buffer; view; kernel: a call of the op's kernel), and every kernel step with
+        the reason it is not compiled (a fused group through the interpreter is one)."""
+        if self.last_plan is None:
+            self.source            # noqa: B018  (makes a plan for batch size 1)
+        plan = self.last_plan
+        names = {id(n): f"%{i}" for i, n in enumerate(self.graph.nodes)}
+        counts: dict[str, int] = {}
+        rows = []
+        for k, ((node, _, _), (kind, why)) in enumerate(zip(plan.steps, plan.kinds)):
+            counts[kind] = counts.get(kind, 0) + 1
+            if why:
+                rows.append(f"  step {k}: {format_node(node, names)[:70]}\n    {kind}: {why}")
+        head = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        return Table(f"{len(plan.steps)} steps: {head}" + ("\n" + "\n".join(rows) if rows
+                                                         else ""))
+
     def profile(self, *args, repeat: int = 1) -> str:
         """Run (updates included) with a timer around every step; a table per step and per
         op kind. With repeat > 1, each step's best time over the runs."""
@@ -200,8 +253,7 @@ class Function:
         return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
 
     def _repr_svg_(self) -> str | None:
-        from graphc.viz import repr_svg      # graphviz is loaded only when drawing
-        return repr_svg(self)
+        return DRAW[0](self) if DRAW else None    # Jupyter: None shows the text repr
 
     def __repr__(self) -> str:
         return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "

@@ -11,4 +11,4 @@ def body_step(body, check_numerics: bool = False) -> Callable[[list], list]:
     from graphc.runtime.function import Function       # function.py imports this module
     fn = Function(list(body.inputs), list(body.outputs), optimize=False,
                   check_numerics=check_numerics)
-    return lambda values: fn(*values)
+    return fn.call           # the enclosing call holds the locks: none per step

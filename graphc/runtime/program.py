@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, loop, rules
+from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
-# kernel-called ops known to return a new array (never a view of an input)
-FRESH = {"sum", "size", "softmax_cross_entropy", "softmax_cross_entropy_grad", "conv2d",
-         "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "matmul"}
-# steps that can raise on valid shapes (label checks): no variable is written before them
-RAISING = {"softmax_cross_entropy", "softmax_cross_entropy_grad"}
+FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
+# the nodes that are not steps (an op node may have no inputs: a user's op)
+LEAVES = ("placeholder", "variable", "constant")
 
 
 @dataclass
@@ -28,6 +26,7 @@ class Plan:
     source: str
     run: object
     steps: list                   # (node, first line, last line) per step, in order
+    kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
     ns: dict = field(default_factory=dict)      # the names the generated code reads
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
@@ -44,55 +43,33 @@ class Lowering:
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
         self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
-        self.conv_ws: dict[tuple, str] = {}    # (x, w, attrs) of a conv2d -> its workspace
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
-        self.free: dict[tuple, list[str]] = {}
-        self.nbuf = 0
+        self.pool = planner.Pool(self.ns)
         self.nconst = 0
         self.cache: dict = {}                  # plan constants shared by steps
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
-        self.sce_pair: dict[int, Node] = {}    # sce grad id -> its forward node
-        self.probs: dict[int, str | None] = {}  # sce forward id -> exp(z - max) buffer
-        self.sce_sums: dict[int, str] = {}
-        self.sce_rows: dict[int, str] = {}
+        # per-plan state of the op families that lower together (lowering.FAMILIES)
+        self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
+        self.kinds_of: dict[int, str] = {}       # step id -> "buffer", "view" or "kernel"
+        self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
+        self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
 
-    # buffers ---------------------------------------------------------------------------
+    # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
-        key = (tuple(shape), np.dtype(dtype).str)
-        if self.free.get(key):
-            return self.free[key].pop()
-        name = f"b{self.nbuf}"
-        self.nbuf += 1
-        self.ns[name] = np.empty(shape, dtype)
-        return name
+        return self.pool.take(shape, dtype)
 
     def give(self, name: str) -> None:
-        arr = self.ns[name]
-        self.free.setdefault((arr.shape, arr.dtype.str), []).append(name)
+        self.pool.give(name)
 
-    # liveness --------------------------------------------------------------------------
-    def liveness(self, writes: set[int]) -> tuple[dict, dict]:  # noqa: C901
-        """roots: id -> ids of buffer-writing values it may alias; last: root id -> last step."""
-        end = len(self.graph.nodes)
-        last_use = {id(n): -1 for n in self.graph.nodes}
-        for i, n in enumerate(self.graph.nodes):
-            for x in n.inputs + self.extra_reads.get(id(n), ()):
-                last_use[id(x)] = i
-        for o in self.graph.outputs:
-            last_use[id(o)] = end
-        for v, u in self.graph.updates:
-            last_use[id(u)] = end
-        roots: dict[int, tuple] = {}
+    def plan_steps(self, writes: set[int]) -> list[planner.Step]:
+        """Every node as a planner step (leaves too, so step indices are node indices)."""
+        out = []
         for n in self.graph.nodes:
-            if not n.inputs or id(n) in writes or n.op in FRESH:
-                roots[id(n)] = (id(n),)
-            else:
-                roots[id(n)] = tuple(sorted({r for x in n.inputs for r in roots[id(x)]}))
-        last = {}
-        for n in self.graph.nodes:
-            for r in roots[id(n)]:
-                last[r] = max(last.get(r, -1), last_use[id(n)])
-        return roots, last
+            kind = "buffer" if id(n) in writes else \
+                "fresh" if n.op in LEAVES or n.op in FRESH else "view"
+            reads = n.inputs + self.extra_reads.get(id(n), ())
+            out.append(planner.Step(id(n), tuple(id(x) for x in reads), kind))
+        return out
 
     def const(self, arr: np.ndarray) -> str:
         """A plan constant (zeros for relu, ones for column sums, sizes) by name."""
@@ -116,22 +93,25 @@ class Lowering:
             elif n.op == "constant":
                 self.ns[f"c{i}"] = n.data
                 self.var[id(n)] = f"c{i}"
-        self.pair_sce()
-        kinds = {id(n): rules.classify(self, n) for n in g.nodes if n.inputs}
-        self.pair_pools(kinds)
+        for fam in self.families.values():      # pairs that decide how steps lower
+            fam.before(self)
+        kinds = {id(n): lowering.classify(self, n) for n in g.nodes if n.op not in LEAVES}
+        for fam in self.families.values():
+            fam.after(self, kinds)
+        self.kinds_of = kinds
         writes = {k for k, v in kinds.items() if v == "buffer"}
-        self.roots, self.last = self.liveness(writes)
+        self.steps = self.plan_steps(writes)
+        kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
+        self.roots, self.last = planner.liveness(self.steps, kept)
         direct = self.direct_updates(kinds)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
         steps = []
         held = False
         for i, n in enumerate(g.nodes):
-            if not n.inputs:
+            if n.op in LEAVES:
                 continue
-            reads = n.inputs + self.extra_reads.get(id(n), ())
-            dying = [owner[r] for r in sorted({r for x in reads for r in self.roots[id(x)]})
-                     if self.last[r] == i and r in owner]
+            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
             o = None
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
@@ -139,9 +119,10 @@ class Lowering:
                 o = self.inplace_target(n, i, owner) or self.take(*self.shapes[id(n)])
                 owner[id(n)] = o
             self.dying_now = [b for b in dying if b != o]
+            self.kernel_calls = []
             code = self.emit(n, i, o, kinds[id(n)])
             for b in dying:
-                if b != o and b.startswith("b"):
+                if b != o:
                     self.give(b)
             first = len(lines) + 1
             if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
@@ -152,36 +133,31 @@ class Lowering:
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
+            kind = kinds[id(n)]
+            why = lowering.why_kernel(self, n) if kind == "kernel" else \
+                f"calls the kernel of {', '.join(sorted(set(self.kernel_calls)))} (no ufunc " \
+                f"template)" if self.kernel_calls else ""
+            self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
         return "\n".join(lines) + "\n", steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
-        """Updates whose last step may write straight into the variable: every other read of
-        the variable is done by then and no later step can raise (so a failing call still
-        leaves the variables unchanged)."""
+        """Updates whose last step may write straight into the variable (planner rules);
+        none in check_numerics mode (a later check may still raise)."""
         if self.check:
             return {}
         g = self.graph
         index = {id(n): i for i, n in enumerate(g.nodes)}
         raising = [i for i, n in enumerate(g.nodes)
-                   if n.inputs and (kinds[id(n)] == "kernel" or n.op in RAISING)]
-        last_raise = max(raising, default=-1)
-        targets = [v for v, _ in g.updates]
-        values = [u for _, u in g.updates]
-        direct = {}
-        for v, u in g.updates:
-            i = index[id(u)]
-            if not u.inputs or kinds[id(u)] != "buffer" or not self.may_write_input(u) \
-                    or i < last_raise or sum(t is v for t in targets) != 1 \
-                    or sum(w is u for w in values) != 1 or any(o is u for o in g.outputs):
-                continue
-            if self.last[id(v)] > i or self.shapes[id(u)] != self.shapes[id(v)]:
-                continue
-            if self.last[id(v)] == i and any(id(v) in self.roots[id(x)] and x is not v
-                                             for x in u.inputs):
-                continue
-            direct[id(u)] = v
-        return direct
+                   if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING)]
+        updates = [planner.Update(id(v), id(u), index[id(u)],
+                                  u.op not in LEAVES and self.may_write_input(u),
+                                  self.shapes[id(u)] == self.shapes[id(v)],
+                                  tuple(id(x) for x in u.inputs))
+                   for v, u in g.updates]
+        ok = planner.direct_updates(updates, self.steps, raising, self.roots, self.last,
+                                    [id(o) for o in g.outputs])
+        return {id(u): v for v, u in g.updates if id(u) in ok}
 
     def may_write_input(self, u: Node) -> bool:
         """Whether u's code may write its result over one of its inputs (read elementwise)."""
@@ -224,7 +200,7 @@ class Lowering:
         for x in n.inputs:
             r = id(x)
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
-                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b"):
+                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]):
                 return owner[r]
         return None
 
@@ -245,7 +221,7 @@ class Lowering:
         if o is None:
             return f"{name} = {self.kernel_ref(n, i)}({', '.join(a)})"
         self.var[id(n)] = o
-        return rules.buffer_code(self, n, a, o)
+        return lowering.code(self, n, a, o)
 
     def true_view(self, value, a: list[str], n: Node) -> bool:
         """Whether a view step's result, made now, stays right on every call: it shares memory
@@ -266,44 +242,6 @@ class Lowering:
         fname = f"{n.op}_{i}"
         self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         return fname
-
-    # softmax cross-entropy: forward keeps the probabilities for the gradient ------------
-    def pair_sce(self) -> None:
-        """grad node id -> its forward node, when both read the same logits and labels."""
-        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
-        fwd = {(id(n.inputs[0]), id(n.inputs[1])): n for n in self.graph.nodes
-               if n.op == "softmax_cross_entropy" and rules.sce_ok(self, n)}
-        for n in self.graph.nodes:
-            if n.op == "softmax_cross_entropy_grad":
-                f = fwd.get((id(n.inputs[0]), id(n.inputs[1])))
-                if f is not None and index[id(f)] < index[id(n)] \
-                        and self.shapes[id(n.inputs[2])][1] == n.dtype == f.dtype:
-                    self.sce_pair[id(n)] = f
-                    self.probs[id(f)] = None
-
-    def pair_pools(self, kinds: dict) -> None:
-        """A max-pool gradient reads its forward step's result instead of pooling again."""
-        index = {id(n): i for i, n in enumerate(self.graph.nodes)}
-        fwd = {(id(n.inputs[0]), repr(n.attrs)): n for n in self.graph.nodes
-               if n.op == "max_pool2d" and kinds[id(n)] == "buffer"}
-        for n in self.graph.nodes:
-            f = fwd.get((id(n.inputs[1]), repr(n.attrs))) if n.op == "max_pool2d_grad" else None
-            if f is not None and kinds[id(n)] == "buffer" and index[id(f)] < index[id(n)]:
-                self.extra_reads[id(n)] = (f,)
-
-    def sce_forward(self, n: Node, a: list[str], o: str) -> str:
-        rows, classes = self.shapes[id(n.inputs[0])][0]
-        p = self.const(np.empty((rows, classes), n.dtype))
-        self.probs[id(n)] = p
-        mx, s = self.const(np.empty((rows, 1), n.dtype)), self.const(np.empty(rows, n.dtype))
-        self.sce_rows[id(n)] = rows = self.const(np.arange(rows))
-        self.sce_sums[id(n)] = s
-        return f"kernels.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {rows})"
-
-    def sce_backward(self, n: Node, a: list[str], o: str) -> str:
-        f = id(self.sce_pair[id(n)])
-        p, s, rows = self.probs[f], self.sce_sums[f], self.sce_rows[f]
-        return f"kernels.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
 
     # fused elementwise groups ------------------------------------------------------------
     def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
@@ -341,7 +279,7 @@ class Lowering:
             k = body_position(body, ph)
             x, r = n.inputs[k], id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
-                    and self.shapes[r] == self.shapes[id(n)] and owner[r].startswith("b") \
+                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
                     and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
                 return owner[r]
         return None
@@ -371,7 +309,7 @@ class Lowering:
         for b in body.nodes:
             if b.inputs:
                 dts = [self.shapes[(id(n), id(x))][1] for x in b.inputs]
-                if not emit.ufunc_ok(b, dts):
+                if not emit.ufunc_ok(b, dts, in_group=True):
                     return False
         return bool(body.outputs[0].inputs)
 
@@ -387,7 +325,7 @@ class Lowering:
         for b in body.nodes:
             for x in b.inputs:
                 users[id(x)] = users.get(id(x), 0) + 1
-        spine = self.spine_of(n, users)[0] if o.startswith("b") else {id(out)}
+        spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
         names: dict[int, str] = {}
         left = dict(users)
         scratch: list[str] = []
@@ -438,4 +376,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, ns)
+    return Plan(source, ns["run"], steps, low.kinds, ns)

@@ -1,45 +1,14 @@
-"""How each op is lowered, when it has better code than a call of its registered kernel.
+"""The code writers of the lowering table (lowering.py): views, elementwise templates with
+their fast variants, sums as products with ones, dense with its epilogue.
 
-`classify` says what a step is: "buffer" (writes its result into a planned buffer with out=),
-"view" (an expression that may share memory with its inputs), or "kernel" (calls the op's
-kernel, which returns a new array or a view). `code` returns the step's line.
 Shapes are concrete here: a plan is built for one feed signature.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from graphc.runtime import conv, emit
-
-VIEWS = ("transpose", "reshape", "broadcast_to", "size")
-CONV = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad")
-
-
-def classify(low, n) -> str:
-    dts = [low.shapes[id(x)][1] for x in n.inputs]
-    same = len(set(dts + [n.dtype])) == 1
-    if n.op in VIEWS:
-        return "view"
-    if n.op == "dense":
-        return "buffer" if same else "kernel"
-    if n.op == "fused":
-        return "buffer" if low.fused_ok(n) else "kernel"
-    if n.op == "matmul":
-        return "buffer" if same and min(x.ndim for x in n.inputs) >= 2 else "kernel"
-    if n.op == "sum":
-        return "buffer" if same and n.dtype.kind == "f" else "kernel"
-    if n.op == "softmax_cross_entropy":
-        return "buffer" if sce_ok(low, n) else "kernel"
-    if n.op == "softmax_cross_entropy_grad":
-        return "buffer" if low.sce_pair.get(id(n)) is not None else "kernel"
-    if n.op in CONV:
-        return "buffer" if same and n.dtype.kind == "f" else "kernel"
-    return "buffer" if emit.ufunc_ok(n, dts) else "kernel"
-
-
-def sce_ok(low, n) -> bool:
-    z, y = n.inputs
-    return y.dtype.kind in "iu" and z.ndim == 2 and z.dtype.kind == "f"
+from graphc.ir import OPS
+from graphc.runtime import emit
 
 
 def view_code(low, n, a: list[str]) -> str:
@@ -60,28 +29,8 @@ def view_code(low, n, a: list[str]) -> str:
 
 
 def OPS_size(low, n):  # noqa: N802
-    from graphc.ir import OPS
     x = np.empty(low.shapes[id(n.inputs[0])][0], np.uint8)
     return OPS["size"].kernel(x, **n.attrs)
-
-
-def buffer_code(low, n, a: list[str], o: str) -> str:
-    """The line computing n into buffer o."""
-    if n.op == "dense":
-        return dense_code(low, n, a, o)
-    if n.op == "matmul":
-        return f"np.matmul({a[0]}, {a[1]}, out={o})"
-    if n.op == "fused":
-        return low.emit_fused(n, a, o)
-    if n.op == "sum":
-        return sum_code(low, n, a, o)
-    if n.op == "softmax_cross_entropy":
-        return low.sce_forward(n, a, o)
-    if n.op == "softmax_cross_entropy_grad":
-        return low.sce_backward(n, a, o)
-    if n.op in CONV:
-        return conv_code(low, n, a, o)
-    return elementwise_code(low, n, a, o, lambda x: low.shapes[id(x)][0])
 
 
 def where_zero(n, shape_of) -> bool:
@@ -93,7 +42,7 @@ def where_zero(n, shape_of) -> bool:
 
 
 def inplace_ok(n, shape_of) -> bool:
-    return n.op in emit.INPLACE_OK or where_zero(n, shape_of)
+    return emit.inplace_ok(n.op) or where_zero(n, shape_of)
 
 
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
@@ -111,6 +60,11 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
         return (f"np.maximum({a[0]}, {zeros}, out={t}); np.absolute({a[0]}, out={o}); "
                 f"np.negative({o}, out={o}); np.exp({o}, out={o}); np.log1p({o}, out={o}); "
                 f"np.add({o}, {t}, out={o})")
+    if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
+        name = f"kernel_{n.op}"
+        low.ns[name] = OPS[n.op].kernel
+        low.kernel_calls.append(n.op)
+        return f"np.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path
         a = [low.const(np.full(shape_of(n), x.data.reshape(()), n.dtype))
              if x.op == "constant" and x.data.size == 1 else s for x, s in zip(n.inputs, a)]
@@ -165,102 +119,3 @@ def dense_code(low, n, a: list[str], o: str) -> str:
     elif act:
         code.append(emit.ACTIVATE[act].format(o=o, **scalars(low, n.dtype)))
     return "; ".join(code)
-
-
-def conv_code(low, n, a: list[str], o: str) -> str:
-    """Convolution and pooling steps: each with its workspace; the weight gradient reuses
-    the columns of the forward convolution of the same input and weight. A channels-last
-    convolution (wide input) keeps that copy of its result (a "shadow"), so a max-pool of it,
-    the pool's gradient and the convolution gradients after that run along contiguous
-    channel rows; each registers the shadow of its own result for the next. (Forcing narrow
-    convolutions channels-last to get a shadow costs more in transposes than it saves.)"""
-    attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
-    ws = low.const({})
-    args = f"{', '.join(a)}, {attrs}, out={o}, ws={ws}"
-    if n.op == "max_pool2d":
-        x = shadow(low, n.inputs[0])
-        if x is None:
-            return f"conv.max_pool2d({args})"
-        low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
-        return f"conv.max_pool2d({args}, shadow={x})"
-    if n.op == "conv2d":
-        last = conv.wide(low.shapes[id(n.inputs[0])][0])
-        low.conv_ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
-        low.cache[("conv_last", ws)] = last
-        if last:
-            low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
-        skip = ", nchw=False" if last and only_shadow_readers(low, n) else ""
-        return f"conv.conv2d({args}, last={last}{skip})"
-    if n.op in ("conv2d_grad_input", "conv2d_grad_weight"):
-        g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
-        gs = shadow(low, g)
-    if n.op == "conv2d_grad_weight":
-        x, _, w = n.inputs
-        fwd = low.conv_ws.get((id(x), id(w), repr(n.attrs)))
-        if fwd is not None:
-            last = low.cache[("conv_last", fwd)]
-            more = (f", gT={gs}" if gs is not None else shared_g(low, n, last)) if last else ""
-            return f"conv.conv2d_grad_weight({', '.join(a)}, {attrs}, out={o}, ws={fwd}, " \
-                   f"cols_ready=True, last={last}{more})"
-        return f"conv.conv2d_grad_weight({args}{shared_g(low, n, None)})"
-    if n.op == "conv2d_grad_input":
-        return f"conv.conv2d_grad_input({args}, gT={gs})" if gs is not None \
-            else f"conv.conv2d_grad_input({args}{shared_g(low, n, True)})"
-    if n.op == "max_pool2d_grad" and id(n) in low.extra_reads:
-        f = low.extra_reads[id(n)][0]
-        x, t = shadow(low, n.inputs[1]), shadow(low, f)
-        if x is not None and t is not None:
-            low.cache[("nhwc", id(n))] = f'{ws}["nhwc"]'
-            skip = ", nchw=False" if only_shadow_readers(low, n) else ""
-            return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]}, shadow={x}, " \
-                   f"top_shadow={t}{skip})"
-        return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]})"
-    return f"conv.{n.op}({args})"
-
-
-def only_shadow_readers(low, n) -> bool:
-    """Every step reading n reads its channels-last shadow instead (so n's NCHW buffer need
-    not be written): pools of n, pool gradients at n with their forward pool, and the
-    convolution gradients of g = n whose layout is channels-last."""
-    g = low.graph
-    if low.check or any(o is n for o in g.outputs) or any(u is n for _, u in g.updates):
-        return False
-    readers = [m for m in g.nodes if any(x is n for x in m.inputs)]
-    return bool(readers) and all(reads_shadow(low, m, n) for m in readers)
-
-
-def reads_shadow(low, m, n) -> bool:
-    if classify(low, m) != "buffer":
-        return False
-    pos = [k for k, x in enumerate(m.inputs) if x is n]
-    if m.op == "max_pool2d":
-        return True
-    if m.op == "max_pool2d_grad":
-        return pos == [1] and id(m) in low.extra_reads
-    if m.op == "conv2d_grad_input":
-        return pos == [0]
-    if m.op == "conv2d_grad_weight":
-        fwd = low.conv_ws.get((id(m.inputs[0]), id(m.inputs[2]), repr(m.attrs)))
-        return pos == [1] and fwd is not None and low.cache[("conv_last", fwd)]
-    return False
-
-
-def shadow(low, x) -> str | None:
-    """The expression of x's channels-last copy kept by the step that made it, if any."""
-    return low.cache.get(("nhwc", id(x)))
-
-
-def shared_g(low, n, last) -> str:
-    """The input and weight gradients of a convolution that read the same g share its
-    channels-last copy: the first step makes it, the second reuses it. last: the layout of a
-    weight gradient (None: decided by its input's width)."""
-    g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
-    if last is None:
-        last = conv.wide(low.shapes[id(n.inputs[0])][0])
-    if not last:
-        return ""                       # this path does not use the copy
-    key = ("g_last", id(g))
-    if key in low.cache:
-        return f", shared={low.cache[key]}, fill=False"
-    low.cache[key] = low.const({})
-    return f", shared={low.cache[key]}, fill=True"

@@ -1,13 +1,15 @@
-"""Resolve every node's concrete shape and dtype for one feed signature, by a dry run.
+"""Resolve every node's concrete shape and dtype for one feed signature.
 
-The dry run calls the registered kernels (with throwaway random generators), so the shapes the
-compiled plan allocates are exactly the ones the kernels produce.
+First from the ops' shape rules, run again on the feeds' concrete shapes (no array is made);
+when a shape depends on values (a rule leaves a dimension open) or the graph has loops, by a
+dry run that calls the registered kernels (with throwaway random generators), so the shapes
+the compiled plan allocates are exactly the ones the kernels produce.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, GraphcError, Node, format_shape
+from graphc.ir import OPS, Graph, GraphcError, Node, ShapeError, format_shape
 
 
 def run_node(n: Node, args: list) -> np.ndarray:
@@ -66,3 +68,79 @@ def body_shapes(n: Node, args: list, shapes: dict) -> None:
             val = run_node(b, [vals[id(i)] for i in b.inputs])
         vals[id(b)] = val
         shapes[(id(n), id(b))] = (val.shape, val.dtype)
+
+
+class ValueDependent(Exception):
+    """A shape the rules cannot give from shapes alone: use the dry run."""
+
+
+def concrete(shape) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def rule_shape(n: Node, ins: list[Node]) -> Node:
+    """n's stand-in with the concrete shape its rule gives for inputs of concrete shapes."""
+    opdef = OPS[n.op]
+    if opdef.items is not None or opdef.infer is None:
+        raise ValueDependent(n.op)
+    try:
+        shape, dtype, *_ = opdef.infer(*ins, **n.attrs)
+    except ShapeError as e:
+        shapes = ", ".join(format_shape(x.shape) for x in ins)
+        raise GraphcError(f"{n.op}({shapes}): {e}\n  at {n.where}") from None
+    if not concrete(shape) or np.dtype(dtype) != n.dtype:
+        raise ValueDependent(n.op)
+    if tuple(shape) == n.shape:
+        return n
+    return Node(n.op, n.inputs, n.attrs, tuple(shape), n.dtype, n.name, n.where, data=n.data)
+
+
+def infer(graph: Graph, feeds: dict[int, tuple]) -> dict:
+    """Like `discover`, from the shape rules: feeds maps id(placeholder) -> its shape.
+    Raises ValueDependent when some shape needs values."""
+    shapes: dict = {}
+    stand: dict[int, Node] = {}
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            s = Node(n.op, (), {}, feeds[id(n)], n.dtype, n.name, n.where)
+        elif n.op in ("variable", "constant"):
+            s = n
+        elif n.op == "fused":      # its shape is its body output's, resolved in the body
+            out = body_rule_shapes(n, [stand[id(x)] for x in n.inputs], shapes)
+            s = n if out.shape == n.shape else \
+                Node(n.op, n.inputs, n.attrs, out.shape, n.dtype, n.name, n.where)
+        else:
+            s = rule_shape(n, [stand[id(x)] for x in n.inputs])
+        stand[id(n)] = s
+        shapes[id(n)] = (s.shape, n.dtype)
+    return shapes
+
+
+def body_rule_shapes(n: Node, ins: list[Node], shapes: dict) -> Node:
+    """The body's shapes for the fused node's concrete inputs; the output's stand-in."""
+    body: Graph = n.attrs["body"]
+    inputs = getattr(body, "inputs", None)
+    stand: dict[int, Node] = {}
+    for b in body.nodes:
+        if b.op == "placeholder":
+            k = next(j for j, x in enumerate(inputs) if x is b) if inputs is not None \
+                else int(b.name[2:])
+            s = ins[k]
+        elif b.op in ("variable", "constant"):
+            s = b
+        else:
+            s = rule_shape(b, [stand[id(x)] for x in b.inputs])
+        stand[id(b)] = s
+        shapes[(id(n), id(b))] = (s.shape, b.dtype)
+    out = stand[id(body.outputs[0])]
+    if out.dtype != n.dtype:
+        raise ValueDependent("fused")
+    return out
+
+
+def resolve(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
+    """Every concrete shape: from the rules when they can, else by the dry run."""
+    try:
+        return infer(graph, {k: v.shape for k, v in feeds.items()})
+    except ValueDependent:
+        return discover(graph, feeds)

@@ -1,0 +1,125 @@
+"""The convolution family's lowering: conv2d, its two gradients, max-pooling and its gradient
+lower together, sharing per-plan state (workspaces, channels-last "shadows", pool pairs).
+
+Each step gets its workspace; the weight gradient reuses the columns of the forward
+convolution of the same input and weight. A channels-last convolution (wide input) keeps that
+copy of its result (a "shadow"), so a max-pool of it, the pool's gradient and the convolution
+gradients after that run along contiguous channel rows; each registers the shadow of its own
+result for the next. (Forcing narrow convolutions channels-last to get a shadow costs more in
+transposes than it saves.) A max-pool gradient reads its forward pool's result instead of
+pooling again.
+"""
+from __future__ import annotations
+
+from graphc.runtime import conv
+
+OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad")
+
+
+class ConvStack:
+    """Per-plan state of the family."""
+
+    def __init__(self):
+        self.ws: dict[tuple, str] = {}        # (x, w, attrs) of a conv2d -> its workspace
+        self.last: dict[str, bool] = {}       # workspace -> channels-last layout
+        self.nhwc: dict[int, str] = {}        # node id -> expression of its shadow
+        self.g_last: dict[int, str] = {}      # g id -> its shared channels-last copy
+        self.top: dict[int, object] = {}      # pool gradient id -> its forward pool node
+
+    def before(self, low) -> None:
+        pass
+
+    def after(self, low, kinds: dict) -> None:
+        """A max-pool gradient reads its forward step's result (an extra read)."""
+        index = {id(n): i for i, n in enumerate(low.graph.nodes)}
+        fwd = {(id(n.inputs[0]), repr(n.attrs)): n for n in low.graph.nodes
+               if n.op == "max_pool2d" and kinds[id(n)] == "buffer"}
+        for n in low.graph.nodes:
+            f = fwd.get((id(n.inputs[1]), repr(n.attrs))) if n.op == "max_pool2d_grad" else None
+            if f is not None and kinds[id(n)] == "buffer" and index[id(f)] < index[id(n)]:
+                self.top[id(n)] = f
+                low.extra_reads[id(n)] = (f,)
+
+    # code ------------------------------------------------------------------------------
+    def code(self, low, n, a: list[str], o: str) -> str:
+        attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
+        ws = low.const({})
+        args = f"{', '.join(a)}, {attrs}, out={o}, ws={ws}"
+        if n.op == "max_pool2d":
+            x = self.nhwc.get(id(n.inputs[0]))
+            if x is None:
+                return f"conv.max_pool2d({args})"
+            self.nhwc[id(n)] = f'{ws}["nhwc"]'
+            return f"conv.max_pool2d({args}, shadow={x})"
+        if n.op == "conv2d":
+            last = conv.wide(low.shapes[id(n.inputs[0])][0])
+            self.ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
+            self.last[ws] = last
+            if last:
+                self.nhwc[id(n)] = f'{ws}["nhwc"]'
+            skip = ", nchw=False" if last and self.only_shadow_readers(low, n) else ""
+            return f"conv.conv2d({args}, last={last}{skip})"
+        if n.op == "conv2d_grad_weight":
+            x, g, w = n.inputs
+            gs = self.nhwc.get(id(g))
+            fwd = self.ws.get((id(x), id(w), repr(n.attrs)))
+            if fwd is not None:
+                last = self.last[fwd]
+                more = (f", gT={gs}" if gs is not None else self.shared_g(low, n, last)) \
+                    if last else ""
+                return f"conv.conv2d_grad_weight({', '.join(a)}, {attrs}, out={o}, ws={fwd}, " \
+                       f"cols_ready=True, last={last}{more})"
+            return f"conv.conv2d_grad_weight({args}{self.shared_g(low, n, None)})"
+        if n.op == "conv2d_grad_input":
+            gs = self.nhwc.get(id(n.inputs[0]))
+            return f"conv.conv2d_grad_input({args}, gT={gs})" if gs is not None \
+                else f"conv.conv2d_grad_input({args}{self.shared_g(low, n, True)})"
+        if n.op == "max_pool2d_grad" and id(n) in self.top:
+            f = self.top[id(n)]
+            x, t = self.nhwc.get(id(n.inputs[1])), self.nhwc.get(id(f))
+            if x is not None and t is not None:
+                self.nhwc[id(n)] = f'{ws}["nhwc"]'
+                skip = ", nchw=False" if self.only_shadow_readers(low, n) else ""
+                return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]}, shadow={x}, " \
+                       f"top_shadow={t}{skip})"
+            return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]})"
+        return f"conv.{n.op}({args})"
+
+    def only_shadow_readers(self, low, n) -> bool:
+        """Every step reading n reads its channels-last shadow instead (so n's NCHW buffer
+        need not be written): pools of n, pool gradients at n with their forward pool, and
+        the convolution gradients of g = n whose layout is channels-last."""
+        g = low.graph
+        if low.check or any(o is n for o in g.outputs) or any(u is n for _, u in g.updates):
+            return False
+        readers = [m for m in g.nodes if any(x is n for x in m.inputs)]
+        return bool(readers) and all(self.reads_shadow(low, m, n) for m in readers)
+
+    def reads_shadow(self, low, m, n) -> bool:
+        if low.kinds_of.get(id(m)) != "buffer":
+            return False
+        pos = [k for k, x in enumerate(m.inputs) if x is n]
+        if m.op == "max_pool2d":
+            return True
+        if m.op == "max_pool2d_grad":
+            return pos == [1] and id(m) in self.top
+        if m.op == "conv2d_grad_input":
+            return pos == [0]
+        if m.op == "conv2d_grad_weight":
+            fwd = self.ws.get((id(m.inputs[0]), id(m.inputs[2]), repr(m.attrs)))
+            return pos == [1] and fwd is not None and self.last[fwd]
+        return False
+
+    def shared_g(self, low, n, last) -> str:
+        """The input and weight gradients of a convolution that read the same g share its
+        channels-last copy: the first step makes it, the second reuses it. last: the layout
+        of a weight gradient (None: decided by its input's width)."""
+        g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
+        if last is None:
+            last = conv.wide(low.shapes[id(n.inputs[0])][0])
+        if not last:
+            return ""                       # this path does not use the copy
+        if id(g) in self.g_last:
+            return f", shared={self.g_last[id(g)]}, fill=False"
+        self.g_last[id(g)] = low.const({})
+        return f", shared={self.g_last[id(g)]}, fill=True"

@@ -1,0 +1,93 @@
+"""How ops are lowered: every elementwise op compiles to ufunc code (no silent kernel path),
+and the ops added as one declaration (log1p, expm1, square) with their stabilization rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import OPS, apply
+from graphc.runtime import emit
+
+
+def elementwise_rows():
+    from tests.test_ops import ROWS
+    seen, out = set(), []
+    for _, r in ROWS:
+        op = r.name
+        if op in OPS and OPS[op].elementwise and not OPS[op].random and op not in seen:
+            seen.add(op)
+            out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("row", elementwise_rows(), ids=lambda r: r.name)
+def test_every_registered_elementwise_op_compiles_in_a_fused_group(row):
+    """No interpreter path: the op inside a fused group is a ufunc template or a call of its
+    kernel; the plan report names the latter."""
+    leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}")
+              for i, a in enumerate(row.inputs)]
+    out = row.build(*leaves)
+    y = gc.logical_not(out) if out.dtype == bool else out * out.dtype.type(1) + out
+    f = gc.function(leaves, [y])
+    got = f(*row.inputs)[0]
+    np.testing.assert_allclose(got, y.eval(dict(zip(leaves, row.inputs))), rtol=1e-12)
+    report = f.plan_report()
+    assert "interpreter" not in report, report
+    if emit.template(row.name) is None:
+        assert f"calls the kernel of {row.name}" in report or "kernel:" in report, report
+
+
+def test_every_registered_elementwise_op_has_a_template_or_a_kernel_call():
+    missing = [op for op, d in OPS.items() if d.elementwise and emit.template(op) is None
+               and d.random]
+    assert not missing, f"elementwise ops that fall back to the interpreter: {missing}"
+
+
+@pytest.mark.parametrize("op", ["log1p", "expm1", "square"])
+def test_new_ufunc_ops_compile_to_one_ufunc_call_in_a_fused_group(op):
+    x = gc.placeholder((None, 5), "float64", "x")
+    y = apply(op, x * 0.5) + 1.0
+    f = gc.function([x], y)
+    v = np.linspace(-0.9, 3, 10).reshape(2, 5)
+    np.testing.assert_allclose(f(v), y.eval({x: v}), rtol=1e-12)
+    assert f"np.{OPS[op].kernel.__name__}(" in f.source
+    assert f.plan_report().count("kernel") == 0
+
+
+@pytest.mark.parametrize("build, stable, x", [
+    (lambda x: gc.log(1.0 + x), "log1p", np.array([1e-12, -1e-15, 0.5, 3.0])),
+    (lambda x: gc.log(x + 1.0), "log1p", np.array([1e-12, -1e-15, 0.5, 3.0])),
+    (lambda x: gc.exp(x) - 1.0, "expm1", np.array([1e-12, -1e-15, 0.5, -3.0])),
+])
+def test_stabilization_uses_log1p_and_expm1_and_keeps_values_and_gradients(build, stable, x):
+    p = gc.placeholder((4,), "float64", "p")
+    y = build(p)
+    g, _ = gc.optimize(y, report=True)
+    assert stable in [n.op for n in g.nodes]
+    exact = np.log1p(x) if stable == "log1p" else np.expm1(x)
+    got = gc.function([p], y)(x)
+    np.testing.assert_allclose(got, exact, rtol=1e-14)            # small x: all digits
+    naive = gc.function([p], y, optimize=False)(x)
+    np.testing.assert_allclose(got[2:], naive[2:], rtol=1e-14)
+    gp = gc.grad(gc.sum(y), [p])[0]
+    np.testing.assert_allclose(gc.function([p], gp)(x), gp.eval({p: x}), rtol=1e-12)
+
+
+def test_log_of_one_plus_exp_stays_softplus():
+    z = gc.placeholder((3,), "float64", "z")
+    g, _ = gc.optimize(gc.log(1.0 + gc.exp(z)), report=True)
+    assert [n.op for n in g.nodes if n.inputs] == ["softplus"]
+
+
+def test_the_plan_report_names_each_kernel_step_and_why():
+    a = gc.placeholder((None, 4), "float32", "a")
+    b = gc.placeholder((None, 4), "float64", "b")
+    y = gc.exp(a * b) + b                    # float32 * float64: a fused group, mixed dtypes
+    f = gc.function([a, b], [y, gc.concat([b, b], axis=1)])
+    f(np.ones((2, 4), np.float32), np.ones((2, 4)))
+    report = f.plan_report()
+    assert "interpreter (fused group): mixed dtypes (float32, float64 -> float64)" in report
+    assert "concat" in report and "no fast lowering" in report
+    g = gc.function([b], gc.exp(b) * 2.0)
+    assert "kernel" not in g.plan_report()
