@@ -290,3 +290,14 @@ def test_render_draws_each_loop_as_a_cluster_with_its_body_and_head():
     assert len(heads) == 2                                   # forward and backward loop
     assert "1 carry, 1 sequence" in source and "(reverse)" in source
     assert source.count("subgraph cluster_") >= 2
+
+
+def test_profile_shows_the_time_per_body_step_of_each_loop():
+    xs = gc.placeholder((None, 3), "float64", "xs")
+    w = gc.variable(f64(3), name="w")
+    h, _ = gc.scan(lambda h, x: (gc.tanh(h * w + x), h), gc.constant(np.zeros(3)), xs)
+    f = gc.function([xs], h)
+    table = f.profile(f64(9, 3), repeat=2)
+    assert "9 steps of its body" in table and "ms per step" in table
+    f(f64(5, 3))                                  # ordinary calls keep their own counts
+    assert "5 steps of its body" in f.profile(f64(5, 3))

@@ -244,13 +244,15 @@ class Function:
             plan = self.plan_for(feeds)
             feeds = self.unshared(feeds) if self.updated else feeds
             runs = []
+            for body in plan.loops.values():      # loop bodies count steps from here
+                body.steps, body.seconds = 0, 0.0
             for _ in range(max(1, repeat)):
                 with np.errstate(all="ignore"):
                     runs.append(profile_run(plan, feeds))
                 atomic.release()       # each run holds Ctrl-C in its write phase
         finally:
             atomic.give_back(self.locks)
-        return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)])
+        return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)], len(runs))
 
     def _repr_svg_(self) -> str | None:
         return DRAW[0](self) if DRAW else None    # Jupyter: None shows the text repr
@@ -279,7 +281,7 @@ def dummy_feed(ph: Node) -> np.ndarray:
     return np.zeros([d if isinstance(d, int) else 1 for d in ph.shape], ph.dtype)
 
 
-def profile_table(graph: Graph, plan: Plan, times: list[float]) -> str:
+def profile_table(graph: Graph, plan: Plan, times: list[float], runs: int = 1) -> str:
     names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
     total = sum(times) or 1e-12
     rows = [f"{'step':>4}  {'ms':>8}  {'%':>5}  node"]
@@ -288,6 +290,10 @@ def profile_table(graph: Graph, plan: Plan, times: list[float]) -> str:
         kinds[node.op] = kinds.get(node.op, 0.0) + t
         line = format_node(node, names)
         rows.append(f"{k:>4}  {t * 1e3:8.3f}  {100 * t / total:5.1f}  {line[:90]}")
+        body = plan.loops.get(id(node))
+        if body is not None and body.steps:       # counted over the profiled runs
+            rows.append(f"{'':>4}  {'':>8}  {'':>5}    {body.steps // runs} steps of its body, "
+                        f"{body.seconds / body.steps * 1e3:.3f} ms per step")
     rows += ["", f"{'op':<28}  {'ms':>8}  {'%':>5}"]
     for op, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
         rows.append(f"{op:<28}  {t * 1e3:8.3f}  {100 * t / total:5.1f}")

@@ -27,6 +27,7 @@ class Plan:
     run: object
     steps: list                   # (node, first line, last line) per step, in order
     kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
+    loops: dict = field(default_factory=dict)   # step node id -> its loop body's BodyStep
     ns: dict = field(default_factory=dict)      # the names the generated code reads
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
@@ -39,6 +40,7 @@ class Lowering:
     def __init__(self, graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool,
                  rngs: dict):
         self.graph, self.inputs, self.shapes, self.rngs = graph, inputs, shapes, rngs
+        self.loops: dict = {}              # id(scan node) -> its body's BodyStep
         self.check = check_numerics
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
@@ -238,7 +240,7 @@ class Lowering:
         if opdef.random:
             attrs["rng"] = self.rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))
         if n.op == "scan":        # the body runs through its own plan, made once
-            attrs["step"] = loop.body_step(n.attrs["body"], self.check)
+            attrs["step"] = self.loops[id(n)] = loop.body_step(n.attrs["body"], self.check)
         fname = f"{n.op}_{i}"
         self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         return fname
@@ -376,4 +378,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, low.kinds, ns)
+    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops)
