@@ -116,26 +116,48 @@ def conv(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads, s
 @onnx_op("ConvTranspose", output_padding=None, output_shape=None, **CONV_ATTRS)
 def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads,
                    strides, output_padding, output_shape):
+    """The adjoint of a stride/dilation conv with no padding, then cropped by the pads."""
     need_float(x)
-    ctx.need(group == 1, f"group={group}")
-    ctx.need(output_shape is None, "output_shape")
-    ctx.need(auto_pad in ("NOTSET", "VALID"), f"auto_pad={auto_pad!r}")
-    kernel = list(kernel_shape or static(w, "the kernel")[2:])
     rank = spatial(ctx, x, "ConvTranspose")
+    kernel = list(kernel_shape or static(w, "the kernel")[2:])
     strides = list(strides or [1] * rank)
-    ctx.need(not dilations or set(dilations) == {1}, "dilations")
-    pads = pads_for(ctx, x.shape[2:], kernel, strides, [1] * rank, pads, auto_pad)
-    ctx.need(all(lo == hi for lo, hi in pads), "asymmetric pads")
+    dils = list(dilations or [1] * rank)
     extra = list(output_padding or [0] * rank)
-    if rank == 1:
-        kernel, strides, pads, extra = [1] + kernel, [1] + strides, [(0, 0)] + pads, [0] + extra
+    sizes = static(x, "ConvTranspose")[2:]
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dils)]
+    full = [s * (n - 1) + r + e for s, n, r, e in zip(strides, sizes, reach, extra)]
+    ctx.need(all(e < s for e, s in zip(extra, strides)), "output_padding >= stride")
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-rank:] if output_shape is not None else \
+            [n * s for n, s in zip(sizes, strides)]
+        full = [max(f, t) for f, t in zip(full, target)]      # larger: zeros at the end
+        ctx.need(all((f - r) // s + 1 == n for f, r, s, n in zip(full, reach, strides, sizes)),
+                 f"output_shape {target}")
+        total = [f - t for f, t in zip(full, target)]
+        crop = [(t // 2, t - t // 2) if auto_pad == "SAME_UPPER" else (t - t // 2, t // 2)
+                for t in total]
+    else:
+        ctx.need(auto_pad in ("NOTSET", "VALID"), f"auto_pad={auto_pad!r}")
+        crop = [(0, 0)] * rank if auto_pad == "VALID" or pads is None else \
+            list(zip(pads[:rank], pads[rank:]))
     x, w = as_2d(x), as_2d(w)
-    n, _, h, wd = static(x)
-    out = tuple(s * (i - 1) + e + k - 2 * p[0]
-                for s, i, e, k, p in zip(strides, (h, wd), extra, kernel, pads))
-    zeros = gc.broadcast_to(like(x, 0), (n, w.shape[1]) + out)
-    y = apply("conv2d_grad_input", x, w, zeros, stride=tuple(strides),
-              padding=tuple(p[0] for p in pads))
+    if rank == 1:
+        strides, dils, full, crop = [1] + strides, [1] + dils, [1] + full, [(0, 0)] + crop
+    if set(dils) != {1}:
+        w = dilated(w, dils)
+    n = x.shape[0]
+    cin, cout = x.shape[1] // group, w.shape[1]
+    parts = []
+    for g in range(group):
+        xg = gc.slice(x, 1, g * cin, (g + 1) * cin) if group > 1 else x
+        wg = gc.slice(w, 0, g * cin, (g + 1) * cin) if group > 1 else w
+        zeros = gc.broadcast_to(like(x, 0), (n, cout) + tuple(full))
+        parts.append(apply("conv2d_grad_input", xg, wg, zeros, stride=tuple(strides),
+                           padding=(0, 0)))
+    y = gc.concat(parts, axis=1) if group > 1 else parts[0]
+    for axis, (lo, hi) in zip((2, 3), crop):
+        if lo or hi:
+            y = gc.slice(y, axis, lo, y.shape[axis] - hi)
     if b is not None:
         y = y + gc.reshape(b, (1, -1, 1, 1))
     return from_2d(y, rank)
