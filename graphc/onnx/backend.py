@@ -34,6 +34,12 @@ FAMILY_OPS = {
                  "RandomNormalLike", "RandomUniformLike", "Multinomial"},
     "ml": {"TreeEnsemble", "ArrayFeatureExtractor", "Binarizer"},
 }
+# failures understood but not fixed: the conformance test expects them to fail (strict xfail)
+KNOWN_FAILURES = {
+    "test_dft_inverse": "the expected output carries the FFT's float32 round-off (1.9e-7 where "
+                        "the exact value is 0); graphc's DFT is an exact matmul; atol is 1e-7",
+    "test_dft_inverse_opset19": "as test_dft_inverse",
+}
 SMALL_TYPES = ("float8", "float4", "int4", "uint4", "int2", "uint2", "bfloat16", "e8m0")
 
 

@@ -153,3 +153,33 @@ def window(kind):
 for _name, _kind in [("HannWindow", "hann"), ("HammingWindow", "hamming"),
                      ("BlackmanWindow", "blackman")]:
     onnx_op(_name, const=(0,), output_datatype=1, periodic=1)(window(_kind))
+
+
+@onnx_op("DFT", const=(1, 2), inverse=0, onesided=0, axis=None)
+def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
+    """A linear map along the axis: real and imaginary parts through constant matrices."""
+    need_float = x.dtype.kind == "f"
+    ctx.need(need_float, f"DFT of {x.dtype.name}")
+    if axis is None:                      # DFT-20: an input (default -2); DFT-17: attribute 1
+        axis = int(ctx.const(axis_in, "axis").reshape(-1)[0]) if axis_in is not None else \
+            (-2 if ctx.opset >= 20 else 1)
+    axis = axis % x.ndim
+    ctx.need(axis != x.ndim - 1, "a DFT along the real/imaginary axis")
+    n = static(x, "DFT")[axis]
+    length = int(ctx.const(dft_length, "dft_length").reshape(-1)[0]) if dft_length is not None \
+        else (2 * (n - 1) if inverse and onesided else n)
+    eye = np.eye(n)
+    real = gc.slice(x, -1, 0, 1)
+    imag = gc.slice(x, -1, 1, 2) if x.shape[-1] == 2 else None
+    if inverse and onesided:               # irfft: real output, R-linear in both parts
+        a = np.fft.irfft(eye + 0j, n=length, axis=0)
+        b = np.fft.irfft(1j * eye, n=length, axis=0)
+        out = along(real, a, axis)
+        return out if imag is None else out + along(imag, b, axis)
+    m = (np.fft.ifft if inverse else np.fft.fft)(eye, n=length, axis=0)
+    if onesided:
+        m = m[:length // 2 + 1]
+    yr, yi = along(real, m.real, axis), along(real, m.imag, axis)
+    if imag is not None:
+        yr, yi = yr - along(imag, m.imag, axis), yi + along(imag, m.real, axis)
+    return gc.concat([yr, yi], axis=-1)
