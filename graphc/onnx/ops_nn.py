@@ -295,12 +295,22 @@ def per_channel(v, x):
     return gc.reshape(v, (1, -1) + (1,) * (x.ndim - 2))
 
 
-@onnx_op("BatchNormalization", const=(3, 4), epsilon=1e-5, momentum=0.9,
-         training_mode=0)
+@onnx_op("BatchNormalization", const=(3, 4), epsilon=1e-5, momentum=0.9, training_mode=0)
 def batch_norm(ctx, x, scale, b, mean, var, *, epsilon, momentum, training_mode):
-    if training_mode or ctx.n_outputs > 1:
-        raise Unsupported("training-mode BatchNormalization (inference form only)")
+    """Inference form; training_mode=1 normalizes with the batch's statistics and also
+    returns the updated running mean and variance."""
     need_float(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    if training_mode:
+        batch_mean, centered, batch_var = moments(x, axes)
+        y = centered / gc.sqrt(batch_var + like(x, epsilon)) * per_channel(scale, x) \
+            + per_channel(b, x)
+        m = like(x, momentum)
+        flat_mean = gc.reshape(batch_mean, (-1,))
+        flat_var = gc.reshape(batch_var, (-1,))
+        return (y, gc.cast(mean, x.dtype) * m + flat_mean * (1 - m),
+                gc.cast(var, x.dtype) * m + flat_var * (1 - m))
+    ctx.need(ctx.n_outputs == 1, "running statistics outputs without training_mode")
     inv = gc.cast(scale, x.dtype) / gc.sqrt(gc.cast(var, x.dtype) + like(x, epsilon))
     return (x - per_channel(gc.cast(mean, x.dtype), x)) * per_channel(inv, x) \
         + per_channel(gc.cast(b, x.dtype), x)
