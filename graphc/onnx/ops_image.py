@@ -183,3 +183,42 @@ def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
     if imag is not None:
         yr, yi = yr - along(imag, m.imag, axis), yi + along(imag, m.real, axis)
     return gc.concat([yr, yi], axis=-1)
+
+
+@onnx_op("Col2Im", const=(1, 2), dilations=None, pads=None, strides=None)
+def col2im(ctx, x, image_shape, block_shape, *, dilations, pads, strides):
+    """Each block column added back at its place: one constant 0/1 matrix per channel."""
+    image, block = ctx.ints(image_shape, "image_shape"), ctx.ints(block_shape, "block_shape")
+    r = len(image)
+    dils, strides = dilations or [1] * r, strides or [1] * r
+    pads = pads or [0] * (2 * r)
+    counts = [(n + pads[i] + pads[i + r] - d * (k - 1) - 1) // s + 1
+              for i, (n, k, d, s) in enumerate(zip(image, block, dils, strides))]
+    k_size, l_size = int(np.prod(block)), int(np.prod(counts))
+    matrix = np.zeros((int(np.prod(image)), k_size * l_size), np.float64)
+    for kk, koff in enumerate(np.ndindex(*block)):
+        for ll, loff in enumerate(np.ndindex(*counts)):
+            pos = [lo * s - pads[i] + ko * d for i, (ko, lo, s, d)
+                   in enumerate(zip(koff, loff, strides, dils))]
+            if all(0 <= p < n for p, n in zip(pos, image)):
+                matrix[np.ravel_multi_index(pos, image), kk * l_size + ll] = 1
+    n, ck, _ = static(x, "Col2Im")
+    c = ck // k_size
+    flat = gc.reshape(x, (n, c, k_size * l_size))
+    out = gc.matmul(flat, constant(matrix.T.astype(x.dtype)))
+    return gc.reshape(out, (n, c) + tuple(image))
+
+
+@onnx_op("AffineGrid", const=(1,), align_corners=0)
+def affine_grid(ctx, theta, size, *, align_corners):
+    """theta (N, r, r+1) applied to the constant grid of normalized coordinates."""
+    dims = ctx.ints(size, "size")[2:]
+    axes = []
+    for n in dims:
+        axes.append(np.linspace(-1, 1, n) if align_corners else (2 * np.arange(n) + 1) / n - 1)
+    mesh = np.meshgrid(*axes, indexing="ij")              # per spatial axis, (D, H, W)
+    coords = [m.reshape(-1) for m in mesh[::-1]]          # x (width) first, then y, z
+    base = np.stack(coords + [np.ones(coords[0].size)])  # (r + 1, prod(dims))
+    grid = gc.matmul(theta, constant(base.astype(theta.dtype)))     # (N, r, prod)
+    grid = gc.swapaxes(grid, 1, 2)
+    return gc.reshape(grid, (theta.shape[0],) + tuple(dims) + (len(dims),))
