@@ -8,6 +8,7 @@ through graphc matmuls, and gradients flow back through them.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -222,3 +223,96 @@ def affine_grid(ctx, theta, size, *, align_corners):
     grid = gc.matmul(theta, constant(base.astype(theta.dtype)))     # (N, r, prod)
     grid = gc.swapaxes(grid, 1, 2)
     return gc.reshape(grid, (theta.shape[0],) + tuple(dims) + (len(dims),))
+
+
+# GridSample: sampling at run-time positions, as gathers weighted by graph arithmetic ------
+
+def reflect(v, lo: float, hi: float):
+    """v reflected by the near border until inside [lo, hi] (onnx's _gs_reflect)."""
+    span = hi - lo
+    c = lambda a: constant(np.asarray(a, v.dtype))   # noqa: E731
+    below, above = gc.less(v, c(lo)), gc.greater(v, c(hi))
+    dx = gc.where(below, c(lo) - v, v - c(hi))
+    n = gc.floor(dx / c(span))
+    r = dx - n * c(span)
+    even = gc.equal(gc.mod(n, c(2)), c(0))
+    low_side = gc.where(even, c(lo) + r, c(hi) - r)
+    high_side = gc.where(even, c(hi) - r, c(lo) + r)
+    return gc.where(below, low_side, gc.where(above, high_side, v))
+
+
+def cubic_weights(t):
+    """Keys' cubic convolution weights (a = -0.75) for the four taps around t in [0, 1)."""
+    a = -0.75
+    c = lambda v: constant(np.asarray(v, t.dtype))   # noqa: E731
+    one = c(1)
+    u = [t + one, t, one - t, c(2) - t]
+    far = lambda x: ((c(a) * x - c(5 * a)) * x + c(8 * a)) * x - c(4 * a)   # noqa: E731
+    near = lambda x: ((c(a + 2) * x - c(a + 3)) * x * x + one)              # noqa: E731
+    return [far(u[0]), near(u[1]), near(u[2]), far(u[3])]
+
+
+@onnx_op("GridSample", align_corners=0, mode="linear", padding_mode="zeros")
+def grid_sample(ctx, x, grid, *, align_corners, mode, padding_mode):
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
+    ctx.need(mode in ("nearest", "linear", "cubic"), f"mode={mode!r}")
+    ctx.need(padding_mode in ("zeros", "border", "reflection"), f"padding_mode={padding_mode!r}")
+    ctx.need(x.dtype.kind == "f", f"X of type {x.dtype.name}")
+    shape = static(x, "GridSample")
+    n, ch, dims = shape[0], shape[1], shape[2:]
+    r = len(dims)
+    out = static(grid, "GridSample")[1:-1]
+    c = lambda v: constant(np.asarray(v, grid.dtype))   # noqa: E731
+    coords, borders = [], []
+    for i, size in enumerate(dims):             # grid's last axis lists x (width) first
+        g = gc.reshape(gc.slice(grid, -1, r - 1 - i, r - i), (n,) + out)
+        v = (g + c(1)) / c(2) * c(size - 1) if align_corners else \
+            ((g + c(1)) * c(size) - c(1)) / c(2)
+        lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+        if mode == "nearest":
+            v = gc.round(v)
+        if padding_mode == "border":
+            v = gc.clip(v, 0.0, float(size - 1))
+        elif padding_mode == "reflection":
+            v = reflect(v, lo, hi)
+        coords.append(v)
+        borders.append((lo, hi))
+    flat_x = gc.reshape(x, (n, ch, int(np.prod(dims))))
+    strides = np.cumprod((1,) + tuple(dims[::-1]))[:-1][::-1]
+    q = int(np.prod(out))
+
+    def fetch(index):
+        """X at integer positions (one float node per axis), with the padding rule."""
+        flat, valid = None, None
+        for i, (pos, size) in enumerate(zip(index, dims)):
+            if padding_mode == "reflection":
+                pos = gc.trunc(reflect(pos, *borders[i]))
+            inside = gc.logical_and(gc.greater_equal(pos, c(0)), gc.less(pos, c(size)))
+            valid = inside if valid is None else gc.logical_and(valid, inside)
+            k = gc.cast(gc.clip(pos, 0.0, float(size - 1)), "int64") * int(strides[i])
+            flat = k if flat is None else flat + k
+        idx = gc.broadcast_to(gc.reshape(flat, (n, 1, q)), (n, ch, q))
+        got = gc.reshape(gc.take_along_axis(flat_x, idx, axis=2), (n, ch) + out)
+        if padding_mode == "zeros":
+            got = got * gc.cast(gc.expand_dims(valid, 1), x.dtype)
+        return got
+
+    if mode == "nearest":
+        return fetch(coords)
+    taps = []
+    for v in coords:
+        base = gc.floor(v)
+        t = v - base
+        if mode == "linear":
+            taps.append([(base, c(1) - t), (base + c(1), t)])
+        else:
+            w = cubic_weights(t)
+            taps.append([(base + c(k - 1), w[k]) for k in range(4)])
+    total = None
+    for corner in itertools.product(*taps):
+        weight = None
+        for _, w in corner:
+            weight = w if weight is None else weight * w
+        term = fetch([p for p, _ in corner]) * gc.cast(gc.expand_dims(weight, 1), x.dtype)
+        total = term if total is None else total + term
+    return total
