@@ -4,7 +4,10 @@ For logistic regression with scalar w, b, x, y it prints the loss and its gradie
 formulas (dL/dw reads x*(sigmoid(b + w*x) - y), the textbook result) and draws the forward,
 backward and update graph. For a 784-128-64-10 MLP it prints the gradients in matrix
 notation, with shared subexpressions named once, and draws the full graph, the forward graph,
-the layers collapsed into boxes, and the compiled function before and after optimization.
+the layers collapsed into boxes, and the compiled function before and after optimization. For
+one attention head, softmax(X W_q (X W_k)^T / sqrt(d)) X W_v, it prints the head and the
+gradients of its weights as formulas and draws its forward and backward graph, and draws an
+nn.MultiHeadAttention layer (4 heads as one batched axis, causal).
 
     python examples/visualize.py [--out pictures] [--format svg]
 """
@@ -50,6 +53,28 @@ def mlp(sizes=(784, 128, 64, 10), seed: int = 0):
     return loss, params, grads, [x, y]
 
 
+def attention_head(tokens: int = 4, d_model: int = 8, d_head: int = 4, seed: int = 0):
+    """One self-attention head over a (tokens, d_model) sequence X, a loss, its gradients."""
+    rng = np.random.default_rng(seed)
+    x = gc.placeholder((tokens, d_model), name="X")
+    with gc.name_scope("head"):
+        w_q, w_k, w_v = (gc.variable(rng.normal(size=(d_model, d_head)).astype(np.float32),
+                                     name=f"W_{what}") for what in "qkv")
+        q, k, v = x @ w_q, x @ w_k, x @ w_v
+        weights = gc.softmax(q @ k.T * float(1 / np.sqrt(d_head)), axis=-1)
+        head = weights @ v
+    loss = gc.sum(head * head)
+    grads = gc.grad(loss, [w_q, w_k, w_v])
+    return weights, head, loss, dict(zip(("dL/dW_q", "dL/dW_k", "dL/dW_v"), grads))
+
+
+def attention_layer(tokens: int = 4, d_model: int = 8, heads: int = 4):
+    """nn.MultiHeadAttention on a batch of sequences, with a loss (for the picture)."""
+    x = gc.placeholder((None, tokens, d_model), name="X")
+    out = gc.nn.MultiHeadAttention(heads, causal=True)(x)
+    return gc.mean(out * out)
+
+
 def main(argv=None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="pictures", help="folder for the pictures")
@@ -81,6 +106,13 @@ def main(argv=None) -> list[str]:
     picture("mlp_before_after", gc.Graph([loss], step), compare=True)
     if hasattr(gc, "function"):
         picture("mlp_compiled", gc.function(inputs, loss, updates=step))
+
+    weights, head, loss, grads = attention_head()
+    print("\none attention head")
+    print("\n".join("  " + line for line in gc.explain(
+        {"A": weights, "head": head, **grads}).splitlines()))
+    picture("attention_head", loss)
+    picture("attention_layer", attention_layer(), backward=False)
     print("\nwrote " + ", ".join(written))
     return written
 

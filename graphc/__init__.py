@@ -8,6 +8,7 @@ from graphc.runtime import Function, function  # noqa
 from graphc.io import save, load  # noqa: F401
 from graphc.viz import render  # noqa: F401
 from graphc.formula import formula, explain  # noqa: F401
+from graphc.inspect import inspect  # noqa: F401
 from graphc import nn  # noqa: F401,E402  (gc.nn.Dense without a second import)
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The `graphc` command: `graphc demo`, `graphc render FILE`, `graphc formula FILE`."""
+"""The `graphc` command: `graphc demo`, `graphc render FILE`, `graphc inspect FILE`,
+`graphc formula FILE`."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--optimized", action="store_true", help="draw the optimized graph")
     render.set_defaults(run=run_render)
 
+    inspect = sub.add_parser(
+        "inspect", help="write the interactive inspector page of a saved graph",
+        description="Write one self-contained HTML page showing the forward, backward and "
+                    "optimized graphs of a graph saved with gc.save (FILE.json) or of an ONNX "
+                    "model (FILE.onnx): click a node for its shape, formula and code, step "
+                    "through the passes, open name scopes.")
+    inspect.add_argument("file", help="the saved graph (.json) or ONNX model (.onnx)")
+    inspect.add_argument("-o", "--output", help="page to write (default FILE.html)")
+    inspect.set_defaults(run=run_inspect)
+
     formula = sub.add_parser(
         "formula", help="print the formulas of a graph saved with gc.save",
         description="Print the outputs of a saved graph (and its updates) as formulas.")
@@ -78,6 +89,32 @@ def run_render(args) -> int:
     out = args.output or os.path.splitext(args.file)[0] + ".svg"
     dot = graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized)
     print(f"wrote {dot.written}")
+    return 0
+
+
+def load_any(path: str):
+    """A saved graph (.json) or an ONNX model (.onnx, through graphc.onnx when available)."""
+    if path.lower().endswith(".onnx"):
+        try:
+            from graphc.onnx import load as load_onnx
+        except ImportError as e:
+            raise graphc.GraphcError(f"cannot read {path}: ONNX import needs the onnx package "
+                                     f"and graphc.onnx ({e})") from None
+        return load_onnx(path)
+    return graphc.load(path)
+
+
+def run_inspect(args) -> int:
+    from graphc.inspect import inspect
+
+    obj = load_any(args.file)
+    if isinstance(obj, graphc.Node) or (isinstance(obj, (list, tuple)) and obj
+                                        and isinstance(obj[0], graphc.Node)):
+        obj = graphc.Graph([obj] if isinstance(obj, graphc.Node) else list(obj))
+    if not isinstance(obj, graphc.Graph) and not hasattr(obj, "graph"):
+        obj = graphc.Graph(list(getattr(obj, "outputs", obj)))
+    out = args.output or os.path.splitext(args.file)[0] + ".html"
+    print(f"wrote {inspect(obj, out, title=os.path.basename(args.file))}")
     return 0
 
 

@@ -425,3 +425,15 @@ def renumber(lets: list, outs: list) -> list:
                 else sp.Symbol(new, real=True)
     outs[:] = [o.xreplace(rename) for o in outs]
     return [(n, rename.get(s, s), b.xreplace(rename)) for n, s, b in lets]
+
+
+def local_formula(node: Node, names: Sequence[str]):
+    """The node's own step as a formula of its inputs, named `names` (one op, no expansion:
+    cheap for any graph size, where the full formula of a deep node would not be)."""
+    matrix = node.ndim > 0 or any(i.ndim > 0 for i in node.inputs)
+    args = [node_sym(i, [], matrix, name) if i.op in ("placeholder", "variable", "constant")
+            else (sp.MatrixSymbol(name, *dims(i.shape)) if matrix and i.ndim
+                  else sp.Symbol(name, real=True))
+            for i, name in zip(node.inputs, names)]
+    with within_sympy("formula"):
+        return node_sym(node, args, matrix)

@@ -17,6 +17,24 @@ TEX_INFIX = {"greater": ">", "greater_equal": r"\geq", "less": "<", "less_equal"
              "equal": "="}
 
 
+def mathml_call(printer, name: str, args) -> object:
+    """`name(a, b)` as presentation MathML (for the inspector; browsers draw it unscripted)."""
+    dom = printer.dom
+    row = dom.createElement("mrow")
+    head = dom.createElement("mi")
+    head.appendChild(dom.createTextNode(name))
+    row.appendChild(head)
+    for k, part in enumerate(["("] + [a for pair in zip(args, [","] * len(args))
+                                       for a in pair][:-1] + [")"] if args else ["(", ")"]):
+        if isinstance(part, str):
+            mo = dom.createElement("mo")
+            mo.appendChild(dom.createTextNode(part))
+            row.appendChild(mo)
+        else:
+            row.appendChild(printer._print(part))
+    return row
+
+
 def as_symbol(name) -> sp.Symbol:
     return sp.Symbol(name) if isinstance(name, str) else name   # doit() passes the Symbol
 
@@ -32,6 +50,9 @@ class sigmoid(sp.Function):   # noqa: N801  (reads like the op)
 
     def _eval_evalf(self, prec):
         return self.rewrite(sp.exp)._eval_evalf(prec)
+
+    def _mathml_presentation(self, printer):
+        return mathml_call(printer, "σ", self.args)
 
     def _latex(self, printer, exp=None):
         tex = r"\sigma\left(%s\right)" % printer._print(self.args[0])
@@ -58,6 +79,17 @@ class Elementwise(sp.MatrixExpr):
             return f"{args[0]} {INFIX[str(self.args[0])]} {args[1]}"
         return f"{self.args[0]}({', '.join(args)})"
 
+    def _mathml_presentation(self, printer):
+        name = str(self.args[0])
+        if name in INFIX:
+            row = printer.dom.createElement("mrow")
+            mo = printer.dom.createElement("mo")
+            mo.appendChild(printer.dom.createTextNode(INFIX[name]))
+            for part in (printer._print(self.args[1]), mo, printer._print(self.args[2])):
+                row.appendChild(part)
+            return row
+        return mathml_call(printer, "σ" if name == "sigmoid" else name, self.args[1:])
+
     def _latex(self, printer):
         if str(self.args[0]) in INFIX:
             a, b = [printer._print(a) for a in self.args[1:]]
@@ -77,6 +109,9 @@ class Opaque(sp.MatrixExpr):
 
     def _sympystr(self, printer):
         return f"{self.args[0]}({', '.join(printer._print(a) for a in self.args[3:])})"
+
+    def _mathml_presentation(self, printer):
+        return mathml_call(printer, str(self.args[0]), self.args[3:])
 
     def _latex(self, printer):
         return r"\operatorname{%s}\left(%s\right)" % (
@@ -103,6 +138,9 @@ class Broadcast(sp.MatrixExpr):
     def _sympystr(self, printer):
         return printer._print(self.args[0])
 
+    def _mathml_presentation(self, printer):
+        return printer._print(self.args[0])
+
     def _latex(self, printer):
         return printer._print(self.args[0])
 
@@ -126,6 +164,9 @@ class Sum(sp.MatrixExpr):
 
     def _sympystr(self, printer):
         return f"sum({printer._print(self.args[0])}, axis={self.args[1]})"
+
+    def _mathml_presentation(self, printer):
+        return mathml_call(printer, f"sum_axis{self.args[1]}", [self.args[0]])
 
     def _latex(self, printer):
         x = printer._print(self.args[0])

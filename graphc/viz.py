@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from graphc.autodiff import grad
 from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
+from graphc.renderer import INSTALL_HINT, MissingRenderer, hint_once, load_graphviz, pipe, write
 
 # colour of each kind of node (fill) and of the edges that cross into the backward pass
 FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
@@ -23,8 +23,6 @@ UPDATE_EDGE = "#38761d"
 FUSED = "fused:"                   # marks a fused node's cluster among scope names
 SHAPE_ONLY = {"reshape": (1,), "broadcast_to": (1,), "size": (0,)}   # inputs read for shape
 LEAF_SHAPE = {"placeholder": "parallelogram", "variable": "cylinder", "constant": "note"}
-INSTALL_HINT = ("install graphviz's `dot` program to get pictures "
-                "(apt-get install graphviz, brew install graphviz or conda install graphviz)")
 
 
 @dataclass
@@ -35,6 +33,8 @@ class Options:
     collapse: object = None             # None, True, depth (int), or scope prefixes
     inline_scalars: bool = True         # scalar constants written into their user's label
     rankdir: str = "TB"
+    only: frozenset | None = None       # ids of the nodes to draw; inputs from outside are
+    tooltips: bool = True               # drawn as small dashed stand-ins
 
 
 # what to draw -----------------------------------------------------------------------------
@@ -72,20 +72,33 @@ def optimized_graph(graph: Graph) -> Graph:
     return optimize(graph)
 
 
+def tagged(n: Node) -> bool:
+    """A gradient node: tagged itself, or a fused group with tagged ops inside (fusion keeps
+    only the last member's tag on the group)."""
+    if n.grad_of is not None:
+        return True
+    body = n.attrs.get("body") if n.op == "fused" else None
+    return isinstance(body, Graph) and any(b.grad_of is not None for b in body.nodes)
+
+
 def kinds(graph: Graph) -> dict[int, str]:
     """id(node) -> 'forward' | 'gradient' | 'update'.
 
     Gradient nodes carry grad_of; update nodes compute only new values of variables. An
     untagged node outside the outputs' graph that feeds gradient nodes counts as gradient.
     """
-    kind = {id(n): "gradient" if n.grad_of is not None else "forward" for n in graph.nodes}
+    kind = {id(n): "gradient" if tagged(n) else "forward" for n in graph.nodes}
     reached = {id(n) for n in toposort(graph.outputs)}
     users = graph.users()
     new_values = {id(u) for _, u in graph.updates}
     for n in reversed(graph.nodes):
         if id(n) in reached or n.grad_of is not None or not n.inputs:
             continue
-        if id(n) in new_values or all(kind[id(u)] == "update" for u in users[id(n)]):
+        if id(n) in new_values:
+            kind[id(n)] = "update"         # a fused group may end a gradient in the update
+        elif tagged(n):
+            continue
+        elif all(kind[id(u)] == "update" for u in users[id(n)]):
             kind[id(n)] = "update"
         else:
             kind[id(n)] = "gradient"
@@ -151,6 +164,9 @@ class Drawer:
         self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
         self.body_kind: dict[str, str] = {}        # drawn id of an op inside a fused node -> kind
         self.fused: set[int] = set()               # fused nodes drawn as clusters
+        self.drawn: dict[str, Node] = {}           # drawn id -> the node (or body op) it shows
+        self.boxes: dict[str, tuple] = {}          # drawn id of a collapsed box -> (kind, scope)
+        self.owner: dict[str, tuple] = {}          # body op's drawn id -> (fused, body names)
 
     def cluster(self, path: tuple):
         for k in range(len(path)):                # every enclosing scope is drawn too
@@ -163,6 +179,8 @@ class Drawer:
             if not self.opts.backward and self.kind[id(n)] != "forward":
                 continue
             if self.opts.inline_scalars and is_scalar_constant(n) and not n.name:
+                continue
+            if self.opts.only is not None and id(n) not in self.opts.only:
                 continue
             out.append(n)
         return out
@@ -195,6 +213,7 @@ class Drawer:
             if box is not None:
                 boxes.setdefault(box, []).append(n)
                 self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
+                self.boxes[self.ids[id(n)]] = box
             elif not (n.op in ("fused", "dense") and self.draw_fused(n)):
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
@@ -218,6 +237,7 @@ class Drawer:
     def draw_node(self, n: Node):
         nid = self.prefix + f"n{self.num[id(n)][1:]}"
         self.ids[id(n)] = nid
+        self.drawn[nid] = n
         path = n.scope if self.opts.scopes and self.kind[id(n)] == "forward" else ()
         self.cluster(path).append(("node", (nid,), self.node_attrs(n)))
 
@@ -249,10 +269,14 @@ class Drawer:
             if b.op == "placeholder" or (self.opts.inline_scalars and is_scalar_constant(b)):
                 continue
             inner[id(b)] = f"{nid}_{bnum[id(b)].split('.')[1]}"
+            bkind = "gradient" if b.grad_of is not None else kind   # tags survive in bodies
             attrs = {"label": node_label(b, bnum, self.opts), "shape": "box",
-                     "style": "filled,rounded", "fillcolor": FILL[kind], "color": BORDER[kind]}
+                     "style": "filled,rounded", "fillcolor": FILL[bkind],
+                     "color": BORDER[bkind]}
             items.append(("node", (inner[id(b)],), attrs))
-            self.body_kind[inner[id(b)]] = kind
+            self.drawn[inner[id(b)]] = b
+            self.owner[inner[id(b)]] = (n, bnum)
+            self.body_kind[inner[id(b)]] = bkind
             for i in b.inputs:
                 if i.op == "placeholder":
                     k = body.placeholders.index(i) if not (i.name or "")[2:].isdigit() \
@@ -297,6 +321,8 @@ class Drawer:
         for src, dst, attrs in self.edges:
             if isinstance(src, tuple):
                 node = src[1]
+                if id(node) not in self.ids and self.opts.only is not None:
+                    self.draw_ghost(node)
                 if id(node) not in self.ids:
                     continue                        # inlined scalar or hidden backward node
                 attrs = {**self.edge_attrs(node, kind_of_id.get(dst, "forward")), **attrs}
@@ -304,11 +330,30 @@ class Drawer:
             if src == dst or (src, dst) in seen:
                 continue
             seen.add((src, dst))
+            if kind_of_id.get(src) == kind_of_id.get(dst) == "gradient":
+                # the backward pass is laid out bottom-up, beside the forward values it
+                # reads: saved-activation edges stay short instead of spanning every rank
+                # (long edges made dot's layout quadratic in the depth of the model)
+                src, dst, attrs = dst, src, {**attrs, "dir": "back"}
             self.cluster(()).append(("edge", (src, dst), attrs))
         self.emit(self.dot, ())
 
+    def draw_ghost(self, n: Node):
+        """A node from outside the drawn part (`only`), small and dashed."""
+        if (self.opts.inline_scalars and is_scalar_constant(n)) or \
+                (not self.opts.backward and self.kind[id(n)] != "forward"):
+            return
+        gid = self.prefix + f"x{self.num[id(n)][1:]}"
+        self.ids[id(n)], self.drawn[gid] = gid, n
+        self.cluster(()).append(("node", (gid,), {
+            "label": f"{self.num[id(n)]} {n.name or n.op}", "shape": "box", "style": "dashed",
+            "color": "#999999", "fontcolor": "#555555", "fontsize": "8",
+            "tooltip": node_tooltip(n, self.num)}))
+
     def emit(self, target, path: tuple):
         for method, args, attrs in self.clusters.get(path, []):
+            if not self.opts.tooltips:
+                attrs = {k: v for k, v in attrs.items() if k != "tooltip"}
             if method == "attr":
                 target.attr(**attrs)
             else:
@@ -350,14 +395,14 @@ def draw_legend(dot, backward: bool = True):
     rows = [cell.format(FILL["forward"], BORDER["forward"], "op", "forward"),
             cell.format(FILL["gradient"], BORDER["gradient"], "op", "gradient (∂ of %i)"),
             cell.format(FILL["update"], BORDER["update"], "op", "variable update"),
-            cell.format("white", "white", "▱", "placeholder"),
-            cell.format("white", "white", "⛁", "variable"),
-            cell.format("white", "white", "▯", "constant"),
-            cell.format("white", "white", f'<font color="{SAVED_EDGE}">╌╌▶</font>',
+            cell.format("white", "white", "slanted", "placeholder"),
+            cell.format("white", "white", "cylinder", "variable"),
+            cell.format("white", "white", "note", "constant"),
+            cell.format("white", "white", f'<font color="{SAVED_EDGE}">- - &gt;</font>',
                         "forward value read by the backward pass"),
-            cell.format("white", "white", f'<font color="{UPDATE_EDGE}">━━▶</font>',
+            cell.format("white", "white", f'<font color="{UPDATE_EDGE}"><b>==&gt;</b></font>',
                         "new value of a variable"),
-            cell.format("white", "white", '<font color="#999999">┈┈▶</font>',
+            cell.format("white", "white", '<font color="#999999">. . &gt;</font>',
                         "reads only the shape")]
     if not backward:
         rows = [r for k, r in enumerate(rows) if k not in (1, 2, 6, 7)]
@@ -378,13 +423,8 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     `scopes` draws name scopes as dashed clusters, `inline_scalars` writes scalar constants
     into their user's label (`mul(·, 0.1)`), `legend` adds the colour key.
     """
-    graphviz = load_graphviz()
     opts = Options(backward, legend, scopes, collapse, inline_scalars, rankdir)
-    dot = graphviz.Digraph("graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
-                           node_attr={"fontname": "Helvetica", "fontsize": "10",
-                                      "style": "filled"},
-                           edge_attr={"arrowsize": "0.6", "fontname": "Helvetica",
-                                      "fontsize": "9"})
+    dot = new_digraph(rankdir)
     is_function = not isinstance(nodes_or_function, (Node, Graph, list, tuple))
     before = before_graph(nodes_or_function) if compare else None
     if compare and before is None:
@@ -410,6 +450,14 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     return dot
 
 
+def new_digraph(rankdir: str = "TB"):
+    """An empty Digraph with graphc's fonts and arrow sizes."""
+    return load_graphviz().Digraph(
+        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
+        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
+        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
+
+
 def with_gradients(graph: Graph) -> Graph:
     """A forward-only graph with a scalar output gets the gradients of that output with
     respect to its variables, so `render(loss, backward=True)` shows the backward pass."""
@@ -422,47 +470,11 @@ def with_gradients(graph: Graph) -> Graph:
     return Graph(list(graph.outputs) + grad(cost, variables))
 
 
-def write(dot, path) -> str:
-    """Write the picture; without `dot` write the DOT source and say how to get pictures."""
-    graphviz = load_graphviz()
-    path = os.fspath(path)
-    stem, suffix = os.path.splitext(path)
-    fmt = suffix.lstrip(".").lower()
-    if fmt in ("dot", "gv", ""):
-        with open(path or "graph.dot", "w", encoding="utf-8") as f:
-            f.write(dot.source)
-        return path
-    if fmt not in graphviz.FORMATS:
-        raise GraphcError(f"render: cannot write {path!r}: unknown picture format {fmt!r} "
-                          "(use .svg, .png, .pdf or .dot)")
-    try:
-        data = dot.pipe(format=fmt)
-    except graphviz.ExecutableNotFound:
-        src = stem + ".dot"
-        with open(src, "w", encoding="utf-8") as f:
-            f.write(dot.source)
-        warnings.warn(f"graphc.render: the graphviz `dot` program is missing, so DOT source "
-                      f"is written instead of pictures; {INSTALL_HINT}", stacklevel=3)
-        return src
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
-def load_graphviz():
-    """The graphviz Python package, imported on first use so graphc imports without it."""
-    try:
-        import graphviz
-    except ImportError:
-        raise GraphcError("render needs the graphviz Python package: pip install graphviz") \
-            from None
-    return graphviz
-
-
 def repr_svg(obj) -> str | None:
-    """SVG text for Jupyter's `_repr_svg_` (None without `dot`, so Jupyter falls back)."""
-    graphviz = load_graphviz()
+    """SVG text for Jupyter's `_repr_svg_`; without a renderer None (Jupyter shows the text
+    form) and a hint, once per session, instead of an error in the notebook."""
     try:
-        return render(obj, legend=False).pipe(format="svg").decode("utf-8")
-    except graphviz.ExecutableNotFound:
+        return pipe(render(obj, legend=False).source, "svg").decode("utf-8")
+    except MissingRenderer as e:
+        hint_once(f"graphc: no picture ({e}); {INSTALL_HINT}")
         return None

@@ -60,9 +60,23 @@ def test_cnn_digits():
     assert number_after("test accuracy", out) > 75
 
 
+def test_transformer_sort_learns_to_sort_in_a_hundred_steps():
+    out = run("transformer_sort.py", "--max-steps", "100", "--eval-every", "100")
+    assert number_after("final per-token accuracy", out) > 0.8     # 0.99 after ~200 steps
+    assert "blocks_1/attention" in out
+
+
+def test_cnn_batchnorm_on_the_8x8_digits():
+    pytest.importorskip("sklearn")
+    out = run("cnn_batchnorm.py", "--epochs", "2", "--filters", "8", "--limit", "800",
+              "--quiet")
+    assert "batchnorm_1    (?, 8, 8, 8)" in out
+    assert number_after("test accuracy", out) > 85
+
+
 def test_visualize(tmp_path):
     if not os.path.exists(os.path.join(EXAMPLES, "visualize.py")):
         pytest.skip("examples/visualize.py is not written yet")
     out = run("visualize.py", "--out", str(tmp_path / "pictures"), cwd=tmp_path)
-    assert out.strip()
-    assert os.listdir(tmp_path / "pictures")
+    assert "A = softmax((1/2)·X·W_q·W_kᵀ·Xᵀ)" in out
+    assert {"attention_head.svg", "attention_layer.svg"} <= set(os.listdir(tmp_path / "pictures"))

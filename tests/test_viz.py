@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import renderer
 from graphc.ir import OPS, Graph, Node, apply
 from graphc.viz import FILL, INSTALL_HINT, is_scalar_constant, repr_svg
 
@@ -200,8 +201,15 @@ def test_format_from_suffix(tmp_path, suffix, magic):
     assert path.read_bytes().startswith(magic)
 
 
-def test_without_dot_the_dot_source_is_written_with_a_hint(tmp_path, monkeypatch):
+def no_renderer(tmp_path, monkeypatch):
+    """Neither `dot` nor graphviz-pure can be found."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(renderer, "PURE", "no-such-graphviz-pure")
+
+
+def test_without_any_renderer_the_dot_source_is_written_with_a_hint(tmp_path, monkeypatch,
+                                                                    capsys):
+    no_renderer(tmp_path, monkeypatch)
     graph = mlp()
     with pytest.warns(UserWarning, match="apt-get install graphviz") as record:
         dot = gc.render(graph, tmp_path / "mlp.svg")
@@ -209,7 +217,85 @@ def test_without_dot_the_dot_source_is_written_with_a_hint(tmp_path, monkeypatch
     assert (tmp_path / "mlp.dot").read_text() == dot.source
     assert dot.written == str(tmp_path / "mlp.dot")       # what was really written
     assert len(record) == 1 and INSTALL_HINT in str(record[0].message)
-    assert repr_svg(graph) is None                       # Jupyter falls back to text
+    renderer.hint_once.cache_clear()
+    assert repr_svg(graph) is None and repr_svg(graph) is None   # Jupyter shows the text
+    assert capsys.readouterr().err.count("pip install graphviz-pure") == 1   # hint once
+
+
+needs_pure = pytest.mark.skipif(renderer.pure_executable() is None,
+                                reason="graphviz-pure is not installed")
+
+
+def only_pure(tmp_path, monkeypatch):
+    """PATH holds graphviz-pure but no `dot` (a machine with nothing but pip)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / renderer.PURE).symlink_to(renderer.pure_executable())
+    monkeypatch.setenv("PATH", str(folder))
+
+
+@needs_pure
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
+def test_without_dot_graphviz_pure_draws_svg_and_png(tmp_path, monkeypatch, suffix, magic):
+    only_pure(tmp_path, monkeypatch)
+    path = tmp_path / ("g" + suffix)
+    dot = gc.render(mlp(updates=True), path)
+    assert dot.written == str(path) and path.read_bytes().startswith(magic)
+    assert not (tmp_path / "g.dot").exists()
+    if suffix == ".svg":
+        assert set(svg_nodes(path.read_bytes())) >= {nid for nid, _ in drawn(mlp(True))}
+        assert repr_svg(mlp()).lstrip().startswith("<?xml")
+
+
+@needs_pure
+def test_without_dot_a_pdf_is_dot_source_with_a_hint(tmp_path, monkeypatch):
+    only_pure(tmp_path, monkeypatch)
+    with pytest.warns(UserWarning, match="graphviz-pure has no pdf"):
+        dot = gc.render(mlp(), tmp_path / "g.pdf")
+    assert dot.written == str(tmp_path / "g.dot")
+
+
+def test_legend_and_labels_use_only_glyphs_every_renderer_font_has():
+    """graphviz-pure's fonts (Arimo, Tinos, Cousine) lack ▱, ⛁, ╌, ⊙...: PNGs showed boxes."""
+    known = set("·∂→")
+    src = gc.render(mlp(updates=True), collapse=["dense1"]).source
+    assert {c for c in src if ord(c) > 127} <= known
+
+
+def test_fused_group_with_gradient_ops_is_drawn_as_gradient():
+    """Fusion keeps only the last member's tag: a gradient chain fused with an untagged tail
+    and read only by an update must still be drawn in the gradient colour."""
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.ones(3, np.float32), name="w")
+    loss = gc.sum(gc.tanh(x * w))
+    in0 = Node("placeholder", (), {}, (None, 3), np.float32, "in0")
+    with gc.ir.backward_of(loss):
+        tagged = apply("mul", apply("neg", in0), 2.0)
+    body = Graph([apply("sum", tagged, axis=0)])        # untagged last member
+    fused = Node("fused", (x,), {"body": body}, (3,), np.float32)
+    graph = Graph([loss], [(w, w - fused)])
+    src = gc.render(graph).source
+    k = graph.nodes.index(fused)
+    body_lines = [line for line in src.split("\n") if line.startswith(f"\tn{k}_")]
+    colours = {line.split("fillcolor=")[1].split()[0].strip('"') for line in src.split("\t")
+               if line.startswith(f"n{k}_") and "fillcolor" in line}
+    assert body_lines and colours == {FILL["gradient"]}
+    assert gc.viz.kinds(graph)[id(fused)] == "gradient"
+
+
+def test_backward_edges_are_laid_out_upwards_beside_the_forward_pass():
+    """Gradient-to-gradient edges are reversed for layout (dir=back): the backward pass runs
+    bottom-up next to the forward values it reads, so no saved-activation edge spans the
+    whole depth (that made dot quadratic: a 60-block model never finished)."""
+    graph = mlp(updates=True)
+    src = gc.render(graph).source
+    kind = gc.viz.kinds(graph)
+    num = {f"n{i}": n for i, n in enumerate(graph.nodes)}
+    for line in src.split("\n"):
+        parts = line.strip().split(" ")
+        if len(parts) >= 3 and parts[1] == "->" and parts[0] in num and parts[2] in num:
+            a, b = kind[id(num[parts[0]])], kind[id(num[parts[2]])]
+            assert ("dir=back" in line) == (a == b == "gradient"), line
 
 
 def test_render_of_a_loss_alone_draws_its_backward_pass():
@@ -222,7 +308,7 @@ def test_render_of_a_loss_alone_draws_its_backward_pass():
 
 
 def test_dot_suffix_writes_source_without_graphviz(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    no_renderer(tmp_path, monkeypatch)
     dot = gc.render(mlp(), tmp_path / "g.gv")
     assert (tmp_path / "g.gv").read_text() == dot.source
 

@@ -1,36 +1,19 @@
-"""Layers: callables that build graph nodes from a node and own their variables (`.params`).
+"""The basic layers: Dense, Conv2D, pooling, Flatten, Dropout, Embedding.
 
-A layer creates its variables on its first call, when the input's shape is known, and reuses
-them on every later call, so `model(x, training=True)` and `model(x, training=False)` build a
-training graph and an evaluation graph over the same parameters. Each layer builds its nodes
-inside `gc.name_scope(layer.name)`, so listings and pictures group them.
+Each layer builds its nodes inside `gc.name_scope(layer.name)`, so listings and pictures
+group them; the base class, models and Sequential are in graphc.nn.module.
 """
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
-from graphc.nn import init as initializers
-
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "softplus", "softmax", "log_softmax")
-
-
-def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
-    """The function for an activation name ('relu', 'softmax', ...), a callable, or None."""
-    if activation is None or activation == "linear":
-        return lambda x: x
-    if callable(activation):
-        return activation
-    if activation not in ACTIVATIONS:
-        raise GraphcError(f"unknown activation {activation!r}; choose one of "
-                          f"{', '.join(ACTIVATIONS)}, None, or pass a function")
-    if activation in ("softmax", "log_softmax"):
-        return lambda x: getattr(gc, activation)(x, axis=-1)
-    return getattr(gc, activation)
+from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importable from here)
+    ACTIVATIONS, Layer, Model, Sequential, activation_fn)
 
 
 def pair(v, what: str) -> tuple[int, int]:
@@ -39,50 +22,6 @@ def pair(v, what: str) -> tuple[int, int]:
     if len(v) != 2:
         raise GraphcError(f"{what} must be an int or a pair, got {v!r}")
     return int(v[0]), int(v[1])
-
-
-class Layer:
-    """Base class: `layer(x, training=True)` builds nodes; `.params` lists its variables."""
-    kind = "layer"
-
-    def __init__(self, name: str | None = None, seed: int | None = None):
-        self.auto_named = name is None
-        self.name = name or self.kind
-        self.seed = seed
-        self.params: list[Node] = []
-        self.kernels: list[Node] = []      # the weights regularization applies to (no biases)
-        self.built = False
-        self.output_shape = None
-
-    def __call__(self, x: Node, training: bool = True) -> Node:
-        if not isinstance(x, Node):
-            raise GraphcError(f"{self.name}: call the layer on a graph node, "
-                              f"got {type(x).__name__}")
-        with gc.name_scope(self.name):
-            if not self.built:
-                self.build(x)
-                self.built = True
-            out = self.forward(x, training)
-        self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
-        return out
-
-    def build(self, x: Node) -> None:
-        """Create the variables, now that x's shape is known."""
-
-    def forward(self, x: Node, training: bool) -> Node:
-        raise NotImplementedError
-
-    def add_variable(self, suffix: str, shape, init, fan_in, fan_out, dtype) -> Node:
-        """A variable named 'layer/suffix', drawn from its own seeded generator."""
-        name = f"{self.name}/{suffix}"
-        rng = initializers.generator(self.seed or 0, name)
-        value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
-        var = gc.variable(value, name=name)
-        self.params.append(var)
-        return var
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
 
 
 def float_dtype(x: Node) -> np.dtype:
@@ -115,8 +54,7 @@ class Dense(Layer):
         need_dims(self, x, None, (-1,))
         n_in, dtype = x.shape[-1], float_dtype(x)
         self.W = self.add_variable("W", (n_in, self.units), self.kernel_init, n_in,
-                                   self.units, dtype)
-        self.kernels.append(self.W)
+                                   self.units, dtype, kernel=True)
         if self.use_bias:
             self.b = self.add_variable("b", (self.units,), self.bias_init, n_in, self.units,
                                        dtype)
@@ -149,8 +87,7 @@ class Conv2D(Layer):
         c_in, (kh, kw), dtype = x.shape[1], self.kernel_size, float_dtype(x)
         fan_in, fan_out = c_in * kh * kw, self.filters * kh * kw
         self.W = self.add_variable("W", (self.filters, c_in, kh, kw), self.kernel_init,
-                                   fan_in, fan_out, dtype)
-        self.kernels.append(self.W)
+                                   fan_in, fan_out, dtype, kernel=True)
         if self.use_bias:
             self.b = self.add_variable("b", (self.filters,), self.bias_init, fan_in, fan_out,
                                        dtype)
@@ -198,52 +135,47 @@ class Dropout(Layer):
     def forward(self, x, training):
         if not training or self.rate == 0.0:
             return x
-        seed = zlib.crc32(f"{self.seed or 0}/{self.name}".encode())
+        seed = zlib.crc32(f"{self.seed or 0}/{self.full_name}".encode())
         return gc.dropout(x, self.rate, seed=seed, training=True)
 
 
-class Sequential(Layer):
-    """Layers applied in order. Unnamed layers are named by kind and position ('dense_2')."""
-    kind = "sequential"
+class Activation(Layer):
+    """An activation as a layer, e.g. after BatchNorm: Activation('relu'), ('gelu'), ..."""
+    kind = "activation"
 
-    def __init__(self, layers: Sequence[Layer], name: str | None = None, seed: int = 0):
-        self.auto_named, self.name, self.seed = name is None, name or self.kind, seed
-        self.built, self.output_shape = True, None
-        self.layers = list(layers)
-        names = set()
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
-                raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}")
-            if layer.auto_named:
-                layer.name = f"{layer.kind}_{i}"
-            if layer.name in names:
-                raise GraphcError(f"Sequential: two layers are named {layer.name!r}")
-            names.add(layer.name)
-            if layer.seed is None:
-                layer.seed = seed
+    def __init__(self, activation, name: str | None = None):
+        super().__init__(name)
+        self.fn = activation_fn(activation)
 
-    def __call__(self, x: Node, training: bool = True) -> Node:
-        for layer in self.layers:      # each layer opens its own scope
-            x = layer(x, training)
-        self.output_shape = x.shape
-        return x
+    def forward(self, x, training):
+        return self.fn(x)
 
-    @property
-    def params(self) -> list[Node]:
-        return [p for layer in self.layers for p in layer.params]
 
-    @property
-    def kernels(self) -> list[Node]:
-        return [k for layer in self.layers for k in layer.kernels]
+def standard_normal(shape, fan_in, fan_out, rng):
+    return rng.standard_normal(shape)
 
-    def summary(self) -> str:
-        """One line per layer: name, output shape, parameter count (after the first call)."""
-        lines = [f"{'layer':<14}{'output shape':<22}{'params':>8}"]
-        total = 0
-        for layer in self.layers:
-            count = sum(int(np.prod(p.shape)) for p in layer.params)
-            total += count
-            shape = format_shape(layer.output_shape) if layer.output_shape else "?"
-            lines.append(f"{layer.name:<14}{shape:<22}{count:>8}")
-        lines.append(f"{'total':<36}{total:>8}")
-        return "\n".join(lines)
+
+class Embedding(Layer):
+    """Rows of a (vocab, dim) table picked by integer ids: (..., ) -> (..., dim).
+
+    A gather (`gc.take`), not one_hot(ids) @ E: its cost does not grow with the vocabulary,
+    and its gradient adds up the rows of repeated ids. Initialized N(0, 1) as in PyTorch.
+    """
+    kind = "embedding"
+
+    def __init__(self, vocab: int, dim: int, init=None, dtype="float32",
+                 name: str | None = None, seed: int | None = None):
+        super().__init__(name, seed)
+        self.vocab, self.dim, self.dtype = int(vocab), int(dim), dtype
+        self.init = init or standard_normal
+
+    def build(self, ids):
+        self.E = self.add_variable("E", (self.vocab, self.dim), self.init, self.vocab,
+                                   self.dim, np.dtype(self.dtype))
+
+    def forward(self, ids, training):
+        if ids.dtype.kind not in "iu":
+            raise GraphcError(f"Embedding {self.name!r}: ids must be integers, got "
+                              f"{ids.dtype.name} {format_shape(ids.shape)} (built at "
+                              f"{ids.where}); cast them with gc.cast(ids, 'int64')")
+        return gc.take(self.E, ids, axis=0)

@@ -37,7 +37,7 @@ class Recurrent(Layer):
         self.W_hh = self.add_variable("W_hh", (u, width), self.recurrent_init, u, width, dtype)
         self.b_ih = self.add_variable("b_ih", (width,), "zeros", f, width, dtype)
         self.b_hh = self.add_variable("b_hh", (width,), "zeros", u, width, dtype)
-        self.kernels += [self.W_ih, self.W_hh]
+        self.own_kernels += [self.W_ih, self.W_hh]
 
     def forward(self, x, training):
         if x.dtype != self.W_ih.dtype:

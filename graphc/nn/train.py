@@ -22,11 +22,12 @@ except ImportError:          # the progress bar is optional
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    """Fraction right: argmax for several columns, threshold 0.5 for one (probabilities)."""
+    """Fraction right: argmax over the last axis for several classes (per token for
+    (N, T, classes) against (N, T)), threshold 0.5 for one column (probabilities)."""
     pred, y = np.asarray(pred), np.asarray(y)
-    if pred.ndim == 2 and pred.shape[1] > 1:
-        labels = y if y.ndim == 1 else y.argmax(axis=1)
-        return float(np.mean(pred.argmax(axis=1) == labels))
+    if pred.ndim >= 2 and pred.shape[-1] > 1:
+        labels = y if y.ndim == pred.ndim - 1 else y.argmax(axis=-1)
+        return float(np.mean(pred.argmax(axis=-1) == labels))
     return float(np.mean((pred.reshape(len(y), -1) > 0.5) == (y.reshape(len(y), -1) > 0.5)))
 
 
@@ -36,17 +37,45 @@ def pick_metric(metric, out_shape, y: np.ndarray) -> Callable | None:
         return accuracy
     if metric != "auto":
         return metric
-    if len(out_shape) == 2 and out_shape[1] not in (None, 1):
+    if len(out_shape) >= 2 and out_shape[-1] not in (None, 1) and y.ndim >= len(out_shape) - 1:
         return accuracy
     if np.isin(y, (0, 1)).all():
         return accuracy
     return None
 
 
-def placeholders(x: np.ndarray, y: np.ndarray):
-    """Placeholders for batches of x and y (the batch size is free)."""
-    return (gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x"),
+def placeholders(x, y: np.ndarray):
+    """Placeholders for batches of x (one per input of a model with several) and y."""
+    return (input_placeholders(x),
             gc.placeholder((None,) + y.shape[1:], dtype=y.dtype, name="y"))
+
+
+def input_placeholders(x) -> list:
+    """One placeholder per input array, batch size free: 'x', or 'x0', 'x1'... for several."""
+    if isinstance(x, tuple):
+        return [gc.placeholder((None,) + a.shape[1:], dtype=a.dtype, name=f"x{i}")
+                for i, a in enumerate(x)]
+    return [gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x")]
+
+
+def as_inputs(x, what: str):
+    """An array, or a tuple of arrays for a model with several inputs (a list is one array,
+    as NumPy reads it)."""
+    if isinstance(x, tuple):
+        x = tuple(np.asarray(a) for a in x)
+        if len({len(a) for a in x}) != 1:
+            raise GraphcError(f"{what}: the inputs have different numbers of examples "
+                              f"{[len(a) for a in x]}")
+        return x
+    return np.asarray(x)
+
+
+def rows(x, idx):
+    return tuple(a[idx] for a in x) if isinstance(x, tuple) else (x[idx],)
+
+
+def count(x) -> int:
+    return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
 def batches(n: int, batch_size: int, order: np.ndarray | None = None):
@@ -59,20 +88,20 @@ def batches(n: int, batch_size: int, order: np.ndarray | None = None):
 def run_batches(step, x, y, batch_size: int, order=None, bar=None):
     """Run `step(xb, yb) -> (loss, out)` over batches: (mean loss, all outputs)."""
     total, outs = 0.0, []
-    for idx in batches(len(x), batch_size, order):
-        loss, out = step(x[idx], y[idx])
+    for idx in batches(count(x), batch_size, order):
+        loss, out = step(*rows(x, idx), y[idx])
         total += float(loss) * len(idx)
         outs.append(np.asarray(out))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-    return total / len(x), np.concatenate(outs)
+    return total / count(x), np.concatenate(outs)
 
 
 def check_data(x, y, what: str):
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y) or len(x) == 0:
-        raise GraphcError(f"{what}: {len(x)} examples but {len(y)} targets")
+    x, y = as_inputs(x, what), np.asarray(y)
+    if count(x) != len(y) or count(x) == 0:
+        raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
     return x, y
 
 
@@ -82,22 +111,24 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     """Train `model` on (x, y); returns the history {'loss': [...], 'accuracy': [...], ...}.
 
     `loss` is a name ('softmax_cross_entropy', 'mse', 'binary_cross_entropy') or a function
-    (pred, target) -> scalar node; l1/l2 add regularization of the model's kernels. Batches
+    (pred, target) -> scalar node; l1/l2 add regularization of the model's kernels. x is an
+    array, or a tuple of arrays for a model called on several inputs (`model(x0, x1)`). The
+    model's state updates (BatchNorm's running statistics) run with each step. Batches
     are reshuffled each epoch with a generator seeded by `seed`. verbose: 0 silent, 1 a
     progress bar and one line per epoch.
     """
     x, y = check_data(x, y, "fit")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
-    pred = model(xp, training=True)
+    pred = model(*xp, training=True)
     data_loss = loss_fn(pred, yp)
     cost = data_loss
     if l1:
         cost = cost + losses_mod.l1(model.kernels, l1)
     if l2:
         cost = cost + losses_mod.l2(model.kernels, l2)
-    train_step = gc.function([xp, yp], [data_loss, pred],
-                             updates=optimizer.updates(cost, model.params))
+    updates = optimizer.updates(cost, model.params) + list(model.state_updates)
+    train_step = gc.function([*xp, yp], [data_loss, pred], updates=updates)
     eval_step = evaluation_step(model, loss_fn, xp, yp)
     metric_fn = pick_metric(metric, pred.shape, y)
     if validation_data is not None:
@@ -106,13 +137,13 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     history: dict[str, list[float]] = {"loss": []}
     rng = np.random.default_rng(seed)
     out = out or sys.stdout
-    n_batches = -(-len(x) // batch_size)
+    n_batches = -(-count(x) // batch_size)
     for epoch in range(1, epochs + 1):
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                        file=sys.stderr, dynamic_ncols=True, disable=None)   # None: tty only
-        order = rng.permutation(len(x))
+        order = rng.permutation(count(x))
         train_loss, outs = run_batches(train_step, x, y, batch_size, order, bar)
         if bar is not None:
             bar.close()
@@ -134,8 +165,8 @@ def record(history, prefix, loss, metric_fn, outs, y):
 
 
 def evaluation_step(model, loss_fn, xp, yp):
-    pred = model(xp, training=False)
-    return gc.function([xp, yp], [loss_fn(pred, yp), pred])
+    pred = model(*xp, training=False)
+    return gc.function([*xp, yp], [loss_fn(pred, yp), pred])
 
 
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
@@ -153,8 +184,9 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
-    """The model's outputs in evaluation mode, batch by batch."""
-    x = np.asarray(x)
-    xp = gc.placeholder((None,) + x.shape[1:], dtype=x.dtype, name="x")
-    step = gc.function([xp], model(xp, training=False))
-    return np.concatenate([np.asarray(step(x[idx])) for idx in batches(len(x), batch_size)])
+    """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
+    x = as_inputs(x, "predict")
+    xp = input_placeholders(x)
+    step = gc.function(xp, model(*xp, training=False))
+    return np.concatenate([np.asarray(step(*rows(x, idx)))
+                           for idx in batches(count(x), batch_size)])

@@ -1,0 +1,318 @@
+"""Layers and models: callables that build graph nodes and own their variables.
+
+A layer creates its variables on its first call, when the input's shape is known, and reuses
+them on every later call, so `model(x, training=True)` and `model(x, training=False)` build a
+training graph and an evaluation graph over the same variables. A model is a layer that holds
+other layers (as attributes, lists or dicts) and connects them in `forward`: residual
+connections, several inputs and shared layers are plain Python. Parameters, state, kernels
+and state updates are collected from the layers a model holds, the way PyTorch modules do.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+import graphc as gc
+from graphc.ir import GraphcError, Node, format_shape
+from graphc.nn import init as initializers
+
+# The mode of the innermost layer call: a layer called inside a model's forward without an
+# explicit `training=` takes its caller's mode, so an evaluation graph never silently uses
+# batch statistics or dropout because a `training=` was forgotten somewhere inside.
+_training = contextvars.ContextVar("graphc_training", default=True)
+
+
+ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
+    "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
+    "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),
+    "gelu": lambda x: gc.gelu(x), "gelu_tanh": lambda x: gc.gelu(x, approximate="tanh"),
+    "silu": lambda x: gc.silu(x), "swish": lambda x: gc.silu(x),
+    "leaky_relu": lambda x: gc.leaky_relu(x), "elu": lambda x: gc.elu(x),
+    "softmax": lambda x: gc.softmax(x, axis=-1),
+    "log_softmax": lambda x: gc.log_softmax(x, axis=-1),
+}
+
+
+def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
+    """The function for an activation name ('relu', 'gelu', ...), a callable, or None."""
+    if activation is None or activation == "linear":
+        return lambda x: x
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise GraphcError(f"unknown activation {activation!r}; choose one of "
+                          f"{', '.join(ACTIVATIONS)}, None, or pass a function")
+    return ACTIVATIONS[activation]
+
+
+def unique(items) -> list:
+    """Items in first-seen order, each once (a shared layer's variables count once)."""
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out
+
+
+class Layer:
+    """Base class: `layer(*nodes, training=None)` builds nodes; `.params` lists its variables.
+
+    Subclasses define `build(*inputs)` (create variables with `add_variable`, once the
+    shapes are known) and `forward(*inputs, training)`. `training=None` takes the mode of the
+    enclosing call (True at the top).
+    """
+    kind = "layer"
+
+    def __init__(self, name: str | None = None, seed: int | None = None):
+        self.auto_named = name is None
+        self.name = name or self.kind
+        self.seed = seed
+        self.path: tuple[str, ...] | None = None   # names of the enclosing models + own name
+        self.opens_scope = True                    # containers only once inside another
+        self.own_params: list[Node] = []
+        self.own_kernels: list[Node] = []          # the weights regularization applies to
+        self.own_state: list[Node] = []            # non-trained variables (running stats)
+        self.own_state_updates: list[tuple[Node, Node]] = []
+        self.built = False
+        self.output_shape = None
+
+    # calling ---------------------------------------------------------------------------
+    def __call__(self, *inputs: Node, training: bool | None = None):
+        if "own_params" not in vars(self):
+            raise GraphcError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                              "before the layer is used")
+        for x in inputs:
+            if not isinstance(x, Node):
+                hint = (" (the mode is a keyword: layer(x, training=False))"
+                        if isinstance(x, bool) else "")
+                raise GraphcError(f"{self.name}: call the layer on graph nodes, got "
+                                  f"{type(x).__name__}{hint}")
+        if not inputs:
+            raise GraphcError(f"{self.name}: call the layer on at least one graph node")
+        if training is None:
+            training = _training.get()
+        if self.path is None:
+            self.place(())
+        token = _training.set(bool(training))
+        try:
+            with self.scope():
+                if not self.built:
+                    self.build(*inputs)
+                    self.built = True
+                self.place_children()         # including layers that build() created
+                if training:
+                    self.own_state_updates = []
+                out = self.forward(*inputs, training=bool(training))
+        finally:
+            _training.reset(token)
+        self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
+        return out
+
+    def scope(self):
+        return gc.name_scope(self.name) if self.opens_scope else contextlib.nullcontext()
+
+    def build(self, *inputs: Node) -> None:
+        """Create the variables, now that the inputs' shapes are known."""
+
+    def forward(self, *inputs: Node, training: bool):
+        raise NotImplementedError(f"{type(self).__name__} must define forward")
+
+    # naming ----------------------------------------------------------------------------
+    def named_children(self) -> list[tuple[str, Layer]]:
+        """The layers this one holds, with the names they get when auto-named."""
+        return []
+
+    def children(self) -> list[Layer]:
+        return [child for _, child in self.named_children()]
+
+    def place(self, prefix: tuple[str, ...]) -> None:
+        """Fix this layer's path (the prefix of its variables' names), then its children's."""
+        self.path = prefix + (self.name,)
+        self.place_children()
+
+    def place_children(self) -> None:
+        """Name, seed and place the children not placed yet (shared ones keep their place)."""
+        inner = self.path if self.opens_scope else self.path[:-1]
+        names: dict[str, Layer] = {}
+        for name, child in self.named_children():
+            if child.path is None:
+                if child.auto_named:
+                    child.name, child.auto_named = name, False
+                if child.seed is None:
+                    child.seed = self.seed
+                child.opens_scope = True
+                child.place(inner)
+            if names.setdefault(child.name, child) is not child:
+                raise GraphcError(f"{type(self).__name__} {self.name!r}: two layers are "
+                                  f"named {child.name!r}; name them apart (name=...)")
+
+    @property
+    def full_name(self) -> str:
+        return "/".join(self.path or (self.name,))
+
+    # variables -------------------------------------------------------------------------
+    def add_variable(self, suffix: str, shape, init, fan_in, fan_out, dtype,
+                     kernel: bool = False) -> Node:
+        """A trained variable named 'path/suffix', drawn from its own seeded generator."""
+        name = f"{self.full_name}/{suffix}"
+        rng = initializers.generator(self.seed or 0, name)
+        value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
+        var = gc.variable(value, name=name)
+        self.own_params.append(var)
+        if kernel:
+            self.own_kernels.append(var)
+        return var
+
+    def add_state(self, suffix: str, value: np.ndarray) -> Node:
+        """A variable that is not trained but updated (running statistics): `.state`."""
+        var = gc.variable(value, name=f"{self.full_name}/{suffix}")
+        self.own_state.append(var)
+        return var
+
+    def update_state(self, var: Node, new: Node) -> None:
+        """Record (var, new) for this training call; `fit` applies it with the step."""
+        self.own_state_updates.append((var, new if new.dtype == var.dtype
+                                       else gc.cast(new, var.dtype)))
+
+    def walk(self) -> Iterator[Layer]:
+        """This layer and every layer inside it, each once, parents first."""
+        seen = set()
+        stack = [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            yield layer
+            stack.extend(reversed(layer.children()))
+
+    @property
+    def params(self) -> list[Node]:
+        """The trained variables of this layer and the layers inside it."""
+        return unique(p for layer in self.walk() for p in layer.own_params)
+
+    @property
+    def kernels(self) -> list[Node]:
+        return unique(k for layer in self.walk() for k in layer.own_kernels)
+
+    @property
+    def state(self) -> list[Node]:
+        """Variables updated while training but not by the optimizer (BatchNorm's stats)."""
+        return unique(s for layer in self.walk() for s in layer.own_state)
+
+    @property
+    def variables(self) -> list[Node]:
+        """params + state: what `save_params` writes and `load_params` restores."""
+        return self.params + self.state
+
+    @property
+    def state_updates(self) -> list[tuple[Node, Node]]:
+        """The (variable, new value) pairs of the last training-mode call: add them to a
+        hand-written step's `updates` (`fit` does)."""
+        return [pair for layer in self.walk() for pair in layer.own_state_updates]
+
+    # showing ---------------------------------------------------------------------------
+    def summary(self) -> str:
+        """One line per layer: name, output shape, parameter count (after the first call)."""
+        rows, total = [], 0
+        skip = len(self.path or ()) - (0 if self.opens_scope else 1)
+        for layer in self.walk():
+            if layer.children() and not layer.own_params:
+                continue                      # a container: its layers have the rows
+            count = sum(int(np.prod(p.shape)) for p in layer.own_params)
+            total += count
+            shape = show_shape(layer.output_shape)
+            name = "/".join((layer.path or (layer.name,))[skip:]) or layer.name
+            rows.append((name, shape, count))
+        width = max([14] + [len(r[0]) + 2 for r in rows])
+        lines = [f"{'layer':<{width}}{'output shape':<22}{'params':>8}"]
+        lines += [f"{n:<{width}}{s:<22}{c:>8}" for n, s, c in rows]
+        lines.append(f"{'total':<{width + 22}}{total:>8}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def show_shape(shape) -> str:
+    """'(?, 8)'; several outputs (an RNN's sequence and state) one after the other; '?' before
+    the first call."""
+    if not shape:
+        return "?"
+    if isinstance(shape[0], tuple):
+        return " ".join(format_shape(s) for s in shape)
+    return format_shape(shape)
+
+
+class Model(Layer):
+    """A layer made of layers: create them in `__init__` (attributes, lists, dicts) and
+    connect them in `forward(*inputs, training)`; params, fit, save_params... then work.
+
+        class Residual(nn.Model):
+            def __init__(self, units):
+                super().__init__()
+                self.dense, self.norm = nn.Dense(units, "gelu"), nn.LayerNorm()
+            def forward(self, x, training):
+                return x + self.dense(self.norm(x))
+    """
+    kind = "model"
+
+    def __init__(self, name: str | None = None, seed: int | None = None):
+        super().__init__(name, seed)
+        self.opens_scope = False
+
+    def named_children(self) -> list[tuple[str, Layer]]:
+        """Layers held in attributes (in assignment order), lists/tuples and dicts of them."""
+        found = []
+        for attr, value in vars(self).items():
+            if attr.startswith("_"):
+                continue
+            if isinstance(value, Layer):
+                found.append((attr, value))
+            elif isinstance(value, (list, tuple)):
+                found += [(f"{attr}_{i}", v) for i, v in enumerate(value)
+                          if isinstance(v, Layer)]
+            elif isinstance(value, dict):
+                found += [(f"{attr}_{k}", v) for k, v in value.items() if isinstance(v, Layer)]
+        return unique_children(found)
+
+
+def unique_children(found):
+    seen, out = set(), []
+    for name, layer in found:
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            out.append((name, layer))
+    return out
+
+
+class Sequential(Model):
+    """Layers applied in order. Unnamed layers are named by kind and position ('dense_2').
+    Layers without a seed of their own take the model's (or its parent's, else 0)."""
+    kind = "sequential"
+
+    def __init__(self, layers: Sequence[Layer], name: str | None = None,
+                 seed: int | None = None):
+        super().__init__(name, seed)
+        self.layers = list(layers)
+        names = set()
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}")
+            if layer.auto_named:
+                layer.name = f"{layer.kind}_{i}"
+            if layer.name in names:
+                raise GraphcError(f"Sequential: two layers are named {layer.name!r}")
+            names.add(layer.name)
+
+    def named_children(self) -> list[tuple[str, Layer]]:
+        return unique_children((layer.name, layer) for layer in self.layers)
+
+    def forward(self, x: Node, training: bool) -> Node:
+        for layer in self.layers:      # each layer opens its own scope
+            x = layer(x)
+        return x
