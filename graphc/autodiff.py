@@ -165,8 +165,8 @@ def jvp(outputs, wrt, tangents):
     Returns one node per output, in the form `outputs` was given.
     """
     outs, single = as_list(outputs)
-    ws, _ = as_list(wrt)
-    ts, _ = as_list(tangents) if isinstance(tangents, (Node, list, tuple)) else ([tangents], 0)
+    ws, one_wrt = as_list(wrt)
+    ts = [tangents] if one_wrt else list(tangents)    # a single wrt takes one tangent, as is
     if len(ts) != len(ws):
         raise GraphcError(f"jvp: {len(ws)} wrt nodes but {len(ts)} tangents")
     floats = [o for o in outs if differentiable(o)]

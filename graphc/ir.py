@@ -268,6 +268,10 @@ class Node:
             raise GraphcError(f"x.transpose{tuple(axes)} of shape {format_shape(self.shape)}: "
                               f"graphc's transpose (as NumPy's) takes a permutation of all "
                               f"{self.ndim} axes{hint}\n  at {user_line()}")
+        if self.ndim == 2 and [a % 2 for a in axes] == [0, 1]:   # PyTorch's swap, NumPy's no-op
+            raise GraphcError(f"x.transpose{tuple(axes)} keeps both axes in place (NumPy's "
+                              "meaning: a permutation); to swap them as PyTorch's does, use "
+                              f"x.T or x.swapaxes(0, 1)\n  at {user_line()}")
         return apply("transpose", self, axes=axes)
 
     @property

@@ -276,6 +276,8 @@ def test_hessian_of_a_vector_is_symmetric_and_matches_differences():
     got = H.eval({x: xv})
     np.testing.assert_allclose(got, got.T, atol=1e-12)
     np.testing.assert_allclose(got, numeric_jacobian(g, xv, 1e-4), rtol=1e-4, atol=1e-6)
+    for optimize in (True, False):
+        np.testing.assert_allclose(gc.function([x], H, optimize=optimize)(xv), got, rtol=1e-10)
 
 
 def test_hessian_formula_of_a_scalar_expression_is_the_textbook_one():

@@ -206,6 +206,9 @@ def test_pytorch_habits_get_hints_naming_the_fix():
     with pytest.raises(gc.GraphcError, match=r"(?s)x.T of a 4-d node \(2, 4, 5, 8\) would "
                                              r"reverse all 4 axes.*swapaxes.*test_ir.py"):
         k.T
+    with pytest.raises(gc.GraphcError, match=r"x.transpose\(0, 1\) keeps both axes in place.*"
+                                             r"x.T or x.swapaxes\(0, 1\)"):
+        k[0, 0].transpose(0, 1)
     with pytest.raises(gc.GraphcError, match=r"boolean mask.*gc.where"):
         k[np.ones(2, bool)]
     with pytest.raises(gc.GraphcError, match=r"step 1.*gc.flip"):
