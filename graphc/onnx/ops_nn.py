@@ -16,7 +16,7 @@ from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_reduce import back
 from graphc.onnx.ops_shape import pad_axis, reshape_to, static
-from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
+from graphc.onnx.table import REQUIRED, onnx_op
 
 CONV_ATTRS = dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
                   strides=None)
