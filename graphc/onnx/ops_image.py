@@ -180,10 +180,36 @@ def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
     m = (np.fft.ifft if inverse else np.fft.fft)(eye, n=length, axis=0)
     if onesided:
         m = m[:length // 2 + 1]
+    return complex_map(real, imag, m, axis)
+
+
+def complex_map(real, imag, m, axis):
+    """The complex matrix m applied along axis to real + i imag, as (..., [real, imag])."""
     yr, yi = along(real, m.real, axis), along(real, m.imag, axis)
     if imag is not None:
         yr, yi = yr - along(imag, m.imag, axis), yi + along(imag, m.real, axis)
     return gc.concat([yr, yi], axis=-1)
+
+
+@onnx_op("STFT", const=(1, 3), onesided=1)
+def stft(ctx, signal, frame_step, window=None, frame_length=None, *, onesided):
+    """Frames read by a constant gather, windowed, then one DFT matrix along each frame."""
+    ctx.need(signal.dtype.kind == "f", f"signal of type {signal.dtype.name}")
+    step = int(ctx.const(frame_step, "frame_step").reshape(-1)[0])
+    size = int(ctx.const(frame_length, "frame_length").reshape(-1)[0]) \
+        if frame_length is not None else static(window, "STFT's window")[0]
+    length = static(signal, "STFT")[1]
+    count = 1 + (length - size) // step
+    index = (np.arange(count)[:, None] * step + np.arange(size)[None, :]).astype(np.int64)
+    frames = gc.take(signal, constant(index), axis=1)          # (B, frames, size, 1|2)
+    if window is not None:
+        frames = frames * gc.reshape(gc.cast(window, signal.dtype), (1, 1, size, 1))
+    m = np.fft.fft(np.eye(size), axis=0)
+    if onesided:
+        m = m[:size // 2 + 1]
+    real = gc.slice(frames, -1, 0, 1)
+    imag = gc.slice(frames, -1, 1, 2) if signal.shape[-1] == 2 else None
+    return complex_map(real, imag, m, 2)
 
 
 @onnx_op("Col2Im", const=(1, 2), dilations=None, pads=None, strides=None)
