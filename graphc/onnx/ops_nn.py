@@ -234,10 +234,12 @@ def fast_path(x, dils) -> bool:
 @onnx_op("MaxPool", storage_order=0, **POOL_ATTRS)
 def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides,
              storage_order):
-    ctx.need(ctx.n_outputs == 1, "the Indices output")
     kernel, strides, dils, _, pads = pool_setup(ctx, x, kernel_shape, strides, dilations, pads,
                                                 auto_pad, ceil_mode)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    if ctx.n_outputs > 1:
+        ctx.need(storage_order == 0, "Indices in column-major storage order")
+        return pool_with_indices(ctx, x, kernel, strides, dils, pads, low)
     if not fast_path(x, dils):
         return by_offsets(padded(ctx, x, pads, like(x, low)), kernel, strides, dils,
                           gc.maximum)
@@ -246,6 +248,45 @@ def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, stri
         kernel, strides, pads = [1] + kernel, [1] + strides, [(0, 0)] + pads
     x = padded(ctx, as_2d(x), pads, like(x, low))
     return from_2d(gc.max_pool2d(x, tuple(kernel), tuple(strides)), rank)
+
+
+def pool_with_indices(ctx, x, kernel, strides, dils, pads, low):
+    """Max pooling that also returns each maximum's flat position in x (the first one wins)."""
+    shape = static(x, "MaxPool with Indices")
+    xp = padded(ctx, x, pads, like(x, low))
+    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    flat = np.pad(flat, [(0, 0), (0, 0)] + list(pads), constant_values=-1)
+    best, where_ = None, None
+    for reads in window_starts(xp.shape[2:], kernel, strides, dils):
+        part = xp
+        for axis, idx in enumerate(reads):
+            part = gc.take(part, constant(idx.astype(np.int64)), axis=2 + axis)
+        pos = constant(flat[(slice(None), slice(None)) + np.ix_(*reads)].astype(np.int64))
+        if best is None:
+            best, where_ = part, pos
+            continue
+        wins = gc.greater(part, best)
+        best, where_ = gc.where(wins, part, best), gc.where(wins, pos, where_)
+    return best, where_
+
+
+@onnx_op("MaxUnpool", const=(2,), kernel_shape=REQUIRED, pads=None, strides=None)
+def max_unpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads, strides):
+    """Each value written back at its flat index into zeros of the unpooled shape."""
+    shape = static(x, "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = shape[:2] + tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                            in enumerate(zip(shape[2:], strides, kernel_shape)))
+    zeros = constant(np.zeros(int(np.prod(out)), x.dtype))
+    total = int(np.prod(shape))
+    y = gc.scatter_elements(zeros, gc.reshape(indices, (total,)), gc.reshape(x, (total,)))
+    y = gc.reshape(y, out)
+    if output_shape is not None:       # a larger output: the unpooled block at its start
+        for axis, want in enumerate(ctx.ints(output_shape, "output_shape")):
+            if want > out[axis]:
+                y = pad_axis(ctx, y, axis, 0, want - out[axis], "constant", like(x, 0))
+    return y
 
 
 @onnx_op("AveragePool", count_include_pad=0, **POOL_ATTRS)
