@@ -50,3 +50,31 @@ def test_cross_entropy_needs_float_logits():
     z, p = gc.placeholder((3, 4), "int64"), gc.placeholder((3, 4), "float64")
     with pytest.raises(gc.GraphcError, match=r"softmax_cross_entropy\(\(3, 4\) int64.*floating"):
         gc.softmax_cross_entropy(z, p)
+
+
+def test_cross_entropy_gradient_of_logits_in_any_memory_layout():
+    """The kernel subtracted g at the labels through e.reshape(-1, C), a copy when the logits
+    are not C-contiguous (a transpose, a Fortran-ordered feed): the subtraction was lost."""
+    z, y = gc.placeholder((3, 2, 4), "float64", "z"), gc.placeholder((2, 3), "int64", "y")
+    zt = gc.transpose(z, (1, 0, 2))                        # (2, 3, 4), not C-contiguous
+    cost = gc.sum(gc.softmax_cross_entropy(zt, y) * np.arange(1.0, 7.0).reshape(2, 3))
+    (gz,) = gc.grad(cost, [z])
+    r = np.random.default_rng(0)
+    zv, yv = r.normal(size=(3, 2, 4)), r.integers(0, 4, (2, 3))
+    zt_v = zv.transpose(1, 0, 2)
+    p = np.exp(zt_v) / np.exp(zt_v).sum(-1, keepdims=True)
+    want = (p - np.eye(4)[yv]) * np.arange(1.0, 7.0).reshape(2, 3, 1)
+    np.testing.assert_allclose(gz.eval({z: zv, y: yv}), want.transpose(1, 0, 2), rtol=1e-12)
+    agree([z, y], [gz], [zv, yv], [np.asfortranarray(zv), yv])
+
+
+def test_pool_gradient_through_a_reshaped_broadcast_is_read_per_call():
+    """The first bug the fuzzer found (fixed in the runtime, issue 10): the gradient of
+    reshape(max_pool2d(x)) reshapes a broadcast upstream gradient, a copy NumPy made once per
+    plan, so max_pool2d_grad read stale values."""
+    x = gc.placeholder((2, 2, 7, 5), "float64", "x")
+    s = gc.sum(gc.reshape(gc.max_pool2d(x, 2), (2, 3, 4)), axis=2, keepdims=True)
+    cost = gc.sum(s * np.linspace(-1, 1, 6).reshape(2, 3, 1))
+    (gx,) = gc.grad(cost, [x])
+    r = np.random.default_rng(1)
+    agree([x], [cost, gx], *[[r.permutation(140).reshape(2, 2, 7, 5) * 0.1] for _ in range(3)])

@@ -146,8 +146,8 @@ def sce_grad_kernel(z, y, g):
         e -= y * g[..., None]
         return e
     e *= scale[..., None]
-    flat = e.reshape(-1, z.shape[-1])
-    flat[np.arange(flat.shape[0]), y.ravel()] -= g.ravel()
+    idx = y[..., None].astype(np.intp)        # in place at the labels, for any memory layout
+    np.put_along_axis(e, idx, np.take_along_axis(e, idx, axis=-1) - g[..., None], axis=-1)
     return e
 
 
