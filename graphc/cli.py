@@ -92,27 +92,12 @@ def run_render(args) -> int:
     return 0
 
 
-def load_any(path: str):
-    """A saved graph (.json) or an ONNX model (.onnx, through graphc.onnx when available)."""
-    if path.lower().endswith(".onnx"):
-        try:
-            from graphc.onnx import load as load_onnx
-        except ImportError as e:
-            raise graphc.GraphcError(f"cannot read {path}: ONNX import needs the onnx package "
-                                     f"and graphc.onnx ({e})") from None
-        return load_onnx(path)
-    return graphc.load(path)
-
-
 def run_inspect(args) -> int:
     from graphc.inspect import inspect
 
-    obj = load_any(args.file)
-    if isinstance(obj, graphc.Node) or (isinstance(obj, (list, tuple)) and obj
-                                        and isinstance(obj[0], graphc.Node)):
-        obj = graphc.Graph([obj] if isinstance(obj, graphc.Node) else list(obj))
-    if not isinstance(obj, graphc.Graph) and not hasattr(obj, "graph"):
-        obj = graphc.Graph(list(getattr(obj, "outputs", obj)))
+    obj = None if args.file.endswith(".onnx") else graphc.load(args.file)
+    if not isinstance(obj, graphc.Graph):        # keep a saved Graph's updates as updates
+        obj = graphc.Graph(loaded_nodes(args.file))
     out = args.output or os.path.splitext(args.file)[0] + ".html"
     print(f"wrote {inspect(obj, out, title=os.path.basename(args.file))}")
     return 0
@@ -151,7 +136,8 @@ def run_demo(args) -> int:
     write_formulas(args.out, {f"dL/d({p.name})": g for p, g in zip(model.params[-2:],
                                                                      grads[-2:])})
     saved = gc.save([loss] + list(grads), os.path.join(args.out, "mlp_graph"))
-    print(f"wrote {saved}: try `graphc render {saved}` and `graphc formula {saved}`")
+    print(f"wrote {saved}: try `graphc render {saved}`, `graphc inspect {saved}` and "
+          f"`graphc formula {saved}`")
     return 0 if np.isfinite(result["loss"]) else 1
 
 

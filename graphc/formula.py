@@ -271,6 +271,9 @@ class Explanation(str):
     """Plain text that shows as LaTeX in Jupyter."""
     latex: str = ""
 
+    def __repr__(self) -> str:          # the text itself, not an escaped one-line string
+        return str(self)
+
     def _repr_markdown_(self) -> str:
         return "$$\\begin{aligned}" + self.latex + "\\end{aligned}$$"
 

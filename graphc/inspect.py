@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from graphc.ir import Graph, GraphcError, Node, format_node, format_shape
-from graphc.viz import Drawer, Options, as_graph, kinds, new_digraph, pipe, with_gradients
+from graphc.renderer import INSTALL_HINT, MissingRenderer
+from graphc.viz import (Drawer, Options, analyse, as_graph, home_scope, new_digraph, pipe,
+                        with_gradients)
 
 BIG = 300                 # nodes above which a view opens collapsed and is drawn per scope
 FULL_FORMULA_NODES = 30   # full formula (in the leaves' names) up to this many ancestors
-FORMULA_SECONDS = 3.0     # time for full formulas; after it, each node shows its own step
-MATHML_SECONDS = 15.0     # time for formulas at all; after it, only their text
+FULL_SECONDS = 3.0        # time for full formulas; after it, each node shows its own step
+FORMULA_SECONDS = 10.0    # time for formulas at all (sympy takes ms per node); then none
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
@@ -36,6 +38,7 @@ class Stage:
     graph: Graph
     backward: bool = True
     info: dict = field(default_factory=dict)      # what the pass did
+    per_scope: bool = True                        # big graphs: a picture of each scope
 
 
 def inspect(obj, path: str | os.PathLike = "graph.html", title: str | None = None) -> str:
@@ -49,7 +52,16 @@ def inspect(obj, path: str | os.PathLike = "graph.html", title: str | None = Non
     path = os.fspath(path)
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_html(data))
-    return path
+    return PagePath(path)
+
+
+class PagePath(str):
+    """The written page's path; in Jupyter a link to open it."""
+
+    def _repr_html_(self) -> str:
+        size = os.path.getsize(self) / 1e6 if os.path.exists(self) else 0.0
+        return (f'<a href="{html.escape(self)}" target="_blank">open the graphc inspector: '
+                f"{html.escape(self)}</a> ({size:.1f} MB, works offline)")
 
 
 # the stages: as built, after each pass --------------------------------------------------
@@ -85,6 +97,8 @@ def pipeline(obj) -> tuple[list[Stage], dict[int, tuple[int, str]]]:
             "new": sum(1 for n in new.nodes if id(n) not in before),
             "removed": len(before - {id(n) for n in new.nodes})}))
         graph = new
+    for stage in stages[2:-1]:
+        stage.per_scope = False          # passes between: collapsed only (size and time)
     stages[-1].title += " = optimized" if passes else ""
     return stages, generated_code(graph)
 
@@ -115,6 +129,7 @@ class Page:
         self.sources: list[str] = []               # DOT sources, drawn in one run
         self.formula_time = 0.0
         self.numbering: dict[int, dict] = {}        # id(graph) -> listing names
+        self.analysis: dict[int, tuple] = {}        # id(graph) -> (kinds, update scopes)
 
     def build(self) -> dict:
         views, previous = [], None
@@ -138,41 +153,37 @@ class Page:
     def view(self, stage: Stage) -> dict:
         graph = stage.graph
         num = self.numbers(graph)
-        kind = kinds(graph)
+        if id(graph) not in self.analysis:
+            self.analysis[id(graph)] = analyse(graph)
+        kind, update_scope = analysis = self.analysis[id(graph)]
         shown = [n for n in graph.nodes if stage.backward or kind[id(n)] == "forward"]
-        scoped = any(self.scope_of(n, kind) for n in shown)
+        home = {id(n): home_scope(n, kind, update_scope) for n in shown}
+        scoped = any(home.values())
         big = len(shown) > BIG
         opts = Options(backward=stage.backward, legend=False, tooltips=False)
         view = {"drawn": {}, "boxes": {}, "pictures": {}, "mode": "full", "nodes": len(shown),
                 "linekey": stage.key}
-        if not big:
-            view["pictures"]["full"] = self.picture(graph, opts, num, view)
+        if not big or not scoped:           # no scopes to fold: the whole graph it is
+            view["pictures"]["full"] = self.picture(graph, opts, num, view, analysis)
         if scoped:
             view["pictures"]["collapsed"] = self.picture(
-                graph, Options(**{**opts.__dict__, "collapse": True}), num, view)
+                graph, Options(**{**opts.__dict__, "collapse": True}), num, view, analysis)
             view["mode"] = "collapsed" if big else "full"
-        if scoped and big:
-            for scope in sorted({self.scope_of(n, kind)[:1] for n in shown} - {()}):
-                members = frozenset(id(n) for n in shown if self.scope_of(n, kind)[:1] == scope)
+        if scoped and big and stage.per_scope:
+            for scope in sorted({h[:1] for h in home.values()} - {()}):
+                members = frozenset(i for i, h in home.items() if h[:1] == scope)
                 key = "scope:" + "/".join(scope)
                 view["pictures"][key] = self.picture(
-                    graph, Options(**{**opts.__dict__, "only": members}), num, view)
+                    graph, Options(**{**opts.__dict__, "only": members}), num, view, analysis)
         for n in graph.nodes:
             if id(n) in self.index:
                 self.nodes[self.index[id(n)]].setdefault("line", {})[stage.key] = \
                     format_node(n, num)
         return view
 
-    @staticmethod
-    def scope_of(n: Node, kind: dict) -> tuple:
-        """The scope a node is boxed in: a gradient node in its forward node's scope."""
-        if kind[id(n)] == "gradient" and n.grad_of is not None:
-            return n.grad_of.scope
-        return n.scope
-
-    def picture(self, graph: Graph, opts: Options, num: dict, view: dict) -> int:
+    def picture(self, graph: Graph, opts: Options, num: dict, view: dict, analysis) -> int:
         dot = new_digraph()
-        drawer = Drawer(dot, graph, opts)
+        drawer = Drawer(dot, graph, opts, analysis=analysis)
         drawer.draw()
         for did, n in drawer.drawn.items():
             if did in drawer.owner:                 # an op inside a fused node's body
@@ -189,12 +200,15 @@ class Page:
 
     def draw_all(self) -> list[str]:
         """Every picture of the page from one run of the layout program."""
-        out = pipe("\n".join(self.sources), "svg").decode("utf-8")
+        try:
+            out = pipe("\n".join(self.sources), "svg").decode("utf-8")
+        except MissingRenderer as e:
+            raise GraphcError(f"inspect: {e}; {INSTALL_HINT}") from None
         svgs = [m.group(0) for m in re.finditer(r"<svg.*?</svg>", out, re.S)]
         if len(svgs) != len(self.sources):
             raise GraphcError(f"inspect: the layout program drew {len(svgs)} pictures of "
                               f"{len(self.sources)}")
-        return [re.sub(r"<!--.*?-->\n?", "", s, flags=re.S) for s in svgs]
+        return [slim(s) for s in svgs]
 
     # node facts ------------------------------------------------------------------------
     def fact(self, n: Node, graph: Graph) -> int:
@@ -228,7 +242,9 @@ class Page:
         start = time.perf_counter()
         expr, whole, math = None, False, ""
         try:
-            if self.formula_time < FORMULA_SECONDS and n.inputs and \
+            if self.formula_time > FORMULA_SECONDS:
+                return None
+            if self.formula_time < FULL_SECONDS and n.inputs and \
                     few_ancestors(n, FULL_FORMULA_NODES):
                 expr, whole = formula(n), True
             elif n.inputs:
@@ -238,12 +254,18 @@ class Page:
                 expr = formula(n, simplify=False)
         except (GraphcError, TypeError, ValueError, AttributeError, NotImplementedError):
             expr = None
-        if expr is not None and self.formula_time < MATHML_SECONDS:
+        if expr is not None:
             math = mathml(expr)
         self.formula_time += time.perf_counter() - start
         if expr is None:
             return None
         return {"mathml": math, "text": text(expr), "whole": whole}
+
+
+def slim(svg: str) -> str:
+    """The SVG without comments and the font family the page's style sets once."""
+    svg = re.sub(r"<!--.*?-->\n?", "", svg, flags=re.S)
+    return svg.replace(' font-family="Helvetica,sans-Serif"', "")
 
 
 def few_ancestors(n: Node, limit: int) -> bool:

@@ -94,16 +94,24 @@ def load_graphviz():
     return graphviz
 
 
-def load_graphviz():
-    """The graphviz Python package, imported on first use so graphc imports without it."""
-    try:
-        import graphviz
-    except ImportError:
-        raise GraphcError("render needs the graphviz Python package: pip install graphviz") \
-            from None
-    return graphviz
-
-
 @functools.lru_cache(maxsize=None)
 def hint_once(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def new_digraph(rankdir: str = "TB"):
+    """An empty Digraph with graphc's fonts and arrow sizes."""
+    return load_graphviz().Digraph(
+        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
+        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
+        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
+
+
+def mimebundle(dot) -> dict:
+    """Jupyter's picture of a rendered Digraph through `pipe` (graphviz-pure included); the
+    DOT text and a one-time hint instead of an error when nothing can draw it."""
+    try:
+        return {"image/svg+xml": pipe(dot.source, "svg").decode("utf-8")}
+    except MissingRenderer as e:
+        hint_once(f"graphc: no picture ({e}); {INSTALL_HINT}")
+        return {"text/plain": dot.source}

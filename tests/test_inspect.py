@@ -140,11 +140,18 @@ def test_formulas_are_mathml_and_agree_with_gc_formula(tmp_path):
     assert all(n["formula"]["mathml"].startswith("<math") for n in facts)
 
 
-def test_a_big_graph_starts_collapsed_with_one_picture_per_scope(tmp_path):
+@pytest.fixture(scope="module")
+def deep_page(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inspect") / "deep.html"
     graph = deep(24)
+    inspect(graph, path)
+    return graph, path
+
+
+def test_a_big_graph_starts_collapsed_with_one_picture_per_scope(deep_page):
+    graph, path = deep_page
     assert len(graph) > BIG
-    inspect(graph, tmp_path / "deep.html")
-    data = page_data(tmp_path / "deep.html")
+    data = page_data(path)
     built = next(v for v in data["views"] if v["key"] == "built")
     assert built["mode"] == "collapsed" and "full" not in built["svgs"]
     scopes = {k for k in built["svgs"] if k.startswith("scope:")}
@@ -298,9 +305,8 @@ def test_browser_slider_steps_through_the_passes(browser, mlp_page):
     assert others == [] and errors == []
 
 
-def test_browser_scopes_collapse_and_open(browser, tmp_path):
-    path = tmp_path / "deep.html"
-    inspect(deep(24), path)
+def test_browser_scopes_collapse_and_open(browser, deep_page):
+    _, path = deep_page
     open_page(browser, path)
     assert "scopes collapsed" in browser.find_element("id", "count").text
     box = browser.execute_script("""
@@ -318,3 +324,21 @@ def test_browser_scopes_collapse_and_open(browser, tmp_path):
     assert browser.execute_script("return window.graphcInspector.state.scope") is None
     others, errors = requests_and_errors(browser, path)
     assert others == [] and errors == []
+
+
+def test_cli_inspect_reads_an_onnx_model(tmp_path):
+    pytest.importorskip("graphc.onnx", reason="graphc.onnx (the ONNX importer) is not here")
+    onnx = pytest.importorskip("onnx", reason="the onnx package is not installed")
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])], [w])
+    onnx.save(helper.make_model(graph), tmp_path / "tiny.onnx")
+    out = subprocess.run([sys.executable, "-m", "graphc.cli", "inspect", "tiny.onnx"],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    ops = {n["op"] for n in page_data(tmp_path / "tiny.html")["nodes"]}
+    assert {"matmul", "relu"} <= ops

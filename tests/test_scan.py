@@ -278,3 +278,15 @@ def test_explain_prints_the_recurrence_of_one_step_and_of_its_gradient():
     assert "  s2[t] = L1.s1[t-1]*s1[t-1]*(1 - tanh(L1.s1[t-1]*w + x[t])**2) + s2[t-1]" \
         in grad_text.splitlines()
     assert "loop L1" in gc.explain({"dh/dw": gc.grad(h, w)}, latex=True)
+
+
+def test_render_draws_each_loop_as_a_cluster_with_its_body_and_head():
+    x = gc.placeholder((None, 5, 3), "float64", "x")
+    layer = nn.GRU(4, seed=0)
+    loss = gc.sum(layer(x))
+    step = gc.function([x], [loss, *gc.grad(loss, layer.params)])
+    source = gc.render(step).source
+    heads = [ln for ln in source.splitlines() if "shape=cds" in ln]
+    assert len(heads) == 2                                   # forward and backward loop
+    assert "1 carry, 1 sequence" in source and "(reverse)" in source
+    assert source.count("subgraph cluster_") >= 2

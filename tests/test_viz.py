@@ -256,7 +256,7 @@ def test_without_dot_a_pdf_is_dot_source_with_a_hint(tmp_path, monkeypatch):
 
 
 def test_legend_and_labels_use_only_glyphs_every_renderer_font_has():
-    """graphviz-pure's fonts (Arimo, Tinos, Cousine) lack ▱, ⛁, ╌, ⊙...: PNGs showed boxes."""
+    """graphviz-pure's fonts (Arimo, Tinos, Cousine) lack ▱, ⛁, ╌, ⊙: PNGs showed boxes."""
     known = set("·∂→")
     src = gc.render(mlp(updates=True), collapse=["dense1"]).source
     assert {c for c in src if ord(c) > 127} <= known

@@ -58,5 +58,8 @@ def unpack(payload: tuple[str, bytes]) -> gc.Graph:
             f.write(text)
         with open(path + ".npz", "wb") as f:
             f.write(arrays)
-        loaded = gc.load(path)
+        try:
+            loaded = gc.load(path)
+        except GraphcError as e:            # the temporary file's name means nothing here
+            raise GraphcError(str(e).replace(f"{path}.json: ", "")) from None
     return loaded if isinstance(loaded, gc.Graph) else gc.Graph(loaded)

@@ -7,6 +7,7 @@ Imported only by graphc.distributed's functions (and by the workers), never at `
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -24,29 +25,37 @@ class OutOfSync(Exception):
 class Replica(WorkerPlugin):
     """One worker's copy of the model: the gradient step and the optimizer's update step.
 
-    The payload's outputs are [x, y, loss, pred, *grads, *grad_inputs, *state] and its updates
-    are the optimizer's; `version` counts the updates applied (the driver's step count).
+    The payload's outputs are [*inputs, y, loss, pred, *grads, *new statistics, *grad inputs,
+    *state] (counts: inputs, parameters, statistics) and its updates are the optimizer's;
+    `version` counts the updates applied (the driver's step count).
     """
 
-    def __init__(self, payload, n_params: int):
-        self.payload, self.n_params = payload, n_params
+    def __init__(self, payload, counts: tuple[int, int, int]):
+        self.payload, self.counts = payload, counts
 
     def setup(self, worker=None):
-        graph, p = unpack(self.payload), self.n_params
-        xp, yp, loss, pred, *rest = graph.outputs
-        grads, grad_inputs, self.state = rest[:p], rest[p:2 * p], rest[2 * p:]
-        self.gradient_step = gc.function([xp, yp], [loss, pred] + grads)
-        self.update_step = gc.function(grad_inputs, [], updates=graph.updates)
+        n_in, p, s = self.counts
+        with naming(worker):
+            graph = unpack(self.payload)
+            inputs, (loss, pred, *rest) = graph.outputs[:n_in + 1], graph.outputs[n_in + 1:]
+            outs, grad_inputs, self.state = rest[:p + s], rest[p + s:2 * p + s], rest[2 * p + s:]
+            self.gradient_step = gc.function(list(inputs), [loss, pred] + outs)
+            self.update_step = gc.function(grad_inputs, [], updates=graph.updates)
+        self.n_grads, self.stat_vars = p, self.state[len(self.state) - s:]
         self.version, self.lock = 0, threading.Lock()
 
-    def catch_up(self, version: int, grads, state) -> None:
-        """Reach `version`: take the driver's state, or apply the previous step's gradients."""
+    def catch_up(self, version: int, pending, state) -> None:
+        """Reach `version`: take the driver's state, or apply the previous step's gradients
+        and statistics (`pending`)."""
         if state is not None:
             for var, value in zip(self.state, state):
                 var.value = value
             self.version = version
-        elif grads is not None and self.version == version - 1:
+        elif pending is not None and self.version == version - 1:
+            grads, stats = pending
             self.update_step(*grads)
+            for var, value in zip(self.stat_vars, stats):
+                var.value = value
             self.version = version
         if self.version != version:
             raise OutOfSync(f"replica at version {self.version}, step needs {version}")
@@ -59,9 +68,20 @@ class Predictor(WorkerPlugin):
         self.payload = payload
 
     def setup(self, worker=None):
-        xp, out = unpack(self.payload).outputs
-        self.function = gc.function([xp], out)
+        with naming(worker):
+            xp, out = unpack(self.payload).outputs
+            self.function = gc.function([xp], out)
         self.lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def naming(worker):
+    """A GraphcError raised while building the graph says on which worker it happened."""
+    try:
+        yield
+    except GraphcError as e:
+        where = getattr(worker, "address", "a worker")
+        raise GraphcError(f"Dask worker {where} cannot build the graph: {e}") from None
 
 
 def plugin(name: str):
@@ -72,26 +92,27 @@ def plugin(name: str):
                           "result with the Dask client it was made with)") from None
 
 
-def pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk of the training data as it lives on a worker."""
-    return np.asarray(x), np.asarray(y)
+def bundle(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One chunk of the training data (inputs, then targets) as it lives on a worker."""
+    return tuple(np.asarray(a) for a in arrays)
 
 
-def train_step(name: str, version: int, grads, state, chunks, rows):
-    """One worker's share of a step: (count, mean loss, predictions, mean gradients) of `rows`.
-
-    chunks: the (x, y) chunks this worker holds, rows: the batch's row indices in each.
-    Called with rows=[] to only bring the replica up to `version`.
+def train_step(name: str, version: int, pending, state, chunks, rows):
+    """One worker's share of a step: (count, mean loss, predictions, mean gradients, new
+    statistics) of `rows`. chunks: the chunks this worker holds, rows: the batch's row
+    indices in each. Called with rows=[] to only bring the replica up to `version`.
     """
     replica = plugin(name)
     with replica.lock:
-        replica.catch_up(version, grads, state)
+        replica.catch_up(version, pending, state)
         if not rows:
-            return 0, 0.0, None, None
-        xb = np.concatenate([c[0][r] for c, r in zip(chunks, rows)])
-        yb = np.concatenate([c[1][r] for c, r in zip(chunks, rows)])
-        loss, pred, *g = replica.gradient_step(xb, yb)
-        return len(xb), float(loss), np.asarray(pred), [np.array(a) for a in g]
+            return 0, 0.0, None, None, None
+        columns = [np.concatenate([c[j][r] for c, r in zip(chunks, rows)])
+                   for j in range(len(chunks[0]))]
+        loss, pred, *outs = replica.gradient_step(*columns)
+        outs = [np.array(a) for a in outs]      # copies: the plan reuses its buffers
+        p = replica.n_grads
+        return len(columns[0]), float(loss), np.array(pred), outs[:p], outs[p:]
 
 
 def replica_state(name: str):

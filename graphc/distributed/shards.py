@@ -16,31 +16,32 @@ def is_dask(a) -> bool:
 
 
 class Shards:
-    """Futures of (x, y) chunks, their first rows (`bounds`) and owning workers."""
+    """Futures of chunks (inputs, targets), their first rows (`bounds`) and owners."""
 
-    def __init__(self, client, x, y, workers: list[str]):
+    def __init__(self, client, arrays: list, workers: list[str]):
         from graphc.distributed import replica
         self.client, self.workers = client, list(workers)
         k = len(self.workers)
-        if is_dask(x) or is_dask(y):
-            pieces, sizes = dask_pieces(x, y)
+        lazy = any(is_dask(a) for a in arrays)
+        if lazy:
+            pieces, sizes = dask_pieces(arrays)
         else:
-            row_bytes = max(1, x[:1].nbytes + y[:1].nbytes)
-            rows = max(1, min(-(-len(x) // k), CHUNK_BYTES // row_bytes))
-            starts = range(0, len(x), rows)
-            pieces = [(x[s:s + rows], y[s:s + rows]) for s in starts]
+            row_bytes = max(1, sum(a[:1].nbytes for a in arrays))
+            rows = max(1, min(-(-len(arrays[0]) // k), CHUNK_BYTES // row_bytes))
+            pieces = [tuple(a[s:s + rows] for a in arrays)
+                      for s in range(0, len(arrays[0]), rows)]
             sizes = [len(p[0]) for p in pieces]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.owners = [self.workers[i % k] for i in range(len(pieces))]
-        if is_dask(x) or is_dask(y):
+        if lazy:
             import dask
-            self.futures = [client.compute(dask.delayed(replica.pair)(px, py), workers=[w],
+            self.futures = [client.compute(dask.delayed(replica.bundle)(*piece), workers=[w],
                                            allow_other_workers=True)
-                            for (px, py), w in zip(pieces, self.owners)]
+                            for piece, w in zip(pieces, self.owners)]
         else:
-            self.futures = [client.submit(replica.pair, px, py, workers=[w],
+            self.futures = [client.submit(replica.bundle, *piece, workers=[w],
                                           allow_other_workers=True, pure=False)
-                            for (px, py), w in zip(pieces, self.owners)]
+                            for piece, w in zip(pieces, self.owners)]
 
     def split(self, idx: np.ndarray, workers: list[str]) -> dict:
         """worker -> (its chunks with rows in the batch, the rows of each, batch positions)."""
@@ -74,11 +75,13 @@ class Shards:
         self.client.cancel(self.futures)
 
 
-def dask_pieces(x, y):
-    """Row chunks of Dask arrays x and y as Delayed pairs (y chunked like x)."""
+def dask_pieces(arrays: list):
+    """Row chunks of Dask (or NumPy) arrays as tuples of Delayed, all chunked like the first
+    Dask one."""
     import dask.array as da
-    x = da.asarray(x)
-    x = x.rechunk({i: -1 for i in range(1, x.ndim)})
-    y = da.asarray(y).rechunk((x.chunks[0],) + tuple(-1 for _ in range(1, np.ndim(y))))
-    xs, ys = x.to_delayed().ravel(), y.to_delayed().ravel()
-    return list(zip(xs, ys)), list(x.chunks[0])
+    first = next(a for a in arrays if is_dask(a))
+    first = first.rechunk({i: -1 for i in range(1, first.ndim)})
+    rows = first.chunks[0]
+    blocks = [da.asarray(a).rechunk((rows,) + tuple(-1 for _ in range(1, np.ndim(a))))
+              .to_delayed().ravel() for a in arrays]
+    return list(zip(*blocks)), list(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,34 +27,26 @@ class WorkerLost(Exception):
     """A step could not finish on the workers it was given (the driver recomputes it)."""
 
 
-def fit(model, loss, optimizer, x, y, client=None, epochs: int = 10, batch_size: int = 32,
+def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_size: int = 32,
         validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
         metric="auto", verbose: int = 1, out=None, workers=None, timeout: float = 300.0,
         retries: int = 3) -> dict[str, list[float]]:
     """nn.fit on the workers of a Dask client; the same arguments, batches and history.
 
-    x and y may be NumPy or Dask arrays (their rows stay on the workers; y is also gathered
-    to the driver for the accuracy). The loss must be a mean over the batch, as nn's losses
-    are. `workers`: the worker addresses to train on (default: all of the client's). A step
-    that loses a worker is recomputed on the others (at most `retries` times); one that takes
-    longer than `timeout` seconds fails the call. Dropout masks are drawn per worker, so a
-    model with Dropout trains alike but not to the same bits as nn.fit.
+    x (an array, or a tuple of arrays for a model with several inputs) and y may be NumPy or
+    Dask arrays; their rows stay on the workers (y is also gathered to the driver for the
+    accuracy). The loss must be a mean over the batch, as nn's losses are. `workers`: the
+    worker addresses to train on (default: all of the client's). A step that loses a worker
+    is recomputed on the others (at most `retries` times); one that takes longer than
+    `timeout` seconds fails the call. Dropout masks and BatchNorm statistics are
+    per worker, so such models train alike but not to the same bits as nn.fit.
     """
     need_dask()
     client = get_client(client)
     x, y, y_local = check_inputs(x, y)
     loss_fn = losses_mod.get(loss)
-    xp, yp = train.placeholders(x, y)
-    pred = model(xp, training=True)
-    data_loss = loss_fn(pred, yp)
-    params = list(model.params)
-    grad_inputs = [gc.placeholder(p.shape, p.dtype, name=f"grad/{p.name}") for p in params]
-    updates = optimizer.updates(update_cost(model, params, grad_inputs, l1, l2), params)
-    grads = gc.grad(data_loss, params)
-    state = params + list(optimizer.variables)
-    payload = pack([xp, yp, data_loss, pred, *grads, *grad_inputs, *state], updates)
-    eval_step = train.evaluation_step(model, loss_fn, xp, yp)
-    metric_fn = train.pick_metric(metric, pred.shape, y_local)
+    graphs = build(model, loss_fn, optimizer, x, y, l1, l2)
+    metric_fn = train.pick_metric(metric, graphs.pred_shape, y_local)
     if validation_data is not None:
         validation_data = train.check_data(*validation_data, "fit validation_data")
     out = out or sys.stdout
@@ -64,13 +57,14 @@ def fit(model, loss, optimizer, x, y, client=None, epochs: int = 10, batch_size:
     name = f"graphc-fit-{uuid.uuid4().hex[:12]}"
     trainer = None
     try:
-        client.register_plugin(replica.Replica(payload, len(params)), name=name)
+        client.register_plugin(replica.Replica(graphs.payload, graphs.counts), name=name)
         allowed = None if workers is None else set(workers)
-        shards = Shards(client, x, y, live_workers(client, allowed))
-        trainer = Trainer(client, name, gc.function(grad_inputs, [], updates=updates), state,
-                          shards, allowed, timeout, retries, out if verbose else None)
-        history = train_epochs(trainer, eval_step, metric_fn, y_local, epochs, batch_size,
-                               validation_data, seed, verbose, out)
+        arrays = [*x, y] if isinstance(x, tuple) else [x, y]
+        shards = Shards(client, arrays, live_workers(client, allowed))
+        trainer = Trainer(client, name, graphs, shards, allowed, timeout, retries,
+                          out if verbose else None)
+        history = train_epochs(trainer, graphs.eval_step, metric_fn, y_local, epochs,
+                               batch_size, validation_data, seed, verbose, out)
         trainer.check_replicas()
         return history
     finally:
@@ -80,6 +74,38 @@ def fit(model, loss, optimizer, x, y, client=None, epochs: int = 10, batch_size:
             client.unregister_worker_plugin(name)
         except Exception:      # noqa: BLE001 - the plugin may never have reached a worker
             pass
+
+
+class Graphs(NamedTuple):
+    """What a replica compiles (`payload`, with its part `counts`) and the driver's parts."""
+    payload: tuple
+    counts: tuple[int, int, int]    # inputs, parameters, running statistics
+    update_step: gc.Function        # the optimizer's update, fed the summed gradients
+    state: list                     # every variable a replica holds (statistics last)
+    eval_step: gc.Function
+    pred_shape: tuple
+
+
+def build(model, loss_fn, optimizer, x, y, l1: float, l2: float) -> Graphs:
+    """The training graphs, as nn.fit builds them, cut where the workers' gradients meet.
+
+    A replica computes [loss, pred, *grads, *new statistics] of its rows (the statistics are
+    what the model's state updates, e.g. BatchNorm's running means, would assign).
+    """
+    xps, yp = train.placeholders(x, y)
+    pred = model(*xps, training=True)
+    data_loss = loss_fn(pred, yp)
+    params = list(model.params)
+    grad_inputs = [gc.placeholder(p.shape, p.dtype, name=f"grad/{p.name}") for p in params]
+    updates = optimizer.updates(update_cost(model, params, grad_inputs, l1, l2), params)
+    stats = list(getattr(model, "state_updates", ()))
+    grads = gc.grad(data_loss, params)
+    state = params + list(optimizer.variables) + [v for v, _ in stats]
+    payload = pack([*xps, yp, data_loss, pred, *grads, *[new for _, new in stats],
+                    *grad_inputs, *state], updates)
+    return Graphs(payload, (len(xps), len(params), len(stats)),
+                  gc.function(grad_inputs, [], updates=updates), state,
+                  train.evaluation_step(model, loss_fn, xps, yp), pred.shape)
 
 
 def update_cost(model, params, grad_inputs, l1: float, l2: float):
@@ -97,16 +123,21 @@ def update_cost(model, params, grad_inputs, l1: float, l2: float):
 
 
 def check_inputs(x, y):
-    """(x, y, y on the driver): NumPy arrays checked as nn.fit does, Dask arrays by shape."""
-    if not (is_dask(x) or is_dask(y)):
+    """(x, y, y on the driver): NumPy arrays checked as nn.fit does, Dask arrays by shape.
+
+    x is an array or a tuple of arrays (a model with several inputs), as for nn.fit.
+    """
+    inputs = list(x) if isinstance(x, tuple) else [x]
+    if not any(is_dask(a) for a in inputs + [y]):
         x, y = train.check_data(x, y, "distributed.fit")
         return x, y, y
-    n, m = x.shape[0], y.shape[0]
-    if np.isnan(n) or np.isnan(m):
+    sizes = [a.shape[0] for a in inputs + [y]]
+    if any(np.isnan(n) for n in sizes):
         raise GraphcError("distributed.fit: the Dask arrays have unknown chunk sizes; call "
                           "x.compute_chunk_sizes() (and y's) first")
-    if n != m or n == 0:
-        raise GraphcError(f"distributed.fit: {n} examples but {m} targets")
+    if len(set(sizes)) != 1 or sizes[0] == 0:
+        raise GraphcError(f"distributed.fit: {sizes[0]} examples but {sizes[-1]} targets"
+                          + ("" if len(sizes) == 2 else f" (inputs: {sizes[:-1]})"))
     return x, y, np.asarray(y)
 
 
@@ -139,6 +170,12 @@ def train_epochs(trainer, eval_step, metric_fn, y, epochs, batch_size, validatio
     return history
 
 
+def weighted_sum(total, parts, weight: float):
+    """total + weight * parts, elementwise over lists of arrays (total None: the first)."""
+    scaled = [a * weight for a in parts]
+    return scaled if total is None else [t + a for t, a in zip(total, scaled)]
+
+
 def live_workers(client, allowed=None) -> list[str]:
     """The addresses of the workers there now (among `allowed` when given), sorted."""
     live = sorted(w for w in client.ncores() if allowed is None or w in allowed)
@@ -156,31 +193,36 @@ class Trainer:
     driver's whole state, so replicas that missed a step are brought back in one message.
     """
 
-    def __init__(self, client, name, update_step, state, shards, allowed, timeout, retries,
-                 log):
-        self.client, self.name, self.update_step, self.state = client, name, update_step, state
-        self.shards, self.allowed, self.log = shards, allowed, log
-        self.timeout, self.retries = timeout, retries
+    def __init__(self, client, name, graphs: Graphs, shards, allowed, timeout, retries, log):
+        self.client, self.name, self.shards, self.allowed = client, name, shards, allowed
+        self.update_step, self.state = graphs.update_step, graphs.state
+        self.stat_vars = graphs.state[len(graphs.state) - graphs.counts[2]:]
+        self.timeout, self.retries, self.log = timeout, retries, log
         self.workers = shards.workers
         self.version, self.pending, self.send_state = 0, None, False
         self.distributed = need_dask()
 
     def step(self, idx: np.ndarray):
-        """One training step on the batch `idx`: (mean loss, predictions) as nn.fit's step."""
-        parts = self.run(idx)
-        size = len(idx)
-        loss, grads, pred = 0.0, None, None
-        for count, part_loss, part_pred, part_grads, positions in parts:
+        """One training step on the batch `idx`: (mean loss, predictions) as nn.fit's step.
+
+        Gradients and new statistics are the row-weighted sums of the workers' (for the
+        statistics, e.g. a running mean, that is the global batch's; a running variance
+        leaves out the spread between the workers' means).
+        """
+        size, loss, grads, stats, pred = len(idx), 0.0, None, None, None
+        for count, part_loss, part_pred, part_grads, part_stats, positions in self.run(idx):
             if count == 0:
                 continue
             loss += part_loss * count / size
-            scaled = [g * (count / size) for g in part_grads]
-            grads = scaled if grads is None else [a + b for a, b in zip(grads, scaled)]
+            grads = weighted_sum(grads, part_grads, count / size)
+            stats = weighted_sum(stats, part_stats, count / size)
             if pred is None:
                 pred = np.empty((size,) + part_pred.shape[1:], part_pred.dtype)
             pred[positions] = part_pred
         self.update_step(*grads)
-        self.version, self.pending = self.version + 1, grads
+        for var, value in zip(self.stat_vars, stats):
+            var.value = value
+        self.version, self.pending = self.version + 1, (grads, stats)
         return loss, pred
 
     def run(self, idx: np.ndarray):
@@ -196,13 +238,13 @@ class Trainer:
 
     def submit(self, idx: np.ndarray):
         from graphc.distributed import replica
-        grads, state = self.pending, None
+        pending, state = self.pending, None
         if self.send_state:
-            grads, state = None, [np.array(v.value) for v in self.state]
+            pending, state = None, [np.array(v.value) for v in self.state]
         shares = self.shards.split(idx, self.workers)
-        futures = [self.client.submit(replica.train_step, self.name, self.version, grads, state,
-                                      chunks, rows, workers=[w], allow_other_workers=False,
-                                      pure=False)
+        futures = [self.client.submit(replica.train_step, self.name, self.version, pending,
+                                      state, chunks, rows, workers=[w],
+                                      allow_other_workers=False, pure=False)
                    for w, (chunks, rows, _) in shares.items()]
         results = self.gather(futures, list(shares))
         self.send_state = False
@@ -271,8 +313,12 @@ class Trainer:
         futures = [self.client.submit(replica.replica_state, self.name, workers=[w],
                                       allow_other_workers=False, pure=False)
                    for w in self.workers]
+        try:
+            states = self.gather(futures, self.workers)
+        except WorkerLost:         # training is done and the driver holds the result
+            return
         mine = [np.asarray(v.value) for v in self.state]
-        for w, (version, values) in zip(self.workers, self.gather(futures, self.workers)):
+        for w, (version, values) in zip(self.workers, states):
             worst = max((float(np.max(np.abs(a - b), initial=0.0))
                          for a, b in zip(values, mine)), default=0.0)
             if version != self.version or not all(

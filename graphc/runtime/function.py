@@ -249,6 +249,21 @@ class Table(str):
     def __repr__(self) -> str:
         return str(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: each block of the text as an HTML table (columns split at 2+ spaces)."""
+        import html
+        import re
+        out = []
+        for block in str(self).split("\n\n"):
+            lines = [line.strip() for line in block.split("\n") if line.strip()]
+            width = len(re.split(r"\s{2,}", lines[0])) if lines else 1
+            rows = [re.split(r"\s{2,}", line, maxsplit=width - 1) for line in lines]
+            cells = ["<tr>" + "".join(f"<t{'h' if k == 0 else 'd'}>{html.escape(c)}</t"
+                                      f"{'h' if k == 0 else 'd'}>" for c in row) + "</tr>"
+                     for k, row in enumerate(rows)]
+            out.append("<table>" + "".join(cells) + "</table>")
+        return "".join(out)
+
 
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
              cast_feeds: bool = False) -> Function:

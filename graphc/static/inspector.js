@@ -194,6 +194,10 @@
       var scope = view.boxes[title].scope;
       if (has(view, "scope:" + scope)) { show(state.view, state.mode, scope); }
       else if (has(view, "full")) { show(state.view, "full"); }
+      else {
+        $("count").textContent = "this stage is drawn collapsed only: open scopes in the " +
+          "forward, backward or optimized view";
+      }
       return;
     }
     if (view.drawn[title]) { selectNode(view.drawn[title][0], false); }
