@@ -267,3 +267,44 @@ def test_exported_ops_and_their_gradients_run_in_onnxruntime(name, tmp_path):
     got = ort_run(model, {f"in{i}": a for i, a in enumerate(inputs)})
     for g, w_ in zip(got, want):
         np.testing.assert_allclose(g, w_, rtol=1e-4, atol=1e-5)
+
+
+def torch_model_to_onnx(model, example, path):
+    """torch.onnx.export with the batch dim dynamic (the TorchScript exporter where offered)."""
+    import torch
+    kwargs = dict(input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+                  opset_version=17)
+    try:
+        torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
+    except TypeError:            # an older torch without the dynamo switch
+        torch.onnx.export(model, (example,), str(path), **kwargs)
+
+
+def test_torch_exported_models_match_torch_outputs_and_gradients(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    models = {
+        "mlp": (torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 4)), (5, 20)),
+        "cnn": (torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                    torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 3 * 3, 3)), (2, 1, 8, 8)),
+    }
+    for name, (model, shape) in models.items():
+        x = torch.randn(*shape)
+        path = tmp_path / f"{name}.onnx"
+        torch_model_to_onnx(model, x, path)
+        imported = gonnx.load(path, trainable=True)
+        (got,) = graphc_run(imported, {"x": x.numpy()})
+        np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+        loss = gc.sum(imported.outputs["y"] ** 2)
+        grads = gc.grad(loss, imported.variables)
+        got_grads = gc.function([imported.inputs["x"]], grads)(x.numpy())
+        model.zero_grad()
+        (model(x) ** 2).sum().backward()
+        want = {tuple(p.shape): p.grad.numpy() for p in model.parameters()}
+        for v, g in zip(imported.variables, got_grads):
+            w_ = want.get(v.shape)
+            if w_ is None:                   # an exporter may store a weight transposed
+                w_ = want[v.shape[::-1]].T
+            np.testing.assert_allclose(g, w_, rtol=1e-3, atol=1e-5)

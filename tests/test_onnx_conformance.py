@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from graphc.onnx.backend import OUT_OF_SCOPE, run_case  # noqa: E402
+from graphc.onnx.backend import KNOWN_FAILURES, OUT_OF_SCOPE, run_case  # noqa: E402
 from graphc.onnx.conformance import node_cases  # noqa: E402
 
 CASES = node_cases()
 SEEN: collections.Counter = collections.Counter()
-MIN_PASSING = 1350          # what passes today (1,884 cases; see the README's table)
+MIN_PASSING = 1500          # 1,507 pass today (of 1,884; the table is in the README)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -24,6 +24,9 @@ def test_node_case(case):
         pytest.skip(f"out of scope ({detail}): {OUT_OF_SCOPE[detail]}")
     if status == "unsupported":
         pytest.skip(f"not supported: {detail}")
+    if case.name in KNOWN_FAILURES:
+        assert status == "fail", f"{case.name} passes now: drop it from KNOWN_FAILURES"
+        pytest.xfail(KNOWN_FAILURES[case.name])
     assert status == "pass", detail
 
 

@@ -16,10 +16,10 @@ from graphc.onnx.table import Unsupported
 OUT_OF_SCOPE = {
     "strings": "string tensors (graphc arrays are numbers and bools)",
     "sequences": "sequence and optional types (graphc values are tensors)",
-    "quantized": "quantized and 8/4/2-bit float or int types",
+    "quantized": "8/4/2-bit float, 4/2-bit int and bfloat16 types, BitCast",
     "control flow": "subgraphs (If, Loop, Scan): graphc graphs are static",
-    "training": "ONNX training ops (Adagrad, Adam, Momentum) and random ops",
-    "ml": "the ai.onnx.ml domain (classical ML operators)",
+    "training": "random ops (Bernoulli, RandomNormal...): values differ from onnx's generator",
+    "ml": "other domains: ai.onnx.ml (classical ML), ai.onnx.preview.training",
 }
 FAMILY_OPS = {
     "strings": {"StringNormalizer", "StringConcat", "StringSplit", "RegexFullMatch",
@@ -27,12 +27,17 @@ FAMILY_OPS = {
     "sequences": {"SequenceInsert", "SequenceMap", "SplitToSequence", "OptionalHasElement",
                   "OptionalGetElement", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
                   "SequenceErase", "SequenceLength", "ConcatFromSequence", "Optional"},
-    "quantized": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                  "QLinearMatMul", "ConvInteger", "MatMulInteger", "BitCast"},
+    "quantized": {"BitCast"},
     "control flow": {"If", "Loop", "Scan"},
-    "training": {"Adagrad", "Adam", "Momentum", "Bernoulli", "RandomNormal", "RandomUniform",
+    "training": {"Bernoulli", "RandomNormal", "RandomUniform",
                  "RandomNormalLike", "RandomUniformLike", "Multinomial"},
     "ml": {"TreeEnsemble", "ArrayFeatureExtractor", "Binarizer"},
+}
+# failures understood but not fixed: the conformance test expects them to fail (strict xfail)
+KNOWN_FAILURES = {
+    "test_dft_inverse": "the expected output carries the FFT's float32 round-off (1.9e-7 where "
+                        "the exact value is 0); graphc's DFT is an exact matmul; atol is 1e-7",
+    "test_dft_inverse_opset19": "as test_dft_inverse",
 }
 SMALL_TYPES = ("float8", "float4", "int4", "uint4", "int2", "uint2", "bfloat16", "e8m0")
 

@@ -7,7 +7,7 @@ import numpy as np
 from graphc import api as gc
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_shape import pad_axis, reshape_to
-from graphc.onnx.table import onnx_op
+from graphc.onnx.table import REQUIRED, onnx_op
 
 
 def heads_first(x, heads):
@@ -106,3 +106,72 @@ def attention(ctx, q, k, v, mask=None, past_key=None, past_value=None, nonpad=No
         y = gc.transpose(y, (0, 2, 1, 3))
         y = reshape_to(y, y.shape[:2] + (y.shape[2] * y.shape[3],))
     return y, present_key, present_value, out_qk
+
+
+@onnx_op("LinearAttention", chunk_size=64, kv_num_heads=REQUIRED, q_num_heads=REQUIRED,
+         scale=0.0, update_rule="gated_delta")
+def linear_attention(ctx, q, k, v, past_state=None, decay=None, beta=None, *, chunk_size,
+                     kv_num_heads, q_num_heads, scale, update_rule):
+    """The recurrent form, one step per token (float32 state, as ONNX's definition)."""
+    need_float(q)
+    ctx.need(update_rule in ("linear", "gated", "delta", "gated_delta"), update_rule)
+    ctx.need(q.ndim == 3 and q_num_heads % kv_num_heads == 0, "3-D inputs with grouped heads")
+    gating, delta = update_rule in ("gated", "gated_delta"), update_rule in ("delta",
+                                                                            "gated_delta")
+    ctx.need((decay is not None) == gating and (beta is not None) == delta,
+             f"decay/beta inputs for update_rule={update_rule!r}")
+    b, t, _ = q.shape
+    f32 = [gc.cast(heads_first(a, h), "float32")
+           for a, h in ((q, q_num_heads), (k, kv_num_heads), (v, kv_num_heads))]
+    q4, k4, v4 = f32
+    d_k, d_v = q4.shape[3], v4.shape[3]
+    if gating:
+        g4 = heads_first(decay, kv_num_heads) if decay.shape[-1] != kv_num_heads else \
+            gc.transpose(reshape_to(decay, (b, t, kv_num_heads, 1)), (0, 2, 1, 3))
+        g4 = gc.cast(g4, "float32")
+    if delta:
+        beta4 = gc.cast(gc.transpose(reshape_to(beta, (b, t, beta.shape[-1], 1)),
+                                     (0, 2, 1, 3)), "float32")
+    state = gc.constant(np.zeros((b, kv_num_heads, d_k, d_v), np.float32)) \
+        if past_state is None else gc.cast(past_state, "float32")
+    scale = 1 / np.sqrt(d_k) if not scale else scale
+    group = q_num_heads // kv_num_heads
+    index = gc.constant(np.repeat(np.arange(kv_num_heads), group))
+    outs = []
+    for i in range(t):
+        q_t, k_t, v_t = q4[:, :, i], k4[:, :, i], v4[:, :, i]
+        if gating:
+            state = state * gc.expand_dims(gc.exp(g4[:, :, i]), -1)
+        if delta:
+            got = gc.einsum("bhdm,bhd->bhm", state, k_t)
+            v_t = beta4[:, :, i] * (v_t - got)
+        state = state + gc.expand_dims(k_t, -1) * gc.expand_dims(v_t, -2)
+        read = state if group == 1 else gc.take(state, index, axis=1)
+        outs.append(gc.einsum("bhd,bhdm->bhm", q_t, read) * np.float32(scale))
+    out = gc.transpose(gc.stack(outs, axis=2), (0, 2, 1, 3))
+    out = gc.cast(reshape_to(out, (b, t, q_num_heads * d_v)), q.dtype)
+    return out, gc.cast(state, q.dtype if past_state is None else past_state.dtype)
+
+
+@onnx_op("CausalConvWithState", activation="none")
+def causal_conv(ctx, x, w, bias=None, past_state=None, *, activation):
+    """Depthwise 1-D conv over [past_state, x] (valid), optional SiLU; the last k-1 inputs."""
+    need_float(x)
+    ctx.need(activation in ("none", "silu", "swish"), f"activation={activation!r}")
+    n, c, length = x.shape
+    k = w.shape[2]
+    pad = gc.constant(np.zeros((n, c, k - 1), x.dtype)) if past_state is None else past_state
+    full = gc.concat([pad, x], axis=2)
+    wide = gc.cast(full, "float32") if x.dtype == np.float16 else full   # accumulate wide
+    out = None
+    for j in range(k):                          # sum_j w[c, 0, j] * full[:, c, t + j]
+        tap = gc.cast(gc.reshape(w[:, 0, j], (1, c, 1)), wide.dtype)
+        term = gc.slice(wide, 2, j, j + length) * tap
+        out = term if out is None else out + term
+    if bias is not None:
+        out = out + gc.cast(gc.reshape(bias, (1, c, 1)), wide.dtype)
+    out = gc.cast(out, x.dtype)
+    if activation != "none":
+        f = gc.cast(out, "float32")
+        out = gc.cast(f * gc.sigmoid(f), x.dtype)
+    return out, gc.slice(full, 2, full.shape[2] - (k - 1))

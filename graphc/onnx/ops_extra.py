@@ -230,7 +230,8 @@ def lstm_cell(xw, state, rk, bias, rb, peep, acts, h, extra):
 RNN_ATTRS = dict(activation_alpha=None, activation_beta=None, activations=None, clip=None,
                  direction="forward", hidden_size=None, layout=0)
 onnx_op("RNN", const=(4,), **RNN_ATTRS)(recurrent(rnn_cell, 1, ["Tanh"]))
-onnx_op("GRU", const=(4,), linear_before_reset=0, **RNN_ATTRS)(recurrent(gru_cell, 3, ["Sigmoid", "Tanh"]))
+onnx_op("GRU", const=(4,), linear_before_reset=0, **RNN_ATTRS)(
+    recurrent(gru_cell, 3, ["Sigmoid", "Tanh"]))
 onnx_op("LSTM", const=(4,), input_forget=0, **RNN_ATTRS)(
     recurrent(lstm_cell, 4, ["Sigmoid", "Tanh", "Tanh"]))
 

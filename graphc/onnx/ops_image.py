@@ -8,6 +8,7 @@ through graphc matmuls, and gradients flow back through them.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -153,3 +154,191 @@ def window(kind):
 for _name, _kind in [("HannWindow", "hann"), ("HammingWindow", "hamming"),
                      ("BlackmanWindow", "blackman")]:
     onnx_op(_name, const=(0,), output_datatype=1, periodic=1)(window(_kind))
+
+
+@onnx_op("DFT", const=(1, 2), inverse=0, onesided=0, axis=None)
+def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
+    """A linear map along the axis: real and imaginary parts through constant matrices."""
+    need_float = x.dtype.kind == "f"
+    ctx.need(need_float, f"DFT of {x.dtype.name}")
+    if axis is None:                      # DFT-20: an input (default -2); DFT-17: attribute 1
+        axis = int(ctx.const(axis_in, "axis").reshape(-1)[0]) if axis_in is not None else \
+            (-2 if ctx.opset >= 20 else 1)
+    axis = axis % x.ndim
+    ctx.need(axis != x.ndim - 1, "a DFT along the real/imaginary axis")
+    n = static(x, "DFT")[axis]
+    length = int(ctx.const(dft_length, "dft_length").reshape(-1)[0]) if dft_length is not None \
+        else (2 * (n - 1) if inverse and onesided else n)
+    eye = np.eye(n)
+    real = gc.slice(x, -1, 0, 1)
+    imag = gc.slice(x, -1, 1, 2) if x.shape[-1] == 2 else None
+    if inverse and onesided:               # irfft: real output, R-linear in both parts
+        a = np.fft.irfft(eye + 0j, n=length, axis=0)
+        b = np.fft.irfft(1j * eye, n=length, axis=0)
+        out = along(real, a, axis)
+        return out if imag is None else out + along(imag, b, axis)
+    m = (np.fft.ifft if inverse else np.fft.fft)(eye, n=length, axis=0)
+    if onesided:
+        m = m[:length // 2 + 1]
+    return complex_map(real, imag, m, axis)
+
+
+def complex_map(real, imag, m, axis):
+    """The complex matrix m applied along axis to real + i imag, as (..., [real, imag])."""
+    yr, yi = along(real, m.real, axis), along(real, m.imag, axis)
+    if imag is not None:
+        yr, yi = yr - along(imag, m.imag, axis), yi + along(imag, m.real, axis)
+    return gc.concat([yr, yi], axis=-1)
+
+
+@onnx_op("STFT", const=(1, 3), onesided=1)
+def stft(ctx, signal, frame_step, window=None, frame_length=None, *, onesided):
+    """Frames read by a constant gather, windowed, then one DFT matrix along each frame."""
+    ctx.need(signal.dtype.kind == "f", f"signal of type {signal.dtype.name}")
+    step = int(ctx.const(frame_step, "frame_step").reshape(-1)[0])
+    size = int(ctx.const(frame_length, "frame_length").reshape(-1)[0]) \
+        if frame_length is not None else static(window, "STFT's window")[0]
+    length = static(signal, "STFT")[1]
+    count = 1 + (length - size) // step
+    index = (np.arange(count)[:, None] * step + np.arange(size)[None, :]).astype(np.int64)
+    frames = gc.take(signal, constant(index), axis=1)          # (B, frames, size, 1|2)
+    if window is not None:
+        frames = frames * gc.reshape(gc.cast(window, signal.dtype), (1, 1, size, 1))
+    m = np.fft.fft(np.eye(size), axis=0)
+    if onesided:
+        m = m[:size // 2 + 1]
+    real = gc.slice(frames, -1, 0, 1)
+    imag = gc.slice(frames, -1, 1, 2) if signal.shape[-1] == 2 else None
+    return complex_map(real, imag, m, 2)
+
+
+@onnx_op("Col2Im", const=(1, 2), dilations=None, pads=None, strides=None)
+def col2im(ctx, x, image_shape, block_shape, *, dilations, pads, strides):
+    """Each block column added back at its place: one constant 0/1 matrix per channel."""
+    image, block = ctx.ints(image_shape, "image_shape"), ctx.ints(block_shape, "block_shape")
+    r = len(image)
+    dils, strides = dilations or [1] * r, strides or [1] * r
+    pads = pads or [0] * (2 * r)
+    counts = [(n + pads[i] + pads[i + r] - d * (k - 1) - 1) // s + 1
+              for i, (n, k, d, s) in enumerate(zip(image, block, dils, strides))]
+    k_size, l_size = int(np.prod(block)), int(np.prod(counts))
+    matrix = np.zeros((int(np.prod(image)), k_size * l_size), np.float64)
+    for kk, koff in enumerate(np.ndindex(*block)):
+        for ll, loff in enumerate(np.ndindex(*counts)):
+            pos = [lo * s - pads[i] + ko * d for i, (ko, lo, s, d)
+                   in enumerate(zip(koff, loff, strides, dils))]
+            if all(0 <= p < n for p, n in zip(pos, image)):
+                matrix[np.ravel_multi_index(pos, image), kk * l_size + ll] = 1
+    n, ck, _ = static(x, "Col2Im")
+    c = ck // k_size
+    flat = gc.reshape(x, (n, c, k_size * l_size))
+    out = gc.matmul(flat, constant(matrix.T.astype(x.dtype)))
+    return gc.reshape(out, (n, c) + tuple(image))
+
+
+@onnx_op("AffineGrid", const=(1,), align_corners=0)
+def affine_grid(ctx, theta, size, *, align_corners):
+    """theta (N, r, r+1) applied to the constant grid of normalized coordinates."""
+    dims = ctx.ints(size, "size")[2:]
+    axes = []
+    for n in dims:
+        axes.append(np.linspace(-1, 1, n) if align_corners else (2 * np.arange(n) + 1) / n - 1)
+    mesh = np.meshgrid(*axes, indexing="ij")              # per spatial axis, (D, H, W)
+    coords = [m.reshape(-1) for m in mesh[::-1]]          # x (width) first, then y, z
+    base = np.stack(coords + [np.ones(coords[0].size)])  # (r + 1, prod(dims))
+    grid = gc.matmul(theta, constant(base.astype(theta.dtype)))     # (N, r, prod)
+    grid = gc.swapaxes(grid, 1, 2)
+    return gc.reshape(grid, (theta.shape[0],) + tuple(dims) + (len(dims),))
+
+
+# GridSample: sampling at run-time positions, as gathers weighted by graph arithmetic ------
+
+def reflect(v, lo: float, hi: float):
+    """v reflected by the near border until inside [lo, hi] (onnx's _gs_reflect)."""
+    span = hi - lo
+    c = lambda a: constant(np.asarray(a, v.dtype))   # noqa: E731
+    below, above = gc.less(v, c(lo)), gc.greater(v, c(hi))
+    dx = gc.where(below, c(lo) - v, v - c(hi))
+    n = gc.floor(dx / c(span))
+    r = dx - n * c(span)
+    even = gc.equal(gc.mod(n, c(2)), c(0))
+    low_side = gc.where(even, c(lo) + r, c(hi) - r)
+    high_side = gc.where(even, c(hi) - r, c(lo) + r)
+    return gc.where(below, low_side, gc.where(above, high_side, v))
+
+
+def cubic_weights(t):
+    """Keys' cubic convolution weights (a = -0.75) for the four taps around t in [0, 1)."""
+    a = -0.75
+    c = lambda v: constant(np.asarray(v, t.dtype))   # noqa: E731
+    one = c(1)
+    u = [t + one, t, one - t, c(2) - t]
+    far = lambda x: ((c(a) * x - c(5 * a)) * x + c(8 * a)) * x - c(4 * a)   # noqa: E731
+    near = lambda x: ((c(a + 2) * x - c(a + 3)) * x * x + one)              # noqa: E731
+    return [far(u[0]), near(u[1]), near(u[2]), far(u[3])]
+
+
+@onnx_op("GridSample", align_corners=0, mode="linear", padding_mode="zeros")
+def grid_sample(ctx, x, grid, *, align_corners, mode, padding_mode):
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
+    ctx.need(mode in ("nearest", "linear", "cubic"), f"mode={mode!r}")
+    ctx.need(padding_mode in ("zeros", "border", "reflection"), f"padding_mode={padding_mode!r}")
+    ctx.need(x.dtype.kind == "f", f"X of type {x.dtype.name}")
+    shape = static(x, "GridSample")
+    n, ch, dims = shape[0], shape[1], shape[2:]
+    r = len(dims)
+    out = static(grid, "GridSample")[1:-1]
+    c = lambda v: constant(np.asarray(v, grid.dtype))   # noqa: E731
+    coords, borders = [], []
+    for i, size in enumerate(dims):             # grid's last axis lists x (width) first
+        g = gc.reshape(gc.slice(grid, -1, r - 1 - i, r - i), (n,) + out)
+        v = (g + c(1)) / c(2) * c(size - 1) if align_corners else \
+            ((g + c(1)) * c(size) - c(1)) / c(2)
+        lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+        if mode == "nearest":
+            v = gc.round(v)
+        if padding_mode == "border":
+            v = gc.clip(v, 0.0, float(size - 1))
+        elif padding_mode == "reflection":
+            v = reflect(v, lo, hi)
+        coords.append(v)
+        borders.append((lo, hi))
+    flat_x = gc.reshape(x, (n, ch, int(np.prod(dims))))
+    strides = np.cumprod((1,) + tuple(dims[::-1]))[:-1][::-1]
+    q = int(np.prod(out))
+
+    def fetch(index):
+        """X at integer positions (one float node per axis), with the padding rule."""
+        flat, valid = None, None
+        for i, (pos, size) in enumerate(zip(index, dims)):
+            if padding_mode == "reflection":
+                pos = gc.trunc(reflect(pos, *borders[i]))
+            inside = gc.logical_and(gc.greater_equal(pos, c(0)), gc.less(pos, c(size)))
+            valid = inside if valid is None else gc.logical_and(valid, inside)
+            k = gc.cast(gc.clip(pos, 0.0, float(size - 1)), "int64") * int(strides[i])
+            flat = k if flat is None else flat + k
+        idx = gc.broadcast_to(gc.reshape(flat, (n, 1, q)), (n, ch, q))
+        got = gc.reshape(gc.take_along_axis(flat_x, idx, axis=2), (n, ch) + out)
+        if padding_mode == "zeros":
+            got = got * gc.cast(gc.expand_dims(valid, 1), x.dtype)
+        return got
+
+    if mode == "nearest":
+        return fetch(coords)
+    taps = []
+    for v in coords:
+        base = gc.floor(v)
+        t = v - base
+        if mode == "linear":
+            taps.append([(base, c(1) - t), (base + c(1), t)])
+        else:
+            w = cubic_weights(t)
+            taps.append([(base + c(k - 1), w[k]) for k in range(4)])
+    total = None
+    for corner in itertools.product(*taps):
+        weight = None
+        for _, w in corner:
+            weight = w if weight is None else weight * w
+        term = fetch([p for p, _ in corner]) * gc.cast(gc.expand_dims(weight, 1), x.dtype)
+        total = term if total is None else total + term
+    return total

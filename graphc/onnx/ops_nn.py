@@ -16,7 +16,7 @@ from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_reduce import back
 from graphc.onnx.ops_shape import pad_axis, reshape_to, static
-from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
+from graphc.onnx.table import REQUIRED, onnx_op
 
 CONV_ATTRS = dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
                   strides=None)
@@ -116,26 +116,48 @@ def conv(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads, s
 @onnx_op("ConvTranspose", output_padding=None, output_shape=None, **CONV_ATTRS)
 def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads,
                    strides, output_padding, output_shape):
+    """The adjoint of a stride/dilation conv with no padding, then cropped by the pads."""
     need_float(x)
-    ctx.need(group == 1, f"group={group}")
-    ctx.need(output_shape is None, "output_shape")
-    ctx.need(auto_pad in ("NOTSET", "VALID"), f"auto_pad={auto_pad!r}")
-    kernel = list(kernel_shape or static(w, "the kernel")[2:])
     rank = spatial(ctx, x, "ConvTranspose")
+    kernel = list(kernel_shape or static(w, "the kernel")[2:])
     strides = list(strides or [1] * rank)
-    ctx.need(not dilations or set(dilations) == {1}, "dilations")
-    pads = pads_for(ctx, x.shape[2:], kernel, strides, [1] * rank, pads, auto_pad)
-    ctx.need(all(lo == hi for lo, hi in pads), "asymmetric pads")
+    dils = list(dilations or [1] * rank)
     extra = list(output_padding or [0] * rank)
-    if rank == 1:
-        kernel, strides, pads, extra = [1] + kernel, [1] + strides, [(0, 0)] + pads, [0] + extra
+    sizes = static(x, "ConvTranspose")[2:]
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dils)]
+    full = [s * (n - 1) + r + e for s, n, r, e in zip(strides, sizes, reach, extra)]
+    ctx.need(all(e < s for e, s in zip(extra, strides)), "output_padding >= stride")
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-rank:] if output_shape is not None else \
+            [n * s for n, s in zip(sizes, strides)]
+        full = [max(f, t) for f, t in zip(full, target)]      # larger: zeros at the end
+        ctx.need(all((f - r) // s + 1 == n for f, r, s, n in zip(full, reach, strides, sizes)),
+                 f"output_shape {target}")
+        total = [f - t for f, t in zip(full, target)]
+        crop = [(t // 2, t - t // 2) if auto_pad == "SAME_UPPER" else (t - t // 2, t // 2)
+                for t in total]
+    else:
+        ctx.need(auto_pad in ("NOTSET", "VALID"), f"auto_pad={auto_pad!r}")
+        crop = [(0, 0)] * rank if auto_pad == "VALID" or pads is None else \
+            list(zip(pads[:rank], pads[rank:]))
     x, w = as_2d(x), as_2d(w)
-    n, _, h, wd = static(x)
-    out = tuple(s * (i - 1) + e + k - 2 * p[0]
-                for s, i, e, k, p in zip(strides, (h, wd), extra, kernel, pads))
-    zeros = gc.broadcast_to(like(x, 0), (n, w.shape[1]) + out)
-    y = apply("conv2d_grad_input", x, w, zeros, stride=tuple(strides),
-              padding=tuple(p[0] for p in pads))
+    if rank == 1:
+        strides, dils, full, crop = [1] + strides, [1] + dils, [1] + full, [(0, 0)] + crop
+    if set(dils) != {1}:
+        w = dilated(w, dils)
+    n = x.shape[0]
+    cin, cout = x.shape[1] // group, w.shape[1]
+    parts = []
+    for g in range(group):
+        xg = gc.slice(x, 1, g * cin, (g + 1) * cin) if group > 1 else x
+        wg = gc.slice(w, 0, g * cin, (g + 1) * cin) if group > 1 else w
+        zeros = gc.broadcast_to(like(x, 0), (n, cout) + tuple(full))
+        parts.append(apply("conv2d_grad_input", xg, wg, zeros, stride=tuple(strides),
+                           padding=(0, 0)))
+    y = gc.concat(parts, axis=1) if group > 1 else parts[0]
+    for axis, (lo, hi) in zip((2, 3), crop):
+        if lo or hi:
+            y = gc.slice(y, axis, lo, y.shape[axis] - hi)
     if b is not None:
         y = y + gc.reshape(b, (1, -1, 1, 1))
     return from_2d(y, rank)
@@ -212,10 +234,12 @@ def fast_path(x, dils) -> bool:
 @onnx_op("MaxPool", storage_order=0, **POOL_ATTRS)
 def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides,
              storage_order):
-    ctx.need(ctx.n_outputs == 1, "the Indices output")
     kernel, strides, dils, _, pads = pool_setup(ctx, x, kernel_shape, strides, dilations, pads,
                                                 auto_pad, ceil_mode)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    if ctx.n_outputs > 1:
+        ctx.need(storage_order == 0, "Indices in column-major storage order")
+        return pool_with_indices(ctx, x, kernel, strides, dils, pads, low)
     if not fast_path(x, dils):
         return by_offsets(padded(ctx, x, pads, like(x, low)), kernel, strides, dils,
                           gc.maximum)
@@ -224,6 +248,45 @@ def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, stri
         kernel, strides, pads = [1] + kernel, [1] + strides, [(0, 0)] + pads
     x = padded(ctx, as_2d(x), pads, like(x, low))
     return from_2d(gc.max_pool2d(x, tuple(kernel), tuple(strides)), rank)
+
+
+def pool_with_indices(ctx, x, kernel, strides, dils, pads, low):
+    """Max pooling that also returns each maximum's flat position in x (the first one wins)."""
+    shape = static(x, "MaxPool with Indices")
+    xp = padded(ctx, x, pads, like(x, low))
+    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    flat = np.pad(flat, [(0, 0), (0, 0)] + list(pads), constant_values=-1)
+    best, where_ = None, None
+    for reads in window_starts(xp.shape[2:], kernel, strides, dils):
+        part = xp
+        for axis, idx in enumerate(reads):
+            part = gc.take(part, constant(idx.astype(np.int64)), axis=2 + axis)
+        pos = constant(flat[(slice(None), slice(None)) + np.ix_(*reads)].astype(np.int64))
+        if best is None:
+            best, where_ = part, pos
+            continue
+        wins = gc.greater(part, best)
+        best, where_ = gc.where(wins, part, best), gc.where(wins, pos, where_)
+    return best, where_
+
+
+@onnx_op("MaxUnpool", const=(2,), kernel_shape=REQUIRED, pads=None, strides=None)
+def max_unpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads, strides):
+    """Each value written back at its flat index into zeros of the unpooled shape."""
+    shape = static(x, "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = shape[:2] + tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                            in enumerate(zip(shape[2:], strides, kernel_shape)))
+    zeros = constant(np.zeros(int(np.prod(out)), x.dtype))
+    total = int(np.prod(shape))
+    y = gc.scatter_elements(zeros, gc.reshape(indices, (total,)), gc.reshape(x, (total,)))
+    y = gc.reshape(y, out)
+    if output_shape is not None:       # a larger output: the unpooled block at its start
+        for axis, want in enumerate(ctx.ints(output_shape, "output_shape")):
+            if want > out[axis]:
+                y = pad_axis(ctx, y, axis, 0, want - out[axis], "constant", like(x, 0))
+    return y
 
 
 @onnx_op("AveragePool", count_include_pad=0, **POOL_ATTRS)
@@ -273,12 +336,22 @@ def per_channel(v, x):
     return gc.reshape(v, (1, -1) + (1,) * (x.ndim - 2))
 
 
-@onnx_op("BatchNormalization", const=(3, 4), epsilon=1e-5, momentum=0.9,
-         training_mode=0)
+@onnx_op("BatchNormalization", const=(3, 4), epsilon=1e-5, momentum=0.9, training_mode=0)
 def batch_norm(ctx, x, scale, b, mean, var, *, epsilon, momentum, training_mode):
-    if training_mode or ctx.n_outputs > 1:
-        raise Unsupported("training-mode BatchNormalization (inference form only)")
+    """Inference form; training_mode=1 normalizes with the batch's statistics and also
+    returns the updated running mean and variance."""
     need_float(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    if training_mode:
+        batch_mean, centered, batch_var = moments(x, axes)
+        y = centered / gc.sqrt(batch_var + like(x, epsilon)) * per_channel(scale, x) \
+            + per_channel(b, x)
+        m = like(x, momentum)
+        flat_mean = gc.reshape(batch_mean, (-1,))
+        flat_var = gc.reshape(batch_var, (-1,))
+        return (y, gc.cast(mean, x.dtype) * m + flat_mean * (1 - m),
+                gc.cast(var, x.dtype) * m + flat_var * (1 - m))
+    ctx.need(ctx.n_outputs == 1, "running statistics outputs without training_mode")
     inv = gc.cast(scale, x.dtype) / gc.sqrt(gc.cast(var, x.dtype) + like(x, epsilon))
     return (x - per_channel(gc.cast(mean, x.dtype), x)) * per_channel(inv, x) \
         + per_channel(gc.cast(b, x.dtype), x)

@@ -268,12 +268,13 @@ def depth_to_space(ctx, x, *, blocksize, mode):
     return reshape_to(y, (n, c // (b * b), h * b, w * b))
 
 
-@onnx_op("SpaceToDepth", blocksize=REQUIRED)
-def space_to_depth(ctx, x, *, blocksize):
+@onnx_op("SpaceToDepth", blocksize=REQUIRED, mode="DCR")
+def space_to_depth(ctx, x, *, blocksize, mode):
     n, c, h, w = x.shape
     b = blocksize
+    ctx.need(mode in ("DCR", "CRD"), f"mode {mode!r}")
     y = reshape_to(x, (n, c, h // b, b, w // b, b))
-    y = gc.transpose(y, (0, 3, 5, 1, 2, 4))
+    y = gc.transpose(y, (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4))
     return reshape_to(y, (n, c * b * b, h // b, w // b))
 
 
@@ -325,3 +326,31 @@ def dropout(ctx, x, ratio=None, training_mode=None, *, seed):
     if training and r > 0:
         raise Unsupported("training-mode Dropout (random; graphc imports inference graphs)")
     return x, constant(np.ones(static(x, "Dropout's mask"), bool))
+
+
+@onnx_op("ReverseSequence", const=(1,), batch_axis=1, time_axis=0)
+def reverse_sequence(ctx, x, lengths, *, batch_axis, time_axis):
+    lens = ctx.ints(lengths, "sequence_lens")
+    shape = static(x, "ReverseSequence")
+    t = np.arange(shape[time_axis]).reshape([-1 if i == time_axis else 1
+                                             for i in range(x.ndim)])
+    n = np.asarray(lens).reshape([-1 if i == batch_axis else 1 for i in range(x.ndim)])
+    idx = np.broadcast_to(np.where(t < n, n - 1 - t, t), shape).astype(np.int64)
+    return gc.take_along_axis(x, constant(idx), axis=time_axis)
+
+
+@onnx_op("TensorScatter", const=(2,), mode="linear", axis=-2)
+def tensor_scatter(ctx, cache, update, write_indices=None, *, mode, axis):
+    """The update written into the cache along `axis` from each batch's write index."""
+    ctx.need(mode in ("linear", "circular"), f"mode {mode!r}")
+    shape, ushape = static(cache, "TensorScatter"), static(update, "TensorScatter")
+    axis = axis % cache.ndim
+    starts = ctx.ints(write_indices, "write_indices", [0] * shape[0])
+    pos = np.arange(ushape[axis]).reshape([-1 if i == axis else 1 for i in range(cache.ndim)])
+    first = np.asarray(starts).reshape([-1] + [1] * (cache.ndim - 1))
+    idx = pos + first
+    if mode == "circular":
+        idx = idx % shape[axis]
+    ctx.need(bool(np.all(idx < shape[axis])), "writes past the end of the cache")
+    idx = np.broadcast_to(idx, ushape).astype(np.int64)
+    return gc.scatter_elements(cache, constant(idx), update, axis=axis)

@@ -128,6 +128,8 @@ def scatter_nd_infer(data, indices, updates, *, reduction="none"):
     k = indices.shape[-1] if indices.ndim else None
     if not isinstance(k, int) or k > data.ndim:
         raise ShapeError(f"the last axis of indices must be a static size <= {data.ndim}")
+    if not all(isinstance(d, int) for d in data.shape[:k]):
+        raise ShapeError(f"the indexed dims of data {data.shape[:k]} must be static")
     want = indices.shape[:-1] + data.shape[k:]
     if len(updates.shape) != len(want):
         raise ShapeError(f"updates must have shape {want}, got {updates.shape}")
