@@ -59,8 +59,8 @@ ROWS = [
         lambda x: np.ones_like(x, dtype=np.int32), grad=False),
     Row("random_normal", lambda x: x * 0 + gc.random_normal(x, seed=1, dtype="float64"),
         [f64(3, 2)], lambda x: np.random.default_rng(1).normal(0, 1, (3, 2))),
-    Row("random_normal", lambda: gc.random_normal((4,), mean=2.0, std=0.5, seed=2), [],
-        lambda: np.random.default_rng(2).normal(2, 0.5, 4).astype(np.float32), grad=False),
+    Row("random_normal", lambda x: x + gc.random_normal((4,), mean=2.0, std=0.5, seed=2),
+        [f64(4)], lambda x: x + np.random.default_rng(2).normal(2, 0.5, 4).astype(np.float32)),
     Row("random_uniform", lambda x: x * gc.random_uniform(x, -1, 1, seed=3, dtype="float64"),
         [f64(2, 2)], lambda x: x * np.random.default_rng(3).uniform(-1, 1, (2, 2))),
 ]
