@@ -513,9 +513,10 @@ def test_cross_entropy_labels_of_another_batch_are_refused_not_broadcast(labels)
     zv = f64(8, 4)
     for check in (False, True):
         f = gc.function([z, y], [loss, gz], check_numerics=check)
-        with pytest.raises(gc.GraphcError, match=r"labels of shape \(1,.*logits of shape "
-                                                 r"\(8, 4\)"):
+        with pytest.raises(gc.GraphcError) as e:      # the plan's shape rule or the kernel
             f(zv, yv)
+        assert "softmax_cross_entropy" in str(e.value) and "(1," in str(e.value) \
+            and "(8," in str(e.value) and "test_ops_nn.py" in str(e.value)
         np.testing.assert_allclose(f(zv[:1], yv)[0], loss.eval({z: zv[:1], y: yv}))
     with pytest.raises(gc.GraphcError, match="do not match logits"):
         loss.eval({z: zv, y: yv})
