@@ -92,7 +92,8 @@ def build(model, loss_fn, optimizer, x, y, l1: float, l2: float) -> Graphs:
     A replica computes [loss, pred, *grads, *new statistics] of its rows (the statistics are
     what the model's state updates, e.g. BatchNorm's running means, would assign).
     """
-    xps, yp = train.placeholders(x, y)
+    xp, yp = train.placeholders(x, y)
+    xps = train.as_list(xp)
     pred = model(*xps, training=True)
     data_loss = loss_fn(pred, yp)
     params = list(model.params)
@@ -105,7 +106,7 @@ def build(model, loss_fn, optimizer, x, y, l1: float, l2: float) -> Graphs:
                     *grad_inputs, *state], updates)
     return Graphs(payload, (len(xps), len(params), len(stats)),
                   gc.function(grad_inputs, [], updates=updates), state,
-                  train.evaluation_step(model, loss_fn, xps, yp), pred.shape)
+                  train.evaluation_step(model, loss_fn, xp, yp), pred.shape)
 
 
 def update_cost(model, params, grad_inputs, l1: float, l2: float):
