@@ -109,7 +109,8 @@ def sample(example: np.ndarray, shape, dtype, rng: np.random.Generator) -> np.nd
     """Random values like the row's example: its range (positive, labels in range), its kind."""
     if example.dtype == bool or np.dtype(dtype) == bool:
         return rng.random(shape) < 0.5
-    lo, hi = (float(example.min()), float(example.max())) if example.size else (0.0, 1.0)
+    finite = example[np.isfinite(example)] if example.dtype.kind == "f" else example
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if np.dtype(dtype).kind in "iu":
         return rng.integers(math.floor(lo), math.ceil(hi) + 1, size=shape).astype(dtype)
     hi = hi if hi > lo else lo + 1.0
@@ -135,7 +136,7 @@ def batch_plan(k: int) -> frozenset | None:
         return None
     same = frozenset(i for i, a in enumerate(row.inputs) if a.ndim and a.shape[:1] == out0)
     for plan in dict.fromkeys([same, frozenset({0})]):
-        if not plan or not row.inputs[0].ndim:
+        if not plan or not row.inputs or not row.inputs[0].ndim:
             continue
         leaves = [gc.placeholder(batched_shape(a) if i in plan else a.shape, a.dtype)
                   for i, a in enumerate(row.inputs)]
