@@ -8,8 +8,8 @@ from graphc.runtime import Function, function  # noqa
 from graphc.io import save, load  # noqa: F401
 from graphc.viz import render  # noqa: F401
 from graphc.viz import repr_svg as _repr_svg
-from graphc.runtime.function import DRAW as _DRAW
-_DRAW.append(_repr_svg)         # Function._repr_svg_ draws with viz (which sits above runtime)
+from graphc.ir import DRAW as _DRAW
+_DRAW.append(_repr_svg)      # nodes, graphs and Functions draw with viz, which sits above them
 from graphc.formula import formula, explain  # noqa: F401
 from graphc.inspect import inspect  # noqa: F401
 from graphc import nn  # noqa: F401,E402  (gc.nn.Dense without a second import)

@@ -12,6 +12,7 @@ import numpy as np
 
 from graphc.ir import GraphcError, Node, apply, as_node, backward_of, constant, evaluate, \
     format_shape, toposort
+from graphc.ops import fused
 
 
 def unbroadcast(g: Node, x: Node) -> Node:
@@ -127,6 +128,9 @@ def accumulate(parts: list[Node]) -> Node:
     for p in parts[1:]:
         total = apply("add", total, p)
     return total
+
+
+fused.VJP.append(vjp)      # the fused op's VJP differentiates its body with this walk
 
 
 def grad(cost: Node, wrt: Sequence[Node] | Node, disconnected: str = "zero"):

@@ -418,10 +418,12 @@ class Graph:
         return _repr_svg(self)
 
 
+DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)
+
+
 def _repr_svg(obj):
-    """Jupyter's picture of a node or graph (the drawing code sits above the IR)."""
-    from graphc.viz import repr_svg
-    return repr_svg(obj)
+    """Jupyter's picture of a node, graph or Function; None (the text repr) before viz."""
+    return DRAW[0](obj) if DRAW else None
 
 
 def format_attr(v) -> str:

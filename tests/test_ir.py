@@ -215,3 +215,35 @@ def test_pytorch_habits_get_hints_naming_the_fix():
         k[::-1]
     with pytest.raises(gc.GraphcError, match=r"needs at least 2 axes"):
         gc.placeholder((3,)).mT
+
+
+def test_no_module_imports_one_above_it():
+    """DESIGN.md's layering, at top level and inside functions: ir <- ops <- api <- autodiff <-
+    scan <- passes <- runtime <- (viz, formula, io, onnx, inspect) <- nn <- distributed <- cli."""
+    import ast
+    import pathlib
+    order = ["ir", "ops", "api", "autodiff", "scan", "passes", "runtime", "views", "nn",
+             "distributed", "cli"]
+    views = {"viz", "formula", "symbolic", "io", "io_format", "io_files", "io_arrays", "onnx",
+             "inspect", "renderer"}
+
+    def layer(module: str):
+        parts = module.split(".")
+        if parts[0] != "graphc" or len(parts) < 2:
+            return None
+        top = "views" if parts[1] in views else parts[1]
+        return order.index(top) if top in order else None
+
+    root = pathlib.Path(gc.__file__).parent
+    upward = []
+    for path in root.rglob("*.py"):
+        module = ".".join(("graphc",) + path.relative_to(root).with_suffix("").parts)
+        mine = layer(module.removesuffix(".__init__"))
+        if mine is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            upward += [f"{module} imports {n}" for n in names
+                       if layer(n) is not None and layer(n) > mine]
+    assert not upward, upward

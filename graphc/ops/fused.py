@@ -45,10 +45,12 @@ def fused_kernel(*arrays, body):
     return evaluate(body.outputs, dict(zip(body.inputs, arrays)))[0]
 
 
+VJP: list = []     # autodiff's vjp, registered when autodiff (above the op table) is imported
+
+
 def fused_vjp(g, out, *xs, body):
-    """The VJP of the body inlined on the real inputs (autodiff's walk, imported lazily:
-    autodiff sits above the op table)."""
-    from graphc.autodiff import vjp
+    """The VJP of the body inlined on the real inputs (autodiff's walk, through the hook)."""
+    vjp = VJP[0]
     mapping = dict(zip(body.inputs, xs))
     inlined: dict[Node, Node] = {}
     for n in body.nodes:

@@ -6,6 +6,7 @@ import numpy as np
 
 from graphc.ir import GraphcError, OpDef, ShapeError, apply, constant, register
 from graphc.ops.common import norm_axes
+from graphc.ops.indexing import take
 
 __all__ = ["cumsum", "cumprod", "argsort", "scatter_elements", "scatter_nd", "gather_nd"]
 
@@ -182,7 +183,6 @@ def scatter_nd(data, indices, updates, reduction: str = "none"):
 
 def gather_nd(data, indices):
     """data[tuple(indices[..., i])]: a take on data flattened over the indexed axes."""
-    from graphc.api import matmul, reshape, take
     k = indices.shape[-1]
     dims = data.shape[:k]
     if not isinstance(k, int) or not all(isinstance(d, int) for d in dims):
@@ -190,6 +190,6 @@ def gather_nd(data, indices):
     strides = np.cumprod((1,) + tuple(dims[::-1]))[:-1][::-1].astype(np.int64)
     wrapped = apply("mod", apply("cast", indices, dtype="int64"),
                     constant(np.array(dims, np.int64)))      # negative indices count from the end
-    flat = matmul(wrapped, constant(strides))
-    table = reshape(data, (int(np.prod(dims)),) + tuple(data.shape[k:]))
+    flat = apply("matmul", wrapped, constant(strides))
+    table = apply("reshape", data, shape=(int(np.prod(dims)),) + tuple(data.shape[k:]))
     return take(table, flat, axis=0)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
-                       storage_lock)
+                       storage_lock, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
@@ -22,7 +22,6 @@ from graphc.runtime.shapes import resolve
 
 # how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
 # registers viz.repr_svg here (a list, so importers see the registration)
-DRAW: list = []
 
 
 def optimize_graph(graph: Graph, optimize):
@@ -255,7 +254,7 @@ class Function:
         return profile_table(self.graph, plan, [min(ts) for ts in zip(*runs)], len(runs))
 
     def _repr_svg_(self) -> str | None:
-        return DRAW[0](self) if DRAW else None    # Jupyter: None shows the text repr
+        return _repr_svg(self)                    # Jupyter: None shows the text repr
 
     def __repr__(self) -> str:
         return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "
