@@ -399,9 +399,8 @@ class Graph:
         """id(node) -> the nodes that read it, in graph order."""
         users: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
         for n in self.nodes:
-            for i in n.inputs:
-                if n not in users[id(i)]:
-                    users[id(i)].append(n)
+            for i in dict.fromkeys(map(id, n.inputs)):    # each user once, no list scan
+                users[i].append(n)
         return users
 
     def __str__(self) -> str:

@@ -2,12 +2,14 @@
 
 A plan is built on the first call with each feed-shape signature (the shape rules resolve
 every shape -- a dry run of the kernels when a shape needs values -- then the graph is lowered
-to generated NumPy code) and cached for later calls.
+to generated NumPy code) and cached for later calls: the PLAN_CACHE most recently used
+signatures (a plan holds its buffers; a loop over many batch sizes must not grow forever).
 """
 from __future__ import annotations
 
 import sys
 import threading
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +24,9 @@ from graphc.runtime.shapes import resolve
 
 # how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
 # registers viz.repr_svg here (a list, so importers see the registration)
+
+# plans kept per Function, least recently used evicted first (documented in the README)
+PLAN_CACHE = 32
 
 
 def optimize_graph(graph: Graph, optimize):
@@ -79,7 +84,7 @@ class Function:
             p = missing[0]
             raise GraphcError(f"placeholder {p.label()} {format_shape(p.shape)} is needed "
                               f"but is not an input of the function (built at {p.where})")
-        self.plans: dict[tuple, Plan] = {}
+        self.plans: OrderedDict[tuple, Plan] = OrderedDict()   # LRU, at most PLAN_CACHE
         self.rngs: dict[int, np.random.Generator] = {}
         self.last_plan: Plan | None = None
         # a call holds the Function's lock (its plans' buffers) and its variables' storage
@@ -119,8 +124,10 @@ class Function:
         for ph, a in zip(self.inputs, args):
             if type(a) is not np.ndarray or a.dtype != ph.dtype:
                 return None
-        plan = self.plans.get(tuple([a.shape for a in args]))
+        sig = tuple([a.shape for a in args])
+        plan = self.plans.get(sig)
         if plan is not None:
+            self.plans.move_to_end(sig)
             self.last_plan = plan
         return plan
 
@@ -133,6 +140,10 @@ class Function:
             plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                          tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
+            while len(self.plans) > PLAN_CACHE:
+                self.plans.popitem(last=False)      # the least recently used
+        else:
+            self.plans.move_to_end(sig)
         self.last_plan = plan
         return plan
 

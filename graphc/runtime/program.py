@@ -55,6 +55,7 @@ class Lowering:
         self.kinds_of: dict[int, str] = {}       # step id -> "buffer", "view" or "kernel"
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
         self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
+        self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
@@ -246,6 +247,14 @@ class Lowering:
         return fname
 
     # fused elementwise groups ------------------------------------------------------------
+    def position(self, body: Graph, ph: Node) -> int:
+        """Which fused input a body placeholder stands for; the table is made once per body
+        (a scan of the inputs per placeholder is quadratic in a wide group's inputs)."""
+        if id(body) not in self.positions:
+            self.positions[id(body)] = body_positions(body)
+        pos = self.positions[id(body)]
+        return int(ph.name[2:]) if pos is None else pos[id(ph)]
+
     def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
         """The chain of body nodes from the output down that can all run in place in the
         output buffer (each read only by the next), and its first-computed node."""
@@ -278,7 +287,7 @@ class Lowering:
         for ph in bottom.inputs:
             if ph.op != "placeholder" or users[id(ph)] != 1:
                 continue
-            k = body_position(body, ph)
+            k = self.position(body, ph)
             x, r = n.inputs[k], id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
                     and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
@@ -295,7 +304,7 @@ class Lowering:
         for x in b.inputs:
             if x.op != "placeholder" or users[id(x)] != 1:
                 continue
-            k = body_position(body, x)
+            k = self.position(body, x)
             name, outer = a[k], n.inputs[k]
             if name not in self.dying_now or a.count(name) != 1 \
                     or self.shapes[id(outer)] != self.shapes[(id(n), id(b))]:
@@ -334,7 +343,7 @@ class Lowering:
         code = []
         for j, b in enumerate(body.nodes):
             if b.op == "placeholder":
-                names[id(b)] = a[body_position(body, b)]
+                names[id(b)] = a[self.position(body, b)]
                 continue
             if b.op == "constant":
                 cname = f"c{self.index[id(n)]}_{j}"
@@ -362,12 +371,11 @@ class Lowering:
         return "; ".join(code)
 
 
-def body_position(body: Graph, ph: Node) -> int:
-    """Which fused input a body placeholder stands for (Body.inputs, else its name inK)."""
+def body_positions(body: Graph) -> dict[int, int] | None:
+    """id(placeholder) -> which fused input it stands for (Body.inputs); None for a body
+    without `inputs`, whose placeholders are named inK."""
     inputs = getattr(body, "inputs", None)
-    if inputs is not None:
-        return next(k for k, x in enumerate(inputs) if x is ph)
-    return int(ph.name[2:])
+    return None if inputs is None else {id(x): k for k, x in enumerate(inputs)}
 
 
 def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool = False,

@@ -120,11 +120,11 @@ def body_rule_shapes(n: Node, ins: list[Node], shapes: dict) -> Node:
     """The body's shapes for the fused node's concrete inputs; the output's stand-in."""
     body: Graph = n.attrs["body"]
     inputs = getattr(body, "inputs", None)
+    position = None if inputs is None else {id(x): j for j, x in enumerate(inputs)}
     stand: dict[int, Node] = {}
     for b in body.nodes:
         if b.op == "placeholder":
-            k = next(j for j, x in enumerate(inputs) if x is b) if inputs is not None \
-                else int(b.name[2:])
+            k = position[id(b)] if position is not None else int(b.name[2:])
             s = ins[k]
         elif b.op in ("variable", "constant"):
             s = b

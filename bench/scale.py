@@ -1,0 +1,108 @@
+"""Compile time of big graphs with many updates, stage by stage, to see that it grows
+linearly: build, grad, optimize (`gc.optimize`) and the first call of `gc.function` (its
+optimize turned off, so the figure is lowering + plan + one run).
+
+    OPENBLAS_NUM_THREADS=1 python bench/scale.py                      # 1k, 10k, 50k nodes
+    OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 1000,10000,100000 --shapes chain
+
+Two shapes, each with one variable per block updated by SGD from `gc.grad`:
+* chain: h = tanh(h * w_i) + 0.5 * h, block after block (a deep graph);
+* wide: y_i = tanh(x * w_i) for every block, summed by a balanced tree (a broad graph:
+  x and the loss's gradient have one user per block).
+N counts the nodes of the built graph (forward, gradients and updates); `us/node` is each
+stage's time per node, flat when the stage is linear.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+import graphc as gc  # noqa: E402
+
+
+def chain(blocks: int):
+    x = gc.placeholder((None, 4), name="x")
+    h, params = x, []
+    for i in range(blocks):
+        w = gc.variable(np.full(4, 0.5, np.float32), name=f"w{i}")
+        params.append(w)
+        h = gc.tanh(h * w) + 0.5 * h
+    return x, gc.mean(h * h), params
+
+
+def wide(blocks: int):
+    x = gc.placeholder((None, 4), name="x")
+    params, ys = [], []
+    for i in range(blocks):
+        w = gc.variable(np.full(4, 0.5, np.float32), name=f"w{i}")
+        params.append(w)
+        ys.append(gc.tanh(x * w))
+    while len(ys) > 1:              # a balanced sum: depth log2(blocks)
+        ys = [a + b for a, b in zip(ys[::2], ys[1::2])] + ys[len(ys) - len(ys) % 2:]
+    return x, gc.mean(ys[0] * ys[0]), params
+
+
+SHAPES = {"chain": chain, "wide": wide}
+
+
+def nodes_per_block(shape: str) -> float:
+    """Built nodes per block, from two small graphs (so a size N picks its block count)."""
+    counts = []
+    for b in (10, 20):
+        _, loss, params = SHAPES[shape](b)
+        grads = gc.grad(loss, params)
+        counts.append(len(gc.Graph([loss], [(p, p - 0.01 * g)
+                                            for p, g in zip(params, grads)]).nodes))
+    return (counts[1] - counts[0]) / 10
+
+
+def measure(shape: str, size: int) -> tuple[int, dict]:
+    blocks = max(2, round(size / nodes_per_block(shape)))
+    t = {}
+    start = time.perf_counter()
+    x, loss, params = SHAPES[shape](blocks)
+    t["build"] = time.perf_counter() - start
+    start = time.perf_counter()
+    grads = gc.grad(loss, params)
+    updates = [(p, p - 0.01 * g) for p, g in zip(params, grads)]
+    t["grad"] = time.perf_counter() - start
+    graph = gc.Graph([loss], updates)
+    start = time.perf_counter()
+    opt = gc.optimize(graph)
+    t["optimize"] = time.perf_counter() - start
+    start = time.perf_counter()
+    f = gc.function([x], list(opt.outputs), list(opt.updates), optimize=False)
+    value = f(np.ones((2, 4), np.float32))[0]
+    t["first call"] = time.perf_counter() - start
+    if not np.isfinite(value):
+        raise SystemExit(f"{shape} {size}: loss is {value}")
+    return len(graph.nodes), t
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,10000,50000",
+                    help="comma-separated node counts (e.g. 1000,10000,50000,100000)")
+    ap.add_argument("--shapes", default="chain,wide", help="chain, wide or both")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    stages = ["build", "grad", "optimize", "first call"]
+    print(f"{'graph':<6} {'nodes':>7}  " + "  ".join(f"{s:>16}" for s in stages)
+          + f"  {'total s':>8}")
+    print(f"{'':<6} {'':>7}  " + "  ".join(f"{'s':>7} {'us/node':>8}" for _ in stages))
+    for shape in args.shapes.split(","):
+        for size in sizes:
+            n, t = measure(shape, size)
+            cells = "  ".join(f"{t[s]:7.2f} {t[s] / n * 1e6:8.1f}" for s in stages)
+            print(f"{shape:<6} {n:>7}  {cells}  {sum(t.values()):8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
