@@ -214,7 +214,8 @@ class Lowering:
         self.var[id(n)] = name
         if kind == "view":
             expr = rules.view_code(self, n, a)
-            if all(x[0] in "bckh" for x in a):    # of plan-owned arrays: maybe made once
+            if a[0][0] in "bckh":     # a view of a plan-owned array (other inputs of a view
+                                      # are read for their shape only): maybe made once
                 value = eval(expr, self.ns)
                 if self.true_view(value, a, n):
                     self.var[id(n)] = hoisted = f"h{i}"
@@ -228,12 +229,12 @@ class Lowering:
 
     def true_view(self, value, a: list[str], n: Node) -> bool:
         """Whether a view step's result, made now, stays right on every call: it shares memory
-        with each input that a call may write (a reshape of a transpose or a broadcast is a
-        copy; made once, it would keep the values of plan build time). Graph constants never
-        change, and `size` is a plan constant."""
+        with the array it views, which a call may write (a reshape of a transpose or a
+        broadcast is a copy; made once, it would keep the values of plan build time). Graph
+        constants never change, and `size` is a plan constant."""
         if n.op == "size":
             return True
-        return all(x.startswith("c") or np.may_share_memory(value, self.ns[x]) for x in a)
+        return a[0].startswith("c") or np.may_share_memory(value, self.ns[a[0]])
 
     def kernel_ref(self, n: Node, i: int) -> str:
         opdef = OPS[n.op]
