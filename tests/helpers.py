@@ -54,6 +54,23 @@ def numeric_grad(f, x, eps=1e-6):
     return g
 
 
+def leaf_grad(cost, leaf, feeds: dict, eps=1e-6):
+    """Central differences of scalar `cost` with respect to a placeholder (perturbed in the
+    feeds) or a variable (perturbed in place, then restored)."""
+    if leaf.op != "variable":
+        return numeric_grad(lambda v: float(cost.eval({**feeds, leaf: v})),
+                            np.array(feeds[leaf], dtype=np.float64), eps)
+
+    def f(v):
+        old = leaf.value.copy()
+        leaf.value = v
+        try:
+            return float(cost.eval(feeds))
+        finally:
+            leaf.value = old
+    return numeric_grad(f, leaf.value.copy(), eps)
+
+
 def verify_grad(build, inputs, rtol=1e-4, atol=1e-6, seed=0):
     """Check grad of sum(build(*leaves) * r) against finite differences, for each float input.
 

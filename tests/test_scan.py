@@ -8,7 +8,7 @@ import pytest
 import graphc as gc
 from graphc import nn
 from graphc.ir import Graph, evaluate
-from tests.helpers import numeric_grad
+from tests.helpers import leaf_grad, numeric_grad
 
 rng = np.random.default_rng(0)
 
@@ -22,17 +22,7 @@ def check_grads(cost, leaves, feeds, rtol=1e-5, atol=1e-7):
     grads = gc.grad(cost, leaves)
     for leaf, g in zip(leaves, grads):
         got = g.eval(feeds)
-        if leaf.op == "variable":
-            old = leaf.value.copy()
-
-            def f(v, leaf=leaf):
-                leaf.value = v
-                return float(cost.eval(feeds))
-            want = numeric_grad(f, old.copy())
-            leaf.value = old
-        else:
-            want = numeric_grad(lambda v, leaf=leaf: float(cost.eval({**feeds, leaf: v})),
-                                np.array(feeds[leaf], dtype=np.float64))
+        want = leaf_grad(cost, leaf, feeds)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=leaf.label())
     return grads
 
