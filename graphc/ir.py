@@ -460,18 +460,6 @@ def format_listing(graph: Graph) -> str:
     return "\n".join(lines)
 
 
-def rebuild(graph: Graph, mapping: dict[int, Node]) -> Graph:
-    """The graph with node id -> replacement applied, downstream nodes rebuilt (iteratively)."""
-    new: dict[int, Node] = {}
-    for n in graph.nodes:
-        if id(n) in mapping:
-            new[id(n)] = mapping[id(n)]
-        else:
-            new[id(n)] = n.replace([new[id(i)] for i in n.inputs]) if n.inputs else n
-    return Graph([new[id(o)] for o in graph.outputs],
-                 [(new[id(v)], new[id(u)]) for v, u in graph.updates])
-
-
 # the reference interpreter ------------------------------------------------------------
 
 def short_repr(value) -> str:

@@ -1,9 +1,9 @@
-"""The IR: listing printer, deep graphs, broadcasting, feeds, variables, errors, rebuild."""
+"""The IR: listing printer, deep graphs, broadcasting, feeds, variables, errors."""
 import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import Graph, rebuild, toposort
+from graphc.ir import Graph, toposort
 from graphc.ops.common import broadcast_shapes
 
 
@@ -132,19 +132,6 @@ def test_nodes_have_no_truth_value():
     x = gc.placeholder((2,))
     with pytest.raises(gc.GraphcError, match="no truth value"):
         bool(gc.greater(x, 0))
-
-
-def test_rebuild_replaces_a_node_and_rebuilds_only_downstream():
-    x = gc.placeholder((3,), dtype="float64", name="x")
-    a = gc.exp(x)
-    b = gc.log(x)
-    out = a + b
-    g = Graph([out])
-    new = rebuild(g, {id(a): gc.sqrt(x)})
-    xv = np.array([1.0, 4.0, 9.0])
-    np.testing.assert_allclose(new.outputs[0].eval({x: xv}), np.sqrt(xv) + np.log(xv))
-    assert b in new.nodes                        # untouched nodes are shared, not copied
-    assert rebuild(g, {}).outputs[0] is out      # nothing replaced -> same node
 
 
 def test_name_scope_and_user_line_are_recorded():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc import passes as P
 from graphc.ir import Graph, evaluate
-from graphc.passes.rewrite import Rule, RewriteError, rewrite
+from graphc.passes.rewrite import Rule, RewriteError, rewrite, substitute
 from tests.helpers import verify_grad
 
 
@@ -628,3 +628,16 @@ def test_stabilized_cross_entropy_keeps_the_zero_row_of_an_out_of_range_label():
         got = gc.function([z, y], [loss, gw], optimize=optimize)(zv, yv)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_substitute_replaces_a_node_and_rebuilds_only_downstream():
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    a = gc.exp(x)
+    b = gc.log(x)
+    out = a + b
+    g = Graph([out])
+    new = substitute(g, {a: gc.sqrt(x)})
+    xv = np.array([1.0, 4.0, 9.0])
+    np.testing.assert_allclose(new.outputs[0].eval({x: xv}), np.sqrt(xv) + np.log(xv))
+    assert b in new.nodes                        # untouched nodes are shared, not copied
+    assert substitute(g, {}).outputs[0] is out       # nothing replaced -> same node
