@@ -308,3 +308,52 @@ def test_torch_exported_models_match_torch_outputs_and_gradients(tmp_path):
             if w_ is None:                   # an exporter may store a weight transposed
                 w_ = want[v.shape[::-1]].T
             np.testing.assert_allclose(g, w_, rtol=1e-3, atol=1e-5)
+
+
+def dynamic_batch_model(nodes, inits, x_shape=("N", 16, 5, 5)):
+    """x with a dynamic batch dim 'N' through the nodes to y (torch's `x.view(x.size(0), -1)`)."""
+    ints = [helper.make_tensor(k, TensorProto.INT64, [len(v)], v) for k, v in inits.items()]
+    ints.append(helper.make_tensor("i0", TensorProto.INT64, [], [0]))     # a scalar index
+    w = helper.make_tensor("W", TensorProto.FLOAT, [400, 3],
+                           rng.standard_normal(1200).astype(np.float32).tolist())
+    return onnx_models.model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], ints + [w])
+
+
+def test_shape_of_a_dynamic_batch_dim_imports_as_the_dim():
+    n = helper.make_node
+    flatten = [n("Shape", ["x"], ["s"]), n("Gather", ["s", "i0"], ["b"], axis=0),
+               n("Unsqueeze", ["b", "zero"], ["b1"]), n("Concat", ["b1", "minus1"], ["t"], axis=0),
+               n("Reshape", ["x", "t"], ["flat"]), n("MatMul", ["flat", "W"], ["m"])]
+    # heads split and merged again: (N, 400) -> (N, 4, 100) -> transpose -> back by Shape
+    heads = [n("Concat", ["b1", "four", "hundred"], ["t3"], axis=0),
+             n("Reshape", ["flat", "t3"], ["h"]), n("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+             n("Shape", ["ht"], ["s2"]), n("Slice", ["s2", "zero", "one"], ["b2"]),
+             n("Concat", ["b2", "minus1"], ["t4"], axis=0), n("Reshape", ["ht", "t4"], ["back"]),
+             n("MatMul", ["back", "W"], ["m2"]), n("Add", ["m", "m2"], ["y"])]
+    model = dynamic_batch_model(flatten + heads, {"zero": [0], "one": [1], "minus1": [-1],
+                                                  "four": [4], "hundred": [100]})
+    imported = gonnx.load(model)
+    assert imported.outputs["y"].shape == ("N", 3)
+    for batch in (2, 5):
+        feeds = {"x": rng.standard_normal((batch, 16, 5, 5)).astype(np.float32)}
+        np.testing.assert_allclose(graphc_run(imported, feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use", ["value", "ConstantOfShape", "product"])
+def test_a_dynamic_size_used_as_a_value_is_refused_naming_the_node(use):
+    n = helper.make_node
+    size = [n("Shape", ["x"], ["s"]), n("Gather", ["s", "i0"], ["b"], axis=0)]
+    uses = {"value": [n("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+                      n("Div", ["x", "bf"], ["y"], name="scale_by_batch")],
+            "ConstantOfShape": [n("ConstantOfShape", ["s"], ["y"], name="zeros_like")],
+            "product": [n("Unsqueeze", ["b", "zero"], ["b1"]), n("Mul", ["b1", "two"], ["t"]),
+                        n("Concat", ["t", "minus1"], ["t2"], axis=0),
+                        n("Reshape", ["x", "t2"], ["y"], name="double_batch")]}
+    model = dynamic_batch_model(size + uses[use], {"zero": [0], "two": [2], "minus1": [-1]})
+    name = {"value": "scale_by_batch", "ConstantOfShape": "zeros_like",
+            "product": "double_batch"}[use]
+    with pytest.raises(gc.GraphcError, match=rf"'{name}'.*size known only at run time"):
+        gonnx.load(model)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from graphc.ir import GraphcError, Node, constant, evaluate, name_scope, toposort
-from graphc.onnx.table import REQUIRED, TABLE, Ctx, Unsupported
+from graphc.onnx.table import REQUIRED, TABLE, Ctx, RuntimeSizes, Unsupported
 
 MIN_OPSET = 13
 
@@ -188,6 +188,7 @@ class Importer:
         self.env: dict[str, Node] = {}
         self.errors: list[str] = []
         self.poisoned: set[str] = set()
+        self.runtime = RuntimeSizes()
 
     def fail(self, where: str, e: Exception) -> None:
         msg = f"{where}: {e}"
@@ -208,7 +209,17 @@ class Importer:
                 outputs[vi.name] = self.env[vi.name]
             elif vi.name not in self.poisoned:
                 self.fail(f"graph output {vi.name!r}", GraphcError("is produced by no node"))
+        self.refuse_stand_ins(list(outputs.values()))
         return OnnxModel(inputs, outputs, params, self.proto, self.opset)
+
+    def refuse_stand_ins(self, outputs: list[Node]) -> None:
+        """A size known only at run time, used as a value, would compute with its stand-in."""
+        for n in toposort(outputs):
+            used = [a for a in n.inputs if self.runtime.is_marked(a)]
+            if used or self.runtime.is_marked(n) and n in outputs:
+                self.fail(n.where or f"graph output {n.name!r}", Unsupported(
+                    "uses a size known only at run time as a value (computed from Shape of a "
+                    "dynamic dim); give the input a fixed size"))
 
     def leaves(self, graph, frozen) -> dict[str, Node]:
         from onnx import numpy_helper
@@ -278,7 +289,7 @@ class Importer:
             if missing:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
             args = [self.env[i] if i else None for i in node.input]
-            ctx = Ctx(node.op_type, name, self.opset, len(node.output))
+            ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime)
             with name_scope(name):
                 outs = entry.build(ctx, *args, **attrs)
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
@@ -287,6 +298,10 @@ class Importer:
                 raise Unsupported(f"output {max(wanted)} ({node.output[max(wanted)]!r}) is "
                                   "not supported")
             outs = fold([outs[k] for k in wanted])
+            if any(self.runtime.is_marked(a) for a in args):
+                for out in outs:
+                    if out.op == "constant":
+                        self.runtime.mark(out)
         except GraphcError as e:
             self.fail(where, e)
             self.poisoned.update(node.output)

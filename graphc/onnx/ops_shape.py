@@ -40,18 +40,16 @@ def norm(axis: int, ndim: int) -> int:
 
 @onnx_op("Reshape", const=(1,), allowzero=0)
 def reshape(ctx, x, shape, *, allowzero):
-    target = ctx.ints(shape, "shape")
-    dims = []
-    for i, d in enumerate(target):
-        if d == 0 and not allowzero:
-            dims.append(x.shape[i])
-        else:
-            dims.append(d)
+    dims = [x.shape[i] if d == 0 and not allowzero else d
+            for i, d in enumerate(ctx.dims(shape, "shape"))]
     if -1 in dims:
-        known = [d for d in dims if d != -1]
-        if all(isinstance(d, int) for d in x.shape) and all(isinstance(d, int) for d in known):
+        # the -1 is static when the target copies every unknown dim of x by its name
+        known = [d for d in dims if isinstance(d, int) and d != -1]
+        copied = sorted(d for d in dims if isinstance(d, str))
+        if sorted(d for d in x.shape if not isinstance(d, int)) == copied and None not in dims:
             rest = int(np.prod(known))
-            dims[dims.index(-1)] = int(np.prod(x.shape)) // rest if rest else 0
+            dims[dims.index(-1)] = int(np.prod([d for d in x.shape if isinstance(d, int)])) \
+                // rest if rest else 0
         else:
             dims = [None if d == -1 else d for d in dims]
     return reshape_to(x, dims)
@@ -164,12 +162,13 @@ def gather_elements(ctx, x, indices, *, axis):
 
 @onnx_op("Expand", const=(1,))
 def expand(ctx, x, shape):
-    target = ctx.ints(shape, "shape")
+    target = ctx.dims(shape, "shape")
     ndim = max(len(target), x.ndim)
     a = (1,) * (ndim - x.ndim) + tuple(x.shape)
     b = (1,) * (ndim - len(target)) + tuple(target)
     out = tuple(q if p == 1 else p for p, q in zip(a, b))
-    if not all(isinstance(d, int) for d in out):
+    if any(q != 1 and (q is None or q != p) for p, q in zip(a, b) if not isinstance(p, int)) \
+            or not all(isinstance(d, int) for d in out) and out != tuple(x.shape):
         raise Unsupported(f"expanding {x.shape} to {target}: unknown sizes")
     return x if out == tuple(x.shape) else gc.broadcast_to(x, out)
 
@@ -177,9 +176,10 @@ def expand(ctx, x, shape):
 @onnx_op("Shape", start=0, end=None)
 def shape(ctx, x, *, start, end):
     dims = x.shape[slice(start, end)]
-    if not all(isinstance(d, int) for d in dims):
-        raise Unsupported(f"Shape of {x.shape}: sizes known only at run time")
-    return constant(np.array(dims, dtype=np.int64))
+    if all(isinstance(d, int) for d in dims):
+        return constant(np.array(dims, dtype=np.int64))
+    stand_ins = [d if isinstance(d, int) else ctx.runtime.stand_in(d) for d in dims]
+    return ctx.runtime.mark(constant(np.array(stand_ins, dtype=np.int64)))
 
 
 @onnx_op("Size")

@@ -45,6 +45,37 @@ def onnx_op(*op_types: str, const: tuple = (), weights: tuple | None = None, **a
     return register
 
 
+RUNTIME = 1 << 31       # stand-ins for sizes known only at run time are this large
+
+
+class RuntimeSizes:
+    """Sizes known only at run time (a dynamic batch), carried through shape arithmetic.
+
+    `Shape` of a dynamic dim gives a large stand-in value (one per dim name, a fresh one per
+    unnamed dim), so the shape arithmetic of exported models (`x.view(x.size(0), -1)`) folds
+    like any int64; the constants it reaches are marked. Only `Reshape` and `Expand` read them
+    back, as the named dim; any other use is Unsupported, and the importer refuses a marked
+    constant that ends up in the graph, so a stand-in never becomes a value.
+    """
+
+    def __init__(self):
+        self.names: dict[int, str | None] = {}     # stand-in -> dim name (None: unnamed)
+        self.marked: dict[int, Node] = {}          # id -> constant computed from stand-ins
+
+    def stand_in(self, dim) -> int:
+        found = [v for v, name in self.names.items() if dim is not None and name == dim]
+        value = found[0] if found else RUNTIME + (len(self.names) + 1) * 65537
+        self.names[value] = dim
+        return value
+
+    def mark(self, node: Node) -> Node:
+        self.marked[id(node)] = node
+        return node
+
+    def is_marked(self, node: Node | None) -> bool:
+        return node is not None and id(node) in self.marked
+
+
 @dataclass
 class Ctx:
     """What an entry may ask about the node it imports."""
@@ -52,6 +83,7 @@ class Ctx:
     node_name: str
     opset: int
     n_outputs: int
+    runtime: RuntimeSizes = field(default_factory=RuntimeSizes)
 
     def const(self, x: Node | None, what: str, default=None) -> np.ndarray | None:
         """The value of an input that must be known when importing (shape, axes, pads...)."""
@@ -63,8 +95,21 @@ class Ctx:
         return x.data
 
     def ints(self, x: Node | None, what: str, default=None) -> list[int] | None:
+        if self.runtime.is_marked(x):
+            raise Unsupported(f"input {what!r} depends on a size known only at run time; give "
+                              "the input a fixed size (or its value in input_values)")
         v = self.const(x, what)
         return default if v is None else [int(i) for i in np.asarray(v).reshape(-1)]
+
+    def dims(self, x: Node, what: str) -> list:
+        """A shape input: ints, with a size known only at run time as its dim name (or None)."""
+        if not self.runtime.is_marked(x):
+            return self.ints(x, what)
+        dims = [int(i) for i in np.asarray(self.const(x, what)).reshape(-1)]
+        if any(abs(d) >= RUNTIME and d not in self.runtime.names for d in dims):
+            raise Unsupported(f"input {what!r} is computed from a size known only at run time "
+                              "(not just copied from it); give the input a fixed size")
+        return [self.runtime.names.get(d, d) for d in dims]
 
     def unsupported(self, what: str) -> Unsupported:
         return Unsupported(what)

@@ -79,7 +79,11 @@ def reshape_infer(x, like=None, *, shape=None, keepdims_of=None):
         if -1 not in shape and known and math.prod(shape) % known:
             raise ShapeError(f"cannot reshape {format_shape(x.shape)} (a multiple of {known} "
                              f"elements) into {format_shape(shape)}")
-        return tuple(None if d == -1 else d for d in shape), x.dtype, {"shape": shape}
+        unknown = [d for d in x.shape if not isinstance(d, int)]
+        # the -1 is x's one unknown dim when the known sizes match: it keeps its name
+        same = len(unknown) == 1 and known == math.prod(d for d in shape if d != -1)
+        free = unknown[0] if same else None
+        return tuple(free if d == -1 else d for d in shape), x.dtype, {"shape": shape}
     size = math.prod(x.shape)           # Python ints: no int64 overflow
     rest = math.prod(d for d in shape if d != -1)
     if -1 in shape:
