@@ -7,7 +7,8 @@ inside the functions that read or write ONNX files.
 """
 from __future__ import annotations
 
-from graphc.onnx import ops_attention, ops_extra, ops_image, ops_math  # noqa: F401  (the table)
+from graphc.onnx import control, ops_attention, ops_extra, ops_image  # noqa: F401  (the table)
+from graphc.onnx import ops_math  # noqa: F401
 from graphc.onnx import ops_nn, ops_quant, ops_reduce, ops_shape  # noqa: F401
 from graphc.onnx.importer import OnnxModel, check, load  # noqa: F401
 from graphc.onnx.table import TABLE, Unsupported  # noqa: F401

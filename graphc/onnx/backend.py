@@ -17,7 +17,6 @@ OUT_OF_SCOPE = {
     "strings": "string tensors (graphc arrays are numbers and bools)",
     "sequences": "sequence and optional types (graphc values are tensors)",
     "quantized": "8/4/2-bit float, 4/2-bit int and bfloat16 types, BitCast",
-    "control flow": "subgraphs (If, Loop, Scan): graphc graphs are static",
     "training": "random ops (Bernoulli, RandomNormal...): values differ from onnx's generator",
     "ml": "other domains: ai.onnx.ml (classical ML), ai.onnx.preview.training",
 }
@@ -28,7 +27,6 @@ FAMILY_OPS = {
                   "OptionalGetElement", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
                   "SequenceErase", "SequenceLength", "ConcatFromSequence", "Optional"},
     "quantized": {"BitCast"},
-    "control flow": {"If", "Loop", "Scan"},
     "training": {"Bernoulli", "RandomNormal", "RandomUniform",
                  "RandomNormalLike", "RandomUniformLike", "Multinomial"},
     "ml": {"TreeEnsemble", "ArrayFeatureExtractor", "Binarizer"},

@@ -6,6 +6,7 @@ without a rule raises GraphcError naming it before anything is written.
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -44,14 +45,18 @@ def rule(*ops):
 class Emitter:
     """Collects ONNX nodes and initializers; hands out fresh value names."""
 
-    def __init__(self):
+    def __init__(self, counter=None):
         from onnx import helper, numpy_helper
         self.helper, self.numpy_helper = helper, numpy_helper
-        self.nodes, self.inits, self.count = [], [], 0
+        self.nodes, self.inits = [], []
+        self.counter = counter or itertools.count(1)
+
+    def sub(self) -> Emitter:
+        """An emitter for a subgraph (a loop body): its names stay unique in the model."""
+        return Emitter(self.counter)
 
     def fresh(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
+        return f"{hint}_{next(self.counter)}"
 
     def node(self, op_type: str, inputs: list[str], hint: str = "", **attrs) -> str:
         out = self.fresh(hint or op_type.lower())
@@ -355,25 +360,24 @@ def value_info(helper, name: str, node: Node):
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(node.dtype), dims)
 
 
-def build_model(inputs, outputs, opset: int | None = None):
-    """The ONNX ModelProto of the graph from `inputs` to `outputs`."""
-    from onnx import helper
-
-    from graphc.onnx import export_more  # noqa: F401  (the rules of the newer op families)
-    ins, outs = named(inputs, "input"), named(outputs, "output")
-    graph = Graph(list(outs.values()))
-    missing = sorted({n.op for n in graph.nodes if n.inputs and n.op not in RULES})
-    if missing:
-        raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {missing}")
-    e = Emitter()
-    names: dict[int, str] = {id(n): k for k, n in ins.items()}
-    given = {id(n) for n in ins.values()}
+def all_nodes(graph: Graph) -> list[Node]:
+    """The nodes of the graph and of the loop bodies inside it."""
+    nodes = []
     for n in graph.nodes:
-        if n.op == "placeholder":
-            if id(n) not in given:
-                raise GraphcError(f"graphc.onnx.save: the outputs need placeholder "
-                                  f"{n.label()}, which is not among the inputs")
+        nodes.append(n)
+        if n.op == "scan":
+            nodes += all_nodes(n.attrs["body"])
+    return nodes
+
+
+def emit_nodes(e: Emitter, nodes: list[Node], names: dict[int, str]) -> None:
+    """Each node's ONNX nodes, in order; `names` holds the given values (inputs)."""
+    for n in nodes:
+        if id(n) in names:
             continue
+        if n.op == "placeholder":
+            raise GraphcError(f"graphc.onnx.save: the outputs need placeholder {n.label()}, "
+                              "which is not among the inputs")
         if n.op in ("constant", "variable"):
             names[id(n)] = e.const(n.value, hint=n.name or n.op)
             continue
@@ -382,6 +386,22 @@ def build_model(inputs, outputs, opset: int | None = None):
         except GraphcError as err:
             raise GraphcError(f"graphc.onnx.save: {n.op} node {n.label()} "
                               f"(built at {n.where}): {err}") from None
+
+
+def build_model(inputs, outputs, opset: int | None = None):
+    """The ONNX ModelProto of the graph from `inputs` to `outputs`."""
+    from onnx import helper
+
+    from graphc.onnx import export_more  # noqa: F401  (the rules of the newer op families)
+    from graphc.onnx import control  # noqa: F401  (scan -> Scan)
+    ins, outs = named(inputs, "input"), named(outputs, "output")
+    graph = Graph(list(outs.values()))
+    missing = sorted({n.op for n in all_nodes(graph) if n.inputs and n.op not in RULES})
+    if missing:
+        raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {missing}")
+    e = Emitter()
+    names: dict[int, str] = {id(n): k for k, n in ins.items()}
+    emit_nodes(e, graph.nodes, names)
     for k, n in outs.items():
         e.nodes.append(helper.make_node("Identity", [names[id(n)]], [k], name=f"output_{k}"))
     onnx_graph = helper.make_graph(

@@ -102,14 +102,18 @@ def attribute_values(node, entry) -> dict:
         elif a.type == a.TENSOR:
             np_dtype(v.data_type, f"attribute {a.name!r}")
             v = numpy_helper.to_array(v)
-        elif a.type in (a.GRAPH, a.GRAPHS, a.SPARSE_TENSOR, a.TYPE_PROTO):
-            raise Unsupported(f"attribute {a.name!r} holds a subgraph or a type; graphc "
-                              "imports no control flow")
+        elif a.type in (a.GRAPHS, a.SPARSE_TENSOR, a.TYPE_PROTO):
+            raise Unsupported(f"attribute {a.name!r} holds a list of subgraphs or a type")
         given[a.name] = v
     missing = [k for k, d in entry.attrs.items() if d is REQUIRED and k not in given]
     if missing:
         raise Unsupported(f"required attribute(s) {missing} missing")
     return {**entry.attrs, **given}
+
+
+# older versions that differ from the one at opset 13 only in what graphc does not import or
+# what they add (sequence types in If/Loop bodies; Scan's negative axes; Constant's attributes)
+SAME_ON_TENSORS = {"If": 11, "Loop": 11, "Scan": 9, "Constant": 9}
 
 
 def schema_check(node, opset: int) -> None:
@@ -122,7 +126,7 @@ def schema_check(node, opset: int) -> None:
         new = defs.get_schema(node.op_type, MIN_OPSET).since_version
     except Exception:
         raise Unsupported(f"no schema of {node.op_type} at opset {opset}") from None
-    if old != new:
+    if old != new and old < SAME_ON_TENSORS.get(node.op_type, new):
         raise Unsupported(f"opset {opset} ({node.op_type}-{old}) is older than the supported "
                           f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
 
@@ -212,6 +216,28 @@ class Importer:
         self.refuse_stand_ins(list(outputs.values()))
         return OnnxModel(inputs, outputs, params, self.proto, self.opset)
 
+    def subgraph(self, graph, values: list[Node]) -> list[Node]:
+        """The outputs of a subgraph (a loop body, a branch) with its inputs bound to `values`;
+        it reads the enclosing graph's values by name."""
+        from onnx import numpy_helper
+        if len(graph.input) != len(values):
+            raise Unsupported(f"subgraph {graph.name!r} takes {len(graph.input)} inputs, the "
+                              f"op gives {len(values)}")
+        outer = dict(self.env)
+        try:
+            self.env.update((vi.name, v) for vi, v in zip(graph.input, values))
+            for init in graph.initializer:
+                arr = numpy_helper.to_array(init)
+                self.env[init.name] = constant(arr, dtype=arr.dtype, name=init.name)
+            for i, node in enumerate(graph.node):
+                self.import_node(node, i)
+            missing = [o.name for o in graph.output if o.name not in self.env]
+            if missing:
+                raise Unsupported(f"subgraph {graph.name!r}: output(s) {missing} not imported")
+            return [self.env[o.name] for o in graph.output]
+        finally:
+            self.env = outer
+
     def refuse_stand_ins(self, outputs: list[Node]) -> None:
         """A size known only at run time, used as a value, would compute with its stand-in."""
         for n in toposort(outputs):
@@ -289,7 +315,8 @@ class Importer:
             if missing:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
             args = [self.env[i] if i else None for i in node.input]
-            ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime)
+            ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime,
+                      self.subgraph)
             with name_scope(name):
                 outs = entry.build(ctx, *args, **attrs)
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]

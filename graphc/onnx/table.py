@@ -84,6 +84,7 @@ class Ctx:
     opset: int
     n_outputs: int
     runtime: RuntimeSizes = field(default_factory=RuntimeSizes)
+    subgraph: Callable | None = None     # subgraph(GraphProto, input nodes) -> output nodes
 
     def const(self, x: Node | None, what: str, default=None) -> np.ndarray | None:
         """The value of an input that must be known when importing (shape, axes, pads...)."""
