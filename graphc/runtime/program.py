@@ -29,6 +29,7 @@ class Plan:
     kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
     loops: dict = field(default_factory=dict)   # step node id -> its loop body's BodyStep
     ns: dict = field(default_factory=dict)      # the names the generated code reads
+    views: dict = field(default_factory=dict)   # hoisted view name -> its expression
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
     profile_ns: dict = field(default_factory=dict)
@@ -56,6 +57,7 @@ class Lowering:
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
         self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
+        self.views: dict[str, str] = {}          # hoisted view name -> its expression
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
@@ -220,6 +222,7 @@ class Lowering:
                 if self.true_view(value, a, n):
                     self.var[id(n)] = hoisted = f"h{i}"
                     self.ns[hoisted] = value
+                    self.views[hoisted] = expr
                     return f"pass  # {hoisted} = {expr}, made once per plan"
             return f"{name} = {expr}"
         if o is None:
@@ -387,4 +390,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops)
+    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)
