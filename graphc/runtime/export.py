@@ -20,7 +20,7 @@ import textwrap
 
 import numpy as np
 
-from graphc.ir import GraphcError, format_node
+from graphc.ir import GraphcError, format_node, format_shape
 from graphc.runtime import atomic, backend
 from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
@@ -194,10 +194,11 @@ class Export:
 
     # the module ------------------------------------------------------------------------
     def module(self, title: str) -> str:
-        fn, plan = self.fn, self.plan
-        setup = self.setup(plan, fn.graph, "")
+        """The module's text: docstring and listing, imports, inlined definitions, the
+        arrays and `state`, the plan's names, the plan, and `run`."""
+        setup = self.setup(self.plan, self.fn.graph, "")
         used = set()
-        for source in [plan.source] + self.body_sources(plan):
+        for source in [self.plan.source] + self.body_sources(self.plan):
             used |= set(re.findall(r"\bxp\.(\w+)", source))
         kernels = [f for f in backend.KERNELS if f.__name__ in used]
         for f in kernels:
@@ -205,38 +206,48 @@ class Export:
         self.w.bind("hold", hold, "the plan")
         self.w.bind("take_feed", take_feed, "run")
         args = self.arguments()
-        state = ", ".join(f"{name!r}: ARRAYS['var{k}']"
-                          for k, name in enumerate(self.state.values()))
-        updated = [self.state[id(v.data)] for v, _ in fn.graph.updates]
-        inputs = tuple((a, shape, ph.dtype.name)
-                       for a, ph, shape in zip(args, fn.inputs, self.sig))
-        ret = "out[0]" if fn.single else "tuple(out)" if fn.form is tuple else "out"
-        feeds = ", ".join(args) + ("," if len(args) == 1 else "")
-        head = [
+        text = "\n".join(self.head(title, args) + self.w.imports) + "\n\n\n" \
+            + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" \
+            + "\n".join(self.names(kernels, args) + setup + self.tail(args)) + "\n"
+        ast.parse(text)          # a bug here must not write a module that does not import
+        return text
+
+    def head(self, title: str, args: list[str]) -> list[str]:
+        shapes = ", ".join(f"{a} {format_shape(s)} {ph.dtype.name}"
+                           for a, ph, s in zip(args, self.fn.inputs, self.sig))
+        about = textwrap.wrap(
+            f"run({', '.join(args)}) returns what the Function returns: "
+            f"{self.outputs_text()}. It runs the plan compiled for {shapes} (other shapes "
+            f"need another export). `state` maps each variable's name to its array; calls "
+            f"update these arrays in place, as the Function updates its variables (assign "
+            f"new values in place: state[name][...] = value). The arrays (constants, the "
+            f"variables' values at export time) are read from {title}.npz beside this "
+            f"file.", 92, break_long_words=False, break_on_hyphens=False)
+        return [
             f'"""{title}: a graphc Function exported as a standalone NumPy module.',
             "",
-            f"run({', '.join(args)}) returns what the Function returns: "
-            f"{self.outputs_text()}.",
-            "It runs the plan compiled for " + ", ".join(
-                f"{a} {format_shape(s)} {d}" for a, (_, s, d) in zip(args, inputs))
-            + " (other shapes need another export).",
-            "`state` maps each variable's name to its array; calls update these arrays in",
-            "place, as the Function updates its variables (assign new values in place:",
-            "state['W'][...] = value). The arrays (constants, the variables' values at export",
-            f"time) are read from {title}.npz beside this file.",
+        ] + about + [
             '"""',
             "# The graph this module runs (graphc's listing):",
-        ] + [f"#   {line}" for line in str(fn.graph).splitlines()] + [
+        ] + [f"#   {line}" for line in str(self.fn.graph).splitlines()] + [
             "from __future__ import annotations", "",
         ]
-        xp_names = ", ".join(f"{f.__name__}={f.__name__}" for f in kernels)
-        body = [
+
+    def names(self, kernels: list, args: list[str]) -> list[str]:
+        """xp, the arrays from the .npz, `state`, the feeds' shapes."""
+        state = ", ".join(f"{name!r}: ARRAYS['var{k}']"
+                          for k, name in enumerate(self.state.values()))
+        updated = [self.state[id(v.data)] for v, _ in self.fn.graph.updates]
+        inputs = tuple((a, shape, ph.dtype.name)
+                       for a, ph, shape in zip(args, self.fn.inputs, self.sig))
+        more = "".join(f",\n                           {f.__name__}={f.__name__}"
+                       for f in kernels)
+        return [
             "# the backend namespace the generated code reaches arrays through (graphc's xp)",
             "xp = types.SimpleNamespace(**{k: v for k, v in vars(np).items() "
             "if isinstance(v, np.ufunc)},",
             "                           array=np.array, broadcast_to=np.broadcast_to, "
-            "copyto=np.copyto" + (f",\n                           {xp_names})" if kernels
-                                  else ")"),
+            f"copyto=np.copyto{more})",
             "",
             "# constants and the variables' values, saved beside this file",
             "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
@@ -247,10 +258,17 @@ class Export:
             "",
             "# the names the generated code reads: variable boxes, buffers, plan constants,",
             "# views made once, kernels with their attributes",
-        ] + setup + [
+        ]
+
+    def tail(self, args: list[str]) -> list[str]:
+        """The plan's code, and `run`: the Function's call."""
+        fn = self.fn
+        ret = "out[0]" if fn.single else "tuple(out)" if fn.form is tuple else "out"
+        feeds = ", ".join(args) + ("," if len(args) == 1 else "")
+        return [
             "", "",
             "# the generated code (graphc's Function.source)",
-            "def plan(" + plan.source.split("def run(", 1)[1].rstrip(), "", "",
+            "def plan(" + self.plan.source.split("def run(", 1)[1].rstrip(), "", "",
             f"def run({', '.join(args)}):",
             '    """The Function\'s call: checks the feeds, runs the plan, updates `state`."""',
             f"    feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), INPUTS)]",
@@ -258,10 +276,6 @@ class Export:
             "        out = plan(*feeds)",
             f"    return {ret}",
         ]
-        text = "\n".join(head + self.w.imports) + "\n\n\n" \
-            + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" + "\n".join(body) + "\n"
-        ast.parse(text)          # a bug here must not write a module that does not import
-        return text
 
     def body_sources(self, plan) -> list[str]:
         out = []
@@ -291,11 +305,6 @@ class Export:
         out = {f"var{k}": np.array(box[0]) for k, box in enumerate(self.boxes)}
         out.update(self.w.arrays)
         return out
-
-
-def format_shape(shape) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) \
-        + ("," if len(shape) == 1 else "") + ")"
 
 
 def export(fn, path, example=()) -> str:
