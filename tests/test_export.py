@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import apply
+from graphc.ir import OPS, apply
 from tests.helpers import leaves_for
 from tests.test_ops import ROWS
 
@@ -248,11 +248,43 @@ def test_errors(tmp_path):
     exec("def twice(x):\n    return np.concatenate([x, x])", space)
     gc.register_op(gc.OpDef("twice_no_source", lambda x: ((2 * x.shape[0],), x.dtype, {}),
                             space["twice"]))
-    y = gc.placeholder((3,), dtype="float64", name="y")
-    g = gc.function([y], apply("twice_no_source", y))
-    g(np.ones(3))
-    with pytest.raises(gc.GraphcError, match=r"twice_no_source.*source is not available"):
-        g.export(tmp_path / "twice.py")
+    try:
+        y = gc.placeholder((3,), dtype="float64", name="y")
+        g = gc.function([y], apply("twice_no_source", y))
+        g(np.ones(3))
+        with pytest.raises(gc.GraphcError, match=r"twice_no_source.*source is not available"):
+            g.export(tmp_path / "twice.py")
+    finally:
+        del OPS["twice_no_source"]
+
+
+# a user's op whose kernel reads a module-level array, a helper and a table of lambdas
+WEIGHTS = np.array([0.5, -1.0, 2.0])
+SQUASH = {"soft": lambda z: z / (1 + np.abs(z)), "hard": lambda z: np.clip(z, -1, 1)}
+
+
+def weigh(x):
+    return x * WEIGHTS
+
+
+def weighted_squash_kernel(x, *, kind):
+    return SQUASH[kind](weigh(x))
+
+
+def test_a_users_op_kernel_is_inlined_with_what_it_reads(tmp_path):
+    gc.register_op(gc.OpDef("weighted_squash", lambda x, *, kind: (x.shape, x.dtype,
+                                                                    {"kind": kind}),
+                            weighted_squash_kernel))
+    try:
+        x = gc.placeholder((None, 3), dtype="float64", name="x")
+        f = gc.function([x], apply("weighted_squash", x, kind="soft") * 2.0)
+        data = [[np.random.default_rng(k).standard_normal((4, 3))] for k in range(3)]
+        check_export(f, data[:1], data[1:], tmp_path, rtol=1e-14)
+        text = (tmp_path / "export" / "step.py").read_text()
+        assert "def weighted_squash_kernel(x, *, kind):" in text and "def weigh(x):" in text
+        assert "WEIGHTS = ARRAYS[" in text and "'soft': (lambda z: z / (1 + np.abs(z)))" in text
+    finally:
+        del OPS["weighted_squash"]
 
 
 def import_file(path):

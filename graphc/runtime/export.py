@@ -206,7 +206,10 @@ class Export:
         self.w.bind("hold", hold, "the plan")
         self.w.bind("take_feed", take_feed, "run")
         args = self.arguments()
-        text = "\n".join(self.head(title, args) + self.w.imports) + "\n\n\n" \
+        load = ["", "# constants and the variables' values, saved beside this file",
+                "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
+                "    ARRAYS = {k: _f[k] for k in _f.files}"]
+        text = "\n".join(self.head(title, args) + self.w.imports + load) + "\n\n\n" \
             + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" \
             + "\n".join(self.names(kernels, args) + setup + self.tail(args)) + "\n"
         ast.parse(text)          # a bug here must not write a module that does not import
@@ -234,7 +237,7 @@ class Export:
         ]
 
     def names(self, kernels: list, args: list[str]) -> list[str]:
-        """xp, the arrays from the .npz, `state`, the feeds' shapes."""
+        """xp, `state` (arrays from the .npz), the feeds' shapes."""
         state = ", ".join(f"{name!r}: ARRAYS['var{k}']"
                           for k, name in enumerate(self.state.values()))
         updated = [self.state[id(v.data)] for v, _ in self.fn.graph.updates]
@@ -249,9 +252,7 @@ class Export:
             "                           array=np.array, broadcast_to=np.broadcast_to, "
             f"copyto=np.copyto{more})",
             "",
-            "# constants and the variables' values, saved beside this file",
-            "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
-            "    ARRAYS = {k: _f[k] for k in _f.files}",
+            "# the variables: name -> array, updated in place by run",
             f"state = {{{state}}}",
             f"UPDATED = [{', '.join(f'state[{u!r}]' for u in updated)}]",
             f"INPUTS = {inputs!r}",
