@@ -226,6 +226,13 @@ class Function:
                 self.plan_for([dummy_feed(p) for p in self.inputs])
         return self.last_plan.source
 
+    def export(self, path, *example) -> str:
+        """Write the plan of the latest call (or, given example feeds, of their shapes) as a
+        Python module at `path` that needs only NumPy, its arrays in an .npz beside it:
+        `import step; step.run(x, y)`, `step.state` (runtime/export.py)."""
+        from graphc.runtime.export import export
+        return export(self, path, example)
+
     def plan_report(self) -> str:
         """How the latest plan runs each step: steps per kind (buffer: NumPy calls writing a
         planned buffer; view; kernel: a call of the op's kernel), and every kernel step with

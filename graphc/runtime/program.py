@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
+from graphc.runtime import atomic, backend, emit, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
@@ -29,6 +29,7 @@ class Plan:
     kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
     loops: dict = field(default_factory=dict)   # step node id -> its loop body's BodyStep
     ns: dict = field(default_factory=dict)      # the names the generated code reads
+    views: dict = field(default_factory=dict)   # hoisted view name -> its expression
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
     profile_ns: dict = field(default_factory=dict)
@@ -44,7 +45,7 @@ class Lowering:
         self.check = check_numerics
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
+        self.ns: dict = {backend.NAME: backend.xp, "hold": atomic.hold}
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
@@ -56,6 +57,7 @@ class Lowering:
         self.kinds: list[tuple[str, str]] = []   # (kind, why a kernel) per step
         self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
+        self.views: dict[str, str] = {}          # hoisted view name -> its expression
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype) -> str:
@@ -180,10 +182,10 @@ class Lowering:
             src = self.var[id(u)]
             others = [r for r in self.roots[id(u)] if r in updated and r != id(v)]
             if others:        # the new value may share memory with another updated variable
-                out.append(f"    u{k} = np.array({src})")
+                out.append(f"    u{k} = xp.array({src})")
                 src = f"u{k}"
-            writes.append(f"    np.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
-        rets = [f"np.array({self.var[id(o)]})" for o in g.outputs]
+            writes.append(f"    xp.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
+        rets = [f"xp.array({self.var[id(o)]})" for o in g.outputs]
         if writes:        # outputs are copied first: they are values from before the updates
             out.append(f"    result = [{', '.join(rets)}]")
             out.append("    # updates: every new value is computed; write them in place")
@@ -220,6 +222,7 @@ class Lowering:
                 if self.true_view(value, a, n):
                     self.var[id(n)] = hoisted = f"h{i}"
                     self.ns[hoisted] = value
+                    self.views[hoisted] = expr
                     return f"pass  # {hoisted} = {expr}, made once per plan"
             return f"{name} = {expr}"
         if o is None:
@@ -387,4 +390,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops)
+    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)

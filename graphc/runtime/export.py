@@ -1,0 +1,338 @@
+"""Standalone export: a compiled plan as one Python module that needs only NumPy, plus an .npz
+beside it with the plan's constants and the variables' values.
+
+The module is the plan's generated code as it is, with everything its names stand for written
+out: the backend namespace `xp` (NumPy's functions and the runtime kernels the code calls,
+their source inlined with what they reference), the op kernels some steps call (inlined the
+same way), buffers, workspaces, views made once per plan, random generators (their state at
+export time) and loop bodies (each its own plan, made by a factory function). Whatever cannot
+be written out (a function without source, an object of an unknown kind) is a GraphcError
+naming it.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import keyword
+import os
+import re
+import textwrap
+
+import numpy as np
+
+from graphc.ir import GraphcError, format_node, format_shape
+from graphc.runtime import atomic, backend
+from graphc.runtime.inline import Writer
+from graphc.runtime.loop import BodyStep
+
+# names the module defines around the plans' own names
+OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED")
+BUFFER = re.compile(r"b\d+\Z")
+
+
+# the module's own helpers: plain functions whose source is written into every export ------
+
+def hold():
+    """graphc holds Ctrl-C from a call's first variable write on; this module does not."""
+
+
+def make_check(steps):
+    """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf."""
+    def check(value, k):
+        if not np.all(np.isfinite(value)):
+            kind = "NaN" if np.isnan(value).any() else "Inf"
+            raise GraphcError(f"check_numerics: step {k} produced {kind}: {steps[k]}")
+    return check
+
+
+def take_feed(value, name, shape, dtype, updated):
+    """A feed as the plan needs it: an array of its dtype and shape; a copy when it shares
+    memory with a variable the call updates (every update is computed before any is written)."""
+    arr = np.asarray(value)
+    if arr.dtype != dtype:
+        if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, "safe"):
+            raise GraphcError(f"feed for {name}: expected dtype {dtype}, got {arr.dtype} "
+                              f"(cast it first)")
+        arr = arr.astype(dtype)
+    if arr.shape != shape:
+        raise GraphcError(f"feed for {name}: this module runs the shape {shape}, got "
+                          f"{arr.shape} (export again after a call with that shape)")
+    if any(np.may_share_memory(arr, v) for v in updated):
+        arr = arr.copy()
+    return arr
+
+
+def run_scan(*arrays, carries, xs, reverse, length, saves, like, step):
+    """A scan step: the loop body's own plan run once per step, as graphc's scan kernel runs
+    it (final carries, stacked ys, stacked carries entering each step when `saves`)."""
+    init, seqs, caps = arrays[:carries], arrays[carries:carries + xs], arrays[carries + xs:]
+    steps = length if not seqs else seqs[0].shape[0]
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    carry, ys, saved = list(init), [], []
+    for t in order:
+        outs = step(carry + [x[t] for x in seqs] + list(caps))
+        if saves:
+            saved.append(carry)
+        carry = [np.asarray(c) for c in outs[:carries]]
+        ys.append(outs[carries:])
+    if reverse:
+        ys.reverse()
+        saved.reverse()
+    ys_like, saved_like = like
+    return tuple(carry) + stack_steps(ys, ys_like, steps) \
+        + (stack_steps(saved, saved_like, steps) if saves else ())
+
+
+def stack_steps(rows, like, steps):
+    """Per-step values stacked on a new axis 0 (zero steps: empty arrays of `like`)."""
+    if steps:
+        return tuple(np.stack(col) for col in zip(*rows))
+    return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
+
+
+# the plans ----------------------------------------------------------------------------
+
+class Export:
+    """One Function's plan (and its loop bodies' plans) as module text and arrays."""
+
+    def __init__(self, fn, plan, sig):
+        self.fn, self.plan, self.sig = fn, plan, sig
+        self.w = Writer(OWN_NAMES + tuple(k for k in plan.ns if k != "hold"))
+        self.state: dict[int, str] = {}           # id(variable box) -> its name in `state`
+        self.boxes: list = []                     # the boxes, in state order
+        self.loops = 0
+        self.name_variables(fn.graph)
+
+    def name_variables(self, graph) -> None:
+        """Each variable's key in `state`: its name (made unique), in graph order; loop
+        bodies' variables too."""
+        taken = set(self.state.values())
+        for n in graph.nodes:
+            if n.op == "variable" and id(n.data) not in self.state:
+                base = n.name if isinstance(n.name, str) and n.name else f"var{len(taken)}"
+                name, k = base, 1
+                while name in taken:
+                    name, k = f"{base}_{k}", k + 1
+                taken.add(name)
+                self.state[id(n.data)] = name
+                self.boxes.append(n.data)
+            for body in (n.attrs.get("body"),) if n.op == "scan" else ():
+                self.name_variables(body)
+
+    # one plan's names ------------------------------------------------------------------
+    def setup(self, plan, graph, prefix: str) -> list[str]:
+        """Lines that make the names a plan's code reads (at module level or in a loop
+        body's factory); arrays go to the .npz under prefix + name."""
+        names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+        lines = []
+        for name, value in plan.ns.items():
+            if name in ("__builtins__", "run", "xp", "hold"):
+                continue
+            ctx = self.context(name, graph, names)
+            if name == "check":
+                if "    check(" not in plan.source:
+                    continue              # check_numerics is off
+                steps = [f"{format_node(n, names)}\n  at {n.where}" for n, _, _ in plan.steps]
+                self.w.bind("make_check", make_check, ctx)
+                lines.append(f"check = make_check({self.w.expr(steps, ctx)})")
+            elif name in plan.views:
+                lines.append(f"{name} = {plan.views[name]}   # a view, made once")
+            elif re.match(r"box\d+\Z", name):
+                lines.append(f"{name} = [state[{self.state[id(value)]!r}]]")
+            elif isinstance(value, np.ndarray) and BUFFER.match(name):
+                lines.append(f"{name} = np.empty({value.shape}, {self.w.expr(value.dtype, ctx)})")
+            elif isinstance(value, np.ndarray):
+                lines.append(f"{name} = {self.w.array(value, ctx, prefix + name)}")
+            elif isinstance(value, dict) and all(isinstance(v, np.ndarray)
+                                                 for v in value.values()):
+                lines.append(f"{name} = {{}}   # a kernel's workspace, filled on the first call")
+            elif isinstance(value, functools.partial) \
+                    and isinstance(value.keywords.get("step"), BodyStep):
+                lines += self.loop(name, value, ctx)
+            else:
+                lines.append(f"{name} = {self.w.expr(value, ctx)}")
+        return lines
+
+    @staticmethod
+    def context(name: str, graph, names: dict) -> str:
+        """What a plan name stands for, for error messages: the step of an op kernel."""
+        m = re.match(r"(\w+)_(\d+)\Z", name)
+        if m and int(m.group(2)) < len(graph.nodes) \
+                and graph.nodes[int(m.group(2))].op == m.group(1):
+            n = graph.nodes[int(m.group(2))]
+            return f"the kernel of {format_node(n, names)} (built at {n.where})"
+        if name.startswith("kernel_"):
+            return f"the kernel of op {name[7:]!r}"
+        return f"the plan's name {name!r}"
+
+    def loop(self, name: str, kernel, ctx: str) -> list[str]:
+        """A scan step: its body's plan in a factory function, called by run_scan."""
+        body: BodyStep = kernel.keywords["step"]
+        plan = body.fn.last_plan
+        if plan is None:
+            raise GraphcError(f"export: {ctx} is a loop whose body has not been compiled yet: "
+                              f"call the Function once before exporting it")
+        self.loops += 1
+        k, attrs = self.loops, kernel.keywords
+        graph = body.fn.graph
+        inner = self.setup(plan, graph, f"loop{k}.")
+        source = "def plan(" + plan.source.split("def run(", 1)[1]
+        lines = [f"def make_loop_{k}():", f'    """The body of the loop {name}: its own plan."""']
+        lines += [textwrap.indent(x, "    ") for x in inner]
+        lines += [textwrap.indent(source.rstrip(), "    "), "",
+                  "    return lambda values: plan(*values)", "", ""]
+        self.w.bind("run_scan", run_scan, ctx)
+        outs = attrs["body"].outputs[attrs["carries"]:]
+        ins = attrs["body"].inputs[:attrs["carries"]]
+        like = (tuple((n.shape, n.dtype.name) for n in outs),
+                tuple((n.shape, n.dtype.name) for n in ins))
+        args = ", ".join(f"{a}={attrs[a]!r}" for a in ("carries", "xs", "reverse", "length",
+                                                         "saves"))
+        lines.append(f"{name} = functools.partial(run_scan, {args}, "
+                     f"like={self.w.expr(like, ctx)}, step=make_loop_{k}())")
+        return lines
+
+    # the module ------------------------------------------------------------------------
+    def module(self, title: str) -> str:
+        """The module's text: docstring and listing, imports, inlined definitions, the
+        arrays and `state`, the plan's names, the plan, and `run`."""
+        setup = self.setup(self.plan, self.fn.graph, "")
+        used = set()
+        for source in [self.plan.source] + self.body_sources(self.plan):
+            used |= set(re.findall(r"\bxp\.(\w+)", source))
+        kernels = [f for f in backend.KERNELS if f.__name__ in used]
+        for f in kernels:
+            self.w.bind(f.__name__, f, f"the runtime kernel xp.{f.__name__}")
+        self.w.bind("hold", hold, "the plan")
+        self.w.bind("take_feed", take_feed, "run")
+        args = self.arguments()
+        load = ["", "# constants and the variables' values, saved beside this file",
+                "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
+                "    ARRAYS = {k: _f[k] for k in _f.files}"]
+        text = "\n".join(self.head(title, args) + self.w.imports + load) + "\n\n\n" \
+            + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" \
+            + "\n".join(self.names(kernels, args) + setup + self.tail(args)) + "\n"
+        ast.parse(text)          # a bug here must not write a module that does not import
+        return text
+
+    def head(self, title: str, args: list[str]) -> list[str]:
+        shapes = ", ".join(f"{a} {format_shape(s)} {ph.dtype.name}"
+                           for a, ph, s in zip(args, self.fn.inputs, self.sig))
+        about = textwrap.wrap(
+            f"run({', '.join(args)}) returns what the Function returns: "
+            f"{self.outputs_text()}. It runs the plan compiled for {shapes} (other shapes "
+            f"need another export). `state` maps each variable's name to its array; calls "
+            f"update these arrays in place, as the Function updates its variables (assign "
+            f"new values in place: state[name][...] = value). The arrays (constants, the "
+            f"variables' values at export time) are read from {title}.npz beside this "
+            f"file.", 92, break_long_words=False, break_on_hyphens=False)
+        return [
+            f'"""{title}: a graphc Function exported as a standalone NumPy module.',
+            "",
+        ] + about + [
+            '"""',
+            "# The graph this module runs (graphc's listing):",
+        ] + [f"#   {line}" for line in str(self.fn.graph).splitlines()] + [
+            "from __future__ import annotations", "",
+        ]
+
+    def names(self, kernels: list, args: list[str]) -> list[str]:
+        """xp, `state` (arrays from the .npz), the feeds' shapes."""
+        state = ", ".join(f"{name!r}: ARRAYS['var{k}']"
+                          for k, name in enumerate(self.state.values()))
+        updated = [self.state[id(v.data)] for v, _ in self.fn.graph.updates]
+        inputs = tuple((a, shape, ph.dtype.name)
+                       for a, ph, shape in zip(args, self.fn.inputs, self.sig))
+        more = "".join(f",\n                           {f.__name__}={f.__name__}"
+                       for f in kernels)
+        return [
+            "# the backend namespace the generated code reaches arrays through (graphc's xp)",
+            "xp = types.SimpleNamespace(**{k: v for k, v in vars(np).items() "
+            "if isinstance(v, np.ufunc)},",
+            "                           array=np.array, broadcast_to=np.broadcast_to, "
+            f"copyto=np.copyto{more})",
+            "",
+            "# the variables: name -> array, updated in place by run",
+            f"state = {{{state}}}",
+            f"UPDATED = [{', '.join(f'state[{u!r}]' for u in updated)}]",
+            f"INPUTS = {inputs!r}",
+            "",
+            "# the names the generated code reads: variable boxes, buffers, plan constants,",
+            "# views made once, kernels with their attributes",
+        ]
+
+    def tail(self, args: list[str]) -> list[str]:
+        """The plan's code, and `run`: the Function's call."""
+        fn = self.fn
+        ret = "out[0]" if fn.single else "tuple(out)" if fn.form is tuple else "out"
+        feeds = ", ".join(args) + ("," if len(args) == 1 else "")
+        return [
+            "", "",
+            "# the generated code (graphc's Function.source)",
+            "def plan(" + self.plan.source.split("def run(", 1)[1].rstrip(), "", "",
+            f"def run({', '.join(args)}):",
+            '    """The Function\'s call: checks the feeds, runs the plan, updates `state`."""',
+            f"    feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), INPUTS)]",
+            "    with np.errstate(all='ignore'):",
+            "        out = plan(*feeds)",
+            f"    return {ret}",
+        ]
+
+    def body_sources(self, plan) -> list[str]:
+        out = []
+        for body in plan.loops.values():
+            if body.fn.last_plan is not None:
+                out += [body.fn.last_plan.source] + self.body_sources(body.fn.last_plan)
+        return out
+
+    def arguments(self) -> list[str]:
+        """run's parameter names: the placeholders' names where they are free identifiers."""
+        out = []
+        for k, ph in enumerate(self.fn.inputs):
+            name = ph.name if isinstance(ph.name, str) else ""
+            if not name.isidentifier() or keyword.iskeyword(name) or name in out \
+                    or name in self.w.bound or name in ("feeds", "out", "v", "spec"):
+                name = f"x{k}"
+            out.append(name)
+        return out
+
+    def outputs_text(self) -> str:
+        g = self.fn.graph
+        names = {id(n): f"%{i}" for i, n in enumerate(g.nodes)}
+        items = [f"{names[id(o)]} {format_shape(o.shape)} {o.dtype.name}" for o in g.outputs]
+        return items[0] if self.fn.single else f"[{', '.join(items)}]"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"var{k}": np.array(box[0]) for k, box in enumerate(self.boxes)}
+        out.update(self.w.arrays)
+        return out
+
+
+def export(fn, path, example=()) -> str:
+    """Write fn's plan as a standalone module at `path` (.py) and its arrays beside it (.npz):
+    the plan of the most recent call, or the plan for the shapes of `example` feeds."""
+    path = os.fspath(path)
+    if not path.endswith(".py"):
+        raise GraphcError(f"export: the module path must end with .py, got {path!r}")
+    atomic.acquire(fn.locks)
+    try:
+        atomic.release()
+        if example:
+            plan = fn.plan_for(fn.feeds(list(example)))
+        elif fn.last_plan is None:
+            raise GraphcError("export: the Function has not been called yet: call it once, or "
+                              "give example feeds for the shapes to export "
+                              "(fn.export(path, x, y))")
+        else:
+            plan = fn.last_plan
+        sig = next(s for s, p in fn.plans.items() if p is plan)
+        job = Export(fn, plan, sig)
+        title = os.path.splitext(os.path.basename(path))[0]
+        text = job.module(title)
+        arrays = job.arrays()
+    finally:
+        atomic.give_back(fn.locks)
+    np.savez(os.path.splitext(path)[0] + ".npz", **arrays)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
