@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.autodiff import grad
-from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, apply, format_node, format_shape, toposort
 from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
                              mimebundle, new_digraph, pipe, write)
 
@@ -22,7 +22,6 @@ BORDER = {"forward": "#3d6fa5", "gradient": "#c26a12", "update": "#38761d"}
 SAVED_EDGE = "#c26a12"             # forward value read by the backward pass (saved activation)
 UPDATE_EDGE = "#38761d"
 FUSED = "fused:"                   # marks a fused node's cluster among scope names
-SHAPE_ONLY = {"reshape": (1,), "broadcast_to": (1,), "size": (0,)}   # inputs read for shape
 LEAF_SHAPE = {"placeholder": "parallelogram", "variable": "cylinder", "constant": "note"}
 
 
@@ -328,7 +327,7 @@ class Drawer:
             return                                  # edges drawn with the body
         dst = self.ids[id(n)]
         for k, i in enumerate(n.inputs):
-            shape_only = k in SHAPE_ONLY.get(n.op, ())
+            shape_only = k in OPS[n.op].shape_only
             self.edges.append((("outer", i), dst, {"style": "dotted", "color": "#999999",
                                                    "tooltip": "reads only the shape"}
                                if shape_only else {}))

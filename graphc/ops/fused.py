@@ -82,7 +82,7 @@ def fused_sym(*args, body):
     return vals[body.outputs[0]]
 
 
-register(OpDef("fused", fused_infer, fused_kernel, fused_vjp, fused_sym))
+register(OpDef("fused", fused_infer, fused_kernel, fused_vjp, fused_sym, graph_attrs=("body",)))
 
 
 # dense --------------------------------------------------------------------------------
