@@ -14,6 +14,7 @@ import numpy as np
 import sympy as sp
 
 from graphc.ir import OPS, GraphcError, Node, toposort
+from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              scalar_sym, sigmoid, tex, text)
 
@@ -98,9 +99,17 @@ def matrix_sym(n: Node, args: list):
         return MATRIX_FORMS[op](n, *args)
     if OPS[op].elementwise and n.ndim <= 2:
         return elementwise_sym(n, args)
+    if OPS[op].decompose is not None and n.ndim <= 2:
+        return decomposed_sym(n, args)
     r, c = dims(n.shape) or (1, 1)
     out = Opaque(op, r, c, *args)
     return sp.Function(op)(*args) if n.shape == () else out
+
+
+def decomposed_sym(n: Node, args: list):
+    """An op declared as primitives (dense: act(x·W + b)) as the formula of those."""
+    body = decomposition(n)
+    return build(body.outputs, {id(p): a for p, a in zip(body.inputs, args)})[id(body.outputs[0])]
 
 
 def per_row(g, rows, cols):

@@ -50,6 +50,8 @@ class OpDef:
     shape_only: tuple[int, ...] = ()          # inputs read only for their shape
     graph_attrs: tuple[str, ...] = ()         # attributes holding a graph whose placeholders
                                               # stand for the node's inputs, in order
+    decompose: Callable | None = None         # decompose(*input_nodes, **attrs) -> the same
+                                              # value built from primitives (views draw it)
 
 
 OPS: dict[str, OpDef] = {}
