@@ -423,6 +423,23 @@ class Graph:
         return _repr_svg(self)
 
 
+def as_graph(obj, what: str = "graph") -> Graph:
+    """A Graph from what users hand over: a node, nodes, a Graph, or an object holding one
+    as `.graph` (a compiled Function); `what` names the caller in the error."""
+    if isinstance(obj, Graph):
+        return obj
+    if isinstance(obj, Node):
+        return Graph([obj])
+    if isinstance(getattr(obj, "graph", None), Graph):
+        return obj.graph
+    iterable = hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict))
+    nodes = list(obj) if iterable else [obj]
+    if all(isinstance(n, Node) for n in nodes):
+        return Graph(nodes)
+    bad = next(type(n).__name__ for n in nodes if not isinstance(n, Node))
+    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}")
+
+
 DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)
 
 

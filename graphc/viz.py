@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.autodiff import grad
-from graphc.ir import OPS, Graph, GraphcError, Node, format_node, format_shape, toposort
+from graphc.ir import OPS, Graph, Node, as_graph, format_node, format_shape, toposort
 from graphc.ops.fused import decomposition
 from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
                              mimebundle, new_digraph, pipe, write)
@@ -40,18 +40,6 @@ class Options:
 
 # what to draw -----------------------------------------------------------------------------
 
-def as_graph(obj) -> Graph:
-    if isinstance(obj, Graph):
-        return obj
-    if isinstance(obj, Node):
-        return Graph([obj])
-    if isinstance(obj, (list, tuple)) and all(isinstance(n, Node) for n in obj):
-        return Graph(list(obj))
-    if isinstance(getattr(obj, "graph", None), Graph):       # a compiled Function
-        return obj.graph
-    raise GraphcError(f"render: expected nodes, a Graph or a Function, got {type(obj).__name__}")
-
-
 def before_graph(obj) -> Graph | None:
     """The graph as built (before optimization); None for a Function that did not keep it."""
     for attr in ("original", "unoptimized", "source_graph"):
@@ -60,7 +48,7 @@ def before_graph(obj) -> Graph | None:
             return g
     if isinstance(getattr(obj, "graph", None), Graph):
         return None
-    return as_graph(obj)
+    return as_graph(obj, "render")
 
 
 def optimized_graph(graph: Graph) -> Graph:
@@ -475,13 +463,13 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
               "instead (gc.render(outputs, compare=True)) to see them before optimization",
               file=sys.stderr)
     if before is not None:
-        after = as_graph(nodes_or_function) if is_function else optimized_graph(before)
+        after = as_graph(nodes_or_function, "render") if is_function else optimized_graph(before)
         for tag, g, title in (("a_", before, "as built"), ("b_", after, "optimized")):
             with dot.subgraph(name=f"cluster_{tag}") as c:
                 c.attr(label=f"{title} ({len(g)} nodes)", style="rounded", color="#666666")
                 Drawer(c, g, opts, tag).draw()
     else:
-        graph = as_graph(nodes_or_function)
+        graph = as_graph(nodes_or_function, "render")
         if backward and not is_function:
             graph = with_gradients(graph)
         if optimized and not is_function:
