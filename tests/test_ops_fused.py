@@ -17,13 +17,16 @@ def f64(*shape):
     return rng.uniform(-2.0, 2.0, size=shape)
 
 
-def body_of(build, *shapes) -> Body:
-    """A fused body: `build` applied to placeholders in0, in1, ... (float64)."""
-    ins = [Node("placeholder", (), {}, s, np.float64, f"in{i}") for i, s in enumerate(shapes)]
+def body_of(build, *like) -> Body:
+    """A fused body: `build` applied to placeholders in0, in1, ... of the nodes' types."""
+    ins = [Node("placeholder", (), {}, n.shape, n.dtype, f"in{i}") for i, n in enumerate(like)]
     return Body(ins, build(*ins))
 
 
-BODY = body_of(lambda a, b: gc.tanh(a * b + 1.0) - gc.sigmoid(b), (3, 4), (4,))
+def group(a, b):
+    """tanh(a * b + 1) - sigmoid(b) as one fused node."""
+    body = body_of(lambda a, b: gc.tanh(a * b + 1.0) - gc.sigmoid(b), a, b)
+    return apply("fused", a, b, body=body)
 SIGMOID = lambda z: 1 / (1 + np.exp(-z))                       # noqa: E731
 ACTS = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": SIGMOID,
         "tanh": np.tanh}
@@ -40,7 +43,7 @@ def dense_row(act, ta, tb, bias=True):
 
 
 ROWS = [
-    Row("fused", lambda a, b: apply("fused", a, b, body=BODY), [f64(3, 4), f64(4)],
+    Row("fused", group, [f64(3, 4), f64(4)],
         lambda a, b: np.tanh(a * b + 1.0) - SIGMOID(b)),
 ] + [dense_row(act, ta, tb) for act in ACTS for ta in (False, True) for tb in (False, True)] \
   + [dense_row("relu", False, True, bias=False)]
@@ -48,7 +51,7 @@ ROWS = [
 
 def test_fused_listing_shows_the_body_compactly():
     a, b = gc.placeholder((3, 4), "float64", "a"), gc.placeholder((4,), "float64", "b")
-    assert "body=<5 ops: mul, add, tanh, sigmoid, sub>" in str(apply("fused", a, b, body=BODY))
+    assert "body=<5 ops: mul, add, tanh, sigmoid, sub>" in str(group(a, b))
 
 
 def test_dense_rejects_a_bias_that_would_broadcast_the_product():
