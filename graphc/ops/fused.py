@@ -1,7 +1,8 @@
 """Ops that only the optimizer builds: a fused elementwise group and dense (the GEMM epilogue).
 
 `fused(*inputs, body=Body)` evaluates a small inner graph whose placeholders in0, in1, ...
-stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step (`dense_parts` spells it out).
+stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step
+(`dense_parts` spells it out in primitives).
 """
 from __future__ import annotations
 
