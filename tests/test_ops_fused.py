@@ -7,8 +7,8 @@ import pytest
 
 import graphc as gc
 from graphc.ir import Node, apply
-from graphc.ops.fused import Body
-from tests.helpers import Row
+from graphc.ops.fused import Body, decomposition, inline
+from tests.helpers import Row, leaves_for
 
 rng = np.random.default_rng(4)
 
@@ -58,3 +58,16 @@ def test_dense_rejects_a_bias_that_would_broadcast_the_product():
     a, b = gc.placeholder((2, 3), name="a"), gc.placeholder((3, 4), name="b")
     with pytest.raises(gc.GraphcError, match="dense.*bias"):
         apply("dense", a, b, gc.placeholder((5, 4), name="c"))
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.name == "dense"])
+def test_dense_computes_what_its_decomposition_says(row):
+    """dense_parts is the one definition of dense that viz and formula show: the kernel (and
+    so the runtime, checked against it) must agree with it."""
+    leaves = leaves_for(row.inputs)
+    node = row.build(*leaves)
+    (parts,) = inline(decomposition(node), list(node.inputs))
+    feeds = dict(zip(leaves, row.inputs))
+    np.testing.assert_allclose(parts.eval(feeds), node.eval(feeds), rtol=1e-12, atol=1e-12)
+    assert {n.op for n in gc.Graph([parts]).nodes} <= {"placeholder", "transpose", "matmul",
+                                                      "add", node.attrs["activation"]}
