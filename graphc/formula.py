@@ -99,8 +99,6 @@ def matrix_sym(n: Node, args: list):
         return MATRIX_FORMS[op](n, *args)
     if OPS[op].elementwise and n.ndim <= 2:
         return elementwise_sym(n, args)
-    if OPS[op].decompose is not None and n.ndim <= 2:
-        return decomposed_sym(n, args)
     r, c = dims(n.shape) or (1, 1)
     out = Opaque(op, r, c, *args)
     return sp.Function(op)(*args) if n.shape == () else out
@@ -195,6 +193,8 @@ def node_sym(n: Node, args: list, matrix: bool, name: str | None = None):
                 return fit(constant_sym(n.data), n.shape)
             return sp.MatrixSymbol(name, *dims(n.shape))
         return constant_sym(n.data)
+    if OPS[n.op].decompose is not None and n.ndim <= 2:
+        return decomposed_sym(n, args)
     return matrix_sym(n, args) if matrix else scalar_sym(n.op, args, n.attrs)
 
 

@@ -71,3 +71,12 @@ def test_dense_computes_what_its_decomposition_says(row):
     np.testing.assert_allclose(parts.eval(feeds), node.eval(feeds), rtol=1e-12, atol=1e-12)
     assert {n.op for n in gc.Graph([parts]).nodes} <= {"placeholder", "transpose", "matmul",
                                                       "add", node.attrs["activation"]}
+
+
+def test_dense_is_drawn_and_written_as_its_decomposition():
+    x, w, b = gc.placeholder((None, 3), name="x"), gc.placeholder((4, 3), name="W"), \
+        gc.placeholder((4,), name="b")
+    node = apply("dense", x, w, b, activation="sigmoid", transpose_b=True)
+    assert gc.explain(node) == gc.explain(gc.sigmoid(x @ w.T + b)) == "out0 = sigmoid(b + x·Wᵀ)"
+    source = gc.render(node).source
+    assert all(f"{op}\n" in source or f'{op}"' in source for op in ("matmul", "add", "sigmoid"))
