@@ -1,7 +1,8 @@
-"""The graph IR: one immutable node type, the op table it is built from, graphs and the printer.
+"""The graph IR: one immutable node type, graphs, building nodes from the op table, the interpreter.
 
 Everything above this module builds nodes through `apply`, which runs the op's shape rule and
 records the user's file and line, so every error can point back at the user's own code.
+The op table sits in `graphc.opdef`, the printer in `graphc.listing` (both re-exported here).
 """
 from __future__ import annotations
 
@@ -12,48 +13,20 @@ import os
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
+from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
 
 Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
 Shape = tuple[Dim, ...]
 
 
-class GraphcError(Exception):
-    """Every error a user can cause."""
-
-
-class ShapeError(GraphcError, ValueError):
-    """A shape or dtype rule rejected its inputs; `apply` adds the op, shapes and line."""
-
-
-@dataclass(frozen=True)
-class OpDef:
-    """Everything about one op: shape/dtype rule, NumPy kernel, VJP rule, sympy form, flags."""
-    name: str
-    infer: Callable[..., tuple]   # infer(*input_nodes, **attrs) -> (shape, dtype[, attrs])
-    kernel: Callable[..., np.ndarray]         # kernel(*arrays, **attrs) -> array
-    vjp: Callable | None = None               # vjp(g, out, *inputs, **attrs) -> input grads
-    sym: Callable | None = None               # sym(*sympy_args, **attrs) -> sympy expression
-    elementwise: bool = False
-    random: bool = False                      # kernel takes rng=, the executor owns the generator
-    items: Callable | None = None             # items(node) -> [(shape, dtype)]: the node is a
-                                              # tuple of arrays, read through `item` nodes
-
-
-OPS: dict[str, OpDef] = {}
 _ids = itertools.count()
 _context = contextvars.ContextVar("graphc_context", default=((), None))
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def register(op: OpDef) -> OpDef:
-    if op.name in OPS:
-        raise ValueError(f"op {op.name!r} registered twice")
-    OPS[op.name] = op
-    return op
 
 
 @contextlib.contextmanager
@@ -300,11 +273,6 @@ def _hashable(v):
     return tuple(map(_hashable, v)) if isinstance(v, (list, tuple)) else v
 
 
-def format_shape(shape: Shape) -> str:
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
 def as_node(x, like: Node | None = None) -> Node:
     """A node for x; Python scalars take the dtype NumPy would give them beside `like`."""
     if isinstance(x, Node):
@@ -417,47 +385,29 @@ class Graph:
         return _repr_svg(self)
 
 
+def as_graph(obj, what: str = "graph") -> Graph:
+    """A Graph from what users hand over: a node, nodes, a Graph, or an object holding one
+    as `.graph` (a compiled Function); `what` names the caller in the error."""
+    if isinstance(obj, Graph):
+        return obj
+    if isinstance(obj, Node):
+        return Graph([obj])
+    if isinstance(getattr(obj, "graph", None), Graph):
+        return obj.graph
+    iterable = hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict))
+    nodes = list(obj) if iterable else [obj]
+    if all(isinstance(n, Node) for n in nodes):
+        return Graph(nodes)
+    bad = next(type(n).__name__ for n in nodes if not isinstance(n, Node))
+    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}")
+
+
 DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)
 
 
 def _repr_svg(obj):
     """Jupyter's picture of a node, graph or Function; None (the text repr) before viz."""
     return DRAW[0](obj) if DRAW else None
-
-
-def format_attr(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return repr(v)
-
-
-def format_node(node: Node, names: dict[int, str]) -> str:
-    """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`."""
-    args = [names.get(id(i), "?") for i in node.inputs]
-    if node.op == "constant":
-        arr = node.data
-        args.append(np.array2string(arr, precision=4, threshold=6, separator=", ")
-                    .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
-    args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
-    line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
-    items = OPS[node.op].items if node.inputs else None
-    note = f"  # tuple of {len(items(node))}" if items \
-        else f"  # {format_shape(node.shape)} {node.dtype.name}"
-    if node.name:
-        note += f" {node.name!r}"
-    if node.grad_of is not None:
-        note += f"  [grad of {names.get(id(node.grad_of), node.grad_of.label())}]"
-    return line + note
-
-
-def format_listing(graph: Graph) -> str:
-    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-    lines = [format_node(n, names) for n in graph.nodes]
-    outs = ", ".join(names[id(o)] for o in graph.outputs)
-    lines.append(f"return {outs}")
-    for var, new in graph.updates:
-        lines.append(f"update {names[id(var)]} <- {names[id(new)]}")
-    return "\n".join(lines)
 
 
 # the reference interpreter ------------------------------------------------------------
