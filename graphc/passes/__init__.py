@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from graphc.ir import Graph, Node
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
-from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
+from graphc.passes.rewrite import Rule, RewriteError, counting, paused_gc, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
     fold_constants, simplify
 from graphc.passes.stability import stabilize, stable_grad
@@ -71,7 +71,7 @@ def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: boo
     """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
     graph = as_graph(outputs_or_graph)
     rep = Report()
-    with counting(rep.rules):
+    with counting(rep.rules), paused_gc():
         for p in DEFAULT_PIPELINE if passes is None else passes:
             start, before = time.perf_counter(), len(graph.nodes)
             graph = into_bodies(p, graph)      # loop bodies are optimized the same way

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, GraphcError, Node, apply, format_shape
+from graphc.ir import OPS, Graph, GraphcError, Node, apply, format_shape
 
 _stats: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("graphc_rewrite_stats",
                                                                        default=None)
@@ -43,6 +45,30 @@ def counting(stats: Counter):
         _stats.reset(token)
 
 
+_gc_pause = {"depth": 0, "was_enabled": False}
+_gc_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """Python's cyclic collector off while a big graph is optimized or lowered: those make
+    ~10 objects per node and no cycles worth collecting, and the collector's walks over every
+    live node were ~20 % of the time. Nested and threaded pauses share one count, so the
+    collector comes back on (if it was on) when the last one ends."""
+    with _gc_guard:
+        if _gc_pause["depth"] == 0:
+            _gc_pause["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["depth"] += 1
+    try:
+        yield
+    finally:
+        with _gc_guard:
+            _gc_pause["depth"] -= 1
+            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
+                gc.enable()
+
+
 def same_shape(a: tuple, b: tuple) -> bool:
     """Shapes agree, a dim known only at run time (None or a name) matching anything."""
     return len(a) == len(b) and all(
@@ -51,29 +77,51 @@ def same_shape(a: tuple, b: tuple) -> bool:
 
 def node_key(n: Node):
     """What identifies n's value: leaves by identity (small constants by value), random ops
-    by identity, everything else by Node.key() over already-canonical inputs."""
-    if n.op == "constant":
+    by identity, everything else by op, input ids and attributes over already-canonical
+    inputs (Node.key(); without attributes spelled out, as the driver asks once per node)."""
+    inputs = n.inputs
+    if not inputs:
+        if n.op != "constant":
+            return n
         arr = n.data
         return ("constant", arr.dtype.str, arr.shape, arr.tobytes()) \
             if arr.size <= SMALL_CONSTANT else n
-    if not n.inputs or n.opdef.random:
+    if OPS[n.op].random:
         return n
-    return n.key()
+    return n.key() if n.attrs else (n.op, tuple([i.id for i in inputs]), ())
 
 
 def rebuild_node(n: Node, inputs: list[Node], done: dict[Node, Node]) -> Node:
     """n on new inputs, its `grad_of` tag moved to the rewritten forward node when known."""
-    if not n.inputs:
+    old = n.inputs
+    if not old:
         return n
-    tag = done.get(n.grad_of, n.grad_of) if n.grad_of is not None else None
-    if all(a is b for a, b in zip(inputs, n.inputs)) and tag is n.grad_of:
+    tag = n.grad_of
+    if tag is not None:
+        tag = done.get(tag, tag)
+    inputs = tuple(inputs)
+    if inputs == old and tag is n.grad_of:      # Node has no __eq__: identity, element-wise
         return n
-    if all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(inputs, n.inputs)):
-        # same input types: the shape rule would give n's own type again, skip it
-        return Node(n.op, tuple(inputs), n.attrs, n.shape, n.dtype, n.name, n.where, n.scope,
-                    tag)
-    return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope, _grad_of=tag,
-                 **n.attrs)
+    for a, b in zip(inputs, old):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope,
+                         _grad_of=tag, **n.attrs)
+    # same input types: the shape rule would give n's own type again, skip it
+    return Node(n.op, inputs, n.attrs, n.shape, n.dtype, n.name, n.where, n.scope, tag)
+
+
+class Fixed:
+    """What a rewrite learned about its result: the rules it offered to each op and the nodes
+    none of them changed. A node's rules see only the node and what is below it, so a later
+    walk whose rules for that op are among these need not offer them again (stabilize's two
+    walks and simplify after them would otherwise retry every rule on every node)."""
+
+    def __init__(self, rules_of: dict[str, tuple[Rule, ...]]):
+        self.rules_of = rules_of
+        self.nodes: set[Node] = set()
+
+    def covers(self, op: str, rules: tuple[Rule, ...]) -> bool:
+        return set(rules) <= set(self.rules_of.get(op, ()))
 
 
 def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) -> Graph:
@@ -81,13 +129,28 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
     by_op: dict[str, list[Rule]] = {}
     for r in rules:
         by_op.setdefault(r.op, []).append(r)
+    anyop = tuple(by_op.get("*", ()))
+    rules_of: dict[str, tuple[Rule, ...]] = {}   # op -> its rules, then the "*" rules
     stats = _stats.get()
     budget = [limit if limit is not None else 20 * len(graph.nodes) + 1000]
     done: dict[Node, Node] = {}          # any node seen -> its rewritten form
     table: dict = {}                     # node_key -> canonical node
+    prior = getattr(graph, "fixed", None)
+    skip: dict[str, bool] = {}           # op -> prior's fixed nodes of op need no rules
+    fixed = Fixed(rules_of)
 
     def fire(n: Node) -> Node | None:
-        for r in by_op.get(n.op, []) + by_op.get("*", []):
+        op = n.op
+        todo = rules_of.get(op)
+        if todo is None:
+            todo = rules_of[op] = tuple(by_op.get(op, ())) + anyop
+        if prior is not None and n in prior.nodes:
+            ok = skip.get(op)
+            if ok is None:
+                ok = skip[op] = prior.covers(op, todo)
+            if ok:
+                return None
+        for r in todo:
             out = r.fn(n, *n.inputs)
             if out is None or out is n:
                 continue
@@ -126,15 +189,22 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             if out is None:
                 stack.pop()
                 done[n] = done[new] = new
+                if budget[0] > 0:
+                    fixed.nodes.add(new)
                 continue
             budget[0] -= 1
             redirect[n] = (new, out)
             stack.append(out)
         return done[root]
 
-    outputs = [run(o) for o in graph.outputs]
-    updates = [(run(v), run(u)) for v, u in graph.updates]
-    return Graph(outputs, updates)
+    for n in graph.nodes:                # inputs first: `run` meets every input done
+        if n not in done:
+            run(n)
+    outputs = [done[o] for o in graph.outputs]
+    updates = [(done[v], done[u]) for v, u in graph.updates]
+    result = Graph(outputs, updates)
+    result.fixed = fixed
+    return result
 
 
 def substitute(graph: Graph, mapping: dict[Node, Node]) -> Graph:
