@@ -14,7 +14,8 @@ import numpy as np
 import sympy as sp
 
 from graphc.ir import OPS, GraphcError, Node, toposort
-from graphc.symbolic import (GLUE, Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
+from graphc.ops.fused import decomposition
+from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              scalar_sym, sigmoid, tex, text)
 
 BATCH = sp.Symbol("n", integer=True, positive=True)     # a dim of unknown size (None)
@@ -82,7 +83,7 @@ def matrix_sym(n: Node, args: list):
     op, attrs = n.op, n.attrs
     if all(not isinstance(a, sp.MatrixExpr) for a in args) and n.shape == ():
         return scalar_sym(op, args, attrs)          # a scalar computed from scalars
-    if op in GLUE:
+    if OPS[op].glue:
         return fit(args[0], n.shape)
     if op == "size":
         return sp.Mul(*[dims((n.inputs[0].shape[a],))[1] for a in attrs["axis"]])
@@ -98,9 +99,17 @@ def matrix_sym(n: Node, args: list):
         return MATRIX_FORMS[op](n, *args)
     if OPS[op].elementwise and n.ndim <= 2:
         return elementwise_sym(n, args)
+    if OPS[op].decompose is not None and n.ndim <= 2:
+        return decomposed_sym(n, args)
     r, c = dims(n.shape) or (1, 1)
     out = Opaque(op, r, c, *args)
     return sp.Function(op)(*args) if n.shape == () else out
+
+
+def decomposed_sym(n: Node, args: list):
+    """An op declared as primitives (dense: act(x·W + b)) as the formula of those."""
+    body = decomposition(n)
+    return build(body.outputs, {id(p): a for p, a in zip(body.inputs, args)})[id(body.outputs[0])]
 
 
 def per_row(g, rows, cols):
@@ -293,7 +302,7 @@ def shared(nodes: Sequence[Node]) -> list[Node]:
             uses[id(i)] = uses.get(id(i), 0) + 1
     wanted = {id(n) for n in nodes}
     return [n for n in order if n.inputs and id(n) in live and id(n) not in wanted
-            and n.op not in GLUE and n.dtype != bool and (uses.get(id(n), 0) > 1 or n.name)]
+            and not OPS[n.op].glue and n.dtype != bool and (uses.get(id(n), 0) > 1 or n.name)]
 
 
 def explain(nodes, latex: bool = False) -> str:

@@ -25,8 +25,6 @@ STORED = ("variable", "constant")      # leaves whose array is in the .npz
 DTYPES = frozenset(np.dtype(t).name for t in (
     bool, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64)) | {"void"}     # void: a tuple-valued node
-GRAPH_ATTRS = {"fused": ("body",), "scan": ("body",)}   # attributes holding a graph whose
-                                       # placeholders stand for the node's inputs, in order
 MAX_RANK = 32      # NumPy's limit on dimensions
 MAX_SIZE = 1 << 62      # bytes any one declared array may hold (NumPy's own bound is 2**63-1)
 MAX_DEPTH = 8      # how deeply attribute tuples may nest
@@ -180,7 +178,7 @@ def decode_attrs(attrs: dict, op: str, n_inputs: int, at: str, nest: tuple) -> d
                               f"(it takes {', '.join(sorted(allowed)) or 'none'})")
         if k.startswith("_") or k == "rng":
             raise GraphcError(f"{at}: attribute name {k[:40]!r} is not allowed")
-        if k in GRAPH_ATTRS.get(op, ()):
+        if k in OPS[op].graph_attrs:
             out[k] = decode_body(v, f"{at} attribute {k!r}", n_inputs, k, *nest)
         else:
             out[k] = decode_attr(v, f"{at} attribute {k!r}", 0)

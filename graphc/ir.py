@@ -1,7 +1,8 @@
-"""The graph IR: one immutable node type, the op table it is built from, graphs and the printer.
+"""The graph IR: one immutable node type, the op table it is built from, graphs, the interpreter.
 
 Everything above this module builds nodes through `apply`, which runs the op's shape rule and
 records the user's file and line, so every error can point back at the user's own code.
+The printer lives in `graphc.listing` (re-exported here).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
 
 Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
 Shape = tuple[Dim, ...]
@@ -41,6 +44,14 @@ class OpDef:
     random: bool = False                      # kernel takes rng=, the executor owns the generator
     items: Callable | None = None             # items(node) -> [(shape, dtype)]: the node is a
                                               # tuple of arrays, read through `item` nodes
+    # facts passes and views read (one place for them, not name lists in each reader)
+    positive: bool = False                    # the result is > 0 everywhere (a safe divisor)
+    glue: bool = False                        # only moves or retypes data: entries keep values
+    shape_only: tuple[int, ...] = ()          # inputs read only for their shape
+    graph_attrs: tuple[str, ...] = ()         # attributes holding a graph whose placeholders
+                                              # stand for the node's inputs, in order
+    decompose: Callable | None = None         # decompose(*input_nodes, **attrs) -> the same
+                                              # value built from primitives (views draw it)
 
 
 OPS: dict[str, OpDef] = {}
@@ -300,11 +311,6 @@ def _hashable(v):
     return tuple(map(_hashable, v)) if isinstance(v, (list, tuple)) else v
 
 
-def format_shape(shape: Shape) -> str:
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
 def as_node(x, like: Node | None = None) -> Node:
     """A node for x; Python scalars take the dtype NumPy would give them beside `like`."""
     if isinstance(x, Node):
@@ -423,41 +429,6 @@ DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits
 def _repr_svg(obj):
     """Jupyter's picture of a node, graph or Function; None (the text repr) before viz."""
     return DRAW[0](obj) if DRAW else None
-
-
-def format_attr(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return repr(v)
-
-
-def format_node(node: Node, names: dict[int, str]) -> str:
-    """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`."""
-    args = [names.get(id(i), "?") for i in node.inputs]
-    if node.op == "constant":
-        arr = node.data
-        args.append(np.array2string(arr, precision=4, threshold=6, separator=", ")
-                    .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
-    args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
-    line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
-    items = OPS[node.op].items if node.inputs else None
-    note = f"  # tuple of {len(items(node))}" if items \
-        else f"  # {format_shape(node.shape)} {node.dtype.name}"
-    if node.name:
-        note += f" {node.name!r}"
-    if node.grad_of is not None:
-        note += f"  [grad of {names.get(id(node.grad_of), node.grad_of.label())}]"
-    return line + note
-
-
-def format_listing(graph: Graph) -> str:
-    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-    lines = [format_node(n, names) for n in graph.nodes]
-    outs = ", ".join(names[id(o)] for o in graph.outputs)
-    lines.append(f"return {outs}")
-    for var, new in graph.updates:
-        lines.append(f"update {names[id(var)]} <- {names[id(new)]}")
-    return "\n".join(lines)
 
 
 # the reference interpreter ------------------------------------------------------------

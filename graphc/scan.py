@@ -183,7 +183,8 @@ def inline(body: Body, values: list[Node]) -> list[Node]:
     return [done[id(o)] for o in body.outputs]
 
 
-register(OpDef("scan", scan_infer, scan_kernel, scan_vjp, items=scan_items))
+register(OpDef("scan", scan_infer, scan_kernel, scan_vjp, items=scan_items,
+               graph_attrs=("body",)))
 
 
 # tracing ----------------------------------------------------------------------------------

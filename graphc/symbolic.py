@@ -10,7 +10,6 @@ from sympy.printing.str import StrPrinter
 
 from graphc.ir import OPS
 
-GLUE = ("broadcast_to", "reshape", "cast")                # ops that only move or retype data
 INFIX = {"greater": ">", "greater_equal": ">=", "less": "<", "less_equal": "<=",
          "equal": "=="}
 TEX_INFIX = {"greater": ">", "greater_equal": r"\geq", "less": "<", "less_equal": r"\leq",
@@ -179,9 +178,9 @@ def scalar_sym(op: str, args: list, attrs: dict):
     """The op's scalar formula from its OpDef.sym; an undefined function when it has none."""
     if op == "sigmoid":
         return sigmoid(args[0])
-    if op in GLUE or (op in ("sum", "max", "transpose") and len(args) >= 1):
-        return args[0]
     opdef = OPS.get(op)
+    if (opdef is not None and opdef.glue) or (op in ("sum", "max", "transpose") and args):
+        return args[0]
     out = None
     if opdef is not None and opdef.sym is not None:
         try:

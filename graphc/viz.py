@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.autodiff import grad
-from graphc.ir import Graph, GraphcError, Node, apply, format_node, format_shape, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, format_node, format_shape, toposort
+from graphc.ops.fused import decomposition
 from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
                              mimebundle, new_digraph, pipe, write)
 
@@ -22,7 +23,6 @@ BORDER = {"forward": "#3d6fa5", "gradient": "#c26a12", "update": "#38761d"}
 SAVED_EDGE = "#c26a12"             # forward value read by the backward pass (saved activation)
 UPDATE_EDGE = "#38761d"
 FUSED = "fused:"                   # marks a fused node's cluster among scope names
-SHAPE_ONLY = {"reshape": (1,), "broadcast_to": (1,), "size": (0,)}   # inputs read for shape
 LEAF_SHAPE = {"placeholder": "parallelogram", "variable": "cylinder", "constant": "note"}
 
 
@@ -234,7 +234,7 @@ class Drawer:
                 boxes.setdefault(box, []).append(n)
                 self.ids[id(n)] = self.prefix + "box_" + box[0] + "_" + "/".join(box[1])
                 self.boxes[self.ids[id(n)]] = box
-            elif not (n.op in ("fused", "dense", "scan") and self.draw_fused(n)):
+            elif not (has_body(n) and self.draw_fused(n)):
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
             self.draw_box(kind, scope, members)
@@ -328,7 +328,7 @@ class Drawer:
             return                                  # edges drawn with the body
         dst = self.ids[id(n)]
         for k, i in enumerate(n.inputs):
-            shape_only = k in SHAPE_ONLY.get(n.op, ())
+            shape_only = k in OPS[n.op].shape_only
             self.edges.append((("outer", i), dst, {"style": "dotted", "color": "#999999",
                                                    "tooltip": "reads only the shape"}
                                if shape_only else {}))
@@ -419,25 +419,17 @@ def loop_label(n: Node, num: dict) -> str:
 
 
 def fused_body(n: Node) -> Graph | None:
-    """The ops inside a fused node or a loop; a `dense` node is drawn as matmul -> add ->
-    activation."""
-    if n.op in ("fused", "scan"):
-        body = n.attrs.get("body")
+    """The ops inside a fused node or a loop, or a decomposed op's primitives (a `dense` node
+    is drawn as matmul -> add -> activation)."""
+    attrs = OPS[n.op].graph_attrs if n.inputs else ()
+    if attrs:
+        body = n.attrs.get(attrs[0])
         return body if isinstance(body, Graph) else None
-    if len(n.inputs) < 2:
-        return None
-    ins = [Node("placeholder", (), {}, i.shape, i.dtype, f"in{k}") for k, i in
-           enumerate(n.inputs)]
-    a, b = ins[0], ins[1]
-    a = apply("transpose", a) if n.attrs.get("transpose_a") else a
-    b = apply("transpose", b) if n.attrs.get("transpose_b") else b
-    out = apply("matmul", a, b)
-    for bias in ins[2:]:
-        out = apply("add", out, bias)
-    act = n.attrs.get("activation")
-    if act:
-        out = apply(act, out)
-    return Graph([out])
+    return decomposition(n)
+
+
+def has_body(n: Node) -> bool:
+    return bool(n.inputs) and bool(OPS[n.op].graph_attrs or OPS[n.op].decompose)
 
 
 def draw_legend(dot, backward: bool = True):

@@ -503,16 +503,16 @@ def test_optimized_random_graphs_compute_the_same_values(choices):
         np.testing.assert_allclose(a[finite], b[finite], rtol=1e-6, atol=1e-9 * scale)
 
 
-def test_fused_and_dense_have_sympy_forms():
+def test_fused_and_dense_have_formulas():
     import sympy as sp
     from graphc.ir import OPS
     x, y = gc.placeholder((3,), name="x"), gc.placeholder((3,), name="y")
     (fused,) = P.fuse_elementwise(Graph([gc.tanh(x * y + 1.0)])).outputs
     a, b = sp.symbols("a b")
     assert OPS["fused"].sym(a, b, body=fused.attrs["body"]) == sp.tanh(a * b + 1)
-    A, B = sp.Matrix([[1, 2]]), sp.Matrix([[3], [4]])
-    assert OPS["dense"].sym(A, B, activation=None, transpose_a=False,
-                            transpose_b=False) == sp.Matrix([[11]])
+    w = gc.placeholder((3, 2), name="W")
+    dense = gc.apply("dense", gc.reshape(x, (1, 3)), w, activation="tanh")
+    assert gc.explain(dense) == "out0 = tanh(x·W)"    # the formula of its decomposition
 
 
 # pooling and relu commute --------------------------------------------------------------

@@ -57,8 +57,9 @@ def norm_axes(axis, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote) -> OpDef:
-    """Declare a broadcasting elementwise op: shape is the broadcast of the inputs' shapes."""
+def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote, **facts) -> OpDef:
+    """Declare a broadcasting elementwise op: shape is the broadcast of the inputs' shapes;
+    `facts` are further OpDef fields (positive=True, ...)."""
     arity = getattr(kernel, "nin", None) or len(inspect.signature(kernel).parameters)
 
     def infer(*xs, **attrs):
@@ -71,4 +72,4 @@ def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote) -> OpDef:
             except TypeError as e:
                 raise ShapeError(str(e)) from None
         return broadcast_shapes(*[x.shape for x in xs]), dtype
-    return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True))
+    return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True, **facts))

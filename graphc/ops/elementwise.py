@@ -35,7 +35,8 @@ def pow_vjp(g, out, a, b):
 
 
 elementwise("pow", np.power, pow_vjp, lambda a, b: a ** b)
-elementwise("exp", np.exp, lambda g, out, x: (g * out,), sp.exp, dtype_rule=need_float)
+elementwise("exp", np.exp, lambda g, out, x: (g * out,), sp.exp, dtype_rule=need_float,
+            positive=True)
 elementwise("log", np.log, lambda g, out, x: (g / x,), sp.log, dtype_rule=need_float)
 elementwise("log1p", np.log1p, lambda g, out, x: (g / (1 + x),), lambda x: sp.log(1 + x),
             dtype_rule=need_float)
@@ -48,13 +49,13 @@ elementwise("sign", np.sign, lambda g, out, x: (None,), sp.sign)
 elementwise("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), sp.tanh,
             dtype_rule=need_float)
 elementwise("sigmoid", sigmoid_kernel, lambda g, out, x: (g * out * (1 - out),),
-            lambda x: 1 / (1 + sp.exp(-x)), dtype_rule=need_float)
+            lambda x: 1 / (1 + sp.exp(-x)), dtype_rule=need_float, positive=True)
 elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
             lambda g, out, x: (where0(apply("greater", x, 0), g),),   # relu'(0) = 0
             lambda x: sp.Max(x, 0))
 elementwise("softplus", lambda x: np.logaddexp(0, x),
             lambda g, out, x: (g * apply("sigmoid", x),),
-            lambda x: sp.log(1 + sp.exp(x)), dtype_rule=need_float)
+            lambda x: sp.log(1 + sp.exp(x)), dtype_rule=need_float, positive=True)
 elementwise("maximum", np.maximum,   # ties: the first input wins
             lambda g, out, a, b: (where0(apply("greater_equal", a, b), g),
                                   where0(apply("less", a, b), g)), sp.Max)
@@ -93,7 +94,7 @@ def cast_infer(x, *, dtype):
 register(OpDef(
     "cast", cast_infer, lambda x, *, dtype: x.astype(dtype),
     lambda g, out, x, *, dtype: (apply("cast", g, dtype=x.dtype.name),),
-    lambda x, *, dtype: x, elementwise=True))
+    lambda x, *, dtype: x, elementwise=True, glue=True))
 
 
 # the public builders ------------------------------------------------------------------

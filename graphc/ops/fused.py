@@ -1,7 +1,7 @@
 """Ops that only the optimizer builds: a fused elementwise group and dense (the GEMM epilogue).
 
 `fused(*inputs, body=Body)` evaluates a small inner graph whose placeholders in0, in1, ...
-stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step.
+stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step (`dense_parts` spells it out).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sympy as sp
 from graphc.ir import OPS, Graph, Node, OpDef, ShapeError, apply, evaluate, format_shape, \
     register
 from graphc.ops.common import broadcast_shapes, promote
-from graphc.ops.elementwise import sigmoid_kernel
 
 
 class Body(Graph):
@@ -82,13 +81,35 @@ def fused_sym(*args, body):
     return vals[body.outputs[0]]
 
 
-register(OpDef("fused", fused_infer, fused_kernel, fused_vjp, fused_sym))
+register(OpDef("fused", fused_infer, fused_kernel, fused_vjp, fused_sym, graph_attrs=("body",)))
 
 
 # dense --------------------------------------------------------------------------------
 
-ACTIVATIONS = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0, out=z),
-               "sigmoid": sigmoid_kernel, "tanh": lambda z: np.tanh(z, out=z)}
+# the elementwise ops dense may end with: their VJPs read the op's input only through its
+# output (relu's reads x > 0, which is out > 0), so dense's VJP can call them on `out`
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
+def dense_parts(a, b, bias=None, *, activation=None, transpose_a=False, transpose_b=False):
+    """dense as primitives: activation(op(a) @ op(b) + bias), the one definition of what a
+    dense node computes (the kernel and the VJP follow it, viz and formula draw it)."""
+    a = apply("transpose", a) if transpose_a else a
+    b = apply("transpose", b) if transpose_b else b
+    out = apply("matmul", a, b)
+    if bias is not None:
+        out = apply("add", out, bias)
+    return apply(activation, out) if activation else out
+
+
+def decomposition(n: Node) -> Body | None:
+    """A node of a decomposed op as a Body of primitives on placeholders in0, in1, ..."""
+    decompose = OPS[n.op].decompose if n.inputs else None
+    if decompose is None:
+        return None
+    ins = [Node("placeholder", (), {}, i.shape, i.dtype, f"in{k}")
+           for k, i in enumerate(n.inputs)]
+    return Body(ins, decompose(*ins, **n.attrs))
 
 
 def bias_changes(bias, shape) -> bool:
@@ -101,7 +122,7 @@ def bias_changes(bias, shape) -> bool:
 def dense_infer(a, b, bias=None, *, activation=None, transpose_a=False, transpose_b=False):
     if a.ndim != 2 or b.ndim != 2:
         raise ShapeError("dense needs 2-D operands")
-    if activation not in ACTIVATIONS:
+    if activation is not None and activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}")
     (m, ka), (kb, n) = a.shape[::-1] if transpose_a else a.shape, \
         b.shape[::-1] if transpose_b else b.shape
@@ -122,22 +143,12 @@ def dense_kernel(a, b, bias=None, *, activation, transpose_a, transpose_b):
     if bias is not None:
         out = np.add(out, bias, out=out) if out.dtype == np.result_type(out, bias) \
             else out + bias
-    return ACTIVATIONS[activation](out)
-
-
-def activation_grad(g, out, activation):
-    if activation == "relu":
-        return apply("where", apply("greater", out, 0), g, 0.0)
-    if activation == "sigmoid":
-        return g * out * (1 - out)
-    if activation == "tanh":
-        return g * (1 - out * out)
-    return g
+    return OPS[activation].kernel(out) if activation else out
 
 
 def dense_vjp(g, out, a, b, bias=None, *, activation, transpose_a, transpose_b):
     """C = A @ B, A = op(a), B = op(b): dA = gz @ B^T, dB = A^T @ gz, written as dense ops."""
-    gz = activation_grad(g, out, activation)
+    gz = OPS[activation].vjp(g, out, out)[0] if activation else g
     ta, tb = transpose_a, transpose_b
     ga = apply("dense", b, gz, transpose_a=tb, transpose_b=True) if ta else \
         apply("dense", gz, b, transpose_b=not tb)
@@ -146,10 +157,4 @@ def dense_vjp(g, out, a, b, bias=None, *, activation, transpose_a, transpose_b):
     return (ga, gb) if bias is None else (ga, gb, gz)
 
 
-def dense_sym(a, b, *bias, activation, transpose_a, transpose_b):
-    if activation is not None or bias or not isinstance(a, sp.MatrixBase):
-        return None
-    return (a.T if transpose_a else a) * (b.T if transpose_b else b)
-
-
-register(OpDef("dense", dense_infer, dense_kernel, dense_vjp, dense_sym))
+register(OpDef("dense", dense_infer, dense_kernel, dense_vjp, decompose=dense_parts))

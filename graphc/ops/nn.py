@@ -61,7 +61,7 @@ def sym_log_softmax(v):
 register(OpDef(
     "softmax", softmax_infer, softmax_kernel,
     lambda g, out, x, *, axis: (out * (g - apply("sum", g * out, axis=axis, keepdims=True)),),
-    lambda x, *, axis: along(x, axis, sym_softmax)))
+    lambda x, *, axis: along(x, axis, sym_softmax), positive=True))
 register(OpDef(
     "log_softmax", softmax_infer, log_softmax_kernel,
     lambda g, out, x, *, axis: (

@@ -95,7 +95,7 @@ def size_kernel(x, *, axis, dtype):
 # size(x): the number of elements over `axis` at run time; reads only x's shape, so a
 # constant-folding pass may replace it by a constant when those dims are static
 register(OpDef("size", size_infer, size_kernel, lambda g, out, x, *, axis, dtype: (None,),
-               lambda x, *, axis, dtype: sp.Integer(1) if not axis else None))
+               lambda x, *, axis, dtype: sp.Integer(1) if not axis else None, shape_only=(0,)))
 
 
 # matmul -------------------------------------------------------------------------------

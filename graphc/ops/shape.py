@@ -101,7 +101,8 @@ def reshape_kernel(x, like=None, *, shape=None, keepdims_of=None):
 
 register(OpDef(
     "reshape", reshape_infer, reshape_kernel,
-    lambda g, out, x, like=None, **attrs: (apply("reshape", g, x), None), same_sym))
+    lambda g, out, x, like=None, **attrs: (apply("reshape", g, x), None), same_sym,
+    glue=True, shape_only=(1,)))
 
 
 # broadcast_to -------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def broadcast_kernel(x, like=None, *, shape=None):
 register(OpDef(
     "broadcast_to", broadcast_infer, broadcast_kernel,
     lambda g, out, x, like=None, **attrs: (g, None),    # autodiff sums g back to x's shape
-    same_sym))
+    same_sym, glue=True, shape_only=(1,)))
 
 
 # transpose ----------------------------------------------------------------------------

@@ -5,12 +5,11 @@ Both need to know a node's users, so they are one walk each over the graph, not 
 from __future__ import annotations
 
 from graphc.ir import OPS, Graph, GraphcError, Node, apply
-from graphc.ops.fused import Body
+from graphc.ops.fused import ACTIVATIONS, Body   # the activations dense may end with
 from graphc.passes.patterns import is_value
 from graphc.passes.rewrite import _stats, rebuild_node, same_shape, substitute
 
 INLINE_CONSTANT = 16     # constants up to this size live inside a fused body
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
 
 def count_users(graph: Graph) -> dict[Node, list[Node]]:

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import Node, apply, constant
-
-POSITIVE = ("exp", "sigmoid", "softmax", "softplus")   # mathematically > 0 everywhere
+from graphc.ir import OPS, Node, apply, constant
 
 
 def const_value(n: Node) -> np.ndarray | None:
     """The value of a constant, seen through broadcast_to and cast; None if not constant."""
-    while n.op in ("broadcast_to", "cast", "reshape"):
+    while n.inputs and OPS[n.op].glue:
         n = n.inputs[0]
     return n.data if n.op == "constant" else None
 
@@ -26,7 +24,7 @@ def is_value(n: Node, v: float) -> bool:
 def positive(x: Node, depth: int = 4) -> bool:
     """x is > 0 in exact arithmetic (it may still round to 0): safe to cancel as a divisor.
     Known positive ops, 1 - sigmoid, and products, quotients, sums and broadcasts of those."""
-    if x.op in POSITIVE:
+    if x.inputs and OPS[x.op].positive:
         return True
     if x.op == "sub" and is_value(x.inputs[0], 1) and x.inputs[1].op == "sigmoid":
         return True                                   # 1 - sigmoid(z) = sigmoid(-z)
