@@ -26,9 +26,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, Node
+from graphc.ir import Graph, Node, paused_gc
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
-from graphc.passes.rewrite import Rule, RewriteError, counting, paused_gc, rewrite, same_shape
+from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
     fold_constants, simplify
 from graphc.passes.stability import stabilize, stable_grad

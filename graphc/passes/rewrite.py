@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import gc
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -43,30 +41,6 @@ def counting(stats: Counter):
         yield stats
     finally:
         _stats.reset(token)
-
-
-_gc_pause = {"depth": 0, "was_enabled": False}
-_gc_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def paused_gc():
-    """Python's cyclic collector off while a big graph is optimized or lowered: those make
-    ~10 objects per node and no cycles worth collecting, and the collector's walks over every
-    live node were ~20 % of the time. Nested and threaded pauses share one count, so the
-    collector comes back on (if it was on) when the last one ends."""
-    with _gc_guard:
-        if _gc_pause["depth"] == 0:
-            _gc_pause["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _gc_pause["depth"] += 1
-    try:
-        yield
-    finally:
-        with _gc_guard:
-            _gc_pause["depth"] -= 1
-            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
-                gc.enable()
 
 
 def same_shape(a: tuple, b: tuple) -> bool:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
-                       storage_lock, _repr_svg)
+                       paused_gc, storage_lock, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
@@ -336,4 +336,5 @@ class Table(str):
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
              cast_feeds: bool = False) -> Function:
     """Compile `outputs` (a node or a list) and `updates` into a callable Function."""
-    return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)
+    with paused_gc():          # graphs and locks of a big graph: no cycles to collect
+        return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, Node, format_node
+from graphc.ir import OPS, Graph, Node, format_node, paused_gc
 from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
@@ -272,16 +272,24 @@ class Lowering:
             cur = nxt
         return spine, cur
 
+    def body_users(self, n: Node) -> dict[int, int]:
+        """id(body node) -> how many body nodes read it, for fused node n (made once)."""
+        key = ("users", id(n))
+        users = self.cache.get(key)
+        if users is None:
+            users = self.cache[key] = {}
+            for b in n.attrs["body"].nodes:
+                for x in b.inputs:
+                    users[id(x)] = users.get(id(x), 0) + 1
+        return users
+
     def fused_inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
         """A dying input buffer a fused step may run its spine in: only the spine's first
         call reads that input, elementwise, before anything else writes the buffer."""
         if not self.fused_ok(n):
             return None
         body = n.attrs["body"]
-        users: dict[int, int] = {}
-        for b in body.nodes:
-            for x in b.inputs:
-                users[id(x)] = users.get(id(x), 0) + 1
+        users = self.body_users(n)
         _, bottom = self.spine_of(n, users)
         if not rules.inplace_ok(bottom, lambda b: self.shapes[(id(n), id(b))][0]):
             return None
@@ -317,6 +325,13 @@ class Lowering:
         return None
 
     def fused_ok(self, n: Node) -> bool:
+        key = ("fused_ok", id(n))
+        ok = self.cache.get(key)
+        if ok is None:
+            ok = self.cache[key] = self.body_compiles(n)
+        return ok
+
+    def body_compiles(self, n: Node) -> bool:
         body: Graph = n.attrs["body"]
         for b in body.nodes:
             if b.inputs:
@@ -333,10 +348,7 @@ class Lowering:
         out = body.outputs[0]
         key = lambda b: (id(n), id(b))  # noqa: E731
         shape_of = lambda b: self.shapes[key(b)][0]  # noqa: E731
-        users: dict[int, int] = {}
-        for b in body.nodes:
-            for x in b.inputs:
-                users[id(x)] = users.get(id(x), 0) + 1
+        users = self.body_users(n)
         spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
         names: dict[int, str] = {}
         left = dict(users)
@@ -382,9 +394,10 @@ def body_positions(body: Graph) -> dict[int, int] | None:
 def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool = False,
           rngs: dict | None = None, tag: str = "") -> Plan:
     """The plan for one signature: generated source compiled into a function."""
-    low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
-    source, steps = low.build()
-    ns = low.ns
-    ns["check"] = check_step(steps, low.names)
-    exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
+    with paused_gc():            # big plans make many small objects and no cycles
+        low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
+        source, steps = low.build()
+        ns = low.ns
+        ns["check"] = check_step(steps, low.names)
+        exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops)
