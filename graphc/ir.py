@@ -391,18 +391,17 @@ def toposort(outputs: Iterable[Node]) -> list[Node]:
     """Every node the outputs depend on, inputs before users, in a stable order (iterative)."""
     order, seen = [], set()
     for root in outputs:
-        if id(root) in seen:
+        if root in seen:                # nodes hash by identity (no __eq__)
             continue
-        stack = [(root, 0)]
-        seen.add(id(root))
+        seen.add(root)
+        stack = [(root, iter(root.inputs))]
         while stack:
-            node, i = stack[-1]
-            if i < len(node.inputs):
-                stack[-1] = (node, i + 1)
-                child = node.inputs[i]
-                if id(child) not in seen:
-                    seen.add(id(child))
-                    stack.append((child, 0))
+            node, rest = stack[-1]
+            for child in rest:          # the first input not seen yet goes on the stack
+                if child not in seen:
+                    seen.add(child)
+                    stack.append((child, iter(child.inputs)))
+                    break
             else:
                 stack.pop()
                 order.append(node)
