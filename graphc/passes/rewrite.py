@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -113,18 +114,22 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
     skip: dict[str, bool] = {}           # op -> prior's fixed nodes of op need no rules
     fixed = Fixed(rules_of)
 
-    def fire(n: Node) -> Node | None:
-        op = n.op
+    def rules_for(op: str) -> tuple[Rule, ...]:
         todo = rules_of.get(op)
         if todo is None:
             todo = rules_of[op] = tuple(by_op.get(op, ())) + anyop
-        if prior is not None and n in prior.nodes:
-            ok = skip.get(op)
-            if ok is None:
-                ok = skip[op] = prior.covers(op, todo)
-            if ok:
-                return None
-        for r in todo:
+        return todo
+
+    def covered(op: str) -> bool:
+        ok = skip.get(op)
+        if ok is None:
+            ok = skip[op] = prior.covers(op, rules_for(op))
+        return ok
+
+    def fire(n: Node) -> Node | None:
+        if prior is not None and n in prior.nodes and covered(n.op):
+            return None
+        for r in rules_for(n.op):
             out = r.fn(n, *n.inputs)
             if out is None or out is n:
                 continue
@@ -171,12 +176,28 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             stack.append(out)
         return done[root]
 
+    # Until a rule fires, every node is itself (the prior walk merged equal nodes), and a
+    # node the prior walk left fixed under these rules needs no rebuild, key or rule: it
+    # waits in `quiet` and is entered in the table, in order, before anything may fire.
+    start, quiet = budget[0], []
     for n in graph.nodes:                # inputs first: `run` meets every input done
-        if n not in done:
-            run(n)
+        if n in done:
+            continue
+        if prior is not None and budget[0] == start and n in prior.nodes and covered(n.op):
+            done[n] = n
+            fixed.nodes.add(n)
+            quiet.append(n)
+            continue
+        for m in quiet:
+            table.setdefault(node_key(m), m)
+        quiet.clear()
+        run(n)
     outputs = [done[o] for o in graph.outputs]
     updates = [(done[v], done[u]) for v, u in graph.updates]
-    result = Graph(outputs, updates)
+    if budget[0] == start and type(graph) is Graph and prior is not None:
+        result = copy.copy(graph)        # nothing fired: the same nodes, in the same order
+    else:
+        result = Graph(outputs, updates)
     result.fixed = fixed
     return result
 
