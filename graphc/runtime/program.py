@@ -258,7 +258,14 @@ class Lowering:
 
     def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
         """The chain of body nodes from the output down that can all run in place in the
-        output buffer (each read only by the next), and its first-computed node."""
+        output buffer (each read only by the next), and its first-computed node (made once
+        per fused node: choosing its buffer and emitting it both ask)."""
+        key = ("spine", id(n))
+        if key not in self.cache:
+            self.cache[key] = self.find_spine(n, users)
+        return self.cache[key]
+
+    def find_spine(self, n: Node, users: dict) -> tuple[set, Node]:
         out = n.attrs["body"].outputs[0]
         shape_of = lambda b: self.shapes[(id(n), id(b))][0]  # noqa: E731
         spine, cur = {id(out)}, out
