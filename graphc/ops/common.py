@@ -10,6 +10,8 @@ from graphc.ir import Node, OpDef, Shape, ShapeError, format_shape, register
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """NumPy broadcasting, where None or a name stands for a batch dim of unknown size."""
+    if shapes and all(s == shapes[0] for s in shapes):   # the common case: nothing to do
+        return tuple(shapes[0])
     ndim = max(len(s) for s in shapes)
     out = []
     for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
