@@ -142,8 +142,27 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             return out
         return None
 
-    def run(root: Node) -> Node:
-        stack, redirect = [root], {}
+    def settle(n: Node) -> tuple[Node, Node] | None:
+        """n, whose inputs are done: rebuilt, hash-consed and offered to the rules; (its
+        canonical form, the replacement) when a rule fired (the replacement is rewritten
+        next), else None and n is done."""
+        new = rebuild_node(n, [done[i] for i in n.inputs], done)
+        new = table.setdefault(node_key(new), new)
+        if new in done and new is not n:
+            done[n] = done[new]
+            return None
+        out = fire(new) if budget[0] > 0 else None
+        if out is None:
+            done[n] = done[new] = new
+            if budget[0] > 0:
+                fixed.nodes.add(new)
+            return None
+        budget[0] -= 1
+        return new, out
+
+    def run(root: Node, fired: tuple[Node, Node]) -> None:
+        """Rewrite root's replacement (and what it is built of), then root is done."""
+        stack, redirect = [root, fired[1]], {root: fired}
         while stack:
             n = stack[-1]
             if n in done:
@@ -158,23 +177,12 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             if todo:
                 stack.extend(reversed(todo))
                 continue
-            new = rebuild_node(n, [done[i] for i in n.inputs], done)
-            new = table.setdefault(node_key(new), new)
-            if new in done and new is not n:
+            again = settle(n)
+            if again is None:
                 stack.pop()
-                done[n] = done[new]
                 continue
-            out = fire(new) if budget[0] > 0 else None
-            if out is None:
-                stack.pop()
-                done[n] = done[new] = new
-                if budget[0] > 0:
-                    fixed.nodes.add(new)
-                continue
-            budget[0] -= 1
-            redirect[n] = (new, out)
-            stack.append(out)
-        return done[root]
+            redirect[n] = again
+            stack.append(again[1])
 
     # Until a rule fires, every node is itself (the prior walk merged equal nodes), and a
     # node the prior walk left fixed under these rules needs no rebuild, key or rule: it
@@ -191,7 +199,9 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         for m in quiet:
             table.setdefault(node_key(m), m)
         quiet.clear()
-        run(n)
+        fired = settle(n)
+        if fired is not None:
+            run(n, fired)
     outputs = [done[o] for o in graph.outputs]
     updates = [(done[v], done[u]) for v, u in graph.updates]
     if budget[0] == start and type(graph) is Graph and prior is not None:
