@@ -126,8 +126,8 @@ _gc_guard = threading.Lock()
 def paused_gc():
     """Python's cyclic collector off while a graph is differentiated, optimized or lowered:
     those make ~10 objects per node and no cycles worth collecting, and the collector's walks
-    over every live node were ~20 % of the time on big graphs. Nested and threaded pauses share one count, so the
-    collector comes back on (if it was on) when the last one ends."""
+    over every live node were ~20 % of the time on big graphs. Nested and threaded pauses
+    share one count, so the collector comes back on (if it was on) when the last one ends."""
     with _gc_guard:
         if _gc_pause["depth"] == 0:
             _gc_pause["was_enabled"] = gc.isenabled()

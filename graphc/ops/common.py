@@ -64,14 +64,20 @@ def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote, **facts) -
     `facts` are further OpDef fields (positive=True, ...)."""
     arity = getattr(kernel, "nin", None) or len(inspect.signature(kernel).parameters)
 
+    dtypes: dict[tuple, np.dtype] = {}   # input dtypes -> result (dtype rules read no more)
+
     def infer(*xs, **attrs):
         if len(xs) != arity:
             raise ShapeError(f"takes {arity} input(s), got {len(xs)}")
-        dtype = dtype_rule(*xs)
-        if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
-            try:                                                      # (bool ** bool: int8)
-                dtype = kernel.resolve_dtypes(tuple(x.dtype for x in xs) + (None,))[-1]
-            except TypeError as e:
-                raise ShapeError(str(e)) from None
+        key = tuple([x.dtype for x in xs])
+        dtype = dtypes.get(key)
+        if dtype is None:
+            dtype = dtype_rule(*xs)
+            if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
+                try:                                                      # (bool ** bool: int8)
+                    dtype = kernel.resolve_dtypes(key + (None,))[-1]
+                except TypeError as e:
+                    raise ShapeError(str(e)) from None
+            dtypes[key] = dtype
         return broadcast_shapes(*[x.shape for x in xs]), dtype
     return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True, **facts))
