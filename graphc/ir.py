@@ -370,8 +370,11 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
     """Build a node of `op`: convert scalars, run the shape/dtype rule, record the user line."""
     opdef = OPS[op]
     nodes = [i for i in inputs if isinstance(i, Node)]
-    like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
-    nodes = tuple(as_node(i, like) for i in inputs)
+    if len(nodes) == len(inputs):           # no scalars to convert (passes, grad)
+        nodes = inputs
+    else:
+        like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
+        nodes = tuple(as_node(i, like) for i in inputs)
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)

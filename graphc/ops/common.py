@@ -15,6 +15,9 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
     ndim = max(len(s) for s in shapes)
     out = []
     for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
+        if all(d == dims[0] for d in dims):
+            out.append(dims[0])
+            continue
         sized = {d for d in dims if isinstance(d, int) and d != 1}
         free = {d for d in dims if not isinstance(d, int)}
         if len(sized) > 1:
