@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from graphc.ir import OPS, GraphcError, Node, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, toposort
 from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              scalar_sym, sigmoid, tex, text)
@@ -99,8 +99,6 @@ def matrix_sym(n: Node, args: list):
         return MATRIX_FORMS[op](n, *args)
     if OPS[op].elementwise and n.ndim <= 2:
         return elementwise_sym(n, args)
-    if OPS[op].decompose is not None and n.ndim <= 2:
-        return decomposed_sym(n, args)
     r, c = dims(n.shape) or (1, 1)
     out = Opaque(op, r, c, *args)
     return sp.Function(op)(*args) if n.shape == () else out
@@ -195,6 +193,8 @@ def node_sym(n: Node, args: list, matrix: bool, name: str | None = None):
                 return fit(constant_sym(n.data), n.shape)
             return sp.MatrixSymbol(name, *dims(n.shape))
         return constant_sym(n.data)
+    if OPS[n.op].decompose is not None and n.ndim <= 2:
+        return decomposed_sym(n, args)
     return matrix_sym(n, args) if matrix else scalar_sym(n.op, args, n.attrs)
 
 
@@ -292,17 +292,15 @@ class Explanation(str):
 
 def shared(nodes: Sequence[Node]) -> list[Node]:
     """Non-leaf nodes of the inputs' values read more than once, or named by the user."""
-    order = toposort(nodes)
-    uses: dict[int, int] = {}
+    graph = Graph(nodes)
+    users = graph.users()
     live: set[int] = set()             # depends on a placeholder or variable
-    for n in order:
+    for n in graph.nodes:
         if n.op in ("placeholder", "variable") or any(id(i) in live for i in n.inputs):
             live.add(id(n))
-        for i in {id(i): i for i in n.inputs}.values():
-            uses[id(i)] = uses.get(id(i), 0) + 1
     wanted = {id(n) for n in nodes}
-    return [n for n in order if n.inputs and id(n) in live and id(n) not in wanted
-            and not OPS[n.op].glue and n.dtype != bool and (uses.get(id(n), 0) > 1 or n.name)]
+    return [n for n in graph.nodes if n.inputs and id(n) in live and id(n) not in wanted
+            and not OPS[n.op].glue and n.dtype != bool and (len(users[id(n)]) > 1 or n.name)]
 
 
 def explain(nodes, latex: bool = False) -> str:

@@ -31,7 +31,7 @@ from graphc.io_files import fsync_folder, folder_lock, open_regular, read_all, \
     remove_leftovers, replace, sha256_of, write_temp
 from graphc.io_format import FORMAT, VERSION, body_nodes, build_graph, check_graph, \
     encode_graph, field, indices, stored_specs
-from graphc.ir import Graph, GraphcError, Node, toposort
+from graphc.ir import Graph, GraphcError, Node, as_graph, toposort
 
 MAX_BYTES = 1 << 32      # default limit on what one load reads (the .json and the arrays)
 STAGED = ".graphc-staged-"
@@ -60,7 +60,7 @@ def document_digest(doc: dict) -> str:
 
 def save(outputs, path, updates: Sequence[tuple[Node, Node]] = ()) -> str:
     """Write a node, a list of nodes or a Graph (with updates) to path.json + path.npz."""
-    graph, form = as_graph(outputs, updates)
+    graph, form = saved_graph(outputs, updates)
     nodes = with_grad_targets(graph)
     index = {id(n): i for i, n in enumerate(nodes)}
     arrays: dict[str, np.ndarray] = {}
@@ -109,22 +109,18 @@ def finish_killed_save(json_path: str, npz_path: str) -> None:
                      re.compile(re.escape(name + STAGED) + r"[0-9a-f]{16}\Z"))
 
 
-def as_graph(outputs, updates) -> tuple[Graph, str]:
-    if isinstance(outputs, Graph):
-        form, updates = "graph", tuple(outputs.updates) + tuple(updates)
-        outputs = outputs.outputs
-    else:
-        form = "node" if isinstance(outputs, Node) else "list"
-        outputs, updates = ([outputs] if form == "node" else list(outputs)), tuple(updates)
-    for o in outputs:
-        if not isinstance(o, Node):
-            raise GraphcError(f"save: outputs must be graph nodes, got {type(o).__name__}")
+def saved_graph(outputs, updates) -> tuple[Graph, str]:
+    """The graph to save, with the updates given, and the form `load` gives back."""
+    graph = as_graph(outputs, "save")
+    updates = graph.updates + tuple(updates)
+    form = "graph" if isinstance(outputs, Graph) or updates else \
+        "node" if isinstance(outputs, Node) else "list"
     for pair in updates:
         if not (len(pair) == 2 and all(isinstance(x, Node) for x in pair)
                 and pair[0].op == "variable" and pair[0].shape == pair[1].shape):
             raise GraphcError(f"save: an update is a pair (variable, node of its shape), "
                               f"got {pair!r}")
-    return Graph(outputs, updates), ("graph" if updates else form)
+    return Graph(graph.outputs, updates), form
 
 
 def with_grad_targets(graph: Graph) -> list[Node]:

@@ -1,8 +1,8 @@
-"""The graph IR: one immutable node type, the op table it is built from, graphs, the interpreter.
+"""The graph IR: one immutable node type, graphs, building nodes from the op table, the interpreter.
 
 Everything above this module builds nodes through `apply`, which runs the op's shape rule and
 records the user's file and line, so every error can point back at the user's own code.
-The printer lives in `graphc.listing` (re-exported here).
+The op table sits in `graphc.opdef`, the printer in `graphc.listing` (both re-exported here).
 """
 from __future__ import annotations
 
@@ -14,58 +14,20 @@ import os
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
+from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
 
 Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
 Shape = tuple[Dim, ...]
 
 
-class GraphcError(Exception):
-    """Every error a user can cause."""
-
-
-class ShapeError(GraphcError, ValueError):
-    """A shape or dtype rule rejected its inputs; `apply` adds the op, shapes and line."""
-
-
-@dataclass(frozen=True)
-class OpDef:
-    """Everything about one op: shape/dtype rule, NumPy kernel, VJP rule, sympy form, flags."""
-    name: str
-    infer: Callable[..., tuple]   # infer(*input_nodes, **attrs) -> (shape, dtype[, attrs])
-    kernel: Callable[..., np.ndarray]         # kernel(*arrays, **attrs) -> array
-    vjp: Callable | None = None               # vjp(g, out, *inputs, **attrs) -> input grads
-    sym: Callable | None = None               # sym(*sympy_args, **attrs) -> sympy expression
-    elementwise: bool = False
-    random: bool = False                      # kernel takes rng=, the executor owns the generator
-    items: Callable | None = None             # items(node) -> [(shape, dtype)]: the node is a
-                                              # tuple of arrays, read through `item` nodes
-    # facts passes and views read (one place for them, not name lists in each reader)
-    positive: bool = False                    # the result is > 0 everywhere (a safe divisor)
-    glue: bool = False                        # only moves or retypes data: entries keep values
-    shape_only: tuple[int, ...] = ()          # inputs read only for their shape
-    graph_attrs: tuple[str, ...] = ()         # attributes holding a graph whose placeholders
-                                              # stand for the node's inputs, in order
-    decompose: Callable | None = None         # decompose(*input_nodes, **attrs) -> the same
-                                              # value built from primitives (views draw it)
-
-
-OPS: dict[str, OpDef] = {}
 _ids = itertools.count()
 _context = contextvars.ContextVar("graphc_context", default=((), None))
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def register(op: OpDef) -> OpDef:
-    if op.name in OPS:
-        raise ValueError(f"op {op.name!r} registered twice")
-    OPS[op.name] = op
-    return op
 
 
 @contextlib.contextmanager
@@ -448,6 +410,23 @@ class Graph:
 
     def _repr_svg_(self):
         return _repr_svg(self)
+
+
+def as_graph(obj, what: str = "graph") -> Graph:
+    """A Graph from what users hand over: a node, nodes, a Graph, or an object holding one
+    as `.graph` (a compiled Function); `what` names the caller in the error."""
+    if isinstance(obj, Graph):
+        return obj
+    if isinstance(obj, Node):
+        return Graph([obj])
+    if isinstance(getattr(obj, "graph", None), Graph):
+        return obj.graph
+    iterable = hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict))
+    nodes = list(obj) if iterable else [obj]
+    if all(isinstance(n, Node) for n in nodes):
+        return Graph(nodes)
+    bad = next(type(n).__name__ for n in nodes if not isinstance(n, Node))
+    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}")
 
 
 DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)

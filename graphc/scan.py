@@ -17,7 +17,7 @@ import numpy as np
 from graphc.autodiff import differentiable, vjp, zeros_like
 from graphc.ir import OPS, GraphcError, Node, OpDef, ShapeError, apply, as_node, \
     format_shape, register, toposort, user_line
-from graphc.ops.fused import Body
+from graphc.ops.fused import Body, inline
 from graphc.ops.items import TUPLE_DTYPE
 
 MAX_LENGTH = 1 << 31
@@ -172,15 +172,6 @@ def scan_vjp(g, out, *inputs, body, carries, xs, reverse, length, saves):
     gw_of = dict(zip(wrt_w, final[c:]))
     result += [gw_of.get(j) for j in range(len(caps))]
     return tuple(result)
-
-
-def inline(body: Body, values: list[Node]) -> list[Node]:
-    """The body's outputs rebuilt on `values` in place of its placeholders."""
-    done: dict[int, Node] = {id(p): v for p, v in zip(body.inputs, values)}
-    for b in body.nodes:
-        if id(b) not in done:
-            done[id(b)] = b.replace([done[id(i)] for i in b.inputs]) if b.inputs else b
-    return [done[id(o)] for o in body.outputs]
 
 
 register(OpDef("scan", scan_infer, scan_kernel, scan_vjp, items=scan_items,

@@ -9,6 +9,7 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
 from graphc.ir import OPS
+from graphc.ops.forms import mathml_call, sigmoid  # noqa: F401  (formula reads sigmoid here)
 
 INFIX = {"greater": ">", "greater_equal": ">=", "less": "<", "less_equal": "<=",
          "equal": "=="}
@@ -16,46 +17,8 @@ TEX_INFIX = {"greater": ">", "greater_equal": r"\geq", "less": "<", "less_equal"
              "equal": "="}
 
 
-def mathml_call(printer, name: str, args) -> object:
-    """`name(a, b)` as presentation MathML (for the inspector; browsers draw it unscripted)."""
-    dom = printer.dom
-    row = dom.createElement("mrow")
-    head = dom.createElement("mi")
-    head.appendChild(dom.createTextNode(name))
-    row.appendChild(head)
-    for k, part in enumerate(["("] + [a for pair in zip(args, [","] * len(args))
-                                       for a in pair][:-1] + [")"] if args else ["(", ")"]):
-        if isinstance(part, str):
-            mo = dom.createElement("mo")
-            mo.appendChild(dom.createTextNode(part))
-            row.appendChild(mo)
-        else:
-            row.appendChild(printer._print(part))
-    return row
-
-
 def as_symbol(name) -> sp.Symbol:
     return sp.Symbol(name) if isinstance(name, str) else name   # doit() passes the Symbol
-
-
-class sigmoid(sp.Function):   # noqa: N801  (reads like the op)
-    """σ(x) = 1 / (1 + exp(-x)), kept whole so derivatives read σ(x)(1 − σ(x))."""
-
-    def fdiff(self, argindex=1):
-        return self * (1 - self)
-
-    def _eval_rewrite_as_exp(self, x, **kwargs):
-        return 1 / (1 + sp.exp(-x))
-
-    def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
-
-    def _mathml_presentation(self, printer):
-        return mathml_call(printer, "σ", self.args)
-
-    def _latex(self, printer, exp=None):
-        tex = r"\sigma\left(%s\right)" % printer._print(self.args[0])
-        return tex if exp is None else r"%s^{%s}" % (tex, exp)
 
 
 class Elementwise(sp.MatrixExpr):
@@ -176,11 +139,7 @@ class Sum(sp.MatrixExpr):
 
 def scalar_sym(op: str, args: list, attrs: dict):
     """The op's scalar formula from its OpDef.sym; an undefined function when it has none."""
-    if op == "sigmoid":
-        return sigmoid(args[0])
     opdef = OPS.get(op)
-    if (opdef is not None and opdef.glue) or (op in ("sum", "max", "transpose") and args):
-        return args[0]
     out = None
     if opdef is not None and opdef.sym is not None:
         try:

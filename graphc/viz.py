@@ -9,21 +9,15 @@ import os
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-
 from graphc.autodiff import grad
-from graphc.ir import OPS, Graph, GraphcError, Node, format_node, format_shape, toposort
-from graphc.ops.fused import decomposition
+from graphc.ir import OPS, Graph, Node, as_graph, format_node, format_shape, toposort
 from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
                              mimebundle, new_digraph, pipe, write)
+from graphc.viz_style import (BORDER, FILL, LEAF_SHAPE, SAVED_EDGE, UPDATE_EDGE,  # noqa: F401
+                              body_input, draw_legend, fused_body, has_body, is_scalar_constant,
+                              loop_label, node_label, node_tooltip)
 
-# colour of each kind of node (fill) and of the edges that cross into the backward pass
-FILL = {"forward": "#cfe2f3", "gradient": "#fce5cd", "update": "#d9ead3"}
-BORDER = {"forward": "#3d6fa5", "gradient": "#c26a12", "update": "#38761d"}
-SAVED_EDGE = "#c26a12"             # forward value read by the backward pass (saved activation)
-UPDATE_EDGE = "#38761d"
 FUSED = "fused:"                   # marks a fused node's cluster among scope names
-LEAF_SHAPE = {"placeholder": "parallelogram", "variable": "cylinder", "constant": "note"}
 
 
 @dataclass
@@ -40,18 +34,6 @@ class Options:
 
 # what to draw -----------------------------------------------------------------------------
 
-def as_graph(obj) -> Graph:
-    if isinstance(obj, Graph):
-        return obj
-    if isinstance(obj, Node):
-        return Graph([obj])
-    if isinstance(obj, (list, tuple)) and all(isinstance(n, Node) for n in obj):
-        return Graph(list(obj))
-    if isinstance(getattr(obj, "graph", None), Graph):       # a compiled Function
-        return obj.graph
-    raise GraphcError(f"render: expected nodes, a Graph or a Function, got {type(obj).__name__}")
-
-
 def before_graph(obj) -> Graph | None:
     """The graph as built (before optimization); None for a Function that did not keep it."""
     for attr in ("original", "unoptimized", "source_graph"):
@@ -60,7 +42,7 @@ def before_graph(obj) -> Graph | None:
             return g
     if isinstance(getattr(obj, "graph", None), Graph):
         return None
-    return as_graph(obj)
+    return as_graph(obj, "render")
 
 
 def optimized_graph(graph: Graph) -> Graph:
@@ -128,46 +110,6 @@ def home_scope(n: Node, kind: dict, update_scope: dict) -> tuple:
     variable's."""
     return {"gradient": n.grad_of.scope if n.grad_of is not None else (),
             "update": update_scope.get(id(n), ())}.get(kind[id(n)], n.scope)
-
-
-def is_scalar_constant(n: Node) -> bool:
-    return n.op == "constant" and n.data.size == 1
-
-
-# labels -----------------------------------------------------------------------------------
-
-def format_value(arr: np.ndarray) -> str:
-    v = arr.reshape(()).item() if arr.size == 1 else None
-    if v is None:
-        return f"const {format_shape(arr.shape)}"
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def node_label(n: Node, num: dict[int, str], opts: Options) -> str:
-    if n.op in LEAF_SHAPE:
-        head = n.name or (format_value(n.data) if n.op == "constant" else n.op)
-        if n.op == "constant" and n.name:
-            head += f" = {format_value(n.data)}"
-        lines = [head]
-    else:
-        args = [format_value(i.data) if opts.inline_scalars and is_scalar_constant(i) else "·"
-                for i in n.inputs]
-        call = n.op if all(a == "·" for a in args) else f"{n.op}({', '.join(args)})"
-        lines = [f"{num[id(n)]} {call}"] + ([repr(n.name)] if n.name else [])
-    dtype = "" if n.dtype == np.float32 else f" {n.dtype.name}"
-    lines.append(format_shape(n.shape) + dtype)
-    if n.grad_of is not None:
-        lines.append(f"∂ of {num.get(id(n.grad_of), n.grad_of.label())}"
-                     + (f" {n.grad_of.name!r}" if n.grad_of.name else ""))
-    return "\n".join(lines)
-
-
-def node_tooltip(n: Node, num: dict[int, str]) -> str:
-    tip = format_node(n, num) + f"\nbuilt at {n.where}"
-    if n.grad_of is not None:
-        f = n.grad_of
-        tip += f"\nbackward pass of {num.get(id(f), '')} {f.op} {f.label()} (built at {f.where})"
-    return tip
 
 
 # drawing ----------------------------------------------------------------------------------
@@ -401,58 +343,6 @@ class Drawer:
                 self.emit(c, sub)
 
 
-def body_input(body: Graph, ph: Node) -> int:
-    """Which input of its node a body placeholder stands for."""
-    inputs = getattr(body, "inputs", None)
-    if inputs is not None:
-        return next(k for k, x in enumerate(inputs) if x is ph)
-    return int(ph.name[2:])
-
-
-def loop_label(n: Node, num: dict) -> str:
-    """The head of a loop: its carries, sequences and captured inputs, one step per slice."""
-    a = n.attrs
-    c, xs = a["carries"], a["xs"]
-    parts = [f"{c} carr{'y' if c == 1 else 'ies'}", f"{xs} sequence{'s' * (xs != 1)}"
-             if xs else f"{a['length']} steps", f"{len(n.inputs) - c - xs} captured"]
-    return f"{num[id(n)]} scan\n" + ", ".join(parts)
-
-
-def fused_body(n: Node) -> Graph | None:
-    """The ops inside a fused node or a loop, or a decomposed op's primitives (a `dense` node
-    is drawn as matmul -> add -> activation)."""
-    attrs = OPS[n.op].graph_attrs if n.inputs else ()
-    if attrs:
-        body = n.attrs.get(attrs[0])
-        return body if isinstance(body, Graph) else None
-    return decomposition(n)
-
-
-def has_body(n: Node) -> bool:
-    return bool(n.inputs) and bool(OPS[n.op].graph_attrs or OPS[n.op].decompose)
-
-
-def draw_legend(dot, backward: bool = True):
-    """One HTML-table node (a cluster with sample nodes costs dot more than the graph)."""
-    cell = '<tr><td bgcolor="{}" border="1" color="{}">{}</td><td align="left">{}</td></tr>'
-    rows = [cell.format(FILL["forward"], BORDER["forward"], "op", "forward"),
-            cell.format(FILL["gradient"], BORDER["gradient"], "op", "gradient (∂ of %i)"),
-            cell.format(FILL["update"], BORDER["update"], "op", "variable update"),
-            cell.format("white", "white", "slanted", "placeholder"),
-            cell.format("white", "white", "cylinder", "variable"),
-            cell.format("white", "white", "note", "constant"),
-            cell.format("white", "white", f'<font color="{SAVED_EDGE}">- - &gt;</font>',
-                        "forward value read by the backward pass"),
-            cell.format("white", "white", f'<font color="{UPDATE_EDGE}"><b>==&gt;</b></font>',
-                        "new value of a variable"),
-            cell.format("white", "white", '<font color="#999999">. . &gt;</font>',
-                        "reads only the shape")]
-    if not backward:
-        rows = [r for k, r in enumerate(rows) if k not in (1, 2, 6, 7)]
-    dot.node("legend", "<<table border='0' cellspacing='2' cellborder='0'>"
-             + "".join(rows) + "</table>>", shape="plain", style="solid", fontsize="9")
-
-
 # the public function ----------------------------------------------------------------------
 
 def render(nodes_or_function, path: str | os.PathLike | None = None, backward: bool = True,
@@ -475,13 +365,13 @@ def render(nodes_or_function, path: str | os.PathLike | None = None, backward: b
               "instead (gc.render(outputs, compare=True)) to see them before optimization",
               file=sys.stderr)
     if before is not None:
-        after = as_graph(nodes_or_function) if is_function else optimized_graph(before)
+        after = as_graph(nodes_or_function, "render") if is_function else optimized_graph(before)
         for tag, g, title in (("a_", before, "as built"), ("b_", after, "optimized")):
             with dot.subgraph(name=f"cluster_{tag}") as c:
                 c.attr(label=f"{title} ({len(g)} nodes)", style="rounded", color="#666666")
                 Drawer(c, g, opts, tag).draw()
     else:
-        graph = as_graph(nodes_or_function)
+        graph = as_graph(nodes_or_function, "render")
         if backward and not is_function:
             graph = with_gradients(graph)
         if optimized and not is_function:

@@ -1,12 +1,14 @@
 """The op table: every row's kernel against its reference, shape rule against the kernel,
-gradient against finite differences; and every registered and contract op has a row."""
+gradient against finite differences, the facts ops declare (positive, glue, shape-only inputs)
+on the rows; and every registered and contract op has a row."""
 import importlib
 
+import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import OPS
-from tests.helpers import check_row, verify_grad
+from graphc.ir import OPS, toposort
+from tests.helpers import check_row, leaves_for, verify_grad
 
 CONTRACT = """add sub mul div neg pow exp log sqrt abs sign tanh sigmoid relu softplus maximum
 minimum where greater less equal matmul sum mean max reshape transpose broadcast_to concat cast
@@ -52,3 +54,47 @@ def test_every_contract_op_is_a_public_function_with_a_row():
 def test_every_registered_op_has_a_row(op):
     covered = {o for _, r in ROWS for o in (r.ops or (r.name,))}
     assert op in covered, f"op {op!r} is registered but no test row exercises it"
+
+
+
+# the facts declared on ops, checked on their rows ------------------------------------------
+
+def rows_of(fact):
+    return [(i, r) for i, r in ROWS if r.name in OPS and fact(OPS[r.name])]
+
+
+def nodes_of(row):
+    """The row's nodes of its own op, and the feeds of its leaves."""
+    leaves = leaves_for(row.inputs)
+    out = row.build(*leaves)
+    return [n for n in toposort([out]) if n.op == row.name], dict(zip(leaves, row.inputs))
+
+
+def fact_rows(fact):
+    rows = rows_of(fact)
+    return pytest.mark.parametrize("row", [r for _, r in rows], ids=[i for i, _ in rows])
+
+
+@fact_rows(lambda op: op.positive)
+def test_positive_ops_are_positive(row):
+    nodes, feeds = nodes_of(row)
+    assert nodes and all(np.all(n.eval(feeds) > 0) for n in nodes)
+
+
+@fact_rows(lambda op: op.glue)
+def test_glue_ops_only_move_or_retype_entries(row):
+    nodes, feeds = nodes_of(row)
+    for n in nodes:
+        x = n.inputs[0].eval(feeds)
+        assert np.all(np.isin(n.eval(feeds), x.astype(n.dtype))), n
+
+
+@fact_rows(lambda op: op.shape_only)
+def test_shape_only_inputs_are_read_only_for_their_shape(row):
+    nodes, feeds = nodes_of(row)
+    for n in nodes:
+        ins = [i.eval(feeds) for i in n.inputs]
+        other = [np.full_like(v, 7) if k in OPS[n.op].shape_only else v
+                 for k, v in enumerate(ins)]
+        np.testing.assert_array_equal(OPS[n.op].kernel(*other, **n.attrs),
+                                      OPS[n.op].kernel(*ins, **n.attrs))

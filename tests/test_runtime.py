@@ -6,7 +6,6 @@ import pytest
 
 import graphc as gc
 from graphc.ir import OPS, Graph, apply
-from tests.test_ops_compiled import TABLE_CHECKED   # compiled row by row there
 
 RNG = np.random.default_rng(0)
 
@@ -16,43 +15,20 @@ def rand(*shape, dtype=np.float32):
 
 
 def compiled_equals_eval(outputs, feeds, optimize=False, rtol=1e-5, atol=1e-6):
-    """Compile outputs, run on feeds; compare with the reference interpreter."""
+    """Compile outputs, run on feeds; compare with the reference interpreter. Summation order
+    may differ (float32): atol scales with the output's largest magnitude."""
     f = gc.function(list(feeds), outputs, optimize=optimize)
     got = f(*feeds.values())
     for o, g in zip(outputs, got):
         want = o.eval(feeds)
         assert g.shape == want.shape and g.dtype == want.dtype, o
-        np.testing.assert_allclose(g, want, rtol=rtol, atol=atol, err_msg=str(o))
+        finite = want[np.isfinite(want)] if want.dtype.kind == "f" else np.zeros(0)
+        scale = max(1.0, float(np.max(np.abs(finite), initial=0.0)))
+        np.testing.assert_allclose(g, want, rtol=rtol, atol=atol * scale, err_msg=str(o))
     return f
 
 
-# every elementwise op, compiled with out= templates ----------------------------------------
-
-UNARY = ["neg", "exp", "abs", "sign", "tanh", "sigmoid", "relu", "softplus", "logical_not"]
-BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "greater", "greater_equal",
-          "less", "less_equal", "equal"]
-
-
-@pytest.mark.parametrize("op", UNARY + ["log", "sqrt"])
-def test_unary_ops_compiled_equal_eval(op):
-    x = gc.placeholder((None, 5), name="x")
-    xv = np.abs(rand(3, 5)) + 0.1 if op in ("log", "sqrt") else rand(3, 5)
-    if op == "logical_not":
-        x = gc.placeholder((None, 5), dtype=bool, name="x")
-        xv = rand(3, 5) > 0
-    compiled_equals_eval([apply(op, x), apply(op, x) * 1 if op != "logical_not" else x],
-                         {x: xv})
-
-
-@pytest.mark.parametrize("op", BINARY + ["pow"])
-def test_binary_ops_compiled_equal_eval(op):
-    a = gc.placeholder((None, 4), name="a")
-    b = gc.placeholder((4,), name="b")               # broadcasts against a
-    av, bv = rand(6, 4), rand(4)
-    if op == "pow":
-        av = np.abs(av) + 0.5
-    compiled_equals_eval([apply(op, a, b), apply(op, b, a)], {a: av, b: bv})
-
+# elementwise specifics (every op is compiled row by row in tests/test_ops_compiled.py) ------
 
 def test_where_and_cast_compiled_equal_eval():
     a = gc.placeholder((None, 3), name="a")
@@ -73,82 +49,6 @@ def test_where_with_zero_masks_inf_and_nan_of_the_other_branch():
         out = gc.function([x, y], [safe_log, gy], optimize=optimize)(*feeds.values())
         np.testing.assert_allclose(out[0], [0.0, 0.0, np.log(2.0)])
         np.testing.assert_allclose(out[1], [0.0, 0.0, np.sqrt(2.0) * np.log(2.0)])
-
-
-@pytest.mark.parametrize("op", sorted(set(OPS) - {op for op, d in OPS.items() if d.elementwise}
-                                      - {"fused", "dense", "dropout_mask"} - TABLE_CHECKED))
-def test_every_other_registered_op_runs_through_its_kernel(op):
-    rows = op_rows()
-    if op not in rows:       # tests/test_ops_compiled.py compiles every op-table row
-        from tests.test_ops import ROWS
-        assert any(op in (r.ops or (r.name,)) for _, r in ROWS), f"op {op!r} has no row"
-        pytest.skip(f"{op}: compiled through its op-table rows in test_ops_compiled.py")
-    build, arrays = rows[op]
-    leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in
-              enumerate(arrays)]
-    out = build(*leaves)
-    compiled_equals_eval([out], dict(zip(leaves, arrays)))
-
-
-def op_rows():
-    """op -> (build, arrays) for the non-elementwise ops that exist right now."""
-    x, m, k = rand(4, 6), rand(6, 3), rand(2, 3, 8, 8)
-    labels = np.array([0, 2, 1, 2])
-    rows = {
-        "sum": (lambda a: gc.sum(a, axis=1), [x]),
-        "reshape": (lambda a: gc.reshape(a, (6, 4)), [x]),
-        "broadcast_to": (lambda a: gc.broadcast_to(a, (2, 4, 6)), [x]),
-    }
-    more = {
-        "mean": ("mean", lambda a: gc.mean(a, axis=0), [x]),
-        "max": ("max", lambda a: gc.max(a, axis=1), [x]),
-        "matmul": ("matmul", lambda a, b: gc.matmul(a, b), [x, m]),
-        "transpose": ("transpose", lambda a: gc.transpose(a), [x]),
-        "concat": ("concat", lambda a: gc.concat([a, a], axis=1), [x]),
-        "one_hot": ("one_hot", lambda y: gc.one_hot(y, 3), [labels]),
-        "softmax": ("softmax", lambda a: gc.softmax(a), [m]),
-        "log_softmax": ("log_softmax", lambda a: gc.log_softmax(a), [m]),
-        "softmax_cross_entropy": ("softmax_cross_entropy",
-                                  lambda a, y: gc.softmax_cross_entropy(a, y), [rand(4, 3),
-                                                                                labels]),
-        "conv2d": ("conv2d", lambda a, w: gc.conv2d(a, w, padding=1),
-                   [k, rand(4, 3, 3, 3)]),
-        "max_pool2d": ("max_pool2d", lambda a: gc.max_pool2d(a, 2), [k]),
-        "avg_pool2d": ("avg_pool2d", lambda a: gc.avg_pool2d(a, 2), [k]),
-    }
-    for op, (fn, build, arrays) in more.items():
-        if op in OPS and hasattr(gc, fn):
-            rows[op] = (build, arrays)
-    tied = np.maximum(k, 0)                         # zeros: ties inside pooling windows
-    direct = {                                      # ops only rules and passes build
-        "argmax_mask": (lambda a: apply("argmax_mask", a, axis=1), [x]),
-        "size": (lambda a: apply("size", a, axis=(0,)), [x]),
-        "slice": (lambda a: apply("slice", a, axis=1, start=1, stop=4), [x]),
-        "unslice": (lambda a, b: apply("unslice", a, b, axis=1, start=1, stop=4),
-                    [rand(4, 3), x]),
-        "concat_part": (lambda g, a, b: apply("concat_part", g, a, b, axis=0, index=1),
-                        [rand(7, 3), rand(3, 3), rand(4, 3)]),
-        "softmax_cross_entropy_grad": (
-            lambda a, y, g: apply("softmax_cross_entropy_grad", a, y, g),
-            [rand(4, 3), labels, rand(4)]),
-        "conv2d_grad_input": (lambda g, w, a: apply("conv2d_grad_input", g, w, a, stride=2,
-                                                   padding=1), [rand(2, 4, 4, 4),
-                                                                rand(4, 3, 3, 3), k]),
-        "conv2d_grad_weight": (lambda a, g, w: apply("conv2d_grad_weight", a, g, w, stride=1,
-                                                    padding=0), [k, rand(2, 4, 6, 6),
-                                                                 rand(4, 3, 3, 3)]),
-        "max_pool2d_grad": (lambda g, a: apply("max_pool2d_grad", g, a, size=2),
-                            [rand(2, 3, 4, 4), tied]),
-        "max_pool2d_gather": (lambda y, a: apply("max_pool2d_gather", y, a, size=2),
-                              [rand(2, 3, 8, 8), tied]),
-        "avg_pool2d_grad": (lambda g, a: apply("avg_pool2d_grad", g, a, size=2),
-                            [rand(2, 3, 4, 4), k]),
-        "scan": (lambda a: gc.scan(lambda c, r: (c + r, c * r),
-                                   gc.constant(np.zeros(6, np.float32)), a)[1], [x]),
-    }
-    direct["item"] = direct["scan"]
-    rows.update({op: row for op, row in direct.items() if op in OPS})
-    return rows
 
 
 def test_dropout_mask_advances_per_call_and_starts_at_the_seed():

@@ -6,6 +6,7 @@ import sympy as sp
 
 from graphc.ir import OpDef, ShapeError, apply, register
 from graphc.ops.common import elementwise, need_float, promote
+from graphc.ops.forms import sigmoid as sigmoid_form
 
 
 def where0(cond, g):
@@ -49,7 +50,7 @@ elementwise("sign", np.sign, lambda g, out, x: (None,), sp.sign)
 elementwise("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), sp.tanh,
             dtype_rule=need_float)
 elementwise("sigmoid", sigmoid_kernel, lambda g, out, x: (g * out * (1 - out),),
-            lambda x: 1 / (1 + sp.exp(-x)), dtype_rule=need_float, positive=True)
+            sigmoid_form, dtype_rule=need_float, positive=True)
 elementwise("relu", lambda x: np.maximum(x, x.dtype.type(0)),
             lambda g, out, x: (where0(apply("greater", x, 0), g),),   # relu'(0) = 0
             lambda x: sp.Max(x, 0))

@@ -1,7 +1,8 @@
 """Ops that only the optimizer builds: a fused elementwise group and dense (the GEMM epilogue).
 
 `fused(*inputs, body=Body)` evaluates a small inner graph whose placeholders in0, in1, ...
-stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step (`dense_parts` spells it out).
+stand for the inputs; `dense(a, b[, bias])` is act(op(a) @ op(b) + bias) in one step
+(`dense_parts` spells it out in primitives).
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ class Body(Graph):
     def __repr__(self) -> str:
         ops = [n.op for n in self.nodes if n.inputs]
         return f"<{len(ops)} ops: {', '.join(ops)}>"
+
+
+def inline(body: Body, values: list[Node]) -> list[Node]:
+    """The body's outputs rebuilt on `values` in place of its placeholders."""
+    done: dict[int, Node] = {id(p): v for p, v in zip(body.inputs, values)}
+    for b in body.nodes:
+        if id(b) not in done:
+            done[id(b)] = b.replace([done[id(i)] for i in b.inputs]) if b.inputs else b
+    return [done[id(o)] for o in body.outputs]
 
 
 def fused_infer(*xs, body):
@@ -50,15 +60,8 @@ VJP: list = []     # autodiff's vjp, registered when autodiff (above the op tabl
 def fused_vjp(g, out, *xs, body):
     """The VJP of the body inlined on the real inputs (autodiff's walk, through the hook)."""
     vjp = VJP[0]
-    mapping = dict(zip(body.inputs, xs))
-    inlined: dict[Node, Node] = {}
-    for n in body.nodes:
-        if n in mapping:
-            inlined[n] = mapping[n]
-        else:
-            inlined[n] = n.replace([inlined[i] for i in n.inputs]) if n.inputs else n
     wrt = [x for x in xs if x.dtype.kind == "f"]
-    grads = iter(vjp([inlined[body.outputs[0]]], wrt, [g]) if wrt else [])
+    grads = iter(vjp(inline(body, list(xs)), wrt, [g]) if wrt else [])
     return tuple(next(grads) if x.dtype.kind == "f" else None for x in xs)
 
 

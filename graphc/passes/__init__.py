@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, Node, paused_gc
+from graphc.ir import Graph, as_graph, paused_gc
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
 from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
@@ -59,17 +59,9 @@ class Report:
         return "\n".join(lines)
 
 
-def as_graph(outputs_or_graph) -> Graph:
-    if isinstance(outputs_or_graph, Graph):
-        return outputs_or_graph
-    if isinstance(outputs_or_graph, Node):
-        return Graph([outputs_or_graph])
-    return Graph(list(outputs_or_graph))
-
-
 def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: bool = False):
     """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
-    graph = as_graph(outputs_or_graph)
+    graph = as_graph(outputs_or_graph, "optimize")
     rep = Report()
     with counting(rep.rules), paused_gc():
         for p in DEFAULT_PIPELINE if passes is None else passes:
