@@ -136,9 +136,10 @@ class Function:
         plan = self.plans.get(sig)
         if plan is None:
             atomic.install()
-            shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
-            plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
-                         tag=" x ".join(map(format_shape, sig)))
+            with paused_gc():      # a big plan makes many small objects and no cycles
+                shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+                plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
+                             tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)      # the least recently used

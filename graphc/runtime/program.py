@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, Node, format_node, paused_gc
+from graphc.ir import OPS, Graph, Node, format_node
 from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
@@ -401,10 +401,9 @@ def body_positions(body: Graph) -> dict[int, int] | None:
 def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool = False,
           rngs: dict | None = None, tag: str = "") -> Plan:
     """The plan for one signature: generated source compiled into a function."""
-    with paused_gc():            # big plans make many small objects and no cycles
-        low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
-        source, steps = low.build()
-        ns = low.ns
-        ns["check"] = check_step(steps, low.names)
-        exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
+    low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
+    source, steps = low.build()
+    ns = low.ns
+    ns["check"] = check_step(steps, low.names)
+    exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops)

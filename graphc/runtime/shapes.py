@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, GraphcError, Node, ShapeError, format_shape, paused_gc
+from graphc.ir import OPS, Graph, GraphcError, Node, ShapeError, format_shape
 
 
 def run_node(n: Node, args: list) -> np.ndarray:
@@ -151,8 +151,7 @@ def body_rule_shapes(n: Node, ins: list[Node], shapes: dict, memo: dict | None =
 
 def resolve(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
     """Every concrete shape: from the rules when they can, else by the dry run."""
-    with paused_gc():
-        try:
-            return infer(graph, {k: v.shape for k, v in feeds.items()})
-        except ValueDependent:
-            return discover(graph, feeds)
+    try:
+        return infer(graph, {k: v.shape for k, v in feeds.items()})
+    except ValueDependent:
+        return discover(graph, feeds)
