@@ -20,6 +20,7 @@ time instead of wall time (on a shared, loaded machine wall time doubles at rand
 from __future__ import annotations
 
 import argparse
+import gc as gc_module
 import os
 import sys
 import time
@@ -91,6 +92,7 @@ CLOCK = [time.perf_counter]
 
 def measure(shape: str, size: int) -> tuple[int, dict]:
     blocks = max(2, round(size / nodes_per_block(shape)))
+    gc_module.collect()     # the previous size's garbage is not collected on this one's time
     t = {}
     clock = CLOCK[0]
     start = clock()
