@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
-                       storage_lock, _repr_svg)
+                       paused_gc, storage_lock, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
@@ -136,9 +136,10 @@ class Function:
         plan = self.plans.get(sig)
         if plan is None:
             atomic.install()
-            shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
-            plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
-                         tag=" x ".join(map(format_shape, sig)))
+            with paused_gc():      # a big plan makes many small objects and no cycles
+                shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+                plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
+                             tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)      # the least recently used
@@ -343,4 +344,5 @@ class Table(str):
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
              cast_feeds: bool = False) -> Function:
     """Compile `outputs` (a node or a list) and `updates` into a callable Function."""
-    return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)
+    with paused_gc():          # graphs and locks of a big graph: no cycles to collect
+        return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)
