@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphc.ops.conv import offsets
+
 
 def fill_cols(x, ws, kh, kw, stride, padding):
     """ws["cols"] (N, C*kh*kw, Ho*Wo) <- every window of x, kh*kw strided copies."""
@@ -142,12 +144,9 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
 
 
 def windows_at(x, size, stride, out_hw, last=False):
-    """Each window offset's view of x (NCHW; NHWC when last)."""
-    (kh, kw), (sh, sw), (ho, wo) = size, stride, out_hw
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
-            yield x[:, rows, cols, :] if last else x[:, :, rows, cols]
+    """Each window offset's view of x (NCHW; NHWC when last), in the op kernels' order."""
+    for _, (_, _, rows, cols) in offsets(size, stride, out_hw):
+        yield x[:, rows, cols, :] if last else x[:, :, rows, cols]
 
 
 def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):

@@ -1,42 +1,40 @@
 """Code templates: how one elementwise node becomes NumPy code that writes into a given buffer.
 
 An elementwise op whose registered kernel is a NumPy ufunc needs nothing here: its template is
-derived from the kernel (`np.log1p({0}, out={o})`), so adding such an op is its declaration
-and a test row. `SPECIAL` holds the templates of the elementwise ops whose kernel is not a
-ufunc. Every template reads each input before it first writes `{o}`, or reads it only through
-`{o}`. `{half}`, `{one}`, `{zero}` are 0-d arrays of the op's dtype (a Python scalar operand
-costs NumPy a conversion).
+derived from the kernel (`xp.log1p({0}, out={o})`; `xp` is the backend namespace, backend.py),
+so adding such an op is its declaration and a test row. `SPECIAL` holds the templates of the
+elementwise ops whose kernel is not a ufunc. Every template reads each input before it first
+writes `{o}`, or reads it only through `{o}`. `{half}`, `{one}`, `{zero}` are 0-d arrays of the
+op's dtype (a Python scalar operand costs NumPy a conversion); `{zeros}` is an array of zeros
+of the result's shape.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from graphc.ir import OPS
-
-SIGMOID = ("np.multiply({0}, {half}, out={o}); np.tanh({o}, out={o}); "
-           "np.add({o}, {one}, out={o}); np.multiply({o}, {half}, out={o})")
+from graphc.runtime.backend import xp
 
 SPECIAL = {
-    "sigmoid": SIGMOID,
-    "relu": "np.maximum({0}, 0, out={o})",      # rules.py passes a zeros array for the 0
-    "softplus": "np.logaddexp({zero}, {0}, out={o})",
-    "where": "np.copyto({o}, {2}); np.copyto({o}, {1}, where={0})",
-    "cast": "np.copyto({o}, {0}, casting='unsafe')",
+    "sigmoid": ("xp.multiply({0}, {half}, out={o}); xp.tanh({o}, out={o}); "
+                "xp.add({o}, {one}, out={o}); xp.multiply({o}, {half}, out={o})"),
+    # {zeros}: zeros of the result's shape (a scalar operand misses NumPy's SIMD loop)
+    "relu": "xp.maximum({0}, {zeros}, out={o})",
+    "softplus": "xp.logaddexp({zero}, {0}, out={o})",
+    "where": "xp.copyto({o}, {2}); xp.copyto({o}, {1}, where={0})",
+    "cast": "xp.copyto({o}, {0}, casting='unsafe')",
 }
 
 # ops whose template may not write {o} while {o} is one of the inputs
 NOT_INPLACE = {"where", "cast"}
 
-# the activations of `dense`, applied in place to its buffer (relu: rules.dense_code)
-ACTIVATE = {"sigmoid": SIGMOID.replace("{0}", "{o}"), "tanh": "np.tanh({o}, out={o})"}
-
 
 def ufunc_of(op: str):
-    """The NumPy ufunc an elementwise op's kernel is (one output, reachable as np.<name>)."""
+    """The NumPy ufunc an elementwise op's kernel is (one output, reachable as xp.<name>)."""
     opdef = OPS.get(op)
     kernel = getattr(opdef, "kernel", None)
     if opdef is None or not opdef.elementwise or not isinstance(kernel, np.ufunc) \
-            or kernel.nout != 1 or getattr(np, kernel.__name__, None) is not kernel:
+            or kernel.nout != 1 or getattr(xp, kernel.__name__, None) is not kernel:
         return None
     return kernel
 
@@ -49,7 +47,7 @@ def template(op: str) -> str | None:
     if uf is None:
         return None
     args = ", ".join(f"{{{k}}}" for k in range(uf.nin))
-    return f"np.{uf.__name__}({args}, out={{o}})"
+    return f"xp.{uf.__name__}({args}, out={{o}})"
 
 
 def inplace_ok(op: str) -> bool:

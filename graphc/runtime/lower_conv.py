@@ -48,9 +48,9 @@ class ConvStack:
         if n.op == "max_pool2d":
             x = self.nhwc.get(id(n.inputs[0]))
             if x is None:
-                return f"conv.max_pool2d({args})"
+                return f"xp.max_pool2d({args})"
             self.nhwc[id(n)] = f'{ws}["nhwc"]'
-            return f"conv.max_pool2d({args}, shadow={x})"
+            return f"xp.max_pool2d({args}, shadow={x})"
         if n.op == "conv2d":
             last = conv.wide(low.shapes[id(n.inputs[0])][0])
             self.ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
@@ -58,7 +58,7 @@ class ConvStack:
             if last:
                 self.nhwc[id(n)] = f'{ws}["nhwc"]'
             skip = ", nchw=False" if last and self.only_shadow_readers(low, n) else ""
-            return f"conv.conv2d({args}, last={last}{skip})"
+            return f"xp.conv2d({args}, last={last}{skip})"
         if n.op == "conv2d_grad_weight":
             x, g, w = n.inputs
             gs = self.nhwc.get(id(g))
@@ -67,23 +67,23 @@ class ConvStack:
                 last = self.last[fwd]
                 more = (f", gT={gs}" if gs is not None else self.shared_g(low, n, last)) \
                     if last else ""
-                return f"conv.conv2d_grad_weight({', '.join(a)}, {attrs}, out={o}, ws={fwd}, " \
+                return f"xp.conv2d_grad_weight({', '.join(a)}, {attrs}, out={o}, ws={fwd}, " \
                        f"cols_ready=True, last={last}{more})"
-            return f"conv.conv2d_grad_weight({args}{self.shared_g(low, n, None)})"
+            return f"xp.conv2d_grad_weight({args}{self.shared_g(low, n, None)})"
         if n.op == "conv2d_grad_input":
             gs = self.nhwc.get(id(n.inputs[0]))
-            return f"conv.conv2d_grad_input({args}, gT={gs})" if gs is not None \
-                else f"conv.conv2d_grad_input({args}{self.shared_g(low, n, True)})"
+            return f"xp.conv2d_grad_input({args}, gT={gs})" if gs is not None \
+                else f"xp.conv2d_grad_input({args}{self.shared_g(low, n, True)})"
         if n.op == "max_pool2d_grad" and id(n) in self.top:
             f = self.top[id(n)]
             x, t = self.nhwc.get(id(n.inputs[1])), self.nhwc.get(id(f))
             if x is not None and t is not None:
                 self.nhwc[id(n)] = f'{ws}["nhwc"]'
                 skip = ", nchw=False" if self.only_shadow_readers(low, n) else ""
-                return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]}, shadow={x}, " \
+                return f"xp.max_pool2d_grad({args}, top={low.var[id(f)]}, shadow={x}, " \
                        f"top_shadow={t}{skip})"
-            return f"conv.max_pool2d_grad({args}, top={low.var[id(f)]})"
-        return f"conv.{n.op}({args})"
+            return f"xp.max_pool2d_grad({args}, top={low.var[id(f)]})"
+        return f"xp.{n.op}({args})"
 
     def only_shadow_readers(self, low, n) -> bool:
         """Every step reading n reads its channels-last shadow instead (so n's NCHW buffer

@@ -66,11 +66,11 @@ class SoftmaxCE:
         mx, s = low.const(np.empty((rows, 1), n.dtype)), low.const(np.empty(rows, n.dtype))
         r = low.const(np.arange(rows))
         self.probs[id(n)] = (p, s, r)
-        return f"kernels.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {r})"
+        return f"xp.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {r})"
 
     def backward(self, low, n, a: list[str], o: str) -> str:
         p, s, rows = self.probs[id(self.pair[id(n)])]
-        return f"kernels.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
+        return f"xp.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
 
 
 FAMILIES = {"softmax_ce": SoftmaxCE, "conv": lower_conv.ConvStack}
@@ -96,7 +96,7 @@ TABLE: dict[str, Lower] = {
     **{op: Lower("view", view) for op in ("transpose", "reshape", "broadcast_to")},
     "size": Lower("view", view, fresh=True),
     "dense": Lower("buffer", rules.dense_code, same_dtypes),
-    "matmul": Lower("buffer", lambda low, n, a, o: f"np.matmul({a[0]}, {a[1]}, out={o})",
+    "matmul": Lower("buffer", lambda low, n, a, o: f"xp.matmul({a[0]}, {a[1]}, out={o})",
                     lambda low, n: same_dtypes(low, n) and min(x.ndim for x in n.inputs) >= 2,
                     fresh=True),
     "sum": Lower("buffer", rules.sum_code, float_same, fresh=True),

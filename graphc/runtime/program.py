@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, conv, emit, kernels, loop, lowering, planner, rules
+from graphc.runtime import atomic, backend, emit, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
@@ -44,7 +44,7 @@ class Lowering:
         self.check = check_numerics
         self.index = {id(n): i for i, n in enumerate(graph.nodes)}
         self.names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-        self.ns: dict = {"np": np, "kernels": kernels, "conv": conv, "hold": atomic.hold}
+        self.ns: dict = {backend.NAME: backend.xp, "hold": atomic.hold}
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
@@ -180,10 +180,10 @@ class Lowering:
             src = self.var[id(u)]
             others = [r for r in self.roots[id(u)] if r in updated and r != id(v)]
             if others:        # the new value may share memory with another updated variable
-                out.append(f"    u{k} = np.array({src})")
+                out.append(f"    u{k} = xp.array({src})")
                 src = f"u{k}"
-            writes.append(f"    np.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
-        rets = [f"np.array({self.var[id(o)]})" for o in g.outputs]
+            writes.append(f"    xp.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
+        rets = [f"xp.array({self.var[id(o)]})" for o in g.outputs]
         if writes:        # outputs are copied first: they are values from before the updates
             out.append(f"    result = [{', '.join(rets)}]")
             out.append("    # updates: every new value is computed; write them in place")

@@ -21,7 +21,7 @@ def view_code(low, n, a: list[str]) -> str:
     if n.op == "reshape":
         return f"{a[0]}.reshape({shape})"
     if n.op == "broadcast_to":
-        return f"np.broadcast_to({a[0]}, {shape})"
+        return f"xp.broadcast_to({a[0]}, {shape})"
     if n.op == "size":     # known once the signature is: a constant of the plan
         name = low.const(np.asarray(OPS_size(low, n), dtype=n.dtype))
         return name
@@ -49,26 +49,32 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     """One elementwise node into o; shape_of(node) gives concrete shapes (body or graph)."""
     if where_zero(n, shape_of):
         zero = scalars(low, n.dtype)["zero"]
-        return (f"np.multiply({a[1]}, {a[0]}, out={o}); np.isfinite({o}).all() or "
-                f"np.copyto({o}, {zero}, where=np.logical_not({a[0]}))")
-    if n.op == "relu":
-        return f"np.maximum({a[0]}, {low.const(np.zeros(shape_of(n), n.dtype))}, out={o})"
-    if n.op == "softplus" and shape_of(n.inputs[0]) == shape_of(n):
-        # max(x, 0) + log1p(exp(-|x|)): SIMD ufuncs, ~2.5x faster than np.logaddexp(0, x)
-        zeros = low.const(np.zeros(shape_of(n), n.dtype))
-        t = low.const(np.empty(shape_of(n), n.dtype))
-        return (f"np.maximum({a[0]}, {zeros}, out={t}); np.absolute({a[0]}, out={o}); "
-                f"np.negative({o}, out={o}); np.exp({o}, out={o}); np.log1p({o}, out={o}); "
-                f"np.add({o}, {t}, out={o})")
+        return (f"xp.multiply({a[1]}, {a[0]}, out={o}); xp.isfinite({o}).all() or "
+                f"xp.copyto({o}, {zero}, where=xp.logical_not({a[0]}))")
     if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
         name = f"kernel_{n.op}"
         low.ns[name] = OPS[n.op].kernel
         low.kernel_calls.append(n.op)
-        return f"np.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
+        return f"xp.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path
         a = [low.const(np.full(shape_of(n), x.data.reshape(()), n.dtype))
              if x.op == "constant" and x.data.size == 1 else s for x, s in zip(n.inputs, a)]
-    return emit.ufunc(n.op, a, o, scalars(low, n.dtype))
+    return op_code(low, n.op, n.dtype, shape_of(n), a, o, shape_of(n.inputs[0]) == shape_of(n))
+
+
+def op_code(low, op: str, dtype, shape, a: list[str], o: str, full: bool) -> str:
+    """Elementwise `op` of a into o (shape, dtype) from its template; full: the first input has
+    the result's shape. Also the activation of `dense`, applied in place (a = [o])."""
+    if op == "relu":
+        return emit.ufunc(op, a, o, {"zeros": low.const(np.zeros(shape, dtype))})
+    if op == "softplus" and full:
+        # max(x, 0) + log1p(exp(-|x|)): SIMD ufuncs, ~2.5x faster than np.logaddexp(0, x)
+        zeros = low.const(np.zeros(shape, dtype))
+        t = low.const(np.empty(shape, dtype))
+        return (f"xp.maximum({a[0]}, {zeros}, out={t}); xp.absolute({a[0]}, out={o}); "
+                f"xp.negative({o}, out={o}); xp.exp({o}, out={o}); xp.log1p({o}, out={o}); "
+                f"xp.add({o}, {t}, out={o})")
+    return emit.ufunc(op, a, o, scalars(low, dtype))
 
 
 def scalars(low, dtype) -> dict[str, str]:
@@ -94,28 +100,25 @@ def sum_code(low, n, a: list[str], o: str) -> str:
         flat = o if len(low.shapes[id(n)][0]) == 1 else f"{o}.reshape(-1)"
         if r2 == 1:
             x = a[0] if shape == (r1, k) else f"{a[0]}.reshape({r1}, {k})"
-            return f"np.matmul({low.const(np.ones(r1, n.dtype))}, {x}, out={flat})"
+            return f"xp.matmul({low.const(np.ones(r1, n.dtype))}, {x}, out={flat})"
         if r1 == 1:
             x = a[0] if shape == (k, r2) else f"{a[0]}.reshape({k}, {r2})"
-            return f"np.matmul({x}, {low.const(np.ones(r2, n.dtype))}, out={flat})"
+            return f"xp.matmul({x}, {low.const(np.ones(r2, n.dtype))}, out={flat})"
         t = low.const(np.empty(r1 * k, n.dtype))
-        return (f"np.matmul({a[0]}.reshape({r1 * k}, {r2}), {low.const(np.ones(r2, n.dtype))}, "
-                f"out={t}); np.matmul({low.const(np.ones(r1, n.dtype))}, {t}.reshape({r1}, {k})"
+        return (f"xp.matmul({a[0]}.reshape({r1 * k}, {r2}), {low.const(np.ones(r2, n.dtype))}, "
+                f"out={t}); xp.matmul({low.const(np.ones(r1, n.dtype))}, {t}.reshape({r1}, {k})"
                 f", out={flat})")
-    return f"np.add.reduce({a[0]}, axis={axes}, keepdims={keep}, out={o})"
+    return f"xp.add.reduce({a[0]}, axis={axes}, keepdims={keep}, out={o})"
 
 
 def dense_code(low, n, a: list[str], o: str) -> str:
     ta, tb = n.attrs.get("transpose_a"), n.attrs.get("transpose_b")
     x = f"{a[0]}.T" if ta else a[0]
     w = f"{a[1]}.T" if tb else a[1]
-    code = [f"np.matmul({x}, {w}, out={o})"]
+    code = [f"xp.matmul({x}, {w}, out={o})"]
     if len(a) > 2:
-        code.append(f"np.add({o}, {a[2]}, out={o})")
+        code.append(f"xp.add({o}, {a[2]}, out={o})")
     act = n.attrs.get("activation")
-    if act == "relu":
-        code.append(f"np.maximum({o}, {low.const(np.zeros(low.shapes[id(n)][0], n.dtype))}, "
-                    f"out={o})")
-    elif act:
-        code.append(emit.ACTIVATE[act].format(o=o, **scalars(low, n.dtype)))
+    if act:                 # the activation op's own elementwise code, in place
+        code.append(op_code(low, act, n.dtype, low.shapes[id(n)][0], [o], o, True))
     return "; ".join(code)
