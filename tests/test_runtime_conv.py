@@ -51,3 +51,17 @@ def test_compiled_pool_gradient_may_overwrite_the_pooled_input():
     f = gc.function([x], gw)
     xv = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(f(xv), gw.eval({x: xv}), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), ((1, 2), (2, 0)), (3, 1)])
+def test_channels_last_convolution_and_gradients_match_eval(stride, padding):
+    x = gc.placeholder((None, 9, 10, 11), "float32", name="x")     # wide: channels-last path
+    w = gc.variable(RNG.standard_normal((5, 9, 3, 2)).astype(np.float32), name="w")
+    y = gc.conv2d(x, w, stride=stride, padding=padding)
+    loss = gc.sum(gc.tanh(y))
+    gx, gw = gc.grad(loss, [x, w])
+    f = gc.function([x], [y, gx, gw])
+    xv = RNG.standard_normal((3, 9, 10, 11)).astype(np.float32)
+    for _ in range(2):                         # the second call reuses the workspaces
+        for got, node in zip(f(xv), [y, gx, gw]):
+            np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
