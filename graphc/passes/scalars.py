@@ -8,6 +8,8 @@ wants it scaled (or it is a small constant, which is copied), so no other value 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.ir import Graph, Node, apply, constant
@@ -51,11 +53,12 @@ def push_scalar_factors(graph: Graph) -> Graph:
     multiplications smaller in total (one scalar at a time, the most used first)."""
     tried: set[tuple] = set()
     for _ in range(8):
-        scalar = next((s for s in factors(graph) if factor_key(s) not in tried), None)
-        if scalar is None:
+        groups = sinks_by_factor(graph)
+        key = next((k for k in groups if k not in tried), None)
+        if key is None:
             return graph
-        tried.add(factor_key(scalar))
-        graph = push_one(graph, scalar)
+        tried.add(key)
+        graph = push_one(graph, groups[key])
     return graph
 
 
@@ -64,81 +67,81 @@ def factor_key(s: Node) -> tuple:
     return s.dtype.str, s.data.item()
 
 
-def factors(graph: Graph) -> list[Node]:
-    """The finite, nonzero 0-d float constants that multiply a larger value, most users first."""
-    count: dict[tuple, list] = {}
+def sinks_by_factor(graph: Graph) -> dict[tuple, dict[int, tuple]]:
+    """factor -> {id(mul): (x, s)} for each mul(x, s) of a finite, nonzero 0-d float
+    constant s and a larger x that a linear op made (else nothing could move); the factors
+    with the most products first."""
+    groups: dict[tuple, dict[int, tuple]] = {}
+    checked: dict[int, bool] = {}          # id(constant) -> usable as a factor
     for n in graph.nodes:
-        s = sink_scalar(n)
-        if s is not None:
-            count.setdefault(factor_key(s), [s, 0])[1] += 1
-    return [s for s, _ in sorted(count.values(), key=lambda p: -p[1])]
-
-
-def sink_scalar(n: Node) -> Node | None:
-    if n.op != "mul" or n.inputs[0] is n.inputs[1]:
-        return None
-    for s, x in (n.inputs, n.inputs[::-1]):
-        if s.op == "constant" and s.shape == () and s.dtype == n.dtype and x.shape == n.shape \
-                and x.ndim > 0 and n.dtype.kind == "f" and np.isfinite(s.data) and s.data != 0:
-            return s
-    return None
-
-
-def sink_of(n: Node, scalar: Node) -> Node | None:
-    """x when n is mul(x, scalar) (either order), else None."""
-    s = sink_scalar(n)
-    if s is None or factor_key(s) != factor_key(scalar):
-        return None
-    return n.inputs[1] if n.inputs[0] is s else n.inputs[0]
-
-
-def linear_in(u: Node, x: Node) -> bool:
-    """u is linear in x, which it reads once."""
-    fn = LINEAR.get(u.op)
-    if fn is None or sum(i is x for i in u.inputs) != 1:
-        return False
-    return u.inputs.index(x) in fn(u)
+        if n.op != "mul" or n.dtype.kind != "f" or n.inputs[0] is n.inputs[1]:
+            continue
+        for s, x in (n.inputs, n.inputs[::-1]):
+            if s.op != "constant" or s.shape != () or x.ndim == 0 or x.op not in LINEAR:
+                continue
+            ok = checked.get(id(s))
+            if ok is None:
+                ok = checked[id(s)] = s.dtype == n.dtype and bool(np.isfinite(s.data)) \
+                    and s.data != 0
+            if ok and x.shape == n.shape:
+                groups.setdefault(factor_key(s), {})[id(n)] = (x, s)
+                break
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
 def cost(n: Node) -> int:
     if n.op == "constant" and n.data.size <= COPY_CONST:
         return 0                                    # folded into a scaled copy
-    return int(np.prod([d if isinstance(d, int) else UNKNOWN_DIM for d in n.shape]))
+    return math.prod(d if isinstance(d, int) else UNKNOWN_DIM for d in n.shape)
 
 
-def push_one(graph: Graph, scalar: Node) -> Graph:
-    nodes, users = graph.nodes, graph.users()
+def linear_inputs(u: Node) -> tuple[Node, ...]:
+    """The inputs u is linear in and reads once."""
+    fn = LINEAR.get(u.op)
+    if fn is None:
+        return ()
+    return tuple(u.inputs[k] for k in fn(u) if sum(i is u.inputs[k] for i in u.inputs) == 1)
+
+
+def push_one(graph: Graph, group: dict[int, tuple]) -> Graph:
+    """Move one factor (its products: id(mul) -> (x, s)) where it costs least, if anywhere."""
+    users = graph.users()
     kept = {id(o) for o in graph.outputs} | {id(u) for _, u in graph.updates}
-    sinks = {id(n): x for n in nodes if (x := sink_of(n, scalar)) is not None}
+    sinks = {k: x for k, (x, _) in group.items()}
+    scalar = next(iter(group.values()))[1]
     blocked = ancestors(scalar) | kept | set(sinks)
+    nodes = reachable(graph.nodes, sinks.values())  # the only values a product could move to
+    lin = {id(n): {id(x) for x in linear_inputs(n)} for n in nodes}
+    costs = {id(n): cost(n) for n in nodes}
     # 1. the values that could be scaled: every user is a sink or linear in them
     can: set[int] = set()
     for n in reversed(nodes):
-        if id(n) in blocked or n.dtype != scalar.dtype or not n.inputs and n.op != "constant":
+        k = id(n)
+        if k in blocked or n.dtype != scalar.dtype or not n.inputs and n.op != "constant":
             continue
-        us = users[id(n)]
-        ok = [sinks.get(id(u)) is n or id(u) in can and linear_in(u, n) for u in us]
-        if us and (all(ok) or any(ok) and cost(n) == 0):
-            can.add(id(n))
+        us = users[k]
+        ok = [sinks.get(id(u)) is n or id(u) in can and k in lin[id(u)] for u in us]
+        if us and (all(ok) or any(ok) and costs[k] == 0):
+            can.add(k)
     # 2. per value, the cheapest way down: scale here, or ask a linear input
     best: dict[int, tuple[int, Node | None]] = {}
+    down: dict[int, list] = {}                     # id -> [(best cost, linear input in can)]
     for n in nodes:
         if id(n) in can:
-            best[id(n)] = min([(cost(n), None)] + [
-                (best[id(x)][0], x) for x in n.inputs if id(x) in best and linear_in(n, x)],
-                key=lambda p: p[0])
+            down[id(n)] = [(best[id(x)][0], x) for x in n.inputs
+                           if id(x) in best and id(x) in lin[id(n)]]
+            best[id(n)] = min([(costs[id(n)], None)] + down[id(n)], key=lambda p: p[0])
     # 3. two plans: the cheapest way per value, and one that also asks any value read by
     # several users (its one product may serve them all), then keep the cheaper
     def ask(n: Node) -> Node | None:
-        xs = [(best[id(x)][0], x) for x in n.inputs if id(x) in best and linear_in(n, x)]
-        c, x = min(xs, key=lambda p: p[0], default=(0, None))
-        return x if x is not None and (c < cost(n) or len(users[id(x)]) > 1) else None
+        c, x = min(down[id(n)], key=lambda p: p[0], default=(0, None))
+        return x if x is not None and (c < costs[id(n)] or len(users[id(x)]) > 1) else None
     shared = {id(n): ask(n) for n in nodes if id(n) in can}
     plans = []                                     # (cost after - cost before, region)
     for choice in ({k: b[1] for k, b in best.items()}, shared):
-        region = settle(nodes, users, can, sinks, choice)
-        before = sum(cost(n) for n in nodes if id(sinks.get(id(n))) in region)
-        after = sum(cost(n) for n in nodes if region.get(id(n), 1) is None)
+        region = settle(nodes, users, can, sinks, choice, costs)
+        before = sum(cost(x) for x in sinks.values() if id(x) in region)
+        after = sum(costs[k] for k, via in region.items() if via is None)
         plans.append((after - before, region))
     gain, region = min(plans, key=lambda p: p[0])
     if gain >= 0:
@@ -146,7 +149,8 @@ def push_one(graph: Graph, scalar: Node) -> Graph:
     return rebuild(graph, scalar, sinks, region)
 
 
-def settle(nodes, users, can: set, sinks: dict, choice: dict) -> dict[int, Node | None]:
+def settle(nodes, users, can: set, sinks: dict, choice: dict,
+           costs: dict) -> dict[int, Node | None]:
     """The values that get scaled: all of their users (of a copied constant: some) are sinks
     or pass the scale down to them; each maps to the input it asks (None: scaled here)."""
     region: dict[int, Node | None] = {}
@@ -155,12 +159,27 @@ def settle(nodes, users, can: set, sinks: dict, choice: dict) -> dict[int, Node 
             continue
         ok = [sinks.get(id(u)) is n or id(u) in region and region[id(u)] is n
               for u in users[id(n)]]
-        if ok and (all(ok) or any(ok) and cost(n) == 0):
+        if ok and (all(ok) or any(ok) and costs[id(n)] == 0):
             region[id(n)] = choice[id(n)]
     for k, x in region.items():                    # an input that stayed out: scale here
         if x is not None and id(x) not in region:
             region[k] = None
     return region
+
+
+def reachable(nodes: list[Node], starts) -> list[Node]:
+    """The nodes (in graph order) reached from `starts` through linear inputs."""
+    seen: set[int] = set()
+    stack = list(starts)
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        fn = LINEAR.get(n.op)
+        if fn is not None:
+            stack.extend(n.inputs[k] for k in fn(n))
+    return [n for n in nodes if id(n) in seen]
 
 
 def ancestors(n: Node) -> set[int]:
