@@ -188,11 +188,25 @@ class Function:
     def call(self, args) -> list:
         """One call without taking locks (the caller holds them, or, for a loop body called
         by its scan step, the enclosing call does): the list of outputs."""
-        plan = self.fast_plan(args)
+        plan, sig = None, self.last_sig
+        if sig is not None and len(args) == len(sig):   # the usual call: as the last one
+            for a, dt, shape in zip(args, self.dtypes, sig):
+                if type(a) is not np.ndarray or a.dtype is not dt or a.shape != shape:
+                    break
+            else:
+                plan = self.last_plan
+        if plan is None:
+            plan = self.fast_plan(args)
         if plan is None:
             args = self.feeds(args)
             plan = self.plan_for(args)
-        feeds = self.unshared(args) if self.updated else args
+        feeds = args
+        if self.updated:
+            updated = self.updated
+            for a in args:
+                if a.base is not None or id(a) in updated:
+                    feeds = self.unshared(args)
+                    break
         try:
             if _ERRSTATE is None:
                 with np.errstate(all="ignore"):
