@@ -11,6 +11,8 @@ Default order, and why:
   1. eliminate_dead_code   - work only on what outputs and updates need
   2. stabilize             - first, while naive patterns are intact (simplify rules run too)
   3. simplify              - identities, VJP leftovers, canonical order, folding, CSE
+     push_scalar_factors   - a constant factor (the learning rate) rides a gradient's linear
+                             chain down to its scalar seed: updates become one subtract
   4. fuse_dense            - before elementwise fusion, which would swallow bias adds;
                              relu masks read the activation so relu joins the dense node
   5. fuse_elementwise      - last: fused bodies hide their ops from every rule
@@ -33,16 +35,17 @@ from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dea
     fold_constants, simplify
 from graphc.passes.stability import stabilize, stable_grad
 from graphc.passes.loops import into_bodies, prune_loops, unroll_loops
+from graphc.passes.scalars import push_scalar_factors
 
 Pass = Callable[[Graph], Graph]
 
 DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, unroll_loops, stabilize, simplify,
-                                fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
+                                push_scalar_factors, fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
 
 __all__ = ["optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
            "same_shape", "fold_constants", "eliminate_common_subexpressions",
            "eliminate_dead_code", "simplify", "stabilize", "stable_grad", "fuse_dense",
-           "fuse_elementwise", "unroll_loops", "prune_loops"]
+           "fuse_elementwise", "unroll_loops", "prune_loops", "push_scalar_factors"]
 
 
 @dataclass
