@@ -52,6 +52,9 @@ def backward_of(node: Node):
         _context.reset(token)
 
 
+_BASENAMES: dict[str, str] = {}    # file path -> its base name (every node built asks)
+
+
 def user_line() -> str:
     """file:line of the innermost frame outside the graphc package."""
     frame = sys._getframe(1)
@@ -59,7 +62,11 @@ def user_line() -> str:
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
-    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    path = frame.f_code.co_filename
+    base = _BASENAMES.get(path)
+    if base is None:
+        base = _BASENAMES[path] = os.path.basename(path)
+    return f"{base}:{frame.f_lineno}"
 
 
 _storage_locks: dict[int, threading.RLock] = {}
@@ -133,8 +140,15 @@ class Node:
     def replace(self, inputs: Sequence[Node]) -> Node:
         """This node with other inputs; `self` when nothing changes."""
         inputs = tuple(inputs)
-        if all(a is b for a, b in zip(inputs, self.inputs)):
+        old = self.inputs
+        if all(a is b for a, b in zip(inputs, old)):
             return self
+        if len(inputs) == len(old) and all(a.shape == b.shape and a.dtype == b.dtype
+                                           for a, b in zip(inputs, old)):
+            # same input types: the shape rule would give this node's (canonical) type again
+            grad_of = self.grad_of if self.grad_of is not None else _context.get()[1]
+            return Node(self.op, inputs, self.attrs, self.shape, self.dtype, self.name,
+                        self.where, self.scope, grad_of)
         return apply(self.op, *inputs, _where=self.where, _name=self.name, _scope=self.scope,
                      _grad_of=self.grad_of, **self.attrs)
 

@@ -13,9 +13,17 @@ if TYPE_CHECKING:
     from graphc.ir import Graph, Node, Shape
 
 
+_SHAPE_TEXTS: dict = {}     # shape -> its text (a listing prints a few shapes many times)
+
+
 def format_shape(shape: Shape) -> str:
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    text = _SHAPE_TEXTS.get(shape) if type(shape) is tuple else None
+    if text is None:
+        dims = ["?" if d is None else str(d) for d in shape]
+        text = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+        if type(shape) is tuple and len(_SHAPE_TEXTS) < 4096:
+            _SHAPE_TEXTS[shape] = text
+    return text
 
 
 def format_attr(v) -> str:

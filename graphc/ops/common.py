@@ -8,10 +8,26 @@ import numpy as np
 from graphc.ir import Node, OpDef, Shape, ShapeError, format_shape, register
 
 
+_BROADCASTS: dict[tuple, Shape] = {}    # shapes -> their broadcast (a graph asks few pairs)
+
+
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """NumPy broadcasting, where None or a name stands for a batch dim of unknown size."""
     if shapes and all(s == shapes[0] for s in shapes):   # the common case: nothing to do
         return tuple(shapes[0])
+    try:
+        out = _BROADCASTS.get(shapes)
+    except TypeError:                   # a shape given as a list
+        return _broadcast(shapes)
+    if out is None:
+        out = _broadcast(shapes)
+        if len(_BROADCASTS) > 4096:
+            _BROADCASTS.clear()
+        _BROADCASTS[shapes] = out
+    return out
+
+
+def _broadcast(shapes: tuple) -> Shape:
     ndim = max(len(s) for s in shapes)
     out = []
     for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):

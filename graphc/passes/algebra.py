@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, apply, constant
-from graphc.passes.patterns import const_value, fit, is_value, order_key, positive, static, \
+from graphc.passes.patterns import LEAF_RANK, const_value, fit, is_value, positive, static, \
     zeros
 from graphc.passes.rewrite import Rule, rewrite
 
@@ -47,7 +47,8 @@ FOLD = [
 
 
 def commute(n: Node, a: Node, b: Node) -> Node | None:
-    return apply(n.op, b, a) if order_key(b) < order_key(a) else None
+    ra, rb = LEAF_RANK.get(a.op, 0), LEAF_RANK.get(b.op, 0)     # order_key(b) < order_key(a)
+    return apply(n.op, b, a) if rb < ra or rb == ra and b.id < a.id else None
 
 
 def compose_transpose(n: Node, x: Node) -> Node | None:

@@ -96,6 +96,8 @@ def unroll(n: Node, inputs: list[Node], steps: int) -> list[Node] | None:
 
 def unroll_loops(graph: Graph, max_steps: int = UNROLL_STEPS) -> Graph:
     """Loops of static length 1..max_steps -> their body inlined once per step."""
+    if not loops(graph):
+        return graph                        # nothing to unroll: no walk rebuilding every node
     new: dict[Node, Node] = {}
     unrolled: dict[Node, list[Node]] = {}
     for n in graph.nodes:

@@ -15,8 +15,12 @@ def const_value(n: Node) -> np.ndarray | None:
 
 def is_value(n: Node, v: float) -> bool:
     """n is a constant whose every element equals v."""
-    arr = const_value(n)
-    if arr is None or arr.size == 0:
+    while n.inputs and OPS[n.op].glue:      # const_value, inlined (every rule asks)
+        n = n.inputs[0]
+    if n.op != "constant":
+        return False
+    arr = n.data
+    if arr.size == 0:
         return False
     return bool(arr.flat[0] == v) if arr.size == 1 else bool(np.all(arr == v))
 

@@ -127,13 +127,16 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         return ok
 
     def fire(n: Node) -> Node | None:
-        if prior is not None and n in prior.nodes and covered(n.op):
+        op = n.op
+        if prior is not None and n in prior.nodes and covered(op):
             return None
-        for r in rules_for(n.op):
+        todo = rules_of.get(op)
+        for r in todo if todo is not None else rules_for(op):
             out = r.fn(n, *n.inputs)
             if out is None or out is n:
                 continue
-            if out.dtype != n.dtype or not same_shape(out.shape, n.shape):
+            if out.dtype != n.dtype or (out.shape != n.shape
+                                        and not same_shape(out.shape, n.shape)):
                 raise RewriteError(
                     f"rule {r.name!r} turned {n.op} {format_shape(n.shape)} {n.dtype.name} "
                     f"into {out.op} {format_shape(out.shape)} {out.dtype.name}")

@@ -52,8 +52,13 @@ def product(xs: list[Node], n: Node) -> Node:
     return total
 
 
+PRODUCTS = ("mul", "div", "neg")     # the ops `factors` flattens
+
+
 def cancel(n: Node, *_: Node) -> Node | None:
     """p * (g / p) -> g for p > 0 in exact arithmetic (the gradients of log(p) chains)."""
+    if n.op == "mul" and n.inputs[0].op not in PRODUCTS and n.inputs[1].op not in PRODUCTS:
+        return None                      # a * b: no divisor to cancel
     sign, num, den = [1], [], []
     factors(n, (sign, num, den))
     hit = False
@@ -71,6 +76,8 @@ def cancel(n: Node, *_: Node) -> Node | None:
 
 
 def has_divisor(t: Node, p: Node) -> bool:
+    if t.op not in PRODUCTS:
+        return False                     # t alone: no divisor
     sign, num, den = [1], [], []
     factors(t, (sign, num, den))
     return any(d is p for d in den)
@@ -79,7 +86,8 @@ def has_divisor(t: Node, p: Node) -> bool:
 def distribute(n: Node, a: Node, b: Node) -> Node | None:
     """p * (g / p - s) -> p * (g / p) - p * s, so that the first term cancels."""
     for p, t in ((a, b), (b, a)):
-        if t.op in ("add", "sub") and positive(p) and any(has_divisor(x, p) for x in t.inputs):
+        if t.op in ("add", "sub") and (t.inputs[0].op in PRODUCTS or t.inputs[1].op in PRODUCTS) \
+                and positive(p) and any(has_divisor(x, p) for x in t.inputs):
             return fit(apply(t.op, p * t.inputs[0], p * t.inputs[1]), n)
     return None
 
@@ -148,7 +156,10 @@ def expm1_by_hand(n: Node, e: Node, one: Node) -> Node | None:
 
 
 def signed_products(n: Node) -> list[tuple[int, list[Node]]] | None:
-    """The two terms of an add / sub, each as (sign, its factors) when it is a product."""
+    """The two terms of an add / sub, each as (sign, its factors) when it is a product
+    (None also when a term is not a product: the rules below need two factors per term)."""
+    if n.inputs[0].op not in ("mul", "neg") or n.inputs[1].op not in ("mul", "neg"):
+        return None
     out = []
     for k, t in enumerate(n.inputs):
         sign, num, den = [-1 if (n.op == "sub" and k == 1) else 1], [], []

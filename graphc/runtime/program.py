@@ -73,7 +73,7 @@ class Lowering:
             kind = "buffer" if id(n) in writes else \
                 "fresh" if n.op in LEAVES or n.op in FRESH else "view"
             reads = n.inputs + self.extra_reads.get(id(n), ())
-            out.append(planner.Step(id(n), tuple(id(x) for x in reads), kind))
+            out.append(planner.Step(id(n), tuple([id(x) for x in reads]), kind))
         return out
 
     def const(self, arr: np.ndarray) -> str:
@@ -356,38 +356,44 @@ class Lowering:
         (also an input), only the last call writes o."""
         body: Graph = n.attrs["body"]
         out = body.outputs[0]
-        key = lambda b: (id(n), id(b))  # noqa: E731
-        shape_of = lambda b: self.shapes[key(b)][0]  # noqa: E731
+        nid, shapes = id(n), self.shapes
+        shape_of = lambda b: shapes[(nid, id(b))][0]  # noqa: E731
         users = self.body_users(n)
         spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
+        if id(body) not in self.positions:        # the placeholder table, made once per body
+            self.positions[id(body)] = body_positions(body)
+        pos = self.positions[id(body)]
         names: dict[int, str] = {}
         left = dict(users)
         scratch: list[str] = []
         code = []
         for j, b in enumerate(body.nodes):
-            if b.op == "placeholder":
-                names[id(b)] = a[self.position(body, b)]
+            op, k = b.op, id(b)
+            if op == "placeholder":
+                names[k] = a[int(b.name[2:]) if pos is None else pos[k]]
                 continue
-            if b.op == "constant":
-                cname = f"c{self.index[id(n)]}_{j}"
+            if op == "constant":
+                cname = f"c{self.index[nid]}_{j}"
                 self.ns[cname] = b.data
-                names[id(b)] = cname
+                names[k] = cname
                 continue
-            if id(b) in spine:
+            if k in spine:
                 dst = o
             else:
                 dst = self.reusable_input(n, b, a, users, shape_of)
                 if dst is None:
-                    dst = self.take(*self.shapes[key(b)])
+                    dst = self.take(*shapes[(nid, k)])
                     scratch.append(dst)
-            code.append(rules.elementwise_code(self, b, [names[id(x)] for x in b.inputs], dst,
+            ins = b.inputs
+            code.append(rules.elementwise_code(self, b, [names[id(x)] for x in ins], dst,
                                                shape_of))
-            names[id(b)] = dst
-            for x in b.inputs:
-                left[id(x)] -= 1
-                if left[id(x)] == 0 and names[id(x)] in scratch and names[id(x)] != dst:
-                    scratch.remove(names[id(x)])
-                    self.give(names[id(x)])
+            names[k] = dst
+            for x in ins:
+                xk = id(x)
+                left[xk] -= 1
+                if left[xk] == 0 and scratch and names[xk] in scratch and names[xk] != dst:
+                    scratch.remove(names[xk])
+                    self.give(names[xk])
         for s in scratch:
             if s != o:
                 self.give(s)
