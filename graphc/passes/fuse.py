@@ -4,7 +4,7 @@ Both need to know a node's users, so they are one walk each over the graph, not 
 """
 from __future__ import annotations
 
-from graphc.ir import OPS, Graph, GraphcError, Node, apply
+from graphc.ir import OPS, Graph, GraphcError, Node, apply, context_grad_of
 from graphc.ops.fused import ACTIVATIONS, Body   # the activations dense may end with
 from graphc.passes.patterns import is_value
 from graphc.passes.rewrite import _stats, rebuild_node, same_shape, substitute
@@ -80,6 +80,15 @@ def make_body(members: list[Node]) -> tuple[list[Node], Body]:
     return external, Body([inner[x] for x in external], inner[members[-1]])
 
 
+def fused_node(n: Node, inputs: list[Node], body: Body, new: dict[Node, Node]) -> Node:
+    """`rebuilt(n, "fused", *inputs, body=body)` without the shape rule: make_body gave each
+    placeholder its input's shape and dtype, so the node has the type of the body's output."""
+    tag = new.get(n.grad_of, n.grad_of) if n.grad_of is not None else context_grad_of()
+    out = body.outputs[0]
+    return Node("fused", tuple(inputs), {"body": body}, out.shape, out.dtype, n.name, n.where,
+                n.scope, tag)
+
+
 def fuse_elementwise(graph: Graph) -> Graph:
     """Convex groups of two or more elementwise ops -> one `fused` node holding its body."""
     users = count_users(graph)
@@ -96,7 +105,7 @@ def fuse_elementwise(graph: Graph) -> Graph:
         ms = members.get(group.get(n, -1), ())
         if len(ms) >= 2 and n is ms[-1]:
             external, body = make_body(ms)
-            new[n] = rebuilt(n, "fused", *[new[x] for x in external], body=body, new=new)
+            new[n] = fused_node(n, [new[x] for x in external], body, new)
             note("fuse_elementwise")
         elif len(ms) >= 2:
             continue                        # inner member: read only inside its group

@@ -52,8 +52,10 @@ def push_scalar_factors(graph: Graph) -> Graph:
     """`mul(x, s)` with a constant scalar s: s moves into x's linear chain when that makes the
     multiplications smaller in total (one scalar at a time, the most used first)."""
     tried: set[tuple] = set()
+    seen = None
     for _ in range(8):
-        groups = sinks_by_factor(graph)
+        if graph is not seen:               # a factor that stayed put left the graph as it was
+            groups, seen = sinks_by_factor(graph), graph
         key = next((k for k in groups if k not in tried), None)
         if key is None:
             return graph
