@@ -52,8 +52,8 @@ def liveness(steps: list[Step], kept) -> tuple[dict, dict]:
 
 def dying(step: Step, i: int, roots: dict, last: dict, owner: dict) -> list[str]:
     """The buffers whose last reader is step i (they may be reused from the next take on)."""
-    return [owner[r] for r in sorted({r for x in step.reads for r in roots[x]})
-            if last[r] == i and r in owner]
+    ending = {r for x in step.reads for r in roots[x] if r in owner and last[r] == i}
+    return [owner[r] for r in sorted(ending)]
 
 
 class Pool:

@@ -50,6 +50,10 @@ class Lowering:
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
         self.cache: dict = {}                  # plan constants shared by steps
+        # per fused node (by id), made once: its spine, body users, whether its body compiles
+        self.spines: dict[int, tuple] = {}
+        self.users_of: dict[int, dict] = {}
+        self.compiles: dict[int, bool] = {}
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
         # per-plan state of the op families that lower together (lowering.FAMILIES)
         self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
@@ -263,10 +267,10 @@ class Lowering:
         """The chain of body nodes from the output down that can all run in place in the
         output buffer (each read only by the next), and its first-computed node (made once
         per fused node: choosing its buffer and emitting it both ask)."""
-        key = ("spine", id(n))
-        if key not in self.cache:
-            self.cache[key] = self.find_spine(n, users)
-        return self.cache[key]
+        spine = self.spines.get(id(n))
+        if spine is None:
+            spine = self.spines[id(n)] = self.find_spine(n, users)
+        return spine
 
     def find_spine(self, n: Node, users: dict) -> tuple[set, Node]:
         out = n.attrs["body"].outputs[0]
@@ -284,13 +288,13 @@ class Lowering:
 
     def body_users(self, n: Node) -> dict[int, int]:
         """id(body node) -> how many body nodes read it, for fused node n (made once)."""
-        key = ("users", id(n))
-        users = self.cache.get(key)
+        users = self.users_of.get(id(n))
         if users is None:
-            users = self.cache[key] = {}
+            users = self.users_of[id(n)] = {}
             for b in n.attrs["body"].nodes:
                 for x in b.inputs:
-                    users[id(x)] = users.get(id(x), 0) + 1
+                    k = id(x)
+                    users[k] = users.get(k, 0) + 1
         return users
 
     def fused_inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
@@ -335,17 +339,17 @@ class Lowering:
         return None
 
     def fused_ok(self, n: Node) -> bool:
-        key = ("fused_ok", id(n))
-        ok = self.cache.get(key)
+        ok = self.compiles.get(id(n))
         if ok is None:
-            ok = self.cache[key] = self.body_compiles(n)
+            ok = self.compiles[id(n)] = self.body_compiles(n)
         return ok
 
     def body_compiles(self, n: Node) -> bool:
         body: Graph = n.attrs["body"]
+        nid, shapes = id(n), self.shapes
         for b in body.nodes:
             if b.inputs:
-                dts = [self.shapes[(id(n), id(x))][1] for x in b.inputs]
+                dts = [shapes[(nid, id(x))][1] for x in b.inputs]
                 if not emit.ufunc_ok(b, dts, in_group=True):
                     return False
         return bool(body.outputs[0].inputs)
