@@ -26,7 +26,7 @@ from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
 
 # names the module defines around the plans' own names
-OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED")
+OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED", "LOCK")
 BUFFER = re.compile(r"b\d+\Z")
 
 
@@ -256,6 +256,7 @@ class Export:
             f"state = {{{state}}}",
             f"UPDATED = [{', '.join(f'state[{u!r}]' for u in updated)}]",
             f"INPUTS = {inputs!r}",
+            "LOCK = threading.Lock()   # a call at a time: the plan's buffers are shared",
             "",
             "# the names the generated code reads: variable boxes, buffers, plan constants,",
             "# views made once, kernels with their attributes",
@@ -272,8 +273,9 @@ class Export:
             "def plan(" + self.plan.source.split("def run(", 1)[1].rstrip(), "", "",
             f"def run({', '.join(args)}):",
             '    """The Function\'s call: checks the feeds, runs the plan, updates `state`."""',
-            f"    feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), INPUTS)]",
-            "    with np.errstate(all='ignore'):",
+            "    with LOCK, np.errstate(all='ignore'):",
+            f"        feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), "
+            "INPUTS)]",
             "        out = plan(*feeds)",
             f"    return {ret}",
         ]
@@ -332,6 +334,8 @@ def export(fn, path, example=()) -> str:
         arrays = job.arrays()
     finally:
         atomic.give_back(fn.locks)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)                     # step.export("out/step.py")
     np.savez(os.path.splitext(path)[0] + ".npz", **arrays)
     with open(path, "w") as f:
         f.write(text)

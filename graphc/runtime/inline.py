@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import textwrap
+import threading
 import types
 
 import numpy as np
@@ -39,10 +40,10 @@ class Writer:
     different objects is an error, never a silent shadowing)."""
 
     def __init__(self, reserved):
-        self.imports = ["import functools", "import os", "import types", "",
-                        "import numpy as np"]
-        self.bound: dict[str, object] = {"functools": functools, "os": os, "types": types,
-                                         "np": np}
+        self.imports = ["import functools", "import os", "import threading", "import types",
+                        "", "import numpy as np"]
+        self.bound: dict[str, object] = {"functools": functools, "os": os,
+                                         "threading": threading, "types": types, "np": np}
         for name in reserved:
             self.bound[name] = RESERVED
         self.defs: list[str] = []

@@ -1,0 +1,147 @@
+"""Function.export as a demanding user tries it: graphc.nn models with their optimizers, odd
+outputs and feeds, paths, several modules in one process, threads; each module's values against
+the Function's, call by call (the module is imported in this process: it needs only NumPy, which
+tests/test_export.py checks in a graphc-free interpreter)."""
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import nn
+
+_count = [0]
+
+
+def import_file(path):
+    _count[0] += 1
+    spec = importlib.util.spec_from_file_location(f"exported_probe_{_count[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def follows(f, module, calls, rtol=1e-5):
+    """The module gives what f gives on each call, and its state ends as f's variables."""
+    for args in calls:
+        want, got = as_list(f(*args)), as_list(module.run(*args))
+        assert len(want) == len(got)
+        for w, g in zip(want, got):
+            assert w.dtype == g.dtype and w.shape == g.shape
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * 0.1)
+    variables = {v.name: v for v in f.graph.variables}
+    assert sorted(module.state) == sorted(variables)
+    for name, value in module.state.items():
+        np.testing.assert_allclose(value, variables[name].value, rtol=rtol, atol=rtol * 0.1,
+                                   err_msg=name)
+
+
+def training_step(model, x, y, optimizer):
+    pred = model(x, training=True)
+    loss = gc.mean(gc.softmax_cross_entropy(pred, y))
+    updates = optimizer.updates(loss, model.params) + list(model.state_updates)
+    return gc.function([x, y], [loss, pred], updates=updates)
+
+
+MODELS = {
+    "mlp_dropout_sgd": (lambda: nn.Sequential([nn.Dense(16, "relu"), nn.Dropout(0.3),
+                                               nn.Dense(4)], seed=0),
+                        (6, 10), "float32", lambda: nn.SGD(0.1)),
+    "mlp_batchnorm_momentum": (lambda: nn.Sequential([nn.Dense(16), nn.BatchNorm(),
+                                                      nn.Activation("relu"), nn.Dense(4)],
+                                                     seed=1),
+                               (6, 10), "float32", lambda: nn.SGD(0.1, momentum=0.9)),
+    "cnn_batchnorm_adam": (lambda: nn.Sequential([nn.Conv2D(4, 3, padding=1, activation="relu"),
+                                                  nn.BatchNorm(), nn.MaxPool2D(2), nn.Flatten(),
+                                                  nn.Dense(4)], seed=2),
+                           (5, 1, 8, 8), "float32", lambda: nn.Adam(1e-2)),
+    "embedding_layernorm_rmsprop": (lambda: nn.Sequential([nn.Embedding(10, 6), nn.LayerNorm(),
+                                                           nn.Flatten(), nn.Dense(4)], seed=3),
+                                    (5, 3), "int64", lambda: nn.RMSProp(1e-2)),
+    "lstm_adam": (lambda: nn.Sequential([nn.LSTM(8), nn.Dense(4)], seed=4),
+                  (5, 6, 3), "float32", lambda: nn.Adam(1e-2)),
+    "gru_rnn_momentum": (lambda: nn.Sequential([nn.GRU(8, return_sequences=True),
+                                                nn.SimpleRNN(5), nn.Dense(4)], seed=5),
+                         (5, 6, 3), "float32", lambda: nn.SGD(0.1, momentum=0.5)),
+    "attention_dropout_adam": (lambda: nn.Sequential([nn.MultiHeadAttention(2, causal=True,
+                                                                            dropout=0.1),
+                                                      nn.LayerNorm(), nn.Flatten(),
+                                                      nn.Dense(4)], seed=6),
+                               (3, 5, 8), "float32", lambda: nn.Adam(1e-2)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_nn_training_steps_follow_the_function(name, tmp_path):
+    make_model, shape, dtype, make_optimizer = MODELS[name]
+    rng = np.random.default_rng(0)
+    x = gc.placeholder((None,) + shape[1:], dtype=dtype, name="x")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    f = training_step(make_model(), x, y, make_optimizer())
+
+    def batch():
+        xb = rng.integers(0, 10, shape) if dtype == "int64" \
+            else rng.standard_normal(shape).astype(dtype)
+        return [xb, rng.integers(0, 4, shape[0])]
+
+    f(*batch())
+    module = import_file(f.export(tmp_path / "step.py"))
+    follows(f, module, [batch() for _ in range(3)])
+
+
+def test_a_call_in_another_thread_waits_for_the_running_one(tmp_path):
+    """The plan's buffers are shared by calls, so the module's run holds a lock as the
+    Function's call does: thread B's call, made while thread A is inside the plan, neither
+    overwrites A's buffers nor gets A's values."""
+    x = gc.placeholder((None, 4), dtype="float64", name="x")
+    W = gc.variable(np.random.default_rng(0).standard_normal((4, 4)), name="W")
+    f = gc.function([x], gc.sum(gc.tanh(x @ W) * 2.0, axis=1))
+    a, b = np.ones((3, 4)), -np.arange(12.0).reshape(3, 4)
+    f(a)
+    module = import_file(f.export(tmp_path / "step.py"))
+    tanh, inside, b_done = module.xp.tanh, threading.Event(), threading.Event()
+
+    def paused_tanh(*args, **kwargs):           # A stops inside the plan until B is done
+        if threading.current_thread().name == "A":
+            inside.set()
+            b_done.wait(timeout=0.5)          # with the lock, B cannot finish meanwhile
+        return tanh(*args, **kwargs)
+
+    module.xp.tanh = paused_tanh
+    got = {}
+
+    def call(name, feed):
+        if name == "B":
+            inside.wait(timeout=5)
+        got[name] = module.run(feed)
+        if name == "B":
+            b_done.set()
+
+    threads = [threading.Thread(target=call, args=(n, v), name=n) for n, v in (("A", a),
+                                                                               ("B", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "A" in got and "B" in got
+    np.testing.assert_allclose(got["A"], f(a), rtol=1e-12)
+    np.testing.assert_allclose(got["B"], f(b), rtol=1e-12)
+
+
+def test_export_into_a_folder_that_does_not_exist_yet(tmp_path):
+    """As the README's `step.export("out/step.py")`: the folders are made (a path with spaces
+    too), the module and its .npz land there and run."""
+    x = gc.placeholder((None, 3), dtype="float32", name="x")
+    W = gc.variable(np.ones(3, np.float32), name="W")
+    f = gc.function([x], x * W, updates=[(W, W * 2)])
+    f(np.ones((2, 3), np.float32))
+    path = f.export(tmp_path / "new folder" / "out" / "my step.py")
+    assert (tmp_path / "new folder" / "out" / "my step.npz").exists()
+    follows(f, import_file(path), [[np.full((2, 3), 2.0, np.float32)]])
