@@ -168,9 +168,16 @@ def expand(ctx, x, shape):
     b = (1,) * (ndim - len(target)) + tuple(target)
     out = tuple(q if p == 1 else p for p, q in zip(a, b))
     if any(q != 1 and (q is None or q != p) for p, q in zip(a, b) if not isinstance(p, int)) \
-            or not all(isinstance(d, int) for d in out) and out != tuple(x.shape):
+            or any(not isinstance(d, int) and p == 1 for p, d in zip(a, out)):
         raise Unsupported(f"expanding {x.shape} to {target}: unknown sizes")
-    return x if out == tuple(x.shape) else gc.broadcast_to(x, out)
+    if out == tuple(x.shape):
+        return x
+    if all(isinstance(d, int) for d in out):
+        return gc.broadcast_to(x, out)
+    # the unknown sizes are x's own: broadcast the known ones against a constant (exact for
+    # every dtype: where(true, x, x))
+    true = constant(np.ones(tuple(d if isinstance(d, int) else 1 for d in out), bool))
+    return gc.where(true, x, x)
 
 
 @onnx_op("Shape", start=0, end=None)
@@ -283,7 +290,8 @@ def pad(ctx, x, pads, value=None, axes=None, *, mode):
     pads = ctx.ints(pads, "pads")
     axes = [norm(a, x.ndim) for a in ctx.ints(axes, "axes", list(range(x.ndim)))]
     ctx.need(mode in ("constant", "edge", "reflect", "wrap"), f"mode {mode!r}")
-    fill = like(x, 0) if value is None else gc.cast(value, x.dtype)
+    fill = like(x, 0) if value is None else gc.cast(value, x.dtype) if value.op != "constant" \
+        else constant(np.asarray(value.data).astype(x.dtype))
     for axis, before, after in zip(axes, pads[:len(axes)], pads[len(axes):]):
         x = pad_axis(ctx, x, axis, before, after, mode, fill)
     return x
@@ -291,6 +299,8 @@ def pad(ctx, x, pads, value=None, axes=None, *, mode):
 
 def pad_axis(ctx, x, axis, before, after, mode, fill):
     n = x.shape[axis]
+    if not before and not after:
+        return x                     # an axis of unknown size that is not padded
     ctx.need(isinstance(n, int), "padding an unknown-size axis")
     if before < 0 or after < 0:
         x = gc.slice(x, axis, max(-before, 0), n - max(-after, 0))
@@ -298,6 +308,11 @@ def pad_axis(ctx, x, axis, before, after, mode, fill):
         before, after = max(before, 0), max(after, 0)
     if not before and not after:
         return x
+    if mode == "constant" and fill.op == "constant" and x.dtype.kind in "fiu" \
+            and float(fill.data) == fill.data:
+        widths = [(0, 0)] * x.ndim      # graphc's pad: the other axes may be of unknown size
+        widths[axis] = (before, after)
+        return gc.pad(x, widths, value=float(fill.data))
     if mode == "constant":
         parts = [x]
         for k, at in ((before, 0), (after, len(parts) + 1)):
