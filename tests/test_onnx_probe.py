@@ -156,3 +156,76 @@ def test_pad_of_a_static_axis_beside_a_dynamic_batch():
     for n in (1, 3):
         feeds = {"x": np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)}
         close(imported_run(model, feeds), ort_run(model, feeds), f"batch {n}", rtol=1e-7)
+
+
+@pytest.mark.parametrize("batch_dim", ["N", None])
+def test_view_of_the_batch_size_inside_a_scan_body(batch_dim):
+    """x.view(x.size(0), -1) in a Scan body whose state and slices have a dynamic batch, named
+    or not: the -1 is known once the copied size is x's own unknown dim."""
+    body = helper.make_graph(
+        [make("Shape", ["x"], ["sh"]), make("Gather", ["sh", "z"], ["n"], axis=0),
+         make("Concat", ["n", "m1"], ["tg"], axis=0), make("Reshape", ["x", "tg"], ["xf"]),
+         make("MatMul", ["xf", "U"], ["xu"]), make("Add", ["h", "xu"], ["h2"]),
+         make("Tanh", ["h2"], ["h3"]), make("Identity", ["h3"], ["y"])],
+        "body", [vi("h", [batch_dim, 3]), vi("x", [batch_dim, 2, 2])],
+        [vi("h3", [batch_dim, 3]), vi("y", [batch_dim, 3])], [ints("z", [0]), ints("m1", [-1])])
+    U = helper.make_tensor("U", F, [4, 3], np.linspace(-1, 1, 12).tolist())
+    model = model_of([make("Scan", ["h0", "xs"], ["hT", "ys"], body=body, num_scan_inputs=1,
+                           scan_input_axes=[1], scan_output_axes=[1])],
+                     [vi("h0", [batch_dim, 3]), vi("xs", [batch_dim, 5, 2, 2])],
+                     [vi("hT", [batch_dim, 3]), vi("ys", [batch_dim, 5, 3])], [U])
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(1)
+    for n in (2, 3):
+        feeds = {"h0": rng.standard_normal((n, 3)).astype(np.float32),
+                 "xs": rng.standard_normal((n, 5, 2, 2)).astype(np.float32)}
+        close(imported_run(model, feeds), ort_run(model, feeds), f"batch {n}", rtol=1e-5)
+
+
+def test_a_copied_unnamed_size_of_another_tensor_is_refused_naming_the_node():
+    """Two unnamed dynamic dims cannot be told equal: y.view(x.size(0), -1) is refused."""
+    model = model_of(
+        [make("Shape", ["x"], ["sh"]), make("Gather", ["sh", "z"], ["n"], axis=0),
+         make("Concat", ["n", "m1"], ["tg"], axis=0),
+         make("Reshape", ["y", "tg"], ["out"], name="view")],
+        [vi("x", [None, 3]), vi("y", [None, 2, 2])], [vi("out", [None, 4])],
+        [ints("z", [0]), ints("m1", [-1])])
+    with pytest.raises(gonnx.Unsupported, match=r"ONNX node 'view' \(Reshape\): reshape to "
+                                                r"\(None, None\)"):
+        gonnx.load(model)
+
+
+def test_reshape_with_a_zero_that_copies_the_unnamed_batch():
+    """Reshape(x, [0, -1]) (Keras/TF exporters' flatten) with an unnamed dynamic batch."""
+    model = model_of([make("Reshape", ["x", "tg"], ["y"])], [vi("x", [None, 2, 3])],
+                     [vi("y", [None, 6])], [ints("tg", [0, -1])])
+    imported = gonnx.load(model)
+    assert imported.outputs["y"].shape == (None, 6)
+    for n in (1, 4):
+        feeds = {"x": np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)}
+        close(imported_run(model, feeds), ort_run(model, feeds), f"batch {n}", rtol=1e-7)
+
+
+def test_check_names_the_loop_around_an_unsupported_node_in_its_body():
+    """check() lists every unsupported node, a node inside a Scan body (unnamed: named by its
+    position in the body) after the Scan that holds it, as load's error says it."""
+    inner = helper.make_graph(
+        [make("NonZero", ["v"], ["nz"]), make("Identity", ["acc"], ["acc2"]),
+         make("Identity", ["v"], ["y"])],
+        "inner", [vi("acc", [3]), vi("v", [3])], [vi("acc2", [3]), vi("y", [3])])
+    outer = helper.make_graph(
+        [make("Scan", ["h", "row"], ["h2", "ys"], body=inner, num_scan_inputs=1,
+              name="inner_scan")],
+        "outer", [vi("h", [3]), vi("row", [4, 3])], [vi("h2", [3]), vi("ys", [4, 3])])
+    model = model_of(
+        [make("Scan", ["h0", "xs"], ["hT", "yss"], body=outer, num_scan_inputs=1,
+              name="outer_scan"), make("Unique", ["hT"], ["u"], name="uniq")],
+        [vi("h0", [3]), vi("xs", [5, 4, 3])],
+        [vi("hT", [3]), vi("yss", [5, 4, 3]), vi("u", None)])
+    path = ("ONNX node 'outer_scan' (Scan): ONNX node 'inner_scan' (Scan): "
+            "ONNX node 'NonZero_0' (NonZero): op type NonZero is not supported")
+    assert gonnx.check(model) == [path, "ONNX node 'uniq' (Unique): op type Unique is not "
+                                        "supported"]
+    with pytest.raises(gonnx.Unsupported) as e:
+        gonnx.load(model)
+    assert str(e.value) == path

@@ -40,13 +40,23 @@ def norm(axis: int, ndim: int) -> int:
 
 @onnx_op("Reshape", const=(1,), allowzero=0)
 def reshape(ctx, x, shape, *, allowzero):
-    dims = [x.shape[i] if d == 0 and not allowzero else d
-            for i, d in enumerate(ctx.dims(shape, "shape"))]
+    dims = ctx.dims(shape, "shape")
+    own = ctx.runtime.own_axes(ctx.const(shape, "shape").reshape(-1).tolist(), x) \
+        if ctx.runtime.is_marked(shape) else {}
+    for i, d in enumerate(dims):
+        if d == 0 and not allowzero:           # a 0 copies x's dim
+            dims[i] = x.shape[i]
+            if x.shape[i] is None:
+                own[i] = i
     if -1 in dims:
-        # the -1 is static when the target copies every unknown dim of x by its name
+        # the -1 is static when the target copies every unknown dim of x, by its name or
+        # (unnamed) from x's own shape
         known = [d for d in dims if isinstance(d, int) and d != -1]
         copied = sorted(d for d in dims if isinstance(d, str))
-        if sorted(d for d in x.shape if not isinstance(d, int)) == copied and None not in dims:
+        unnamed = sorted(own.values())
+        if sorted(d for d in x.shape if isinstance(d, str)) == copied \
+                and [a for a, d in enumerate(x.shape) if d is None] == unnamed \
+                and all(d is not None or k in own for k, d in enumerate(dims)):
             rest = int(np.prod(known))
             dims[dims.index(-1)] = int(np.prod([d for d in x.shape if isinstance(d, int)])) \
                 // rest if rest else 0
@@ -185,7 +195,9 @@ def shape(ctx, x, *, start, end):
     dims = x.shape[slice(start, end)]
     if all(isinstance(d, int) for d in dims):
         return constant(np.array(dims, dtype=np.int64))
-    stand_ins = [d if isinstance(d, int) else ctx.runtime.stand_in(d) for d in dims]
+    axes = range(x.ndim)[slice(start, end)]
+    stand_ins = [d if isinstance(d, int) else ctx.runtime.stand_in(d, x, a)
+                 for d, a in zip(dims, axes)]
     return ctx.runtime.mark(constant(np.array(stand_ins, dtype=np.int64)))
 
 
@@ -308,11 +320,12 @@ def pad_axis(ctx, x, axis, before, after, mode, fill):
         before, after = max(before, 0), max(after, 0)
     if not before and not after:
         return x
-    if mode == "constant" and fill.op == "constant" and x.dtype.kind in "fiu" \
-            and float(fill.data) == fill.data:
+    value = np.asarray(fill.data).reshape(-1) if fill.op == "constant" else ()
+    if mode == "constant" and len(value) == 1 and x.dtype.kind in "fiu" \
+            and float(value[0]) == value[0]:
         widths = [(0, 0)] * x.ndim      # graphc's pad: the other axes may be of unknown size
         widths[axis] = (before, after)
-        return gc.pad(x, widths, value=float(fill.data))
+        return gc.pad(x, widths, value=float(value[0]))
     if mode == "constant":
         parts = [x]
         for k, at in ((before, 0), (after, len(parts) + 1)):
