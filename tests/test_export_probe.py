@@ -145,3 +145,44 @@ def test_export_into_a_folder_that_does_not_exist_yet(tmp_path):
     path = f.export(tmp_path / "new folder" / "out" / "my step.py")
     assert (tmp_path / "new folder" / "out" / "my step.npz").exists()
     follows(f, import_file(path), [[np.full((2, 3), 2.0, np.float32)]])
+
+
+def test_every_shape_the_function_ran_is_exported(tmp_path):
+    """A training loop's batches of 6 and its last batch of 4, and an inference call on 1:
+    the module runs each of these shapes (the plans the Function holds), with one `state`
+    and one generator per random op across them; another shape is refused, naming the shapes
+    it runs."""
+    model = nn.Sequential([nn.Dense(8, "relu"), nn.Dropout(0.5), nn.Dense(3)], seed=0)
+    x = gc.placeholder((None, 5), name="x")
+    y = gc.placeholder((None,), dtype="int64", name="y")
+    f = training_step(model, x, y, nn.Adam(1e-2))
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        return [rng.standard_normal((n, 5)).astype(np.float32), rng.integers(0, 3, n)]
+
+    for n in (6, 4, 1):
+        f(*batch(n))
+    module = import_file(f.export(tmp_path / "step.py"))
+    follows(f, module, [batch(n) for n in (4, 6, 1, 6, 4)])
+    with pytest.raises(Exception, match=r"feeds x \(5, 5\), y \(5,\): this module runs "
+                                        r"x \(1, 5\), y \(1,\); x \(4, 5\), y \(4,\); "
+                                        r"x \(6, 5\), y \(6,\)") as e:
+        module.run(*batch(5))
+    assert type(e.value).__name__ == "GraphcError"     # the module's own (no graphc there)
+
+
+def test_plans_of_a_recurrent_model_for_two_batch_sizes(tmp_path):
+    """Each plan's loop body is its own plan too; a plan made only to show `source` (its loop
+    never ran) is left out rather than refused."""
+    model = nn.Sequential([nn.GRU(6, return_sequences=True), nn.LSTM(4), nn.Dense(2)], seed=7)
+    x = gc.placeholder((None, 5, 3), name="x")
+    f = gc.function([x], model(x, training=False))
+    assert "def run(" in f.source                  # a plan for batch 1, never run
+    rng = np.random.default_rng(3)
+    data = {n: [rng.standard_normal((n, 5, 3)).astype(np.float32)] for n in (2, 3)}
+    f(*data[2])
+    f(*data[3])
+    module = import_file(f.export(tmp_path / "step.py"))
+    follows(f, module, [data[2], data[3], data[2]])
+    assert sorted(module.PLANS) == [((2, 5, 3),), ((3, 5, 3),)]

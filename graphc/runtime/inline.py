@@ -48,6 +48,7 @@ class Writer:
             self.bound[name] = RESERVED
         self.defs: list[str] = []
         self.arrays: dict[str, np.ndarray] = {}
+        self.array_keys: dict[int, str] = {}      # id(array) -> its key in `arrays`
         self.known: dict[int, str] = {}           # id(object) -> expression already written
         self.keep: list = []                      # objects whose id is in `known`
         self.count = 0
@@ -133,9 +134,15 @@ class Writer:
             more = "".join(f", {k}={self.expr(getattr(obj, k), ctx)}"
                            for k in ("otypes", "signature") if getattr(obj, k) is not None)
             return f"np.vectorize({self.expr(obj.pyfunc, ctx)}{more})"
-        if isinstance(obj, np.random.Generator):
+        if isinstance(obj, np.random.Generator):   # one object, whoever reads it (plans)
             self.bind("generator", generator, ctx)
-            return f"generator({self.expr(obj.bit_generator.state, ctx)})"
+            self.count += 1
+            name = f"rng_{self.count}"
+            if name in self.bound:
+                raise GraphcError(f"export: {ctx}: the name {name!r} is taken")
+            self.bound[name] = obj
+            self.defs.append(f"{name} = generator({self.expr(obj.bit_generator.state, ctx)})")
+            return self.remember(obj, name)
         if getattr(np, getattr(obj, "__name__", ""), None) is obj:
             return f"np.{obj.__name__}"
         if getattr(builtins, getattr(obj, "__name__", ""), None) is obj:
@@ -158,11 +165,15 @@ class Writer:
     def array(self, arr: np.ndarray, ctx: str, key: str | None = None) -> str:
         if arr.dtype.hasobject:
             raise GraphcError(f"export: {ctx} holds an array of Python objects")
+        if id(arr) in self.array_keys:       # one array read by several plans: stored once
+            return f"ARRAYS[{self.array_keys[id(arr)]!r}]"
         if key is None:
             key = f"a{len(self.arrays)}"
             while key in self.arrays:
                 key += "_"
         self.arrays[key] = arr
+        self.array_keys[id(arr)] = key
+        self.keep.append(arr)
         return f"ARRAYS[{key!r}]"
 
     def made_function(self, f, ctx: str) -> str:
