@@ -8,8 +8,8 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
-from graphc.onnx.ops_nn import average_pool
-from graphc.onnx.ops_shape import reshape_to, static
+from graphc.onnx.ops_nn import average_pool, batch_positions
+from graphc.onnx.ops_shape import pad_axis, reshape_to, static
 from graphc.onnx.table import REQUIRED, onnx_op
 
 
@@ -235,3 +235,46 @@ onnx_op("GRU", const=(4,), linear_before_reset=0, **RNN_ATTRS)(
 onnx_op("LSTM", const=(4,), input_forget=0, **RNN_ATTRS)(
     recurrent(lstm_cell, 4, ["Sigmoid", "Tanh", "Tanh"]))
 
+
+@onnx_op("MaxUnpool", const=(2,), kernel_shape=REQUIRED, pads=None, strides=None)
+def max_unpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads, strides):
+    """Each value written back at its flat index into zeros of the unpooled shape."""
+    if not isinstance(x.shape[0], int):
+        return unpool_samples(ctx, x, indices, output_shape, kernel_shape, pads, strides)
+    shape = static(x, "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = shape[:2] + tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                            in enumerate(zip(shape[2:], strides, kernel_shape)))
+    zeros = constant(np.zeros(int(np.prod(out)), x.dtype))
+    total = int(np.prod(shape))
+    y = gc.scatter_elements(zeros, gc.reshape(indices, (total,)), gc.reshape(x, (total,)))
+    y = gc.reshape(y, out)
+    if output_shape is not None:       # a larger output: the unpooled block at its start
+        for axis, want in enumerate(ctx.ints(output_shape, "output_shape")):
+            if want > out[axis]:
+                y = pad_axis(ctx, y, axis, 0, want - out[axis], "constant", like(x, 0))
+    return y
+
+
+def unpool_samples(ctx, x, indices, output_shape, kernel_shape, pads, strides):
+    """MaxUnpool of a batch of unknown size: each sample's values scattered into its own row
+    of zeros (the indices count from the batch's start, so each sample's start is taken off);
+    the output shape is the one given (Shape of the pooled input) or the default."""
+    sample = static(gc.slice(x, 0, 0, 1), "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                in enumerate(zip(sample[2:], strides, kernel_shape)))
+    if output_shape is not None:
+        given = ctx.dims(output_shape, "output_shape")
+        ctx.need(len(given) == x.ndim and all(isinstance(d, int) for d in given[1:])
+                 and given[1] == sample[1], f"output_shape {given}")
+        out = tuple(given[2:])
+    size = sample[1] * int(np.prod(out))
+    n = int(np.prod(sample[1:]))
+    local = reshape_to(indices - batch_positions(x, size), (None, n))
+    rows = reshape_to(x, (None, n))
+    zeros = gc.pad(gc.slice(rows, 1, 0, 0), [(0, 0), (0, size)], value=0.0)
+    y = gc.scatter_elements(zeros, local, rows, axis=1)
+    return reshape_to(y, (x.shape[0], sample[1]) + out)
