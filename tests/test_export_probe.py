@@ -186,3 +186,16 @@ def test_plans_of_a_recurrent_model_for_two_batch_sizes(tmp_path):
     module = import_file(f.export(tmp_path / "step.py"))
     follows(f, module, [data[2], data[3], data[2]])
     assert sorted(module.PLANS) == [((2, 5, 3),), ((3, 5, 3),)]
+
+
+def test_placeholder_names_that_clash_with_the_fallback_names(tmp_path):
+    """run's parameters are the placeholders' names; a name taken twice falls back to x<k>,
+    which may itself be another placeholder's name: every parameter stays distinct."""
+    c = gc.placeholder((2,), dtype="float64", name="x2")
+    a = gc.placeholder((2,), dtype="float64", name="x1")
+    b = gc.placeholder((2,), dtype="float64", name="x1")
+    f = gc.function([c, a, b], a * 2.0 + b * 3.0 + c * 5.0)
+    feeds = [np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array([5.0, 6.0])]
+    f(*feeds)
+    module = import_file(f.export(tmp_path / "step.py"))
+    follows(f, module, [feeds], rtol=1e-14)

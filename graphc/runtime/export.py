@@ -11,7 +11,6 @@ naming it.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import keyword
 import os
@@ -233,7 +232,7 @@ class Export:
         text = "\n".join(self.head(title, args) + self.w.imports + load) + "\n\n\n" \
             + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" \
             + "\n".join(self.names(kernels, args) + setup + self.tail(args)) + "\n"
-        ast.parse(text)          # a bug here must not write a module that does not import
+        compile(text, title, "exec")   # a bug here must not write a module that does not import
         return text
 
     def shapes_text(self, args: list[str], sig) -> str:
@@ -318,9 +317,12 @@ class Export:
         out = []
         for k, ph in enumerate(self.fn.inputs):
             name = ph.name if isinstance(ph.name, str) else ""
-            if not name.isidentifier() or keyword.iskeyword(name) or name in out \
-                    or name in self.w.bound or name in ("feeds", "out", "v", "spec"):
-                name = f"x{k}"
+            taken = set(out) | set(self.w.bound) | {"feeds", "out", "v", "spec"}
+            if not name.isidentifier() or keyword.iskeyword(name) or name in taken:
+                name, j = f"x{k}", k
+                while name in taken:             # x<k> may be another placeholder's name
+                    j += 1
+                    name = f"x{j}"
             out.append(name)
         return out
 
