@@ -266,3 +266,23 @@ def test_max_pool_gradient_round_trips_with_a_dynamic_batch(tmp_path):
         want = f(xb)
         close(g(xb), want, f"loaded back, batch {n}", rtol=1e-6)
         close(ort_run(path, {"x": xb}), want, f"onnxruntime, batch {n}", rtol=1e-6)
+
+
+def test_trainable_load_makes_variables_of_the_weights_only(tmp_path):
+    """A graphc model saved and loaded with trainable=True: its weights (a bias of one unit
+    too) become variables, while scalar initializers (the attention's 1/sqrt(d) scale, eps,
+    a recurrent layer's zero initial state, masks' fill values) stay constants: fine-tuning
+    must not train them. The gradients equal the original model's."""
+    model = nn.Sequential([nn.Embedding(7, 4), nn.MultiHeadAttention(2, causal=True),
+                           nn.LayerNorm(), nn.GRU(3), nn.Dense(1)], seed=0)
+    x = gc.placeholder((None, 5), dtype="int64", name="x")
+    out = model(x, training=False)
+    path = str(tmp_path / "model.onnx")
+    gonnx.save(path, {"x": x}, {"out": out})
+    back = gonnx.load(path, trainable=True)
+    names = {v.name.rsplit("_", 1)[0]: v for v in back.variables}   # 'dense_4/b_95'
+    assert sorted(names) == sorted(p.name for p in model.params)
+    xb = np.random.default_rng(0).integers(0, 7, (3, 5))
+    want = gc.function([x], gc.grad(gc.sum(out * out), model.params))(xb)
+    grads = gc.grad(gc.sum(back.outputs["out"] ** 2), [names[p.name] for p in model.params])
+    close(gc.function([back.inputs["x"]], grads)(xb), want, "gradients", rtol=1e-4)

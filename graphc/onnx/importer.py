@@ -259,7 +259,8 @@ class Importer:
                 self.fail(f"initializer {init.name!r}", e)
                 self.poisoned.add(init.name)
                 continue
-            if self.trainable and arr.dtype.kind == "f" and init.name not in frozen:
+            # a scalar is a scale, an eps or a fill value, not a weight to train
+            if self.trainable and arr.dtype.kind == "f" and arr.ndim and init.name not in frozen:
                 from graphc.api import variable
                 node = variable(arr.copy(), name=init.name)
             else:
