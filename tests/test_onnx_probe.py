@@ -286,3 +286,35 @@ def test_trainable_load_makes_variables_of_the_weights_only(tmp_path):
     want = gc.function([x], gc.grad(gc.sum(out * out), model.params))(xb)
     grads = gc.grad(gc.sum(back.outputs["out"] ** 2), [names[p.name] for p in model.params])
     close(gc.function([back.inputs["x"]], grads)(xb), want, "gradients", rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch_dim", ["N", None])
+def test_constant_of_shape_with_the_batch_size(batch_dim):
+    """torch's h0 = torch.zeros(x.size(0), 4) (ConstantOfShape of Concat(Shape(x)[0], 4)) and
+    torch.full_like(x, 7) on int64 (ConstantOfShape(Shape(x))), with a dynamic batch."""
+    model = model_of(
+        [make("Shape", ["x"], ["s"]), make("Gather", ["s", "zero"], ["n"], axis=0),
+         make("Concat", ["n", "four"], ["hs"], axis=0),
+         make("ConstantOfShape", ["hs"], ["h0"]), make("MatMul", ["x", "W"], ["xw"]),
+         make("Add", ["xw", "h0"], ["y"]),
+         make("ConstantOfShape", ["s"], ["sevens"],
+              value=helper.make_tensor("v", TensorProto.INT64, [1], [7]))],
+        [vi("x", [batch_dim, 3])],
+        [vi("y", [batch_dim, 4]), vi("sevens", [batch_dim, 3], TensorProto.INT64)],
+        [ints("zero", [0]), ints("four", [4]),
+         helper.make_tensor("W", F, [3, 4], np.linspace(-1, 1, 12).tolist())])
+    for n in (1, 5):
+        feeds = {"x": np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)}
+        got, want = imported_run(model, feeds), ort_run(model, feeds)
+        assert got[1].dtype == np.int64
+        close(got, want, f"batch {n}", rtol=1e-6)
+
+
+def test_constant_of_shape_of_a_computed_size_is_refused_naming_the_node():
+    model = model_of(
+        [make("Shape", ["x"], ["s"]), make("Mul", ["s", "two"], ["s2"]),
+         make("ConstantOfShape", ["s2"], ["z"], name="zeros")],
+        [vi("x", ["N"])], [vi("z", ["M"])], [ints("two", [2])])
+    with pytest.raises(gonnx.Unsupported, match=r"ONNX node 'zeros' \(ConstantOfShape\): .*"
+                                                r"computed from a size known only at run time"):
+        gonnx.load(model)

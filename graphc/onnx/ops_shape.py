@@ -10,7 +10,7 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import Node, constant
 from graphc.onnx.ops_math import fn, like
-from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
+from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 
 INT_MAX = 2 ** 62
 
@@ -230,7 +230,30 @@ def constant_(ctx, **attrs):
 @onnx_op("ConstantOfShape", const=(0,), value=None)
 def constant_of_shape(ctx, shape, *, value):
     value = np.zeros(1, np.float32) if value is None else value
+    if ctx.runtime.is_marked(shape):
+        return full_at_run_time(ctx, shape, value)
     return constant(np.full(ctx.ints(shape, "shape"), value.reshape(-1)[0], dtype=value.dtype))
+
+
+def full_at_run_time(ctx, shape, value):
+    """`value` in a shape with sizes known only at run time (torch's zeros(x.size(0), 4)):
+    each such size is a dim of a node in the graph, read back as a vector of that length that
+    `where(true, value, vector)` broadcasts against (the vector's values are never used)."""
+    raw = [int(d) for d in np.asarray(ctx.const(shape, "shape")).reshape(-1)]
+    known = tuple(1 if abs(d) >= RUNTIME else d for d in raw)
+    true = constant(np.ones(known, bool))
+    out = constant(np.full(known, value.reshape(-1)[0], dtype=value.dtype))
+    for k, d in enumerate(raw):
+        if abs(d) < RUNTIME:
+            continue
+        ctx.need(d in ctx.runtime.origin, "input 'shape' is computed from a size known only "
+                                          "at run time (not just copied from it)")
+        node, axis = ctx.runtime.origin[d]
+        for a in range(node.ndim):
+            node = node if a == axis else gc.slice(node, a, 0, 1)
+        size = reshape_to(node, tuple(None if i == k else 1 for i in range(len(raw))))
+        out = gc.where(true, out, gc.cast(size, out.dtype))
+    return out
 
 
 @onnx_op("Range", const=(0, 1, 2))

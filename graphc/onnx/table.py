@@ -62,6 +62,7 @@ class RuntimeSizes:
         self.names: dict[int, str | None] = {}     # stand-in -> dim name (None: unnamed)
         self.marked: dict[int, Node] = {}          # id -> constant computed from stand-ins
         self.sources: dict[int, tuple] = {}        # unnamed stand-in -> (node, axis) it sizes
+        self.origin: dict[int, tuple] = {}         # stand-in -> a (node, axis) of that size
 
     def stand_in(self, dim, node: Node, axis: int) -> int:
         """The stand-in of node's dim `axis`: one per dim name, one per unnamed (node, axis)."""
@@ -69,6 +70,7 @@ class RuntimeSizes:
             [v for v, (n, a) in self.sources.items() if dim is None and n is node and a == axis]
         value = found[0] if found else RUNTIME + (len(self.names) + 1) * 65537
         self.names[value] = dim
+        self.origin.setdefault(value, (node, axis))
         if dim is None:
             self.sources[value] = (node, axis)
         return value
