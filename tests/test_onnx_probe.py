@@ -112,6 +112,7 @@ def ints(name, values):
 
 
 def imported_run(model, feeds):
+    assert gonnx.check(model) == []
     m = gonnx.load(model)
     f = gc.function([m.inputs[k] for k in feeds], list(m.outputs.values()))
     return as_list(f(*feeds.values()))
@@ -318,3 +319,64 @@ def test_constant_of_shape_of_a_computed_size_is_refused_naming_the_node():
     with pytest.raises(gonnx.Unsupported, match=r"ONNX node 'zeros' \(ConstantOfShape\): .*"
                                                 r"computed from a size known only at run time"):
         gonnx.load(model)
+
+
+W3 = helper.make_tensor("W", F, [3, 3], np.linspace(-0.8, 0.8, 9).tolist())
+
+
+def test_nested_scans_read_the_outer_carry_and_an_outer_initializer():
+    """The inner Scan's body reads the outer body's carry h; the outer body reads W from the
+    model's initializers."""
+    inner = helper.make_graph(
+        [make("Add", ["acc", "v"], ["s"]), make("Mul", ["s", "h"], ["p"]),
+         make("Tanh", ["p"], ["acc2"]), make("Identity", ["acc2"], ["y"])],
+        "inner", [vi("acc", [3]), vi("v", [3])], [vi("acc2", [3]), vi("y", [3])])
+    outer = helper.make_graph(
+        [make("Scan", ["h", "row"], ["last", "ys"], body=inner, num_scan_inputs=1),
+         make("MatMul", ["last", "W"], ["h2"]),
+         make("ReduceSum", ["ys", "zero"], ["out"], keepdims=0)],
+        "outer", [vi("h", [3]), vi("row", [4, 3])], [vi("h2", [3]), vi("out", [3])],
+        [ints("zero", [0])])
+    model = model_of([make("Scan", ["h0", "xs"], ["hT", "outs"], body=outer,
+                           num_scan_inputs=1)],
+                     [vi("h0", [3]), vi("xs", [5, 4, 3])], [vi("hT", [3]), vi("outs", [5, 3])],
+                     [W3])
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(2)
+    feeds = {"h0": rng.standard_normal(3).astype(np.float32),
+             "xs": rng.standard_normal((5, 4, 3)).astype(np.float32)}
+    close(imported_run(model, feeds), ort_run(model, feeds), "nested", rtol=1e-5)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_scan_inside_if_with_a_run_time_condition(cond):
+    body = helper.make_graph([make("Add", ["c", "x"], ["c2"]), make("Mul", ["c2", "c2"], ["y"])],
+                             "body", [vi("c", [2]), vi("x", [2])],
+                             [vi("c2", [2]), vi("y", [2])])
+    then = helper.make_graph([make("Scan", ["c0", "xs"], ["t_c", "t_y"], body=body,
+                                   num_scan_inputs=1)], "then", [],
+                             [vi("t_c", [2]), vi("t_y", [4, 2])])
+    other = helper.make_graph([make("Neg", ["c0"], ["e_c"]), make("Neg", ["xs"], ["e_y"])],
+                              "else", [], [vi("e_c", [2]), vi("e_y", [4, 2])])
+    model = model_of([make("If", ["cond"], ["oc", "oy"], then_branch=then, else_branch=other)],
+                     [vi("cond", [], TensorProto.BOOL), vi("c0", [2]), vi("xs", [4, 2])],
+                     [vi("oc", [2]), vi("oy", [4, 2])])
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(3)
+    feeds = {"cond": np.array(cond), "c0": rng.standard_normal(2).astype(np.float32),
+             "xs": rng.standard_normal((4, 2)).astype(np.float32)}
+    close(imported_run(model, feeds), ort_run(model, feeds), f"cond {cond}", rtol=1e-6)
+
+
+def test_loop_with_a_trip_count_reads_the_iteration_number_and_an_outer_input():
+    body = helper.make_graph(
+        [make("Identity", ["cin"], ["cout"]), make("Cast", ["i"], ["fi"], to=F),
+         make("Mul", ["v", "fi"], ["t"]), make("Add", ["t", "bias"], ["v2"]),
+         make("Identity", ["v2"], ["y"])],
+        "body", [vi("i", [], TensorProto.INT64), vi("cin", [], TensorProto.BOOL), vi("v", [2])],
+        [vi("cout", [], TensorProto.BOOL), vi("v2", [2]), vi("y", [2])])
+    model = model_of([make("Loop", ["M", "", "v0"], ["vT", "ys"], body=body)],
+                     [vi("v0", [2]), vi("bias", [2])], [vi("vT", [2]), vi("ys", [3, 2])],
+                     [helper.make_tensor("M", TensorProto.INT64, [], [3])])
+    feeds = {"v0": np.array([1.0, 2.0], np.float32), "bias": np.array([0.5, -1], np.float32)}
+    close(imported_run(model, feeds), ort_run(model, feeds), "loop", rtol=1e-7)
