@@ -199,3 +199,24 @@ def test_placeholder_names_that_clash_with_the_fallback_names(tmp_path):
     f(*feeds)
     module = import_file(f.export(tmp_path / "step.py"))
     follows(f, module, [feeds], rtol=1e-14)
+
+
+def test_assigning_a_variable_in_state_is_what_the_next_call_reads(tmp_path):
+    """step.state["W"] = trained (not only state["W"][...] = trained) sets the variable: the
+    value is copied into the array the plans read; a wrong shape or an unknown name is an
+    error, never a silent no-op."""
+    x = gc.placeholder((None, 3), dtype="float64", name="x")
+    W = gc.variable(np.ones((3, 2)), name="W")
+    f = gc.function([x], x @ W, updates=[(W, W * 0.5)])
+    xb = np.arange(6.0).reshape(2, 3)
+    f(xb)
+    module = import_file(f.export(tmp_path / "step.py"))
+    trained = np.arange(6.0).reshape(3, 2)
+    module.state["W"] = trained.tolist()
+    W.value[...] = trained
+    follows(f, module, [[xb], [xb]], rtol=1e-14)
+    with pytest.raises(Exception, match=r"state\['W'\] has shape \(3, 2\), got \(2, 3\)"):
+        module.state["W"] = np.zeros((2, 3))
+    with pytest.raises(Exception, match=r"'V' is not a variable of this module \(its "
+                                        r"variables: 'W'\)"):
+        module.state["V"] = np.zeros(2)

@@ -26,7 +26,7 @@ from graphc.runtime.loop import BodyStep
 
 # names the module defines around the plans' own names
 OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED", "LOCK",
-             "PLANS")
+             "PLANS")       # and the functions and the class bound below
 BUFFER = re.compile(r"b\d+\Z")
 
 
@@ -97,6 +97,21 @@ def stack_steps(rows, like, steps):
     if steps:
         return tuple(np.stack(col) for col in zip(*rows))
     return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
+
+
+class State(dict):
+    """name -> a variable's array, which the plans read and update in place; assigning a
+    value copies it into that array (a new array would go unseen by the plans)."""
+
+    def __setitem__(self, name, value):
+        if name not in self:
+            raise GraphcError(f"{name!r} is not a variable of this module (its variables: "
+                              f"{', '.join(map(repr, self))})")
+        value = np.asarray(value)
+        if value.shape != self[name].shape:
+            raise GraphcError(f"state[{name!r}] has shape {self[name].shape}, got "
+                              f"{value.shape}")
+        np.copyto(self[name], value, casting="same_kind")
 
 
 # the plans ----------------------------------------------------------------------------
@@ -226,6 +241,7 @@ class Export:
         self.w.bind("hold", hold, "the plan")
         self.w.bind("take_feed", take_feed, "run")
         self.w.bind("pick_plan", pick_plan, "run")
+        self.w.bind("State", State, "state")
         load = ["", "# constants and the variables' values, saved beside this file",
                 "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
                 "    ARRAYS = {k: _f[k] for k in _f.files}"]
@@ -246,8 +262,8 @@ class Export:
             f"{self.outputs_text()}. It runs the plans compiled for {shapes} (the shapes the "
             f"Function had run; other shapes need another export). `state` maps each "
             f"variable's name to its array; calls "
-            f"update these arrays in place, as the Function updates its variables (assign "
-            f"new values in place: state[name][...] = value). The arrays (constants, the "
+            f"update these arrays in place, as the Function updates its variables "
+            f"(state[name] = value copies into them). The arrays (constants, the "
             f"variables' values at export time) are read from {title}.npz beside this "
             f"file.", 92, break_long_words=False, break_on_hyphens=False)
         return [
@@ -276,7 +292,7 @@ class Export:
             f"copyto=np.copyto{more})",
             "",
             "# the variables: name -> array, updated in place by run",
-            f"state = {{{state}}}",
+            f"state = State({{{state}}})",
             f"UPDATED = [{', '.join(f'state[{u!r}]' for u in updated)}]",
             f"INPUTS = {inputs!r}",
             "LOCK = threading.Lock()   # a call at a time: the plan's buffers are shared",

@@ -78,6 +78,9 @@ class Writer:
             doc = (obj.__doc__ or "").strip().split("\n")[0] or "An error."
             doc = f'"""{doc}"""' if '"""' not in doc and "\\" not in doc else repr(doc)
             self.defs.append(f"class {name}({bases}):\n    {doc}")
+        elif inspect.isclass(obj) and importable(obj) is None and obj.__name__ == name \
+                and obj.__qualname__ == name:
+            self.define_class(obj, ctx)
         elif importable(obj) is not None:
             module, attr = importable(obj)
             self.imports.append(f"from {module} import {attr}" if attr == name
@@ -92,6 +95,17 @@ class Writer:
             self.defs.append(f"{f.__name__} = {self.made_function(f, ctx)}")
             return
         self.needs(f, source, ctx)
+        self.defs.append(source)
+
+    def define_class(self, cls, ctx: str) -> None:
+        """A module-level class, its source as written, after its bases and what its
+        methods read."""
+        source = source_of(cls, ctx)
+        for base in cls.__bases__:
+            self.expr(base, ctx)
+        for attr in vars(cls).values():
+            if inspect.isfunction(attr):
+                self.needs(attr, source_of(attr, ctx), ctx)
         self.defs.append(source)
 
     def needs(self, f, source: str, ctx: str, skip=()) -> None:
