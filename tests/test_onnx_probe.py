@@ -380,3 +380,29 @@ def test_loop_with_a_trip_count_reads_the_iteration_number_and_an_outer_input():
                      [helper.make_tensor("M", TensorProto.INT64, [], [3])])
     feeds = {"v0": np.array([1.0, 2.0], np.float32), "bias": np.array([0.5, -1], np.float32)}
     close(imported_run(model, feeds), ort_run(model, feeds), "loop", rtol=1e-7)
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_recurrent_ops_with_a_dynamic_batch(op, gates, direction):
+    """torch's nn.LSTM/GRU/RNN export: the ONNX recurrent op with the batch dynamic (static
+    time), no initial state (zeros of the run-time batch) or one given as an input."""
+    rng = np.random.default_rng(4)
+    dirs, hidden, feat, steps = (2 if direction == "bidirectional" else 1), 3, 2, 4
+    inits = [helper.make_tensor(name, F, shape, (0.5 * rng.standard_normal(shape)).ravel())
+             for name, shape in (("W", [dirs, gates * hidden, feat]),
+                                 ("R", [dirs, gates * hidden, hidden]),
+                                 ("B", [dirs, 2 * gates * hidden]))]
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    for with_h0 in (False, True):
+        node = make(op, ["x", "W", "R", "B"] + (["", "h0"] if with_h0 else []), outputs,
+                    hidden_size=hidden, direction=direction)
+        model = model_of([node], [vi("x", [steps, "batch", feat])]
+                         + ([vi("h0", [dirs, "batch", hidden])] if with_h0 else []),
+                         [vi(o, None) for o in outputs], inits)
+        for n in (1, 3):
+            feeds = {"x": rng.standard_normal((steps, n, feat)).astype(np.float32)}
+            if with_h0:
+                feeds["h0"] = rng.standard_normal((dirs, n, hidden)).astype(np.float32)
+            close(imported_run(model, feeds), ort_run(model, feeds), f"{op} batch {n}",
+                  rtol=1e-5)

@@ -154,7 +154,9 @@ def recurrent(cell, gates: int, default_acts):
             x = gc.transpose(x, (1, 0, 2))
             h0 = None if h0 is None else gc.transpose(h0, (1, 0, 2))
             c0 = None if c0 is None else gc.transpose(c0, (1, 0, 2))
-        t_len, batch, _ = static(x)
+        t_len = x.shape[0]
+        ctx.need(isinstance(t_len, int), f"a sequence of unknown length {t_len!r} (the "
+                                         "steps are unrolled)")
         if seq_lens is not None:
             lens = ctx.const(seq_lens, "sequence_lens")
             ctx.need(np.all(lens == t_len), "sequence_lens shorter than the sequence")
@@ -168,7 +170,7 @@ def recurrent(cell, gates: int, default_acts):
             bias = None if b is None else \
                 gc.slice(b[k], 0, 0, gates * h_size) + gc.slice(b[k], 0, gates * h_size)
             rb = None if b is None else gc.slice(b[k], 0, gates * h_size)
-            zeros = constant(np.zeros((batch, h_size), x.dtype))
+            zeros = zero_state(x, h_size)
             state = {"h": zeros if h0 is None else h0[k], "c": zeros if c0 is None else c0[k]}
             peep = None if p is None else p[k]
             steps = range(t_len - 1, -1, -1) if backwards else range(t_len)
@@ -186,6 +188,16 @@ def recurrent(cell, gates: int, default_acts):
             yh, yc = gc.transpose(yh, (1, 0, 2)), gc.transpose(yc, (1, 0, 2))
         return y, yh, yc
     return build
+
+
+def zero_state(x, size: int):
+    """Zeros (batch, size) for x (time, batch, features), the batch maybe known only at run
+    time: where(true, 0, a (batch, 1) slice of x) takes its batch without reading values."""
+    if isinstance(x.shape[1], int):
+        return constant(np.zeros((x.shape[1], size), x.dtype))
+    true = constant(np.ones((1, size), bool))
+    column = gc.slice(x[0], 1, 0, 1)
+    return gc.where(true, constant(np.zeros((1, size), x.dtype)), column)
 
 
 def parts(v, n, size):
