@@ -4,17 +4,23 @@ optimize turned off, so the figure is lowering + plan + one run).
 
     OPENBLAS_NUM_THREADS=1 python bench/scale.py                      # 1k, 10k, 50k nodes
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 1000,10000,100000 --shapes chain
+    OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 10000 --cpu   # CPU time, not wall
+
+The last line is the compile time of the MLP training step of bench/run.py (build, grad,
+optimize, lower, first call; --no-mlp skips it).
 
 Two shapes, each with one variable per block updated by SGD from `gc.grad`:
 * chain: h = tanh(h * w_i) + 0.5 * h, block after block (a deep graph);
 * wide: y_i = tanh(x * w_i) for every block, summed by a balanced tree (a broad graph:
   x and the loss's gradient have one user per block).
 N counts the nodes of the built graph (forward, gradients and updates); `us/node` is each
-stage's time per node, flat when the stage is linear.
+stage's time per node, flat when the stage is linear. `--cpu` measures this process's CPU
+time instead of wall time (on a shared, loaded machine wall time doubles at random).
 """
 from __future__ import annotations
 
 import argparse
+import gc as gc_module
 import os
 import sys
 import time
@@ -23,6 +29,7 @@ import numpy as np
 
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphc as gc  # noqa: E402
 
@@ -52,6 +59,23 @@ def wide(blocks: int):
 SHAPES = {"chain": chain, "wide": wide}
 
 
+def mlp_compile(runs: int = 5) -> list[float]:
+    """Seconds to build the MLP 784-128-64-10 training step (SGD, softmax cross-entropy),
+    differentiate, optimize, lower and call it once on a batch of 32, per fresh build."""
+    import workloads as wl
+    rng = np.random.default_rng(0)
+    shapes = {"W1": (784, 128), "b1": (128,), "W2": (128, 64), "b2": (64,), "W3": (64, 10),
+              "b3": (10,)}
+    p = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in shapes.items()}
+    x, y = np.zeros((32, 784), np.float32), np.arange(32) % 10
+    out = []
+    for _ in range(runs):
+        start = CLOCK[0]()
+        wl.graphc_mlp(p, 32)(x, y)
+        out.append(CLOCK[0]() - start)
+    return out
+
+
 def nodes_per_block(shape: str) -> float:
     """Built nodes per block, from two small graphs (so a size N picks its block count)."""
     counts = []
@@ -63,24 +87,29 @@ def nodes_per_block(shape: str) -> float:
     return (counts[1] - counts[0]) / 10
 
 
+CLOCK = [time.perf_counter]
+
+
 def measure(shape: str, size: int) -> tuple[int, dict]:
     blocks = max(2, round(size / nodes_per_block(shape)))
+    gc_module.collect()     # the previous size's garbage is not collected on this one's time
     t = {}
-    start = time.perf_counter()
+    clock = CLOCK[0]
+    start = clock()
     x, loss, params = SHAPES[shape](blocks)
-    t["build"] = time.perf_counter() - start
-    start = time.perf_counter()
+    t["build"] = clock() - start
+    start = clock()
     grads = gc.grad(loss, params)
     updates = [(p, p - 0.01 * g) for p, g in zip(params, grads)]
-    t["grad"] = time.perf_counter() - start
+    t["grad"] = clock() - start
     graph = gc.Graph([loss], updates)
-    start = time.perf_counter()
+    start = clock()
     opt = gc.optimize(graph)
-    t["optimize"] = time.perf_counter() - start
-    start = time.perf_counter()
+    t["optimize"] = clock() - start
+    start = clock()
     f = gc.function([x], list(opt.outputs), list(opt.updates), optimize=False)
     value = f(np.ones((2, 4), np.float32))[0]
-    t["first call"] = time.perf_counter() - start
+    t["first call"] = clock() - start
     if not np.isfinite(value):
         raise SystemExit(f"{shape} {size}: loss is {value}")
     return len(graph.nodes), t
@@ -91,7 +120,12 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="1000,10000,50000",
                     help="comma-separated node counts (e.g. 1000,10000,50000,100000)")
     ap.add_argument("--shapes", default="chain,wide", help="chain, wide or both")
+    ap.add_argument("--no-mlp", action="store_true", help="skip the MLP step's compile time")
+    ap.add_argument("--cpu", action="store_true",
+                    help="CPU time of this process instead of wall time")
     args = ap.parse_args(argv)
+    if args.cpu:
+        CLOCK[0] = time.process_time
     sizes = [int(s) for s in args.sizes.split(",") if s]
     stages = ["build", "grad", "optimize", "first call"]
     print(f"{'graph':<6} {'nodes':>7}  " + "  ".join(f"{s:>16}" for s in stages)
@@ -102,6 +136,10 @@ def main(argv=None) -> None:
             n, t = measure(shape, size)
             cells = "  ".join(f"{t[s]:7.2f} {t[s] / n * 1e6:8.1f}" for s in stages)
             print(f"{shape:<6} {n:>7}  {cells}  {sum(t.values()):8.2f}", flush=True)
+    if not args.no_mlp:
+        ts = mlp_compile()
+        print(f"MLP 784-128-64-10 step, batch 32 (build, grad, optimize, lower, first call): "
+              f"first {ts[0]:.3f} s, median of {len(ts)} {sorted(ts)[len(ts) // 2]:.3f} s")
 
 
 if __name__ == "__main__":

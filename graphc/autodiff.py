@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import GraphcError, Node, apply, as_node, backward_of, constant, evaluate, \
-    format_shape, toposort
+    format_shape, paused_gc, toposort
 from graphc.ops import fused
 
 
@@ -49,6 +49,11 @@ def differentiable(x: Node) -> bool:
 def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
         cotangents: Sequence | object, disconnected: str = "zero") -> list[Node] | Node:
     """Gradients of sum(outputs[i] * cotangents[i]) with respect to each of `wrt`."""
+    with paused_gc():           # a big walk makes many nodes and no cycles to collect
+        return reverse_walk(outputs, wrt, cotangents, disconnected)
+
+
+def reverse_walk(outputs, wrt, cotangents, disconnected: str) -> list[Node] | Node:
     single = isinstance(wrt, Node)
     wrt = [wrt] if single else list(wrt)
     outputs = [outputs] if isinstance(outputs, Node) else list(outputs)

@@ -24,6 +24,16 @@ def format_attr(v) -> str:
     return repr(v)
 
 
+_DTYPE_NAMES: dict = {}     # np.dtype -> its name (dtype.name costs ~5 us, once per line)
+
+
+def dtype_name(dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
 def format_node(node: Node, names: dict[int, str]) -> str:
     """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`."""
     args = [names.get(id(i), "?") for i in node.inputs]
@@ -35,7 +45,7 @@ def format_node(node: Node, names: dict[int, str]) -> str:
     line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
     items = node.opdef.items if node.inputs else None
     note = f"  # tuple of {len(items(node))}" if items \
-        else f"  # {format_shape(node.shape)} {node.dtype.name}"
+        else f"  # {format_shape(node.shape)} {dtype_name(node.dtype)}"
     if node.name:
         note += f" {node.name!r}"
     if node.grad_of is not None:

@@ -235,3 +235,23 @@ def test_no_module_imports_one_above_it():
             upward += [f"{module} imports {n}" for n in names
                        if layer(n) is not None and layer(n) > mine]
     assert not upward, upward
+
+
+def test_paused_gc_restores_the_collector_state_after_nested_pauses():
+    import gc
+    from graphc.ir import paused_gc
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            gc.enable() if before else gc.disable()
+            with paused_gc():
+                with paused_gc():
+                    assert not gc.isenabled()
+                assert not gc.isenabled()
+            assert gc.isenabled() == before
+            with pytest.raises(ValueError):
+                with paused_gc():
+                    raise ValueError("a failing pass")
+            assert gc.isenabled() == before
+    finally:
+        gc.enable() if was else gc.disable()

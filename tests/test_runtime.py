@@ -408,3 +408,17 @@ def test_a_placeholder_given_twice_as_input_is_refused():
     x = gc.placeholder((2,), name="x")
     with pytest.raises(gc.GraphcError, match="placeholder 'x' is an input twice"):
         gc.function([x, x], x * 2.0)
+
+
+def test_a_call_silences_floating_point_warnings_and_restores_the_callers_state():
+    import warnings
+    x = gc.placeholder((3,), "float32", name="x")
+    f = gc.function([x], gc.exp(x) / x)
+    before = np.geterr()
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):                  # the first call builds the plan, the next is fast
+            out = f(np.array([1e4, 0.0, 1.0], np.float32))
+        inside = np.geterr()
+    assert np.isinf(out[:2]).all() and np.isclose(out[2], np.e)      # overflow, 1 / 0
+    assert inside["over"] == "raise" and np.geterr() == before

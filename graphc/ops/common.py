@@ -10,9 +10,14 @@ from graphc.ir import Node, OpDef, Shape, ShapeError, format_shape, register
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """NumPy broadcasting, where None or a name stands for a batch dim of unknown size."""
+    if shapes and all(s == shapes[0] for s in shapes):   # the common case: nothing to do
+        return tuple(shapes[0])
     ndim = max(len(s) for s in shapes)
     out = []
     for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
+        if all(d == dims[0] for d in dims):
+            out.append(dims[0])
+            continue
         sized = {d for d in dims if isinstance(d, int) and d != 1}
         free = {d for d in dims if not isinstance(d, int)}
         if len(sized) > 1:
@@ -62,14 +67,20 @@ def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote, **facts) -
     `facts` are further OpDef fields (positive=True, ...)."""
     arity = getattr(kernel, "nin", None) or len(inspect.signature(kernel).parameters)
 
+    dtypes: dict[tuple, np.dtype] = {}   # input dtypes -> result (dtype rules read no more)
+
     def infer(*xs, **attrs):
         if len(xs) != arity:
             raise ShapeError(f"takes {arity} input(s), got {len(xs)}")
-        dtype = dtype_rule(*xs)
-        if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
-            try:                                                      # (bool ** bool: int8)
-                dtype = kernel.resolve_dtypes(tuple(x.dtype for x in xs) + (None,))[-1]
-            except TypeError as e:
-                raise ShapeError(str(e)) from None
+        key = tuple([x.dtype for x in xs])
+        dtype = dtypes.get(key)
+        if dtype is None:
+            dtype = dtype_rule(*xs)
+            if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
+                try:                                                      # (bool ** bool: int8)
+                    dtype = kernel.resolve_dtypes(key + (None,))[-1]
+                except TypeError as e:
+                    raise ShapeError(str(e)) from None
+            dtypes[key] = dtype
         return broadcast_shapes(*[x.shape for x in xs]), dtype
     return register(OpDef(name, infer, kernel, vjp, sym, elementwise=True, **facts))

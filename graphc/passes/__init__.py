@@ -11,6 +11,8 @@ Default order, and why:
   1. eliminate_dead_code   - work only on what outputs and updates need
   2. stabilize             - first, while naive patterns are intact (simplify rules run too)
   3. simplify              - identities, VJP leftovers, canonical order, folding, CSE
+     push_scalar_factors   - a constant factor (the learning rate) rides a gradient's linear
+                             chain down to its scalar seed: updates become one subtract
   4. fuse_dense            - before elementwise fusion, which would swallow bias adds;
                              relu masks read the activation so relu joins the dense node
   5. fuse_elementwise      - last: fused bodies hide their ops from every rule
@@ -26,23 +28,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, as_graph
+from graphc.ir import Graph, as_graph, paused_gc
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
 from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
     fold_constants, simplify
 from graphc.passes.stability import stabilize, stable_grad
 from graphc.passes.loops import into_bodies, prune_loops, unroll_loops
+from graphc.passes.scalars import push_scalar_factors
 
 Pass = Callable[[Graph], Graph]
 
 DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, unroll_loops, stabilize, simplify,
-                                fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
+                                push_scalar_factors, fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
 
 __all__ = ["optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
            "same_shape", "fold_constants", "eliminate_common_subexpressions",
            "eliminate_dead_code", "simplify", "stabilize", "stable_grad", "fuse_dense",
-           "fuse_elementwise", "unroll_loops", "prune_loops"]
+           "fuse_elementwise", "unroll_loops", "prune_loops", "push_scalar_factors"]
 
 
 @dataclass
@@ -63,7 +66,7 @@ def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: boo
     """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
     graph = as_graph(outputs_or_graph, "optimize")
     rep = Report()
-    with counting(rep.rules):
+    with counting(rep.rules), paused_gc():
         for p in DEFAULT_PIPELINE if passes is None else passes:
             start, before = time.perf_counter(), len(graph.nodes)
             graph = into_bodies(p, graph)      # loop bodies are optimized the same way

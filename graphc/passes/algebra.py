@@ -296,7 +296,11 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:
-    """Keep only what outputs and updates need; drop updates that write a variable to itself."""
+    """Keep only what outputs and updates need; drop updates that write a variable to itself.
+    (A Graph holds only what its outputs and updates reach: without such an update, the graph
+    itself is the answer.)"""
+    if all(u is not v for v, u in graph.updates):
+        return graph
     return Graph(graph.outputs, [(v, u) for v, u in graph.updates if u is not v])
 
 

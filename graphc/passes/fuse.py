@@ -160,6 +160,8 @@ def mask_from_relu(graph: Graph) -> Graph:
 
 def fuse_dense(graph: Graph) -> Graph:
     """matmul + bias add + activation -> one `dense` node, forward and backward."""
+    if not any(n.op in ("matmul", "dense", "relu") for n in graph.nodes):
+        return graph                        # nothing to fuse, nor a relu mask to move
     graph = mask_from_relu(graph)
     users = count_users(graph)
     new: dict[Node, Node] = {}

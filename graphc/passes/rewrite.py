@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, GraphcError, Node, apply, format_shape
+from graphc.ir import OPS, Graph, GraphcError, Node, apply, format_shape
 
 _stats: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("graphc_rewrite_stats",
                                                                        default=None)
@@ -51,29 +52,51 @@ def same_shape(a: tuple, b: tuple) -> bool:
 
 def node_key(n: Node):
     """What identifies n's value: leaves by identity (small constants by value), random ops
-    by identity, everything else by Node.key() over already-canonical inputs."""
-    if n.op == "constant":
+    by identity, everything else by op, input ids and attributes over already-canonical
+    inputs (Node.key(); without attributes spelled out, as the driver asks once per node)."""
+    inputs = n.inputs
+    if not inputs:
+        if n.op != "constant":
+            return n
         arr = n.data
         return ("constant", arr.dtype.str, arr.shape, arr.tobytes()) \
             if arr.size <= SMALL_CONSTANT else n
-    if not n.inputs or n.opdef.random:
+    if OPS[n.op].random:
         return n
-    return n.key()
+    return n.key() if n.attrs else (n.op, tuple([i.id for i in inputs]), ())
 
 
 def rebuild_node(n: Node, inputs: list[Node], done: dict[Node, Node]) -> Node:
     """n on new inputs, its `grad_of` tag moved to the rewritten forward node when known."""
-    if not n.inputs:
+    old = n.inputs
+    if not old:
         return n
-    tag = done.get(n.grad_of, n.grad_of) if n.grad_of is not None else None
-    if all(a is b for a, b in zip(inputs, n.inputs)) and tag is n.grad_of:
+    tag = n.grad_of
+    if tag is not None:
+        tag = done.get(tag, tag)
+    inputs = tuple(inputs)
+    if inputs == old and tag is n.grad_of:      # Node has no __eq__: identity, element-wise
         return n
-    if all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(inputs, n.inputs)):
-        # same input types: the shape rule would give n's own type again, skip it
-        return Node(n.op, tuple(inputs), n.attrs, n.shape, n.dtype, n.name, n.where, n.scope,
-                    tag)
-    return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope, _grad_of=tag,
-                 **n.attrs)
+    for a, b in zip(inputs, old):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return apply(n.op, *inputs, _where=n.where, _name=n.name, _scope=n.scope,
+                         _grad_of=tag, **n.attrs)
+    # same input types: the shape rule would give n's own type again, skip it
+    return Node(n.op, inputs, n.attrs, n.shape, n.dtype, n.name, n.where, n.scope, tag)
+
+
+class Fixed:
+    """What a rewrite learned about its result: the rules it offered to each op and the nodes
+    none of them changed. A node's rules see only the node and what is below it, so a later
+    walk whose rules for that op are among these need not offer them again (stabilize's two
+    walks and simplify after them would otherwise retry every rule on every node)."""
+
+    def __init__(self, rules_of: dict[str, tuple[Rule, ...]]):
+        self.rules_of = rules_of
+        self.nodes: set[Node] = set()
+
+    def covers(self, op: str, rules: tuple[Rule, ...]) -> bool:
+        return set(rules) <= set(self.rules_of.get(op, ()))
 
 
 def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) -> Graph:
@@ -81,13 +104,32 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
     by_op: dict[str, list[Rule]] = {}
     for r in rules:
         by_op.setdefault(r.op, []).append(r)
+    anyop = tuple(by_op.get("*", ()))
+    rules_of: dict[str, tuple[Rule, ...]] = {}   # op -> its rules, then the "*" rules
     stats = _stats.get()
     budget = [limit if limit is not None else 20 * len(graph.nodes) + 1000]
     done: dict[Node, Node] = {}          # any node seen -> its rewritten form
     table: dict = {}                     # node_key -> canonical node
+    prior = getattr(graph, "fixed", None)
+    skip: dict[str, bool] = {}           # op -> prior's fixed nodes of op need no rules
+    fixed = Fixed(rules_of)
+
+    def rules_for(op: str) -> tuple[Rule, ...]:
+        todo = rules_of.get(op)
+        if todo is None:
+            todo = rules_of[op] = tuple(by_op.get(op, ())) + anyop
+        return todo
+
+    def covered(op: str) -> bool:
+        ok = skip.get(op)
+        if ok is None:
+            ok = skip[op] = prior.covers(op, rules_for(op))
+        return ok
 
     def fire(n: Node) -> Node | None:
-        for r in by_op.get(n.op, []) + by_op.get("*", []):
+        if prior is not None and n in prior.nodes and covered(n.op):
+            return None
+        for r in rules_for(n.op):
             out = r.fn(n, *n.inputs)
             if out is None or out is n:
                 continue
@@ -100,8 +142,27 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             return out
         return None
 
-    def run(root: Node) -> Node:
-        stack, redirect = [root], {}
+    def settle(n: Node) -> tuple[Node, Node] | None:
+        """n, whose inputs are done: rebuilt, hash-consed and offered to the rules; (its
+        canonical form, the replacement) when a rule fired (the replacement is rewritten
+        next), else None and n is done."""
+        new = rebuild_node(n, [done[i] for i in n.inputs], done)
+        new = table.setdefault(node_key(new), new)
+        if new in done and new is not n:
+            done[n] = done[new]
+            return None
+        out = fire(new) if budget[0] > 0 else None
+        if out is None:
+            done[n] = done[new] = new
+            if budget[0] > 0:
+                fixed.nodes.add(new)
+            return None
+        budget[0] -= 1
+        return new, out
+
+    def run(root: Node, fired: tuple[Node, Node]) -> None:
+        """Rewrite root's replacement (and what it is built of), then root is done."""
+        stack, redirect = [root, fired[1]], {root: fired}
         while stack:
             n = stack[-1]
             if n in done:
@@ -116,25 +177,39 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             if todo:
                 stack.extend(reversed(todo))
                 continue
-            new = rebuild_node(n, [done[i] for i in n.inputs], done)
-            new = table.setdefault(node_key(new), new)
-            if new in done and new is not n:
+            again = settle(n)
+            if again is None:
                 stack.pop()
-                done[n] = done[new]
                 continue
-            out = fire(new) if budget[0] > 0 else None
-            if out is None:
-                stack.pop()
-                done[n] = done[new] = new
-                continue
-            budget[0] -= 1
-            redirect[n] = (new, out)
-            stack.append(out)
-        return done[root]
+            redirect[n] = again
+            stack.append(again[1])
 
-    outputs = [run(o) for o in graph.outputs]
-    updates = [(run(v), run(u)) for v, u in graph.updates]
-    return Graph(outputs, updates)
+    # Until a rule fires, every node is itself (the prior walk merged equal nodes), and a
+    # node the prior walk left fixed under these rules needs no rebuild, key or rule: it
+    # waits in `quiet` and is entered in the table, in order, before anything may fire.
+    start, quiet = budget[0], []
+    for n in graph.nodes:                # inputs first: `run` meets every input done
+        if n in done:
+            continue
+        if prior is not None and budget[0] == start and n in prior.nodes and covered(n.op):
+            done[n] = n
+            fixed.nodes.add(n)
+            quiet.append(n)
+            continue
+        for m in quiet:
+            table.setdefault(node_key(m), m)
+        quiet.clear()
+        fired = settle(n)
+        if fired is not None:
+            run(n, fired)
+    outputs = [done[o] for o in graph.outputs]
+    updates = [(done[v], done[u]) for v, u in graph.updates]
+    if budget[0] == start and type(graph) is Graph and prior is not None:
+        result = copy.copy(graph)        # nothing fired: the same nodes, in the same order
+    else:
+        result = Graph(outputs, updates)
+    result.fixed = fixed
+    return result
 
 
 def substitute(graph: Graph, mapping: dict[Node, Node]) -> Graph:

@@ -79,7 +79,7 @@ def has_divisor(t: Node, p: Node) -> bool:
 def distribute(n: Node, a: Node, b: Node) -> Node | None:
     """p * (g / p - s) -> p * (g / p) - p * s, so that the first term cancels."""
     for p, t in ((a, b), (b, a)):
-        if positive(p) and t.op in ("add", "sub") and any(has_divisor(x, p) for x in t.inputs):
+        if t.op in ("add", "sub") and positive(p) and any(has_divisor(x, p) for x in t.inputs):
             return fit(apply(t.op, p * t.inputs[0], p * t.inputs[1]), n)
     return None
 

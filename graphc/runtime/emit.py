@@ -39,8 +39,22 @@ def ufunc_of(op: str):
     return kernel
 
 
+_templates: dict[str, tuple] = {}    # op -> (its OpDef when looked up, template)
+
+
 def template(op: str) -> str | None:
-    """The statements computing op into {o} from {0}, {1}..; None: no compiled form."""
+    """The statements computing op into {o} from {0}, {1}..; None: no compiled form.
+    Remembered per op (a plan asks for every body node several times) while the op's
+    declaration is the same."""
+    opdef = OPS.get(op)
+    hit = _templates.get(op)
+    if hit is not None and hit[0] is opdef:
+        return hit[1]
+    out = _templates[op] = (opdef, find_template(op))
+    return out[1]
+
+
+def find_template(op: str) -> str | None:
     if op in SPECIAL:
         return SPECIAL[op]
     uf = ufunc_of(op)

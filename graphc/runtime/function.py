@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
-                       storage_lock, _repr_svg)
+                       paused_gc, storage_lock, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
@@ -27,6 +27,14 @@ from graphc.runtime.shapes import resolve
 
 # plans kept per Function, least recently used evicted first (documented in the README)
 PLAN_CACHE = 32
+
+try:    # np.errstate(all="ignore") made once: NumPy >= 2 keeps it in a context variable, and
+    # building an errstate per call costs ~2 us of a ~80 us small step
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERRSTATE
+    with np.errstate(all="ignore"):
+        _QUIET = _ERRSTATE.get()
+except (ImportError, AttributeError):    # another NumPy: a fresh errstate per call
+    _ERRSTATE = _QUIET = None
 
 
 def optimize_graph(graph: Graph, optimize):
@@ -94,6 +102,8 @@ class Function:
         self.locks = [threading.Lock()] + [storage_lock(variables[k]) for k in sorted(variables)]
         self.unlocks = self.locks[::-1]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
+        self.dtypes = tuple(ph.dtype for ph in inputs)
+        self.last_sig: tuple | None = None       # the feed shapes of last_plan
 
     # feeds -----------------------------------------------------------------------------
     def feeds(self, args) -> list[np.ndarray]:
@@ -119,16 +129,19 @@ class Function:
     def fast_plan(self, args) -> Plan | None:
         """The cached plan when every feed already is an array of the right dtype and of a
         signature seen before (so it passed the full check then)."""
-        if len(args) != len(self.inputs):
+        dtypes = self.dtypes
+        if len(args) != len(dtypes):
             return None
-        for ph, a in zip(self.inputs, args):
-            if type(a) is not np.ndarray or a.dtype != ph.dtype:
+        for a, dt in zip(args, dtypes):
+            if type(a) is not np.ndarray or (a.dtype is not dt and a.dtype != dt):
                 return None
         sig = tuple([a.shape for a in args])
+        if sig == self.last_sig:          # the most recently used: already last in the LRU
+            return self.last_plan
         plan = self.plans.get(sig)
         if plan is not None:
             self.plans.move_to_end(sig)
-            self.last_plan = plan
+            self.last_plan, self.last_sig = plan, sig
         return plan
 
     def plan_for(self, feeds: list[np.ndarray]) -> Plan:
@@ -136,15 +149,16 @@ class Function:
         plan = self.plans.get(sig)
         if plan is None:
             atomic.install()
-            shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
-            plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
-                         tag=" x ".join(map(format_shape, sig)))
+            with paused_gc():      # a big plan makes many small objects and no cycles
+                shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
+                plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
+                             tag=" x ".join(map(format_shape, sig)))
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)      # the least recently used
         else:
             self.plans.move_to_end(sig)
-        self.last_plan = plan
+        self.last_plan, self.last_sig = plan, sig
         return plan
 
     # calling ---------------------------------------------------------------------------
@@ -175,14 +189,34 @@ class Function:
     def call(self, args) -> list:
         """One call without taking locks (the caller holds them, or, for a loop body called
         by its scan step, the enclosing call does): the list of outputs."""
-        plan = self.fast_plan(args)
+        plan, sig = None, self.last_sig
+        if sig is not None and len(args) == len(sig):   # the usual call: as the last one
+            for a, dt, shape in zip(args, self.dtypes, sig):
+                if type(a) is not np.ndarray or a.dtype is not dt or a.shape != shape:
+                    break
+            else:
+                plan = self.last_plan
+        if plan is None:
+            plan = self.fast_plan(args)
         if plan is None:
             args = self.feeds(args)
             plan = self.plan_for(args)
-        feeds = self.unshared(args) if self.updated else args
+        feeds = args
+        if self.updated:
+            updated = self.updated
+            for a in args:
+                if a.base is not None or id(a) in updated:
+                    feeds = self.unshared(args)
+                    break
         try:
-            with np.errstate(all="ignore"):
-                return plan.run(*feeds)      # holds Ctrl-C from its first update write
+            if _ERRSTATE is None:
+                with np.errstate(all="ignore"):
+                    return plan.run(*feeds)      # holds Ctrl-C from its first update write
+            token = _ERRSTATE.set(_QUIET)
+            try:
+                return plan.run(*feeds)
+            finally:
+                _ERRSTATE.reset(token)
         except GraphcError:
             raise
         except Exception as e:
@@ -190,6 +224,12 @@ class Function:
 
     def unshared(self, feeds) -> list:
         """The feeds, each copied when it is (a view of) a variable this call updates."""
+        updated = self.updated
+        for a in feeds:              # the usual case: arrays that own their memory
+            if a.base is not None or id(a) in updated:
+                break
+        else:
+            return feeds
         out = list(feeds)
         for k, a in enumerate(out):
             base = a
@@ -343,4 +383,5 @@ class Table(str):
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
              cast_feeds: bool = False) -> Function:
     """Compile `outputs` (a node or a list) and `updates` into a callable Function."""
-    return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)
+    with paused_gc():          # graphs and locks of a big graph: no cycles to collect
+        return Function(inputs, outputs, updates, optimize, check_numerics, cast_feeds)

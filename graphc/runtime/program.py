@@ -261,7 +261,14 @@ class Lowering:
 
     def spine_of(self, n: Node, users: dict) -> tuple[set, Node]:
         """The chain of body nodes from the output down that can all run in place in the
-        output buffer (each read only by the next), and its first-computed node."""
+        output buffer (each read only by the next), and its first-computed node (made once
+        per fused node: choosing its buffer and emitting it both ask)."""
+        key = ("spine", id(n))
+        if key not in self.cache:
+            self.cache[key] = self.find_spine(n, users)
+        return self.cache[key]
+
+    def find_spine(self, n: Node, users: dict) -> tuple[set, Node]:
         out = n.attrs["body"].outputs[0]
         shape_of = lambda b: self.shapes[(id(n), id(b))][0]  # noqa: E731
         spine, cur = {id(out)}, out
@@ -275,16 +282,24 @@ class Lowering:
             cur = nxt
         return spine, cur
 
+    def body_users(self, n: Node) -> dict[int, int]:
+        """id(body node) -> how many body nodes read it, for fused node n (made once)."""
+        key = ("users", id(n))
+        users = self.cache.get(key)
+        if users is None:
+            users = self.cache[key] = {}
+            for b in n.attrs["body"].nodes:
+                for x in b.inputs:
+                    users[id(x)] = users.get(id(x), 0) + 1
+        return users
+
     def fused_inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
         """A dying input buffer a fused step may run its spine in: only the spine's first
         call reads that input, elementwise, before anything else writes the buffer."""
         if not self.fused_ok(n):
             return None
         body = n.attrs["body"]
-        users: dict[int, int] = {}
-        for b in body.nodes:
-            for x in b.inputs:
-                users[id(x)] = users.get(id(x), 0) + 1
+        users = self.body_users(n)
         _, bottom = self.spine_of(n, users)
         if not rules.inplace_ok(bottom, lambda b: self.shapes[(id(n), id(b))][0]):
             return None
@@ -320,6 +335,13 @@ class Lowering:
         return None
 
     def fused_ok(self, n: Node) -> bool:
+        key = ("fused_ok", id(n))
+        ok = self.cache.get(key)
+        if ok is None:
+            ok = self.cache[key] = self.body_compiles(n)
+        return ok
+
+    def body_compiles(self, n: Node) -> bool:
         body: Graph = n.attrs["body"]
         for b in body.nodes:
             if b.inputs:
@@ -336,10 +358,7 @@ class Lowering:
         out = body.outputs[0]
         key = lambda b: (id(n), id(b))  # noqa: E731
         shape_of = lambda b: self.shapes[key(b)][0]  # noqa: E731
-        users: dict[int, int] = {}
-        for b in body.nodes:
-            for x in b.inputs:
-                users[id(x)] = users.get(id(x), 0) + 1
+        users = self.body_users(n)
         spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
         names: dict[int, str] = {}
         left = dict(users)

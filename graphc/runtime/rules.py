@@ -42,7 +42,13 @@ def where_zero(n, shape_of) -> bool:
 
 
 def inplace_ok(n, shape_of) -> bool:
-    return emit.inplace_ok(n.op) or where_zero(n, shape_of)
+    return emit.inplace_ok(n.op) or where_zero(n, shape_of) or tiling_pool_grad(n)
+
+
+def tiling_pool_grad(n) -> bool:
+    """A max-pool gradient whose windows tile the input reads each window of x before it
+    writes that window of the result (conv.route): it may write over x."""
+    return n.op == "max_pool2d_grad" and tuple(n.attrs["size"]) == tuple(n.attrs["stride"])
 
 
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:

@@ -78,21 +78,31 @@ def concrete(shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
-def rule_shape(n: Node, ins: list[Node]) -> Node:
-    """n's stand-in with the concrete shape its rule gives for inputs of concrete shapes."""
+def rule_shape(n: Node, ins: list[Node], memo: dict | None = None) -> Node:
+    """n's stand-in with the concrete shape its rule gives for inputs of concrete shapes.
+    `memo` remembers the rules' answers for ops without attributes by input types (a big
+    graph asks the same question of thousands of nodes)."""
     opdef = OPS[n.op]
     if opdef.items is not None or opdef.infer is None:
         raise ValueDependent(n.op)
-    try:
-        shape, dtype, *_ = opdef.infer(*ins, **n.attrs)
-    except ShapeError as e:
-        shapes = ", ".join(format_shape(x.shape) for x in ins)
-        raise GraphcError(f"{n.op}({shapes}): {e}\n  at {n.where}") from None
-    if not concrete(shape) or np.dtype(dtype) != n.dtype:
+    key = (n.op, tuple([(x.shape, x.dtype) for x in ins])) \
+        if memo is not None and not n.attrs else None
+    hit = memo.get(key) if key is not None else None
+    if hit is None:
+        try:
+            shape, dtype, *_ = opdef.infer(*ins, **n.attrs)
+        except ShapeError as e:
+            shapes = ", ".join(format_shape(x.shape) for x in ins)
+            raise GraphcError(f"{n.op}({shapes}): {e}\n  at {n.where}") from None
+        hit = (tuple(shape), np.dtype(dtype))
+        if key is not None:
+            memo[key] = hit
+    shape, dtype = hit
+    if not concrete(shape) or dtype != n.dtype:
         raise ValueDependent(n.op)
-    if tuple(shape) == n.shape:
+    if shape == n.shape:
         return n
-    return Node(n.op, n.inputs, n.attrs, tuple(shape), n.dtype, n.name, n.where, data=n.data)
+    return Node(n.op, n.inputs, n.attrs, shape, n.dtype, n.name, n.where, data=n.data)
 
 
 def infer(graph: Graph, feeds: dict[int, tuple]) -> dict:
@@ -100,23 +110,24 @@ def infer(graph: Graph, feeds: dict[int, tuple]) -> dict:
     Raises ValueDependent when some shape needs values."""
     shapes: dict = {}
     stand: dict[int, Node] = {}
+    memo: dict = {}
     for n in graph.nodes:
         if n.op == "placeholder":
             s = Node(n.op, (), {}, feeds[id(n)], n.dtype, n.name, n.where)
         elif n.op in ("variable", "constant"):
             s = n
         elif n.op == "fused":      # its shape is its body output's, resolved in the body
-            out = body_rule_shapes(n, [stand[id(x)] for x in n.inputs], shapes)
+            out = body_rule_shapes(n, [stand[id(x)] for x in n.inputs], shapes, memo)
             s = n if out.shape == n.shape else \
                 Node(n.op, n.inputs, n.attrs, out.shape, n.dtype, n.name, n.where)
         else:
-            s = rule_shape(n, [stand[id(x)] for x in n.inputs])
+            s = rule_shape(n, [stand[id(x)] for x in n.inputs], memo)
         stand[id(n)] = s
         shapes[id(n)] = (s.shape, n.dtype)
     return shapes
 
 
-def body_rule_shapes(n: Node, ins: list[Node], shapes: dict) -> Node:
+def body_rule_shapes(n: Node, ins: list[Node], shapes: dict, memo: dict | None = None) -> Node:
     """The body's shapes for the fused node's concrete inputs; the output's stand-in."""
     body: Graph = n.attrs["body"]
     inputs = getattr(body, "inputs", None)
@@ -129,7 +140,7 @@ def body_rule_shapes(n: Node, ins: list[Node], shapes: dict) -> Node:
         elif b.op in ("variable", "constant"):
             s = b
         else:
-            s = rule_shape(b, [stand[id(x)] for x in b.inputs])
+            s = rule_shape(b, [stand[id(x)] for x in b.inputs], memo)
         stand[id(b)] = s
         shapes[(id(n), id(b))] = (s.shape, b.dtype)
     out = stand[id(body.outputs[0])]

@@ -1,0 +1,67 @@
+"""The compiled conv/pool kernels against the registered (reference) kernels: the fast paths
+must give the same values as the first-maximum rule, ties and NaN included, in place too."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import OPS
+from graphc.runtime import conv
+
+RNG = np.random.default_rng(7)
+
+
+def pool_case(kind: str, shape=(2, 3, 9, 8)):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    if kind == "ties":
+        x = np.round(x)                   # many equal maxima in a window
+    elif kind == "nan":
+        x[0, 1, 2, 3] = np.nan
+    elif kind == "signed zeros":
+        x[:] = -1.0
+        x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, -0.0
+    return x
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "signed zeros"])
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_max_pool_gradient_matches_the_first_maximum_rule(kind, last, in_place):
+    x = pool_case(kind)
+    size = stride = (2, 2)
+    top = OPS["max_pool2d"].kernel(x, size=size, stride=stride)
+    g = RNG.standard_normal(top.shape).astype(np.float32)
+    want = OPS["max_pool2d_grad"].kernel(g, x, size=size, stride=stride)
+    t = (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))) if last else (lambda a: a)
+    xs, gs, tops = t(x), t(g), t(top)
+    out = xs.copy() if in_place else np.full(xs.shape, 7.0, np.float32)
+    src = out if in_place else xs                     # in place: out is x itself
+    conv.route(gs, src, tops, size, stride, out, {}, last)
+    got = out.transpose(0, 3, 1, 2) if last else out
+    np.testing.assert_array_equal(got, want)
+
+
+def test_compiled_pool_gradient_may_overwrite_the_pooled_input():
+    x = gc.placeholder((None, 3, 8, 8), "float32", name="x")
+    w = gc.variable(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), name="w")
+    a = gc.conv2d(x, w, padding=1)
+    loss = gc.sum(gc.max_pool2d(gc.tanh(a), 2) * gc.max_pool2d(a, 2))
+    (gw,) = gc.grad(loss, [w])
+    f = gc.function([x], gw)
+    xv = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(f(xv), gw.eval({x: xv}), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), ((1, 2), (2, 0)), (3, 1)])
+def test_channels_last_convolution_and_gradients_match_eval(stride, padding):
+    x = gc.placeholder((None, 9, 10, 11), "float32", name="x")     # wide: channels-last path
+    w = gc.variable(RNG.standard_normal((5, 9, 3, 2)).astype(np.float32), name="w")
+    y = gc.conv2d(x, w, stride=stride, padding=padding)
+    loss = gc.sum(gc.tanh(y))
+    gx, gw = gc.grad(loss, [x, w])
+    f = gc.function([x], [y, gx, gw])
+    xv = RNG.standard_normal((3, 9, 10, 11)).astype(np.float32)
+    for _ in range(2):                         # the second call reuses the workspaces
+        for got, node in zip(f(xv), [y, gx, gw]):
+            np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
