@@ -220,3 +220,22 @@ def test_assigning_a_variable_in_state_is_what_the_next_call_reads(tmp_path):
     with pytest.raises(Exception, match=r"'V' is not a variable of this module \(its "
                                         r"variables: 'W'\)"):
         module.state["V"] = np.zeros(2)
+
+
+def test_a_step_that_raises_is_named_as_the_function_names_it(tmp_path):
+    """An embedding id out of range: the module's error names the step, its node and the
+    user's line, in the Function's words; state is left as it was."""
+    ids = gc.placeholder((None, 3), dtype="int64", name="ids")
+    E = gc.variable(np.random.default_rng(0).standard_normal((10, 4)), name="E")
+    cost = gc.sum(gc.take(E, ids))
+    f = gc.function([ids], cost, updates=[(E, E - 0.1 * gc.grad(cost, [E])[0])])
+    good, bad = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[1, 2, 3], [4, 5, 60]])
+    f(good)
+    module = import_file(f.export(tmp_path / "step.py"))
+    with pytest.raises(gc.GraphcError) as want:
+        f(bad)
+    with pytest.raises(Exception) as got:
+        module.run(bad)
+    assert type(got.value).__name__ == "GraphcError" and str(got.value) == str(want.value)
+    assert "step 0 failed at run time: IndexError" in str(got.value)
+    follows(f, module, [[good]], rtol=1e-12)

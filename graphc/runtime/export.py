@@ -99,6 +99,20 @@ def stack_steps(rows, like, steps):
     return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
 
 
+def step_error(plan, error):
+    """graphc's message for a step that raised: the step, its node, where it was built."""
+    tb, line = error.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code is plan.__code__:
+            line = tb.tb_lineno - plan.__code__.co_firstlineno + 1
+        tb = tb.tb_next
+    for k, (first, last, node) in enumerate(plan.steps):
+        if line is not None and first <= line <= last:
+            return GraphcError(f"step {k} failed at run time: {type(error).__name__}: "
+                               f"{error}\n  {node}")
+    return GraphcError(f"compiled function failed: {type(error).__name__}: {error}")
+
+
 class State(dict):
     """name -> a variable's array, which the plans read and update in place; assigning a
     value copies it into that array (a new array would go unseen by the plans)."""
@@ -213,14 +227,21 @@ class Export:
                      f"like={self.w.expr(like, ctx)}, step=make_loop_{k}())")
         return lines
 
-    def factory(self, fname: str, plan, graph, prefix: str, doc: str, made: str) -> list[str]:
-        """A function that makes a plan's names and returns `made` (of its `plan`)."""
+    def factory(self, fname: str, plan, graph, prefix: str, doc: str, made: str,
+                steps: bool = False) -> list[str]:
+        """A function that makes a plan's names and returns `made` (of its `plan`); with
+        `steps`, plan.steps: each step's lines in the plan's code and its node (step_error)."""
         inner = self.setup(plan, graph, prefix)
         source = "def plan(" + plan.source.split("def run(", 1)[1]
         lines = [f"def {fname}():", f'    """{doc}"""']
         lines += [textwrap.indent(x, "    ") for x in inner]
-        return lines + [textwrap.indent(source.rstrip(), "    "), "", f"    return {made}",
-                        "", ""]
+        lines += [textwrap.indent(source.rstrip(), "    "), ""]
+        if steps:
+            names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+            table = [(first, last, f"{format_node(n, names)}\n  at {n.where}")
+                     for n, first, last in plan.steps]
+            lines.append(f"    plan.steps = {self.w.expr(table, 'the plan')}")
+        return lines + [f"    return {made}", "", ""]
 
     # the module ------------------------------------------------------------------------
     def module(self, title: str) -> str:
@@ -230,7 +251,8 @@ class Export:
         setup = []
         for k, (sig, plan) in enumerate(self.plans):
             setup += self.factory(f"make_plan_{k}", plan, self.fn.graph, f"plan{k}.",
-                                  f"The plan for {self.shapes_text(args, sig)}.", "plan")
+                                  f"The plan for {self.shapes_text(args, sig)}.", "plan",
+                                  steps=True)
         used = set()
         for _, plan in self.plans:
             for source in [plan.source] + self.body_sources(plan):
@@ -242,6 +264,7 @@ class Export:
         self.w.bind("take_feed", take_feed, "run")
         self.w.bind("pick_plan", pick_plan, "run")
         self.w.bind("State", State, "state")
+        self.w.bind("step_error", step_error, "run")
         load = ["", "# constants and the variables' values, saved beside this file",
                 "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
                 "    ARRAYS = {k: _f[k] for k in _f.files}"]
@@ -317,7 +340,13 @@ class Export:
             "    with LOCK, np.errstate(all='ignore'):",
             f"        feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), "
             "INPUTS)]",
-            "        out = pick_plan(PLANS, feeds, [name for name, _ in INPUTS])(*feeds)",
+            "        plan = pick_plan(PLANS, feeds, [name for name, _ in INPUTS])",
+            "        try:",
+            "            out = plan(*feeds)",
+            "        except GraphcError:",
+            "            raise",
+            "        except Exception as e:",
+            "            raise step_error(plan, e) from None",
             f"    return {ret}",
         ]
 
