@@ -241,7 +241,8 @@ def test_errors(tmp_path):
     folder.mkdir()
     f.export(folder / "step.py")
     got = run_exported(folder, [[np.zeros((4, 3))]], tmp_path)      # another batch size
-    assert "this module runs the shape (2, 3), got (4, 3)" in str(got["error"])
+    assert "feeds x (4, 3): this module runs x (2, 3) (the shapes the Function had run" \
+        in str(got["error"])
 
     # an op whose kernel has no source (made by exec): refused, naming the op and the step
     space: dict = {"np": np}

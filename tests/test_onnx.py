@@ -348,7 +348,9 @@ def test_a_dynamic_size_used_as_a_value_is_refused_naming_the_node(use):
     size = [n("Shape", ["x"], ["s"]), n("Gather", ["s", "i0"], ["b"], axis=0)]
     uses = {"value": [n("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
                       n("Div", ["x", "bf"], ["y"], name="scale_by_batch")],
-            "ConstantOfShape": [n("ConstantOfShape", ["s"], ["y"], name="zeros_like")],
+            "ConstantOfShape": [n("Unsqueeze", ["b", "zero"], ["b1"]),
+                                n("Mul", ["b1", "two"], ["t"]),
+                                n("ConstantOfShape", ["t"], ["y"], name="zeros_like")],
             "product": [n("Unsqueeze", ["b", "zero"], ["b1"]), n("Mul", ["b1", "two"], ["t"]),
                         n("Concat", ["t", "minus1"], ["t2"], axis=0),
                         n("Reshape", ["x", "t2"], ["y"], name="double_batch")]}

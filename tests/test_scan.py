@@ -241,6 +241,19 @@ def test_passes_reach_into_bodies_prune_saved_carries_and_unroll_short_loops():
     same_everywhere([short], [h3, ys3, g3], [[f64(3, 3)], [f64(3, 3)]])
 
 
+def test_a_short_loop_with_a_random_op_draws_the_same_sequence_optimized():
+    """Unrolled, each step's copy of dropout would restart its generator: the same mask."""
+    xs = gc.placeholder((4, 3), "float64", "xs")
+    h0 = gc.placeholder((3,), "float64", "h0")
+    _, ys = gc.scan(lambda h, x: (h + gc.dropout(x, 0.5, seed=3),) * 2, h0, xs)
+    runs = [gc.function([xs, h0], ys, optimize=opt) for opt in (False, True)]
+    for _ in range(2):
+        plain, optimized = (f(np.ones((4, 3)), np.zeros(3)) for f in runs)
+        np.testing.assert_array_equal(plain, optimized)
+    steps = np.diff(plain, axis=0, prepend=0)
+    assert len({tuple(s) for s in steps}) > 1            # a new mask per step
+
+
 def test_an_optimized_training_step_runs_one_forward_and_one_backward_loop():
     x = gc.placeholder((None, 6, 3), "float64", "x")
     layer = nn.LSTM(4, seed=0)

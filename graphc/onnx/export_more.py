@@ -40,15 +40,17 @@ def scatter_add_along_axis(e, n, a):
 
 @rule("scatter_add")
 def scatter_add(e, n, a):
-    """take's gradient: g's rows added at the indices, as ScatterElements over a flat index."""
+    """take's gradient: g's rows added at the indices, as ScatterElements over a flat index
+    (the indices' count may be known only at run time: an embedding's batch)."""
     g, idx, like = n.inputs
     axis = n.attrs["axis"]
     shape = static_shape(like, "scatter_add")
-    k = int(np.prod(static_shape(idx, "scatter_add")))
+    k = int(np.prod(idx.shape)) if all(isinstance(d, int) for d in idx.shape) else -1
     flat_shape = shape[:axis] + (k,) + shape[axis + 1:]
     flat_g = e.node("Reshape", [e.cast(a[0], g.dtype, n.dtype), e.ints(flat_shape)])
     index = e.node("Reshape", [a[1], e.ints([1] * axis + [k] + [1] * (len(shape) - axis - 1))])
-    index = e.node("Expand", [index, e.ints(flat_shape)])
+    # Expand broadcasts both ways: a 1 where the indices' count stands
+    index = e.node("Expand", [index, e.ints(shape[:axis] + (1,) + shape[axis + 1:])])
     zeros = e.const(np.zeros(shape, n.dtype))
     return e.node("ScatterElements", [zeros, index, flat_g], axis=axis, reduction="add")
 

@@ -193,12 +193,13 @@ class Importer:
         self.errors: list[str] = []
         self.poisoned: set[str] = set()
         self.runtime = RuntimeSizes()
+        self.scope: list[str] = []          # the nodes whose subgraphs are being imported
 
     def fail(self, where: str, e: Exception) -> None:
         msg = f"{where}: {e}"
-        if not self.collect:
+        if not self.collect:       # an enclosing node adds its own name as the error passes
             raise (Unsupported if isinstance(e, Unsupported) else GraphcError)(msg) from None
-        self.errors.append(msg)
+        self.errors.append(": ".join(self.scope + [msg]))
 
     def run(self) -> OnnxModel:
         graph = self.proto.graph
@@ -258,7 +259,8 @@ class Importer:
                 self.fail(f"initializer {init.name!r}", e)
                 self.poisoned.add(init.name)
                 continue
-            if self.trainable and arr.dtype.kind == "f" and init.name not in frozen:
+            # a scalar is a scale, an eps or a fill value, not a weight to train
+            if self.trainable and arr.dtype.kind == "f" and arr.ndim and init.name not in frozen:
                 from graphc.api import variable
                 node = variable(arr.copy(), name=init.name)
             else:
@@ -317,8 +319,12 @@ class Importer:
             args = [self.env[i] if i else None for i in node.input]
             ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime,
                       self.subgraph)
-            with name_scope(name):
-                outs = entry.build(ctx, *args, **attrs)
+            self.scope.append(where)
+            try:
+                with name_scope(name):
+                    outs = entry.build(ctx, *args, **attrs)
+            finally:
+                self.scope.pop()
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
             wanted = [k for k, o in enumerate(node.output) if o]
             if wanted and max(wanted) >= len(outs) or any(outs[k] is None for k in wanted):

@@ -8,8 +8,8 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
-from graphc.onnx.ops_nn import average_pool
-from graphc.onnx.ops_shape import reshape_to, static
+from graphc.onnx.ops_nn import average_pool, batch_positions
+from graphc.onnx.ops_shape import pad_axis, reshape_to, static
 from graphc.onnx.table import REQUIRED, onnx_op
 
 
@@ -154,7 +154,9 @@ def recurrent(cell, gates: int, default_acts):
             x = gc.transpose(x, (1, 0, 2))
             h0 = None if h0 is None else gc.transpose(h0, (1, 0, 2))
             c0 = None if c0 is None else gc.transpose(c0, (1, 0, 2))
-        t_len, batch, _ = static(x)
+        t_len = x.shape[0]
+        ctx.need(isinstance(t_len, int), f"a sequence of unknown length {t_len!r} (the "
+                                         "steps are unrolled)")
         if seq_lens is not None:
             lens = ctx.const(seq_lens, "sequence_lens")
             ctx.need(np.all(lens == t_len), "sequence_lens shorter than the sequence")
@@ -168,7 +170,7 @@ def recurrent(cell, gates: int, default_acts):
             bias = None if b is None else \
                 gc.slice(b[k], 0, 0, gates * h_size) + gc.slice(b[k], 0, gates * h_size)
             rb = None if b is None else gc.slice(b[k], 0, gates * h_size)
-            zeros = constant(np.zeros((batch, h_size), x.dtype))
+            zeros = zero_state(x, h_size)
             state = {"h": zeros if h0 is None else h0[k], "c": zeros if c0 is None else c0[k]}
             peep = None if p is None else p[k]
             steps = range(t_len - 1, -1, -1) if backwards else range(t_len)
@@ -186,6 +188,16 @@ def recurrent(cell, gates: int, default_acts):
             yh, yc = gc.transpose(yh, (1, 0, 2)), gc.transpose(yc, (1, 0, 2))
         return y, yh, yc
     return build
+
+
+def zero_state(x, size: int):
+    """Zeros (batch, size) for x (time, batch, features), the batch maybe known only at run
+    time: where(true, 0, a (batch, 1) slice of x) takes its batch without reading values."""
+    if isinstance(x.shape[1], int):
+        return constant(np.zeros((x.shape[1], size), x.dtype))
+    true = constant(np.ones((1, size), bool))
+    column = gc.slice(x[0], 1, 0, 1)
+    return gc.where(true, constant(np.zeros((1, size), x.dtype)), column)
 
 
 def parts(v, n, size):
@@ -235,3 +247,46 @@ onnx_op("GRU", const=(4,), linear_before_reset=0, **RNN_ATTRS)(
 onnx_op("LSTM", const=(4,), input_forget=0, **RNN_ATTRS)(
     recurrent(lstm_cell, 4, ["Sigmoid", "Tanh", "Tanh"]))
 
+
+@onnx_op("MaxUnpool", const=(2,), kernel_shape=REQUIRED, pads=None, strides=None)
+def max_unpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads, strides):
+    """Each value written back at its flat index into zeros of the unpooled shape."""
+    if not isinstance(x.shape[0], int):
+        return unpool_samples(ctx, x, indices, output_shape, kernel_shape, pads, strides)
+    shape = static(x, "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = shape[:2] + tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                            in enumerate(zip(shape[2:], strides, kernel_shape)))
+    zeros = constant(np.zeros(int(np.prod(out)), x.dtype))
+    total = int(np.prod(shape))
+    y = gc.scatter_elements(zeros, gc.reshape(indices, (total,)), gc.reshape(x, (total,)))
+    y = gc.reshape(y, out)
+    if output_shape is not None:       # a larger output: the unpooled block at its start
+        for axis, want in enumerate(ctx.ints(output_shape, "output_shape")):
+            if want > out[axis]:
+                y = pad_axis(ctx, y, axis, 0, want - out[axis], "constant", like(x, 0))
+    return y
+
+
+def unpool_samples(ctx, x, indices, output_shape, kernel_shape, pads, strides):
+    """MaxUnpool of a batch of unknown size: each sample's values scattered into its own row
+    of zeros (the indices count from the batch's start, so each sample's start is taken off);
+    the output shape is the one given (Shape of the pooled input) or the default."""
+    sample = static(gc.slice(x, 0, 0, 1), "MaxUnpool")
+    rank = len(kernel_shape)
+    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
+    out = tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
+                in enumerate(zip(sample[2:], strides, kernel_shape)))
+    if output_shape is not None:
+        given = ctx.dims(output_shape, "output_shape")
+        ctx.need(len(given) == x.ndim and all(isinstance(d, int) for d in given[1:])
+                 and given[1] == sample[1], f"output_shape {given}")
+        out = tuple(given[2:])
+    size = sample[1] * int(np.prod(out))
+    n = int(np.prod(sample[1:]))
+    local = reshape_to(indices - batch_positions(x, size), (None, n))
+    rows = reshape_to(x, (None, n))
+    zeros = gc.pad(gc.slice(rows, 1, 0, 0), [(0, 0), (0, size)], value=0.0)
+    y = gc.scatter_elements(zeros, local, rows, axis=1)
+    return reshape_to(y, (x.shape[0], sample[1]) + out)

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from graphc import api as gc
-from graphc.ir import apply, constant
+from graphc.ir import Node, apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_reduce import back
 from graphc.onnx.ops_shape import pad_axis, reshape_to, static
@@ -250,11 +250,22 @@ def max_pool(ctx, x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, stri
     return from_2d(gc.max_pool2d(x, tuple(kernel), tuple(strides)), rank)
 
 
+def batch_positions(x: Node, size: int) -> Node:
+    """n * size for each sample n of x's batch, of shape (N, 1, ..., 1) (N may be known only
+    at run time)."""
+    one = x
+    for axis in range(1, x.ndim):
+        one = gc.slice(one, axis, 0, 1)
+    ones = gc.broadcast_to(constant(np.ones((1,) * x.ndim, np.int64)), one)
+    return (gc.cumsum(ones, axis=0) - constant(np.int64(1))) * constant(np.int64(size))
+
+
 def pool_with_indices(ctx, x, kernel, strides, dils, pads, low):
-    """Max pooling that also returns each maximum's flat position in x (the first one wins)."""
-    shape = static(x, "MaxPool with Indices")
+    """Max pooling that also returns each maximum's flat position in x (the first one wins);
+    a batch of unknown size: positions in one sample plus each sample's start."""
+    sample = static(gc.slice(x, 0, 0, 1), "MaxPool with Indices")
     xp = padded(ctx, x, pads, like(x, low))
-    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    flat = np.arange(int(np.prod(sample))).reshape(sample)
     flat = np.pad(flat, [(0, 0), (0, 0)] + list(pads), constant_values=-1)
     best, where_ = None, None
     for reads in window_starts(xp.shape[2:], kernel, strides, dils):
@@ -267,26 +278,9 @@ def pool_with_indices(ctx, x, kernel, strides, dils, pads, low):
             continue
         wins = gc.greater(part, best)
         best, where_ = gc.where(wins, part, best), gc.where(wins, pos, where_)
+    if x.shape[0] != 1:
+        where_ = where_ + batch_positions(best, int(np.prod(sample)))
     return best, where_
-
-
-@onnx_op("MaxUnpool", const=(2,), kernel_shape=REQUIRED, pads=None, strides=None)
-def max_unpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads, strides):
-    """Each value written back at its flat index into zeros of the unpooled shape."""
-    shape = static(x, "MaxUnpool")
-    rank = len(kernel_shape)
-    strides, pads = strides or [1] * rank, pads or [0] * (2 * rank)
-    out = shape[:2] + tuple((n - 1) * s - pads[i] - pads[i + rank] + k for i, (n, s, k)
-                            in enumerate(zip(shape[2:], strides, kernel_shape)))
-    zeros = constant(np.zeros(int(np.prod(out)), x.dtype))
-    total = int(np.prod(shape))
-    y = gc.scatter_elements(zeros, gc.reshape(indices, (total,)), gc.reshape(x, (total,)))
-    y = gc.reshape(y, out)
-    if output_shape is not None:       # a larger output: the unpooled block at its start
-        for axis, want in enumerate(ctx.ints(output_shape, "output_shape")):
-            if want > out[axis]:
-                y = pad_axis(ctx, y, axis, 0, want - out[axis], "constant", like(x, 0))
-    return y
 
 
 @onnx_op("AveragePool", count_include_pad=0, **POOL_ATTRS)

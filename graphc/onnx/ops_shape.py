@@ -10,7 +10,7 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import Node, constant
 from graphc.onnx.ops_math import fn, like
-from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
+from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 
 INT_MAX = 2 ** 62
 
@@ -40,13 +40,23 @@ def norm(axis: int, ndim: int) -> int:
 
 @onnx_op("Reshape", const=(1,), allowzero=0)
 def reshape(ctx, x, shape, *, allowzero):
-    dims = [x.shape[i] if d == 0 and not allowzero else d
-            for i, d in enumerate(ctx.dims(shape, "shape"))]
+    dims = ctx.dims(shape, "shape")
+    own = ctx.runtime.own_axes(ctx.const(shape, "shape").reshape(-1).tolist(), x) \
+        if ctx.runtime.is_marked(shape) else {}
+    for i, d in enumerate(dims):
+        if d == 0 and not allowzero:           # a 0 copies x's dim
+            dims[i] = x.shape[i]
+            if x.shape[i] is None:
+                own[i] = i
     if -1 in dims:
-        # the -1 is static when the target copies every unknown dim of x by its name
+        # the -1 is static when the target copies every unknown dim of x, by its name or
+        # (unnamed) from x's own shape
         known = [d for d in dims if isinstance(d, int) and d != -1]
         copied = sorted(d for d in dims if isinstance(d, str))
-        if sorted(d for d in x.shape if not isinstance(d, int)) == copied and None not in dims:
+        unnamed = sorted(own.values())
+        if sorted(d for d in x.shape if isinstance(d, str)) == copied \
+                and [a for a, d in enumerate(x.shape) if d is None] == unnamed \
+                and all(d is not None or k in own for k, d in enumerate(dims)):
             rest = int(np.prod(known))
             dims[dims.index(-1)] = int(np.prod([d for d in x.shape if isinstance(d, int)])) \
                 // rest if rest else 0
@@ -168,9 +178,16 @@ def expand(ctx, x, shape):
     b = (1,) * (ndim - len(target)) + tuple(target)
     out = tuple(q if p == 1 else p for p, q in zip(a, b))
     if any(q != 1 and (q is None or q != p) for p, q in zip(a, b) if not isinstance(p, int)) \
-            or not all(isinstance(d, int) for d in out) and out != tuple(x.shape):
+            or any(not isinstance(d, int) and p == 1 for p, d in zip(a, out)):
         raise Unsupported(f"expanding {x.shape} to {target}: unknown sizes")
-    return x if out == tuple(x.shape) else gc.broadcast_to(x, out)
+    if out == tuple(x.shape):
+        return x
+    if all(isinstance(d, int) for d in out):
+        return gc.broadcast_to(x, out)
+    # the unknown sizes are x's own: broadcast the known ones against a constant (exact for
+    # every dtype: where(true, x, x))
+    true = constant(np.ones(tuple(d if isinstance(d, int) else 1 for d in out), bool))
+    return gc.where(true, x, x)
 
 
 @onnx_op("Shape", start=0, end=None)
@@ -178,7 +195,9 @@ def shape(ctx, x, *, start, end):
     dims = x.shape[slice(start, end)]
     if all(isinstance(d, int) for d in dims):
         return constant(np.array(dims, dtype=np.int64))
-    stand_ins = [d if isinstance(d, int) else ctx.runtime.stand_in(d) for d in dims]
+    axes = range(x.ndim)[slice(start, end)]
+    stand_ins = [d if isinstance(d, int) else ctx.runtime.stand_in(d, x, a)
+                 for d, a in zip(dims, axes)]
     return ctx.runtime.mark(constant(np.array(stand_ins, dtype=np.int64)))
 
 
@@ -211,7 +230,30 @@ def constant_(ctx, **attrs):
 @onnx_op("ConstantOfShape", const=(0,), value=None)
 def constant_of_shape(ctx, shape, *, value):
     value = np.zeros(1, np.float32) if value is None else value
+    if ctx.runtime.is_marked(shape):
+        return full_at_run_time(ctx, shape, value)
     return constant(np.full(ctx.ints(shape, "shape"), value.reshape(-1)[0], dtype=value.dtype))
+
+
+def full_at_run_time(ctx, shape, value):
+    """`value` in a shape with sizes known only at run time (torch's zeros(x.size(0), 4)):
+    each such size is a dim of a node in the graph, read back as a vector of that length that
+    `where(true, value, vector)` broadcasts against (the vector's values are never used)."""
+    raw = [int(d) for d in np.asarray(ctx.const(shape, "shape")).reshape(-1)]
+    known = tuple(1 if abs(d) >= RUNTIME else d for d in raw)
+    true = constant(np.ones(known, bool))
+    out = constant(np.full(known, value.reshape(-1)[0], dtype=value.dtype))
+    for k, d in enumerate(raw):
+        if abs(d) < RUNTIME:
+            continue
+        ctx.need(d in ctx.runtime.origin, "input 'shape' is computed from a size known only "
+                                          "at run time (not just copied from it)")
+        node, axis = ctx.runtime.origin[d]
+        for a in range(node.ndim):
+            node = node if a == axis else gc.slice(node, a, 0, 1)
+        size = reshape_to(node, tuple(None if i == k else 1 for i in range(len(raw))))
+        out = gc.where(true, out, gc.cast(size, out.dtype))
+    return out
 
 
 @onnx_op("Range", const=(0, 1, 2))
@@ -283,7 +325,8 @@ def pad(ctx, x, pads, value=None, axes=None, *, mode):
     pads = ctx.ints(pads, "pads")
     axes = [norm(a, x.ndim) for a in ctx.ints(axes, "axes", list(range(x.ndim)))]
     ctx.need(mode in ("constant", "edge", "reflect", "wrap"), f"mode {mode!r}")
-    fill = like(x, 0) if value is None else gc.cast(value, x.dtype)
+    fill = like(x, 0) if value is None else gc.cast(value, x.dtype) if value.op != "constant" \
+        else constant(np.asarray(value.data).astype(x.dtype))
     for axis, before, after in zip(axes, pads[:len(axes)], pads[len(axes):]):
         x = pad_axis(ctx, x, axis, before, after, mode, fill)
     return x
@@ -291,6 +334,8 @@ def pad(ctx, x, pads, value=None, axes=None, *, mode):
 
 def pad_axis(ctx, x, axis, before, after, mode, fill):
     n = x.shape[axis]
+    if not before and not after:
+        return x                     # an axis of unknown size that is not padded
     ctx.need(isinstance(n, int), "padding an unknown-size axis")
     if before < 0 or after < 0:
         x = gc.slice(x, axis, max(-before, 0), n - max(-after, 0))
@@ -298,6 +343,12 @@ def pad_axis(ctx, x, axis, before, after, mode, fill):
         before, after = max(before, 0), max(after, 0)
     if not before and not after:
         return x
+    value = np.asarray(fill.data).reshape(-1) if fill.op == "constant" else ()
+    if mode == "constant" and len(value) == 1 and x.dtype.kind in "fiu" \
+            and float(value[0]) == value[0]:
+        widths = [(0, 0)] * x.ndim      # graphc's pad: the other axes may be of unknown size
+        widths[axis] = (before, after)
+        return gc.pad(x, widths, value=float(value[0]))
     if mode == "constant":
         parts = [x]
         for k, at in ((before, 0), (after, len(parts) + 1)):

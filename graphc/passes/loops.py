@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from graphc.ir import Graph, Node, apply
+from graphc.ir import OPS, Graph, Node, apply
 from graphc.ops.fused import Body
 from graphc.passes.fuse import note
 from graphc.passes.rewrite import rebuild_node
@@ -94,8 +94,17 @@ def unroll(n: Node, inputs: list[Node], steps: int) -> list[Node] | None:
     return None if any(s is None for s in stacks) else carry + stacks
 
 
+def draws(body: Graph) -> bool:
+    """The body (or a loop inside it) has a random op."""
+    return any(n.op in OPS and OPS[n.op].random or n.op == "scan" and draws(n.attrs["body"])
+               for n in body.nodes)
+
+
 def unroll_loops(graph: Graph, max_steps: int = UNROLL_STEPS) -> Graph:
-    """Loops of static length 1..max_steps -> their body inlined once per step."""
+    """Loops of static length 1..max_steps -> their body inlined once per step.
+
+    A body with a random op stays a loop: its copies would each start the op's generator
+    afresh (the same mask at every step), where the loop draws one sequence from one."""
     if not loops(graph):
         return graph                        # nothing to unroll: no walk rebuilding every node
     new: dict[Node, Node] = {}
@@ -109,7 +118,7 @@ def unroll_loops(graph: Graph, max_steps: int = UNROLL_STEPS) -> Graph:
             a = n.attrs
             steps = static_length(loop_parts(n.inputs, a["carries"], a["xs"])[1], a["length"])
             values = unroll(n, inputs, steps) if isinstance(steps, int) \
-                and 0 < steps <= max_steps else None
+                and 0 < steps <= max_steps and not draws(a["body"]) else None
             if values is not None:
                 unrolled[n] = values
                 note("unroll_loops")

@@ -11,7 +11,6 @@ naming it.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import keyword
 import os
@@ -26,7 +25,8 @@ from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
 
 # names the module defines around the plans' own names
-OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED")
+OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED", "LOCK",
+             "PLANS")       # and the functions and the class bound below
 BUFFER = re.compile(r"b\d+\Z")
 
 
@@ -45,21 +45,30 @@ def make_check(steps):
     return check
 
 
-def take_feed(value, name, shape, dtype, updated):
-    """A feed as the plan needs it: an array of its dtype and shape; a copy when it shares
-    memory with a variable the call updates (every update is computed before any is written)."""
+def take_feed(value, name, dtype, updated):
+    """A feed as the plans need it: an array of its dtype; a copy when it shares memory with
+    a variable the call updates (every update is computed before any is written)."""
     arr = np.asarray(value)
     if arr.dtype != dtype:
         if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, "safe"):
             raise GraphcError(f"feed for {name}: expected dtype {dtype}, got {arr.dtype} "
                               f"(cast it first)")
         arr = arr.astype(dtype)
-    if arr.shape != shape:
-        raise GraphcError(f"feed for {name}: this module runs the shape {shape}, got "
-                          f"{arr.shape} (export again after a call with that shape)")
     if any(np.may_share_memory(arr, v) for v in updated):
         arr = arr.copy()
     return arr
+
+
+def pick_plan(plans, feeds, names):
+    """The plan exported for the feeds' shapes (the Function's plan for them)."""
+    plan = plans.get(tuple(a.shape for a in feeds))
+    if plan is None:
+        def shapes(sig):
+            return ", ".join(f"{n} {s}" for n, s in zip(names, sig))
+        raise GraphcError(f"feeds {shapes([a.shape for a in feeds])}: this module runs "
+                          f"{'; '.join(shapes(sig) for sig in plans)} (the shapes the Function "
+                          f"had run when exported: export again after a call with these)")
+    return plan
 
 
 def run_scan(*arrays, carries, xs, reverse, length, saves, like, step):
@@ -90,14 +99,44 @@ def stack_steps(rows, like, steps):
     return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
 
 
+def step_error(plan, error):
+    """graphc's message for a step that raised: the step, its node, where it was built."""
+    tb, line = error.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code is plan.__code__:
+            line = tb.tb_lineno - plan.__code__.co_firstlineno + 1
+        tb = tb.tb_next
+    for k, (first, last, node) in enumerate(plan.steps):
+        if line is not None and first <= line <= last:
+            return GraphcError(f"step {k} failed at run time: {type(error).__name__}: "
+                               f"{error}\n  {node}")
+    return GraphcError(f"compiled function failed: {type(error).__name__}: {error}")
+
+
+class State(dict):
+    """name -> a variable's array, which the plans read and update in place; assigning a
+    value copies it into that array (a new array would go unseen by the plans)."""
+
+    def __setitem__(self, name, value):
+        if name not in self:
+            raise GraphcError(f"{name!r} is not a variable of this module (its variables: "
+                              f"{', '.join(map(repr, self))})")
+        value = np.asarray(value)
+        if value.shape != self[name].shape:
+            raise GraphcError(f"state[{name!r}] has shape {self[name].shape}, got "
+                              f"{value.shape}")
+        np.copyto(self[name], value, casting="same_kind")
+
+
 # the plans ----------------------------------------------------------------------------
 
 class Export:
     """One Function's plan (and its loop bodies' plans) as module text and arrays."""
 
-    def __init__(self, fn, plan, sig):
-        self.fn, self.plan, self.sig = fn, plan, sig
-        self.w = Writer(OWN_NAMES + tuple(k for k in plan.ns if k != "hold"))
+    def __init__(self, fn, plans: list):
+        self.fn, self.plans = fn, plans           # (signature, plan), the main one first
+        self.w = Writer(OWN_NAMES + tuple(f"make_plan_{k}" for k in range(len(plans)))
+                        + tuple(k for _, plan in plans for k in plan.ns if k != "hold"))
         self.state: dict[int, str] = {}           # id(variable box) -> its name in `state`
         self.boxes: list = []                     # the boxes, in state order
         self.loops = 0
@@ -174,13 +213,9 @@ class Export:
                               f"call the Function once before exporting it")
         self.loops += 1
         k, attrs = self.loops, kernel.keywords
-        graph = body.fn.graph
-        inner = self.setup(plan, graph, f"loop{k}.")
-        source = "def plan(" + plan.source.split("def run(", 1)[1]
-        lines = [f"def make_loop_{k}():", f'    """The body of the loop {name}: its own plan."""']
-        lines += [textwrap.indent(x, "    ") for x in inner]
-        lines += [textwrap.indent(source.rstrip(), "    "), "",
-                  "    return lambda values: plan(*values)", "", ""]
+        lines = self.factory(f"make_loop_{k}", plan, body.fn.graph, f"loop{k}.",
+                             f"The body of the loop {name}: its own plan.",
+                             "lambda values: plan(*values)")
         self.w.bind("run_scan", run_scan, ctx)
         outs = attrs["body"].outputs[attrs["carries"]:]
         ins = attrs["body"].inputs[:attrs["carries"]]
@@ -192,38 +227,66 @@ class Export:
                      f"like={self.w.expr(like, ctx)}, step=make_loop_{k}())")
         return lines
 
+    def factory(self, fname: str, plan, graph, prefix: str, doc: str, made: str,
+                steps: bool = False) -> list[str]:
+        """A function that makes a plan's names and returns `made` (of its `plan`); with
+        `steps`, plan.steps: each step's lines in the plan's code and its node (step_error)."""
+        inner = self.setup(plan, graph, prefix)
+        source = "def plan(" + plan.source.split("def run(", 1)[1]
+        lines = [f"def {fname}():", f'    """{doc}"""']
+        lines += [textwrap.indent(x, "    ") for x in inner]
+        lines += [textwrap.indent(source.rstrip(), "    "), ""]
+        if steps:
+            names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+            table = [(first, last, f"{format_node(n, names)}\n  at {n.where}")
+                     for n, first, last in plan.steps]
+            lines.append(f"    plan.steps = {self.w.expr(table, 'the plan')}")
+        return lines + [f"    return {made}", "", ""]
+
     # the module ------------------------------------------------------------------------
     def module(self, title: str) -> str:
         """The module's text: docstring and listing, imports, inlined definitions, the
-        arrays and `state`, the plan's names, the plan, and `run`."""
-        setup = self.setup(self.plan, self.fn.graph, "")
+        arrays and `state`, each plan made by a function (its names and code), and `run`."""
+        args = self.arguments()
+        setup = []
+        for k, (sig, plan) in enumerate(self.plans):
+            setup += self.factory(f"make_plan_{k}", plan, self.fn.graph, f"plan{k}.",
+                                  f"The plan for {self.shapes_text(args, sig)}.", "plan",
+                                  steps=True)
         used = set()
-        for source in [self.plan.source] + self.body_sources(self.plan):
-            used |= set(re.findall(r"\bxp\.(\w+)", source))
+        for _, plan in self.plans:
+            for source in [plan.source] + self.body_sources(plan):
+                used |= set(re.findall(r"\bxp\.(\w+)", source))
         kernels = [f for f in backend.KERNELS if f.__name__ in used]
         for f in kernels:
             self.w.bind(f.__name__, f, f"the runtime kernel xp.{f.__name__}")
         self.w.bind("hold", hold, "the plan")
         self.w.bind("take_feed", take_feed, "run")
-        args = self.arguments()
+        self.w.bind("pick_plan", pick_plan, "run")
+        self.w.bind("State", State, "state")
+        self.w.bind("step_error", step_error, "run")
         load = ["", "# constants and the variables' values, saved beside this file",
                 "with np.load(os.path.splitext(os.path.abspath(__file__))[0] + '.npz') as _f:",
                 "    ARRAYS = {k: _f[k] for k in _f.files}"]
         text = "\n".join(self.head(title, args) + self.w.imports + load) + "\n\n\n" \
             + "\n\n\n".join(d.rstrip() for d in self.w.defs) + "\n\n\n" \
             + "\n".join(self.names(kernels, args) + setup + self.tail(args)) + "\n"
-        ast.parse(text)          # a bug here must not write a module that does not import
+        compile(text, title, "exec")   # a bug here must not write a module that does not import
         return text
 
+    def shapes_text(self, args: list[str], sig) -> str:
+        return ", ".join(f"{a} {format_shape(s)} {ph.dtype.name}"
+                         for a, ph, s in zip(args, self.fn.inputs, sig))
+
     def head(self, title: str, args: list[str]) -> list[str]:
-        shapes = ", ".join(f"{a} {format_shape(s)} {ph.dtype.name}"
-                           for a, ph, s in zip(args, self.fn.inputs, self.sig))
+        shapes = "; ".join(self.shapes_text(args, sig) for sig, _ in self.plans)
         about = textwrap.wrap(
             f"run({', '.join(args)}) returns what the Function returns: "
-            f"{self.outputs_text()}. It runs the plan compiled for {shapes} (other shapes "
-            f"need another export). `state` maps each variable's name to its array; calls "
-            f"update these arrays in place, as the Function updates its variables (assign "
-            f"new values in place: state[name][...] = value). The arrays (constants, the "
+            f"{self.outputs_text()}. It runs the plans compiled for {shapes} (the shapes the "
+            f"Function had run; other shapes need another export). `state` maps each "
+            f"variable's name to its array; calls "
+            f"update these arrays in place, as the Function updates its variables "
+            f"(state[name] = value copies into them). The arrays (constants, the "
             f"variables' values at export time) are read from {title}.npz beside this "
             f"file.", 92, break_long_words=False, break_on_hyphens=False)
         return [
@@ -241,8 +304,7 @@ class Export:
         state = ", ".join(f"{name!r}: ARRAYS['var{k}']"
                           for k, name in enumerate(self.state.values()))
         updated = [self.state[id(v.data)] for v, _ in self.fn.graph.updates]
-        inputs = tuple((a, shape, ph.dtype.name)
-                       for a, ph, shape in zip(args, self.fn.inputs, self.sig))
+        inputs = tuple((a, ph.dtype.name) for a, ph in zip(args, self.fn.inputs))
         more = "".join(f",\n                           {f.__name__}={f.__name__}"
                        for f in kernels)
         return [
@@ -253,12 +315,13 @@ class Export:
             f"copyto=np.copyto{more})",
             "",
             "# the variables: name -> array, updated in place by run",
-            f"state = {{{state}}}",
+            f"state = State({{{state}}})",
             f"UPDATED = [{', '.join(f'state[{u!r}]' for u in updated)}]",
             f"INPUTS = {inputs!r}",
+            "LOCK = threading.Lock()   # a call at a time: the plan's buffers are shared",
             "",
-            "# the names the generated code reads: variable boxes, buffers, plan constants,",
-            "# views made once, kernels with their attributes",
+            "# each plan (graphc's Function.source) with the names its code reads: variable",
+            "# boxes, buffers, plan constants, views made once, kernels with their attributes",
         ]
 
     def tail(self, args: list[str]) -> list[str]:
@@ -266,15 +329,24 @@ class Export:
         fn = self.fn
         ret = "out[0]" if fn.single else "tuple(out)" if fn.form is tuple else "out"
         feeds = ", ".join(args) + ("," if len(args) == 1 else "")
+        plans = ", ".join(f"{sig!r}: make_plan_{k}()" for k, (sig, _) in enumerate(self.plans))
         return [
+            "# feeds' shapes -> the plan for them",
+            f"PLANS = {{{plans}}}",
             "", "",
-            "# the generated code (graphc's Function.source)",
-            "def plan(" + self.plan.source.split("def run(", 1)[1].rstrip(), "", "",
             f"def run({', '.join(args)}):",
-            '    """The Function\'s call: checks the feeds, runs the plan, updates `state`."""',
-            f"    feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), INPUTS)]",
-            "    with np.errstate(all='ignore'):",
-            "        out = plan(*feeds)",
+            '    """The Function\'s call: checks the feeds, runs the plan for their shapes, '
+            'updates `state`."""',
+            "    with LOCK, np.errstate(all='ignore'):",
+            f"        feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), "
+            "INPUTS)]",
+            "        plan = pick_plan(PLANS, feeds, [name for name, _ in INPUTS])",
+            "        try:",
+            "            out = plan(*feeds)",
+            "        except GraphcError:",
+            "            raise",
+            "        except Exception as e:",
+            "            raise step_error(plan, e) from None",
             f"    return {ret}",
         ]
 
@@ -290,9 +362,12 @@ class Export:
         out = []
         for k, ph in enumerate(self.fn.inputs):
             name = ph.name if isinstance(ph.name, str) else ""
-            if not name.isidentifier() or keyword.iskeyword(name) or name in out \
-                    or name in self.w.bound or name in ("feeds", "out", "v", "spec"):
-                name = f"x{k}"
+            taken = set(out) | set(self.w.bound) | {"feeds", "out", "v", "spec"}
+            if not name.isidentifier() or keyword.iskeyword(name) or name in taken:
+                name, j = f"x{k}", k
+                while name in taken:             # x<k> may be another placeholder's name
+                    j += 1
+                    name = f"x{j}"
             out.append(name)
         return out
 
@@ -306,6 +381,12 @@ class Export:
         out = {f"var{k}": np.array(box[0]) for k, box in enumerate(self.boxes)}
         out.update(self.w.arrays)
         return out
+
+
+def loops_compiled(plan) -> bool:
+    """Every loop body of the plan (nested ones too) has a plan of its own (it has run)."""
+    return all(body.fn.last_plan is not None and loops_compiled(body.fn.last_plan)
+               for body in plan.loops.values())
 
 
 def export(fn, path, example=()) -> str:
@@ -325,13 +406,18 @@ def export(fn, path, example=()) -> str:
                               "(fn.export(path, x, y))")
         else:
             plan = fn.last_plan
-        sig = next(s for s, p in fn.plans.items() if p is plan)
-        job = Export(fn, plan, sig)
+        # the plan asked for first, then the Function's other plans whose loops have run
+        plans = [(s, p) for s, p in fn.plans.items() if p is plan]
+        plans += [(s, p) for s, p in reversed(fn.plans.items())
+                  if p is not plan and loops_compiled(p)]
+        job = Export(fn, plans)
         title = os.path.splitext(os.path.basename(path))[0]
         text = job.module(title)
         arrays = job.arrays()
     finally:
         atomic.give_back(fn.locks)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)                     # step.export("out/step.py")
     np.savez(os.path.splitext(path)[0] + ".npz", **arrays)
     with open(path, "w") as f:
         f.write(text)

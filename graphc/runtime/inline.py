@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import textwrap
+import threading
 import types
 
 import numpy as np
@@ -39,14 +40,15 @@ class Writer:
     different objects is an error, never a silent shadowing)."""
 
     def __init__(self, reserved):
-        self.imports = ["import functools", "import os", "import types", "",
-                        "import numpy as np"]
-        self.bound: dict[str, object] = {"functools": functools, "os": os, "types": types,
-                                         "np": np}
+        self.imports = ["import functools", "import os", "import threading", "import types",
+                        "", "import numpy as np"]
+        self.bound: dict[str, object] = {"functools": functools, "os": os,
+                                         "threading": threading, "types": types, "np": np}
         for name in reserved:
             self.bound[name] = RESERVED
         self.defs: list[str] = []
         self.arrays: dict[str, np.ndarray] = {}
+        self.array_keys: dict[int, str] = {}      # id(array) -> its key in `arrays`
         self.known: dict[int, str] = {}           # id(object) -> expression already written
         self.keep: list = []                      # objects whose id is in `known`
         self.count = 0
@@ -76,6 +78,9 @@ class Writer:
             doc = (obj.__doc__ or "").strip().split("\n")[0] or "An error."
             doc = f'"""{doc}"""' if '"""' not in doc and "\\" not in doc else repr(doc)
             self.defs.append(f"class {name}({bases}):\n    {doc}")
+        elif inspect.isclass(obj) and importable(obj) is None and obj.__name__ == name \
+                and obj.__qualname__ == name:
+            self.define_class(obj, ctx)
         elif importable(obj) is not None:
             module, attr = importable(obj)
             self.imports.append(f"from {module} import {attr}" if attr == name
@@ -90,6 +95,17 @@ class Writer:
             self.defs.append(f"{f.__name__} = {self.made_function(f, ctx)}")
             return
         self.needs(f, source, ctx)
+        self.defs.append(source)
+
+    def define_class(self, cls, ctx: str) -> None:
+        """A module-level class, its source as written, after its bases and what its
+        methods read."""
+        source = source_of(cls, ctx)
+        for base in cls.__bases__:
+            self.expr(base, ctx)
+        for attr in vars(cls).values():
+            if inspect.isfunction(attr):
+                self.needs(attr, source_of(attr, ctx), ctx)
         self.defs.append(source)
 
     def needs(self, f, source: str, ctx: str, skip=()) -> None:
@@ -132,9 +148,15 @@ class Writer:
             more = "".join(f", {k}={self.expr(getattr(obj, k), ctx)}"
                            for k in ("otypes", "signature") if getattr(obj, k) is not None)
             return f"np.vectorize({self.expr(obj.pyfunc, ctx)}{more})"
-        if isinstance(obj, np.random.Generator):
+        if isinstance(obj, np.random.Generator):   # one object, whoever reads it (plans)
             self.bind("generator", generator, ctx)
-            return f"generator({self.expr(obj.bit_generator.state, ctx)})"
+            self.count += 1
+            name = f"rng_{self.count}"
+            if name in self.bound:
+                raise GraphcError(f"export: {ctx}: the name {name!r} is taken")
+            self.bound[name] = obj
+            self.defs.append(f"{name} = generator({self.expr(obj.bit_generator.state, ctx)})")
+            return self.remember(obj, name)
         if getattr(np, getattr(obj, "__name__", ""), None) is obj:
             return f"np.{obj.__name__}"
         if getattr(builtins, getattr(obj, "__name__", ""), None) is obj:
@@ -157,11 +179,15 @@ class Writer:
     def array(self, arr: np.ndarray, ctx: str, key: str | None = None) -> str:
         if arr.dtype.hasobject:
             raise GraphcError(f"export: {ctx} holds an array of Python objects")
+        if id(arr) in self.array_keys:       # one array read by several plans: stored once
+            return f"ARRAYS[{self.array_keys[id(arr)]!r}]"
         if key is None:
             key = f"a{len(self.arrays)}"
             while key in self.arrays:
                 key += "_"
         self.arrays[key] = arr
+        self.array_keys[id(arr)] = key
+        self.keep.append(arr)
         return f"ARRAYS[{key!r}]"
 
     def made_function(self, f, ctx: str) -> str:
