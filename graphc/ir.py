@@ -79,22 +79,32 @@ def user_line() -> str:
     return f"{base}:{frame.f_lineno}"
 
 
-_storage_locks: dict[int, threading.RLock] = {}
+_storage_locks: dict[int, tuple[int, threading.RLock]] = {}   # array id -> (rank, lock)
 _storage_guard = threading.Lock()
+_lock_ranks = itertools.count()        # the one global order in which calls take locks
 
 
 def storage_lock(var: Node) -> threading.RLock:
     """The lock of a variable's storage (one per array, shared by every rebuilt copy of the
     node): compiled calls reading or updating it and `.value` assignment hold it."""
-    arr = var.data[0]
-    lock = _storage_locks.get(id(arr))
-    if lock is None:
-        with _storage_guard:
-            lock = _storage_locks.get(id(arr))
-            if lock is None:
-                lock = _storage_locks[id(arr)] = threading.RLock()
-                weakref.finalize(arr, _storage_locks.pop, id(arr), None)
-    return lock
+    entry = _storage_locks.get(id(var.data[0]))
+    return entry[1] if entry is not None else storage_locks([var])[0]
+
+
+def storage_locks(variables) -> list[threading.RLock]:
+    """The storage locks of `variables` in the global order calls take them in. Arrays that
+    have no lock yet share one new lock: a Function's own variables cost one acquire per call
+    (an array keeps its lock, so a later Function sharing some of them takes that one too)."""
+    arrays = {id(v.data[0]): v.data[0] for v in variables}
+    with _storage_guard:
+        fresh = [a for k, a in arrays.items() if k not in _storage_locks]
+        if fresh:
+            entry = (next(_lock_ranks), threading.RLock())
+            for a in fresh:
+                _storage_locks[id(a)] = entry
+                weakref.finalize(a, _storage_locks.pop, id(a), None)
+        entries = {e[0]: e[1] for e in (_storage_locks[k] for k in arrays)}
+    return [entries[rank] for rank in sorted(entries)]
 
 
 _gc_pause = {"depth": 0, "was_enabled": False}

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
-                       paused_gc, storage_lock, _repr_svg)
+                       paused_gc, storage_locks, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
@@ -95,12 +95,14 @@ class Function:
         self.plans: OrderedDict[tuple, Plan] = OrderedDict()   # LRU, at most PLAN_CACHE
         self.rngs: dict[int, np.random.Generator] = {}
         self.last_plan: Plan | None = None
-        # a call holds the Function's lock (its plans' buffers) and its variables' storage
-        # locks, in one global order (atomic.py); feeds that share memory with an updated
-        # variable are copied first (every update is computed before any is written)
-        variables = {id(v.data[0]): v for v in self.graph.variables}
-        self.locks = [threading.Lock()] + [storage_lock(variables[k]) for k in sorted(variables)]
-        self.unlocks = self.locks[::-1]
+        # a call holds its variables' storage locks, in one global order (atomic.py), and so
+        # also excludes other calls of this Function (its plans' buffers); without variables,
+        # a lock of its own. Variables compiled together share one lock (ir.storage_locks).
+        # Feeds that share memory with an updated variable are copied first (every update is
+        # computed before any is written)
+        self.locks = storage_locks(self.graph.variables) or [threading.Lock()]
+        self.takes = [lock.acquire for lock in self.locks]
+        self.gives = [lock.release for lock in reversed(self.locks)]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
         self.dtypes = tuple(ph.dtype for ph in inputs)
         self.last_sig: tuple | None = None       # the feed shapes of last_plan
@@ -167,8 +169,8 @@ class Function:
         main, state = atomic.get_ident() == atomic.MAIN, atomic.STATE
         if main:
             state.held = True          # a Ctrl-C between two acquires would leak the first
-        for lock in self.locks:
-            lock.acquire()
+        for take in self.takes:
+            take()
         try:
             if main:
                 state.held = False
@@ -178,8 +180,8 @@ class Function:
         finally:
             if main:
                 state.held = True
-            for lock in self.unlocks:
-                lock.release()
+            for give in self.gives:
+                give()
             if main:
                 state.held = False
                 if state.pending is not None:
