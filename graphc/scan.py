@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from graphc.autodiff import differentiable, vjp, zeros_like
-from graphc.ir import OPS, GraphcError, Node, OpDef, ShapeError, apply, as_node, \
+from graphc.ir import GraphcError, Node, OpDef, ShapeError, apply, as_node, \
     format_shape, register, toposort, user_line
 from graphc.ops.fused import Body, inline
 from graphc.ops.items import TUPLE_DTYPE
@@ -101,10 +101,18 @@ def scan_kernel(*arrays, body, carries, xs, reverse, length, saves=True, step=No
     if any(x.shape[0] != steps for x in seqs):
         raise ValueError(f"scan: the sequences have lengths {[x.shape[0] for x in seqs]} "
                          f"along axis 0 (length={length})")
+    carry, ys, saved = run_steps(step, init, seqs, caps, carries, steps, reverse, saves)
+    return tuple(carry) + stack(ys, body.outputs[carries:], steps) \
+        + (stack(saved, body.inputs[:carries], steps) if saves else ())
+
+
+def run_steps(step, init, seqs, caps, carries, steps, reverse, saves):
+    """The loop itself, NumPy only (exported modules inline it): the final carries, each
+    step's ys and the carries entering each step (when `saves`), both in time order."""
     order = range(steps - 1, -1, -1) if reverse else range(steps)
     carry, ys, saved = list(init), [], []
     for t in order:
-        outs = step(carry + [x[t] for x in seqs] + caps)
+        outs = step(carry + [x[t] for x in seqs] + list(caps))
         if saves:
             saved.append(carry)
         carry = [np.asarray(c) for c in outs[:carries]]
@@ -112,8 +120,7 @@ def scan_kernel(*arrays, body, carries, xs, reverse, length, saves=True, step=No
     if reverse:
         ys.reverse()
         saved.reverse()
-    return tuple(carry) + stack(ys, body.outputs[carries:], steps) \
-        + (stack(saved, body.inputs[:carries], steps) if saves else ())
+    return carry, ys, saved
 
 
 def stack(rows: list[list], like: list[Node], steps: int) -> tuple:

@@ -23,6 +23,7 @@ from graphc.ir import GraphcError, format_node, format_shape
 from graphc.runtime import atomic, backend
 from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
+from graphc.scan import run_steps
 
 # names the module defines around the plans' own names
 OWN_NAMES = ("run", "plan", "state", "xp", "check", "ARRAYS", "INPUTS", "UPDATED", "LOCK",
@@ -76,17 +77,7 @@ def run_scan(*arrays, carries, xs, reverse, length, saves, like, step):
     it (final carries, stacked ys, stacked carries entering each step when `saves`)."""
     init, seqs, caps = arrays[:carries], arrays[carries:carries + xs], arrays[carries + xs:]
     steps = length if not seqs else seqs[0].shape[0]
-    order = range(steps - 1, -1, -1) if reverse else range(steps)
-    carry, ys, saved = list(init), [], []
-    for t in order:
-        outs = step(carry + [x[t] for x in seqs] + list(caps))
-        if saves:
-            saved.append(carry)
-        carry = [np.asarray(c) for c in outs[:carries]]
-        ys.append(outs[carries:])
-    if reverse:
-        ys.reverse()
-        saved.reverse()
+    carry, ys, saved = run_steps(step, init, seqs, caps, carries, steps, reverse, saves)
     ys_like, saved_like = like
     return tuple(carry) + stack_steps(ys, ys_like, steps) \
         + (stack_steps(saved, saved_like, steps) if saves else ())

@@ -311,7 +311,7 @@ class Lowering:
             if ph.op != "placeholder" or users[id(ph)] != 1:
                 continue
             k = self.position(body, ph)
-            x, r = n.inputs[k], id(n.inputs[k])
+            r = id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
                     and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
                     and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
