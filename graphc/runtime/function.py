@@ -269,7 +269,7 @@ class Function:
         return self.last_plan.source
 
     def export(self, path, *example) -> str:
-        """Write the plan of the latest call (or, given example feeds, of their shapes) as a
+        """Write the plans of the shapes it has run (and of the example feeds' shapes) as a
         Python module at `path` that needs only NumPy, its arrays in an .npz beside it:
         `import step; step.run(x, y)`, `step.state` (runtime/export.py)."""
         from graphc.runtime.export import export
