@@ -2,135 +2,27 @@
 
 Everything above this module builds nodes through `apply`, which runs the op's shape rule and
 records the user's file and line, so every error can point back at the user's own code.
-The op table sits in `graphc.opdef`, the printer in `graphc.listing` (both re-exported here).
+The op table sits in `graphc.opdef`, the printer in `graphc.listing`, the build context (name
+scope, gradient-of, user line) in `graphc.scope`, storage locks and the GC pause in
+`graphc.guards` (all re-exported here).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import gc
 import itertools
-import os
-import sys
-import threading
-import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from graphc.guards import paused_gc, storage_lock, storage_locks  # noqa: F401
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
 from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
+from graphc.scope import _context, backward_of, context_grad_of, name_scope, user_line  # noqa: F401
 
 Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
 Shape = tuple[Dim, ...]
 
 
 _ids = itertools.count()
-_context = contextvars.ContextVar("graphc_context", default=((), None))
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-@contextlib.contextmanager
-def name_scope(name: str):
-    """Nodes built inside get `name` appended to their scope (layers use this for grouping)."""
-    scope, grad_of = _context.get()
-    token = _context.set((scope + (name,), grad_of))
-    try:
-        yield
-    finally:
-        _context.reset(token)
-
-
-class backward_of:  # noqa: N801 (used as a function: `with backward_of(node):`)
-    """Nodes built inside are gradient nodes of the forward node `node`. (A class, not a
-    generator context manager: grad enters one per forward node, at a third of the cost.)"""
-    __slots__ = ("node", "token")
-
-    def __init__(self, node: Node):
-        self.node = node
-
-    def __enter__(self) -> None:
-        scope, _ = _context.get()
-        self.token = _context.set((scope, self.node))
-
-    def __exit__(self, *exc) -> None:
-        _context.reset(self.token)
-
-
-_BASENAMES: dict[str, str] = {}    # file path -> its base name (every node built asks)
-
-
-def context_grad_of() -> Node | None:
-    """The forward node that nodes built now are gradient nodes of (`backward_of`), or None."""
-    return _context.get()[1]
-
-
-def user_line() -> str:
-    """file:line of the innermost frame outside the graphc package."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
-        frame = frame.f_back
-    if frame is None:
-        return "<unknown>"
-    path = frame.f_code.co_filename
-    base = _BASENAMES.get(path)
-    if base is None:
-        base = _BASENAMES[path] = os.path.basename(path)
-    return f"{base}:{frame.f_lineno}"
-
-
-_storage_locks: dict[int, tuple[int, threading.RLock]] = {}   # array id -> (rank, lock)
-_storage_guard = threading.Lock()
-_lock_ranks = itertools.count()        # the one global order in which calls take locks
-
-
-def storage_lock(var: Node) -> threading.RLock:
-    """The lock of a variable's storage (one per array, shared by every rebuilt copy of the
-    node): compiled calls reading or updating it and `.value` assignment hold it."""
-    entry = _storage_locks.get(id(var.data[0]))
-    return entry[1] if entry is not None else storage_locks([var])[0]
-
-
-def storage_locks(variables) -> list[threading.RLock]:
-    """The storage locks of `variables` in the global order calls take them in. Arrays that
-    have no lock yet share one new lock: a Function's own variables cost one acquire per call
-    (an array keeps its lock, so a later Function sharing some of them takes that one too)."""
-    arrays = {id(v.data[0]): v.data[0] for v in variables}
-    with _storage_guard:
-        fresh = [a for k, a in arrays.items() if k not in _storage_locks]
-        if fresh:
-            entry = (next(_lock_ranks), threading.RLock())
-            for a in fresh:
-                _storage_locks[id(a)] = entry
-                weakref.finalize(a, _storage_locks.pop, id(a), None)
-        entries = {e[0]: e[1] for e in (_storage_locks[k] for k in arrays)}
-    return [entries[rank] for rank in sorted(entries)]
-
-
-_gc_pause = {"depth": 0, "was_enabled": False}
-_gc_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def paused_gc():
-    """Python's cyclic collector off while a graph is differentiated, optimized or lowered:
-    those make ~10 objects per node and no cycles worth collecting, and the collector's walks
-    over every live node were ~20 % of the time on big graphs. Nested and threaded pauses
-    share one count, so the collector comes back on (if it was on) when the last one ends."""
-    with _gc_guard:
-        if _gc_pause["depth"] == 0:
-            _gc_pause["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _gc_pause["depth"] += 1
-    try:
-        yield
-    finally:
-        with _gc_guard:
-            _gc_pause["depth"] -= 1
-            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
-                gc.enable()
-
-
 class Node:
     """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
 
