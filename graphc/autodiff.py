@@ -5,13 +5,14 @@ node they belong to; broadcasting is undone here, in one place, not in the rules
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from graphc.ir import GraphcError, Node, apply, as_node, backward_of, constant, evaluate, \
-    format_shape, paused_gc, toposort
+    format_shape, lines_below, paused_gc, toposort
 from graphc.ops import fused
 
 
@@ -49,7 +50,8 @@ def differentiable(x: Node) -> bool:
 def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
         cotangents: Sequence | object, disconnected: str = "zero") -> list[Node] | Node:
     """Gradients of sum(outputs[i] * cotangents[i]) with respect to each of `wrt`."""
-    with paused_gc():           # a big walk makes many nodes and no cycles to collect
+    # a big walk makes many nodes and no cycles to collect; its nodes share one user line
+    with paused_gc(), lines_below(sys._getframe()):
         return reverse_walk(outputs, wrt, cotangents, disconnected)
 
 

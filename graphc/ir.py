@@ -16,7 +16,8 @@ import numpy as np
 from graphc.guards import paused_gc, storage_lock, storage_locks  # noqa: F401
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
 from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
-from graphc.scope import _context, backward_of, context_grad_of, name_scope, user_line  # noqa: F401
+from graphc.scope import _context, backward_of, context_grad_of, lines_below, name_scope, \
+    user_line  # noqa: F401
 
 Dim = int | str | None   # int: fixed; None or a name: the batch (resolved per call)
 Shape = tuple[Dim, ...]

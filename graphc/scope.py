@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _context = contextvars.ContextVar("graphc_context", default=((), None))
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))   # the graphc package
+_line_mark = contextvars.ContextVar("graphc_line_mark", default=(None, ""))
 
 
 @contextlib.contextmanager
@@ -54,8 +55,16 @@ def context_grad_of() -> Node | None:
 def user_line() -> str:
     """file:line of the innermost frame outside the graphc package."""
     frame = sys._getframe(1)
+    mark, line = _line_mark.get()
     while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
+        if frame is mark:
+            return line
         frame = frame.f_back
+    return frame_line(frame)
+
+
+def frame_line(frame) -> str:
+    """file:line of a frame; "<unknown>" for None (no frame outside graphc)."""
     if frame is None:
         return "<unknown>"
     path = frame.f_code.co_filename
@@ -63,3 +72,23 @@ def user_line() -> str:
     if base is None:
         base = _BASENAMES[path] = os.path.basename(path)
     return f"{base}:{frame.f_lineno}"
+
+
+class lines_below:  # noqa: N801 (used as a function: `with lines_below(frame):`)
+    """Inside, user_line() reaching `frame` (a graphc frame) answers that frame's user line,
+    found once on entry: a gradient walk builds thousands of nodes, and each one walked the
+    same frames above the walk and formatted the same text."""
+    __slots__ = ("frame", "token")
+
+    def __init__(self, frame):
+        self.frame = frame
+
+    def __enter__(self) -> None:
+        frame = self.frame
+        while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
+            frame = frame.f_back          # user_line's walk, from self.frame
+        self.token = _line_mark.set((self.frame, frame_line(frame)))
+
+    def __exit__(self, *exc) -> None:
+        _line_mark.reset(self.token)
+        self.frame = None

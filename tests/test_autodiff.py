@@ -1,5 +1,7 @@
 """grad and vjp: errors, disconnected inputs, tags, whole models and second order vs finite
 differences (float64)."""
+import sys
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -302,3 +304,13 @@ def test_check_grad_reports_the_worst_entry_and_raises_on_a_wrong_rule():
         del OPS["half_square_grad_test"]
     with pytest.raises(gc.GraphcError, match="without a seed"):
         gc.check_grad(gc.sum(x * gc.random_normal(x, dtype="float64")), x, {x: np.ones(3)})
+
+
+def test_gradient_nodes_carry_the_line_of_the_grad_call():
+    # the walk finds that line once (ir.lines_below) instead of once per node it builds
+    x = gc.placeholder((3,), "float64", name="x")
+    y = gc.sum(gc.tanh(x * x) + x)
+    line = sys._getframe().f_lineno + 1
+    gx = gc.grad(y, x)
+    built = [n for n in toposort([gx]) if n.grad_of is not None]
+    assert built and {n.where for n in built} == {f"test_autodiff.py:{line}"}

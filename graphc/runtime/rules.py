@@ -5,6 +5,8 @@ Shapes are concrete here: a plan is built for one feed signature.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.ir import OPS
@@ -101,8 +103,7 @@ def sum_code(low, n, a: list[str], o: str) -> str:
     lead = next((i for i in range(nd) if i not in axes), nd)          # axes 0..lead-1
     tail = next((i for i in reversed(range(nd)) if i not in axes), -1) + 1   # tail..nd-1
     if set(axes) == set(range(lead)) | set(range(tail, nd)) and lead < tail:
-        r1, k = int(np.prod(shape[:lead])), int(np.prod(shape[lead:tail]))
-        r2 = int(np.prod(shape[tail:]))
+        r1, k, r2 = math.prod(shape[:lead]), math.prod(shape[lead:tail]), math.prod(shape[tail:])
         flat = o if len(low.shapes[id(n)][0]) == 1 else f"{o}.reshape(-1)"
         if r2 == 1:
             x = a[0] if shape == (r1, k) else f"{a[0]}.reshape({r1}, {k})"
