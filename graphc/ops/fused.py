@@ -58,10 +58,18 @@ VJP: list = []     # autodiff's vjp, registered when autodiff (above the op tabl
 
 
 def fused_vjp(g, out, *xs, body):
-    """The VJP of the body inlined on the real inputs (autodiff's walk, through the hook)."""
+    """The body's VJP (autodiff's walk, through the hook) with respect to its placeholders,
+    then inlined on the real inputs and cotangent. Taken on the placeholders, these are the
+    partial derivatives a VJP must give: walking the inlined body back to the real inputs
+    would also follow one input into another computed from it (counting that path twice,
+    and repeating the walk for every fused node upstream)."""
     vjp = VJP[0]
-    wrt = [x for x in xs if x.dtype.kind == "f"]
-    grads = iter(vjp(inline(body, list(xs)), wrt, [g]) if wrt else [])
+    wrt = [p for p, x in zip(body.inputs, xs) if x.dtype.kind == "f"]
+    if not wrt:
+        return (None,) * len(xs)
+    seed = Node("placeholder", (), {}, g.shape, g.dtype, "g")
+    grads = vjp(body.outputs[0], wrt, [seed])
+    grads = iter(inline(Body(list(body.inputs) + [seed], grads), list(xs) + [g]))
     return tuple(next(grads) if x.dtype.kind == "f" else None for x in xs)
 
 
