@@ -61,25 +61,23 @@ class RuntimeSizes:
     def __init__(self):
         self.names: dict[int, str | None] = {}     # stand-in -> dim name (None: unnamed)
         self.marked: dict[int, Node] = {}          # id -> constant computed from stand-ins
-        self.sources: dict[int, tuple] = {}        # unnamed stand-in -> (node, axis) it sizes
         self.origin: dict[int, tuple] = {}         # stand-in -> a (node, axis) of that size
+                                                   # (for an unnamed one: the only one)
 
     def stand_in(self, dim, node: Node, axis: int) -> int:
         """The stand-in of node's dim `axis`: one per dim name, one per unnamed (node, axis)."""
-        found = [v for v, name in self.names.items() if dim is not None and name == dim] + \
-            [v for v, (n, a) in self.sources.items() if dim is None and n is node and a == axis]
+        found = [v for v, (n, a) in self.origin.items() if self.names[v] == dim
+                 and (dim is not None or n is node and a == axis)]
         value = found[0] if found else RUNTIME + (len(self.names) + 1) * 65537
         self.names[value] = dim
         self.origin.setdefault(value, (node, axis))
-        if dim is None:
-            self.sources[value] = (node, axis)
         return value
 
     def own_axes(self, dims, node: Node) -> dict[int, int]:
         """Positions of `dims` (a shape input's values) that copy an unnamed dim of `node`
         itself: position -> node's axis."""
-        return {k: self.sources[d][1] for k, d in enumerate(dims)
-                if d in self.sources and self.sources[d][0] is node}
+        return {k: self.origin[d][1] for k, d in enumerate(dims)
+                if d in self.origin and self.names[d] is None and self.origin[d][0] is node}
 
     def mark(self, node: Node) -> Node:
         self.marked[id(node)] = node

@@ -22,9 +22,6 @@ from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import resolve
 
 
-# how a Function draws itself in Jupyter: viz sits above the runtime, so graphc/__init__.py
-# registers viz.repr_svg here (a list, so importers see the registration)
-
 # plans kept per Function, least recently used evicted first (documented in the README)
 PLAN_CACHE = 32
 
@@ -138,8 +135,6 @@ class Function:
             if type(a) is not np.ndarray or (a.dtype is not dt and a.dtype != dt):
                 return None
         sig = tuple([a.shape for a in args])
-        if sig == self.last_sig:          # the most recently used: already last in the LRU
-            return self.last_plan
         plan = self.plans.get(sig)
         if plan is not None:
             self.plans.move_to_end(sig)
@@ -203,13 +198,7 @@ class Function:
         if plan is None:
             args = self.feeds(args)
             plan = self.plan_for(args)
-        feeds = args
-        if self.updated:
-            updated = self.updated
-            for a in args:
-                if a.base is not None or id(a) in updated:
-                    feeds = self.unshared(args)
-                    break
+        feeds = self.unshared(args) if self.updated else args
         try:
             if _ERRSTATE is None:
                 with np.errstate(all="ignore"):
