@@ -150,15 +150,16 @@ def body_rule_shapes(n: Node, stand: StandIns, memo: dict | None = None) -> tupl
     body: Graph = n.attrs["body"]
     shapes = stand.shapes
     inputs = getattr(body, "inputs", None)
-    position = None if inputs is None else {id(x): j for j, x in enumerate(inputs)}
     nid, outer = id(n), n.inputs
-    origin: dict[int, tuple] = {}     # id(body placeholder) -> (outer node, its key)
+    # id(body placeholder) -> (the outer node it stands for, that node's key)
+    origin = {} if inputs is None else {id(p): (x, id(x)) for p, x in zip(inputs, outer)}
     for b in body.nodes:
         op = b.op
         if op == "placeholder":
-            x = outer[position[id(b)] if position is not None else int(b.name[2:])]
-            origin[id(b)] = (x, id(x))
-            shape = shapes[id(x)][0]
+            if inputs is None:
+                x = outer[int(b.name[2:])]
+                origin[id(b)] = (x, id(x))
+            shape = shapes[origin[id(b)][1]][0]
         elif op in ("variable", "constant"):
             shape = b.shape
         else:
