@@ -292,6 +292,9 @@ def toposort(outputs: Iterable[Node]) -> list[Node]:
             for child in rest:          # the first input not seen yet goes on the stack
                 if child not in seen:
                     seen.add(child)
+                    if not child.inputs:    # a leaf is done at once (as if pushed, popped)
+                        order.append(child)
+                        continue
                     stack.append((child, iter(child.inputs)))
                     break
             else:

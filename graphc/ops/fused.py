@@ -23,8 +23,11 @@ class Body(Graph):
         self.inputs = tuple(inputs)
 
     def __repr__(self) -> str:
-        ops = [n.op for n in self.nodes if n.inputs]
-        return f"<{len(ops)} ops: {', '.join(ops)}>"
+        text = self.__dict__.get("text")     # made once: every listing line of its node asks
+        if text is None:
+            ops = [n.op for n in self.nodes if n.inputs]
+            text = self.text = f"<{len(ops)} ops: {', '.join(ops)}>"
+        return text
 
 
 def inline(body: Body, values: list[Node]) -> list[Node]:

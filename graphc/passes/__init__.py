@@ -23,12 +23,13 @@ steps, which then take part in every later rewrite like any other nodes.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, as_graph, paused_gc
+from graphc.ir import Graph, as_graph, lines_below, paused_gc
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
 from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
@@ -66,7 +67,8 @@ def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: boo
     """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
     graph = as_graph(outputs_or_graph, "optimize")
     rep = Report()
-    with counting(rep.rules), paused_gc():
+    # nodes the rules build record the user's line: found once here, not per node
+    with counting(rep.rules), paused_gc(), lines_below(sys._getframe()):
         for p in DEFAULT_PIPELINE if passes is None else passes:
             start, before = time.perf_counter(), len(graph.nodes)
             graph = into_bodies(p, graph)      # loop bodies are optimized the same way

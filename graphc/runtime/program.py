@@ -368,7 +368,7 @@ class Lowering:
             self.positions[id(body)] = body_positions(body)
         pos = self.positions[id(body)]
         names: dict[int, str] = {}
-        left = dict(users)
+        left: dict[int, int] = {}     # scratch body node -> its readers still to come
         scratch: list[str] = []
         code = []
         for j, b in enumerate(body.nodes):
@@ -388,16 +388,21 @@ class Lowering:
                 if dst is None:
                     dst = self.take(*shapes[(nid, k)])
                     scratch.append(dst)
+                    left[k] = users[k]
             ins = b.inputs
             code.append(rules.elementwise_code(self, b, [names[id(x)] for x in ins], dst,
                                                shape_of))
             names[k] = dst
-            for x in ins:
-                xk = id(x)
-                left[xk] -= 1
-                if left[xk] == 0 and scratch and names[xk] in scratch and names[xk] != dst:
-                    scratch.remove(names[xk])
-                    self.give(names[xk])
+            if left:
+                for x in ins:
+                    xk = id(x)
+                    if xk in left:
+                        left[xk] -= 1
+                        if left[xk] == 0:
+                            del left[xk]
+                            if names[xk] in scratch and names[xk] != dst:
+                                scratch.remove(names[xk])
+                                self.give(names[xk])
         for s in scratch:
             if s != o:
                 self.give(s)

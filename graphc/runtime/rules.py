@@ -67,7 +67,12 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path
         a = [low.const(np.full(shape_of(n), x.data.reshape(()), n.dtype))
              if x.op == "constant" and x.data.size == 1 else s for x, s in zip(n.inputs, a)]
+    elif n.op not in OWN_CODE:             # op_code's plain case, without its shape questions
+        return emit.ufunc(n.op, a, o, scalars(low, n.dtype))
     return op_code(low, n.op, n.dtype, shape_of(n), a, o, shape_of(n.inputs[0]) == shape_of(n))
+
+
+OWN_CODE = ("relu", "softplus")     # ops op_code writes by hand (the rest: their template)
 
 
 def op_code(low, op: str, dtype, shape, a: list[str], o: str, full: bool) -> str:
@@ -87,10 +92,14 @@ def op_code(low, op: str, dtype, shape, a: list[str], o: str, full: bool) -> str
 
 def scalars(low, dtype) -> dict[str, str]:
     """Names of the plan's 0-d constants 0, 0.5 and 1 of `dtype`, made on first use."""
+    hit = low.cache.get(("scalars of", dtype))     # by the dtype as given: asked per body node
+    if hit is not None:
+        return hit
     key = ("scalars", np.dtype(dtype).str)
     if key not in low.cache:
         low.cache[key] = {k: low.const(np.array(v, dtype))
                           for k, v in (("zero", 0), ("half", 0.5), ("one", 1))}
+    low.cache[("scalars of", dtype)] = low.cache[key]
     return low.cache[key]
 
 

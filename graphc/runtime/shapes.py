@@ -78,21 +78,21 @@ def concrete(shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
-def rule_shape(n: Node, ins: list[Node], memo: dict | None = None) -> Node:
-    """n's stand-in with the concrete shape its rule gives for inputs of concrete shapes.
-    `memo` remembers the rules' answers for ops without attributes by input types (a big
-    graph asks the same question of thousands of nodes)."""
+def rule_shape(n: Node, types: tuple, ins, memo: dict | None = None) -> tuple:
+    """n's concrete shape by its rule, for inputs of concrete `types` ((shape, dtype) each);
+    `ins()` gives the inputs' stand-ins (nodes of those shapes), made only when the rule runs:
+    `memo` remembers the rules' answers for ops without attributes by input types (a big graph
+    asks the same question of thousands of nodes)."""
     opdef = OPS[n.op]
     if opdef.items is not None or opdef.infer is None:
         raise ValueDependent(n.op)
-    key = (n.op, tuple([(x.shape, x.dtype) for x in ins])) \
-        if memo is not None and not n.attrs else None
+    key = (n.op, types) if memo is not None and not n.attrs else None
     hit = memo.get(key) if key is not None else None
     if hit is None:
         try:
-            shape, dtype, *_ = opdef.infer(*ins, **n.attrs)
+            shape, dtype, *_ = opdef.infer(*ins(), **n.attrs)
         except ShapeError as e:
-            shapes = ", ".join(format_shape(x.shape) for x in ins)
+            shapes = ", ".join(format_shape(t[0]) for t in types)
             raise GraphcError(f"{n.op}({shapes}): {e}\n  at {n.where}") from None
         hit = (tuple(shape), np.dtype(dtype))
         if key is not None:
@@ -100,53 +100,79 @@ def rule_shape(n: Node, ins: list[Node], memo: dict | None = None) -> Node:
     shape, dtype = hit
     if not concrete(shape) or dtype != n.dtype:
         raise ValueDependent(n.op)
-    if shape == n.shape:
-        return n
-    return Node(n.op, n.inputs, n.attrs, shape, n.dtype, n.name, n.where, data=n.data)
+    return shape
+
+
+class StandIns:
+    """Stand-ins for the shape rules: a node with its concrete shape (the node itself when
+    that is its own shape), made only when a rule has to run (most answers are remembered)."""
+
+    def __init__(self, shapes: dict):
+        self.shapes, self.made = shapes, {}
+
+    def of(self, x: Node, key) -> Node:
+        shape = self.shapes[key][0]
+        if shape == x.shape and x.op != "placeholder":
+            return x
+        s = self.made.get(key)
+        if s is None:
+            s = self.made[key] = Node(x.op, (), {}, shape, x.dtype, x.name, x.where) \
+                if x.op == "placeholder" else \
+                Node(x.op, x.inputs, x.attrs, shape, x.dtype, x.name, x.where, data=x.data)
+        return s
 
 
 def infer(graph: Graph, feeds: dict[int, tuple]) -> dict:
     """Like `discover`, from the shape rules: feeds maps id(placeholder) -> its shape.
     Raises ValueDependent when some shape needs values."""
     shapes: dict = {}
-    stand: dict[int, Node] = {}
+    stand = StandIns(shapes)
     memo: dict = {}
     for n in graph.nodes:
-        if n.op == "placeholder":
-            s = Node(n.op, (), {}, feeds[id(n)], n.dtype, n.name, n.where)
-        elif n.op in ("variable", "constant"):
-            s = n
-        elif n.op == "fused":      # its shape is its body output's, resolved in the body
-            out = body_rule_shapes(n, [stand[id(x)] for x in n.inputs], shapes, memo)
-            s = n if out.shape == n.shape else \
-                Node(n.op, n.inputs, n.attrs, out.shape, n.dtype, n.name, n.where)
+        op = n.op
+        if op == "placeholder":
+            shape = tuple(feeds[id(n)])
+        elif op in ("variable", "constant"):
+            shape = n.shape
+        elif op == "fused":        # its shape is its body output's, resolved in the body
+            shape = body_rule_shapes(n, stand, memo)
         else:
-            s = rule_shape(n, [stand[id(x)] for x in n.inputs], memo)
-        stand[id(n)] = s
-        shapes[id(n)] = (s.shape, n.dtype)
+            xs = n.inputs
+            shape = rule_shape(n, tuple([shapes[id(x)] for x in xs]),
+                               lambda: [stand.of(x, id(x)) for x in xs], memo)
+        shapes[id(n)] = (shape, n.dtype)
     return shapes
 
 
-def body_rule_shapes(n: Node, ins: list[Node], shapes: dict, memo: dict | None = None) -> Node:
-    """The body's shapes for the fused node's concrete inputs; the output's stand-in."""
+def body_rule_shapes(n: Node, stand: StandIns, memo: dict | None = None) -> tuple:
+    """The body's shapes for the fused node's concrete inputs (in `stand.shapes`, keyed
+    (id(n), id(body node))); the output's shape."""
     body: Graph = n.attrs["body"]
+    shapes = stand.shapes
     inputs = getattr(body, "inputs", None)
-    position = None if inputs is None else {id(x): j for j, x in enumerate(inputs)}
-    stand: dict[int, Node] = {}
+    nid, outer = id(n), n.inputs
+    # id(body placeholder) -> (the outer node it stands for, that node's key)
+    origin = {} if inputs is None else {id(p): (x, id(x)) for p, x in zip(inputs, outer)}
     for b in body.nodes:
-        if b.op == "placeholder":
-            k = position[id(b)] if position is not None else int(b.name[2:])
-            s = ins[k]
-        elif b.op in ("variable", "constant"):
-            s = b
+        op = b.op
+        if op == "placeholder":
+            if inputs is None:
+                x = outer[int(b.name[2:])]
+                origin[id(b)] = (x, id(x))
+            shape = shapes[origin[id(b)][1]][0]
+        elif op in ("variable", "constant"):
+            shape = b.shape
         else:
-            s = rule_shape(b, [stand[id(x)] for x in b.inputs], memo)
-        stand[id(b)] = s
-        shapes[(id(n), id(b))] = (s.shape, b.dtype)
-    out = stand[id(body.outputs[0])]
-    if out.dtype != n.dtype:
+            xs = b.inputs
+            shape = rule_shape(b, tuple([shapes[(nid, id(x))] for x in xs]),
+                               lambda: [stand.of(*origin[id(x)]) if id(x) in origin
+                                        else stand.of(x, (nid, id(x))) for x in xs], memo)
+        shapes[(nid, id(b))] = (shape, b.dtype)
+    out = body.outputs[0]
+    dtype = origin[id(out)][0].dtype if id(out) in origin else out.dtype
+    if dtype != n.dtype:
         raise ValueDependent("fused")
-    return out
+    return shapes[(nid, id(out))][0]
 
 
 def resolve(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
