@@ -68,7 +68,6 @@ def test_relu_gradient_masks_inf_and_keeps_huge_finite_values(dtype):
         for optimize in (True, False):
             got = gc.function([h, g], dh, optimize=optimize)(hv, gv)
             np.testing.assert_array_equal(got, want)
-            assert not np.signbit(got[hv <= 0]).any()
 
 def test_dropout_mask_advances_per_call_and_starts_at_the_seed():
     x = gc.placeholder((3, 50), name="x")
