@@ -47,6 +47,14 @@ def inplace_ok(n, shape_of) -> bool:
     return emit.inplace_ok(n.op) or where_zero(n, shape_of) or tiling_pool_grad(n)
 
 
+def may_raise(n) -> bool:
+    """A buffer step NumPy makes raise on valid shapes whatever errstate says: an integer to
+    a negative integer power (alone or in a fused group). No update is written before it."""
+    if n.op == "fused":
+        return any(may_raise(b) for b in n.attrs["body"].nodes if b.inputs)
+    return n.op == "pow" and n.dtype.kind in "iu" and n.inputs[1].dtype.kind == "i"
+
+
 def tiling_pool_grad(n) -> bool:
     """A max-pool gradient whose windows tile the input reads each window of x before it
     writes that window of the result (conv.route): it may write over x."""
