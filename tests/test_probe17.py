@@ -26,3 +26,21 @@ def test_integer_pow_failing_after_a_direct_update_leaves_variables_whole(fused)
         step(np.array([1, -2, 3]))
     np.testing.assert_array_equal(v.value, before_v)
     np.testing.assert_array_equal(k.value, before_k)
+
+
+# push_scalar_factors -----------------------------------------------------------------------
+
+def test_float16_learning_rate_is_not_folded_into_an_underflowing_seed():
+    # float16's smallest subnormal is 6e-8: the seed 1e-5 / 1024 (moved from the update's
+    # product) is 0, so every update vanished, while 1e-5 * (gradient) is representable
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((1024, 8)).astype("float16")
+    want = -1e-5 * (xv.astype("float64").T @ np.ones((1024, 3))) / 1024   # tanh'(0) = 1
+    for optimize in (False, True):
+        x = gc.placeholder((None, 8), "float16", name="x")
+        w = gc.variable(np.zeros((8, 3), "float16"), name="w")
+        loss = gc.mean(gc.sum(gc.tanh(x @ w), axis=1))
+        (gw,) = gc.grad(loss, [w])
+        gc.function([x], loss, updates=[(w, w - 1e-5 * gw)], optimize=optimize)(xv)
+        np.testing.assert_allclose(w.value.astype("float64"), want, rtol=0.05, atol=1.2e-7,
+                                   err_msg=f"optimize={optimize}")
