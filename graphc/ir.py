@@ -385,7 +385,12 @@ def check_feed(ph: Node, value) -> np.ndarray:
             if raw.dtype == object:       # None would become NaN, a huge int overflow
                 raise GraphcError(f"feed for placeholder {ph.label()}: expected numbers of "
                                   f"dtype {ph.dtype.name}, got {short_repr(value)}")
-            arr = raw.astype(ph.dtype, copy=False)
+            with np.errstate(all="ignore"):
+                arr = raw.astype(ph.dtype, copy=False)
+            if arr is not raw and not fits(raw, arr):
+                raise GraphcError(f"feed for placeholder {ph.label()}: {short_repr(value)} "
+                                  f"does not fit dtype {ph.dtype.name} (as an array it is "
+                                  f"{raw.dtype.name}; cast it first if that is meant)")
         except (TypeError, ValueError) as e:
             raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
     if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n
@@ -393,6 +398,14 @@ def check_feed(ph: Node, value) -> np.ndarray:
         raise GraphcError(f"feed for placeholder {ph.label()}: expected shape "
                           f"{format_shape(ph.shape)}, got {format_shape(arr.shape)}")
     return arr
+
+
+def fits(raw: np.ndarray, arr: np.ndarray) -> bool:
+    """A Python value converted keeps its values: integers and truth values exactly (300 is
+    not 44 in int8, nor label 1.5 label 1), floats up to rounding (1e5 is not inf in float16)."""
+    if arr.dtype.kind in "biu":
+        return bool(np.array_equal(arr, raw))
+    return arr.dtype.kind != "f" or not (np.isinf(arr) & np.isfinite(raw)).any()
 
 
 def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:

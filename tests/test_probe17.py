@@ -44,3 +44,27 @@ def test_float16_learning_rate_is_not_folded_into_an_underflowing_seed():
         gc.function([x], loss, updates=[(w, w - 1e-5 * gw)], optimize=optimize)(xv)
         np.testing.assert_allclose(w.value.astype("float64"), want, rtol=0.05, atol=1.2e-7,
                                    err_msg=f"optimize={optimize}")
+
+
+# feeds ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, value", [("int8", [300, 1]), ("int64", [1.5, 2.0]),
+                                          ("uint8", [-1, 3]), ("bool", [2, 0]),
+                                          ("int64", 2.5), ("float16", [1e5, 1.0])])
+def test_a_python_feed_that_does_not_fit_the_dtype_is_an_error(dtype, value):
+    # the same values as an array are refused ("cast it first"); as a list they were cast
+    # silently (300 -> 44 in int8, label 1.5 -> 1, -1 -> 255, 1e5 -> inf in float16)
+    p = gc.placeholder((None,) if isinstance(value, list) else (), dtype, name="p")
+    f = gc.function([p], gc.cast(p, "float64"))
+    for run in (lambda: f(value), lambda: p.eval({p: value})):
+        with pytest.raises(GraphcError, match=f"placeholder 'p'.*{dtype}"):
+            run()
+
+
+@pytest.mark.parametrize("dtype, value", [("float32", [0.1, 2]), ("float16", [1, 2.5]),
+                                          ("int8", [-128, 127]), ("bool", [True, 0]),
+                                          ("int64", [2.0, -3.0]), ("float64", 3)])
+def test_python_feeds_that_fit_are_converted(dtype, value):
+    p = gc.placeholder((None,) if isinstance(value, list) else (), dtype, name="p")
+    got = gc.function([p], gc.cast(p, "float64"))(value)
+    np.testing.assert_array_equal(got, np.asarray(value, dtype).astype("float64"))
