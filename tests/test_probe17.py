@@ -7,6 +7,7 @@ import pytest
 
 import graphc as gc
 from graphc import GraphcError
+from graphc.ir import OPS
 
 
 # a call that raises leaves every variable as it was ---------------------------------------
@@ -26,6 +27,37 @@ def test_integer_pow_failing_after_a_direct_update_leaves_variables_whole(fused)
         step(np.array([1, -2, 3]))
     np.testing.assert_array_equal(v.value, before_v)
     np.testing.assert_array_equal(k.value, before_k)
+
+
+def checked_sqrt(x):
+    if (x < 0).any():
+        raise ValueError("checked_sqrt: negative input")
+    return np.sqrt(x)
+
+
+@pytest.fixture
+def user_op():
+    """A user's elementwise op, registered for one test (the op table test wants a row for
+    every op registered while it runs)."""
+    gc.register_op(gc.OpDef("probe17_checked_sqrt", lambda x: (x.shape, x.dtype),
+                            checked_sqrt, elementwise=True))
+    yield "probe17_checked_sqrt"
+    OPS.pop("probe17_checked_sqrt")
+
+
+def test_a_user_kernel_failing_in_a_fused_group_leaves_variables_whole(user_op):
+    # an elementwise op without a ufunc template runs its own kernel inside the fused step;
+    # that kernel may raise, so no update may be written before it
+    x = gc.placeholder((3,), "float64", name="x")
+    v, k = gc.variable(np.zeros(3), name="v"), gc.variable(np.ones(3), name="k")
+    new_k = gc.apply(user_op, k * x)
+    step = gc.function([x], [], updates=[(v, v + 1.0), (k, new_k)])
+    assert "fused" in str(step.graph)
+    step(np.ones(3))
+    with pytest.raises(GraphcError, match="checked_sqrt: negative input"):
+        step(-np.ones(3))
+    np.testing.assert_array_equal(v.value, np.ones(3))
+    np.testing.assert_array_equal(k.value, np.ones(3))
 
 
 # push_scalar_factors -----------------------------------------------------------------------

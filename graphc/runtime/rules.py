@@ -48,10 +48,12 @@ def inplace_ok(n, shape_of) -> bool:
 
 
 def may_raise(n) -> bool:
-    """A buffer step NumPy makes raise on valid shapes whatever errstate says: an integer to
-    a negative integer power (alone or in a fused group). No update is written before it."""
+    """A buffer step that may raise on valid shapes: an integer to a negative integer power
+    (NumPy raises whatever errstate says), or a fused group calling an op's own kernel (a
+    user's op may check its values). No update is written before it."""
     if n.op == "fused":
-        return any(may_raise(b) for b in n.attrs["body"].nodes if b.inputs)
+        return any(may_raise(b) or emit.template(b.op) is None
+                    for b in n.attrs["body"].nodes if b.inputs)
     return n.op == "pow" and n.dtype.kind in "iu" and n.inputs[1].dtype.kind == "i"
 
 
