@@ -374,6 +374,8 @@ def short_repr(value) -> str:
 def check_feed(ph: Node, value) -> np.ndarray:
     """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
     if isinstance(value, np.ndarray):
+        if type(value) is not np.ndarray:   # np.matrix, masked: the plan runs plain arrays
+            value = np.asarray(value)
         if value.dtype != ph.dtype and not np.can_cast(value.dtype, ph.dtype, "safe"):
             raise GraphcError(f"feed for placeholder {ph.label()}: expected dtype "
                               f"{ph.dtype.name}, got {value.dtype.name} (cast it first, e.g. "
