@@ -442,4 +442,9 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
             values[id(n)] = out if opdef.items else np.asarray(out)
-    return [values[id(o)] for o in outputs]
+    # a variable's storage (or a view of it) is copied: updates write it in place later, and
+    # a value must not change after it was computed (as a compiled call's outputs do not)
+    held = [n.data[0] for n in order if n.op == "variable"]
+    return [a.copy() if isinstance(a, np.ndarray) and any(np.may_share_memory(a, h)
+                                                          for h in held) else a
+            for a in (values[id(o)] for o in outputs)]

@@ -120,3 +120,18 @@ def test_an_ndarray_subclass_feed_runs_as_its_plain_array(kind):
             np.testing.assert_array_equal(g, v)
     for o, v in zip(outs, want):
         np.testing.assert_array_equal(o.eval({x: feed}), v)
+
+
+# eval -------------------------------------------------------------------------------------
+
+def test_eval_of_a_variable_is_a_value_that_later_updates_do_not_change():
+    # eval returned the variable's storage itself (or a view of it): a snapshot taken with
+    # eval followed every later in-place update, and writing into it changed the variable
+    w = gc.variable(np.ones((2, 3)), name="w")
+    step = gc.function([], [], updates=[(w, w + 1.0)])
+    snaps = [w.eval(), gc.reshape(w, (3, 2)).eval(), gc.transpose(w).eval()]
+    step()
+    for s in snaps:
+        np.testing.assert_array_equal(s, np.ones(s.shape))
+    snaps[0][...] = 7.0
+    np.testing.assert_array_equal(w.value, np.full((2, 3), 2.0))
