@@ -135,3 +135,25 @@ def test_eval_of_a_variable_is_a_value_that_later_updates_do_not_change():
         np.testing.assert_array_equal(s, np.ones(s.shape))
     snaps[0][...] = 7.0
     np.testing.assert_array_equal(w.value, np.full((2, 3), 2.0))
+
+
+# simplify ---------------------------------------------------------------------------------
+
+NEG_REWRITES = {
+    "sub_neg": lambda a, b: a - (-b), "add_neg": lambda a, b: a + (-b),
+    "neg_add": lambda a, b: (-b) + a, "mul_neg_neg": lambda a, b: (-a) * (-b),
+    "mul_minus_one": lambda a, b: b * gc.constant(np.array(-1, "int8")),
+    "zero_sub": lambda a, b: gc.constant(np.array(0, "int8")) - b,
+}
+
+
+@pytest.mark.parametrize("rule", sorted(NEG_REWRITES))
+def test_a_negation_that_wraps_before_a_widening_is_not_moved(rule):
+    # -b of uint8 wraps (-1 is 255) before int8 - uint8 widens to int16: a - (-b) is not a + b
+    a = gc.placeholder((4,), "int8", name="a")
+    b = gc.placeholder((4,), "uint8", name="b")
+    out = NEG_REWRITES[rule](a, b)
+    av, bv = np.array([1, -2, 3, 100], "int8"), np.array([1, 2, 0, 200], "uint8")
+    want = out.eval({a: av, b: bv})
+    for optimize in (True, False):
+        np.testing.assert_array_equal(gc.function([a, b], out, optimize=optimize)(av, bv), want)
