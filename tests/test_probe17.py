@@ -157,3 +157,21 @@ def test_a_negation_that_wraps_before_a_widening_is_not_moved(rule):
     want = out.eval({a: av, b: bv})
     for optimize in (True, False):
         np.testing.assert_array_equal(gc.function([a, b], out, optimize=optimize)(av, bv), want)
+
+
+# dtype rules -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["left_shift", "right_shift", "trunc_divide"])
+def test_bool_shifts_and_quotients_declare_the_dtype_their_kernel_gives(op):
+    # NumPy computes True << True in int8 (2); the op declared bool, so eval gave an int8
+    # array for a bool node and the compiled step failed to cast int8 into its bool buffer
+    a, b = gc.placeholder((3,), "bool", name="a"), gc.placeholder((3,), "bool", name="b")
+    out = gc.apply(op, a, b)
+    av, bv = np.array([True, False, True]), np.array([True, True, False])
+    with np.errstate(all="ignore"):            # True // False
+        want = OPS[op].kernel(av, bv)
+    assert out.dtype == want.dtype
+    for optimize in (True, False):
+        got = gc.function([a, b], out, optimize=optimize)(av, bv)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
