@@ -175,3 +175,16 @@ def test_bool_shifts_and_quotients_declare_the_dtype_their_kernel_gives(op):
         got = gc.function([a, b], out, optimize=optimize)(av, bv)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_exported_module_refuses_a_python_feed_that_does_not_fit(tmp_path):
+    import importlib.util
+    y = gc.placeholder((None,), "int64", name="y")
+    f = gc.function([y], y * 2)
+    f.export(tmp_path / "step17.py", np.array([1, 2]))
+    spec = importlib.util.spec_from_file_location("step17", tmp_path / "step17.py")
+    step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step)
+    np.testing.assert_array_equal(step.run([1, 2]), [2, 4])
+    with pytest.raises(Exception, match="does not fit dtype int64"):
+        step.run([1.5, 2.0])                   # was label 1
