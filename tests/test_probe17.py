@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 from graphc import GraphcError
@@ -188,3 +190,50 @@ def test_an_exported_module_refuses_a_python_feed_that_does_not_fit(tmp_path):
     np.testing.assert_array_equal(step.run([1, 2]), [2, 4])
     with pytest.raises(Exception, match="does not fit dtype int64"):
         step.run([1.5, 2.0])                   # was label 1
+
+
+# random mixed-dtype elementwise graphs ----------------------------------------------------
+
+MIXED_DTYPES = ["int8", "uint8", "bool", "int16", "uint16", "int64", "float16", "float64"]
+MIXED_BINARY = ["sub", "add", "mul", "maximum", "left_shift", "bitwise_xor", "greater"]
+MIXED_UNARY = ["neg", "abs", "square", "bitwise_not", "sign", "tanh"]   # finite on finite
+
+
+def edges(dtype) -> np.ndarray:
+    """Values where integer arithmetic wraps (the dtype's ends) and small ones."""
+    info = np.iinfo(dtype)
+    return np.array([info.min, info.max, info.min + 1, 0, 1, 2, 3, -1, -2, 7], "int64")[
+        [True] * 7 + [info.min < 0] * 3].astype(dtype)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(MIXED_DTYPES), min_size=3, max_size=3),
+       st.lists(st.tuples(st.sampled_from(MIXED_UNARY + MIXED_BINARY), st.integers(0, 3),
+                          st.integers(0, 3)), min_size=1, max_size=8),
+       st.integers(0, 2 ** 32 - 1))
+def test_mixed_dtype_graphs_agree_with_eval(dtypes, steps, seed):
+    """Integer wrap-around, widening and bool arithmetic: every compiled mode gives eval's
+    values and dtypes (found the negation rewrites of simplify)."""
+    rng = np.random.default_rng(seed)
+    inputs = [gc.placeholder((None, 3), d, name=f"p{k}") for k, d in enumerate(dtypes)]
+    pool = list(inputs)
+    for op, i, j in steps:
+        args = (pool[i % len(pool)],) + ((pool[-1 - j % len(pool)],)     # j = 0: the last
+                                         if op in MIXED_BINARY else ())
+        try:
+            pool.append(gc.apply(op, *args))
+        except GraphcError:
+            pass                                  # the op refuses these dtypes
+    outs = pool[len(inputs):]
+    if not outs:
+        return
+    feeds = [rng.random((4, 3)) < 0.5 if d == "bool" else
+             rng.uniform(-3, 3, (4, 3)).astype(d) if d.startswith("float") else
+             rng.choice(edges(np.dtype(d)), (4, 3)) for d in dtypes]
+    want = [o.eval(dict(zip(inputs, feeds))) for o in outs]
+    for optimize in (True, False):
+        for g, w in zip(gc.function(inputs, outs, optimize=optimize)(*feeds), want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            tol = 1e-2 if g.dtype == np.float16 else 1e-6
+            np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=tol,
+                                       atol=tol)
