@@ -90,6 +90,13 @@ class Node:
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
+        if not np.can_cast(new.dtype, self.dtype, "safe"):     # narrower: the values must fit
+            with np.errstate(all="ignore"):
+                cast = new.astype(self.dtype)
+            if not fits(new, cast):
+                raise GraphcError(f"variable {self.label()}: the assigned {new.dtype} values "
+                                  f"do not fit {self.dtype} (they would wrap or overflow)")
+            new = cast
         with storage_lock(self):     # a compiled call of another thread sees old or new
             np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 

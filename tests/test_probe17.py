@@ -237,3 +237,20 @@ def test_mixed_dtype_graphs_agree_with_eval(dtypes, steps, seed):
             tol = 1e-2 if g.dtype == np.float16 else 1e-6
             np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=tol,
                                        atol=tol)
+
+
+@pytest.mark.parametrize("dtype, value", [("int8", 300), ("float32", 1e300), ("int16", -70000)])
+def test_assigning_values_that_do_not_fit_a_variable_is_an_error(dtype, value):
+    # same-kind assignment was cast unsafely: 300 became 44 in int8, 1e300 inf in float32
+    w = gc.variable(np.ones(3, dtype), name="w")
+    with pytest.raises(GraphcError, match=f"'w'.*do not fit {dtype}"):
+        w.value = np.full(3, value, "int64" if isinstance(value, int) else "float64")
+    np.testing.assert_array_equal(w.value, np.ones(3, dtype))
+    w.value = np.full(3, 2, "int64" if dtype != "float32" else "float64")   # fits: assigned
+    np.testing.assert_array_equal(w.value, np.full(3, 2, dtype))
+
+
+def test_a_function_of_a_python_number_is_a_graphc_error():
+    x = gc.placeholder((2,), "float64", name="x")
+    with pytest.raises(GraphcError, match="outputs must be a graph node"):
+        gc.function([x], 3.0)
