@@ -254,3 +254,26 @@ def test_a_function_of_a_python_number_is_a_graphc_error():
     x = gc.placeholder((2,), "float64", name="x")
     with pytest.raises(GraphcError, match="outputs must be a graph node"):
         gc.function([x], 3.0)
+
+
+# convolution ------------------------------------------------------------------------------
+
+def test_a_cnn_step_on_an_empty_batch_gives_the_interpreters_values():
+    # reshape(n, co, -1) cannot infer -1 when n is 0: the compiled conv2d failed on an empty
+    # batch (an empty shard, an empty last batch) where eval gives empty results and zeros
+    rng = np.random.default_rng(0)
+    x = gc.placeholder((None, 3, 7, 7), "float64", name="x")
+    w1 = gc.variable(rng.standard_normal((8, 3, 3, 3)), name="w1")     # NCHW im2col path
+    w2 = gc.variable(rng.standard_normal((4, 8, 2, 2)), name="w2")     # channels-last path
+    h = gc.max_pool2d(gc.relu(gc.conv2d(x, w1)), 2)
+    out = gc.conv2d(h, w2, padding=1)
+    loss = gc.sum(out * out)
+    outs = [out, loss] + gc.grad(loss, [w1, w2, x])
+    for n in (0, 2):
+        xv = rng.standard_normal((n, 3, 7, 7))
+        want = [o.eval({x: xv}) for o in outs]
+        for optimize in (True, False):
+            got = gc.function([x], outs, optimize=optimize)(xv)
+            for g, v in zip(got, want):
+                assert g.shape == v.shape
+                np.testing.assert_allclose(g, v, rtol=1e-9, atol=1e-9)
