@@ -20,13 +20,13 @@ def test_integer_pow_failing_after_a_direct_update_leaves_variables_whole(fused)
     # update of v (one in-place add) must not be written before that step has run
     e = gc.placeholder((3,), "int64", name="e")
     v = gc.variable(np.zeros(3), name="v")
-    k = gc.variable(np.array([1, 2, 3]), name="k")
+    k = gc.variable(np.array([3, 2, 3]), name="k")
     new_k = k ** e + 1 if fused else k ** e
     step = gc.function([e], [], updates=[(v, v + 1.0), (k, new_k)])
     step(np.array([1, 1, 1]))
     before_v, before_k = v.value.copy(), k.value.copy()
     with pytest.raises(GraphcError, match="pow"):
-        step(np.array([1, -2, 3]))
+        step(np.array([2, -2, 3]))      # k[0] ** 2 was written into k before k[1] raised
     np.testing.assert_array_equal(v.value, before_v)
     np.testing.assert_array_equal(k.value, before_k)
 
