@@ -62,9 +62,14 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
     if "cols" not in ws:
         ws["cols"] = np.empty((n, ho, wo, kh, kw, c), x.dtype)
     cols = ws["cols"]
-    # one copy of the sliding windows: ~3x faster here than kh*kw copies of C-float rows
-    windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
-    np.copyto(cols, windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
+    if c >= 8:          # one copy of the sliding windows: ~3x faster than kh*kw copies
+        windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
+        np.copyto(cols, windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
+        return cols.reshape(n * ho * wo, kh * kw * c)
+    for i in range(kh):  # few channels: that copy's inner loop would be C floats long
+        for j in range(kw):
+            np.copyto(cols[:, :, :, i, j, :], xh[:, i:i + sh * (ho - 1) + 1:sh,
+                                                 j:j + sw * (wo - 1) + 1:sw, :])
     return cols.reshape(n * ho * wo, kh * kw * c)
 
 
@@ -79,15 +84,26 @@ def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
         np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, -1))
         return out
     cols = fill_cols_last(x, ws, kh, kw, stride, padding)
-    if "res" not in ws:
+    if "wr" not in ws:
         ws["wr"] = np.empty((kh, kw, c, co), w.dtype)
-        ws["res"] = np.empty((cols.shape[0], co), out.dtype)
-        ws["nhwc"] = ws["res"].reshape(n, out.shape[2], out.shape[3], co)
     np.copyto(ws["wr"], w.transpose(2, 3, 1, 0))
-    np.matmul(cols, ws["wr"].reshape(-1, co), out=ws["res"])
-    if nchw:                    # False: every reader of the result reads ws["nhwc"]
-        np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
+    if not nchw:                # every reader reads ws["nhwc"]: it is out's memory
+        ws["nhwc"] = as_last(out)
+        np.matmul(cols, ws["wr"].reshape(-1, co), out=ws["nhwc"].reshape(-1, co))
+        return out
+    if "res" not in ws:
+        ws["res"] = np.empty((n,) + out.shape[2:] + (co,), out.dtype)
+    ws["nhwc"] = ws["res"]
+    np.matmul(cols, ws["wr"].reshape(-1, co), out=ws["res"].reshape(-1, co))
+    np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
     return out
+
+
+def as_last(out):
+    """out's memory as a channels-last array of out's NCHW shape (a result only its
+    channels-last readers read lives there: no buffer beside the planner's)."""
+    n, c, h, w = out.shape
+    return out.reshape(-1).reshape(n, h, w, c)
 
 
 def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False,
@@ -191,12 +207,14 @@ def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_s
         top = max_pool2d(x, size=size, stride=stride, out=ws["top"])
     if shadow is None or top_shadow is None:
         return route(g, x, top, size, stride, out, ws, last=False)
-    if "nhwc" not in ws:
+    if "g_nhwc" not in ws:
         ws["g_nhwc"] = np.empty(top_shadow.shape, g.dtype)
-        ws["nhwc"] = np.empty(shadow.shape, out.dtype)
+        ws["res"] = None if not nchw else np.empty(shadow.shape, out.dtype)
+    # nchw False: every reader reads ws["nhwc"], out's memory (x's shadow when out is x)
+    ws["nhwc"] = ws["res"] if nchw else as_last(out)
     np.copyto(ws["g_nhwc"], g.transpose(0, 2, 3, 1))
     route(ws["g_nhwc"], shadow, top_shadow, size, stride, ws["nhwc"], ws, last=True)
-    if nchw:                    # False: every reader of the result reads ws["nhwc"]
+    if nchw:
         np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
     return out
 
@@ -247,6 +265,8 @@ def unique_maxima(g, x, top, size, out_hw, out, ws, last) -> bool:
     gradient is g times the hits: 2 calls per offset instead of 4, no first-maximum
     bookkeeping. False (out's windows untouched) when some window needs the first-maximum
     rule. All of x is read before out is written: out may be x."""
+    if last:
+        return unique_maxima_last(g, x, top, size, out_hw, out, ws)
     if "tile_hits" not in ws:
         ws["tile_hits"] = np.empty((size[0] * size[1],) + top.shape, bool)
     hits = ws["tile_hits"]
@@ -257,3 +277,26 @@ def unique_maxima(g, x, top, size, out_hw, out, ws, last) -> bool:
     for k, dst in enumerate(windows_at(out, size, size, out_hw, last)):
         np.multiply(g, hits[k], out=dst)
     return True
+
+
+def unique_maxima_last(g, x, top, size, out_hw, out, ws) -> bool:
+    """unique_maxima channels-last: every window element against its maximum in one
+    comparison, g to the hits in one product (inner loops C floats long; per window offset
+    they would be as long, but 2 calls instead of 2 per offset and no count per offset)."""
+    x6, o6 = tiles(x, size, out_hw), tiles(out, size, out_hw)
+    if "tile_eq" not in ws:
+        ws["tile_eq"] = np.empty(x6.shape, bool)
+    eq = ws["tile_eq"]
+    np.equal(x6, top[:, :, None, :, None, :], out=eq)
+    if np.count_nonzero(eq) != g.size or np.isnan(np.add.reduce(top, axis=None)):
+        return False
+    np.multiply(g[:, :, None, :, None, :], eq, out=o6)
+    return True
+
+
+def tiles(a, size, out_hw):
+    """The (N, Ho, kh, Wo, kw, C) view of the windows of a channels-last `a` that tile it."""
+    (kh, kw), (ho, wo) = size, out_hw
+    s0, s1, s2, s3 = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, (a.shape[0], ho, kh, wo, kw, a.shape[3]), (s0, kh * s1, s1, kw * s2, s2, s3))

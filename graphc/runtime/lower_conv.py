@@ -52,12 +52,13 @@ class ConvStack:
             self.nhwc[id(n)] = f'{ws}["nhwc"]'
             return f"xp.max_pool2d({args}, shadow={x})"
         if n.op == "conv2d":
-            last = conv.wide(low.shapes[id(n.inputs[0])][0])
+            only = self.only_shadow_readers(low, n)
+            last = conv.wide(low.shapes[id(n.inputs[0])][0]) or only and self.pooled(low, n)
             self.ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
             self.last[ws] = last
             if last:
                 self.nhwc[id(n)] = f'{ws}["nhwc"]'
-            skip = ", nchw=False" if last and self.only_shadow_readers(low, n) else ""
+            skip = ", nchw=False" if last and only else ""
             return f"xp.conv2d({args}, last={last}{skip})"
         if n.op == "conv2d_grad_weight":
             x, g, w = n.inputs
@@ -94,6 +95,11 @@ class ConvStack:
             return False
         readers = [m for m in g.nodes if any(x is n for x in m.inputs)]
         return bool(readers) and all(self.reads_shadow(low, m, n) for m in readers)
+
+    def pooled(self, low, n) -> bool:
+        """n is max-pooled: a narrow convolution then runs channels-last too, since pooling
+        and its gradient along contiguous channel rows save more than its im2col costs."""
+        return any(m.op == "max_pool2d" and m.inputs[0] is n for m in low.graph.nodes)
 
     def reads_shadow(self, low, m, n) -> bool:
         if low.kinds_of.get(id(m)) != "buffer":
