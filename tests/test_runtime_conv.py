@@ -67,15 +67,18 @@ def test_channels_last_convolution_and_gradients_match_eval(stride, padding):
             np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["distinct", "ties"])
-def test_pooled_narrow_convolution_runs_channels_last_in_its_own_buffer(kind):
+@pytest.mark.parametrize("kind,stride,padding,size", [
+    ("distinct", 1, 1, 2), ("ties", 1, 1, 2), ("distinct", 2, 0, 2), ("ties", (1, 2), (2, 0), 2),
+    ("distinct", 1, 1, 3), ("ties", 1, 0, (1, 3))])
+def test_pooled_narrow_convolution_runs_channels_last_in_its_own_buffer(kind, stride, padding,
+                                                                        size):
     # a max-pooled convolution of a 2-channel input: channels-last (its NCHW result unread,
     # the channels-last one in that buffer), the pool gradient written over it in place
     x = gc.placeholder((None, 2, 9, 8), "float32", name="x")
     wv = RNG.standard_normal((6, 2, 3, 3)).astype(np.float32)
     w = gc.variable(np.round(wv) if kind == "ties" else wv, name="w")   # ties: integer maps
     b = gc.variable(RNG.standard_normal((1, 6, 1, 1)).astype(np.float32), name="b")
-    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, padding=1) + b), 2)
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, stride, padding) + b), size)
     loss = gc.sum(gc.tanh(p))
     gx, gw, gb = gc.grad(loss, [x, w, b])
     f = gc.function([x], [p, gx, gw, gb])

@@ -51,26 +51,37 @@ def g_last(g, ws, shared, fill):
 
 
 def fill_cols_last(x, ws, kh, kw, stride, padding):
-    """ws["cols"] (N*Ho*Wo, kh*kw*C) <- every window of x, via a channels-last copy of x."""
+    """The (N*Ho*Wo, kh*kw*C) matrix of every window of x (also kept as ws["matrix"]).
+    Wide inputs: ws["cols"] (N, Ho, Wo, kh, kw, C), one copy of the sliding windows of a
+    channels-last copy of x (~3x faster than kh*kw copies of C-float rows). Narrow inputs:
+    its transpose, ws["cols"] (kh, kw, C, N, Ho, Wo), kh*kw copies along x's image rows (a
+    window's C floats are too short a row); BLAS reads either orientation."""
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if c < 8:
+        if ph or pw:
+            if "padded" not in ws:
+                ws["padded"] = np.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+            ws["padded"][:, :, ph:ph + h, pw:pw + w] = x
+            x = ws["padded"]
+        if "cols" not in ws:
+            ws["cols"] = np.empty((kh, kw, c, n, ho, wo), x.dtype)
+            ws["matrix"] = ws["cols"].reshape(kh * kw * c, n * ho * wo).T
+        for i in range(kh):
+            for j in range(kw):
+                np.copyto(ws["cols"][i, j], x[:, :, i:i + sh * (ho - 1) + 1:sh,
+                                               j:j + sw * (wo - 1) + 1:sw].transpose(1, 0, 2, 3))
+        return ws["matrix"]
     if "xh" not in ws:
         ws["xh"] = np.zeros((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+        ws["cols"] = np.empty((n, ho, wo, kh, kw, c), x.dtype)
+        ws["matrix"] = ws["cols"].reshape(n * ho * wo, kh * kw * c)
     xh = ws["xh"]
     np.copyto(xh[:, ph:ph + h, pw:pw + w, :], x.transpose(0, 2, 3, 1))
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if "cols" not in ws:
-        ws["cols"] = np.empty((n, ho, wo, kh, kw, c), x.dtype)
-    cols = ws["cols"]
-    if c >= 8:          # one copy of the sliding windows: ~3x faster than kh*kw copies
-        windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
-        np.copyto(cols, windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
-        return cols.reshape(n * ho * wo, kh * kw * c)
-    for i in range(kh):  # few channels: that copy's inner loop would be C floats long
-        for j in range(kw):
-            np.copyto(cols[:, :, :, i, j, :], xh[:, i:i + sh * (ho - 1) + 1:sh,
-                                                 j:j + sw * (wo - 1) + 1:sw, :])
-    return cols.reshape(n * ho * wo, kh * kw * c)
+    windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
+    np.copyto(ws["cols"], windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
+    return ws["matrix"]
 
 
 def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
@@ -113,7 +124,7 @@ def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False
     co, c, kh, kw = like.shape
     n = x.shape[0]
     if channels_last(x) if last is None else last:
-        cols = ws["cols"].reshape(-1, kh * kw * c) if cols_ready \
+        cols = ws["matrix"] if cols_ready \
             else fill_cols_last(x, ws, kh, kw, stride, padding)
         gT = g_last(g, ws, shared, fill) if gT is None else gT
         if "dwT" not in ws:
@@ -149,11 +160,16 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
     np.copyto(wk, w.transpose(2, 3, 0, 1))
     np.matmul(gT.reshape(-1, co), wk.reshape(kh * kw, co, c), out=d)
     d5 = d.reshape(kh * kw, n, ho, wo, c)
-    dxh.fill(0)
-    for i in range(kh):
-        for j in range(kw):
-            view = dxh[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            np.add(view, d5[i * kw + j], out=view)
+    if (sh, sw) == (1, 1):      # the first offset's block is contiguous: copied, rim zeroed
+        np.copyto(dxh[:, :ho, :wo], d5[0])
+        dxh[:, ho:] = 0
+        dxh[:, :ho, wo:] = 0
+    else:
+        dxh.fill(0)
+    for k in range(0 if (sh, sw) != (1, 1) else 1, kh * kw):
+        i, j = divmod(k, kw)
+        view = dxh[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+        np.add(view, d5[k], out=view)
     np.copyto(out, dxh[:, ph:ph + h, pw:pw + wd, :].transpose(0, 3, 1, 2))
     return out
 
@@ -173,10 +189,13 @@ def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
         n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[3]
         if "nhwc" not in ws:
             ws["nhwc"] = np.empty((n, ho, wo, c), out.dtype)
-        it = windows_at(shadow, size, stride, (ho, wo), last=True)
-        np.copyto(ws["nhwc"], next(it))
-        for view in it:
-            np.maximum(ws["nhwc"], view, out=ws["nhwc"])
+        if tuple(size) == tuple(stride):
+            max_tiles_last(shadow, size, ws)
+        else:
+            it = windows_at(shadow, size, stride, (ho, wo), last=True)
+            np.copyto(ws["nhwc"], next(it))
+            for view in it:
+                np.maximum(ws["nhwc"], view, out=ws["nhwc"])
         np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
         return out
     if ws is not None and tuple(size) == tuple(stride) == (2, 2):
@@ -194,6 +213,29 @@ def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
         np.maximum(out, view, out=out)
     return out
 
+
+def max_tiles_last(x, size, ws):
+    """ws["nhwc"] <- the max of each tiling window of channels-last x: first over the kh rows
+    of each window (rows W*C floats long), then over its kw columns (C floats long)."""
+    (kh, kw), top = size, ws["nhwc"]
+    n, ho, wo, c = top.shape
+    w = x.shape[2]
+    if "rowmax" not in ws:
+        ws["rowmax"] = np.empty((n, ho, w * c), x.dtype)
+    rows = x[:, :ho * kh].reshape(n, ho, kh, w * c)
+    max_into(ws["rowmax"], [rows[:, :, i] for i in range(kh)])
+    cols = ws["rowmax"][:, :, :wo * kw * c].reshape(n, ho, wo, kw, c)
+    max_into(top, [cols[..., j, :] for j in range(kw)])
+
+
+def max_into(out, views):
+    """out <- the elementwise max of views (one call for one or two)."""
+    if len(views) == 1:
+        np.copyto(out, views[0])
+        return
+    np.maximum(views[0], views[1], out=out)
+    for v in views[2:]:
+        np.maximum(out, v, out=out)
 
 def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_shadow=None,
                     nchw=True):
