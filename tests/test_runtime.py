@@ -51,6 +51,25 @@ def test_where_with_zero_masks_inf_and_nan_of_the_other_branch():
         np.testing.assert_allclose(out[1], [0.0, 0.0, np.sqrt(2.0) * np.log(2.0)])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_relu_gradient_masks_inf_and_keeps_huge_finite_values(dtype):
+    """where(h > 0, g, 0) runs as g * mask plus a finiteness test of the product (a sum of
+    squares for float32/64): inf/NaN that the mask drops, and finite values whose squares
+    overflow that test, must both give where's values."""
+    big = float(np.finfo(dtype).max) / 4
+    h = gc.placeholder((None, 4), dtype=dtype, name="h")
+    g = gc.placeholder((None, 4), dtype=dtype, name="g")
+    (dh,) = gc.grad(gc.sum(gc.relu(h) * g), [h])
+    hv = np.array([[1, -1, 2, -2], [3, 0, -1, 4]], dtype)
+    for gv in ([[big, np.inf, -big, np.nan], [1, 2, np.inf, -big]],
+               [[big, 1, -big, 2], [1, 2, 3, -big]]):
+        gv = np.array(gv, dtype)
+        want = np.where(hv > 0, gv, 0).astype(dtype)
+        for optimize in (True, False):
+            got = gc.function([h, g], dh, optimize=optimize)(hv, gv)
+            np.testing.assert_array_equal(got, want)
+            assert not np.signbit(got[hv <= 0]).any()
+
 def test_dropout_mask_advances_per_call_and_starts_at_the_seed():
     x = gc.placeholder((3, 50), name="x")
     mask = apply("dropout_mask", x, keep=0.5, seed=7)

@@ -20,8 +20,8 @@ NAME = "xp"          # the name the generated code reads it by
 FUNCTIONS = ("array", "broadcast_to", "copyto")
 
 # the runtime's kernels, called as xp.<name>; a standalone export inlines their source
-KERNELS = (kernels.sce_forward, kernels.sce_backward, conv.conv2d, conv.conv2d_grad_weight,
-           conv.conv2d_grad_input, conv.max_pool2d, conv.max_pool2d_grad)
+KERNELS = (kernels.all_finite, kernels.sce_forward, kernels.sce_backward, conv.conv2d,
+           conv.conv2d_grad_weight, conv.conv2d_grad_input, conv.max_pool2d, conv.max_pool2d_grad)
 
 
 def numpy_namespace() -> SimpleNamespace:

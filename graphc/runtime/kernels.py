@@ -1,6 +1,8 @@
 """Fast kernels the generated code calls: fused softmax cross-entropy, im2col conv, pooling."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.ops.nn import check_labels
@@ -14,6 +16,15 @@ def labels_in_range(z, y) -> bool:
 
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def all_finite(a) -> bool:
+    """True only when no entry of a is inf or NaN. For float32/64 one BLAS dot without a
+    temporary (2-3x faster than isfinite(a).all()): a sum of squares is finite only then, or
+    False when it overflows (the caller's exact path then runs, slower but right)."""
+    if a.dtype.char in "fd":
+        return math.isfinite(np.vdot(a, a))
+    return bool(np.isfinite(a).all())
 
 
 def sce_forward(z, y, loss, e, mx, s, rows):

@@ -57,7 +57,7 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     """One elementwise node into o; shape_of(node) gives concrete shapes (body or graph)."""
     if where_zero(n, shape_of):
         zero = scalars(low, n.dtype)["zero"]
-        return (f"xp.multiply({a[1]}, {a[0]}, out={o}); xp.isfinite({o}).all() or "
+        return (f"xp.multiply({a[1]}, {a[0]}, out={o}); xp.all_finite({o}) or "
                 f"xp.copyto({o}, {zero}, where=xp.logical_not({a[0]}))")
     if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
         name = f"kernel_{n.op}"
