@@ -189,13 +189,7 @@ def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
         n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[3]
         if "nhwc" not in ws:
             ws["nhwc"] = np.empty((n, ho, wo, c), out.dtype)
-        if tuple(size) == tuple(stride):
-            max_tiles_last(shadow, size, ws)
-        else:
-            it = windows_at(shadow, size, stride, (ho, wo), last=True)
-            np.copyto(ws["nhwc"], next(it))
-            for view in it:
-                np.maximum(ws["nhwc"], view, out=ws["nhwc"])
+        max_into(ws["nhwc"], list(windows_at(shadow, size, stride, (ho, wo), last=True)))
         np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
         return out
     if ws is not None and tuple(size) == tuple(stride) == (2, 2):
@@ -207,29 +201,13 @@ def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
         np.maximum(pairs[..., :w], pairs[..., w:], out=rows)
         np.maximum(rows[..., 0:2 * wo:2], rows[..., 1:2 * wo:2], out=out)
         return out
-    it = windows_at(x, size, stride, out.shape[2:])
-    np.copyto(out, next(it))
-    for view in it:
-        np.maximum(out, view, out=out)
+    max_into(out, list(windows_at(x, size, stride, out.shape[2:])))
     return out
 
 
-def max_tiles_last(x, size, ws):
-    """ws["nhwc"] <- the max of each tiling window of channels-last x: first over the kh rows
-    of each window (rows W*C floats long), then over its kw columns (C floats long)."""
-    (kh, kw), top = size, ws["nhwc"]
-    n, ho, wo, c = top.shape
-    w = x.shape[2]
-    if "rowmax" not in ws:
-        ws["rowmax"] = np.empty((n, ho, w * c), x.dtype)
-    rows = x[:, :ho * kh].reshape(n, ho, kh, w * c)
-    max_into(ws["rowmax"], [rows[:, :, i] for i in range(kh)])
-    cols = ws["rowmax"][:, :, :wo * kw * c].reshape(n, ho, wo, kw, c)
-    max_into(top, [cols[..., j, :] for j in range(kw)])
-
-
 def max_into(out, views):
-    """out <- the elementwise max of views (one call for one or two)."""
+    """out <- the elementwise max of views: the first two into out by one call (a copy of
+    the first and a max with it in place cost a pass more)."""
     if len(views) == 1:
         np.copyto(out, views[0])
         return
