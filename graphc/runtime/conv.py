@@ -87,7 +87,8 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
 def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
     """out (N, Co, Ho, Wo): im2col and one GEMM (channels-last for wide inputs or when `last`,
     else one GEMM per image straight into NCHW). The channels-last path leaves its result in
-    ws["nhwc"] too, for a max-pool step that reads it (see max_pool2d's `shadow`)."""
+    ws["nhwc"] too, for a max-pool step that reads it (see max_pool2d's `shadow`); with
+    nchw=False (every reader reads that) it is out's own memory, in channels-last order."""
     co, c, kh, kw = w.shape
     n = x.shape[0]
     if not (channels_last(x) if last is None else last):
@@ -113,8 +114,9 @@ def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
 def as_last(out):
     """out's memory as a channels-last array of out's NCHW shape (a result only its
     channels-last readers read lives there: no buffer beside the planner's)."""
+    assert out.flags.c_contiguous, "a planner buffer"    # else reshape would copy
     n, c, h, w = out.shape
-    return out.reshape(-1).reshape(n, h, w, c)
+    return out.reshape(n, h, w, c)
 
 
 def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False,
@@ -234,12 +236,14 @@ def max_into(out, views):
     for v in views[2:]:
         np.maximum(out, v, out=out)
 
+
 def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_shadow=None,
                     nchw=True):
     """Each window's g goes to its first maximum (row-major), as the registered kernel does;
     `top` is the forward pooling's result when the plan still has it. With the channels-last
     copies of x and top (`shadow`, `top_shadow`) it runs channels-last, keeps that result in
-    ws["nhwc"] and writes its NCHW transpose to out."""
+    ws["nhwc"] and writes its NCHW transpose to out; with nchw=False (every reader reads
+    ws["nhwc"]) that result is out's own memory, in channels-last order (as_last)."""
     if top is None:
         if "top" not in ws:
             ws["top"] = np.empty(g.shape, x.dtype)
@@ -320,8 +324,8 @@ def unique_maxima(g, x, top, size, out_hw, out, ws, last) -> bool:
 
 def unique_maxima_last(g, x, top, size, out_hw, out, ws) -> bool:
     """unique_maxima channels-last: every window element against its maximum in one
-    comparison, g to the hits in one product (inner loops C floats long; per window offset
-    they would be as long, but 2 calls instead of 2 per offset and no count per offset)."""
+    comparison and g to the hits in one product (2 calls in all instead of 2 per window
+    offset; the inner loops are C floats long either way)."""
     x6, o6 = tiles(x, size, out_hw), tiles(out, size, out_hw)
     if "tile_eq" not in ws:
         ws["tile_eq"] = np.empty(x6.shape, bool)

@@ -2,12 +2,14 @@
 lower together, sharing per-plan state (workspaces, channels-last "shadows", pool pairs).
 
 Each step gets its workspace; the weight gradient reuses the columns of the forward
-convolution of the same input and weight. A channels-last convolution (wide input) keeps that
-copy of its result (a "shadow"), so a max-pool of it, the pool's gradient and the convolution
-gradients after that run along contiguous channel rows; each registers the shadow of its own
-result for the next. (Forcing narrow convolutions channels-last to get a shadow costs more in
-transposes than it saves.) A max-pool gradient reads its forward pool's result instead of
-pooling again.
+convolution of the same input and weight. A channels-last convolution (wide input, or a narrow
+one whose every reader is a max-pool or its gradient) keeps that copy of its result (a
+"shadow"), so a max-pool of it, the pool's gradient and the convolution gradients after that
+run along contiguous channel rows; each registers the shadow of its own result for the next.
+When every reader of a result reads its shadow, the NCHW result is not written and the shadow
+lives in that buffer (`nchw=False`). (Forcing other narrow convolutions channels-last costs
+more in transposes than it saves.) A max-pool gradient reads its forward pool's result instead
+of pooling again.
 """
 from __future__ import annotations
 
