@@ -90,6 +90,13 @@ class Node:
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
                               f"expected {self.dtype}")
+        if not np.can_cast(new.dtype, self.dtype, "safe"):     # narrower: the values must fit
+            with np.errstate(all="ignore"):
+                cast = new.astype(self.dtype)
+            if not fits(new, cast):
+                raise GraphcError(f"variable {self.label()}: the assigned {new.dtype} values "
+                                  f"do not fit {self.dtype} (they would wrap or overflow)")
+            new = cast
         with storage_lock(self):     # a compiled call of another thread sees old or new
             np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it
 
@@ -374,6 +381,8 @@ def short_repr(value) -> str:
 def check_feed(ph: Node, value) -> np.ndarray:
     """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
     if isinstance(value, np.ndarray):
+        if type(value) is not np.ndarray:   # np.matrix, masked: the plan runs plain arrays
+            value = np.asarray(value)
         if value.dtype != ph.dtype and not np.can_cast(value.dtype, ph.dtype, "safe"):
             raise GraphcError(f"feed for placeholder {ph.label()}: expected dtype "
                               f"{ph.dtype.name}, got {value.dtype.name} (cast it first, e.g. "
@@ -385,7 +394,12 @@ def check_feed(ph: Node, value) -> np.ndarray:
             if raw.dtype == object:       # None would become NaN, a huge int overflow
                 raise GraphcError(f"feed for placeholder {ph.label()}: expected numbers of "
                                   f"dtype {ph.dtype.name}, got {short_repr(value)}")
-            arr = raw.astype(ph.dtype, copy=False)
+            with np.errstate(all="ignore"):
+                arr = raw.astype(ph.dtype, copy=False)
+            if arr is not raw and not fits(raw, arr):
+                raise GraphcError(f"feed for placeholder {ph.label()}: {short_repr(value)} "
+                                  f"does not fit dtype {ph.dtype.name} (as an array it is "
+                                  f"{raw.dtype.name}; cast it first if that is meant)")
         except (TypeError, ValueError) as e:
             raise GraphcError(f"feed for placeholder {ph.label()}: {e}") from None
     if arr.ndim != len(ph.shape) or any(isinstance(d, int) and d != n
@@ -393,6 +407,14 @@ def check_feed(ph: Node, value) -> np.ndarray:
         raise GraphcError(f"feed for placeholder {ph.label()}: expected shape "
                           f"{format_shape(ph.shape)}, got {format_shape(arr.shape)}")
     return arr
+
+
+def fits(raw: np.ndarray, arr: np.ndarray) -> bool:
+    """A Python value converted keeps its values: integers and truth values exactly (300 is
+    not 44 in int8, nor label 1.5 label 1), floats up to rounding (1e5 is not inf in float16)."""
+    if arr.dtype.kind in "biu":
+        return bool(np.array_equal(arr, raw))
+    return arr.dtype.kind != "f" or not (np.isinf(arr) & np.isfinite(raw)).any()
 
 
 def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
@@ -427,4 +449,9 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
             values[id(n)] = out if opdef.items else np.asarray(out)
-    return [values[id(o)] for o in outputs]
+    # a variable's storage (or a view of it) is copied: updates write it in place later, and
+    # a value must not change after it was computed (as a compiled call's outputs do not)
+    held = [n.data[0] for n in order if n.op == "variable"]
+    return [a.copy() if isinstance(a, np.ndarray) and any(np.may_share_memory(a, h)
+                                                          for h in held) else a
+            for a in (values[id(o)] for o in outputs)]

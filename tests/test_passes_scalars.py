@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,32 @@ def test_random_graphs_keep_their_values(choices, scaled, outputs):
     assert sizes(got) <= sizes(graph) + len(scaled)    # never a runaway of new products
     want = evaluate(list(graph.outputs), {x: np.ones((4, 4))})
     assert all(w.shape == g.shape for w, g in zip(want, got.outputs))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("lr, decay, pool", [(0.1, 0.0, "max"), (-2.0, 1e-3, "avg"),
+                                             (1e3, 0.5, "max")])
+def test_factors_through_conv_pool_and_cross_entropy_gradients(dtype, lr, decay, pool):
+    """A CNN step's factors (learning rate, weight decay, the loss's 0.5, a / 3) moved through
+    conv2d_grad_*, max/avg_pool2d_grad and the softmax-CE gradient: the optimized step gives
+    the unoptimized one's loss and weights (negative and large factors too)."""
+    rng = np.random.default_rng(7)
+    xv = rng.standard_normal((3, 3, 8, 8)).astype(dtype)
+    yv = rng.integers(0, 4, 3)
+    inits = [rng.standard_normal((8, 3, 3, 3)) * 0.3, rng.standard_normal((72, 4)) * 0.3]
+    results = []
+    for opt in (True, False):
+        x = gc.placeholder((None, 3, 8, 8), dtype, name="x")
+        y = gc.placeholder((None,), "int64", name="y")
+        w1, w2 = (gc.variable(w.astype(dtype)) for w in inits)
+        h = gc.relu(gc.conv2d(x, w1, padding=1))
+        h = gc.max_pool2d(h, 3, 2) if pool == "max" else gc.avg_pool2d(h, 3, 2)
+        loss = gc.mean(gc.softmax_cross_entropy(gc.reshape(h, (-1, 72)) @ w2, y)) * 0.5 \
+            + decay * gc.sum(w2 * w2)
+        g1, g2 = gc.grad(loss, [w1, w2])
+        step = gc.function([x, y], loss, optimize=opt, updates=[
+            (w1, w1 - lr * g1), (w2, w2 * (1 - lr * decay) - lr * g2 / 3.0)])
+        results.append([step(xv, yv), step(xv, yv), w1.value.copy(), w2.value.copy()])
+    tol = 1e-9 if dtype == "float64" else 1e-4
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))

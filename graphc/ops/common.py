@@ -91,9 +91,9 @@ def elementwise(name, kernel, vjp=None, sym=None, dtype_rule=promote, **facts) -
         key = tuple([x.dtype for x in xs])
         dtype = dtypes.get(key)
         if dtype is None:
-            dtype = dtype_rule(*xs)
-            if dtype_rule is promote and isinstance(kernel, np.ufunc):   # NumPy's own loop
-                try:                                                      # (bool ** bool: int8)
+            dtype = dtype_rule(*xs)            # checks the inputs; a ufunc's own loop
+            if isinstance(kernel, np.ufunc):   # then says the result (bool ** bool, bool
+                try:                           # << bool: int8)
                     dtype = kernel.resolve_dtypes(key + (None,))[-1]
                 except TypeError as e:
                     raise ShapeError(str(e)) from None

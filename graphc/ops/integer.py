@@ -53,8 +53,11 @@ def quotient_vjp(rounding):
     return vjp
 
 
-def ones_dtype(*xs):
-    return need_int(*xs) if promote(*xs).kind != "f" else promote(*xs)
+def quotient_dtype(a, b):
+    """The kernel's: NumPy's floor_divide loop (bool // bool is int8), for integers or floats."""
+    if promote(a, b).kind != "f":
+        need_int(a, b)
+    return np.floor_divide.resolve_dtypes((a.dtype, b.dtype, None))[-1]
 
 
 zero = (lambda g, out, *xs: (None,) * len(xs))
@@ -64,7 +67,7 @@ elementwise("round", np.rint, zero)            # halves to even, as NumPy and ON
 elementwise("trunc", np.trunc, zero)
 elementwise("mod", np.mod, quotient_vjp("floor"), sp.Mod)        # sign of b, as Python
 elementwise("fmod", np.fmod, quotient_vjp("trunc"))               # sign of a, as C
-elementwise("trunc_divide", trunc_divide_kernel, zero, dtype_rule=ones_dtype)
+elementwise("trunc_divide", trunc_divide_kernel, zero, dtype_rule=quotient_dtype)
 elementwise("bitwise_and", np.bitwise_and, zero, dtype_rule=need_int)
 elementwise("bitwise_or", np.bitwise_or, zero, dtype_rule=need_int)
 elementwise("bitwise_xor", np.bitwise_xor, zero, dtype_rule=need_int)

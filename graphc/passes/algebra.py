@@ -172,6 +172,12 @@ def shape_source(n: Node, x: Node, *rest: Node) -> Node | None:
     return n.replace(n.inputs[:k] + (same,) + n.inputs[k + 1:])
 
 
+def exact_neg(x: Node, n: Node) -> bool:
+    """A negation in x's dtype is one in n's: not for an integer widened after it (-1 in
+    uint8 is 255, so int8 a - (-b) of uint8 b is not a + b in int16)."""
+    return x.dtype == n.dtype or x.dtype.kind == "f"
+
+
 SIMPLIFY = [
     # x+0 -> x
     Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
@@ -180,7 +186,8 @@ SIMPLIFY = [
     # x-0 -> x
     Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
     # 0-x -> -x
-    Rule("zero_sub", "sub", lambda n, a, b: fit(-b, n) if is_value(a, 0) else None),
+    Rule("zero_sub", "sub",
+         lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n) else None),
     # x-x -> zeros
     Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b else None),
     # x*1 -> x
@@ -192,7 +199,7 @@ SIMPLIFY = [
          lambda n, a, b: zeros(n) if is_value(a, 0) or is_value(b, 0) else None),
     # x*-1 -> -x
     Rule("mul_minus_one", "mul",
-         lambda n, a, b: fit(-a, n) if is_value(b, -1) else None),
+         lambda n, a, b: fit(-a, n) if is_value(b, -1) and exact_neg(a, n) else None),
     # x/1 -> x
     Rule("div_one", "div", lambda n, a, b: fit(a, n) if is_value(b, 1) else None),
     # --x -> x
@@ -201,14 +208,18 @@ SIMPLIFY = [
     Rule("neg_sub", "neg",
          lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" else None),
     # a+-b -> a-b
-    Rule("add_neg", "add", lambda n, a, b: a - b.inputs[0] if b.op == "neg" else None),
+    Rule("add_neg", "add",
+         lambda n, a, b: a - b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None),
     # -a+b -> b-a
-    Rule("neg_add", "add", lambda n, a, b: b - a.inputs[0] if a.op == "neg" else None),
+    Rule("neg_add", "add",
+         lambda n, a, b: b - a.inputs[0] if a.op == "neg" and exact_neg(a, n) else None),
     # a--b -> a+b
-    Rule("sub_neg", "sub", lambda n, a, b: a + b.inputs[0] if b.op == "neg" else None),
+    Rule("sub_neg", "sub",
+         lambda n, a, b: a + b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None),
     # -a*-b -> a*b
     Rule("mul_neg_neg", "mul",
-         lambda n, a, b: a.inputs[0] * b.inputs[0] if a.op == b.op == "neg" else None),
+         lambda n, a, b: a.inputs[0] * b.inputs[0] if a.op == b.op == "neg"
+         and exact_neg(a, n) and exact_neg(b, n) else None),
     # log(exp x) -> x
     Rule("log_exp", "log", lambda n, x: x.inputs[0] if x.op == "exp" else None),
     # exp(log x) -> x, x > 0

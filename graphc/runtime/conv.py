@@ -93,7 +93,7 @@ def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
     n = x.shape[0]
     if not (channels_last(x) if last is None else last):
         cols = fill_cols(x, ws, kh, kw, stride, padding)
-        np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, -1))
+        np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, cols.shape[2]))
         return out
     cols = fill_cols_last(x, ws, kh, kw, stride, padding)
     if "wr" not in ws:
@@ -134,12 +134,12 @@ def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False
         np.matmul(cols.T, gT.reshape(-1, co), out=ws["dwT"].reshape(-1, co))
         np.copyto(out, ws["dwT"].transpose(3, 2, 0, 1))
         return out
-    cols = ws["cols"].reshape(n, -1, g.shape[2] * g.shape[3]) if cols_ready \
+    cols = ws["cols"].reshape(n, c * kh * kw, g.shape[2] * g.shape[3]) if cols_ready \
         else fill_cols(x, ws, kh, kw, stride, padding)
     if "per_image" not in ws:
         ws["per_image"] = np.empty((n, co, cols.shape[1]), out.dtype)
     per = ws["per_image"]
-    np.matmul(g.reshape(n, co, -1), cols.transpose(0, 2, 1), out=per)
+    np.matmul(g.reshape(n, co, cols.shape[2]), cols.transpose(0, 2, 1), out=per)
     np.add.reduce(per, axis=0, out=out.reshape(co, -1))
     return out
 

@@ -19,7 +19,7 @@ import textwrap
 
 import numpy as np
 
-from graphc.ir import GraphcError, format_node, format_shape
+from graphc.ir import GraphcError, fits, format_node, format_shape
 from graphc.runtime import atomic, backend
 from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
@@ -54,7 +54,11 @@ def take_feed(value, name, dtype, updated):
         if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, "safe"):
             raise GraphcError(f"feed for {name}: expected dtype {dtype}, got {arr.dtype} "
                               f"(cast it first)")
-        arr = arr.astype(dtype)
+        with np.errstate(all="ignore"):
+            cast = arr.astype(dtype)
+        if not isinstance(value, np.ndarray) and not fits(arr, cast):
+            raise GraphcError(f"feed for {name}: {value!r} does not fit dtype {dtype}")
+        arr = cast
     if any(np.may_share_memory(arr, v) for v in updated):
         arr = arr.copy()
     return arr

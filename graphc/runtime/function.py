@@ -56,7 +56,11 @@ class Function:
     def __init__(self, inputs: Sequence[Node], outputs, updates=(), optimize=True,
                  check_numerics: bool = False, cast_feeds: bool = False):
         single = isinstance(outputs, Node)
-        outs = [outputs] if single else list(outputs)
+        try:
+            outs = [outputs] if single else list(outputs)
+        except TypeError:
+            raise GraphcError(f"function outputs must be a graph node or a list of them, got "
+                              f"{outputs!r}") from None
         inputs = [inputs] if isinstance(inputs, Node) else list(inputs)
         for k, x in enumerate(inputs):
             if not isinstance(x, Node) or x.op != "placeholder":

@@ -109,7 +109,7 @@ def direct_updates(updates: list[Update], steps: list[Step], raising: list[int],
     for u in updates:
         i = u.index
         if i < 0 or steps[i].kind != "buffer" or not u.elementwise or not u.same_shape \
-                or i < last_raise or targets[u.var] != 1 or values[u.value] != 1 \
+                or i <= last_raise or targets[u.var] != 1 or values[u.value] != 1 \
                 or u.value in outputs:
             continue
         if last.get(u.var, -1) > i:

@@ -158,7 +158,8 @@ class Lowering:
         g = self.graph
         index = {id(n): i for i, n in enumerate(g.nodes)}
         raising = [i for i, n in enumerate(g.nodes)
-                   if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING)]
+                   if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING
+                                              or rules.may_raise(n))]
         updates = [planner.Update(id(v), id(u), index[id(u)],
                                   u.op not in LEAVES and self.may_write_input(u),
                                   self.shapes[id(u)] == self.shapes[id(v)],

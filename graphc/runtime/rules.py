@@ -47,6 +47,16 @@ def inplace_ok(n, shape_of) -> bool:
     return emit.inplace_ok(n.op) or where_zero(n, shape_of) or tiling_pool_grad(n)
 
 
+def may_raise(n) -> bool:
+    """A buffer step that may raise on valid shapes: an integer to a negative integer power
+    (NumPy raises whatever errstate says), or a fused group calling an op's own kernel (a
+    user's op may check its values). No update is written before it."""
+    if n.op == "fused":
+        return any(may_raise(b) or emit.template(b.op) is None
+                    for b in n.attrs["body"].nodes if b.inputs)
+    return n.op == "pow" and n.dtype.kind in "iu" and n.inputs[1].dtype.kind == "i"
+
+
 def tiling_pool_grad(n) -> bool:
     """A max-pool gradient whose windows tile the input reads each window of x before it
     writes that window of the result (conv.route): it may write over x."""
