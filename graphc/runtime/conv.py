@@ -165,7 +165,7 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
         ws["d"] = np.empty((kh * kw, ws["chunk"] * ho * wo, c), out.dtype)
         ws["dxh"] = np.empty((n, h + 2 * padding[0], wd + 2 * padding[1], c), out.dtype)
     np.copyto(ws["wk"], w.transpose(2, 3, 0, 1))
-    wk, rows, step = ws["wk"].reshape(kh * kw, co, c), gT.reshape(n, -1, co), ws["chunk"]
+    wk, rows, step = ws["wk"].reshape(kh * kw, co, c), gT.reshape(n, ho * wo, co), ws["chunk"]
     for s in range(0, n, step):
         m = min(step, n - s)
         d = ws["d"][:, :m * ho * wo]
