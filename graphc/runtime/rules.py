@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from graphc.ir import OPS
-from graphc.runtime import emit
+from graphc.runtime import emit, layout
 
 
 def view_code(low, n, a: list[str]) -> str:
@@ -116,6 +116,9 @@ def scalars(low, dtype) -> dict[str, str]:
 def sum_code(low, n, a: list[str], o: str) -> str:
     """Sums over leading and/or trailing axes as products with ones vectors (BLAS beats a
     NumPy reduction over several axes several times over); other sums as a reduction."""
+    last = layout.sum_code(low, n, a, o)      # of a channels-last buffer
+    if last is not None:
+        return last
     axes, keep = tuple(n.attrs["axis"]), n.attrs["keepdims"]
     shape = low.shapes[id(n.inputs[0])][0]
     nd = len(shape)
