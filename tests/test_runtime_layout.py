@@ -54,6 +54,15 @@ def test_random_conv_stacks_match_eval(seed, optimize):
             np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_random_conv_stacks_match_eval_with_check_numerics(seed):
+    x, c, outs = random_stack(seed)
+    f = gc.function([x], outs, check_numerics=True)
+    xv = RNG.standard_normal((2, c, 14, 13)).astype(np.float32)
+    for got, w in zip(f(xv), [o.eval({x: xv}) for o in outs]):
+        np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-4)
+
+
 def plan_of(f, *feeds):
     f(*feeds)
     return f.last_plan
