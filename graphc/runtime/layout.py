@@ -30,6 +30,14 @@ def empty(shape, dtype, layout) -> np.ndarray:
     return np.empty((n, h, w, c), dtype).transpose(0, 3, 1, 2)
 
 
+def const(low, o: str, shape, value, dtype) -> str:
+    """A plan constant filled with value, in the layout of the buffer o it is combined with
+    (a full operand of another layout makes the ufunc iterate transposed: 2.4x slower)."""
+    arr = empty(shape, dtype, low.pool.layouts.get(o))
+    arr.fill(value)
+    return low.const(arr)
+
+
 def choose(low, kinds: dict) -> dict[int, str]:
     """id(node) -> LAST for the values stored channels-last: a 4-D buffer value, no output
     or update, made by a channels-last conv-family step (a max-pool of a convolution or of
