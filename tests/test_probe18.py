@@ -1,0 +1,46 @@
+"""probe18: bugs found by writing models graphc had not seen, each pinned by a test."""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+import graphc as gc
+
+
+def test_formulas_of_ops_without_a_form_keep_their_attributes():
+    # x[:, :3] - x[:, 3:] was the formula 0: an op known to formulas only by name became one
+    # sympy function whatever its attributes, so two different slices were equal
+    x = gc.placeholder((4, 6), dtype="float64", name="x")
+    v = gc.placeholder((6,), dtype="float64", name="v")
+    assert gc.formula(x[:, 0:3] - x[:, 3:6]) != 0
+    assert gc.formula(v[0:3] - v[3:6]) != 0
+    assert gc.formula(gc.pad(v, [(1, 0)]) - gc.pad(v, [(0, 1)])) != 0
+    assert "start=3" in gc.formula(x[:, 3:6]).__str__()
+
+
+def test_explain_of_lstm_gates_names_each_gate_apart():
+    # explain named i, f and o alike (sigmoid(slice(z1))) and shared them as one subexpression
+    h = gc.placeholder((2, 8), dtype="float64", name="h")
+    i, f = gc.sigmoid(h[:, 0:2]), gc.sigmoid(h[:, 2:4])
+    g, c = gc.tanh(h[:, 4:6]), h[:, 6:8]
+    text = gc.explain({"c": f * c + i * g})
+    assert "start=0" in text and "start=2" in text
+
+
+def test_matrix_formula_of_an_elementwise_op_keeps_its_attributes():
+    # a user's elementwise op with an attribute, on matrices, is one function per attribute
+    def infer(x, *, scale=1.0):
+        return x.shape, x.dtype, {"scale": float(scale)}
+
+    if "probe18_scaled" not in gc.ir.OPS:
+        gc.register_op(gc.OpDef("probe18_scaled", infer,
+                                kernel=lambda x, *, scale: scale * np.tanh(x),
+                                vjp=lambda g, out, x, *, scale:
+                                    (g * scale * (1 - gc.tanh(x) ** 2),),
+                                elementwise=True))
+    x = gc.placeholder((3, 2), dtype="float64", name="x")
+    a = gc.apply("probe18_scaled", x, scale=1.0)
+    b = gc.apply("probe18_scaled", x, scale=2.0)
+    expr = gc.formula(a - b)
+    assert expr != sp.ZeroMatrix(3, 2) and expr != 0
+    assert "scale=2.0" in gc.symbolic.text(expr)
