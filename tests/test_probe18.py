@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import sympy as sp
 
 import graphc as gc
@@ -44,3 +45,18 @@ def test_matrix_formula_of_an_elementwise_op_keeps_its_attributes():
     expr = gc.formula(a - b)
     assert expr != sp.ZeroMatrix(3, 2) and expr != 0
     assert "scale=2.0" in gc.symbolic.text(expr)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, None, True])
+def test_a_bad_batch_size_is_a_graphc_error_in_fit_evaluate_and_predict(batch_size):
+    # 0 was a ZeroDivisionError, a float a TypeError from range(), -3 a ValueError from
+    # np.concatenate after an epoch of no batches
+    from graphc import nn
+    x, y = np.zeros((4, 5), np.float32), np.zeros((4, 1), np.float32)
+    model = nn.Sequential([nn.Dense(1)], seed=0)
+    calls = [lambda: nn.fit(model, "mse", nn.SGD(), x, y, batch_size=batch_size, verbose=0),
+             lambda: nn.evaluate(model, "mse", x, y, batch_size=batch_size),
+             lambda: nn.predict(model, x, batch_size=batch_size)]
+    for call in calls:
+        with pytest.raises(gc.GraphcError, match="batch_size must be a positive int"):
+            call()

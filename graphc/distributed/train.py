@@ -44,6 +44,7 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
     need_dask()
     client = get_client(client)
     x, y, y_local = check_inputs(x, y)
+    batch_size = train.check_batch_size(batch_size, "fit")
     loss_fn = losses_mod.get(loss)
     graphs = build(model, loss_fn, optimizer, x, y, l1, l2)
     metric_fn = train.pick_metric(metric, graphs.pred_shape, y_local)

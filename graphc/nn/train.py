@@ -83,6 +83,14 @@ def count(x) -> int:
     return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
+def check_batch_size(batch_size, what: str) -> int:
+    """A positive int (0 divided the epoch into batches, a float failed inside range())."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise GraphcError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
 def batches(n: int, batch_size: int, order: np.ndarray | None = None):
     """Index arrays of consecutive batches; the last one may be smaller."""
     order = np.arange(n) if order is None else order
@@ -123,6 +131,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     progress bar and one line per epoch.
     """
     x, y = check_data(x, y, "fit")
+    batch_size = check_batch_size(batch_size, "fit")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     pred = model(*as_list(xp), training=True)
@@ -177,6 +186,7 @@ def evaluation_step(model, loss_fn, xp, yp):
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
     """Loss (and accuracy for classification) of the model in evaluation mode."""
     x, y = check_data(x, y, "evaluate")
+    batch_size = check_batch_size(batch_size, "evaluate")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     step = evaluation_step(model, loss_fn, xp, yp)
@@ -191,6 +201,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
     x = as_inputs(x, "predict")
+    batch_size = check_batch_size(batch_size, "predict")
     xp = as_list(input_placeholders(x))
     step = gc.function(xp, model(*xp, training=False))
     return np.concatenate([np.asarray(step(*rows(x, idx)))
