@@ -60,3 +60,16 @@ def test_a_bad_batch_size_is_a_graphc_error_in_fit_evaluate_and_predict(batch_si
     for call in calls:
         with pytest.raises(gc.GraphcError, match="batch_size must be a positive int"):
             call()
+
+
+def test_a_target_that_widens_the_prediction_is_refused_by_the_losses():
+    # (n, 1) probabilities against (n, 2) targets averaged each prediction against both
+    # targets, silently (PyTorch's BCELoss refuses a target of another size)
+    from graphc import nn
+    p = gc.placeholder((None, 1), dtype="float64", name="p")
+    y = gc.placeholder((None, 2), dtype="float64", name="y")
+    for loss in (nn.mse, nn.binary_cross_entropy):
+        with pytest.raises(gc.GraphcError, match=r"\(\?, 2\) would broadcast.*test_probe18"):
+            loss(gc.sigmoid(p), y)
+    same = gc.placeholder((None, 1), dtype="float64", name="same")
+    assert nn.mse(p, same).eval({p: np.ones((2, 1)), same: np.zeros((2, 1))}) == 1.0
