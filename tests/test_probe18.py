@@ -73,3 +73,18 @@ def test_a_target_that_widens_the_prediction_is_refused_by_the_losses():
             loss(gc.sigmoid(p), y)
     same = gc.placeholder((None, 1), dtype="float64", name="same")
     assert nn.mse(p, same).eval({p: np.ones((2, 1)), same: np.zeros((2, 1))}) == 1.0
+
+
+def test_an_empty_onnx_file_is_refused(tmp_path):
+    # protobuf parses 0 bytes as an empty ModelProto: load gave a model of no outputs,
+    # check said every op was supported and `graphc render empty.onnx` drew an empty picture
+    pytest.importorskip("onnx")
+    import graphc.onnx
+    from graphc import cli
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    for call in (graphc.onnx.load, graphc.onnx.check):
+        with pytest.raises(gc.GraphcError, match="empty.onnx.*no outputs"):
+            call(str(path))
+    assert cli.main(["render", str(path)]) == 1
+    assert not (tmp_path / "empty.svg").exists()
