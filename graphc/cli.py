@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except graphc.GraphcError as e:
         print(f"graphc {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:           # e.g. `graphc demo --out` a place that cannot be a folder
+        print(f"graphc {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,3 +88,23 @@ def test_an_empty_onnx_file_is_refused(tmp_path):
             call(str(path))
     assert cli.main(["render", str(path)]) == 1
     assert not (tmp_path / "empty.svg").exists()
+
+
+def test_pictures_and_pages_into_a_missing_folder_are_graphc_errors(tmp_path, capsys):
+    # gc.render / gc.inspect raised FileNotFoundError, and `graphc render -o` (and inspect,
+    # and `demo --out` a file) ended in a traceback
+    from graphc import cli
+    x = gc.placeholder((2,), dtype="float64", name="x")
+    for path in ("pic.svg", "pic.dot"):
+        with pytest.raises(gc.GraphcError, match=f"render: cannot write .*nowhere/{path}"):
+            gc.render(gc.sum(x * x), tmp_path / "nowhere" / path)
+    with pytest.raises(gc.GraphcError, match="inspect: cannot write .*nowhere/page.html"):
+        gc.inspect(gc.sum(x * x), tmp_path / "nowhere" / "page.html")
+    saved = gc.save(gc.sum(x * x), tmp_path / "g")
+    for command in ("render", "inspect"):
+        assert cli.main([command, saved, "-o", str(tmp_path / "nowhere" / "out")]) == 1
+        assert "cannot write" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert cli.main(["demo", "--epochs", "0", "--quiet", "--out",
+                     str(tmp_path / "afile" / "sub")]) == 1
+    assert "Not a directory" in capsys.readouterr().err
