@@ -108,3 +108,46 @@ def test_pictures_and_pages_into_a_missing_folder_are_graphc_errors(tmp_path, ca
     assert cli.main(["demo", "--epochs", "0", "--quiet", "--out",
                      str(tmp_path / "afile" / "sub")]) == 1
     assert "Not a directory" in capsys.readouterr().err
+
+
+def resumable_fit(epochs, initial_epoch=0, model=None, opt=None, make_opt=None):
+    from graphc import nn
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
+    model = model or nn.Sequential([nn.Dense(6, "tanh"), nn.BatchNorm(), nn.Dense(3)], seed=2)
+    opt = opt or make_opt()
+    history = nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=epochs, batch_size=8,
+                     verbose=0, initial_epoch=initial_epoch, seed=3)
+    return model, opt, history
+
+
+@pytest.mark.parametrize("make_opt", ["adam", "momentum", "rmsprop"])
+def test_fit_resumed_from_saved_model_and_optimizer_equals_one_fit(make_opt, tmp_path):
+    # a second fit threw the optimizer's state away (fresh Adam moments, step count and
+    # velocities at every call) and shuffled its first epoch as the first fit had, so
+    # training could not be stopped and resumed: the results differed by ~0.1
+    from graphc import nn
+    make = {"adam": lambda: nn.Adam(0.05), "momentum": lambda: nn.SGD(0.1, momentum=0.9),
+            "rmsprop": lambda: nn.RMSProp(0.01)}[make_opt]
+    whole, whole_opt, history = resumable_fit(3, make_opt=make)
+    # the same objects, one more fit
+    part, part_opt, first = resumable_fit(1, make_opt=make)
+    part, part_opt, rest = resumable_fit(3, 1, part, part_opt)
+    assert first["loss"] + rest["loss"] == pytest.approx(history["loss"], rel=1e-12)
+    for a, b in zip(whole.variables + whole_opt.variables, part.variables + part_opt.variables):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-14)
+    # saved, then loaded into new objects (another process would do the same)
+    part, part_opt, _ = resumable_fit(2, make_opt=make)
+    nn.save_params(part, tmp_path / "model.npz")
+    nn.save_params(part_opt, tmp_path / "optimizer.npz")
+    model = nn.Sequential([nn.Dense(6, "tanh"), nn.BatchNorm(), nn.Dense(3)], seed=99)
+    model(gc.placeholder((None, 4), dtype="float64"))
+    opt = make()
+    with pytest.raises(gc.GraphcError, match=r"optimizer.build\(model.params\)"):
+        nn.load_params(opt, tmp_path / "optimizer.npz")
+    opt.build(model.params)
+    nn.load_params(model, tmp_path / "model.npz")
+    nn.load_params(opt, tmp_path / "optimizer.npz")
+    model, opt, _ = resumable_fit(3, 2, model, opt)
+    for a, b in zip(whole.variables + whole_opt.variables, model.variables + opt.variables):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-14)

@@ -120,7 +120,8 @@ def check_data(x, y, what: str):
 
 def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
         validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
-        metric="auto", verbose: int = 1, out=None) -> dict[str, list[float]]:
+        metric="auto", verbose: int = 1, out=None,
+        initial_epoch: int = 0) -> dict[str, list[float]]:
     """Train `model` on (x, y); returns the history {'loss': [...], 'accuracy': [...], ...}.
 
     `loss` is a name ('softmax_cross_entropy', 'mse', 'binary_cross_entropy') or a function
@@ -128,7 +129,10 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     array, or a tuple of arrays for a model called on several inputs (`model(x0, x1)`). The
     model's state updates (BatchNorm's running statistics) run with each step. Batches
     are reshuffled each epoch with a generator seeded by `seed`. verbose: 0 silent, 1 a
-    progress bar and one line per epoch.
+    progress bar and one line per epoch. `initial_epoch` resumes (Keras's meaning): epochs
+    initial_epoch + 1 .. epochs run, with the batches they have in one uninterrupted fit, and
+    the optimizer continues from its state, so fit(epochs=2) equals fit(epochs=1) followed by
+    fit(epochs=2, initial_epoch=1) (also after save_params/load_params of model and optimizer).
     """
     x, y = check_data(x, y, "fit")
     batch_size = check_batch_size(batch_size, "fit")
@@ -149,15 +153,13 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
         validation_data = check_data(*validation_data, "fit validation_data")
 
     history: dict[str, list[float]] = {"loss": []}
-    rng = np.random.default_rng(seed)
     out = out or sys.stdout
     n_batches = -(-count(x) // batch_size)
-    for epoch in range(1, epochs + 1):
+    for epoch, order in epoch_orders(count(x), epochs, initial_epoch, seed):
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                        file=sys.stderr, dynamic_ncols=True, disable=None)   # None: tty only
-        order = rng.permutation(count(x))
         train_loss, outs = run_batches(train_step, x, y, batch_size, order, bar)
         if bar is not None:
             bar.close()
@@ -170,6 +172,19 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
             print(f"epoch {epoch}/{epochs}  " + "  ".join(
                 f"{k} {v[-1]:.4f}" for k, v in history.items()), file=out, flush=True)
     return history
+
+
+def epoch_orders(n: int, epochs: int, initial_epoch: int, seed: int):
+    """(epoch, order of the rows) from initial_epoch + 1 to epochs; the orders of the epochs
+    skipped are drawn too, so a resumed fit shuffles as the uninterrupted one did."""
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+            or initial_epoch < 0:
+        raise GraphcError(f"fit: initial_epoch must be an int >= 0, got {initial_epoch!r}")
+    rng = np.random.default_rng(seed)
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n)
+        if epoch > initial_epoch:
+            yield epoch, order
 
 
 def record(history, prefix, loss, metric_fn, outs, y):
