@@ -151,3 +151,18 @@ def test_fit_resumed_from_saved_model_and_optimizer_equals_one_fit(make_opt, tmp
     model, opt, _ = resumable_fit(3, 2, model, opt)
     for a, b in zip(whole.variables + whole_opt.variables, model.variables + opt.variables):
         np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make", [
+    lambda nn: nn.Dense(-1), lambda nn: nn.Dense(0), lambda nn: nn.Dense(2.5),
+    lambda nn: nn.Conv2D(2, 0), lambda nn: nn.Conv2D(0, 3), lambda nn: nn.Conv2D(2, (3, 1.5)),
+    lambda nn: nn.Embedding(0, 2), lambda nn: nn.Embedding(3, -2)])
+def test_layer_sizes_must_be_positive_ints(make):
+    # Dense(-1) was a NumPy ValueError, Conv2D(2, 0) a ZeroDivisionError in the initializer,
+    # Dense(2.5) made 2 units and Dense(0) / Embedding(0, 2) empty layers, silently
+    from graphc import nn
+    with pytest.raises(gc.GraphcError, match="must be a positive int"):
+        layer = make(nn)
+        layer(gc.placeholder((None, 1, 6, 6)) if isinstance(layer, nn.Conv2D)
+              else gc.placeholder((None, 5), dtype="int64" if isinstance(layer, nn.Embedding)
+                                  else "float32"))
