@@ -166,3 +166,22 @@ def test_layer_sizes_must_be_positive_ints(make):
         layer(gc.placeholder((None, 1, 6, 6)) if isinstance(layer, nn.Conv2D)
               else gc.placeholder((None, 5), dtype="int64" if isinstance(layer, nn.Embedding)
                                   else "float32"))
+
+
+def test_graphc_formula_names_the_variable_each_update_writes(tmp_path, capsys):
+    # the update values of a saved training step printed as out1, out2... without the
+    # variable each one is assigned to
+    from graphc import cli
+    x = gc.placeholder((None, 2), dtype="float64", name="x")
+    w = gc.variable(np.ones(2), name="w")
+    v = gc.variable(np.zeros(2), name="velocity")
+    loss = gc.sum((x * w) ** 2)
+    (gw,) = gc.grad(loss, [w])
+    saved = gc.save(gc.Graph([loss, loss * 2.0], [(v, 0.9 * v - 0.1 * gw), (w, w + v)]),
+                    tmp_path / "step")
+    assert cli.main(["formula", saved]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("new velocity = ") for line in lines)
+    assert any(line.startswith("new w = ") for line in lines)
+    assert any(line.startswith("out0 = ") for line in lines)
+    assert any(line.startswith("out1 = ") for line in lines)
