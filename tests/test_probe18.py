@@ -185,3 +185,38 @@ def test_graphc_formula_names_the_variable_each_update_writes(tmp_path, capsys):
     assert any(line.startswith("new w = ") for line in lines)
     assert any(line.startswith("out0 = ") for line in lines)
     assert any(line.startswith("out1 = ") for line in lines)
+
+
+def test_a_batchnorm_shared_by_two_inputs_updates_its_statistics_with_both():
+    # a shared encoder with BatchNorm (README's Siamese model) kept only the last call's
+    # state updates: the running statistics saw only the second input's batches, and the
+    # evaluation graph normalized the first input with the second's mean
+    from graphc import nn
+
+    class Siamese(nn.Model):
+        def __init__(self):
+            super().__init__(seed=0)
+            self.dense, self.norm = nn.Dense(3), nn.BatchNorm(momentum=0.25)
+
+        def forward(self, a, b, training):
+            return self.norm(self.dense(a)) - self.norm(self.dense(b))
+
+    rng = np.random.default_rng(0)
+    av, bv = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)) + 3.0
+    a = gc.placeholder((None, 4), dtype="float64", name="a")
+    b = gc.placeholder((None, 4), dtype="float64", name="b")
+    model = Siamese()
+    out = model(a, b)
+    assert len(model.state_updates) == 2           # one pair per statistic, chained
+    step = gc.function([a, b], out, updates=model.state_updates)
+    step(av, bv)
+    w, bias = model.dense.params[0].value, model.dense.params[1].value
+    mean, var = np.zeros(3), np.ones(3)
+    for x in (av, bv):                              # PyTorch's order: a's batch, then b's
+        h = x @ w + bias
+        mean = 0.75 * mean + 0.25 * h.mean(0)
+        var = 0.75 * var + 0.25 * h.var(0, ddof=1)
+    np.testing.assert_allclose(model.norm.running_mean.value, mean, rtol=1e-12)
+    np.testing.assert_allclose(model.norm.running_var.value, var, rtol=1e-12)
+    model(a, b)                                     # a new graph starts afresh: 2 pairs
+    assert len(model.state_updates) == 2
