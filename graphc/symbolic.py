@@ -29,7 +29,13 @@ def labelled(op: str, attrs: dict) -> str:
     difference would be 0)."""
     if not attrs:
         return op
-    return f"{op}[{', '.join(f'{k}={v!r}' for k, v in attrs.items())}]"
+    return f"{op}[{', '.join(f'{k}={short(v)}' for k, v in attrs.items())}]"
+
+
+def short(value, width: int = 48) -> str:
+    """An attribute as text, a long one (a loop body's op list) cut at `width`."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 2] + "…" + text[-1]
 
 
 class Elementwise(sp.MatrixExpr):

@@ -220,3 +220,18 @@ def test_a_batchnorm_shared_by_two_inputs_updates_its_statistics_with_both():
     np.testing.assert_allclose(model.norm.running_var.value, var, rtol=1e-12)
     model(a, b)                                     # a new graph starts afresh: 2 pairs
     assert len(model.state_updates) == 2
+
+
+def test_a_loop_in_a_formula_shows_its_body_in_short():
+    # with the attributes in op names, a loop's body (its op list) went into the name whole
+    x = gc.placeholder((None, 3), dtype="float64", name="x")
+    w = gc.variable(np.full(2, 0.5), name="w")
+
+    def step(h, xt):
+        for _ in range(20):
+            h = gc.tanh(h * w + gc.sum(xt))
+        return h, h
+
+    h, _ = gc.scan(step, gc.constant(np.zeros(2)), x)
+    text = gc.symbolic.text(gc.formula(gc.sum(h)))
+    assert "scan[body=<" in text and "…" in text and len(text) < 300
