@@ -32,9 +32,14 @@ def labelled(op: str, attrs: dict) -> str:
     return f"{op}[{', '.join(f'{k}={short(v)}' for k, v in attrs.items())}]"
 
 
+# sympy writes a function's name into MathML and LaTeX as it is: no markup characters in it
+PLAIN = str.maketrans({"<": "⟨", ">": "⟩", "&": "+", "{": "(", "}": ")", "%": "pct",
+                       "#": "no.", "$": "S", "\\": "/", "^": "**", "~": "-"})
+
+
 def short(value, width: int = 48) -> str:
-    """An attribute as text, a long one (a loop body's op list) cut at `width`."""
-    text = repr(value)
+    """An attribute as plain text, a long one (a loop body's op list) cut at `width`."""
+    text = repr(value).translate(PLAIN)
     return text if len(text) <= width else text[:width - 2] + "…" + text[-1]
 
 
