@@ -240,3 +240,16 @@ def test_a_loop_in_a_formula_shows_its_body_in_short():
     # and the name stays markup-free: the inspector's MathML of it parses
     from xml.dom import minidom
     minidom.parseString(sp.mathml(expr, printer="presentation"))
+
+
+def test_fit_and_evaluate_of_a_node_or_a_scalar_are_graphc_errors():
+    # a placeholder (or a number) as x or y failed with TypeError: len() of unsized object
+    from graphc import nn
+    model = nn.Sequential([nn.Dense(1)], seed=0)
+    p = gc.placeholder((None, 1), name="p")
+    x, y = np.zeros((4, 5), np.float32), np.zeros((4, 1), np.float32)
+    for bad_x, bad_y in ((x, p), (p, y), (x, 3.0), ((x, p), y)):
+        with pytest.raises(gc.GraphcError, match="must be an array of examples"):
+            nn.fit(model, "mse", nn.SGD(), bad_x, bad_y, verbose=0)
+        with pytest.raises(gc.GraphcError, match="must be an array of examples"):
+            nn.evaluate(model, "mse", bad_x, bad_y)

@@ -112,6 +112,11 @@ def run_batches(step, x, y, batch_size: int, order=None, bar=None):
 
 
 def check_data(x, y, what: str):
+    for name, a in (("x", x), ("y", y)):
+        for part in (a if isinstance(a, tuple) else (a,)):
+            if isinstance(part, gc.Node) or np.ndim(part) == 0:   # len() failed: TypeError
+                raise GraphcError(f"{what}: {name} must be an array of examples (or, for x, a "
+                                  f"tuple of them), got {part!r}")
     x, y = as_inputs(x, what), np.asarray(y)
     if count(x) != len(y) or count(x) == 0:
         raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
