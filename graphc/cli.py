@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except graphc.GraphcError as e:
         print(f"graphc {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:           # e.g. `graphc demo --out` a place that cannot be a folder
+        print(f"graphc {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,8 +107,24 @@ def run_inspect(args) -> int:
 
 
 def run_formula(args) -> int:
-    print(graphc.explain(loaded_nodes(args.file), latex=args.latex))
+    print(graphc.explain(formula_labels(args.file), latex=args.latex))
     return 0
+
+
+def formula_labels(path: str) -> dict:
+    """label -> node: the outputs by name (or out0...), each update as `new VAR` (a training
+    step's 27 updates were out1 ... out27, with no word of the variable each one writes)."""
+    obj = None if path.endswith(".onnx") else graphc.load(path)
+    if not isinstance(obj, graphc.Graph):
+        pairs = [(n.name or f"out{k}", n) for k, n in enumerate(loaded_nodes(path))]
+    else:
+        pairs = [(n.name or f"out{k}", n) for k, n in enumerate(obj.outputs)]
+        pairs += [(f"new {v.name or f'variable{k}'}", new)
+                  for k, (v, new) in enumerate(obj.updates)]
+    labels: dict = {}
+    for k, (label, node) in enumerate(pairs):
+        labels[label if label not in labels else f"{label} ({k})"] = node
+    return labels
 
 
 def run_demo(args) -> int:

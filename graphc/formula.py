@@ -16,7 +16,7 @@ import sympy as sp
 from graphc.ir import OPS, Graph, GraphcError, Node, toposort
 from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
-                             scalar_sym, sigmoid, tex, text)
+                             labelled, scalar_sym, sigmoid, tex, text)
 
 BATCH = sp.Symbol("n", integer=True, positive=True)     # a dim of unknown size (None)
 
@@ -100,8 +100,17 @@ def matrix_sym(n: Node, args: list):
     if OPS[op].elementwise and n.ndim <= 2:
         return elementwise_sym(n, args)
     r, c = dims(n.shape) or (1, 1)
-    out = Opaque(op, r, c, *args)
-    return sp.Function(op)(*args) if n.shape == () else out
+    label = labelled(op, row_wise(n))
+    return sp.Function(label)(*args) if n.shape == () else Opaque(label, r, c, *args)
+
+
+def row_wise(n: Node) -> dict:
+    """The attributes a formula shows: an axis that is the last of a matrix is left out, so
+    softmax(X) reads as the textbook's row-wise softmax (the other axis is said)."""
+    last = {-1, n.inputs[0].ndim - 1} if n.inputs else set()
+    return {k: v for k, v in n.attrs.items()
+            if not (k == "axis" and (v in last or (isinstance(v, tuple) and len(v) == 1
+                                                    and v[0] in last)))}
 
 
 def decomposed_sym(n: Node, args: list):
@@ -171,7 +180,7 @@ def elementwise_sym(n: Node, args: list):
         return sp.HadamardProduct(fit(mats[0], n.shape), sp.HadamardPower(mats[1], -1))
     if op == "pow" and not isinstance(mats[1], sp.MatrixExpr):
         return mats[0] if mats[1] == 1 else sp.HadamardPower(mats[0], mats[1])
-    return Elementwise(op, *[fit(m, n.shape) for m in mats])
+    return Elementwise(op, n.attrs, *[fit(m, n.shape) for m in mats])
 
 
 # building and tidying -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from graphc.ir import Graph, GraphcError, Node, format_node, format_shape
-from graphc.renderer import INSTALL_HINT, MissingRenderer
+from graphc.renderer import INSTALL_HINT, MissingRenderer, write_file
 from graphc.viz import (Drawer, Options, analyse, as_graph, home_scope, new_digraph, pipe,
                         with_gradients)
 
@@ -49,9 +49,7 @@ def inspect(obj, path: str | os.PathLike = "graph.html", title: str | None = Non
     data = page.build()
     data["title"] = title or "graphc inspector"
     data["seconds"] = round(time.perf_counter() - started, 2)
-    path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_html(data))
+    path = write_file(os.fspath(path), render_html(data).encode("utf-8"), "inspect")
     return PagePath(path)
 
 

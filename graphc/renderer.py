@@ -26,23 +26,28 @@ def write(dot, path) -> str:
     stem, suffix = os.path.splitext(path)
     fmt = suffix.lstrip(".").lower()
     if fmt in ("dot", "gv", ""):
-        with open(path or "graph.dot", "w", encoding="utf-8") as f:
-            f.write(dot.source)
-        return path
+        return write_file(path or "graph.dot", dot.source.encode("utf-8"))
     if fmt not in load_graphviz().FORMATS:
         raise GraphcError(f"render: cannot write {path!r}: unknown picture format {fmt!r} "
                           "(use .svg, .png, .pdf or .dot)")
     try:
         data = pipe(dot.source, fmt)
     except MissingRenderer as e:
-        src = stem + ".dot"
-        with open(src, "w", encoding="utf-8") as f:
-            f.write(dot.source)
+        src = write_file(stem + ".dot", dot.source.encode("utf-8"))
         warnings.warn(f"graphc.render: {e}, so DOT source is written instead of pictures; "
                       f"{INSTALL_HINT}", stacklevel=3)
         return src
-    with open(path, "wb") as f:
-        f.write(data)
+    return write_file(path, data)
+
+
+def write_file(path: str, data: bytes, what: str = "render") -> str:
+    """Write a picture or page; a missing folder or a read-only place is a GraphcError that
+    names the path (it was a FileNotFoundError traceback out of `graphc render -o`)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise GraphcError(f"{what}: cannot write {path!r}: {e.strerror or e}") from None
     return path
 
 

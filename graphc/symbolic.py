@@ -3,6 +3,8 @@ broadcasting, row/column sums, ops with no matrix form, and a readable text prin
 """
 from __future__ import annotations
 
+import json
+
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.latex import LatexPrinter
@@ -21,25 +23,56 @@ def as_symbol(name) -> sp.Symbol:
     return sp.Symbol(name) if isinstance(name, str) else name   # doit() passes the Symbol
 
 
-class Elementwise(sp.MatrixExpr):
-    """A function applied to every entry of equally shaped matrices: f∘(A, B)."""
+def labelled(op: str, attrs: dict) -> str:
+    """An op's name with its attributes, `slice[axis=1, start=0, stop=3]`: an op known to
+    formulas only by name must not make x[:, :3] and x[:, 3:] one function (their
+    difference would be 0)."""
+    if not attrs:
+        return op
+    return f"{op}[{', '.join(f'{k}={short(v)}' for k, v in attrs.items())}]"
 
-    def __new__(cls, name: str, *args):
-        return sp.Basic.__new__(cls, as_symbol(name), *args)
+
+# sympy writes a function's name into MathML and LaTeX as it is: no markup characters in it
+PLAIN = str.maketrans({"<": "⟨", ">": "⟩", "&": "+", "{": "(", "}": ")", "%": "pct",
+                       "#": "no.", "$": "S", "\\": "/", "^": "**", "~": "-"})
+
+
+def short(value, width: int = 48) -> str:
+    """An attribute as plain text, a long one (a loop body's op list) cut at `width`."""
+    text = repr(value).translate(PLAIN)
+    return text if len(text) <= width else text[:width - 2] + "…" + text[-1]
+
+
+class Elementwise(sp.MatrixExpr):
+    """A function applied to every entry of equally shaped matrices: f∘(A, B). The op's
+    attributes ride along (as JSON in a symbol), so f's entries and name keep them."""
+
+    def __new__(cls, name: str, attrs, *args):
+        if isinstance(attrs, dict):
+            attrs = json.dumps(attrs, sort_keys=True)
+        return sp.Basic.__new__(cls, as_symbol(name), as_symbol(attrs), *args)
 
     @property
     def shape(self):
-        return next(a.shape for a in self.args[1:] if isinstance(a, sp.MatrixExpr))
+        return next(a.shape for a in self.args[2:] if isinstance(a, sp.MatrixExpr))
+
+    @property
+    def attrs(self) -> dict:
+        return json.loads(str(self.args[1]))
+
+    @property
+    def label(self) -> str:
+        return labelled(str(self.args[0]), self.attrs)
 
     def _entry(self, i, j, **kwargs):
-        entries = [a._entry(i, j) if isinstance(a, sp.MatrixExpr) else a for a in self.args[1:]]
-        return scalar_sym(str(self.args[0]), entries, {})
+        entries = [a._entry(i, j) if isinstance(a, sp.MatrixExpr) else a for a in self.args[2:]]
+        return scalar_sym(str(self.args[0]), entries, self.attrs)
 
     def _sympystr(self, printer):
-        args = [printer._print(a) for a in self.args[1:]]
+        args = [printer._print(a) for a in self.args[2:]]
         if str(self.args[0]) in INFIX:
             return f"{args[0]} {INFIX[str(self.args[0])]} {args[1]}"
-        return f"{self.args[0]}({', '.join(args)})"
+        return f"{self.label}({', '.join(args)})"
 
     def _mathml_presentation(self, printer):
         name = str(self.args[0])
@@ -47,18 +80,18 @@ class Elementwise(sp.MatrixExpr):
             row = printer.dom.createElement("mrow")
             mo = printer.dom.createElement("mo")
             mo.appendChild(printer.dom.createTextNode(INFIX[name]))
-            for part in (printer._print(self.args[1]), mo, printer._print(self.args[2])):
+            for part in (printer._print(self.args[2]), mo, printer._print(self.args[3])):
                 row.appendChild(part)
             return row
-        return mathml_call(printer, "σ" if name == "sigmoid" else name, self.args[1:])
+        return mathml_call(printer, "σ" if name == "sigmoid" else self.label, self.args[2:])
 
     def _latex(self, printer):
         if str(self.args[0]) in INFIX:
-            a, b = [printer._print(a) for a in self.args[1:]]
+            a, b = [printer._print(a) for a in self.args[2:]]
             return r"\left[%s %s %s\right]" % (a, TEX_INFIX[str(self.args[0])], b)
         name = r"\sigma" if str(self.args[0]) == "sigmoid" else \
-            r"\operatorname{%s}" % str(self.args[0]).replace("_", r"\_")
-        return r"%s\left(%s\right)" % (name, ", ".join(printer._print(a) for a in self.args[1:]))
+            r"\operatorname{%s}" % self.label.replace("_", r"\_")
+        return r"%s\left(%s\right)" % (name, ", ".join(printer._print(a) for a in self.args[2:]))
 
 
 class Opaque(sp.MatrixExpr):
@@ -146,7 +179,7 @@ def scalar_sym(op: str, args: list, attrs: dict):
             out = opdef.sym(*args, **attrs)
         except TypeError:
             out = None
-    return out if out is not None else sp.Function(op)(*args)
+    return out if out is not None else sp.Function(labelled(op, attrs))(*args)
 
 
 def is_scalar_broadcast(e) -> bool:

@@ -30,7 +30,7 @@ class WorkerLost(Exception):
 def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_size: int = 32,
         validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
         metric="auto", verbose: int = 1, out=None, workers=None, timeout: float = 300.0,
-        retries: int = 3) -> dict[str, list[float]]:
+        retries: int = 3, initial_epoch: int = 0) -> dict[str, list[float]]:
     """nn.fit on the workers of a Dask client; the same arguments, batches and history.
 
     x (an array, or a tuple of arrays for a model with several inputs) and y may be NumPy or
@@ -44,6 +44,7 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
     need_dask()
     client = get_client(client)
     x, y, y_local = check_inputs(x, y)
+    batch_size = train.check_batch_size(batch_size, "fit")
     loss_fn = losses_mod.get(loss)
     graphs = build(model, loss_fn, optimizer, x, y, l1, l2)
     metric_fn = train.pick_metric(metric, graphs.pred_shape, y_local)
@@ -63,8 +64,9 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
         shards = Shards(client, arrays, live_workers(client, allowed))
         trainer = Trainer(client, name, graphs, shards, allowed, timeout, retries,
                           out if verbose else None)
-        history = train_epochs(trainer, graphs.eval_step, metric_fn, y_local, epochs,
-                               batch_size, validation_data, seed, verbose, out)
+        history = train_epochs(trainer, graphs.eval_step, metric_fn, y_local,
+                               (initial_epoch, epochs), batch_size, validation_data, seed,
+                               verbose, out)
         trainer.check_replicas()
         return history
     finally:
@@ -144,18 +146,18 @@ def check_inputs(x, y):
 
 def train_epochs(trainer, eval_step, metric_fn, y, epochs, batch_size, validation_data, seed,
                  verbose, out):
-    """nn.fit's epoch loop, with the trainer's step for the compiled training step."""
+    """nn.fit's epoch loop, with the trainer's step for the compiled training step;
+    epochs: (initial_epoch, last epoch)."""
     history: dict[str, list[float]] = {"loss": []}
-    rng = np.random.default_rng(seed)
     n = len(y)
     rows = np.arange(n)     # run_batches indexes its "x" with the batch: here the rows
-    for epoch in range(1, epochs + 1):
+    initial_epoch, epochs = epochs
+    for epoch, order in train.epoch_orders(n, epochs, initial_epoch, seed):
         trainer.take_in_new_workers()
         bar = None
         if verbose and train.tqdm is not None:
             bar = train.tqdm(total=-(-n // batch_size), desc=f"epoch {epoch}/{epochs}",
                              leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
-        order = rng.permutation(n)
         train_loss, outs = train.run_batches(lambda idx, _: trainer.step(idx), rows, rows,
                                              batch_size, order, bar)
         if bar is not None:

@@ -16,12 +16,20 @@ from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importabl
     ACTIVATIONS, Layer, Model, Sequential, activation_fn)
 
 
+def size(v, what: str) -> int:
+    """A positive int: Dense(-1) failed in NumPy, Conv2D(2, 0) divided by zero in its
+    initializer and Dense(2.5) quietly made 2 units."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise GraphcError(f"{what} must be a positive int, got {v!r}")
+    return int(v)
+
+
 def pair(v, what: str) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if len(v) != 2:
+        return size(v, what), size(v, what)
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise GraphcError(f"{what} must be an int or a pair, got {v!r}")
-    return int(v[0]), int(v[1])
+    return size(v[0], what), size(v[1], what)
 
 
 def float_dtype(x: Node) -> np.dtype:
@@ -46,7 +54,7 @@ class Dense(Layer):
                  kernel_init="glorot", bias_init="zeros", name: str | None = None,
                  seed: int | None = None):
         super().__init__(name, seed)
-        self.units, self.use_bias = int(units), use_bias
+        self.units, self.use_bias = size(units, "Dense: units"), use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
 
@@ -77,7 +85,8 @@ class Conv2D(Layer):
                  use_bias: bool = True, kernel_init="he", bias_init="zeros",
                  name: str | None = None, seed: int | None = None):
         super().__init__(name, seed)
-        self.filters, self.kernel_size = int(filters), pair(kernel_size, "kernel_size")
+        self.filters = size(filters, "Conv2D: filters")
+        self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
         self.stride, self.padding, self.use_bias = stride, padding, use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
@@ -166,7 +175,8 @@ class Embedding(Layer):
     def __init__(self, vocab: int, dim: int, init=None, dtype="float32",
                  name: str | None = None, seed: int | None = None):
         super().__init__(name, seed)
-        self.vocab, self.dim, self.dtype = int(vocab), int(dim), dtype
+        self.vocab, self.dim = size(vocab, "Embedding: vocab"), size(dim, "Embedding: dim")
+        self.dtype = dtype
         self.init = init or standard_normal
 
     def build(self, ids):

@@ -8,11 +8,19 @@ from graphc.ir import GraphcError, Node, format_shape
 
 
 def check_ranks(what: str, pred: Node, target) -> None:
-    """(n, 1) against (n,) would broadcast to (n, n): a silent classic, so refuse it."""
-    if isinstance(target, Node) and target.ndim != pred.ndim:
+    """(n, 1) against (n,) would broadcast to (n, n): a silent classic, so refuse it; so is a
+    target that widens the prediction ((n, 1) against (n, 2): the loss of each prediction
+    against both targets, averaged)."""
+    if not isinstance(target, Node):
+        return
+    if target.ndim != pred.ndim:
         raise GraphcError(f"{what}: prediction {format_shape(pred.shape)} and target "
                           f"{format_shape(target.shape)} have different ranks; reshape the "
                           f"target (e.g. y.reshape(-1, 1)) (built at {pred.where})")
+    if any(p == 1 and isinstance(t, int) and t > 1 for p, t in zip(pred.shape, target.shape)):
+        raise GraphcError(f"{what}: the target {format_shape(target.shape)} would broadcast "
+                          f"the prediction {format_shape(pred.shape)} to a larger shape; they "
+                          f"should have the same shape (built at {pred.where})")
 
 
 def mse(pred: Node, target) -> Node:

@@ -23,6 +23,9 @@ from graphc.nn import init as initializers
 # explicit `training=` takes its caller's mode, so an evaluation graph never silently uses
 # batch statistics or dropout because a `training=` was forgotten somewhere inside.
 _training = contextvars.ContextVar("graphc_training", default=True)
+# the outermost layer call in progress: a layer called twice inside it (shared by two inputs)
+# keeps the state updates of both calls, in order; a later outer call starts afresh
+_outer_call = contextvars.ContextVar("graphc_outer_call", default=None)
 
 
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
@@ -77,6 +80,7 @@ class Layer:
         self.own_kernels: list[Node] = []          # the weights regularization applies to
         self.own_state: list[Node] = []            # non-trained variables (running stats)
         self.own_state_updates: list[tuple[Node, Node]] = []
+        self.state_call = None          # the outer call that recorded own_state_updates
         self.built = False
         self.output_shape = None
 
@@ -98,17 +102,22 @@ class Layer:
         if self.path is None:
             self.place(())
         token = _training.set(bool(training))
+        outer = _outer_call.get()
+        outer_token = _outer_call.set(object()) if outer is None else None
         try:
             with self.scope():
                 if not self.built:
                     self.build(*inputs)
                     self.built = True
                 self.place_children()         # including layers that build() created
-                if training:
+                if training and self.state_call is not _outer_call.get():
                     self.own_state_updates = []
+                    self.state_call = _outer_call.get()
                 out = self.forward(*inputs, training=bool(training))
         finally:
             _training.reset(token)
+            if outer_token is not None:
+                _outer_call.reset(outer_token)
         self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
         return out
 
@@ -174,9 +183,20 @@ class Layer:
         return var
 
     def update_state(self, var: Node, new: Node) -> None:
-        """Record (var, new) for this training call; `fit` applies it with the step."""
-        self.own_state_updates.append((var, new if new.dtype == var.dtype
-                                       else gc.cast(new, var.dtype)))
+        """Record (var, new) for this training call; `fit` applies it with the step. `new`
+        is computed from `pending(var)`, so a second call replaces the first's pair."""
+        new = new if new.dtype == var.dtype else gc.cast(new, var.dtype)
+        self.own_state_updates = [(v, n) for v, n in self.own_state_updates
+                                  if v is not var] + [(var, new)]
+
+    def pending(self, var: Node) -> Node:
+        """var's value after the state updates of this outer call so far: a layer shared by
+        two inputs (a Siamese encoder) updates its running statistics with both, in order,
+        as PyTorch does; only the last call's batch counted before."""
+        for v, new in reversed(self.own_state_updates):
+            if v is var:
+                return new
+        return var
 
     def walk(self) -> Iterator[Layer]:
         """This layer and every layer inside it, each once, parents first."""

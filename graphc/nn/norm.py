@@ -130,7 +130,7 @@ class BatchNorm(Layer):
             n = gc.size(x, axis=self.reduced, dtype=var.dtype)
             unbiased = var * (n / gc.maximum(n - 1.0, 1.0))
         with gc.name_scope("running"):
-            self.update_state(self.running_mean, (1.0 - m) * self.running_mean
+            self.update_state(self.running_mean, (1.0 - m) * self.pending(self.running_mean)
                               + m * gc.reshape(mean, (-1,)))
-            self.update_state(self.running_var, (1.0 - m) * self.running_var
+            self.update_state(self.running_var, (1.0 - m) * self.pending(self.running_var)
                               + m * gc.reshape(unbiased, (-1,)))

@@ -4,6 +4,9 @@ The gradients come from gc.grad and the optimizer's state (velocities, moments, 
 count) lives in variables updated by the same pairs, so one compiled call
 `gc.function(inputs, loss, updates=opt.updates(loss, params))` is a whole training step.
 `lr` may be a float or a scalar node (e.g. a variable you change between epochs).
+The state belongs to the optimizer and its parameters, as in PyTorch and Keras: another call
+of `updates` (a second `fit`) over the same parameters continues from it, so training that is
+stopped, saved (`save_params(optimizer)`) and resumed computes what it would have computed.
 
 Parameters in float16 keep their state (moments, velocities, the step count) in float32 and
 get their update computed in float32, then rounded to float16: Adam's eps = 1e-8 and a squared
@@ -27,19 +30,36 @@ class Optimizer:
 
     def __init__(self, lr):
         self.lr = lr
-        self.variables: list[Node] = []     # the state, created by `updates`
+        self.variables: list[Node] = []     # the state of the last `updates` call
+        self.slots: dict[tuple[int, str], tuple[Node, Node]] = {}   # (id(p), what) -> (p, var)
 
     def updates(self, loss: Node, params: Sequence[Node]) -> Updates:
-        """Update pairs for one training step on `loss` (fresh state on every call)."""
+        """Update pairs for one training step on `loss`; a parameter seen by an earlier call
+        keeps its state (velocities, moments, Adam's step count) from it."""
+        params = self.checked(params, "updates")
+        grads = gc.grad(loss, params)
+        return self.pairs(params, grads)
+
+    def build(self, params: Sequence[Node]) -> list[Node]:
+        """The state variables of `params`, made now (no loss needed), so that
+        `load_params(optimizer, path)` can fill them before a resumed `fit` uses them."""
+        params = self.checked(params, "build")
+        self.pairs(params, [gc.zeros_like(p) for p in params])
+        return self.variables
+
+    def checked(self, params, what: str) -> list[Node]:
         params = list(params)
         if not params:
-            raise GraphcError(f"{type(self).__name__}.updates: no parameters to train "
+            raise GraphcError(f"{type(self).__name__}.{what}: no parameters to train "
                               "(call the model on an input first)")
         for p in params:
             if not isinstance(p, Node) or p.op != "variable":
-                raise GraphcError(f"{type(self).__name__}.updates: parameters must be "
+                raise GraphcError(f"{type(self).__name__}.{what}: parameters must be "
                                   f"variables, got {p!r}")
-        grads = gc.grad(loss, params)
+        return params
+
+    def pairs(self, params: list[Node], grads: list[Node]) -> Updates:
+        """Every parameter's update pairs from its gradient; self.variables: their state."""
         self.variables = []
         with gc.name_scope(self.kind):
             pairs = self.start(params)
@@ -61,9 +81,15 @@ class Optimizer:
         raise NotImplementedError
 
     def slot(self, p: Node, what: str) -> Node:
-        """A state variable shaped like p, starting at zero."""
-        var = gc.variable(np.zeros(p.shape, state_dtype(p.dtype)),
-                          name=f"{p.name or 'param'}/{what}")
+        """A state variable shaped like p, starting at zero (p's own from an earlier call:
+        a fresh one would restart momentum and Adam's moments at every `fit`)."""
+        held = self.slots.get((id(p), what))
+        if held is not None and held[0] is p:
+            var = held[1]
+        else:
+            var = gc.variable(np.zeros(p.shape, state_dtype(p.dtype)),
+                              name=f"{p.name or 'param'}/{what}")
+            self.slots[(id(p), what)] = (p, var)     # p held: its id is not reused
         self.variables.append(var)
         return var
 
@@ -113,7 +139,8 @@ class Adam(Optimizer):
 
     def start(self, params):
         dtype = np.result_type(*[state_dtype(p.dtype) for p in params])
-        self.t = gc.variable(np.zeros((), dtype), name="adam/t")
+        if getattr(self, "t", None) is None or self.t.dtype != dtype:
+            self.t = gc.variable(np.zeros((), dtype), name="adam/t")
         self.variables.append(self.t)
         self.t_new = self.t + 1.0
         self.correction1 = 1.0 - self.beta1 ** self.t_new

@@ -47,7 +47,8 @@ def load_params(params, path: str | os.PathLike) -> None:
     params = variables_of(params)
     if not params:
         raise GraphcError("load_params: the model has no variables yet; layers create them "
-                          "on their first call, so call the model on an input (model(x)) first")
+                          "on their first call, so call the model on an input (model(x)) first "
+                          "(an optimizer: optimizer.build(model.params))")
     path = os.fspath(path)
     try:
         with open_regular(path, "parameter file", sys.maxsize) as f, open_npz(f, path) as z:

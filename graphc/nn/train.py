@@ -83,6 +83,14 @@ def count(x) -> int:
     return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
+def check_batch_size(batch_size, what: str) -> int:
+    """A positive int (0 divided the epoch into batches, a float failed inside range())."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise GraphcError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
 def batches(n: int, batch_size: int, order: np.ndarray | None = None):
     """Index arrays of consecutive batches; the last one may be smaller."""
     order = np.arange(n) if order is None else order
@@ -104,6 +112,11 @@ def run_batches(step, x, y, batch_size: int, order=None, bar=None):
 
 
 def check_data(x, y, what: str):
+    for name, a in (("x", x), ("y", y)):
+        for part in (a if isinstance(a, tuple) else (a,)):
+            if isinstance(part, gc.Node) or np.ndim(part) == 0:   # len() failed: TypeError
+                raise GraphcError(f"{what}: {name} must be an array of examples (or, for x, a "
+                                  f"tuple of them), got {part!r}")
     x, y = as_inputs(x, what), np.asarray(y)
     if count(x) != len(y) or count(x) == 0:
         raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
@@ -112,7 +125,8 @@ def check_data(x, y, what: str):
 
 def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
         validation_data=None, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
-        metric="auto", verbose: int = 1, out=None) -> dict[str, list[float]]:
+        metric="auto", verbose: int = 1, out=None,
+        initial_epoch: int = 0) -> dict[str, list[float]]:
     """Train `model` on (x, y); returns the history {'loss': [...], 'accuracy': [...], ...}.
 
     `loss` is a name ('softmax_cross_entropy', 'mse', 'binary_cross_entropy') or a function
@@ -120,9 +134,13 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     array, or a tuple of arrays for a model called on several inputs (`model(x0, x1)`). The
     model's state updates (BatchNorm's running statistics) run with each step. Batches
     are reshuffled each epoch with a generator seeded by `seed`. verbose: 0 silent, 1 a
-    progress bar and one line per epoch.
+    progress bar and one line per epoch. `initial_epoch` resumes (Keras's meaning): epochs
+    initial_epoch + 1 .. epochs run, with the batches they have in one uninterrupted fit, and
+    the optimizer continues from its state, so fit(epochs=2) equals fit(epochs=1) followed by
+    fit(epochs=2, initial_epoch=1) (also after save_params/load_params of model and optimizer).
     """
     x, y = check_data(x, y, "fit")
+    batch_size = check_batch_size(batch_size, "fit")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     pred = model(*as_list(xp), training=True)
@@ -140,15 +158,13 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
         validation_data = check_data(*validation_data, "fit validation_data")
 
     history: dict[str, list[float]] = {"loss": []}
-    rng = np.random.default_rng(seed)
     out = out or sys.stdout
     n_batches = -(-count(x) // batch_size)
-    for epoch in range(1, epochs + 1):
+    for epoch, order in epoch_orders(count(x), epochs, initial_epoch, seed):
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                        file=sys.stderr, dynamic_ncols=True, disable=None)   # None: tty only
-        order = rng.permutation(count(x))
         train_loss, outs = run_batches(train_step, x, y, batch_size, order, bar)
         if bar is not None:
             bar.close()
@@ -161,6 +177,19 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
             print(f"epoch {epoch}/{epochs}  " + "  ".join(
                 f"{k} {v[-1]:.4f}" for k, v in history.items()), file=out, flush=True)
     return history
+
+
+def epoch_orders(n: int, epochs: int, initial_epoch: int, seed: int):
+    """(epoch, order of the rows) from initial_epoch + 1 to epochs; the orders of the epochs
+    skipped are drawn too, so a resumed fit shuffles as the uninterrupted one did."""
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+            or initial_epoch < 0:
+        raise GraphcError(f"fit: initial_epoch must be an int >= 0, got {initial_epoch!r}")
+    rng = np.random.default_rng(seed)
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n)
+        if epoch > initial_epoch:
+            yield epoch, order
 
 
 def record(history, prefix, loss, metric_fn, outs, y):
@@ -177,6 +206,7 @@ def evaluation_step(model, loss_fn, xp, yp):
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
     """Loss (and accuracy for classification) of the model in evaluation mode."""
     x, y = check_data(x, y, "evaluate")
+    batch_size = check_batch_size(batch_size, "evaluate")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     step = evaluation_step(model, loss_fn, xp, yp)
@@ -191,6 +221,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
     x = as_inputs(x, "predict")
+    batch_size = check_batch_size(batch_size, "predict")
     xp = as_list(input_placeholders(x))
     step = gc.function(xp, model(*xp, training=False))
     return np.concatenate([np.asarray(step(*rows(x, idx)))

@@ -37,14 +37,19 @@ class OnnxModel:
 def read_model(model):
     """A ModelProto from a path or a ModelProto, with model-local functions inlined."""
     import onnx
+    what = "the model"
     if isinstance(model, (str, os.PathLike)):
+        what = repr(os.fspath(model))
         try:
             model = onnx.load(os.fspath(model))
         except Exception as e:   # a damaged file: protobuf's own error, said plainly
-            raise GraphcError(f"cannot read ONNX model {os.fspath(model)!r}: {e}") from None
+            raise GraphcError(f"cannot read ONNX model {what}: {e}") from None
     if not isinstance(model, onnx.ModelProto):
         raise GraphcError(f"graphc.onnx.load needs a path or an onnx.ModelProto, got "
                           f"{type(model).__name__}")
+    if not model.graph.output:   # an empty file parses as an empty ModelProto
+        raise GraphcError(f"cannot read ONNX model {what}: its graph has no outputs (an "
+                          f"empty file, or not an ONNX model)")
     if model.functions:
         from onnx import inliner
         model = inliner.inline_local_functions(model)
