@@ -65,3 +65,41 @@ def test_channels_last_convolution_and_gradients_match_eval(stride, padding):
     for _ in range(2):                         # the second call reuses the workspaces
         for got, node in zip(f(xv), [y, gx, gw]):
             np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,stride,padding,size", [
+    ("distinct", 1, 1, 2), ("ties", 1, 1, 2), ("distinct", 2, 0, 2), ("ties", (1, 2), (2, 0), 2),
+    ("distinct", 1, 1, 3), ("ties", 1, 0, (1, 3))])
+def test_pooled_narrow_convolution_runs_channels_last_in_its_own_buffer(kind, stride, padding,
+                                                                        size):
+    # a max-pooled convolution of a 2-channel input: channels-last (its NCHW result unread,
+    # the channels-last one in that buffer), the pool gradient written over it in place
+    x = gc.placeholder((None, 2, 9, 8), "float32", name="x")
+    wv = RNG.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    w = gc.variable(np.round(wv) if kind == "ties" else wv, name="w")   # ties: integer maps
+    b = gc.variable(RNG.standard_normal((1, 6, 1, 1)).astype(np.float32), name="b")
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, stride, padding) + b), size)
+    loss = gc.sum(gc.tanh(p))
+    gx, gw, gb = gc.grad(loss, [x, w, b])
+    f = gc.function([x], [p, gx, gw, gb])
+    assert "last=True, nchw=False" in f.source
+    xv = pool_case(kind, (3, 2, 9, 8))
+    for _ in range(2):                         # the second call reuses the workspaces
+        for got, node in zip(f(xv), [p, gx, gw, gb]):
+            np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images):
+    # chunks of 1 or 2 of 3 images (the last one shorter) at stride 1, of 2 or 3 at stride 2
+    x = gc.placeholder((None, 9, 7, 6), "float32", name="x")
+    w = gc.variable(RNG.standard_normal((4, 9, 3, 2)).astype(np.float32), name="w")
+    xv = RNG.standard_normal((3, 9, 7, 6)).astype(np.float32)
+    per_image = 3 * 2 * 5 * 5 * 9 * 4          # kh*kw*Ho*Wo*C float32s at stride 1
+    monkeypatch.setattr(conv, "CHUNK_BYTES", images * per_image)
+    for stride in (1, 2):
+        y = gc.conv2d(x, w, stride=stride)
+        (gx,) = gc.grad(gc.sum(gc.tanh(y)), [x])
+        f = gc.function([x], gx)
+        for _ in range(2):
+            np.testing.assert_allclose(f(xv), gx.eval({x: xv}), rtol=1e-4, atol=1e-5)

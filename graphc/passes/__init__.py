@@ -41,7 +41,8 @@ from graphc.passes.scalars import push_scalar_factors
 Pass = Callable[[Graph], Graph]
 
 DEFAULT_PIPELINE: list[Pass] = [eliminate_dead_code, unroll_loops, stabilize, simplify,
-                                push_scalar_factors, fuse_dense, fuse_elementwise, eliminate_dead_code, prune_loops]
+                                push_scalar_factors, fuse_dense, fuse_elementwise,
+                                eliminate_dead_code, prune_loops]
 
 __all__ = ["optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
            "same_shape", "fold_constants", "eliminate_common_subexpressions",

@@ -2,12 +2,14 @@
 lower together, sharing per-plan state (workspaces, channels-last "shadows", pool pairs).
 
 Each step gets its workspace; the weight gradient reuses the columns of the forward
-convolution of the same input and weight. A channels-last convolution (wide input) keeps that
-copy of its result (a "shadow"), so a max-pool of it, the pool's gradient and the convolution
-gradients after that run along contiguous channel rows; each registers the shadow of its own
-result for the next. (Forcing narrow convolutions channels-last to get a shadow costs more in
-transposes than it saves.) A max-pool gradient reads its forward pool's result instead of
-pooling again.
+convolution of the same input and weight. A channels-last convolution (wide input, or a narrow
+one whose every reader is a max-pool or its gradient) keeps that copy of its result (a
+"shadow"), so a max-pool of it, the pool's gradient and the convolution gradients after that
+run along contiguous channel rows; each registers the shadow of its own result for the next.
+When every reader of a result reads its shadow, the NCHW result is not written and the shadow
+lives in that buffer (`nchw=False`). (Forcing other narrow convolutions channels-last costs
+more in transposes than it saves.) A max-pool gradient reads its forward pool's result instead
+of pooling again.
 """
 from __future__ import annotations
 
@@ -52,12 +54,13 @@ class ConvStack:
             self.nhwc[id(n)] = f'{ws}["nhwc"]'
             return f"xp.max_pool2d({args}, shadow={x})"
         if n.op == "conv2d":
-            last = conv.wide(low.shapes[id(n.inputs[0])][0])
+            only = self.only_shadow_readers(low, n)
+            last = conv.wide(low.shapes[id(n.inputs[0])][0]) or only and self.pooled(low, n)
             self.ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
             self.last[ws] = last
             if last:
                 self.nhwc[id(n)] = f'{ws}["nhwc"]'
-            skip = ", nchw=False" if last and self.only_shadow_readers(low, n) else ""
+            skip = ", nchw=False" if last and only else ""
             return f"xp.conv2d({args}, last={last}{skip})"
         if n.op == "conv2d_grad_weight":
             x, g, w = n.inputs
@@ -94,6 +97,11 @@ class ConvStack:
             return False
         readers = [m for m in g.nodes if any(x is n for x in m.inputs)]
         return bool(readers) and all(self.reads_shadow(low, m, n) for m in readers)
+
+    def pooled(self, low, n) -> bool:
+        """n is max-pooled: a narrow convolution then runs channels-last too, since pooling
+        and its gradient along contiguous channel rows save more than its im2col costs."""
+        return any(m.op == "max_pool2d" and m.inputs[0] is n for m in low.graph.nodes)
 
     def reads_shadow(self, low, m, n) -> bool:
         if low.kinds_of.get(id(m)) != "buffer":
