@@ -144,6 +144,8 @@ def test_cnn_step(tmp_path):
     data = batches(rng, 4, (6, 1, 10, 10), classes=4)
     check_export(f, data[:1], data[1:], tmp_path, params, rtol=1e-5)
     assert "def conv2d(" in (tmp_path / "export" / "step.py").read_text()
+    # the channels-last buffers keep their layout (runtime/layout.py)
+    assert ".transpose(0, 3, 1, 2)" in (tmp_path / "export" / "step.py").read_text()
 
 
 def test_logistic_regression(tmp_path):

@@ -30,6 +30,13 @@ def fill_cols(x, ws, kh, kw, stride, padding):
     return cols.reshape(n, c * kh * kw, ho * wo)
 
 
+def nhwc(a):
+    """a's channels-last form when a (NCHW) is stored so (runtime/layout.py): a view, else
+    None."""
+    t = a.transpose(0, 2, 3, 1)
+    return t if t.flags.c_contiguous else None
+
+
 def channels_last(x) -> bool:
     """Wide inputs take the channels-last path (long contiguous rows in im2col)."""
     return wide(x.shape)
@@ -73,12 +80,15 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
                 np.copyto(ws["cols"][i, j], x[:, :, i:i + sh * (ho - 1) + 1:sh,
                                                j:j + sw * (wo - 1) + 1:sw].transpose(1, 0, 2, 3))
         return ws["matrix"]
-    if "xh" not in ws:
-        ws["xh"] = np.zeros((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    if "cols" not in ws:
         ws["cols"] = np.empty((n, ho, wo, kh, kw, c), x.dtype)
         ws["matrix"] = ws["cols"].reshape(n * ho * wo, kh * kw * c)
-    xh = ws["xh"]
-    np.copyto(xh[:, ph:ph + h, pw:pw + w, :], x.transpose(0, 2, 3, 1))
+    xh = nhwc(x) if not (ph or pw) else None       # x stored channels-last: read as it is
+    if xh is None:
+        if "xh" not in ws:
+            ws["xh"] = np.zeros((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+        xh = ws["xh"]
+        np.copyto(xh[:, ph:ph + h, pw:pw + w, :], x.transpose(0, 2, 3, 1))
     windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
     np.copyto(ws["cols"], windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
     return ws["matrix"]
@@ -163,16 +173,22 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
         ws["chunk"] = max(1, min(n, CHUNK_BYTES // per_image))
         ws["wk"] = np.empty((kh, kw, co, c), out.dtype)
         ws["d"] = np.empty((kh * kw, ws["chunk"] * ho * wo, c), out.dtype)
-        ws["dxh"] = np.empty((n, h + 2 * padding[0], wd + 2 * padding[1], c), out.dtype)
+    (ph, pw) = padding
+    dxh = nhwc(out) if not (ph or pw) else None     # out stored channels-last: col2im into it
+    if dxh is None:
+        if "dxh" not in ws:
+            ws["dxh"] = np.empty((n, h + 2 * ph, wd + 2 * pw, c), out.dtype)
+        dxh = ws["dxh"]
     np.copyto(ws["wk"], w.transpose(2, 3, 0, 1))
     wk, rows, step = ws["wk"].reshape(kh * kw, co, c), gT.reshape(n, ho * wo, co), ws["chunk"]
     for s in range(0, n, step):
         m = min(step, n - s)
         d = ws["d"][:, :m * ho * wo]
         np.matmul(rows[s:s + m].reshape(-1, co), wk, out=d)
-        col2im(d.reshape(kh * kw, m, ho, wo, c), ws["dxh"][s:s + m], (kh, kw), stride)
-    (ph, pw) = padding
-    np.copyto(out, ws["dxh"][:, ph:ph + h, pw:pw + wd, :].transpose(0, 3, 1, 2))
+        col2im(d.reshape(kh * kw, m, ho, wo, c), dxh[s:s + m], (kh, kw), stride)
+    if dxh is not ws.get("dxh"):
+        return out
+    np.copyto(out, dxh[:, ph:ph + h, pw:pw + wd, :].transpose(0, 3, 1, 2))
     return out
 
 
@@ -204,14 +220,21 @@ def windows_at(x, size, stride, out_hw, last=False):
 def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
     """Max over each window; 2x2 windows with stride 2 first take the max of row pairs (two
     contiguous halves), then of column pairs. `shadow`: x channels-last (kept by the step that
-    made x): pooled there along contiguous channel rows, the result kept in ws["nhwc"]. With a
-    shadow, only out's values are written: x is not read."""
+    made x, or x itself when stored channels-last): pooled there along contiguous channel
+    rows, the result kept in ws["nhwc"] (out's own memory when out is stored channels-last).
+    With a shadow, only out's values are written: x is not read."""
+    if shadow is None and ws is not None:
+        shadow = nhwc(x)
     if shadow is not None:
         n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[3]
-        if "nhwc" not in ws:
+        dst = nhwc(out)
+        if dst is not None:
+            ws["nhwc"] = dst
+        elif "nhwc" not in ws:
             ws["nhwc"] = np.empty((n, ho, wo, c), out.dtype)
         max_into(ws["nhwc"], list(windows_at(shadow, size, stride, (ho, wo), last=True)))
-        np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
+        if dst is None:
+            np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
         return out
     if ws is not None and tuple(size) == tuple(stride) == (2, 2):
         n, c, h, w = x.shape
@@ -250,13 +273,17 @@ def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_s
         top = max_pool2d(x, size=size, stride=stride, out=ws["top"])
     if shadow is None or top_shadow is None:
         return route(g, x, top, size, stride, out, ws, last=False)
-    if "g_nhwc" not in ws:
-        ws["g_nhwc"] = np.empty(top_shadow.shape, g.dtype)
+    if "res" not in ws:
         ws["res"] = None if not nchw else np.empty(shadow.shape, out.dtype)
     # nchw False: every reader reads ws["nhwc"], out's memory (x's shadow when out is x)
     ws["nhwc"] = ws["res"] if nchw else as_last(out)
-    np.copyto(ws["g_nhwc"], g.transpose(0, 2, 3, 1))
-    route(ws["g_nhwc"], shadow, top_shadow, size, stride, ws["nhwc"], ws, last=True)
+    gl = nhwc(g)            # g stored channels-last: read as it is
+    if gl is None:
+        if "g_nhwc" not in ws:
+            ws["g_nhwc"] = np.empty(top_shadow.shape, g.dtype)
+        gl = ws["g_nhwc"]
+        np.copyto(gl, g.transpose(0, 2, 3, 1))
+    route(gl, shadow, top_shadow, size, stride, ws["nhwc"], ws, last=True)
     if nchw:
         np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
     return out

@@ -174,7 +174,7 @@ class Export:
             elif re.match(r"box\d+\Z", name):
                 lines.append(f"{name} = [state[{self.state[id(value)]!r}]]")
             elif isinstance(value, np.ndarray) and BUFFER.match(name):
-                lines.append(f"{name} = np.empty({value.shape}, {self.w.expr(value.dtype, ctx)})")
+                lines.append(f"{name} = {buffer_expr(value, self.w.expr(value.dtype, ctx))}")
             elif isinstance(value, np.ndarray):
                 lines.append(f"{name} = {self.w.array(value, ctx, prefix + name)}")
             elif isinstance(value, dict) and all(isinstance(v, np.ndarray)
@@ -417,3 +417,12 @@ def export(fn, path, example=()) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def buffer_expr(value: np.ndarray, dtype: str) -> str:
+    """A planned buffer in its layout: C order, or channels-last (runtime/layout.py)."""
+    if value.ndim == 4 and not value.flags.c_contiguous \
+            and value.transpose(0, 2, 3, 1).flags.c_contiguous:
+        n, c, h, w = value.shape
+        return f"np.empty({(n, h, w, c)}, {dtype}).transpose(0, 3, 1, 2)"
+    return f"np.empty({value.shape}, {dtype})"

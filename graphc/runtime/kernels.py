@@ -23,6 +23,7 @@ def all_finite(a) -> bool:
     temporary (2-3x faster than isfinite(a).all()): a sum of squares is finite only then, or
     False when it overflows (the caller's exact path then runs, slower but right)."""
     if a.dtype.char in "fd":
+        a = a.ravel(order="K")      # a view in memory order (a channels-last buffer too)
         return math.isfinite(np.vdot(a, a))
     return bool(np.isfinite(a).all())
 

@@ -50,6 +50,8 @@ class ConvStack:
         if n.op == "max_pool2d":
             x = self.nhwc.get(id(n.inputs[0]))
             if x is None:
+                if low.layouts.get(id(n.inputs[0])):    # pooled channels-last by the kernel
+                    self.nhwc[id(n)] = f'{ws}["nhwc"]'
                 return f"xp.max_pool2d({args})"
             self.nhwc[id(n)] = f'{ws}["nhwc"]'
             return f"xp.max_pool2d({args}, shadow={x})"

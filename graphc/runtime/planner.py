@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from graphc.runtime.layout import empty
+
 
 class Step(NamedTuple):
     """One step of a plan: the value `key` it makes from the values `reads`. kind: "buffer"
@@ -57,21 +59,26 @@ def dying(step: Step, i: int, roots: dict, last: dict, owner: dict) -> list[str]
 
 
 class Pool:
-    """Buffers by (shape, dtype): `take` reuses a given-back one or allocates; `give` takes
-    back only the pool's own buffers (a feed, variable or constant name is ignored)."""
+    """Buffers by (shape, dtype, layout): `take` reuses a given-back one or allocates; `give`
+    takes back only the pool's own buffers (a feed, variable or constant name is ignored).
+    layout: None (C order) or layout.LAST (channels-last memory, runtime/layout.py); a buffer
+    goes back only to a value of its own layout (a reshape of a channels-last one copies)."""
 
     def __init__(self, ns: dict, prefix: str = "b"):
         self.ns, self.prefix = ns, prefix
         self.free: dict[tuple, list[str]] = {}
         self.count = 0
+        self.layouts: dict[str, str] = {}     # buffer name -> its layout, when not C order
 
-    def take(self, shape, dtype) -> str:
-        key = (tuple(shape), np.dtype(dtype).str)
+    def take(self, shape, dtype, layout=None) -> str:
+        key = (tuple(shape), np.dtype(dtype).str, layout)
         if self.free.get(key):
             return self.free[key].pop()
         name = f"{self.prefix}{self.count}"
         self.count += 1
-        self.ns[name] = np.empty(shape, dtype)
+        self.ns[name] = empty(shape, dtype, layout)
+        if layout is not None:
+            self.layouts[name] = layout
         return name
 
     def owns(self, name: str) -> bool:
@@ -81,7 +88,8 @@ class Pool:
         if not self.owns(name):
             return
         arr = self.ns[name]
-        self.free.setdefault((arr.shape, arr.dtype.str), []).append(name)
+        key = (arr.shape, arr.dtype.str, self.layouts.get(name))
+        self.free.setdefault(key, []).append(name)
 
 
 class Update(NamedTuple):

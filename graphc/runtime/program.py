@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, backend, emit, loop, lowering, planner, rules
+from graphc.runtime import atomic, backend, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.instrument import check_step
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
@@ -62,10 +62,21 @@ class Lowering:
         self.kernel_calls: list[str] = []        # ops of the current step run by kernel call
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
         self.views: dict[str, str] = {}          # hoisted view name -> its expression
+        self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
-    def take(self, shape, dtype) -> str:
-        return self.pool.take(shape, dtype)
+    def take(self, shape, dtype, layout_=None) -> str:
+        return self.pool.take(shape, dtype, layout_)
+
+    def same_layout(self, n: Node, buffer: str) -> bool:
+        """A buffer may hold n's value only in n's layout (runtime/layout.py)."""
+        return self.pool.layouts.get(buffer) == self.layouts.get(id(n))
+
+    def scratch_layout(self, n: Node, b: Node) -> str | None:
+        """A fused group's scratch buffer of the group's shape takes the group's layout (a
+        ufunc over mixed layouts runs transposed)."""
+        same = self.shapes[(id(n), id(b))][0] == self.shapes[id(n)][0]
+        return self.layouts.get(id(n)) if same else None
 
     def give(self, name: str) -> None:
         self.pool.give(name)
@@ -108,6 +119,7 @@ class Lowering:
         for fam in self.families.values():
             fam.after(self, kinds)
         self.kinds_of = kinds
+        self.layouts = layout.choose(self, kinds)
         writes = {k for k, v in kinds.items() if v == "buffer"}
         self.steps = self.plan_steps(writes)
         kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
@@ -125,7 +137,8 @@ class Lowering:
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
             elif id(n) in writes:
-                o = self.inplace_target(n, i, owner) or self.take(*self.shapes[id(n)])
+                o = self.inplace_target(n, i, owner) \
+                    or self.take(*self.shapes[id(n)], self.layouts.get(id(n)))
                 owner[id(n)] = o
             self.dying_now = [b for b in dying if b != o]
             self.kernel_calls = []
@@ -210,7 +223,8 @@ class Lowering:
         for x in n.inputs:
             r = id(x)
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
-                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]):
+                    and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
+                    and self.same_layout(n, owner[r]):
                 return owner[r]
         return None
 
@@ -315,6 +329,7 @@ class Lowering:
             r = id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
                     and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
+                    and self.same_layout(n, owner[r]) \
                     and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
                 return owner[r]
         return None
@@ -387,7 +402,7 @@ class Lowering:
             else:
                 dst = self.reusable_input(n, b, a, users, shape_of)
                 if dst is None:
-                    dst = self.take(*shapes[(nid, k)])
+                    dst = self.take(*shapes[(nid, k)], self.scratch_layout(n, b))
                     scratch.append(dst)
                     left[k] = users[k]
             ins = b.inputs

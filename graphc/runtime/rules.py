@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from graphc.ir import OPS
-from graphc.runtime import emit
+from graphc.runtime import emit, layout
 
 
 def view_code(low, n, a: list[str]) -> str:
@@ -75,7 +75,7 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
         low.kernel_calls.append(n.op)
         return f"xp.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path
-        a = [low.const(np.full(shape_of(n), x.data.reshape(()), n.dtype))
+        a = [layout.const(low, o, shape_of(n), x.data.reshape(()), n.dtype)
              if x.op == "constant" and x.data.size == 1 else s for x, s in zip(n.inputs, a)]
     elif n.op not in OWN_CODE:             # op_code's plain case, without its shape questions
         return emit.ufunc(n.op, a, o, scalars(low, n.dtype))
@@ -89,11 +89,11 @@ def op_code(low, op: str, dtype, shape, a: list[str], o: str, full: bool) -> str
     """Elementwise `op` of a into o (shape, dtype) from its template; full: the first input has
     the result's shape. Also the activation of `dense`, applied in place (a = [o])."""
     if op == "relu":
-        return emit.ufunc(op, a, o, {"zeros": low.const(np.zeros(shape, dtype))})
+        return emit.ufunc(op, a, o, {"zeros": layout.const(low, o, shape, 0, dtype)})
     if op == "softplus" and full:
         # max(x, 0) + log1p(exp(-|x|)): SIMD ufuncs, ~2.5x faster than np.logaddexp(0, x)
-        zeros = low.const(np.zeros(shape, dtype))
-        t = low.const(np.empty(shape, dtype))
+        zeros = layout.const(low, o, shape, 0, dtype)
+        t = layout.const(low, o, shape, 0, dtype)
         return (f"xp.maximum({a[0]}, {zeros}, out={t}); xp.absolute({a[0]}, out={o}); "
                 f"xp.negative({o}, out={o}); xp.exp({o}, out={o}); xp.log1p({o}, out={o}); "
                 f"xp.add({o}, {t}, out={o})")
@@ -116,6 +116,9 @@ def scalars(low, dtype) -> dict[str, str]:
 def sum_code(low, n, a: list[str], o: str) -> str:
     """Sums over leading and/or trailing axes as products with ones vectors (BLAS beats a
     NumPy reduction over several axes several times over); other sums as a reduction."""
+    last = layout.sum_code(low, n, a, o)      # of a channels-last buffer
+    if last is not None:
+        return last
     axes, keep = tuple(n.attrs["axis"]), n.attrs["keepdims"]
     shape = low.shapes[id(n.inputs[0])][0]
     nd = len(shape)

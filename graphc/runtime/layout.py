@@ -1,0 +1,96 @@
+"""Channels-last storage of NCHW values: which planned buffers hold their NCHW value as a
+transposed view of NHWC memory (`np.empty((n, h, w, c)).transpose(0, 3, 1, 2)`).
+
+Such a buffer is still a correct NCHW array, so every ufunc with out= on it (and (1, C, 1, 1)
+broadcasts) computes the same values, iterating in memory order; the convolution family's
+kernels see the layout from the strides and read or write its channels-last form directly, so
+the NCHW <-> NHWC copies between a channels-last pool or input gradient and the elementwise
+steps around it (bias + ReLU, the ReLU mask) vanish. A reshape of such a buffer would copy
+(and a write through it would be lost), so a value is stored so only when its step and every
+reader are elementwise or conv-family steps (or a sum over N, H, W, lowered for it here), and
+its buffer never goes to another value (the pool keeps layouts apart).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.runtime import emit
+
+LAST = "last"
+NATIVE = ("max_pool2d", "conv2d_grad_input")     # write a channels-last result themselves
+READERS = {"conv2d": (0,), "conv2d_grad_input": (0, 2), "conv2d_grad_weight": (0, 1, 2),
+           "max_pool2d": (0,), "max_pool2d_grad": (0, 1)}    # input positions they may read
+
+
+def empty(shape, dtype, layout) -> np.ndarray:
+    """A planned buffer of NCHW shape in the given memory layout (None: C order)."""
+    if layout != LAST:
+        return np.empty(shape, dtype)
+    n, c, h, w = shape
+    return np.empty((n, h, w, c), dtype).transpose(0, 3, 1, 2)
+
+
+def const(low, o: str, shape, value, dtype) -> str:
+    """A plan constant filled with value, in the layout of the buffer o it is combined with
+    (a full operand of another layout makes the ufunc iterate transposed: 2.4x slower)."""
+    arr = empty(shape, dtype, low.pool.layouts.get(o))
+    arr.fill(value)
+    return low.const(arr)
+
+
+def choose(low, kinds: dict) -> dict[int, str]:
+    """id(node) -> LAST for the values stored channels-last: a 4-D buffer value, no output
+    or update, made by a channels-last conv-family step (a max-pool of a convolution or of
+    such a value, an input gradient) or elementwise from such a value of its shape, and read
+    only where the layout is safe (see `reads_ok`)."""
+    g = low.graph
+    kept = {id(o) for o in g.outputs} | {id(u) for _, u in g.updates} \
+        | {id(v) for v, _ in g.updates}
+    readers: dict[int, list] = {}
+    for m in g.nodes:
+        for k, x in enumerate(m.inputs):
+            readers.setdefault(id(x), []).append((m, k))
+    chosen: dict[int, str] = {}
+    for n in g.nodes:
+        key = id(n)
+        if kinds.get(key) != "buffer" or key in kept or n.ndim != 4 or key not in readers \
+                or n.dtype.kind != "f":
+            continue
+        if n.op in NATIVE:
+            src = n.inputs[0]
+            ok = n.op == "conv2d_grad_input" or src.op == "conv2d" or id(src) in chosen
+        elif n.op == "fused" or elementwise(n):
+            ok = any(id(x) in chosen and low.shapes[id(x)] == low.shapes[key]
+                     for x in n.inputs)
+        else:
+            ok = False
+        if ok and all(reads_ok(low, kinds, m, k) for m, k in readers[key]):
+            chosen[key] = LAST
+    return chosen
+
+
+def elementwise(n) -> bool:
+    return emit.template(n.op) is not None
+
+
+def reads_ok(low, kinds: dict, m, k: int) -> bool:
+    """Reader m may take a channels-last input at position k: elementwise steps (ufuncs with
+    out=), the conv family's (they test the strides), a sum over N, H, W (`sum_code`)."""
+    if kinds.get(id(m)) != "buffer":
+        return False
+    if m.op == "fused" or m.op != "sum" and elementwise(m):
+        return True
+    if m.op in READERS:
+        return k in READERS[m.op]
+    return m.op == "sum" and sorted(m.attrs["axis"]) == [0, 2, 3]
+
+
+def sum_code(low, n, a: list[str], o: str) -> str | None:
+    """A sum over N, H, W of a channels-last value: one product of a ones row with its
+    (N*H*W, C) matrix (a view); None when n's input is stored in C order."""
+    if low.layouts.get(id(n.inputs[0])) != LAST or sorted(n.attrs["axis"]) != [0, 2, 3]:
+        return None
+    nb, c, h, w = low.shapes[id(n.inputs[0])][0]
+    flat = o if len(low.shapes[id(n)][0]) == 1 else f"{o}.reshape(-1)"
+    ones = low.const(np.ones(nb * h * w, n.dtype))
+    return f"xp.matmul({ones}, {a[0]}.transpose(0, 2, 3, 1).reshape(-1, {c}), out={flat})"
