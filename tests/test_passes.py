@@ -682,3 +682,31 @@ def test_a_walk_after_a_rule_fired_merges_new_nodes_with_earlier_equal_ones():
     to_sum = Rule("tanh_to_sum", "tanh", lambda n, z: z + w)   # (a structural test only)
     out = rewrite(once, P.algebra.SIMPLIFY + [to_sum])
     assert out.outputs[1] is out.outputs[0] is once.outputs[0]
+
+
+def test_rule_guards_are_necessary_conditions():
+    # a rule its `needs` keeps from a node would not have fired on it: every op-table row and
+    # fuzz motif, forward and gradient graphs, before and after the rules ran
+    from tests.test_fuzz_motifs import MOTIFS
+    from tests.test_ops import ROWS
+    rules = P.algebra.FOLD + P.algebra.SIMPLIFY + P.stability.STABILIZE + P.stability.RECOGNIZE
+    checked = 0
+    for r in [r for _, r in ROWS] + list(MOTIFS):
+        leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}")
+                  for i, a in enumerate(r.inputs)]
+        out = r.build(*leaves)
+        graph = Graph([out])
+        floats = [x for x in leaves if x.dtype.kind == "f"]
+        if out.dtype.kind == "f" and floats and r.grad:
+            try:
+                graph = Graph([out] + list(gc.grad(gc.sum(out * out), floats)))
+            except gc.GraphcError:
+                pass
+        for g in (graph, P.optimize(graph, passes=[P.stabilize, P.simplify])):
+            for n in g.nodes:
+                ops = tuple(i.op for i in n.inputs)
+                for rule in rules:
+                    if rule.op in (n.op, "*") and not rule.offered(ops):
+                        assert rule.fn(n, *n.inputs) is None, (rule.name, n.op, ops)
+                        checked += 1
+    assert checked > 1000

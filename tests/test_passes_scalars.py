@@ -1,14 +1,17 @@
 """push_scalar_factors: a constant factor moves down linear chains, values stay the same."""
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
+from graphc.passes import scalars as S
 from graphc.ir import Graph, evaluate
-from graphc.passes import optimize, push_scalar_factors, simplify
+from graphc.passes import optimize, push_scalar_factors, simplify, stabilize
 from tests.test_passes import listing, same_values
 
 RNG = np.random.default_rng(3)
@@ -89,13 +92,7 @@ LINEAR = [lambda a, b: a @ b, lambda a, b: gc.transpose(gc.transpose(a) @ b),
           lambda a, b: gc.reshape(gc.reshape(a, (2, 8)), (4, 4))]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 30), st.integers(0, 30)),
-                min_size=1, max_size=10),
-       st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0.1, -2.0, 0.5])),
-                min_size=1, max_size=4),
-       st.integers(0, 3))
-def test_random_graphs_keep_their_values(choices, scaled, outputs):
+def random_graph(choices, scaled, outputs) -> tuple:
     x = gc.placeholder((4, 4), "float64", name="x")
     v = gc.variable(rand(4, 4), name="v")
     pool = [x, v, gc.tanh(x)]
@@ -103,7 +100,52 @@ def test_random_graphs_keep_their_values(choices, scaled, outputs):
         a, b = pool[i % len(pool)], pool[j % len(pool)]
         pool.append(LINEAR[kind](a, b) if kind < len(LINEAR) else gc.tanh(a + b))
     outs = [pool[i % len(pool)] * c for i, c in scaled] + pool[len(pool) - outputs:]
-    graph = Graph(outs[:-1], [(v, v - outs[-1])])
+    return x, Graph(outs[:-1], [(v, v - outs[-1])])
+
+
+GRAPHS = (st.lists(st.tuples(st.integers(0, 9), st.integers(0, 30), st.integers(0, 30)),
+                   min_size=1, max_size=10),
+          st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0.1, -2.0, 0.5, 0.1])),
+                   min_size=1, max_size=4),
+          st.integers(0, 3))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(*GRAPHS)
+def test_stays_put_only_where_the_full_analysis_moves_nothing(choices, scaled, outputs):
+    _, graph = random_graph(choices, scaled, outputs)
+    for group in S.sinks_by_factor(graph).values():
+        with mock.patch.object(S, "stays_put", return_value=False):
+            moved = S.push_one(graph, group) is not graph
+        assert not (moved and S.stays_put(graph, group))
+
+
+def test_stays_put_on_the_scale_benchmark_graphs():
+    # bench/scale.py's chain and wide graphs: nothing moves, and the cheap test shows it
+    x = gc.placeholder((None, 4), name="x")
+    ws = [gc.variable(np.full(4, 0.5, np.float32), name=f"w{i}") for i in range(6)]
+    h = x
+    for w in ws:
+        h = gc.tanh(h * w) + 0.5 * h
+    ys = [gc.tanh(x * w) for w in ws]
+    wide = ((ys[0] + ys[1]) + (ys[2] + ys[3])) + (ys[4] + ys[5])
+    for y in (h, wide):
+        loss = gc.mean(y * y)
+        g = Graph([loss], [(w, w - 0.01 * d) for w, d in zip(ws, gc.grad(loss, ws))])
+        g = optimize(g, passes=[stabilize, simplify])
+        groups = list(S.sinks_by_factor(g).values())
+        assert groups and all(S.stays_put(g, group) for group in groups)
+        assert push_scalar_factors(g) is g
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 30), st.integers(0, 30)),
+                min_size=1, max_size=10),
+       st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0.1, -2.0, 0.5])),
+                min_size=1, max_size=4),
+       st.integers(0, 3))
+def test_random_graphs_keep_their_values(choices, scaled, outputs):
+    x, graph = random_graph(choices, scaled, outputs)
     got = push_scalar_factors(graph)
     same_values(graph, got, {x: rand(4, 4)}, rtol=1e-9, atol=1e-9)
     sizes = lambda g: sum(n.op == "mul" and any(i.op == "constant" for i in n.inputs)  # noqa

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, apply, constant
-from graphc.passes.patterns import LEAF_RANK, const_value, fit, is_value, positive, static, \
-    zeros
+from graphc.passes.patterns import CONSTANT, LEAF_RANK, const_value, fit, is_value, positive, \
+    static, zeros
 from graphc.passes.rewrite import Rule, rewrite
 
 FOLD_TINY = 16          # results up to this many elements are always folded
@@ -40,7 +40,7 @@ def fold_size(n: Node, x: Node) -> Node | None:
 
 FOLD = [
     # op(constants) -> constant
-    Rule("fold", "*", fold),
+    Rule("fold", "*", fold, needs=CONSTANT),
     # size(x) with static dims -> constant
     Rule("fold_size", "size", fold_size),
 ]
@@ -180,59 +180,66 @@ def exact_neg(x: Node, n: Node) -> bool:
 
 SIMPLIFY = [
     # x+0 -> x
-    Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
+    Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None, needs=CONSTANT),
     # 0+x -> x
-    Rule("zero_add", "add", lambda n, a, b: fit(b, n) if is_value(a, 0) else None),
+    Rule("zero_add", "add", lambda n, a, b: fit(b, n) if is_value(a, 0) else None, needs=CONSTANT),
     # x-0 -> x
-    Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0) else None),
+    Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0) else None, needs=CONSTANT),
     # 0-x -> -x
     Rule("zero_sub", "sub",
-         lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n) else None),
+         lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n) else None,
+         needs=CONSTANT),
     # x-x -> zeros
     Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b else None),
     # x*1 -> x
-    Rule("mul_one", "mul", lambda n, a, b: fit(a, n) if is_value(b, 1) else None),
+    Rule("mul_one", "mul", lambda n, a, b: fit(a, n) if is_value(b, 1) else None, needs=CONSTANT),
     # 1*x -> x
-    Rule("one_mul", "mul", lambda n, a, b: fit(b, n) if is_value(a, 1) else None),
+    Rule("one_mul", "mul", lambda n, a, b: fit(b, n) if is_value(a, 1) else None, needs=CONSTANT),
     # x*0 -> zeros
     Rule("mul_zero", "mul",
-         lambda n, a, b: zeros(n) if is_value(a, 0) or is_value(b, 0) else None),
+         lambda n, a, b: zeros(n) if is_value(a, 0) or is_value(b, 0) else None, needs=CONSTANT),
     # x*-1 -> -x
     Rule("mul_minus_one", "mul",
-         lambda n, a, b: fit(-a, n) if is_value(b, -1) and exact_neg(a, n) else None),
+         lambda n, a, b: fit(-a, n) if is_value(b, -1) and exact_neg(a, n) else None,
+         needs=CONSTANT),
     # x/1 -> x
-    Rule("div_one", "div", lambda n, a, b: fit(a, n) if is_value(b, 1) else None),
+    Rule("div_one", "div", lambda n, a, b: fit(a, n) if is_value(b, 1) else None, needs=CONSTANT),
     # --x -> x
-    Rule("neg_neg", "neg", lambda n, x: x.inputs[0] if x.op == "neg" else None),
+    Rule("neg_neg", "neg", lambda n, x: x.inputs[0] if x.op == "neg" else None, needs=("neg",)),
     # -(a-b) -> b-a
     Rule("neg_sub", "neg",
-         lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" else None),
+         lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" else None, needs=("sub",)),
     # a+-b -> a-b
     Rule("add_neg", "add",
-         lambda n, a, b: a - b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None),
+         lambda n, a, b: a - b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None,
+         needs=("neg",)),
     # -a+b -> b-a
     Rule("neg_add", "add",
-         lambda n, a, b: b - a.inputs[0] if a.op == "neg" and exact_neg(a, n) else None),
+         lambda n, a, b: b - a.inputs[0] if a.op == "neg" and exact_neg(a, n) else None,
+         needs=("neg",)),
     # a--b -> a+b
     Rule("sub_neg", "sub",
-         lambda n, a, b: a + b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None),
+         lambda n, a, b: a + b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None,
+         needs=("neg",)),
     # -a*-b -> a*b
     Rule("mul_neg_neg", "mul",
          lambda n, a, b: a.inputs[0] * b.inputs[0] if a.op == b.op == "neg"
-         and exact_neg(a, n) and exact_neg(b, n) else None),
+         and exact_neg(a, n) and exact_neg(b, n) else None, needs=("neg",)),
     # log(exp x) -> x
-    Rule("log_exp", "log", lambda n, x: x.inputs[0] if x.op == "exp" else None),
+    Rule("log_exp", "log", lambda n, x: x.inputs[0] if x.op == "exp" else None, needs=("exp",)),
     # exp(log x) -> x, x > 0
     Rule("exp_log", "exp",
-         lambda n, x: x.inputs[0] if x.op == "log" and positive(x.inputs[0]) else None),
+         lambda n, x: x.inputs[0] if x.op == "log" and positive(x.inputs[0]) else None,
+         needs=("log",)),
     # T(T(x)) -> T(x) or x
-    Rule("transpose_transpose", "transpose", compose_transpose),
+    Rule("transpose_transpose", "transpose", compose_transpose, needs=("transpose",)),
     # T(x, identity) -> x
     Rule("transpose_identity", "transpose",
          lambda n, x: x if n.attrs["axes"] == tuple(range(x.ndim)) else None),
     # reshape(reshape(x)) -> reshape(x)
     Rule("reshape_reshape", "reshape",
-         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "reshape" else None),
+         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "reshape" else None,
+         needs=("reshape",)),
     # reshape(x) to x's shape -> x
     Rule("reshape_same", "reshape",
          lambda n, x, *like: x if same_size(x, n) else None),
@@ -242,34 +249,36 @@ SIMPLIFY = [
     # bcast(reshape(scalar, ones)) -> bcast(scalar)
     Rule("broadcast_scalar", "broadcast_to",
          lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "reshape"
-         and x.inputs[0].shape == () and all(d == 1 for d in x.shape) else None),
+         and x.inputs[0].shape == () and all(d == 1 for d in x.shape) else None,
+         needs=("reshape",)),
     # bcast(bcast(x)) -> bcast(x)
     Rule("broadcast_broadcast", "broadcast_to",
-         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "broadcast_to" else None),
+         lambda n, x, *like: n.replace((x.inputs[0],) + like) if x.op == "broadcast_to" else None,
+         needs=("broadcast_to",)),
     # sum(x, ()) -> x (as int64 when x is bool)
     Rule("sum_no_axes", "sum", lambda n, x: fit(x, n) if not n.attrs["axis"] else None),
     # sum over 1-sized axes -> reshape
     Rule("sum_unit_axes", "sum", sum_unit_axes),
     # sum(bcast(s)) -> s * count
-    Rule("sum_broadcast", "sum", sum_broadcast),
+    Rule("sum_broadcast", "sum", sum_broadcast, needs=("broadcast_to",)),
     # cast(x, x.dtype) -> x
     Rule("cast_same", "cast", lambda n, x: x if x.dtype == n.dtype else None),
     # where(c,x,x) -> x
     Rule("where_same", "where", lambda n, c, a, b: fit(a, n) if a is b else None),
     # where(c, where(c,g,0), 0) -> where(c,g,0)
-    Rule("where_where", "where", where_chain),
+    Rule("where_where", "where", where_chain, needs=("where",)),
     # where(x > 0, pool_grad(g, relu x), 0) -> pool_grad(where(pool x > 0, g, 0), x)
-    Rule("pool_relu_grad", "where", pool_relu_grad),
+    Rule("pool_relu_grad", "where", pool_relu_grad, needs=("max_pool2d_grad",)),
     # max_pool2d(x + b) -> max_pool2d(x) + b, b constant over H, W
-    Rule("pool_bias", "max_pool2d", pool_bias),
+    Rule("pool_bias", "max_pool2d", pool_bias, needs=("add",)),
     # max_pool2d_grad(g, x + b) -> max_pool2d_grad(g, x), b constant over H, W
-    Rule("pool_grad_bias", "max_pool2d_grad", pool_grad_bias),
+    Rule("pool_grad_bias", "max_pool2d_grad", pool_grad_bias, needs=("add",)),
     # sum(max_pool2d_grad(g, x), H and W) -> sum(g)
-    Rule("sum_pool_grad", "sum", sum_pool_grad),
+    Rule("sum_pool_grad", "sum", sum_pool_grad, needs=("max_pool2d_grad",)),
     # max_pool2d(relu x) -> relu(max_pool2d x)
-    Rule("pool_relu", "max_pool2d", pool_relu),
+    Rule("pool_relu", "max_pool2d", pool_relu, needs=("relu",)),
     # where(True, a, b) -> a
-    Rule("where_constant", "where", where_constant),
+    Rule("where_constant", "where", where_constant, needs=CONSTANT),
     # reshape(x, like) -> reshape(x, shape)
     Rule("reshape_static", "reshape",
          lambda n, x, *like: apply("reshape", x, shape=n.shape) if like and static(n.shape)
@@ -289,7 +298,7 @@ SIMPLIFY = [
     # relu(x) > 0 -> x > 0
     Rule("relu_positive", "greater",
          lambda n, a, b: apply("greater", a.inputs[0], b)
-         if a.op == "relu" and is_value(b, 0) else None),
+         if a.op == "relu" and is_value(b, 0) else None, needs=("relu",)),
     # b + a -> a + b (canonical order)
     Rule("commute_add", "add", commute),
     # b * a -> a * b (canonical order)

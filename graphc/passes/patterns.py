@@ -6,6 +6,9 @@ import numpy as np
 from graphc.ir import OPS, Node, apply, constant
 
 
+CONSTANT = ("constant",)    # Rule.needs of rules that test for a constant (glue over one counts)
+
+
 def const_value(n: Node) -> np.ndarray | None:
     """The value of a constant, seen through broadcast_to and cast; None if not constant."""
     while n.inputs and OPS[n.op].glue:

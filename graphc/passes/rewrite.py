@@ -28,10 +28,20 @@ class RewriteError(GraphcError):
 
 @dataclass(frozen=True)
 class Rule:
-    """`fn(node, *inputs)` returns the replacement of a node of `op`, or None ("*": any op)."""
+    """`fn(node, *inputs)` returns the replacement of a node of `op`, or None ("*": any op).
+    `needs`: input ops one of which the rule cannot fire without (None: no such guard); the
+    driver offers it only to nodes with such an input ("constant" also admits a glue op, as
+    `is_value` looks through them). Checked once per (op, input ops), not per node."""
     name: str
     op: str
     fn: Callable[..., Node | None]
+    needs: tuple[str, ...] | None = None
+
+    def offered(self, input_ops: tuple[str, ...]) -> bool:
+        """The rule may fire on a node whose inputs have these ops."""
+        needs = self.needs
+        return needs is None or any(
+            o in needs or "constant" in needs and o in OPS and OPS[o].glue for o in input_ops)
 
 
 @contextlib.contextmanager
@@ -106,6 +116,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         by_op.setdefault(r.op, []).append(r)
     anyop = tuple(by_op.get("*", ()))
     rules_of: dict[str, tuple[Rule, ...]] = {}   # op -> its rules, then the "*" rules
+    guarded: dict[tuple, tuple[Rule, ...]] = {}  # (op, input ops) -> the rules it is offered
     stats = _stats.get()
     budget = [limit if limit is not None else 20 * len(graph.nodes) + 1000]
     done: dict[Node, Node] = {}          # any node seen -> its rewritten form
@@ -130,9 +141,13 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         op = n.op
         if prior is not None and n in prior.nodes and covered(op):
             return None
-        todo = rules_of.get(op)
-        for r in todo if todo is not None else rules_for(op):
-            out = r.fn(n, *n.inputs)
+        inputs = n.inputs
+        key = (op, tuple([i.op for i in inputs]))
+        todo = guarded.get(key)
+        if todo is None:
+            todo = guarded[key] = tuple(r for r in rules_for(op) if r.offered(key[1]))
+        for r in todo:
+            out = r.fn(n, *inputs)
             if out is None or out is n:
                 continue
             if out.dtype != n.dtype or (out.shape != n.shape

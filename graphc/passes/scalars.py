@@ -108,6 +108,8 @@ def linear_inputs(u: Node) -> tuple[Node, ...]:
 
 def push_one(graph: Graph, group: dict[int, tuple]) -> Graph:
     """Move one factor (its products: id(mul) -> (x, s)) where it costs least, if anywhere."""
+    if stays_put(graph, group):
+        return graph
     users = graph.users()
     kept = {id(o) for o in graph.outputs} | {id(u) for _, u in graph.updates}
     sinks = {k: x for k, (x, _) in group.items()}
@@ -150,6 +152,56 @@ def push_one(graph: Graph, group: dict[int, tuple]) -> Graph:
     if gain >= 0:
         return graph
     return rebuild(graph, scalar, sinks, region)
+
+
+def stays_put(graph: Graph, group: dict[int, tuple]) -> bool:
+    """A cheap proof that push_one's plans leave every product as it is (False: no proof).
+    A plan scales anything but the products' own x only when some x asks a linear input:
+    the cheapest-way plan when something below x costs less than x, the shared plan also
+    when that input has other users. Neither: each x is scaled where it is, as now."""
+    scalar = next(iter(group.values()))[1]
+    xs = [x for x, _ in group.values()]
+    if len({id(x) for x in xs}) < len(xs):
+        return False                               # one x, two products: scaling x gains
+    below = cheapest_below(xs, scalar.dtype)
+    ask: dict[int, int] = {}                       # id(linear input of an x) -> its users
+    for x in xs:
+        if below.get(id(x), math.inf) < cost(x):
+            return False
+        ask.update((id(i), 0) for i in scalable_inputs(x, scalar.dtype))
+    if ask:
+        for n in graph.nodes:                      # reads, not users: counts more, never fewer
+            for i in n.inputs:
+                if id(i) in ask:
+                    ask[id(i)] += 1
+    return all(c <= 1 for c in ask.values())
+
+
+def scalable_inputs(n: Node, dtype) -> list[Node]:
+    """The inputs n is linear in that a plan could scale (computed values of the factor's
+    dtype, or constants)."""
+    fn = LINEAR.get(n.op)
+    return [] if fn is None else [
+        i for i in (n.inputs[k] for k in fn(n))
+        if i.dtype == dtype and (i.inputs or i.op == "constant")]
+
+
+def cheapest_below(starts: list[Node], dtype) -> dict[int, float]:
+    """id(n) -> the least cost of a value a plan could scale below n (through the inputs n
+    is linear in, transitively), for the starts and everything they reach."""
+    below: dict[int, float] = {}
+    stack = [(n, False) for n in starts]
+    while stack:
+        n, ready = stack.pop()
+        if id(n) in below:
+            continue
+        kids = scalable_inputs(n, dtype)
+        if ready or not kids:
+            below[id(n)] = min((min(cost(i), below[id(i)]) for i in kids), default=math.inf)
+            continue
+        stack.append((n, True))
+        stack.extend((i, False) for i in kids if id(i) not in below)
+    return below
 
 
 def settle(nodes, users, can: set, sinks: dict, choice: dict,

@@ -155,10 +155,13 @@ def expm1_by_hand(n: Node, e: Node, one: Node) -> Node | None:
     return None
 
 
+TERMS = ("mul", "neg")     # the ops of an add's terms `signed_products` reads
+
+
 def signed_products(n: Node) -> list[tuple[int, list[Node]]] | None:
     """The two terms of an add / sub, each as (sign, its factors) when it is a product
     (None also when a term is not a product: the rules below need two factors per term)."""
-    if n.inputs[0].op not in ("mul", "neg") or n.inputs[1].op not in ("mul", "neg"):
+    if n.inputs[0].op not in TERMS or n.inputs[1].op not in TERMS:
         return None
     out = []
     for k, t in enumerate(n.inputs):
@@ -227,38 +230,40 @@ def bce_logits_grad(n: Node, *_: Node) -> Node | None:
 
 STABILIZE = [
     # log(1 + exp z) -> softplus(z)
-    Rule("softplus_by_hand", "log", softplus_by_hand),
+    Rule("softplus_by_hand", "log", softplus_by_hand, needs=("add",)),
     # log(1 + y) -> log1p(y); exp(z) - 1 -> expm1(z)
-    Rule("log1p_by_hand", "log", log1p_by_hand),
-    Rule("expm1_by_hand", "sub", expm1_by_hand),
+    Rule("log1p_by_hand", "log", log1p_by_hand, needs=("add",)),
+    Rule("expm1_by_hand", "sub", expm1_by_hand, needs=("exp",)),
     # log(softmax z) -> log_softmax z
     Rule("log_softmax", "log",
-         lambda n, x: apply("log_softmax", x.inputs[0], **x.attrs) if x.op == "softmax" else None),
+         lambda n, x: apply("log_softmax", x.inputs[0], **x.attrs) if x.op == "softmax" else None,
+         needs=("softmax",)),
     # log(sigmoid z) -> -softplus(-z)
     Rule("log_sigmoid", "log",
-         lambda n, x: -apply("softplus", -x.inputs[0]) if x.op == "sigmoid" else None),
+         lambda n, x: -apply("softplus", -x.inputs[0]) if x.op == "sigmoid" else None,
+         needs=("sigmoid",)),
     # log(1 - sigmoid z) -> -softplus(z)
-    Rule("log_one_minus_sigmoid", "log", log_one_minus),
+    Rule("log_one_minus_sigmoid", "log", log_one_minus, needs=("sub",)),
     # sum(y*log_softmax z) -> -sce(z, y)
-    Rule("cross_entropy", "sum", cross_entropy),
+    Rule("cross_entropy", "sum", cross_entropy, needs=("mul",)),
     # y softplus(-z) + (1-y) softplus(z) -> softplus(z) - y z
-    Rule("bce_logits", "add", bce_logits),
-    Rule("bce_logits_sub", "sub", bce_logits),
+    Rule("bce_logits", "add", bce_logits, needs=TERMS),
+    Rule("bce_logits_sub", "sub", bce_logits, needs=TERMS),
     # -c y (1 - sigmoid z) + c (1-y) sigmoid z -> c (sigmoid z - y)
-    Rule("bce_logits_grad", "add", bce_logits_grad),
-    Rule("bce_logits_grad_sub", "sub", bce_logits_grad),
+    Rule("bce_logits_grad", "add", bce_logits_grad, needs=TERMS),
+    Rule("bce_logits_grad_sub", "sub", bce_logits_grad, needs=TERMS),
     # p * (g / p) -> g, p > 0
-    Rule("cancel_mul", "mul", cancel),
+    Rule("cancel_mul", "mul", cancel, needs=PRODUCTS),
     # (g * p) / p -> g, p > 0
     Rule("cancel_div", "div", cancel),
     # p*(g/p - s) -> p*(g/p) - p*s
-    Rule("distribute", "mul", distribute),
+    Rule("distribute", "mul", distribute, needs=("add", "sub")),
 ]
 
 
 RECOGNIZE = [
     # exp(z)/sum(exp z) -> softmax(z)
-    Rule("softmax_by_hand", "div", softmax_by_hand),
+    Rule("softmax_by_hand", "div", softmax_by_hand, needs=("exp",)),
 ]
 
 
