@@ -28,6 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (--epochs 0 or -1 would train nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphc", description=graphc.__doc__,
@@ -40,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a 64-128-64-10 MLP on scikit-learn's 8x8 digits, print the test "
                     "accuracy, and write the forward and backward graph pictures, the gradient "
                     "formulas of the last layer and the saved graph into a folder.")
-    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs "
+    demo.add_argument("--epochs", type=positive, default=DEMO_EPOCHS, help="training epochs "
                       f"(default {DEMO_EPOCHS})")
     demo.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
     demo.add_argument("--out", default=".", help="folder for the files (default: here)")

@@ -69,5 +69,7 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("graphc formula: error: ") and "missing.json" in result.stderr
     assert "Traceback" not in result.stderr
-    result = graphc("demo", "--epochs", "x")
-    assert result.returncode == 2 and "invalid int value" in result.stderr
+    for epochs in ("x", "0", "-1"):
+        result = graphc("demo", "--epochs", epochs)
+        assert result.returncode == 2
+        assert f"--epochs: expected a whole number >= 1, got '{epochs}'" in result.stderr
