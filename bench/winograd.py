@@ -12,7 +12,10 @@ Timed in pairs, since the compiled plan's weight gradient reuses the forward ste
 (cols_ready): the im2col forward + weight gradient against the Winograd forward + weight
 gradient, which reuses the forward's transformed input V in the same way
 (dL/dg = G^T [sum over tiles (A E A^T) * (B^T d B)] G: the transpose of the forward's
-bilinear form). Also each part alone, and the errors vs float64.
+bilinear form). F(4,3) also does the input gradient from the weight gradient's transformed
+g (E) and the forward's U (dX = (B x B) [E @ U^T], the tiles added back where they overlap),
+against the compiled 9 offset GEMMs + col2im: all three conv2 steps with shared transforms.
+Also each part alone, and the errors vs float64.
 
     OPENBLAS_NUM_THREADS=1 python3 bench/winograd.py [--rounds 30] [--shape 64,32,13,13,64]
 """
@@ -191,7 +194,7 @@ def f43_forward(x, w, out, ws):
     np.copyto(ws["X"], tiles.transpose(4, 5, 0, 1, 2, 3))
     np.matmul(ws["BT"], ws["X"].reshape(6, -1), out=ws["Z"].reshape(6, -1))   # rows
     np.matmul(ws["BT"], ws["Z"], out=ws["V"].reshape(6, 6, -1))               # columns
-    np.matmul(ws["GG"], w.transpose(2, 3, 1, 0).reshape(9, -1), out=ws["U"])
+    transform_w(w, ws)
     np.matmul(ws["V"], ws["U"].reshape(36, c, co), out=ws["M"])
     np.matmul(ws["AT"], ws["M"].reshape(6, -1), out=ws["Z2"].reshape(4, -1))
     np.matmul(ws["AT"], ws["Z2"], out=ws["Y"].reshape(4, 4, -1))
@@ -215,13 +218,58 @@ def f43_grad_weight(g, out, ws):
         ws["dW"] = np.empty((3, 3, c, co), g.dtype)
         ws["AA"] = np.kron(AT43, AT43).T.astype(g.dtype)
         ws["GGt"] = np.kron(G43, G43).T.astype(g.dtype)
-    gp = ws["gp"]
-    np.copyto(gp[:, :ho, :wo], g)
-    np.copyto(ws["Ec"], gp.reshape(n, th, 4, tw, 4, co).transpose(2, 4, 0, 1, 3, 5))
-    np.matmul(ws["AA"], ws["Ec"].reshape(16, -1), out=ws["E"].reshape(36, -1))
+    transform_g(g, ws)
     np.matmul(v.transpose(0, 2, 1), ws["E"], out=ws["S"])
     np.matmul(ws["GGt"], ws["S"].reshape(36, -1), out=ws["dW"].reshape(9, -1))
     np.copyto(out, ws["dW"].transpose(3, 2, 0, 1))
+    return out
+
+
+def transform_w(w, ws):
+    """ws["U"] (36, C*Co) <- (G x G) of every filter of w (Co, C, 3, 3)."""
+    np.matmul(ws["GG"], w.transpose(2, 3, 1, 0).reshape(9, -1), out=ws["U"])
+
+
+def transform_g(g, ws):
+    """ws["E"] (36, P, Co) <- (A x A) of every 4x4 tile of g (N, Ho, Wo, Co), zero rim."""
+    n, ho, wo, co = g.shape
+    gp = ws["gp"]
+    np.copyto(gp[:, :ho, :wo], g)
+    th, tw = gp.shape[1] // 4, gp.shape[2] // 4
+    np.copyto(ws["Ec"], gp.reshape(n, th, 4, tw, 4, co).transpose(2, 4, 0, 1, 3, 5))
+    np.matmul(ws["AA"], ws["Ec"].reshape(16, -1), out=ws["E"].reshape(36, -1))
+
+
+def f43_grad_input(ws, out):
+    """out (N, H, W, C) <- dL/dx of a padding-0 f43_forward from f43_grad_weight's
+    E = (A x A) e and the forward's U: dV = E @ U^T per tile point, dX = (B x B) dV, and
+    the 6x6 tiles (stride 4) added back where they overlap, columns then rows."""
+    e, u = ws["E"], ws["U"]
+    _, p, co = e.shape
+    n, hp, wp, c = ws["xp"].shape
+    th, tw = (hp - 2) // 4, (wp - 2) // 4
+    if "dV" not in ws:
+        ws["dV"] = np.empty((36, p, c), e.dtype)
+        ws["dZ"] = np.empty((6, 6, p * c), e.dtype)
+        ws["dX"] = np.empty((6, 6, n, th, tw, c), e.dtype)
+        ws["Q"] = np.empty((6, n, th, 4 * tw + 4, c), e.dtype)
+        ws["dxp"] = np.empty((n, 4 * th + 4, 4 * tw + 4, c), e.dtype)
+        ws["B"] = ws["BT"].T.copy()
+    np.matmul(e, u.reshape(36, c, co).transpose(0, 2, 1), out=ws["dV"])
+    np.matmul(ws["B"], ws["dV"].reshape(6, -1), out=ws["dZ"].reshape(6, -1))   # rows
+    np.matmul(ws["B"], ws["dZ"], out=ws["dX"].reshape(6, 6, -1))               # columns
+    d, q, dxp = ws["dX"], ws["Q"], ws["dxp"]
+    # columns: tile column j of tile s lands at 4s + j (j = 4, 5 on the next tile's 0, 1)
+    np.copyto(q[:, :, :, :4 * tw].reshape(6, n, th, tw, 4, c), d[:, :4].transpose(0, 2, 3, 4, 1, 5))
+    q[:, :, :, 4 * tw:] = 0
+    spill = q[:, :, :, 4:4 * tw + 4].reshape(6, n, th, tw, 4, c)[:, :, :, :, :2]
+    spill += d[:, 4:6].transpose(0, 2, 3, 4, 1, 5)
+    # rows, the same way
+    np.copyto(dxp[:, :4 * th].reshape(n, th, 4, 4 * tw + 4, c), q[:4].transpose(1, 2, 0, 3, 4))
+    dxp[:, 4 * th:] = 0
+    spill = dxp[:, 4:4 * th + 4].reshape(n, th, 4, 4 * tw + 4, c)[:, :, :2]
+    spill += q[4:6].transpose(1, 2, 0, 3, 4)
+    np.copyto(out, dxp[:, :out.shape[1], :out.shape[2]])
     return out
 
 
@@ -254,6 +302,10 @@ def main():
     win = np.lib.stride_tricks.sliding_window_view(xc.astype(np.float64), (3, 3), axis=(1, 2))
     ref = np.einsum("nhwcij,ocij->nhwo", win, w.astype(np.float64))
     ref_dw = np.einsum("nhwcij,nhwo->ocij", win, gl.astype(np.float64))
+    ref_dx = np.zeros(xc.shape)
+    for i in range(3):
+        for j in range(3):
+            ref_dx[:, i:i + ho, j:j + wo] += gl.astype(np.float64) @ w[:, :, i, j].astype(float)
 
     out, dw, ws_im = np.empty((n, co, ho, wo), np.float32), np.empty(w.shape, np.float32), {}
 
@@ -265,10 +317,19 @@ def main():
         conv.conv2d_grad_weight(x, gl.transpose(0, 3, 1, 2), w, stride=(1, 1), padding=(0, 0),
                                 out=dw, ws=ws_im, cols_ready=True, last=True, gT=gl)
 
-    im2col_fwd(), im2col_dw()
-    print(f"im2col   forward {errors(conv.as_last(out), ref)}; dw {errors(dw, ref_dw)}")
+    dx, ws_dx = np.empty(x.shape, np.float32), {}
+
+    def im2col_dx():                # 9 offset GEMMs + col2im: the compiled input gradient
+        conv.conv2d_grad_input(gl.transpose(0, 3, 1, 2), w, x, stride=(1, 1), padding=(0, 0),
+                               out=dx, ws=ws_dx, gT=gl)
+
+    im2col_fwd(), im2col_dw(), im2col_dx()
+    print(f"im2col   forward {errors(conv.as_last(out), ref)}; dw {errors(dw, ref_dw)}; "
+          f"dx {errors(dx.transpose(0, 2, 3, 1), ref_dx)}")
     cases = {"im2col fwd + dw": lambda: (im2col_fwd(), im2col_dw()),
-             "im2col fwd": im2col_fwd, "im2col dw (cols ready)": im2col_dw}
+             "im2col fwd": im2col_fwd, "im2col dw (cols ready)": im2col_dw,
+             "im2col fwd + dw + dx": lambda: (im2col_fwd(), im2col_dw(), im2col_dx()),
+             "im2col dx": im2col_dx}
     for name, fwd, grad in (("F(2,3)", winograd_forward, winograd_grad_weight),
                             ("F(4,3)", f43_forward, f43_grad_weight)):
         o, d, ws = np.empty((n, ho, wo, co), np.float32), np.empty(w.shape, np.float32), {}
@@ -279,6 +340,16 @@ def main():
         cases[f"{name} fwd + dw"] = lambda fw=fw, gw=gw: (fw(), gw())
         cases[f"{name} fwd"] = fw
         cases[f"{name} dw (V ready)"] = gw
+        if name == "F(4,3)":
+            dxw = np.empty(xc.shape, np.float32)
+            f43_grad_input(ws, dxw)
+            print(f"{name}   dx {errors(dxw, ref_dx)}")
+            cases[f"{name} dx (E ready)"] = lambda ws=ws, dxw=dxw: f43_grad_input(ws, dxw)
+            cases[f"{name} dx alone"] = \
+                lambda ws=ws, dxw=dxw: (transform_g(gl, ws), transform_w(w, ws),
+                                        f43_grad_input(ws, dxw))
+            cases[f"{name} fwd + dw + dx"] = \
+                lambda fw=fw, gw=gw, ws=ws, dxw=dxw: (fw(), gw(), f43_grad_input(ws, dxw))
         k = 16 if name == "F(2,3)" else 36              # points of a transformed tile
         v, m, e, s, u = (ws[key].reshape(k, -1, dim) for key, dim in
                          (("V", c), ("M", co), ("E", co), ("S", co), ("U", co)))
@@ -292,8 +363,8 @@ def main():
                                                   out=ws_im["dwT"].reshape(-1, co))
     for r in range(2):              # alternating rounds: the machine is shared
         print(f"round {r + 1} (best / median of {a.rounds}, ms)")
-        for name in sorted(cases, key=lambda k: (k.startswith(" "), k.split()[-1] != "dw",
-                                                 "fwd +" not in k, "dw" in k)):
+        for name in sorted(cases, key=lambda k: (k.startswith(" "), "+ dx" not in k,
+                                                 "+ dw" not in k, "dw" in k, "dx" in k)):
             lo, med = best(cases[name], a.rounds)
             print(f"  {name:24s} {lo:6.2f} / {med:6.2f}")
 
