@@ -105,7 +105,7 @@ def test_pictures_and_pages_into_a_missing_folder_are_graphc_errors(tmp_path, ca
         assert cli.main([command, saved, "-o", str(tmp_path / "nowhere" / "out")]) == 1
         assert "cannot write" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
-    assert cli.main(["demo", "--epochs", "0", "--quiet", "--out",
+    assert cli.main(["demo", "--epochs", "1", "--quiet", "--out",
                      str(tmp_path / "afile" / "sub")]) == 1
     assert "Not a directory" in capsys.readouterr().err
 
