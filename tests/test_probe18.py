@@ -62,6 +62,15 @@ def test_a_bad_batch_size_is_a_graphc_error_in_fit_evaluate_and_predict(batch_si
             call()
 
 
+@pytest.mark.parametrize("initial_epoch", [-1, 1.5, None, True])
+def test_a_bad_initial_epoch_is_a_graphc_error(initial_epoch):
+    from graphc import nn
+    x, y = np.zeros((4, 5), np.float32), np.zeros((4, 1), np.float32)
+    model = nn.Sequential([nn.Dense(1)], seed=0)
+    with pytest.raises(gc.GraphcError, match="fit: initial_epoch must be an int >= 0, got"):
+        nn.fit(model, "mse", nn.SGD(), x, y, epochs=2, initial_epoch=initial_epoch, verbose=0)
+
+
 def test_a_target_that_widens_the_prediction_is_refused_by_the_losses():
     # (n, 1) probabilities against (n, 2) targets averaged each prediction against both
     # targets, silently (PyTorch's BCELoss refuses a target of another size)
@@ -156,7 +165,8 @@ def test_fit_resumed_from_saved_model_and_optimizer_equals_one_fit(make_opt, tmp
 @pytest.mark.parametrize("make", [
     lambda nn: nn.Dense(-1), lambda nn: nn.Dense(0), lambda nn: nn.Dense(2.5),
     lambda nn: nn.Conv2D(2, 0), lambda nn: nn.Conv2D(0, 3), lambda nn: nn.Conv2D(2, (3, 1.5)),
-    lambda nn: nn.Embedding(0, 2), lambda nn: nn.Embedding(3, -2)])
+    lambda nn: nn.Embedding(0, 2), lambda nn: nn.Embedding(3, -2), lambda nn: nn.LSTM(0),
+    lambda nn: nn.GRU(True)])
 def test_layer_sizes_must_be_positive_ints(make):
     # Dense(-1) was a NumPy ValueError, Conv2D(2, 0) a ZeroDivisionError in the initializer,
     # Dense(2.5) made 2 units and Dense(0) / Embedding(0, 2) empty layers, silently

@@ -21,6 +21,7 @@ from graphc.distributed.shards import Shards, is_dask
 from graphc.ir import GraphcError
 from graphc.nn import losses as losses_mod
 from graphc.nn import train
+from graphc.nn.module import whole
 
 
 class WorkerLost(Exception):
@@ -44,7 +45,7 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
     need_dask()
     client = get_client(client)
     x, y, y_local = check_inputs(x, y)
-    batch_size = train.check_batch_size(batch_size, "fit")
+    batch_size = whole(batch_size, "fit: batch_size")
     loss_fn = losses_mod.get(loss)
     graphs = build(model, loss_fn, optimizer, x, y, l1, l2)
     metric_fn = train.pick_metric(metric, graphs.pred_shape, y_local)

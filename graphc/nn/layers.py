@@ -13,23 +13,15 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importable from here)
-    ACTIVATIONS, Layer, Model, Sequential, activation_fn)
-
-
-def size(v, what: str) -> int:
-    """A positive int: Dense(-1) failed in NumPy, Conv2D(2, 0) divided by zero in its
-    initializer and Dense(2.5) quietly made 2 units."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise GraphcError(f"{what} must be a positive int, got {v!r}")
-    return int(v)
+    ACTIVATIONS, Layer, Model, Sequential, activation_fn, whole)
 
 
 def pair(v, what: str) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)):
-        return size(v, what), size(v, what)
+        return whole(v, what), whole(v, what)
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise GraphcError(f"{what} must be an int or a pair, got {v!r}")
-    return size(v[0], what), size(v[1], what)
+    return whole(v[0], what), whole(v[1], what)
 
 
 def float_dtype(x: Node) -> np.dtype:
@@ -54,7 +46,7 @@ class Dense(Layer):
                  kernel_init="glorot", bias_init="zeros", name: str | None = None,
                  seed: int | None = None):
         super().__init__(name, seed)
-        self.units, self.use_bias = size(units, "Dense: units"), use_bias
+        self.units, self.use_bias = whole(units, "Dense: units"), use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
 
@@ -85,7 +77,7 @@ class Conv2D(Layer):
                  use_bias: bool = True, kernel_init="he", bias_init="zeros",
                  name: str | None = None, seed: int | None = None):
         super().__init__(name, seed)
-        self.filters = size(filters, "Conv2D: filters")
+        self.filters = whole(filters, "Conv2D: filters")
         self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
         self.stride, self.padding, self.use_bias = stride, padding, use_bias
         self.activation = activation_fn(activation)
@@ -175,7 +167,7 @@ class Embedding(Layer):
     def __init__(self, vocab: int, dim: int, init=None, dtype="float32",
                  name: str | None = None, seed: int | None = None):
         super().__init__(name, seed)
-        self.vocab, self.dim = size(vocab, "Embedding: vocab"), size(dim, "Embedding: dim")
+        self.vocab, self.dim = whole(vocab, "Embedding: vocab"), whole(dim, "Embedding: dim")
         self.dtype = dtype
         self.init = init or standard_normal
 

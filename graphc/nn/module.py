@@ -28,6 +28,16 @@ _training = contextvars.ContextVar("graphc_training", default=True)
 _outer_call = contextvars.ContextVar("graphc_outer_call", default=None)
 
 
+def whole(v, what: str, least: int = 1) -> int:
+    """An int >= least, for sizes and counts (bools, floats and strings are refused): Dense(-1)
+    failed in NumPy, Conv2D(2, 0) divided by zero, Dense(2.5) made 2 units, batch_size=0
+    divided an epoch by zero."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+        kind = "a positive int" if least == 1 else f"an int >= {least}"
+        raise GraphcError(f"{what} must be {kind}, got {v!r}")
+    return int(v)
+
+
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
     "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
     "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),

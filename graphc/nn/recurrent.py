@@ -6,11 +6,9 @@ the graph has the same size for 10 steps or 1,000.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import graphc as gc
-from graphc.ir import GraphcError, Node, apply, as_node
-from graphc.nn.layers import Layer, float_dtype, need_dims
+from graphc.ir import Node, apply, as_node
+from graphc.nn.layers import Layer, float_dtype, need_dims, whole
 
 
 class Recurrent(Layer):
@@ -22,10 +20,7 @@ class Recurrent(Layer):
                  kernel_init="glorot", recurrent_init="orthogonal", name: str | None = None,
                  seed: int | None = None):
         super().__init__(name, seed)
-        if not isinstance(units, (int, np.integer)) or units < 1:
-            raise GraphcError(f"{type(self).__name__}: units must be a positive int, "
-                              f"got {units!r}")
-        self.units = int(units)
+        self.units = whole(units, f"{type(self).__name__}: units")
         self.return_sequences, self.return_state = return_sequences, return_state
         self.kernel_init, self.recurrent_init = kernel_init, recurrent_init
 

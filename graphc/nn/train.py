@@ -14,6 +14,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError
 from graphc.nn import losses as losses_mod
+from graphc.nn.module import whole
 
 try:
     from tqdm import tqdm
@@ -83,14 +84,6 @@ def count(x) -> int:
     return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
-def check_batch_size(batch_size, what: str) -> int:
-    """A positive int (0 divided the epoch into batches, a float failed inside range())."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise GraphcError(f"{what}: batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
-
-
 def batches(n: int, batch_size: int, order: np.ndarray | None = None):
     """Index arrays of consecutive batches; the last one may be smaller."""
     order = np.arange(n) if order is None else order
@@ -140,7 +133,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     fit(epochs=2, initial_epoch=1) (also after save_params/load_params of model and optimizer).
     """
     x, y = check_data(x, y, "fit")
-    batch_size = check_batch_size(batch_size, "fit")
+    batch_size = whole(batch_size, "fit: batch_size")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     pred = model(*as_list(xp), training=True)
@@ -182,9 +175,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
 def epoch_orders(n: int, epochs: int, initial_epoch: int, seed: int):
     """(epoch, order of the rows) from initial_epoch + 1 to epochs; the orders of the epochs
     skipped are drawn too, so a resumed fit shuffles as the uninterrupted one did."""
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
-            or initial_epoch < 0:
-        raise GraphcError(f"fit: initial_epoch must be an int >= 0, got {initial_epoch!r}")
+    initial_epoch = whole(initial_epoch, "fit: initial_epoch", least=0)
     rng = np.random.default_rng(seed)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n)
@@ -206,7 +197,7 @@ def evaluation_step(model, loss_fn, xp, yp):
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
     """Loss (and accuracy for classification) of the model in evaluation mode."""
     x, y = check_data(x, y, "evaluate")
-    batch_size = check_batch_size(batch_size, "evaluate")
+    batch_size = whole(batch_size, "evaluate: batch_size")
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
     step = evaluation_step(model, loss_fn, xp, yp)
@@ -221,7 +212,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
     x = as_inputs(x, "predict")
-    batch_size = check_batch_size(batch_size, "predict")
+    batch_size = whole(batch_size, "predict: batch_size")
     xp = as_list(input_placeholders(x))
     step = gc.function(xp, model(*xp, training=False))
     return np.concatenate([np.asarray(step(*rows(x, idx)))
