@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except graphc.GraphcError as e:
-        print(f"graphc {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:           # e.g. `graphc demo --out` a place that cannot be a folder
+    except (graphc.GraphcError, OSError) as e:   # OSError: `demo --out` under a file, say
         print(f"graphc {args.command}: error: {e}", file=sys.stderr)
         return 1
 
@@ -87,12 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def loaded_nodes(path: str) -> list:
-    """The outputs (and update values) of a saved graph, in the order saved."""
-    if path.endswith(".onnx"):                   # an ONNX model: its outputs, by ONNX name
+def loaded(path: str):
+    """What a file holds: a saved Graph, node or list of nodes; an ONNX model's outputs."""
+    if path.endswith(".onnx"):                   # its outputs, by ONNX name
         from graphc.onnx import load_outputs
         return load_outputs(path)
-    obj = graphc.load(path)
+    return graphc.load(path)
+
+
+def loaded_nodes(path: str) -> list:
+    """The outputs (and update values) of a saved graph, in the order saved."""
+    obj = loaded(path)
     if isinstance(obj, graphc.Graph):
         return list(obj.outputs) + [new for _, new in obj.updates]
     return [obj] if isinstance(obj, graphc.Node) else list(obj)
@@ -125,11 +127,11 @@ def run_formula(args) -> int:
 def formula_labels(path: str) -> dict:
     """label -> node: the outputs by name (or out0...), each update as `new VAR` (a training
     step's 27 updates were out1 ... out27, with no word of the variable each one writes)."""
-    obj = None if path.endswith(".onnx") else graphc.load(path)
-    if not isinstance(obj, graphc.Graph):
-        pairs = [(n.name or f"out{k}", n) for k, n in enumerate(loaded_nodes(path))]
-    else:
-        pairs = [(n.name or f"out{k}", n) for k, n in enumerate(obj.outputs)]
+    obj = loaded(path)                  # read once
+    outputs = obj.outputs if isinstance(obj, graphc.Graph) else \
+        [obj] if isinstance(obj, graphc.Node) else list(obj)
+    pairs = [(n.name or f"out{k}", n) for k, n in enumerate(outputs)]
+    if isinstance(obj, graphc.Graph):
         pairs += [(f"new {v.name or f'variable{k}'}", new)
                   for k, (v, new) in enumerate(obj.updates)]
     labels: dict = {}
