@@ -94,3 +94,29 @@ def test_an_empty_batch_of_labels_gives_an_empty_loss():
     y = gc.placeholder((None,), "int64", "y")
     f = gc.function([z, y], gc.softmax_cross_entropy(z, y))
     assert f(np.zeros((0, 3)), np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_the_usual_call_checks_every_feed_as_the_first_one_did():
+    """A call like the last one skips the plan lookup (a guard made for the plan); a feed
+    that is the updated variable's memory, one of a new shape or of an equal dtype that is not
+    NumPy's own object still gets the full treatment."""
+    W = gc.variable(np.arange(6.0).reshape(3, 2), name="W")
+    x = gc.placeholder((None, 2), "float64", "x")
+    f = gc.function([x], [x * 1.0, gc.sum(x * W[:1])], updates=[(W, W + 1.0)])
+    a = RNG.normal(size=(3, 2))
+    assert f(a)[1] == pytest.approx((a * np.arange(2.0)).sum())
+    for feed in (lambda: W.value, lambda: W.value[:], lambda: W.value[:2]):
+        w0 = W.value.copy()
+        same, total = f(feed())          # x is returned after W is written: the old value
+        np.testing.assert_array_equal(same, w0[:len(same)])
+        assert total == pytest.approx((w0[:len(same)] * w0[:1]).sum())
+        np.testing.assert_array_equal(W.value, w0 + 1.0)
+    b = a.copy()
+    f(b)
+    b.shape = (2, 3)                     # reshaped in place
+    with pytest.raises(gc.GraphcError, match=r"'x': expected shape \(\?, 2\), got \(2, 3\)"):
+        f(b)
+    tagged = np.dtype("float64", metadata={"unit": "m"})
+    assert tagged == np.float64 and tagged is not np.dtype(np.float64)
+    w0 = W.value.copy()
+    assert f(a.astype(tagged))[1] == pytest.approx((a * w0[:1]).sum())

@@ -106,7 +106,6 @@ class Function:
         self.gives = [lock.release for lock in reversed(self.locks)]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
         self.dtypes = tuple(ph.dtype for ph in inputs)
-        self.last_sig: tuple | None = None       # the feed shapes of last_plan
 
     # feeds -----------------------------------------------------------------------------
     def feeds(self, args) -> list[np.ndarray]:
@@ -142,7 +141,7 @@ class Function:
         plan = self.plans.get(sig)
         if plan is not None:
             self.plans.move_to_end(sig)
-            self.last_plan, self.last_sig = plan, sig
+            self.last_plan = plan
         return plan
 
     def plan_for(self, feeds: list[np.ndarray]) -> Plan:
@@ -154,12 +153,13 @@ class Function:
                 shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
                 plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                              tag=" x ".join(map(format_shape, sig)))
+            plan.accepts = feed_guard(sig, self.dtypes, self.updated)
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)      # the least recently used
         else:
             self.plans.move_to_end(sig)
-        self.last_plan, self.last_sig = plan, sig
+        self.last_plan = plan
         return plan
 
     # calling ---------------------------------------------------------------------------
@@ -190,26 +190,21 @@ class Function:
     def call(self, args) -> list:
         """One call without taking locks (the caller holds them, or, for a loop body called
         by its scan step, the enclosing call does): the list of outputs."""
-        plan, sig = None, self.last_sig
-        if sig is not None and len(args) == len(sig):   # the usual call: as the last one
-            for a, dt, shape in zip(args, self.dtypes, sig):
-                if type(a) is not np.ndarray or a.dtype is not dt or a.shape != shape:
-                    break
-            else:
-                plan = self.last_plan
-        if plan is None:
+        plan = self.last_plan
+        if plan is None or not plan.accepts(args):     # the usual call is as the last one
             plan = self.fast_plan(args)
-        if plan is None:
-            args = self.feeds(args)
-            plan = self.plan_for(args)
-        feeds = self.unshared(args) if self.updated else args
+            if plan is None:
+                args = self.feeds(args)
+                plan = self.plan_for(args)
+            if self.updated:
+                args = self.unshared(args)
         try:
             if _ERRSTATE is None:
                 with np.errstate(all="ignore"):
-                    return plan.run(*feeds)      # holds Ctrl-C from its first update write
+                    return plan.run(*args)       # holds Ctrl-C from its first update write
             token = _ERRSTATE.set(_QUIET)
             try:
-                return plan.run(*feeds)
+                return plan.run(*args)
             finally:
                 _ERRSTATE.reset(token)
         except GraphcError:
@@ -327,6 +322,21 @@ def check_update(pair) -> None:
         raise GraphcError(f"update of {var.label()} {format_shape(var.shape)} "
                           f"{var.dtype.name}: new value has {format_shape(new.shape)} "
                           f"{new.dtype.name} (built at {new.where})")
+
+
+def feed_guard(sig: tuple, dtypes: tuple, updated: set):
+    """A test made for one plan that a call's feeds can run it as they are: arrays of exactly
+    its shapes and dtypes, none of them (a view of) a variable the call updates. One generated
+    expression: a loop over the feeds costs a small step several us more, most of it cache
+    misses after the step's own arrays have gone through the cache."""
+    names = {"nd": np.ndarray, "updated": updated}
+    tests = [f"len(a) == {len(sig)}"]
+    for k, (dt, shape) in enumerate(zip(dtypes, sig)):
+        names[f"d{k}"] = dt
+        tests.append(f"type(a[{k}]) is nd and a[{k}].dtype is d{k} and a[{k}].shape == {shape}")
+        if updated:
+            tests.append(f"a[{k}].base is None and id(a[{k}]) not in updated")
+    return eval("lambda a: " + " and ".join(tests), names)
 
 
 def dummy_feed(ph: Node) -> np.ndarray:
