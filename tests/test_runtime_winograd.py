@@ -88,7 +88,10 @@ def test_the_forward_writes_its_channels_last_result_in_out_when_asked():
 
 
 def test_winograd_is_used_where_the_rule_says_it_pays():
-    pays = winograd.pays
+    """The rule (measured: bench/winograd_rule.py) on typical and edge shapes."""
+    def pays(x, w, stride, padding, dtype="float32"):
+        return winograd.pays(x, w, stride, padding, dtype)
+
     assert pays((64, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0))      # cnn_b64's conv2
     assert pays((8, 16, 4, 4), (16, 16, 3, 3), (1, 1), (1, 1))         # one whole tile
     assert not pays((64, 1, 28, 28), (32, 1, 3, 3), (1, 1), (0, 0))    # one channel
@@ -97,6 +100,9 @@ def test_winograd_is_used_where_the_rule_says_it_pays():
     assert not pays((8, 32, 13, 13), (32, 32, 5, 5), (1, 1), (0, 0))   # 5x5
     assert not pays((8, 32, 3, 3), (32, 32, 3, 3), (1, 1), (0, 0))     # a 1x1 map: 16x waste
     assert not pays((8, 32, 2, 2), (32, 32, 3, 3), (1, 1), (0, 0))     # no output
+    assert not pays((8, 32, 8, 8), (32, 32, 3, 3), (1, 1), (0, 0))     # 6x6 in 8x8 tiles
+    assert pays((8, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float64")
+    assert not pays((8, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float16")
 
 
 def random_stack(seed: int, dtype):

@@ -109,7 +109,8 @@ class ConvStack:
         shape = [low.shapes[id(x)][0] for x in n.inputs]
         x, w = {"conv2d": (0, 1), "conv2d_grad_input": (2, 1),
                 "conv2d_grad_weight": (0, 2)}[n.op]
-        return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"])
+        return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"],
+                             n.dtype)
 
     def winograd_code(self, low, n, a: list[str], o: str, ws: str) -> str:
         """The Winograd step: the forward registers its workspace (transforms kept) and its
