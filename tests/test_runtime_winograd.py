@@ -93,16 +93,17 @@ def test_winograd_is_used_where_the_rule_says_it_pays():
         return winograd.pays(x, w, stride, padding, dtype)
 
     assert pays((64, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0))      # cnn_b64's conv2
-    assert pays((8, 16, 4, 4), (16, 16, 3, 3), (1, 1), (1, 1))         # one whole tile
-    assert not pays((64, 1, 28, 28), (32, 1, 3, 3), (1, 1), (0, 0))    # one channel
-    assert not pays((8, 32, 13, 13), (8, 32, 3, 3), (1, 1), (0, 0))    # few out-channels
-    assert not pays((8, 32, 13, 13), (32, 32, 3, 3), (2, 2), (0, 0))   # strided
-    assert not pays((8, 32, 13, 13), (32, 32, 5, 5), (1, 1), (0, 0))   # 5x5
-    assert not pays((8, 32, 3, 3), (32, 32, 3, 3), (1, 1), (0, 0))     # a 1x1 map: 16x waste
-    assert not pays((8, 32, 2, 2), (32, 32, 3, 3), (1, 1), (0, 0))     # no output
-    assert not pays((8, 32, 8, 8), (32, 32, 3, 3), (1, 1), (0, 0))     # 6x6 in 8x8 tiles
-    assert pays((8, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float64")
-    assert not pays((8, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float16")
+    assert not pays((4, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0))   # 4 images: too small
+    assert pays((1024, 16, 4, 4), (16, 16, 3, 3), (1, 1), (1, 1))      # one whole tile
+    assert not pays((1024, 1, 28, 28), (32, 1, 3, 3), (1, 1), (0, 0))  # one channel
+    assert not pays((1024, 32, 13, 13), (8, 32, 3, 3), (1, 1), (0, 0))  # few out-channels
+    assert not pays((1024, 32, 13, 13), (32, 32, 3, 3), (2, 2), (0, 0))  # strided
+    assert not pays((1024, 32, 13, 13), (32, 32, 5, 5), (1, 1), (0, 0))  # 5x5
+    assert not pays((1024, 32, 3, 3), (32, 32, 3, 3), (1, 1), (0, 0))  # a 1x1 map: 16x waste
+    assert not pays((1024, 32, 2, 2), (32, 32, 3, 3), (1, 1), (0, 0))  # no output
+    assert not pays((1024, 32, 8, 8), (32, 32, 3, 3), (1, 1), (0, 0))  # 6x6 in 8x8 tiles
+    assert pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float64")
+    assert not pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float16")
 
 
 def random_stack(seed: int, dtype):
@@ -136,6 +137,7 @@ def everywhere(monkeypatch):
     """Winograd for every stride-1 3x3 convolution, whatever its channels and map."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MAX_WORK", 100.0)
+    monkeypatch.setattr(winograd, "MIN_PRODUCTS", 0)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -163,15 +165,15 @@ def test_compiled_stacks_with_winograd_under_check_numerics(everywhere, seed):
 
 
 def test_the_three_steps_share_the_transforms():
-    """With enough channels (no forcing): the gradients read the forward's workspace and
-    the second one reuses g's transformed tiles; values as eval's."""
-    x = gc.placeholder((None, 16, 9, 10), "float32", name="x")
-    w = gc.variable(RNG.standard_normal((16, 16, 3, 3)).astype(np.float32) / 12, name="K")
+    """Where the rule picks Winograd by itself: the gradients read the forward's workspace
+    and the second one reuses g's transformed tiles; values as eval's."""
+    x = gc.placeholder((None, 32, 23, 22), "float32", name="x")
+    w = gc.variable(RNG.standard_normal((32, 32, 3, 3)).astype(np.float32) / 17, name="K")
     y = gc.conv2d(x, w, padding=1)
     loss = gc.sum(gc.tanh(y) * y)
     outs = [loss] + list(gc.grad(loss, [x, w]))
     f = gc.function([x], outs)
-    xv = RNG.standard_normal((3, 16, 9, 10)).astype(np.float32)
+    xv = RNG.standard_normal((10, 32, 23, 22)).astype(np.float32)
     for got, want in zip(f(xv), [o.eval({x: xv}) for o in outs]):
         close(got, want, np.float32)
     src = f.source

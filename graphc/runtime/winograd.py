@@ -27,19 +27,23 @@ G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
-MIN_CHANNELS = 16      # measured, bench/winograd_rule.py: below, the transforms cost more
+# measured, bench/winograd_rule.py: below these the transforms and ~40 NumPy calls a step
+# cost more than the products they save
+MIN_CHANNELS = 16
+MIN_PRODUCTS = 2 ** 22     # N * Ho * Wo * C * Co (im2col's multiplies / 9)
 MAX_WORK = 0.4         # the tiles' products over im2col's (partial tiles waste them)
 
 
 def pays(x_shape, w_shape, stride, padding, dtype) -> bool:
     """Winograd for this convolution: 3x3, stride 1, float32/64, C and Co >= MIN_CHANNELS,
-    and the 4x4 output tiles covering the map with at most MAX_WORK of im2col's products."""
+    MIN_PRODUCTS or more, and the 4x4 output tiles covering the map with at most MAX_WORK of
+    im2col's products."""
     co, c, kh, kw = w_shape
     if (kh, kw) != (3, 3) or tuple(stride) != (1, 1) or min(c, co) < MIN_CHANNELS \
             or np.dtype(dtype) not in (np.float32, np.float64):
         return False
     ho, wo = x_shape[2] + 2 * padding[0] - 2, x_shape[3] + 2 * padding[1] - 2
-    if ho < 1 or wo < 1:
+    if ho < 1 or wo < 1 or x_shape[0] * ho * wo * c * co < MIN_PRODUCTS:
         return False
     return 36 * -(-ho // 4) * -(-wo // 4) <= MAX_WORK * 9 * ho * wo
 
