@@ -2,7 +2,7 @@
 of one stride-1 3x3 convolution (forward, input gradient, weight gradient sharing their
 transforms, as a compiled plan runs them) by F(4x4, 3x3) against the compiled im2col kernels
 (forward, weight gradient from the forward's columns, input gradient), channels-last input,
-1 thread, over channel counts and map sizes. Prints best-of-rounds ms and the ratio.
+1 thread, over channel counts and map sizes. Prints best-of-rounds CPU ms and the ratio.
 
     OPENBLAS_NUM_THREADS=1 python3 bench/winograd_rule.py [--rounds 10] [--batch 64]
 """
@@ -21,14 +21,14 @@ from graphc.runtime import conv, winograd  # noqa: E402
 
 
 def best(fs, rounds):
-    """Each function's best time in ms, the functions taking turns (a shared machine's load
-    then weighs on both alike)."""
+    """Each function's best CPU time of this thread in ms (wall times on the shared machine
+    include other processes' turns), the functions taking turns."""
     ts = [[] for _ in fs]
     for r in range(rounds + 1):
         for f, t in zip(fs, ts):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             f()
-            t.append(time.perf_counter() - t0)
+            t.append(time.thread_time() - t0)
     return [min(t[1:]) * 1e3 for t in ts]
 
 

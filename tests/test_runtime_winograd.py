@@ -102,6 +102,7 @@ def test_winograd_is_used_where_the_rule_says_it_pays():
     assert not pays((1024, 32, 3, 3), (32, 32, 3, 3), (1, 1), (0, 0))  # a 1x1 map: 16x waste
     assert not pays((1024, 32, 2, 2), (32, 32, 3, 3), (1, 1), (0, 0))  # no output
     assert not pays((1024, 32, 8, 8), (32, 32, 3, 3), (1, 1), (0, 0))  # 6x6 in 8x8 tiles
+    assert not pays((1024, 32, 15, 15), (32, 32, 3, 3), (1, 1), (0, 0))  # 13x13 in 16x16
     assert pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float64")
     assert not pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float16")
 

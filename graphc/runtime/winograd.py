@@ -31,7 +31,7 @@ AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8
 # cost more than the products they save
 MIN_CHANNELS = 16
 MIN_PRODUCTS = 2 ** 22     # N * Ho * Wo * C * Co (im2col's multiplies / 9)
-MAX_WORK = 0.4         # the tiles' products over im2col's (partial tiles waste them)
+MAX_WORK = 0.3         # the tiles' products over im2col's (partial tiles waste them)
 
 
 def pays(x_shape, w_shape, stride, padding, dtype) -> bool:
