@@ -10,8 +10,8 @@ three steps of one convolution share them instead, as im2col's columns are share
 - the weight gradient is (G^T x G^T) [sum over tiles V * E] (the forward's bilinear form
   transposed), the input gradient (B x B) [E @ U^T], the 6x6 tiles added back where they
   overlap (x: Kronecker product: both sides of every tile in one GEMM).
-Rounding: the transforms' constants (up to 8 and 1/24) make the error ~10x im2col's, ~3-7e-6
-of the largest result in float32; an inf input gives NaN where im2col gives inf (inf - inf in
+Rounding: the transforms' constants (up to 8 and 1/24) make the error ~10x im2col's, 3e-6 to
+1e-5 of the largest result in float32 (measured); an inf input gives NaN where im2col gives inf (inf - inf in
 the transforms). `pays` decides where it is used (runtime/lower_conv.py).
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8
 # measured, bench/winograd_rule.py: below these the transforms and ~40 NumPy calls a step
 # cost more than the products they save
 MIN_CHANNELS = 16
-MIN_PRODUCTS = 2 ** 22     # N * Ho * Wo * C * Co (im2col's multiplies / 9)
-MAX_WORK = 0.3         # the tiles' products over im2col's (partial tiles waste them)
+MIN_PRODUCTS = 2 ** 22  # N * Ho * Wo * C * Co (im2col's multiplies / 9)
+MAX_WORK = 0.3          # the tiles' products over im2col's (partial tiles waste them)
 
 
 def pays(x_shape, w_shape, stride, padding, dtype) -> bool:
