@@ -10,10 +10,17 @@ When every reader of a result reads its shadow, the NCHW result is not written a
 lives in that buffer (`nchw=False`). (Forcing other narrow convolutions channels-last costs
 more in transposes than it saves.) A max-pool gradient reads its forward pool's result instead
 of pooling again.
+
+A stride-1 3x3 convolution with enough channels (`winograd.pays`: a measured rule over the
+shapes) runs all three steps by Winograd F(4x4, 3x3) instead (runtime/winograd.py): the
+forward keeps the transformed input and filters in its workspace for the two gradients (as
+its columns are kept), and the gradients reading one g share its transformed tiles (the
+first step makes them, the second reuses them). Its result is channels-last, as a wide
+im2col convolution's.
 """
 from __future__ import annotations
 
-from graphc.runtime import conv
+from graphc.runtime import conv, winograd
 
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad")
 
@@ -27,6 +34,9 @@ class ConvStack:
         self.nhwc: dict[int, str] = {}        # node id -> expression of its shadow
         self.g_last: dict[int, str] = {}      # g id -> its shared channels-last copy
         self.top: dict[int, object] = {}      # pool gradient id -> its forward pool node
+        self.wino: set[str] = set()           # workspaces of Winograd convolutions
+        self.wino_g: dict[int, str] = {}      # g id -> its transformed tiles' shared dict
+        self.pool: str | None = None          # the Winograd steps' shared scratch
 
     def before(self, low) -> None:
         pass
@@ -55,6 +65,9 @@ class ConvStack:
                 return f"xp.max_pool2d({args})"
             self.nhwc[id(n)] = f'{ws}["nhwc"]'
             return f"xp.max_pool2d({args}, shadow={x})"
+        if n.op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight") \
+                and self.uses_winograd(low, n):
+            return self.winograd_code(low, n, a, o, ws)
         if n.op == "conv2d":
             only = self.only_shadow_readers(low, n)
             last = conv.wide(low.shapes[id(n.inputs[0])][0]) or only and self.pooled(low, n)
@@ -89,6 +102,44 @@ class ConvStack:
                        f"top_shadow={t}{skip})"
             return f"xp.max_pool2d_grad({args}, top={low.var[id(f)]})"
         return f"xp.{n.op}({args})"
+
+    def uses_winograd(self, low, n) -> bool:
+        """Winograd for this step of a convolution: `pays` for its input and filter shapes
+        (so the three steps of one convolution agree)."""
+        shape = [low.shapes[id(x)][0] for x in n.inputs]
+        x, w = {"conv2d": (0, 1), "conv2d_grad_input": (2, 1),
+                "conv2d_grad_weight": (0, 2)}[n.op]
+        return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"],
+                             n.dtype)
+
+    def winograd_code(self, low, n, a: list[str], o: str, ws: str) -> str:
+        """The Winograd step: the forward registers its workspace (transforms kept) and its
+        channels-last result; a gradient reads the forward's transforms when the plan has
+        that forward earlier, and shares g's transformed tiles with the other gradient."""
+        attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
+        if self.pool is None:
+            self.pool = low.const({})
+        args = f"{', '.join(a)}, {attrs}, out={o}, ws={ws}, pool={self.pool}"
+        if n.op == "conv2d":
+            self.ws[(id(n.inputs[0]), id(n.inputs[1]), repr(n.attrs))] = ws
+            self.last[ws] = True
+            self.wino.add(ws)
+            self.nhwc[id(n)] = f'{ws}["nhwc"]'
+            skip = ", nchw=False" if self.only_shadow_readers(low, n) else ""
+            return f"xp.winograd_conv2d({args}{skip})"
+        x, w = (n.inputs[2], n.inputs[1]) if n.op == "conv2d_grad_input" \
+            else (n.inputs[0], n.inputs[2])
+        g = n.inputs[0] if n.op == "conv2d_grad_input" else n.inputs[1]
+        fwd = self.ws.get((id(x), id(w), repr(n.attrs)))
+        more = f", fwd={fwd}" if fwd in self.wino else ""
+        if id(g) in self.wino_g:
+            more += f", shared={self.wino_g[id(g)]}, fill=False"
+        else:
+            self.wino_g[id(g)] = low.const({})
+            more += f", shared={self.wino_g[id(g)]}, fill=True"
+        gs = self.nhwc.get(id(g))
+        more += f", gT={gs}" if gs is not None else ""
+        return f"xp.winograd_{n.op[len('conv2d_'):]}({args}{more})"
 
     def only_shadow_readers(self, low, n) -> bool:
         """Every step reading n reads its channels-last shadow instead (so n's NCHW buffer
