@@ -127,7 +127,7 @@ class Lowering:
         direct = self.direct_updates(kinds)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
-        steps = []
+        steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
@@ -152,6 +152,8 @@ class Lowering:
                 held = True
             lines.append(f"    # {format_node(n, self.names)}")
             lines.append(f"    {code}")
+            if n.op == "fused":
+                fused_at.append(len(lines) - 1)
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
@@ -161,6 +163,10 @@ class Lowering:
                 f"template)" if self.kernel_calls else ""
             self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
+        shared = emit.share_repeats(lines, fused_at)
+        if shared:                  # defined first in run: every step's lines move down
+            lines[1:1] = shared
+            steps = [(n, first + len(shared), last + len(shared)) for n, first, last in steps]
         return "\n".join(lines) + "\n", steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
