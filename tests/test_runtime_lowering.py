@@ -140,3 +140,15 @@ def test_a_step_failing_inside_shared_code_is_named():
     assert "    shared0(" in f.source
     with pytest.raises(gc.GraphcError, match=r"step \d+ failed at run time: ValueError"):
         f(ks, np.array(-1))
+
+
+def test_an_exported_plan_with_shared_code_runs_as_the_function(tmp_path):
+    """The shared functions are part of the plan's source: the exported module (no graphc)
+    gives the same loss and variables."""
+    from tests.test_export import check_export
+    x, loss, params, grads = chain_of_blocks(emit.SHARED_MIN + 1)
+    f = gc.function([x], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    rng = np.random.default_rng(1)
+    data = [[rng.uniform(-1, 1, (4, 3))] for _ in range(3)]
+    check_export(f, data[:1], data[1:], tmp_path, params, rtol=1e-12)
+    assert "    shared0(" in f.source
