@@ -54,6 +54,7 @@ class Lowering:
         self.spines: dict[int, tuple] = {}
         self.users_of: dict[int, dict] = {}
         self.compiles: dict[int, bool] = {}
+        self.form_compiles: dict[int, bool] = {}   # body form (fuse.structure) -> compiles
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
         # per-plan state of the op families that lower together (lowering.FAMILIES)
         self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
@@ -362,8 +363,14 @@ class Lowering:
 
     def fused_ok(self, n: Node) -> bool:
         ok = self.compiles.get(id(n))
-        if ok is None:
-            ok = self.compiles[id(n)] = self.body_compiles(n)
+        if ok is None:                 # the answer depends on the body's form alone
+            form = getattr(n.attrs["body"], "structure", None)
+            ok = self.form_compiles.get(form) if form is not None else None
+            if ok is None:
+                ok = self.body_compiles(n)
+                if form is not None:
+                    self.form_compiles[form] = ok
+            self.compiles[id(n)] = ok
         return ok
 
     def body_compiles(self, n: Node) -> bool:
