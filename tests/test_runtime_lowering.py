@@ -91,3 +91,64 @@ def test_the_plan_report_names_each_kernel_step_and_why():
     assert "concat" in report and "no fast lowering" in report
     g = gc.function([b], gc.exp(b) * 2.0)
     assert "kernel" not in g.plan_report()
+
+
+def chain_of_blocks(blocks: int):
+    """h = tanh(h * w_i) + 0.5 * h per block, each with its own variable (no two blocks are
+    one node), and the SGD updates of the mean square of h."""
+    x = gc.placeholder((None, 3), "float64", name="x")
+    h, params = x, []
+    for i in range(blocks):
+        w = gc.variable(np.linspace(0.2, 0.9, 3) + 0.01 * i, name=f"w{i}")
+        params.append(w)
+        h = gc.tanh(h * w) + 0.5 * h
+    loss = gc.mean(h * h)
+    return x, loss, params, gc.grad(loss, params)
+
+
+def test_repeated_fused_steps_call_one_shared_function_and_keep_their_values():
+    """Fused steps whose code is the same up to the names they read and write, at least
+    emit.SHARED_MIN times, call one local function: the loss and every update equal the
+    interpreter's, and steps repeated fewer times keep their code inline."""
+    x, loss, params, grads = chain_of_blocks(emit.SHARED_MIN + 4)
+    xs = np.random.default_rng(0).uniform(-1, 1, (5, 3))
+    want = [n.eval({x: xs}) for n in [loss] + list(grads)]
+    before = [p.value.copy() for p in params]
+    f = gc.function([x], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    got = f(xs)
+    assert "    def shared0(" in f.source and "    shared0(" in f.source
+    np.testing.assert_allclose(got, want[0], rtol=1e-12)
+    for p, w0, g in zip(params, before, want[1:]):
+        np.testing.assert_allclose(p.value, w0 - 0.1 * g, rtol=1e-12, atol=1e-15)
+    x, loss, params, grads = chain_of_blocks(3)
+    f = gc.function([x], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    f(xs)
+    assert "shared" not in f.source
+
+
+def test_a_step_failing_inside_shared_code_is_named():
+    """An integer power with a negative exponent raises inside the shared function: the
+    error names the step that called it, as for inline code."""
+    k = gc.placeholder((3,), "int64", name="k")
+    e = gc.placeholder((), "int64", name="e")
+    ys = [(k * gc.variable(np.full(3, i + 1, np.int64), name=f"m{i}")) ** e + k
+          for i in range(emit.SHARED_MIN + 2)]
+    f = gc.function([k, e], ys)
+    ks = np.array([1, 2, 3])
+    assert [y.tolist() for y in f(ks, np.array(1))] == [
+        (ks * (i + 1) + ks).tolist() for i in range(emit.SHARED_MIN + 2)]
+    assert "    shared0(" in f.source
+    with pytest.raises(gc.GraphcError, match=r"step \d+ failed at run time: ValueError"):
+        f(ks, np.array(-1))
+
+
+def test_an_exported_plan_with_shared_code_runs_as_the_function(tmp_path):
+    """The shared functions are part of the plan's source: the exported module (no graphc)
+    gives the same loss and variables."""
+    from tests.test_export import check_export
+    x, loss, params, grads = chain_of_blocks(emit.SHARED_MIN + 1)
+    f = gc.function([x], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    rng = np.random.default_rng(1)
+    data = [[rng.uniform(-1, 1, (4, 3))] for _ in range(3)]
+    check_export(f, data[:1], data[1:], tmp_path, params, rtol=1e-12)
+    assert "    shared0(" in f.source

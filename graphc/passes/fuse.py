@@ -4,6 +4,8 @@ Both need to know a node's users, so they are one walk each over the graph, not 
 """
 from __future__ import annotations
 
+import itertools
+
 from graphc.ir import OPS, Graph, GraphcError, Node, apply, context_grad_of
 from graphc.ops.fused import ACTIVATIONS, Body   # the activations dense may end with
 from graphc.passes.patterns import is_value
@@ -77,7 +79,41 @@ def make_body(members: list[Node]) -> tuple[list[Node], Body]:
             external.append(i)
     for m in members:
         inner[m] = rebuild_node(m, [inner[i] for i in m.inputs], {})
-    return external, Body([inner[x] for x in external], inner[members[-1]])
+    body = Body([inner[x] for x in external], inner[members[-1]])
+    body.structure = structure(body)
+    return external, body
+
+
+STRUCTURES: dict[tuple, int] = {}    # a body's form -> its number (runtime answers per form)
+
+
+def structure(body: Body) -> int:
+    """A number per form of body: equal for bodies equal up to their nodes' identities, names
+    and lines (each node's op, dtype, attributes and inputs by position; placeholders by input
+    index and declared type; inlined constants by value). The lowering answers per form what
+    depends on nothing else (shapes, whether it compiles): a big graph repeats a few forms."""
+    place = {id(p): k for k, p in enumerate(body.inputs)}
+    pos: dict[int, int] = {}
+    form = []
+    for j, b in enumerate(body.nodes):
+        pos[id(b)] = j
+        if b.inputs:
+            form.append((b.op, b.dtype, b.key()[2] if b.attrs else (),
+                         tuple([pos[id(i)] for i in b.inputs])))
+        elif b.op == "placeholder":
+            form.append((place[id(b)], b.shape, b.dtype))
+        else:                              # an inlined constant
+            form.append((b.op, b.dtype, b.shape, b.data.tobytes()))
+    form = tuple(form)
+    number = STRUCTURES.get(form)
+    if number is None:
+        if len(STRUCTURES) >= 1 << 16:     # many forms: forget them, numbers stay distinct
+            STRUCTURES.clear()
+        number = STRUCTURES[form] = next(FORMS)
+    return number
+
+
+FORMS = itertools.count()
 
 
 def fused_node(n: Node, inputs: list[Node], body: Body, new: dict[Node, Node]) -> Node:

@@ -237,7 +237,8 @@ class Function:
     def step_error(self, plan: Plan, e: Exception) -> GraphcError:
         tb, line = sys.exc_info()[2], None
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename.startswith("<graphc plan"):
+            code = tb.tb_frame.f_code      # run's frame (a step's shared code is a call)
+            if code.co_filename.startswith("<graphc plan") and code.co_name == "run":
                 line = tb.tb_lineno
             tb = tb.tb_next
         names = {id(n): f"%{i}" for i, n in enumerate(self.graph.nodes)}

@@ -54,6 +54,7 @@ class Lowering:
         self.spines: dict[int, tuple] = {}
         self.users_of: dict[int, dict] = {}
         self.compiles: dict[int, bool] = {}
+        self.form_compiles: dict[int, bool] = {}   # body form (fuse.structure) -> compiles
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
         # per-plan state of the op families that lower together (lowering.FAMILIES)
         self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
@@ -127,7 +128,7 @@ class Lowering:
         direct = self.direct_updates(kinds)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
-        steps = []
+        steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
@@ -152,6 +153,8 @@ class Lowering:
                 held = True
             lines.append(f"    # {format_node(n, self.names)}")
             lines.append(f"    {code}")
+            if n.op == "fused":
+                fused_at.append(len(lines) - 1)
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
             steps.append((n, first, len(lines)))
@@ -161,6 +164,10 @@ class Lowering:
                 f"template)" if self.kernel_calls else ""
             self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
+        shared = emit.share_repeats(lines, fused_at)
+        if shared:                  # defined first in run: every step's lines move down
+            lines[1:1] = shared
+            steps = [(n, first + len(shared), last + len(shared)) for n, first, last in steps]
         return "\n".join(lines) + "\n", steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
@@ -356,8 +363,14 @@ class Lowering:
 
     def fused_ok(self, n: Node) -> bool:
         ok = self.compiles.get(id(n))
-        if ok is None:
-            ok = self.compiles[id(n)] = self.body_compiles(n)
+        if ok is None:                 # the answer depends on the body's form alone
+            form = getattr(n.attrs["body"], "structure", None)
+            ok = self.form_compiles.get(form) if form is not None else None
+            if ok is None:
+                ok = self.body_compiles(n)
+                if form is not None:
+                    self.form_compiles[form] = ok
+            self.compiles[id(n)] = ok
         return ok
 
     def body_compiles(self, n: Node) -> bool:

@@ -146,7 +146,26 @@ def infer(graph: Graph, feeds: dict[int, tuple]) -> dict:
 
 def body_rule_shapes(n: Node, stand: StandIns, memo: dict | None = None) -> tuple:
     """The body's shapes for the fused node's concrete inputs (in `stand.shapes`, keyed
-    (id(n), id(body node))); the output's shape."""
+    (id(n), id(body node))); the output's shape. Bodies of one form (fuse.structure) on
+    inputs of equal types get equal shapes: found once per plan (a big graph repeats a few
+    forms thousands of times), then copied."""
+    body: Graph = n.attrs["body"]
+    form = getattr(body, "structure", None)
+    if form is None or memo is None:
+        return walk_body(n, stand, memo)
+    shapes, nid = stand.shapes, id(n)
+    key = ("body", form, tuple([shapes[id(x)] for x in n.inputs]))
+    hit = memo.get(key)
+    if hit is None:
+        out = walk_body(n, stand, memo)
+        memo[key] = tuple([shapes[(nid, id(b))] for b in body.nodes])
+        return out
+    for b, t in zip(body.nodes, hit):
+        shapes[(nid, id(b))] = t
+    return hit[-1][0]
+
+
+def walk_body(n: Node, stand: StandIns, memo: dict | None) -> tuple:
     body: Graph = n.attrs["body"]
     shapes = stand.shapes
     inputs = getattr(body, "inputs", None)

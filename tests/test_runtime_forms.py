@@ -1,0 +1,107 @@
+"""Body forms (passes/fuse.structure): fused bodies equal up to their nodes' identities share
+a number, and the lowering's per-form answers (shapes, whether the body compiles) are the
+ones each body gets on its own."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.passes.fuse import structure
+from graphc.runtime import program, shapes
+from tests.test_fuzz_motifs import MOTIFS
+from tests.test_ops import ROWS
+
+
+def fused_bodies(graph):
+    return [n.attrs["body"] for n in graph.nodes if n.op == "fused"]
+
+
+def plan_facts(f, feeds, forms: bool):
+    """Every concrete shape and each fused node's compiles answer, with or without forms."""
+    saved = {}
+    for b in fused_bodies(f.graph):
+        saved[id(b)] = b.__dict__.pop("structure", None)
+    try:
+        if forms:
+            for b in fused_bodies(f.graph):
+                b.structure = structure(b)
+        got = shapes.resolve(f.graph, {id(p): a for p, a in zip(f.inputs, feeds)})
+        low = program.Lowering(f.graph, f.inputs, got, False, {})
+        ok = [low.fused_ok(n) for n in f.graph.nodes if n.op == "fused"]
+    finally:
+        for b in fused_bodies(f.graph):
+            b.__dict__.pop("structure", None)
+            if saved[id(b)] is not None:
+                b.structure = saved[id(b)]
+    return got, ok
+
+
+def graph_of(row):
+    """The row's gradient graph (or its forward graph) built twice on two sets of leaves of
+    the same types: most fused bodies' forms come twice (the second answered per form)."""
+    leaves, outs = [], []
+    for copy in range(2):
+        xs = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{k}_{copy}")
+              for k, a in enumerate(row.inputs)]
+        o = row.build(*xs)
+        floats = [x for x in xs if x.dtype.kind == "f"]
+        if o.dtype.kind == "f" and floats and row.grad:
+            outs += list(gc.grad(gc.sum(o * o), floats))
+        outs.append(o)
+        leaves += xs
+    return leaves, outs
+
+
+CASES = [(i, r) for i, r in ROWS] + [(f"motif {r.name}", r) for r in MOTIFS]
+
+
+@pytest.mark.parametrize("row", [r for _, r in CASES], ids=[i for i, _ in CASES])
+def test_per_form_shapes_and_compiles_are_each_bodys_own(row):
+    leaves, outs = graph_of(row)
+    f = gc.function(leaves, outs)
+    bodies = fused_bodies(f.graph)
+    if not bodies:
+        return
+    feeds = list(row.inputs) * 2
+    assert plan_facts(f, feeds, forms=True) == plan_facts(f, feeds, forms=False)
+
+
+def test_equal_groups_share_a_form_and_different_ones_do_not():
+    x = gc.placeholder((None, 4), name="x")
+    k = gc.placeholder((None, 4), "float64", name="k")
+    ws = [gc.variable(np.full(4, 0.5 + i, np.float32), name=f"w{i}") for i in range(4)]
+    outs = [gc.tanh(x * ws[0]) + 1.0, gc.tanh(x * ws[1]) + 1.0,    # one form
+            gc.tanh(x * ws[2]) + 2.0,                                # another constant
+            gc.tanh(ws[3] * x) + 1.0,                                # inputs swapped
+            gc.tanh(k * k) + 1.0,                                    # another dtype
+            gc.cast(gc.tanh(x * ws[0]), "float64") + k,              # an attribute
+            gc.cast(gc.tanh(x * ws[1]), "float16").astype("float64") + k]
+    g = gc.optimize(gc.Graph(outs))
+    forms = [n.attrs["body"].structure for n in g.nodes if n.op == "fused"]
+    assert len(forms) == len(outs)
+    assert forms[0] == forms[1] and len(set(forms)) == len(forms) - 1
+
+
+def test_chains_of_blocks_repeat_their_forms_with_each_bodys_own_answers():
+    """Two chains of one form fed batches of 5 and 7 rows: per form and input types."""
+    xs, losses, params = [], [], []
+    for c in range(2):
+        x = gc.placeholder((None, 3), "float64", name=f"x{c}")
+        h = x
+        for i in range(8):
+            w = gc.variable(np.linspace(0.2, 0.9, 3) + 0.01 * i + c, name=f"w{c}_{i}")
+            params.append(w)
+            h = gc.tanh(h * w) + 0.5 * h
+        xs.append(x)
+        losses.append(gc.mean(h * h))
+    loss = losses[0] + losses[1]
+    grads = gc.grad(loss, params)
+    f = gc.function(xs, loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    forms = [b.structure for b in fused_bodies(f.graph)]
+    assert len(forms) > 30 and len(set(forms)) < 10
+    rng = np.random.default_rng(0)
+    feeds = [rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, (7, 3))]
+    got = plan_facts(f, feeds, forms=True)
+    assert got == plan_facts(f, feeds, forms=False)
+    assert {s[0][0] for s in got[0].values() if len(s[0]) == 2} == {5, 7}
