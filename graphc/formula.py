@@ -222,10 +222,14 @@ def build(nodes: Sequence[Node], named: dict[int, object] | None = None) -> dict
 
 
 def tidy(expr):
-    """An equal expression that reads better: sigmoids kept whole, fractions cancelled."""
+    """An equal expression that reads better: sigmoids kept whole, fractions cancelled.
+    A scalar computed from matrices (a loss: sum(...) / n) is left as built: cancel and
+    factor see each opaque matrix function as a symbol and took minutes on an attention
+    block's loss (a sum over 3 axes is `sum[axis=...]`, not `sum`)."""
     if isinstance(expr, sp.MatrixExpr):
         return tidy_matrix(expr)
-    if not isinstance(expr, sp.Expr) or expr.has(sp.Piecewise, sp.Function("sum")):
+    if not isinstance(expr, sp.Expr) or expr.has(sp.Piecewise, sp.Function("sum")) or \
+            any(isinstance(e, sp.MatrixExpr) for e in sp.preorder_traversal(expr)):
         return expr
     sigs = sorted(expr.atoms(sigmoid), key=sp.default_sort_key)
     stand = {s: sp.Dummy(f"s{k}") for k, s in enumerate(sigs)}
