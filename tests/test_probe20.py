@@ -34,3 +34,72 @@ def test_explain_of_an_attention_block_loss():
     out = Block()(x)
     text = gc.explain({"loss": gc.sum(out * out) / 10})
     assert text.startswith("let z1 = ") and "loss = " in text and "erf(" in text
+
+
+def small_model():
+    return nn.Sequential([nn.Dense(8, "relu"), nn.Dense(3)], seed=0)
+
+
+def data(n=20):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 3, n)
+
+
+def values(model, opt):
+    return [v.value.copy() for v in model.variables + opt.build(model.params)]
+
+
+@pytest.mark.parametrize("validation", [
+    lambda x, y: (x[:, :5], y),                       # the wrong width
+    lambda x, y: (x, y.astype("float64") + 0.5),      # float labels for integer ones
+    lambda x, y: (x, y[:, None]),                     # the wrong rank
+    lambda x, y: (x, y, y),                           # not a pair
+])
+def test_fit_refuses_bad_validation_data_before_training(validation):
+    # the validation data was first fed after the first epoch: fit raised with the model
+    # and the optimizer already trained one epoch
+    x, y = data()
+    model, opt = small_model(), nn.Adam()
+    model(gc.placeholder((None, 6)))
+    before = values(model, opt)
+    with pytest.raises(gc.GraphcError, match="validation_data"):
+        nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=2, verbose=0,
+               validation_data=validation(x, y))
+    assert all(np.array_equal(a, b) for a, b in zip(before, values(model, opt)))
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (dict(epochs=-1), "epochs"), (dict(epochs=2.5), "epochs"), (dict(epochs="3"), "epochs"),
+    (dict(seed="a"), "seed"), (dict(seed=-1), "seed"), (dict(l2="1e-4"), "l2"),
+    (dict(l1=-0.1), "l1"),
+])
+def test_fit_checks_its_counts_and_scales(kwargs, what):
+    # epochs=2.5 / '3' and seed='a' raised TypeError inside range() and NumPy, epochs=-1
+    # trained nothing silently, l2='1e-4' failed in `constant` naming neither fit nor l2
+    x, y = data()
+    model, opt = small_model(), nn.Adam()
+    model(gc.placeholder((None, 6)))
+    before = values(model, opt)
+    with pytest.raises(gc.GraphcError, match=what):
+        nn.fit(model, "softmax_cross_entropy", opt, x, y, **{"verbose": 0, **kwargs})
+    assert all(np.array_equal(a, b) for a, b in zip(before, values(model, opt)))
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda: nn.Adam(-1), "lr"), (lambda: nn.Adam("a"), "lr"), (lambda: nn.SGD(None), "lr"),
+    (lambda: nn.SGD(0.1, momentum=-0.5), "momentum"), (lambda: nn.Adam(beta1=1.0), "beta1"),
+    (lambda: nn.RMSProp(rho=2), "rho"), (lambda: nn.Adam(eps=float("nan")), "eps"),
+    (lambda: nn.SGD(gc.placeholder((2,))), "lr"), (lambda: nn.Dropout("a"), "rate"),
+])
+def test_optimizers_check_their_hyperparameters(make, what):
+    # PyTorch refuses a negative learning rate; graphc trained uphill with it
+    with pytest.raises(gc.GraphcError, match=what):
+        make()
+
+
+def test_a_scalar_node_is_still_a_learning_rate():
+    lr = gc.variable(np.float32(0.5), name="lr")
+    w = gc.variable(np.ones(2, np.float32), name="w")
+    step = gc.function([], [], updates=nn.SGD(lr).updates(gc.sum(w * w), [w]))
+    step()
+    np.testing.assert_allclose(w.value, [0.0, 0.0])

@@ -38,6 +38,21 @@ def whole(v, what: str, least: int = 1) -> int:
     return int(v)
 
 
+def hyper(v, what: str, low: float = 0.0, below: float | None = None) -> float:
+    """A hyperparameter as a float in [low, below), checked where it is given (PyTorch's
+    rule): Adam(-1) trained uphill, Adam('a') and fit(l2='1e-4') failed in `constant`
+    naming neither the optimizer nor the argument."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(v, (bool, str)) or not (f >= low and (below is None or f < below)) \
+            or f == float("inf"):
+        where = f"[{low}, {below})" if below is not None else f">= {low}"
+        raise GraphcError(f"{what} must be a number {where}, got {v!r}")
+    return f
+
+
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
     "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
     "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),
