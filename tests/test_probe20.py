@@ -126,3 +126,32 @@ def test_onnx_import_of_graphcs_own_conv_gradients_with_a_dynamic_batch(tmp_path
         xv = rng.normal(size=(batch, 2, 5, 5))
         for a, b in zip(back(xv), ref(xv)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def hang_guard():
+    """Fails a call that runs for minutes instead of waiting for it (a hang, not a speed)."""
+    signal = pytest.importorskip("signal")
+    if not hasattr(signal, "SIGALRM"):
+        pytest.skip("needs SIGALRM")
+
+    def expire(*_):
+        raise AssertionError("did not finish within 120 s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_formula_of_a_chain_of_elementwise_ops_is_linear(hang_guard):
+    # 20 steps took 5 s, 30 steps minutes: sympy's `A + B` redid doit() over the tree below
+    # at every level, and MatMul asked the shape of an elementwise op twice per level
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    h = x
+    for i in range(40):
+        h = gc.tanh(h) * 1.5 if i % 2 else h + 0.25
+    text = str(gc.formula(h))
+    assert text.count("tanh(") == 20 and text.endswith("x" + ")" * 20)
+    assert str(gc.formula(gc.sum(h))).startswith("sum((3/2)*tanh(1/4 + (3/2)*tanh(")
