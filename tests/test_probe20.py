@@ -155,3 +155,18 @@ def test_formula_of_a_chain_of_elementwise_ops_is_linear(hang_guard):
     text = str(gc.formula(h))
     assert text.count("tanh(") == 20 and text.endswith("x" + ")" * 20)
     assert str(gc.formula(gc.sum(h))).startswith("sum((3/2)*tanh(1/4 + (3/2)*tanh(")
+
+
+def test_random_samples_like_a_float_node_take_its_dtype(tmp_path):
+    # torch.randn_like keeps the dtype; random_normal(mu) of a float64 mu was float32, and
+    # the VAE's mu + exp(lv / 2) * eps then mixed dtypes, which kept the step from compiling
+    # (it ran through the interpreter and could not be exported)
+    mu = gc.placeholder((None, 2), dtype="float64", name="mu")
+    lv = gc.placeholder((None, 2), dtype="float64", name="lv")
+    eps = gc.random_normal(mu, seed=5)
+    assert eps.dtype == np.float64 and gc.random_uniform(mu).dtype == np.float64
+    assert gc.random_normal((2, 3)).dtype == np.float32
+    assert gc.random_normal(gc.placeholder((2,), dtype="int64")).dtype == np.float32
+    assert gc.random_normal(mu, dtype="float32").dtype == np.float32
+    step = gc.function([mu, lv], gc.sum((mu + gc.exp(0.5 * lv) * eps) ** 2))
+    step.export(str(tmp_path / "vae.py"), np.ones((3, 2)), np.zeros((3, 2)))
