@@ -284,7 +284,9 @@ def formula(node: Node, simplify: bool = True):
     """A sympy expression for the node's value in the names of its placeholders/variables."""
     with within_sympy("formula"):
         expr = build([node])[id(node)]
-        return tidy(expr) if simplify else expr
+        expr = tidy(expr) if simplify else expr
+        str(expr)       # a formula too deep to print fails here, not in the user's print()
+        return expr
 
 
 # explain -----------------------------------------------------------------------------------

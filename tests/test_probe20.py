@@ -170,3 +170,14 @@ def test_random_samples_like_a_float_node_take_its_dtype(tmp_path):
     assert gc.random_normal(mu, dtype="float32").dtype == np.float32
     step = gc.function([mu, lv], gc.sum((mu + gc.exp(0.5 * lv) * eps) ** 2))
     step.export(str(tmp_path / "vae.py"), np.ones((3, 2)), np.zeros((3, 2)))
+
+
+def test_formula_too_deep_to_print_is_a_graphc_error():
+    # gc.formula of a 5,000-step chain returned an expression whose print() raised
+    # RecursionError inside sympy's printer
+    x = gc.placeholder((3,), dtype="float64", name="x")
+    h = x
+    for i in range(5000):
+        h = gc.tanh(h) * 1.0001 if i % 2 else h + 0.001
+    with pytest.raises(gc.GraphcError, match="too deep"):
+        print(gc.formula(gc.sum(h)))
