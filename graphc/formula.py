@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from graphc.ir import OPS, Graph, GraphcError, Node, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, as_graph, toposort
 from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              labelled, scalar_sym, sigmoid, tex, text)
@@ -326,7 +326,8 @@ def explain(nodes, latex: bool = False) -> str:
         labels, nodes = list(nodes.keys()), list(nodes.values())
     else:
         nodes = list(nodes)
-        labels = [n.name or f"out{k}" for k, n in enumerate(nodes)]
+        labels = [getattr(n, "name", None) or f"out{k}" for k, n in enumerate(nodes)]
+    as_graph(nodes, "explain")          # a non-node is a GraphcError, not AttributeError
     with within_sympy("explain"):
         return explanation(nodes, labels, latex)
 

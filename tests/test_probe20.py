@@ -181,3 +181,20 @@ def test_formula_too_deep_to_print_is_a_graphc_error():
         h = gc.tanh(h) * 1.0001 if i % 2 else h + 0.001
     with pytest.raises(gc.GraphcError, match="too deep"):
         print(gc.formula(gc.sum(h)))
+
+
+def test_entry_points_name_a_non_node_and_a_variable_too_big(tmp_path):
+    # onnx.save({"y": 3}) and explain([3]) raised AttributeError; Dense(10**12) raised
+    # NumPy's MemoryError from inside its random generator
+    x = gc.placeholder((None, 3), name="x")
+    with pytest.raises(gc.GraphcError, match="explain"):
+        gc.explain([3])
+    with pytest.raises(gc.GraphcError, match=r"Dense 'dense'.*does not fit in memory"):
+        nn.Dense(10 ** 12)(gc.placeholder((None, 10 ** 3)))
+    with pytest.raises(gc.GraphcError, match=r"Embedding .*does not fit in memory"):
+        nn.Embedding(10 ** 12, 10 ** 3)(gc.placeholder((None,), dtype="int64"))
+    pytest.importorskip("onnx")
+    import graphc.onnx
+    for outputs in ({"y": 3}, [gc.sum(x), "y"]):
+        with pytest.raises(gc.GraphcError, match="must be a graph node"):
+            graphc.onnx.save(str(tmp_path / "m.onnx"), {"x": x}, outputs)

@@ -194,7 +194,11 @@ class Layer:
         """A trained variable named 'path/suffix', drawn from its own seeded generator."""
         name = f"{self.full_name}/{suffix}"
         rng = initializers.generator(self.seed or 0, name)
-        value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
+        try:
+            value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
+        except MemoryError:          # Dense(10**12): NumPy's error, from inside its generator
+            raise GraphcError(f"{type(self).__name__} {self.full_name!r}: the variable {name} "
+                              f"of shape {shape} does not fit in memory") from None
         var = gc.variable(value, name=name)
         self.own_params.append(var)
         if kernel:
