@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from graphc.ir import OPS, Graph, GraphcError, Node, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, as_graph, toposort
 from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              labelled, scalar_sym, sigmoid, tex, text)
@@ -222,10 +222,14 @@ def build(nodes: Sequence[Node], named: dict[int, object] | None = None) -> dict
 
 
 def tidy(expr):
-    """An equal expression that reads better: sigmoids kept whole, fractions cancelled."""
+    """An equal expression that reads better: sigmoids kept whole, fractions cancelled.
+    A scalar computed from matrices (a loss: sum(...) / n) is left as built: cancel and
+    factor see each opaque matrix function as a symbol and took minutes on an attention
+    block's loss (a sum over 3 axes is `sum[axis=...]`, not `sum`)."""
     if isinstance(expr, sp.MatrixExpr):
         return tidy_matrix(expr)
-    if not isinstance(expr, sp.Expr) or expr.has(sp.Piecewise, sp.Function("sum")):
+    if not isinstance(expr, sp.Expr) or expr.has(sp.Piecewise, sp.Function("sum")) or \
+            any(isinstance(e, sp.MatrixExpr) for e in sp.preorder_traversal(expr)):
         return expr
     sigs = sorted(expr.atoms(sigmoid), key=sp.default_sort_key)
     stand = {s: sp.Dummy(f"s{k}") for k, s in enumerate(sigs)}
@@ -280,7 +284,9 @@ def formula(node: Node, simplify: bool = True):
     """A sympy expression for the node's value in the names of its placeholders/variables."""
     with within_sympy("formula"):
         expr = build([node])[id(node)]
-        return tidy(expr) if simplify else expr
+        expr = tidy(expr) if simplify else expr
+        str(expr)       # a formula too deep to print fails here, not in the user's print()
+        return expr
 
 
 # explain -----------------------------------------------------------------------------------
@@ -320,7 +326,8 @@ def explain(nodes, latex: bool = False) -> str:
         labels, nodes = list(nodes.keys()), list(nodes.values())
     else:
         nodes = list(nodes)
-        labels = [n.name or f"out{k}" for k, n in enumerate(nodes)]
+        labels = [getattr(n, "name", None) or f"out{k}" for k, n in enumerate(nodes)]
+    as_graph(nodes, "explain")          # a non-node is a GraphcError, not AttributeError
     with within_sympy("explain"):
         return explanation(nodes, labels, latex)
 

@@ -54,7 +54,16 @@ class Elementwise(sp.MatrixExpr):
 
     @property
     def shape(self):
-        return next(a.shape for a in self.args[2:] if isinstance(a, sp.MatrixExpr))
+        """Found once: sympy's MatMul asks its first and last factor for the shape apart
+        (rows, then cols), so an uncached shape of a deep chain doubled per level."""
+        try:
+            return self._shape
+        except AttributeError:
+            self._shape = next(a.shape for a in self.args[2:] if isinstance(a, sp.MatrixExpr))
+            return self._shape
+
+    def doit(self, **hints):
+        return self      # see Opaque.doit
 
     @property
     def attrs(self) -> dict:
@@ -102,6 +111,12 @@ class Opaque(sp.MatrixExpr):
 
     shape = property(lambda self: (self.args[1], self.args[2]))
 
+    def doit(self, **hints):
+        """Itself: its arguments were made canonical when it was built. sympy's `A + B` and
+        `c * A` call doit() on the whole tree below, and each MatAdd there does `c * A`
+        again, so a chain of 30 elementwise ops took minutes (twice the work per level)."""
+        return self
+
     def _sympystr(self, printer):
         return f"{self.args[0]}({', '.join(printer._print(a) for a in self.args[3:])})"
 
@@ -123,6 +138,9 @@ class Broadcast(sp.MatrixExpr):
         return sp.Basic.__new__(cls, sp.sympify(x), sp.sympify(rows), sp.sympify(cols))
 
     shape = property(lambda self: (self.args[1], self.args[2]))
+
+    def doit(self, **hints):
+        return self      # see Opaque.doit
 
     def _entry(self, i, j, **kwargs):
         x = self.args[0]

@@ -13,7 +13,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importable from here)
-    ACTIVATIONS, Layer, Model, Sequential, activation_fn, whole)
+    ACTIVATIONS, Layer, Model, Sequential, activation_fn, hyper, whole)
 
 
 def pair(v, what: str) -> tuple[int, int]:
@@ -129,9 +129,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, seed: int | None = None, name: str | None = None):
         super().__init__(name, seed)
-        if not 0.0 <= rate < 1.0:
-            raise GraphcError(f"Dropout rate must be in [0, 1), got {rate}")
-        self.rate = float(rate)
+        self.rate = hyper(rate, "Dropout rate", 0, 1)
 
     def forward(self, x, training):
         if not training or self.rate == 0.0:

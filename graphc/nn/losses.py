@@ -5,6 +5,7 @@ from typing import Sequence
 
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
+from graphc.nn.module import hyper
 
 
 def check_ranks(what: str, pred: Node, target) -> None:
@@ -54,12 +55,14 @@ def softmax_cross_entropy(logits: Node, labels) -> Node:
 
 def l1(params: Sequence[Node], scale: float) -> Node:
     """scale * sum |w| over every weight of every parameter."""
+    scale = hyper(scale, "l1")
     with gc.name_scope("l1"):
         return scale * total(gc.sum(gc.abs(p)) for p in params)
 
 
 def l2(params: Sequence[Node], scale: float) -> Node:
     """scale * sum w^2 over every weight of every parameter (weight decay)."""
+    scale = hyper(scale, "l2")
     with gc.name_scope("l2"):
         return scale * total(gc.sum(p * p) for p in params)
 

@@ -38,6 +38,21 @@ def whole(v, what: str, least: int = 1) -> int:
     return int(v)
 
 
+def hyper(v, what: str, low: float = 0.0, below: float | None = None) -> float:
+    """A hyperparameter as a float in [low, below), checked where it is given (PyTorch's
+    rule): Adam(-1) trained uphill, Adam('a') and fit(l2='1e-4') failed in `constant`
+    naming neither the optimizer nor the argument."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(v, (bool, str)) or not (f >= low and (below is None or f < below)) \
+            or f == float("inf"):
+        where = f"[{low}, {below})" if below is not None else f">= {low}"
+        raise GraphcError(f"{what} must be a number {where}, got {v!r}")
+    return f
+
+
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
     "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
     "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),
@@ -179,7 +194,11 @@ class Layer:
         """A trained variable named 'path/suffix', drawn from its own seeded generator."""
         name = f"{self.full_name}/{suffix}"
         rng = initializers.generator(self.seed or 0, name)
-        value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
+        try:
+            value = initializers.initialize(init, shape, fan_in, fan_out, rng, dtype)
+        except MemoryError:          # Dense(10**12): NumPy's error, from inside its generator
+            raise GraphcError(f"{type(self).__name__} {self.full_name!r}: the variable {name} "
+                              f"of shape {shape} does not fit in memory") from None
         var = gc.variable(value, name=name)
         self.own_params.append(var)
         if kernel:

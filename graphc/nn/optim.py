@@ -20,6 +20,7 @@ import numpy as np
 
 import graphc as gc
 from graphc.ir import GraphcError, Node
+from graphc.nn.module import hyper
 
 Updates = list[tuple[Node, Node]]
 
@@ -29,6 +30,12 @@ class Optimizer:
     kind = "optimizer"
 
     def __init__(self, lr):
+        name = type(self).__name__
+        if not isinstance(lr, Node):          # a scalar node: a schedule the user assigns
+            hyper(lr, f"{name}: lr")
+        elif lr.shape != () or lr.dtype.kind != "f":
+            raise GraphcError(f"{name}: lr must be a float scalar node, got "
+                              f"{lr.dtype.name} {lr.shape} (built at {lr.where})")
         self.lr = lr
         self.variables: list[Node] = []     # the state of the last `updates` call
         self.slots: dict[tuple[int, str], tuple[Node, Node]] = {}   # (id(p), what) -> (p, var)
@@ -105,7 +112,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum: float = 0.0):
         super().__init__(lr)
-        self.momentum = float(momentum)
+        self.momentum = hyper(momentum, "SGD: momentum")
 
     def update(self, p, g):
         if self.momentum == 0.0:
@@ -121,7 +128,7 @@ class RMSProp(Optimizer):
 
     def __init__(self, lr=1e-3, rho: float = 0.9, eps: float = 1e-7):
         super().__init__(lr)
-        self.rho, self.eps = float(rho), float(eps)
+        self.rho, self.eps = hyper(rho, "RMSProp: rho", 0, 1), hyper(eps, "RMSProp: eps")
 
     def update(self, p, g):
         s = self.slot(p, "square")
@@ -135,7 +142,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.beta1 = hyper(beta1, "Adam: beta1", 0, 1)
+        self.beta2 = hyper(beta2, "Adam: beta2", 0, 1)
+        self.eps = hyper(eps, "Adam: eps")
 
     def start(self, params):
         dtype = np.result_type(*[state_dtype(p.dtype) for p in params])

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 import graphc as gc
-from graphc.ir import GraphcError
+from graphc.ir import GraphcError, check_feed
 from graphc.nn import losses as losses_mod
 from graphc.nn.module import whole
 
@@ -134,8 +134,11 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     """
     x, y = check_data(x, y, "fit")
     batch_size = whole(batch_size, "fit: batch_size")
+    orders = epoch_orders(count(x), epochs, initial_epoch, seed)
     loss_fn = losses_mod.get(loss)
     xp, yp = placeholders(x, y)
+    if validation_data is not None:
+        validation_data = check_validation(validation_data, xp, yp)
     pred = model(*as_list(xp), training=True)
     data_loss = loss_fn(pred, yp)
     cost = data_loss
@@ -147,13 +150,11 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     train_step = gc.function([*as_list(xp), yp], [data_loss, pred], updates=updates)
     eval_step = evaluation_step(model, loss_fn, xp, yp)
     metric_fn = pick_metric(metric, pred.shape, y)
-    if validation_data is not None:
-        validation_data = check_data(*validation_data, "fit validation_data")
 
     history: dict[str, list[float]] = {"loss": []}
     out = out or sys.stdout
     n_batches = -(-count(x) // batch_size)
-    for epoch, order in epoch_orders(count(x), epochs, initial_epoch, seed):
+    for epoch, order in orders:
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
@@ -172,10 +173,35 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     return history
 
 
+def check_validation(data, xp, yp):
+    """validation_data checked against the training placeholders before the first step: a
+    pair of the wrong shape or dtype failed after the first epoch had trained the model."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise GraphcError(f"fit: validation_data must be a pair (x, y), got "
+                          f"{type(data).__name__}")
+    vx, vy = check_data(*data, "fit validation_data")
+    parts = list(vx) if isinstance(vx, tuple) else [vx]
+    if len(parts) != len(as_list(xp)):
+        raise GraphcError(f"fit validation_data: {len(parts)} inputs, but the model is "
+                          f"trained on {len(as_list(xp))}")
+    for ph, part in zip(as_list(xp) + [yp], parts + [vy]):
+        try:
+            check_feed(ph, part[:1])
+        except GraphcError as e:
+            raise GraphcError(f"fit validation_data: {e}") from None
+    return vx, vy
+
+
 def epoch_orders(n: int, epochs: int, initial_epoch: int, seed: int):
     """(epoch, order of the rows) from initial_epoch + 1 to epochs; the orders of the epochs
     skipped are drawn too, so a resumed fit shuffles as the uninterrupted one did."""
+    epochs = whole(epochs, "fit: epochs", least=0)       # checked now, before any step runs
+    seed = whole(seed, "fit: seed", least=0)
     initial_epoch = whole(initial_epoch, "fit: initial_epoch", least=0)
+    return shuffled(n, epochs, initial_epoch, seed)
+
+
+def shuffled(n: int, epochs: int, initial_epoch: int, seed: int):
     rng = np.random.default_rng(seed)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n)

@@ -342,15 +342,16 @@ def dropout_mask(e, n, a):
 
 def named(nodes, what: str) -> dict[str, Node]:
     if isinstance(nodes, dict):
-        return dict(nodes)
-    if isinstance(nodes, Node):
-        nodes = [nodes]
-    out = {}
-    for i, n in enumerate(nodes):
-        name = n.name or f"{what}_{i}"
-        if name in out:
-            name = f"{name}_{i}"
-        out[name] = n
+        out = dict(nodes)
+    else:
+        out = {}
+        for i, n in enumerate([nodes] if isinstance(nodes, Node) else nodes):
+            name = getattr(n, "name", None) or f"{what}_{i}"
+            out[f"{name}_{i}" if name in out else name] = n
+    for k, n in out.items():             # {"y": 3} failed with AttributeError in Graph
+        if not isinstance(n, Node):
+            raise GraphcError(f"graphc.onnx.save: {what} {k!r} must be a graph node, got "
+                              f"{type(n).__name__}")
     return out
 
 

@@ -16,7 +16,7 @@ from graphc.ir import Node, apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_reduce import back
 from graphc.onnx.ops_shape import pad_axis, reshape_to, static
-from graphc.onnx.table import REQUIRED, onnx_op
+from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
 
 CONV_ATTRS = dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
                   strides=None)
@@ -77,9 +77,17 @@ def pad_input(ctx, x, pads, fill):
     return x, tuple(sym)
 
 
+def kernel_sizes(w: Node, what: str) -> tuple[int, ...]:
+    """A kernel's spatial sizes; its channels may be known only at run time (graphc exports
+    a conv's weight gradient as a Conv whose kernel is the batch of output gradients)."""
+    if not all(isinstance(d, int) for d in w.shape[2:]):
+        raise Unsupported(f"{what} needs static spatial sizes, got {w.shape}")
+    return w.shape[2:]
+
+
 def dilated(w, dilations):
     """The kernel (O, I, kh, kw) spread out with zeros between taps, as a graph."""
-    o, i, kh, kw = static(w, "a dilated kernel")
+    (o, i), (kh, kw) = w.shape[:2], kernel_sizes(w, "a dilated kernel")
     dh, dw = dilations
     big = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
     spread = np.zeros((kh * kw, big[0] * big[1]), w.dtype)
@@ -93,7 +101,7 @@ def dilated(w, dilations):
 @onnx_op("Conv", **CONV_ATTRS)
 def conv(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads, strides):
     need_float(x)
-    kernel = kernel_shape or static(w, "the kernel")[2:]
+    kernel = kernel_shape or kernel_sizes(w, "the kernel")
     rank, kernel, strides, dils, pads = window_attrs(ctx, x, kernel, strides, dilations, pads,
                                                      auto_pad)
     x, w = as_2d(x), as_2d(w)
@@ -119,11 +127,11 @@ def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shap
     """The adjoint of a stride/dilation conv with no padding, then cropped by the pads."""
     need_float(x)
     rank = spatial(ctx, x, "ConvTranspose")
-    kernel = list(kernel_shape or static(w, "the kernel")[2:])
+    kernel = list(kernel_shape or kernel_sizes(w, "the kernel"))
     strides = list(strides or [1] * rank)
     dils = list(dilations or [1] * rank)
     extra = list(output_padding or [0] * rank)
-    sizes = static(x, "ConvTranspose")[2:]
+    sizes = image_size(ctx, x)          # the batch may be known only at run time
     reach = [(k - 1) * d + 1 for k, d in zip(kernel, dils)]
     full = [s * (n - 1) + r + e for s, n, r, e in zip(strides, sizes, reach, extra)]
     ctx.need(all(e < s for e, s in zip(extra, strides)), "output_padding >= stride")
@@ -145,13 +153,12 @@ def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shap
         strides, dils, full, crop = [1] + strides, [1] + dils, [1] + full, [(0, 0)] + crop
     if set(dils) != {1}:
         w = dilated(w, dils)
-    n = x.shape[0]
     cin, cout = x.shape[1] // group, w.shape[1]
+    zeros = batch_zeros(x, (cout,) + tuple(full))
     parts = []
     for g in range(group):
         xg = gc.slice(x, 1, g * cin, (g + 1) * cin) if group > 1 else x
         wg = gc.slice(w, 0, g * cin, (g + 1) * cin) if group > 1 else w
-        zeros = gc.broadcast_to(like(x, 0), (n, cout) + tuple(full))
         parts.append(apply("conv2d_grad_input", xg, wg, zeros, stride=tuple(strides),
                            padding=(0, 0)))
     y = gc.concat(parts, axis=1) if group > 1 else parts[0]
@@ -161,6 +168,16 @@ def conv_transpose(ctx, x, w, b=None, *, auto_pad, dilations, group, kernel_shap
     if b is not None:
         y = y + gc.reshape(b, (1, -1, 1, 1))
     return from_2d(y, rank)
+
+
+def batch_zeros(x: Node, rest: tuple[int, ...]) -> Node:
+    """Zeros of shape (N,) + rest for x's batch N, also when N is known only at run time
+    (graphc's own export of a conv's input gradient has a dynamic batch)."""
+    if isinstance(x.shape[0], int):
+        return gc.broadcast_to(like(x, 0), (x.shape[0],) + rest)
+    column = gc.zeros_like(gc.sum(gc.slice(x, 1, 0, 1), axis=tuple(range(1, x.ndim)),
+                                  keepdims=True))                       # (N, 1, ..., 1)
+    return column + constant(np.zeros((1,) + rest, x.dtype))
 
 
 # pooling ------------------------------------------------------------------------------

@@ -60,16 +60,27 @@ def like_node(op: str, shape_or_like) -> Node:
     return apply("broadcast_to", constant(np.zeros((), np.float32)), shape=shape)
 
 
+def sample_dtype(like: Node, dtype) -> str:
+    """The dtype asked for, else a float node's own (torch.randn_like's rule: a float64 VAE's
+    noise was float32, and mixing the two kept its step from compiling), else float32."""
+    if dtype is None:
+        return like.dtype.name if like.dtype.kind == "f" else "float32"
+    return np.dtype(dtype).name
+
+
 def random_normal(shape_or_like, mean: float = 0.0, std: float = 1.0, seed: int | None = None,
-                  dtype="float32"):
+                  dtype=None):
     """Normal samples of a shape (tuple) or of a node's shape (read at run time), drawn anew
-    on every call of a compiled function; `seed` makes the sequence of draws reproducible."""
-    return apply("random_normal", like_node("random_normal", shape_or_like), mean=mean,
-                 std=std, seed=seed, dtype=np.dtype(dtype).name)
+    on every call of a compiled function; `seed` makes the sequence of draws reproducible.
+    dtype: float32 for a shape, the node's own for a float node."""
+    like = like_node("random_normal", shape_or_like)
+    return apply("random_normal", like, mean=mean, std=std, seed=seed,
+                 dtype=sample_dtype(like, dtype))
 
 
 def random_uniform(shape_or_like, low: float = 0.0, high: float = 1.0, seed: int | None = None,
-                   dtype="float32"):
+                   dtype=None):
     """Uniform samples in [low, high) of a shape or of a node's shape, as random_normal."""
-    return apply("random_uniform", like_node("random_uniform", shape_or_like), low=low,
-                 high=high, seed=seed, dtype=np.dtype(dtype).name)
+    like = like_node("random_uniform", shape_or_like)
+    return apply("random_uniform", like, low=low, high=high, seed=seed,
+                 dtype=sample_dtype(like, dtype))
