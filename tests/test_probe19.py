@@ -1,0 +1,252 @@
+"""Probe of the channels-last buffers, the rewrite guards, the ReLU gradient's finite guard and
+the fused groups (helper "probe19"): a seeded differential generator of graphs mixing conv,
+pool, reshape/transpose, elementwise, reductions, matmul and updates (every compiled mode vs
+the interpreter), and one test per bug it (or a hand probe) found.
+
+GRAPHC_PROBE19=N runs N random graphs (`python3 -m pytest tests/test_probe19.py -k campaign`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import GraphcError
+from graphc.ir import evaluate
+
+CAMPAIGN = int(os.environ.get("GRAPHC_PROBE19", "0"))
+MODES = [(True, False), (False, False), (True, True)]      # optimize, check_numerics
+
+
+# the generator --------------------------------------------------------------------------
+
+class Gen:
+    """One random graph over an image placeholder (None, C, H, W): conv/pool chains read by
+    every kind of reader, a scalar loss, its gradients, outputs and updates."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        r = self.rng
+        self.dtype = str(r.choice(["float64", "float64", "float32"]))
+        c, h, w = int(r.choice([1, 2, 3, 8, 9])), int(r.integers(4, 10)), int(r.integers(4, 10))
+        self.x = gc.placeholder((None, c, h, w), self.dtype, name="x")
+        self.vars: list = []
+        self.pool4: list = [self.x]          # 4-D values
+        self.other: list = []                # other float values
+        self.log: list[str] = []
+
+    def var(self, shape, scale=0.5):
+        v = gc.variable((self.rng.standard_normal(shape) * scale).astype(self.dtype),
+                        name=f"v{len(self.vars)}")
+        self.vars.append(v)
+        return v
+
+    def any4(self):
+        return self.pool4[int(self.rng.integers(len(self.pool4)))]
+
+    def step(self):
+        r = self.rng
+        a = self.any4()
+        n, c, h, w = a.shape
+        kind = str(r.choice(["conv", "conv", "maxpool", "maxpool", "avgpool", "relu", "bias",
+                             "add", "mul", "transpose", "reshape", "slice", "concat", "reduce",
+                             "matmul", "tanh", "where", "pad"]))
+        out = None
+        try:
+            if kind == "conv":
+                k = int(r.integers(1, 4))
+                co = int(r.choice([1, 2, 4, 8, 9]))
+                out = gc.conv2d(a, self.var((co, c, k, k)), stride=int(r.integers(1, 3)),
+                                padding=int(r.integers(0, 3)))
+            elif kind == "maxpool":
+                s = int(r.integers(1, 4))
+                out = gc.max_pool2d(a, s, None if r.random() < 0.5 else int(r.integers(1, 4)))
+            elif kind == "avgpool":
+                s = int(r.integers(1, 4))
+                out = gc.avg_pool2d(a, s, None if r.random() < 0.5 else int(r.integers(1, 4)))
+            elif kind == "relu":
+                out = gc.relu(a)
+            elif kind == "bias":
+                out = a + self.var((1, c, 1, 1))
+            elif kind == "tanh":
+                out = gc.tanh(a)
+            elif kind == "add":
+                same = [b for b in self.pool4 if b.shape == a.shape]
+                b = same[int(r.integers(len(same)))]
+                out = a + b if r.random() < 0.5 else a * b
+            elif kind == "mul":
+                out = a * float(r.choice([0.5, -2.0, 3.0])) - float(r.choice([0.0, 1.0]))
+            elif kind == "where":
+                out = gc.where(a > 0, a, a * 0.1)
+            elif kind == "pad":
+                out = gc.pad(a, [(0, 0), (0, 0), (1, 0), (0, 2)])
+            elif kind == "transpose":
+                perm = tuple(int(i) for i in r.permutation(4))
+                if perm[0] == 0:
+                    t = gc.transpose(a, perm)
+                    self.other.append(t)
+                    out = gc.transpose(t, tuple(int(i) for i in np.argsort(perm))) \
+                        if r.random() < 0.5 else None
+                    if out is None:
+                        self.log.append(f"transpose {perm}")
+                        return
+            elif kind == "reshape":
+                f = gc.reshape(a, (-1, c * h * w)) if r.random() < 0.5 else gc.flatten(a)
+                self.other.append(f)
+                if r.random() < 0.5 and c * h * w % 2 == 0:
+                    out = gc.reshape(f, (-1, 2, c * h * w // 2, 1))
+            elif kind == "slice":
+                ax = int(r.integers(1, 4))
+                size = a.shape[ax]
+                if size > 1:
+                    out = gc.slice(a, ax, int(r.integers(0, size - 1)), size)
+            elif kind == "concat":
+                same = [b for b in self.pool4 if b.shape[2:] == a.shape[2:]]
+                b = same[int(r.integers(len(same)))]
+                out = gc.concat([a, b], axis=1)
+            elif kind == "reduce":
+                axes = tuple(sorted(int(i) for i in r.choice(4, int(r.integers(1, 4)),
+                                                             replace=False)))
+                op = [gc.sum, gc.mean, gc.max][int(r.integers(3))]
+                keep = bool(r.random() < 0.5)
+                red = op(a, axis=axes, keepdims=keep)
+                if keep and 0 not in axes:
+                    out = a - red
+                else:
+                    self.other.append(red)
+            elif kind == "matmul":
+                f = gc.flatten(a)
+                m = f @ self.var((c * h * w, int(r.integers(1, 5))), 0.2)
+                self.other.append(m)
+        except GraphcError as e:
+            self.log.append(f"{kind}: refused ({str(e).splitlines()[0][:60]})")
+            return
+        if out is not None:
+            self.log.append(f"{kind} -> {out.shape}")
+            if out.ndim == 4 and out.shape[0] is None and out.dtype.kind == "f":
+                self.pool4.append(out)
+            else:
+                self.other.append(out)
+
+    def build(self, steps: int):
+        for _ in range(steps):
+            self.step()
+        r = self.rng
+        vals = [v for v in self.pool4[1:] + self.other if v.dtype.kind == "f"]
+        if not vals:
+            return None
+        picked = [vals[i] for i in sorted(set(r.integers(len(vals), size=3).tolist()))]
+        loss = sum(gc.sum(gc.square(p)) * float(r.choice([0.01, 0.1])) for p in picked)
+        used = [v for v in self.vars if loss_depends(loss, v)]
+        wrt = used + ([self.x] if r.random() < 0.5 else [])
+        grads = gc.grad(loss, wrt) if wrt else []
+        outs = [loss] + [vals[i] for i in set(r.integers(len(vals), size=2).tolist())]
+        outs += [g for g in grads if r.random() < 0.5]
+        if grads and r.random() < 0.3:       # a gradient of a gradient
+            g2 = gc.grad(gc.sum(gc.square(grads[0])), wrt[:1] + ([self.x] if self.x not in
+                                                                    wrt[:1] else []))
+            outs += g2
+        updates = []
+        for v, g in zip(wrt, grads):
+            if v.op == "variable" and r.random() < 0.7:
+                lr = float(r.choice([0.1, 0.01, -0.05]))
+                updates.append((v, v - lr * g))
+        for v in self.vars:
+            if v not in [u for u, _ in updates] and r.random() < 0.2:
+                same = [b for b in vals if b.shape == v.shape]     # a value read as update
+                if same:
+                    updates.append((v, same[int(r.integers(len(same)))]))
+        return outs, updates
+
+
+def loss_depends(loss, v) -> bool:
+    from graphc.ir import toposort
+    return any(n is v for n in toposort([loss]))
+
+
+def reference(outs, updates, vars_, x, feeds):
+    """Interpreter values of each call: outputs, then every variable after its updates."""
+    got = []
+    for f in feeds:
+        vals = evaluate(list(outs) + [u for _, u in updates], {x: f})
+        for (v, _), val in zip(updates, vals[len(outs):]):
+            v.value = val
+        got.append((vals[:len(outs)], [v.value.copy() for v in vars_]))
+    return got
+
+
+def close(a, b, dtype, what):
+    tol = 1e-6 if dtype == "float64" else 2e-3
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+    scale = 1.0 + (float(np.nanmax(np.abs(b[np.isfinite(b)]), initial=0.0)) if b.size else 0)
+    np.testing.assert_allclose(a.astype("float64"), b.astype("float64"), rtol=tol,
+                               atol=tol * scale, err_msg=what)     # float32 cancellation
+
+
+def run_one(seed: int, steps: int = 8, export_dir=None):
+    """Every compiled mode (and the exported module, given a folder) gives the interpreter's
+    outputs and variables over five calls at batch sizes 2, 3 and 1."""
+    g = Gen(seed)
+    built = g.build(steps)
+    if built is None:
+        return
+    outs, updates = built
+    init = [v.value.copy() for v in g.vars]
+    c, h, w = g.x.shape[1:]
+    r = np.random.default_rng(seed + 1)
+    feeds = [(r.standard_normal((n, c, h, w))).astype(g.dtype) for n in (2, 2, 3, 2, 1)]
+    want = reference(outs, updates, g.vars, g.x, feeds)
+    finite = all(np.isfinite(a).all() for wo, wv in want for a in wo + wv)
+    for optimize, check in MODES:
+        if check and not finite:
+            continue
+        for v, a in zip(g.vars, init):
+            v.value = a
+        f = gc.function([g.x], outs, updates=updates, optimize=optimize, check_numerics=check)
+        run = f
+        for k, (feed, (wo, wv)) in enumerate(zip(feeds, want)):
+            if k == 3 and export_dir is not None and optimize and not check:
+                run = exported(f, export_dir, seed, feeds[4])   # has run sizes 2 and 3
+            got = run(feed)
+            what = f"seed {seed} mode {optimize, check} call {k}: " + "; ".join(g.log)
+            for i, (a, b) in enumerate(zip(got, wo)):
+                close(a, b, g.dtype, f"{what} output {i}")
+            state = run.state if run is not f else None
+            for v, b in zip(g.vars, wv):
+                if state is None or v.name in state:       # the module holds what it reads
+                    close(v.value if state is None else state[v.name], b, g.dtype,
+                          f"{what} variable {v.name}")
+
+
+def exported(f, folder, seed, example):
+    """f exported to folder/m<seed>.py and imported: its `run`."""
+    import importlib.util
+    path = f.export(os.path.join(str(folder), f"m{seed}.py"), example)
+    spec = importlib.util.spec_from_file_location(f"m{seed}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return Runner(mod)
+
+
+class Runner:
+    def __init__(self, mod):
+        self.state = mod.state
+        self.mod = mod
+
+    def __call__(self, *args):
+        return self.mod.run(*args)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_conv_graphs_agree_with_the_interpreter(seed, tmp_path):
+    run_one(seed, export_dir=tmp_path if seed % 4 == 0 else None)
+
+
+@pytest.mark.skipif(not CAMPAIGN, reason="GRAPHC_PROBE19=N runs a campaign")
+def test_campaign():
+    base = int(os.environ.get("GRAPHC_PROBE19_BASE", "1000"))
+    for seed in range(base, base + CAMPAIGN):
+        run_one(seed, steps=int(np.random.default_rng(seed).integers(3, 14)))
