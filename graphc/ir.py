@@ -270,7 +270,17 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
         nodes = inputs
     else:
         like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
-        nodes = tuple(as_node(i, like) for i in inputs)
+        try:
+            nodes = tuple(as_node(i, like) for i in inputs)
+        except OverflowError:       # a weak scalar takes like's dtype, as in NumPy: -1, uint8
+            args = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" if isinstance(i, Node)
+                             else repr(i) for i in inputs)
+            bad = next((i for i in inputs if not isinstance(i, Node)
+                        and not np.can_cast(np.min_scalar_type(i), like.dtype)),
+                       next(i for i in inputs if not isinstance(i, Node)))
+            raise GraphcError(f"{op}({args}): the Python scalar {bad!r} does not fit "
+                              f"{like.dtype.name}, the dtype of the node beside it (cast one "
+                              f"of them first)\n  at {_where or user_line()}") from None
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)

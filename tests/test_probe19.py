@@ -282,9 +282,10 @@ def close(a, b, dtype, what):
                                atol=tol * scale, err_msg=what)     # float32 cancellation
 
 
-def run_one(seed: int, steps: int = 8, export_dir=None, gen=None):
+def run_one(seed: int, steps: int = 8, export_dir=None, gen=None, sizes=(2, 2, 3, 2, 1)):
     """Every compiled mode (and the exported module, given a folder) gives the interpreter's
-    outputs and variables over five calls at batch sizes 2, 3 and 1."""
+    outputs and variables over five calls at the batch sizes (the fourth's plan is made
+    again after the export, the fifth is the export's example)."""
     g = (gen or Gen)(seed)
     built = g.build(steps)
     if built is None:
@@ -293,7 +294,7 @@ def run_one(seed: int, steps: int = 8, export_dir=None, gen=None):
     init = [v.value.copy() for v in g.vars]
     c, h, w = g.x.shape[1:]
     r = np.random.default_rng(seed + 1)
-    feeds = [(r.standard_normal((n, c, h, w))).astype(g.dtype) for n in (2, 2, 3, 2, 1)]
+    feeds = [(r.standard_normal((n, c, h, w))).astype(g.dtype) for n in sizes]
     want = reference(outs, updates, g.vars, g.x, feeds)
     finite = all(np.isfinite(a).all() for wo, wv in want for a in wo + wv)
     if not all(np.all(np.abs(a) < 1e8) for wo, wv in want for a in wo + wv if a.size):
@@ -376,3 +377,15 @@ def test_a_condition_made_false_by_a_cast_selects_the_second_branch():
     y = gc.where(c, x, -x)
     xv = np.arange(40.0) + 1
     np.testing.assert_array_equal(gc.function([x], y)(xv), -xv)
+
+
+# errors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, build", [("uint8", lambda z: z * -1), ("int8", lambda z: z + 300),
+                                          ("uint16", lambda z: gc.maximum(z, -5))])
+def test_a_python_scalar_that_does_not_fit_beside_a_node_is_a_graphc_error(dtype, build):
+    # NumPy's weak scalars take the node's dtype: np.asarray(-1, uint8) raised a bare
+    # OverflowError from inside graphc.ir, naming neither the op nor the user's line
+    z = gc.placeholder((3,), dtype, name="z")
+    with pytest.raises(GraphcError, match=f"does not fit {dtype}.*\n.*test_probe19.py"):
+        build(z)
