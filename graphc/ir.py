@@ -249,9 +249,22 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
     """A node holding a fixed array (read-only)."""
     if isinstance(value, Node):
         raise GraphcError(f"constant() needs an array, got a graph node {value!r}")
-    arr = np.array(value, dtype=dtype)
+    try:
+        dtype = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        raise GraphcError(f"constant: unknown dtype {dtype!r}\n  at {user_line()}") from None
+    try:
+        with np.errstate(all="ignore"):
+            arr = np.array(value, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as e:   # NumPy's: 300 into int8, 'a' into f4
+        raise GraphcError(f"constant: {str(value)[:40]} does not fit {dtype} ({e})\n"
+                          f"  at {user_line()}") from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise GraphcError(f"constant: unsupported value of dtype {arr.dtype}")
+        raise GraphcError(f"constant: unsupported value of dtype {arr.dtype}\n  at {user_line()}")
+    if dtype is not None and not isinstance(value, np.ndarray) \
+            and not fits(np.asarray(value), arr):       # as a Python feed: 1e5 is not inf in f2
+        raise GraphcError(f"constant: {str(value)[:40]} does not fit {dtype}\n"
+                          f"  at {user_line()}")
     if arr.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray) \
             and not isinstance(value, np.generic):
         arr = arr.astype(np.float32)       # Python floats default to float32, as in DL

@@ -389,3 +389,16 @@ def test_a_python_scalar_that_does_not_fit_beside_a_node_is_a_graphc_error(dtype
     z = gc.placeholder((3,), dtype, name="z")
     with pytest.raises(GraphcError, match=f"does not fit {dtype}.*\n.*test_probe19.py"):
         build(z)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: gc.constant(300, dtype="int8"), "constant: 300 does not fit int8"),
+    (lambda: gc.constant(1, dtype="foo"), "constant: unknown dtype 'foo'"),
+    (lambda: gc.cast(gc.placeholder((2,), "float32"), "foo"), r"cast\(.*unknown dtype foo"),
+    (lambda: gc.cast(gc.placeholder((2,), "float32"), "complex64"),
+     r"cast\(.*bool, integer or float type, got complex64")])
+def test_bad_dtypes_and_values_of_constants_and_casts_are_graphc_errors(build, match):
+    # were a bare OverflowError / TypeError; a cast to complex64 built a node no other op or
+    # placeholder accepts
+    with pytest.raises(GraphcError, match=match + r"(.|\n)*test_probe19.py"):
+        build()
