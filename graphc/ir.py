@@ -241,7 +241,11 @@ def as_node(x, like: Node | None = None) -> Node:
             dtype = np.result_type(like.dtype, x)
         else:
             dtype = np.float32 if isinstance(x, float) else np.asarray(x).dtype
-        return constant(np.asarray(x, dtype=dtype))
+        with np.errstate(all="ignore"):
+            arr = np.asarray(x, dtype=dtype)
+        if not fits(np.asarray(x), arr):            # 1e5 beside a float16: inf
+            raise OverflowError(f"{x!r} overflows {arr.dtype.name}")
+        return constant(arr)
     return constant(x)
 
 
@@ -285,7 +289,7 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
         like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
         try:
             nodes = tuple(as_node(i, like) for i in inputs)
-        except OverflowError:       # a weak scalar takes like's dtype, as in NumPy: -1, uint8
+        except OverflowError:       # a weak scalar takes like's dtype, as in NumPy: -1 in uint8
             args = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" if isinstance(i, Node)
                              else repr(i) for i in inputs)
             bad = next((i for i in inputs if not isinstance(i, Node)
