@@ -404,3 +404,14 @@ def test_bad_dtypes_and_values_of_constants_and_casts_are_graphc_errors(build, m
     # placeholder accepts
     with pytest.raises(GraphcError, match=match + r"(.|\n)*test_probe19.py"):
         build()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: gc.placeholder((None, -1), name="p"), lambda: gc.placeholder((2,), "foo"),
+    lambda: gc.variable(np.array(["a"])), lambda: gc.concat([]),
+    lambda: gc.grad(gc.sum(gc.placeholder((2,), "int8")), []),
+    lambda: gc.function([gc.placeholder((2,), name="x")] * 2, gc.constant(1.0))])
+def test_errors_of_leaves_and_lists_name_the_users_line(build):
+    # these named no file:line at all
+    with pytest.raises(GraphcError, match=r"test_probe19.py:\d+"):
+        build()
