@@ -185,15 +185,16 @@ class CnnGen(Gen):
         chain = []
         for _ in range(max(1, steps // 3)):
             c = h.shape[1]
-            k = int(r.integers(1, 4))
-            if min(h.shape[2:]) + 2 * 2 < k:
-                break
+            kh, kw = (int(k) for k in r.integers(1, 4, size=2))
             co = int(r.choice([2, 3, 8, 9, 16]))
-            pad = int(r.integers(0, 3))
+            pad = int(r.integers(0, 3)) if r.random() < 0.7 else \
+                tuple(int(q) for q in r.integers(0, 3, 2))
+            stride = int(r.choice([1, 1, 2, 3])) if r.random() < 0.8 else \
+                tuple(int(s) for s in r.integers(1, 4, 2))
             try:
-                h = gc.conv2d(h, self.var((co, c, k, k), (c * k * k) ** -0.5), stride=int(r.choice([1, 1, 2])),
-                              padding=pad)
-            except GraphcError:
+                h = gc.conv2d(h, self.var((co, c, kh, kw), (c * kh * kw) ** -0.5),
+                              stride=stride, padding=pad)
+            except GraphcError:           # a kernel larger than the (padded) image
                 break
             chain.append(h)
             if r.random() < 0.7:
@@ -204,7 +205,7 @@ class CnnGen(Gen):
                 chain.append(h)
             if r.random() < 0.7 and min(h.shape[2:]) >= 2:
                 size = int(r.integers(1, min(3, min(h.shape[2:])) + 1))
-                stride = None if r.random() < 0.6 else int(r.integers(1, 3))
+                stride = None if r.random() < 0.6 else int(r.integers(1, 4))
                 h = (gc.max_pool2d if r.random() < 0.8 else gc.avg_pool2d)(h, size, stride)
                 chain.append(h)
             self.log.append(f"block -> {h.shape}")
@@ -339,21 +340,24 @@ class Runner:
         return self.mod.run(*args)
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(24))
 def test_random_conv_graphs_agree_with_the_interpreter(seed, tmp_path):
     run_one(seed, export_dir=tmp_path if seed % 4 == 0 else None)
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(24))
 def test_random_cnns_with_unusual_readers_agree_with_the_interpreter(seed, tmp_path):
     run_one(seed, 9, export_dir=tmp_path if seed % 4 == 1 else None, gen=CnnGen)
 
 
 @pytest.mark.skipif(not CAMPAIGN, reason="GRAPHC_PROBE19=N runs a campaign")
-def test_campaign():
+def test_campaign(tmp_path):
+    """N fresh seeds from GRAPHC_PROBE19_BASE (default 1000), both generators, every third
+    one through the exported module too."""
     base = int(os.environ.get("GRAPHC_PROBE19_BASE", "1000"))
     for seed in range(base, base + CAMPAIGN):
-        run_one(seed, steps=int(np.random.default_rng(seed).integers(3, 14)))
+        run_one(seed, steps=int(np.random.default_rng(seed).integers(3, 16)),
+                export_dir=tmp_path if seed % 3 == 0 else None, gen=(Gen, CnnGen)[seed % 2])
 
 
 # rewrite rules: a constant seen through a cast --------------------------------------------
