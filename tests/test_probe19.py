@@ -422,3 +422,26 @@ def test_errors_of_leaves_and_lists_name_the_users_line(build):
     # these named no file:line at all
     with pytest.raises(GraphcError, match=r"test_probe19.py:\d+"):
         build()
+
+
+# float16 reductions ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [70000, None])
+@pytest.mark.parametrize("stat", ["mean", "var", "var1", "std"])
+def test_float16_mean_and_variance_of_more_than_65504_elements(batch, stat):
+    # the count 70000 is inf in float16: gc.mean of 70000 values was 0 (NumPy's mean: right,
+    # through float32 intermediates), and so were var/std; the mean's gradient was 0 as well
+    x = gc.placeholder((batch,), "float16", name="x")
+    fn = {"mean": gc.mean, "var": gc.var, "std": gc.std,
+          "var1": lambda v: gc.var(v, ddof=1)}[stat]
+    y = fn(x)
+    xv = (np.arange(70000) % 4).astype("float16")
+    exact = xv.astype("float64")          # NumPy's own float16 var is inf here
+    want = {"mean": exact.mean(), "var": exact.var(), "std": exact.std(),
+            "var1": exact.var(ddof=1)}[stat]
+    assert y.dtype == np.float16
+    for got in (y.eval({x: xv}), gc.function([x], y)(xv)):
+        np.testing.assert_allclose(float(got), float(want), rtol=2e-3)
+    if stat == "mean":
+        g = gc.function([x], gc.grad(y, [x])[0])(xv)
+        np.testing.assert_allclose(g.astype("float64"), 1 / 70000, rtol=2e-2)

@@ -169,6 +169,9 @@ def mean(x, axis=None, keepdims: bool = False):
     """
     total = apply("sum", x, axis=axis, keepdims=keepdims)
     x, axes = total.inputs[0], total.attrs["axis"]
+    if total.dtype == np.float16:   # as NumPy, through float32: a count over 65504 is inf
+        return apply("cast", mean(apply("cast", x, dtype="float32"), axis, keepdims),
+                     dtype="float16")
     if total.dtype.kind != "f":
         total = apply("cast", total, dtype="float32")
     dims = [x.shape[a] for a in axes]
