@@ -445,3 +445,13 @@ def test_float16_mean_and_variance_of_more_than_65504_elements(batch, stat):
     if stat == "mean":
         g = gc.function([x], gc.grad(y, [x])[0])(xv)
         np.testing.assert_allclose(g.astype("float64"), 1 / 70000, rtol=2e-2)
+
+
+def test_a_float16_sum_of_a_broadcast_scalar_over_more_than_65504_elements():
+    # sum_broadcast made sum(broadcast_to(s, (70000,))) s * 70000 with the count in float16,
+    # inf: the compiled sum of 70000 copies of 0.001 was inf where eval gives 70
+    s = gc.placeholder((), "float16", name="s")
+    y = gc.sum(gc.broadcast_to(s, (70000,)))
+    sv = np.float16(0.001)
+    np.testing.assert_allclose(gc.function([s], y)(sv).astype("float64"),
+                               y.eval({s: sv}).astype("float64"), rtol=1e-2)
