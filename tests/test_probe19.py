@@ -455,3 +455,17 @@ def test_a_float16_sum_of_a_broadcast_scalar_over_more_than_65504_elements():
     sv = np.float16(0.001)
     np.testing.assert_allclose(gc.function([s], y)(sv).astype("float64"),
                                y.eval({s: sv}).astype("float64"), rtol=1e-2)
+
+
+@pytest.mark.parametrize("shape, axis", [((5000, 3), 0), ((3, 5000, 2), 1), ((50, 100, 3), (0, 1)),
+                                         ((3, 5000), 1)])
+def test_float16_sums_accumulate_in_float32_in_eval_and_compiled(shape, axis):
+    # eval's np.sum of float16 over a non-contiguous axis added in float16 and stalled at 256
+    # for 5000 x 0.1, where the compiled sum (a product with a ones row) gave 500
+    x = gc.placeholder(shape, "float16", name="x")
+    y = gc.sum(x, axis=axis)
+    xv = np.full(shape, 0.1, "float16")
+    want = xv.astype("float64").sum(axis=axis)
+    for got in (y.eval({x: xv}), gc.function([x], y)(xv), gc.function([x], y * 1)(xv)):
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype("float64"), want, rtol=2e-3)

@@ -38,6 +38,8 @@ def expand_back(g, x, axis, keepdims):
 
 
 def sum_kernel(x, *, axis, keepdims):
+    if x.dtype == np.float16:           # float32 accumulation: in float16 5000 x 0.1 is 256
+        return np.sum(x, axis=axis, keepdims=keepdims, dtype=np.float32).astype(np.float16)
     dtype = np.int64 if x.dtype == bool else x.dtype    # NumPy would widen int32 to int64
     return np.sum(x, axis=axis, keepdims=keepdims, dtype=dtype)
 
