@@ -63,7 +63,8 @@ def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
         elif d is None or isinstance(d, str):
             dims.append(d)
         else:
-            raise GraphcError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape}")
+            raise GraphcError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape}\n"
+                              f"  at {user_line()}")
     scope, _ = _context.get()
     return Node("placeholder", (), {}, tuple(dims), _dtype(dtype, "placeholder", name), name,
                 user_line(), scope)
@@ -82,7 +83,8 @@ def _dtype(dtype, what: str, name) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise GraphcError(f"{what} {name!r}: unknown dtype {dtype!r}") from None
+        raise GraphcError(f"{what} {name!r}: unknown dtype {dtype!r}\n  at {user_line()}") \
+            from None
     if dt.kind not in "biuf":
-        raise GraphcError(f"{what} {name!r}: unsupported dtype {dt.name}")
+        raise GraphcError(f"{what} {name!r}: unsupported dtype {dt.name}\n  at {user_line()}")
     return dt

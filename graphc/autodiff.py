@@ -149,7 +149,8 @@ def grad(cost: Node, wrt: Sequence[Node] | Node, disconnected: str = "zero"):
                           f"(built at {cost.where}); reduce it with gc.sum or gc.mean, "
                           "or use gc.vjp for non-scalar outputs")
     if not differentiable(cost):
-        raise GraphcError(f"grad: cost must be floating point, got {cost.dtype.name}")
+        raise GraphcError(f"grad: cost must be floating point, got {cost.dtype.name} (built "
+                          f"at {cost.where})")
     return vjp([cost], wrt, [1.0], disconnected)
 
 

@@ -241,7 +241,11 @@ def as_node(x, like: Node | None = None) -> Node:
             dtype = np.result_type(like.dtype, x)
         else:
             dtype = np.float32 if isinstance(x, float) else np.asarray(x).dtype
-        return constant(np.asarray(x, dtype=dtype))
+        with np.errstate(all="ignore"):
+            arr = np.asarray(x, dtype=dtype)
+        if not fits(np.asarray(x), arr):            # 1e5 beside a float16: inf
+            raise OverflowError(f"{x!r} overflows {arr.dtype.name}")
+        return constant(arr)
     return constant(x)
 
 
@@ -249,9 +253,22 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
     """A node holding a fixed array (read-only)."""
     if isinstance(value, Node):
         raise GraphcError(f"constant() needs an array, got a graph node {value!r}")
-    arr = np.array(value, dtype=dtype)
+    try:
+        dtype = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        raise GraphcError(f"constant: unknown dtype {dtype!r}\n  at {user_line()}") from None
+    try:
+        with np.errstate(all="ignore"):
+            arr = np.array(value, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as e:   # NumPy's: 300 into int8, 'a' into f4
+        raise GraphcError(f"constant: {str(value)[:40]} does not fit {dtype} ({e})\n"
+                          f"  at {user_line()}") from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise GraphcError(f"constant: unsupported value of dtype {arr.dtype}")
+        raise GraphcError(f"constant: unsupported value of dtype {arr.dtype}\n  at {user_line()}")
+    if dtype is not None and not isinstance(value, np.ndarray) \
+            and not fits(np.asarray(value), arr):       # as a Python feed: 1e5 is not inf in f2
+        raise GraphcError(f"constant: {str(value)[:40]} does not fit {dtype}\n"
+                          f"  at {user_line()}")
     if arr.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray) \
             and not isinstance(value, np.generic):
         arr = arr.astype(np.float32)       # Python floats default to float32, as in DL
@@ -270,7 +287,17 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
         nodes = inputs
     else:
         like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
-        nodes = tuple(as_node(i, like) for i in inputs)
+        try:
+            nodes = tuple(as_node(i, like) for i in inputs)
+        except OverflowError:       # a weak scalar takes like's dtype, as in NumPy: -1 in uint8
+            args = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" if isinstance(i, Node)
+                             else repr(i) for i in inputs)
+            bad = next((i for i in inputs if not isinstance(i, Node)
+                        and not np.can_cast(np.min_scalar_type(i), like.dtype)),
+                       next(i for i in inputs if not isinstance(i, Node)))
+            raise GraphcError(f"{op}({args}): the Python scalar {bad!r} does not fit "
+                              f"{like.dtype.name}, the dtype of the node beside it (cast one "
+                              f"of them first)\n  at {_where or user_line()}") from None
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)

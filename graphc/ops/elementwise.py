@@ -89,7 +89,13 @@ elementwise("logical_not", np.logical_not, lambda g, out, x: (None,), sp.Not,
 
 
 def cast_infer(x, *, dtype):
-    return x.shape, np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ShapeError(f"unknown dtype {str(dtype)[:40]}") from None
+    if dt.kind not in "biuf":
+        raise ShapeError(f"dtype must be a bool, integer or float type, got {dt.name}")
+    return x.shape, dt
 
 
 register(OpDef(
@@ -133,4 +139,9 @@ def less_equal(a, b): return apply("less_equal", a, b)
 def equal(a, b): return apply("equal", a, b)
 def logical_not(x): return apply("logical_not", x)
 def where(cond, a, b): return apply("where", cond, a, b)
-def cast(x, dtype): return apply("cast", x, dtype=np.dtype(dtype).name)
+def cast(x, dtype):
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass                          # cast_infer names it, with the user's line
+    return apply("cast", x, dtype=dtype)

@@ -38,6 +38,8 @@ def expand_back(g, x, axis, keepdims):
 
 
 def sum_kernel(x, *, axis, keepdims):
+    if x.dtype == np.float16:           # float32 accumulation: in float16 5000 x 0.1 is 256
+        return np.sum(x, axis=axis, keepdims=keepdims, dtype=np.float32).astype(np.float16)
     dtype = np.int64 if x.dtype == bool else x.dtype    # NumPy would widen int32 to int64
     return np.sum(x, axis=axis, keepdims=keepdims, dtype=dtype)
 
@@ -169,6 +171,9 @@ def mean(x, axis=None, keepdims: bool = False):
     """
     total = apply("sum", x, axis=axis, keepdims=keepdims)
     x, axes = total.inputs[0], total.attrs["axis"]
+    if total.dtype == np.float16:   # as NumPy, through float32: a count over 65504 is inf
+        return apply("cast", mean(apply("cast", x, dtype="float32"), axis, keepdims),
+                     dtype="float16")
     if total.dtype.kind != "f":
         total = apply("cast", total, dtype="float32")
     dims = [x.shape[a] for a in axes]

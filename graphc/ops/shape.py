@@ -7,7 +7,8 @@ import math
 import numpy as np
 import sympy as sp
 
-from graphc.ir import GraphcError, OpDef, ShapeError, apply, as_node, format_shape, register
+from graphc.ir import GraphcError, OpDef, ShapeError, apply, as_node, format_shape, register, \
+    user_line
 from graphc.ops.common import broadcast_shapes, norm_axes, promote
 
 __all__ = ["reshape", "broadcast_to", "transpose", "concat", "slice", "one_hot"]
@@ -344,7 +345,7 @@ def concat(xs, axis: int = 0):
     """Join nodes along an existing axis."""
     xs = list(xs)
     if not xs:
-        raise GraphcError("concat needs at least one input")
+        raise GraphcError(f"concat needs at least one input\n  at {user_line()}")
     return apply("concat", *xs, axis=axis)
 
 

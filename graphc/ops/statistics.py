@@ -116,6 +116,9 @@ def argmin(x, axis: int | None = None, keepdims: bool = False):
 def var(x, axis=None, keepdims: bool = False, ddof: int = 0):
     """Variance over `axis`: mean of squared deviations from the mean; ddof=1 for the
     unbiased estimate (ddof=0 by default, as NumPy; PyTorch's default is 1)."""
+    if getattr(x, "dtype", None) == np.float16:   # through float32, as mean (count > 65504)
+        return apply("cast", var(apply("cast", x, dtype="float32"), axis, keepdims, ddof),
+                     dtype="float16")
     dev = x - mean(x, axis=axis, keepdims=True)
     sq = dev * dev
     if ddof == 0:

@@ -81,8 +81,12 @@ def sum_broadcast(n: Node, x: Node) -> Node | None:
     dims = [x.shape[a] for a in n.attrs["axis"]]
     if not static(dims):
         return None
+    with np.errstate(over="ignore"):
+        count = np.asarray(np.prod(dims), n.dtype)
+    if n.dtype.kind == "f" and not np.isfinite(count):
+        return None                     # more than 65504 in float16: the count is inf
     y = apply("reshape", x.inputs[0], shape=()) if x.inputs[0].shape else x.inputs[0]
-    return fit(y * constant(np.asarray(np.prod(dims), n.dtype)), n)
+    return fit(y * constant(count), n)
 
 
 def where_chain(n: Node, c: Node, a: Node, b: Node) -> Node | None:

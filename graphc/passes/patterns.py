@@ -10,19 +10,36 @@ CONSTANT = ("constant",)    # Rule.needs of rules that test for a constant (glue
 
 
 def const_value(n: Node) -> np.ndarray | None:
-    """The value of a constant, seen through broadcast_to and cast; None if not constant."""
+    """The value of a constant, seen through broadcast_to, reshape and cast (a cast changes
+    values: -1 in uint8 is 255, 0.4 in int64 is 0); None if not constant."""
+    casts = []
     while n.inputs and OPS[n.op].glue:
+        if n.op == "cast":
+            casts.append(n.dtype)
         n = n.inputs[0]
-    return n.data if n.op == "constant" else None
+    if n.op != "constant":
+        return None
+    return cast_value(n.data, casts) if casts else n.data
+
+
+def cast_value(arr: np.ndarray, casts: list) -> np.ndarray:
+    """arr through casts (the outermost first in the list), as the cast kernel computes."""
+    with np.errstate(all="ignore"):
+        for dtype in reversed(casts):
+            arr = arr.astype(dtype)
+    return arr
 
 
 def is_value(n: Node, v: float) -> bool:
     """n is a constant whose every element equals v."""
+    casts = None
     while n.inputs and OPS[n.op].glue:      # const_value, inlined (every rule asks)
+        if n.op == "cast":
+            casts = (casts or []) + [n.dtype]
         n = n.inputs[0]
     if n.op != "constant":
         return False
-    arr = n.data
+    arr = n.data if casts is None else cast_value(n.data, casts)
     if arr.size == 0:
         return False
     return bool(arr.flat[0] == v) if arr.size == 1 else bool(np.all(arr == v))

@@ -66,7 +66,8 @@ class Function:
             if not isinstance(x, Node) or x.op != "placeholder":
                 raise GraphcError(f"function inputs must be placeholders, got {x!r}")
             if any(x is y for y in inputs[:k]):
-                raise GraphcError(f"placeholder {x.label()} is an input twice")
+                raise GraphcError(f"placeholder {x.label()} is an input twice (built at "
+                                  f"{x.where})")
         for o in outs:
             if not isinstance(o, Node):
                 raise GraphcError(f"function outputs must be graph nodes, got {o!r}")
@@ -81,7 +82,8 @@ class Function:
         for pair in updates:
             check_update(pair)
             if id(pair[0]) in seen:
-                raise GraphcError(f"variable {pair[0].label()} is updated twice")
+                raise GraphcError(f"variable {pair[0].label()} is updated twice (built at "
+                                  f"{pair[0].where})")
             seen.add(id(pair[0]))
         self.inputs, self.single = inputs, single
         self.form = tuple if isinstance(outputs, tuple) else list   # returned as given

@@ -137,7 +137,8 @@ def sum_code(low, n, a: list[str], o: str) -> str:
         return (f"xp.matmul({a[0]}.reshape({r1 * k}, {r2}), {low.const(np.ones(r2, n.dtype))}, "
                 f"out={t}); xp.matmul({low.const(np.ones(r1, n.dtype))}, {t}.reshape({r1}, {k})"
                 f", out={flat})")
-    return f"xp.add.reduce({a[0]}, axis={axes}, keepdims={keep}, out={o})"
+    wide = ", dtype='float32'" if n.dtype == np.float16 else ""     # as sum_kernel
+    return f"xp.add.reduce({a[0]}, axis={axes}, keepdims={keep}{wide}, out={o})"
 
 
 def dense_code(low, n, a: list[str], o: str) -> str:
