@@ -60,6 +60,17 @@ def need_float(*nodes: Node) -> np.dtype:
     return dtype
 
 
+def a_dtype(dtype) -> np.dtype:
+    """A dtype attribute (cast, one_hot) as NumPy's dtype: bool, integer or float."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ShapeError(f"unknown dtype {str(dtype)[:40]}") from None
+    if dt.kind not in "biuf":
+        raise ShapeError(f"dtype must be a bool, integer or float type, got {dt.name}")
+    return dt
+
+
 def norm_axes(axis, ndim: int) -> tuple[int, ...]:
     """axis=None|int|tuple -> sorted tuple of non-negative axes, checked against ndim."""
     if axis is None:

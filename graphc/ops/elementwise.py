@@ -5,7 +5,7 @@ import numpy as np
 import sympy as sp
 
 from graphc.ir import OpDef, ShapeError, apply, register
-from graphc.ops.common import elementwise, need_float, promote
+from graphc.ops.common import a_dtype, elementwise, need_float, promote
 from graphc.ops.forms import sigmoid as sigmoid_form
 
 
@@ -89,13 +89,7 @@ elementwise("logical_not", np.logical_not, lambda g, out, x: (None,), sp.Not,
 
 
 def cast_infer(x, *, dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise ShapeError(f"unknown dtype {str(dtype)[:40]}") from None
-    if dt.kind not in "biuf":
-        raise ShapeError(f"dtype must be a bool, integer or float type, got {dt.name}")
-    return x.shape, dt
+    return x.shape, a_dtype(dtype)
 
 
 register(OpDef(

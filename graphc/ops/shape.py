@@ -9,7 +9,7 @@ import sympy as sp
 
 from graphc.ir import GraphcError, OpDef, ShapeError, apply, as_node, format_shape, register, \
     user_line
-from graphc.ops.common import broadcast_shapes, norm_axes, promote
+from graphc.ops.common import a_dtype, broadcast_shapes, norm_axes, promote
 
 __all__ = ["reshape", "broadcast_to", "transpose", "concat", "slice", "one_hot"]
 
@@ -303,12 +303,7 @@ def one_hot_infer(labels, *, depth, dtype="float32"):
     depth = an_int(depth, "depth")
     if depth < 1:
         raise ShapeError(f"depth must be >= 1, got {depth}")
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise ShapeError(f"unknown dtype {str(dtype)[:40]}") from None
-    if dtype.kind not in "biuf":
-        raise ShapeError(f"dtype must be a bool, integer or float type, got {dtype.name}")
+    dtype = a_dtype(dtype)
     check_size(labels.shape + (depth,), dtype)
     return labels.shape + (depth,), dtype, {"depth": depth, "dtype": dtype.name}
 
