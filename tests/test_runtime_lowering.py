@@ -8,6 +8,7 @@ import pytest
 import graphc as gc
 from graphc.ir import OPS, apply
 from graphc.runtime import emit
+from tests.test_export import check_export
 
 
 def elementwise_rows():
@@ -83,14 +84,36 @@ def test_log_of_one_plus_exp_stays_softplus():
 def test_the_plan_report_names_each_kernel_step_and_why():
     a = gc.placeholder((None, 4), "float32", "a")
     b = gc.placeholder((None, 4), "float64", "b")
-    y = gc.exp(a * b) + b                    # float32 * float64: a fused group, mixed dtypes
+    y = gc.exp(b) * gc.cast(a < b, "float64")     # a float32 < float64 comparison: no ufunc
     f = gc.function([a, b], [y, gc.concat([b, b], axis=1)])
     f(np.ones((2, 4), np.float32), np.ones((2, 4)))
     report = f.plan_report()
-    assert "interpreter (fused group): mixed dtypes (float32, float64 -> float64)" in report
+    assert "interpreter (fused group): mixed dtypes (float32, float64 -> bool)" in report
     assert "concat" in report and "no fast lowering" in report
     g = gc.function([b], gc.exp(b) * 2.0)
     assert "kernel" not in g.plan_report()
+
+
+def test_a_fused_group_of_mixed_float_widths_compiles_and_exports(tmp_path):
+    """float32 inputs of float64 ops (a float32 model meeting a NumPy 2 float64 scalar, a
+    float64 mean with float32 noise) compile: NumPy widens them exactly, as the kernel does."""
+    mu = gc.placeholder((None, 2), "float64", "mu")
+    e = gc.placeholder((None, 2), "float32", "e")
+    k = gc.placeholder((None, 2), "int32", "k")
+    y = (mu + gc.exp(0.5 * mu) * e) ** 2 - k * e
+    f = gc.function([mu, e, k], [y, gc.sum(y)])
+    assert "kernel" not in f.plan_report()
+    rng = np.random.default_rng(0)
+    calls = []
+    for n in (3, 1, 3):
+        calls.append([rng.normal(size=(n, 2)), rng.normal(size=(n, 2)).astype(np.float32),
+                      rng.integers(-3, 3, size=(n, 2)).astype(np.int32)])
+        want = y.eval(dict(zip((mu, e, k), calls[-1])))
+        got, total = f(*calls[-1])
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+        assert total == pytest.approx(want.sum(), rel=1e-14)
+    check_export(f, [], calls, tmp_path, rtol=1e-14)
 
 
 def chain_of_blocks(blocks: int):

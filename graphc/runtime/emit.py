@@ -79,10 +79,11 @@ def kernel_call_ok(node) -> bool:
 
 
 def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
-    """Whether the template computes exactly what the kernel does: inputs of the result's
-    dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's loop. In a
-    fused group, an op without a template calls its kernel (`kernel_call_ok`); alone, such a
-    node is a kernel step (no copy)."""
+    """Whether the template computes exactly what the kernel does: inputs that NumPy promotes
+    to the result's dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's
+    loop (a float32 input of a float64 product is widened exactly by either). In a fused
+    group, an op without a template calls its kernel (`kernel_call_ok`); alone, such a node
+    is a kernel step (no copy)."""
     if template(node.op) is None:
         return in_group and kernel_call_ok(node)
     if node.op == "cast":
@@ -91,7 +92,7 @@ def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
         return all(d == node.dtype for d in in_dtypes[1:])
     if node.dtype == bool:
         return len(set(in_dtypes)) == 1
-    return all(d == node.dtype for d in in_dtypes)
+    return all(d == node.dtype for d in in_dtypes) or np.result_type(*in_dtypes) == node.dtype
 
 
 def why_not(node, in_dtypes) -> str:
