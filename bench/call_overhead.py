@@ -1,13 +1,13 @@
 """What a compiled call costs beyond its plan's generated `run`, in a real step: the call of
 the Function (locks, Ctrl-C holding, errstate, the feed check) and its plan's `run` alone,
-taking turns, each timed outside and inside `run`. After a step's arrays went through the
+and the hand-written reference step, taking turns, each timed outside and inside `run`. After a step's arrays went through the
 cache, the Python around `run` misses the cache too, so it costs several times what a loop
 of calls on tiny arrays shows.
 
     OPENBLAS_NUM_THREADS=1 python3 bench/call_overhead.py [--workloads logreg_b512,...]
 
-Prints per workload the step time (µs, 10th percentile and median) and the time outside
-`run` of each way.
+Prints per workload the step time (µs, 10th percentile and median) of each way and the time
+outside `run` of the two graphc ones.
 """
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from run import BUILD, batches_for, common, wl   # bench/run.py: the reference, 
 
 def measure(name: str, rounds: int) -> dict:
     kind, B, train = common.workload_spec(name)
-    build = BUILD[kind][0] if train else wl.graphc_mlp_infer
-    params, _, batches = batches_for(kind, name)
+    build, Ref, _ = BUILD[kind]
+    params, ref_batches, batches = batches_for(kind, name)
     feeds = batches[0] if train else batches[0][:1]
-    f = build(params, B)
+    f = (build if train else wl.graphc_mlp_infer)(params, B)
+    ref = Ref(params, B) if train else Ref(params, B, train=False)
+    ref_step = ref.step if train else ref.forward
+    ref_feeds = ref_batches[0] if train else ref_batches[0][:1]
     f(*feeds)
     plan = f.last_plan
     run, inside = plan.run, []
@@ -36,11 +39,13 @@ def measure(name: str, rounds: int) -> dict:
         return out
 
     plan.run = timed
-    ways = {"Function call": lambda: f(*feeds), "plan.run": lambda: plan.run(*feeds)}
+    ways = {"Function call": lambda: f(*feeds), "plan.run": lambda: plan.run(*feeds),
+            "reference": lambda: ref_step(*ref_feeds)}
     total = {k: [] for k in ways}
     outside = {k: [] for k in ways}
     for i in range(rounds):
-        for k in (list(ways) if i % 2 else list(ways)[::-1]):
+        for k in list(ways)[i % 3:] + list(ways)[:i % 3]:     # each in every position
+            inside.append(np.nan)                             # the reference has no run
             t = time.perf_counter()
             ways[k]()
             total[k].append(time.perf_counter() - t)
