@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 
 from graphc.autodiff import grad
-from graphc.ir import OPS, Graph, Node, as_graph, format_node, format_shape, toposort
+from graphc.ir import OPS, Graph, GraphcError, Node, as_graph, format_node, format_shape, \
+    toposort, user_line
 from graphc.renderer import (INSTALL_HINT, MissingRenderer, hint_once, load_graphviz,  # noqa
                              mimebundle, new_digraph, pipe, write)
 from graphc.viz_style import (BORDER, FILL, LEAF_SHAPE, SAVED_EDGE, UPDATE_EDGE,  # noqa: F401
@@ -18,6 +19,9 @@ from graphc.viz_style import (BORDER, FILL, LEAF_SHAPE, SAVED_EDGE, UPDATE_EDGE,
                               loop_label, node_label, node_tooltip)
 
 FUSED = "fused:"                   # marks a fused node's cluster among scope names
+# the most boxes one picture draws: graphviz's layout grows faster than the graph (3,000 boxes
+# ~3 s, 75,000 more than 11 minutes); a bigger drawing is refused with the ways to shrink it
+MAX_BOXES = 5000
 
 
 @dataclass
@@ -180,6 +184,12 @@ class Drawer:
                 self.draw_node(n)
         for (kind, scope), members in boxes.items():
             self.draw_box(kind, scope, members)
+        if len(self.drawn) + len(self.boxes) > MAX_BOXES:
+            raise GraphcError(
+                f"picture of {len(self.drawn) + len(self.boxes):,} boxes: more than graphviz "
+                f"lays out in reasonable time (graphc.viz.MAX_BOXES = {MAX_BOXES:,}); render "
+                f"can fold name scopes (collapse=True or a depth), leave out the backward pass "
+                f"(backward=False) or draw fewer outputs\n  at {user_line()}")
         for n in nodes:
             self.draw_inputs(n)
         self.draw_updates()

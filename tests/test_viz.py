@@ -366,3 +366,26 @@ def test_optimized_true_draws_the_optimized_graph_of_nodes():
     fused = [n for n in after.nodes if n.op in ("fused", "dense")]
     for n in fused:
         assert f"subgraph cluster_n{after.nodes.index(n)}" in src
+
+
+def test_a_picture_too_big_for_graphviz_is_refused_at_once_with_the_ways_to_shrink_it(
+        monkeypatch, tmp_path):
+    """graphviz's layout grows faster than the graph (a 75,000-node chain ran `dot` for more
+    than 11 minutes): past viz.MAX_BOXES the drawing stops before dot runs."""
+    from graphc import viz
+    monkeypatch.setattr(viz, "MAX_BOXES", 60)
+    x = gc.placeholder((None, 4), name="x")
+    h = x
+    for i in range(6):
+        with gc.name_scope(f"block{i}"):
+            w = gc.variable(np.full(4, 0.5, np.float32), name="w")
+            h = gc.tanh(h * w) + 0.5 * h
+    loss = gc.mean(h * h)
+    path = tmp_path / "big.svg"
+    with pytest.raises(gc.GraphcError, match=r"picture of \d+ boxes: .*MAX_BOXES = 60.*"
+                                             r"collapse=True.*backward=False") as e:
+        gc.render(loss, path)
+    assert "test_viz.py" in str(e.value) and not path.exists()
+    drawn = gc.render(loss, collapse=True)      # six scope boxes and the rest
+    assert drawn.source.count("block") >= 6
+    assert gc.render(loss, backward=False).source.count("tanh") >= 6
