@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(svg, png, pdf, dot); default FILE.svg")
     render.add_argument("--forward", action="store_true", help="leave out gradient nodes")
     render.add_argument("--optimized", action="store_true", help="draw the optimized graph")
+    render.add_argument("--collapse", action="store_true",
+                        help="fold each top-level name scope into one box (big graphs)")
     render.set_defaults(run=run_render)
 
     inspect = sub.add_parser(
@@ -103,7 +105,8 @@ def loaded_nodes(path: str) -> list:
 def run_render(args) -> int:
     nodes = loaded_nodes(args.file)
     out = args.output or os.path.splitext(args.file)[0] + ".svg"
-    dot = graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized)
+    dot = graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized,
+                        collapse=args.collapse or None)
     print(f"wrote {dot.written}")
     return 0
 

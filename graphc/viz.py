@@ -188,8 +188,9 @@ class Drawer:
             raise GraphcError(
                 f"picture of {len(self.drawn) + len(self.boxes):,} boxes: more than graphviz "
                 f"lays out in reasonable time (graphc.viz.MAX_BOXES = {MAX_BOXES:,}); render "
-                f"can fold name scopes (collapse=True or a depth), leave out the backward pass "
-                f"(backward=False) or draw fewer outputs\n  at {user_line()}")
+                f"can fold name scopes (collapse=True or a depth; graphc render --collapse), "
+                f"leave out the backward pass (backward=False; --forward) or draw fewer "
+                f"outputs\n  at {user_line()}")
         for n in nodes:
             self.draw_inputs(n)
         self.draw_updates()

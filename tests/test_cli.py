@@ -64,6 +64,20 @@ def test_render_and_formula_of_a_saved_graph(tmp_path):
     assert "tanh" in result.stdout and "w" in result.stdout and "x" in result.stdout
 
 
+def test_render_can_fold_name_scopes(tmp_path):
+    x = gc.placeholder((3,), "float64", name="x")
+    h = x
+    for i in range(4):
+        with gc.name_scope(f"block{i}"):
+            h = gc.tanh(h * gc.variable(np.ones(3), name="w")) + h
+    gc.save(gc.sum(h), tmp_path / "g")
+    for flags, out in (((), "full.svg"), (("--collapse",), "folded.svg")):
+        result = graphc("render", "g.json", "-o", out, *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    full, folded = ((tmp_path / n).read_text() for n in ("full.svg", "folded.svg"))
+    assert "block3" in folded and folded.count("<g id=\"node") < full.count("<g id=\"node") / 2
+
+
 def test_errors_are_one_clear_line(tmp_path):
     result = graphc("formula", "missing.json", cwd=tmp_path)
     assert result.returncode == 1
