@@ -1,8 +1,8 @@
 """What a compiled call costs beyond its plan's generated `run`, in a real step: the call of
-the Function (locks, Ctrl-C holding, errstate, the feed check) and its plan's `run` alone,
-and the hand-written reference step, taking turns, each timed outside and inside `run`. After a step's arrays went through the
-cache, the Python around `run` misses the cache too, so it costs several times what a loop
-of calls on tiny arrays shows.
+the Function (locks, Ctrl-C holding, errstate, the feed check), its plan's `run` alone and the
+hand-written reference step, taking turns, each timed outside and inside `run`. After a
+step's arrays went through the cache, the Python around `run` misses the cache too, so it
+costs several times what a loop of calls on tiny arrays shows.
 
     OPENBLAS_NUM_THREADS=1 python3 bench/call_overhead.py [--workloads logreg_b512,...]
 

@@ -33,7 +33,7 @@ class OpDef:
                                               # tuple of arrays, read through `item` nodes
     # facts passes and views read (one place for them, not name lists in each reader)
     positive: bool = False                    # the result is > 0 everywhere (a safe divisor)
-    glue: bool = False                        # only moves or retypes data (a cast may change values)
+    glue: bool = False                        # only moves or retypes data (a cast: values too)
     shape_only: tuple[int, ...] = ()          # inputs read only for their shape
     graph_attrs: tuple[str, ...] = ()         # attributes holding a graph whose placeholders
                                               # stand for the node's inputs, in order

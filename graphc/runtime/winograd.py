@@ -11,8 +11,8 @@ three steps of one convolution share them instead, as im2col's columns are share
   transposed), the input gradient (B x B) [E @ U^T], the 6x6 tiles added back where they
   overlap (x: Kronecker product: both sides of every tile in one GEMM).
 Rounding: the transforms' constants (up to 8 and 1/24) make the error ~10x im2col's, 3e-6 to
-1e-5 of the largest result in float32 (measured); an inf input gives NaN where im2col gives inf (inf - inf in
-the transforms). `pays` decides where it is used (runtime/lower_conv.py).
+1e-5 of the largest result in float32 (measured); an inf input gives NaN where im2col gives
+inf (inf - inf in the transforms). `pays` decides where it is used (runtime/lower_conv.py).
 """
 from __future__ import annotations
 
