@@ -241,10 +241,16 @@ def as_node(x, like: Node | None = None) -> Node:
             dtype = np.result_type(like.dtype, x)
         else:
             dtype = np.float32 if isinstance(x, float) else np.asarray(x).dtype
-        with np.errstate(all="ignore"):
-            arr = np.asarray(x, dtype=dtype)
-        if not fits(np.asarray(x), arr):            # 1e5 beside a float16: inf
-            raise OverflowError(f"{x!r} overflows {arr.dtype.name}")
+        try:
+            with np.errstate(all="ignore"):
+                arr = np.asarray(x, dtype=dtype)
+        except OverflowError:                       # NumPy's: -1 as uint8
+            arr = None
+        if arr is None or not fits(np.asarray(x), arr):     # 1e5 beside a float16: inf
+            beside = "" if like is None else ", the dtype of the node beside it (cast one " \
+                                             "of them first)"
+            raise GraphcError(f"the Python scalar {x!r} does not fit "
+                              f"{np.dtype(dtype).name}{beside}\n  at {user_line()}")
         return constant(arr)
     return constant(x)
 
@@ -289,15 +295,11 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
         like = next((n for n in nodes if n.dtype != bool), nodes[0] if nodes else None)
         try:
             nodes = tuple(as_node(i, like) for i in inputs)
-        except OverflowError:       # a weak scalar takes like's dtype, as in NumPy: -1 in uint8
+        except GraphcError as e:    # a weak scalar takes like's dtype, as in NumPy: -1 in uint8
             args = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" if isinstance(i, Node)
                              else repr(i) for i in inputs)
-            bad = next((i for i in inputs if not isinstance(i, Node)
-                        and not np.can_cast(np.min_scalar_type(i), like.dtype)),
-                       next(i for i in inputs if not isinstance(i, Node)))
-            raise GraphcError(f"{op}({args}): the Python scalar {bad!r} does not fit "
-                              f"{like.dtype.name}, the dtype of the node beside it (cast one "
-                              f"of them first)\n  at {_where or user_line()}") from None
+            raise GraphcError(f"{op}({args}): {str(e).splitlines()[0]}\n"
+                              f"  at {_where or user_line()}") from None
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)

@@ -400,6 +400,15 @@ def test_a_python_scalar_that_does_not_fit_beside_a_node_is_a_graphc_error(dtype
         build(z)
 
 
+@pytest.mark.parametrize("build", [lambda: gc.relu(1e300), lambda: gc.exp(1e300),
+                                   lambda: gc.expand_dims(1e300, 0)])
+def test_a_python_scalar_that_does_not_fit_float32_alone_is_a_graphc_error(build):
+    # with no node beside it a float is float32: relu(1e300) raised AttributeError from the
+    # error message itself, expand_dims(1e300, 0) a bare OverflowError
+    with pytest.raises(GraphcError, match=r"scalar 1e\+300 does not fit float32\n.*test_probe19"):
+        build()
+
+
 @pytest.mark.parametrize("build, match", [
     (lambda: gc.constant(300, dtype="int8"), "constant: 300 does not fit int8"),
     (lambda: gc.constant(1, dtype="foo"), "constant: unknown dtype 'foo'"),
