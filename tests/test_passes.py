@@ -710,3 +710,41 @@ def test_rule_guards_are_necessary_conditions():
                         assert rule.fn(n, *n.inputs) is None, (rule.name, n.op, ops)
                         checked += 1
     assert checked > 1000
+
+
+def test_rule_census_is_a_necessary_condition():
+    # a rule whose `present` ops are nowhere below a node would not have fired on it; and the
+    # driver wakes such a rule when another rule builds one of those ops (log(sigmoid z) ->
+    # -softplus(-z), whose gradient forms then cancel)
+    from tests.test_fuzz_motifs import MOTIFS
+    from tests.test_ops import ROWS
+    from graphc.ir import toposort
+    rules = [r for r in P.stability.STABILIZE if r.present is not None]
+    assert {r.name for r in rules} >= {"cancel_mul", "cancel_div", "distribute", "bce_logits"}
+    checked = 0
+    for r in [r for _, r in ROWS] + list(MOTIFS):
+        leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}")
+                  for i, a in enumerate(r.inputs)]
+        out = r.build(*leaves)
+        graph = Graph([out])
+        floats = [x for x in leaves if x.dtype.kind == "f"]
+        if out.dtype.kind == "f" and floats and r.grad:
+            try:
+                graph = Graph([out] + list(gc.grad(gc.sum(out * out), floats)))
+            except gc.GraphcError:
+                pass
+        for g in (graph, P.optimize(graph, passes=[P.stabilize, P.simplify])):
+            for n in g.nodes:
+                below = {m.op for m in toposort(n.inputs)}
+                for rule in rules:
+                    if rule.op == n.op and not rule.wanted() & below:
+                        assert rule.fn(n, *n.inputs) is None, (rule.name, n.op)
+                        checked += 1
+    assert checked > 300
+    x = gc.placeholder((3, 4), name="x")
+    g = gc.placeholder((3, 4), name="g")
+    t = gc.tanh(x)
+    graph = Graph([t * (g / t)])                  # tanh is not positive: nothing cancels
+    assert rewrite(graph, P.stability.STABILIZE).outputs[0].op == "mul"
+    to_exp = Rule("tanh_to_exp", "tanh", lambda n, z: gc.exp(z))   # (a structural test only)
+    assert rewrite(graph, [to_exp] + P.stability.STABILIZE).outputs[0] is g

@@ -31,11 +31,23 @@ class Rule:
     """`fn(node, *inputs)` returns the replacement of a node of `op`, or None ("*": any op).
     `needs`: input ops one of which the rule cannot fire without (None: no such guard); the
     driver offers it only to nodes with such an input ("constant" also admits a glue op, as
-    `is_value` looks through them). Checked once per (op, input ops), not per node."""
+    `is_value` looks through them). Checked once per (op, input ops), not per node.
+    `present`: ops one of which the rule cannot fire without somewhere below the node
+    ("positive": any op declared positive); a walk over a graph without them (nor a rule
+    making one) skips the rule for every node, e.g. cancellation on a tanh network."""
     name: str
     op: str
     fn: Callable[..., Node | None]
     needs: tuple[str, ...] | None = None
+    present: tuple[str, ...] | None = None
+
+    def wanted(self) -> frozenset[str] | None:
+        """The ops of `present`, "positive" spelled out (ops may be registered later)."""
+        if self.present is None:
+            return None
+        return frozenset(o for p in self.present
+                         for o in ([k for k, d in OPS.items() if d.positive]
+                                   if p == "positive" else [p]))
 
     def offered(self, input_ops: tuple[str, ...]) -> bool:
         """The rule may fire on a node whose inputs have these ops."""
@@ -124,6 +136,12 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
     prior = getattr(graph, "fixed", None)
     skip: dict[str, bool] = {}           # op -> prior's fixed nodes of op need no rules
     fixed = Fixed(rules_of)
+    # rules waiting for an op of `present`: the census of the ops in the graph (and in what
+    # rules build) tells when one may fire; a node's rules see only what is below it
+    waiting = {r: w for r in rules if (w := r.wanted()) is not None}
+    census = {n.op for n in graph.nodes} if waiting else set()
+    unlocks = frozenset().union(*waiting.values()) - census if waiting else frozenset()
+    asleep = {r for r, w in waiting.items() if not w & census}
 
     def rules_for(op: str) -> tuple[Rule, ...]:
         todo = rules_of.get(op)
@@ -145,7 +163,8 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         key = (op, tuple([i.op for i in inputs]))
         todo = guarded.get(key)
         if todo is None:
-            todo = guarded[key] = tuple(r for r in rules_for(op) if r.offered(key[1]))
+            todo = guarded[key] = tuple(r for r in rules_for(op)
+                                        if r.offered(key[1]) and r not in asleep)
         for r in todo:
             out = r.fn(n, *inputs)
             if out is None or out is n:
@@ -195,6 +214,10 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
             if todo:
                 stack.extend(reversed(todo))
                 continue
+            if n.op in unlocks and n.op not in census:    # a rule built a node of a new op
+                census.add(n.op)
+                asleep.difference_update([r for r in asleep if n.op in waiting[r]])
+                guarded.clear()
             again = settle(n)
             if again is None:
                 stack.pop()

@@ -155,6 +155,7 @@ def expm1_by_hand(n: Node, e: Node, one: Node) -> Node | None:
     return None
 
 
+POSITIVE = ("positive", "sigmoid")   # Rule.present of what needs a `positive` factor
 TERMS = ("mul", "neg")     # the ops of an add's terms `signed_products` reads
 
 
@@ -247,17 +248,17 @@ STABILIZE = [
     # sum(y*log_softmax z) -> -sce(z, y)
     Rule("cross_entropy", "sum", cross_entropy, needs=("mul",)),
     # y softplus(-z) + (1-y) softplus(z) -> softplus(z) - y z
-    Rule("bce_logits", "add", bce_logits, needs=TERMS),
-    Rule("bce_logits_sub", "sub", bce_logits, needs=TERMS),
+    Rule("bce_logits", "add", bce_logits, needs=TERMS, present=("softplus",)),
+    Rule("bce_logits_sub", "sub", bce_logits, needs=TERMS, present=("softplus",)),
     # -c y (1 - sigmoid z) + c (1-y) sigmoid z -> c (sigmoid z - y)
-    Rule("bce_logits_grad", "add", bce_logits_grad, needs=TERMS),
-    Rule("bce_logits_grad_sub", "sub", bce_logits_grad, needs=TERMS),
+    Rule("bce_logits_grad", "add", bce_logits_grad, needs=TERMS, present=("sigmoid",)),
+    Rule("bce_logits_grad_sub", "sub", bce_logits_grad, needs=TERMS, present=("sigmoid",)),
     # p * (g / p) -> g, p > 0
-    Rule("cancel_mul", "mul", cancel, needs=PRODUCTS),
+    Rule("cancel_mul", "mul", cancel, needs=PRODUCTS, present=POSITIVE),
     # (g * p) / p -> g, p > 0
-    Rule("cancel_div", "div", cancel),
+    Rule("cancel_div", "div", cancel, present=POSITIVE),
     # p*(g/p - s) -> p*(g/p) - p*s
-    Rule("distribute", "mul", distribute, needs=("add", "sub")),
+    Rule("distribute", "mul", distribute, needs=("add", "sub"), present=POSITIVE),
 ]
 
 
