@@ -18,7 +18,8 @@ def fused_bodies(graph):
 
 
 def plan_facts(f, feeds, forms: bool):
-    """Every concrete shape and each fused node's compiles answer, with or without forms."""
+    """Every concrete shape, each fused node's compiles answer and the plan's source (fused
+    steps of a form met before stamped, runtime/stamps.py), with or without forms."""
     saved = {}
     for b in fused_bodies(f.graph):
         saved[id(b)] = b.__dict__.pop("structure", None)
@@ -29,6 +30,8 @@ def plan_facts(f, feeds, forms: bool):
         got = shapes.resolve(f.graph, {id(p): a for p, a in zip(f.inputs, feeds)})
         low = program.Lowering(f.graph, f.inputs, got, False, {})
         ok = [low.fused_ok(n) for n in f.graph.nodes if n.op == "fused"]
+        plan = program.lower(f.graph, f.inputs, got)
+        ok.append((plan.source, sorted(plan.ns), plan.kinds))
     finally:
         for b in fused_bodies(f.graph):
             b.__dict__.pop("structure", None)
@@ -105,3 +108,31 @@ def test_chains_of_blocks_repeat_their_forms_with_each_bodys_own_answers():
     got = plan_facts(f, feeds, forms=True)
     assert got == plan_facts(f, feeds, forms=False)
     assert {s[0][0] for s in got[0].values() if len(s[0]) == 2} == {5, 7}
+
+
+def test_stamped_steps_are_the_ones_written_op_by_op():
+    """Repeated forms with inlined constants, a kernel call (no template), relu's zeros (a
+    plan constant per step: never stamped) are written as each step's own; the plan computes
+    what the interpreter does."""
+    x = gc.placeholder((None, 3), "float64", name="x")
+    h, params, extra = x, [], 0.0
+    for i in range(20):
+        w = gc.variable(np.linspace(0.2, 0.9, 3) + 0.01 * i, name=f"w{i}")
+        params.append(w)
+        h = gc.tanh(h * w + 0.25) + 0.5 * h
+        extra = extra + gc.sum(gc.erf(h * w) * 0.1) + gc.sum(gc.relu(h * w))
+    loss = gc.mean(h * h) + extra
+    grads = gc.grad(loss, params)
+    f = gc.function([x], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
+    feeds = [np.random.default_rng(1).uniform(-1, 1, (5, 3))]
+    got = plan_facts(f, feeds, forms=True)
+    assert got == plan_facts(f, feeds, forms=False)
+    assert "kernel_erf(" in got[1][-1][0] and "xp.maximum(" in got[1][-1][0]
+    shapes_ = shapes.resolve(f.graph, {id(x): feeds[0]})
+    low = program.Lowering(f.graph, f.inputs, shapes_, False, {})
+    low.build()
+    made = [s for s in low.stamps.values() if s is not None]
+    assert len(made) >= 2 and any(s.kernel_calls for s in made)
+    assert None in low.stamps.values()          # relu's zeros: op by op
+    want = loss.eval({x: feeds[0]})
+    np.testing.assert_allclose(f(*feeds), want, rtol=1e-12)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, backend, emit, layout, loop, lowering, planner, rules
+from graphc.runtime import atomic, backend, emit, layout, loop, lowering, planner, rules, \
+    stamps
 from graphc.runtime.instrument import check_step
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
@@ -55,6 +56,9 @@ class Lowering:
         self.users_of: dict[int, dict] = {}
         self.compiles: dict[int, bool] = {}
         self.form_compiles: dict[int, bool] = {}   # body form (fuse.structure) -> compiles
+        self.form_keys: dict[int, tuple] = {}      # fused id -> (form, input types) (stamps.py)
+        self.form_facts: dict[tuple, object] = {}  # (what, form key) -> by body position
+        self.stamps: dict[tuple, object] = {}      # form key -> its code's stamp, or None
         self.extra_reads: dict[int, tuple] = {}  # step id -> nodes it reads besides inputs
         # per-plan state of the op families that lower together (lowering.FAMILIES)
         self.families = {name: cls() for name, cls in lowering.FAMILIES.items()}
@@ -179,7 +183,7 @@ class Lowering:
         index = {id(n): i for i, n in enumerate(g.nodes)}
         raising = [i for i, n in enumerate(g.nodes)
                    if n.op not in LEAVES and (kinds[id(n)] == "kernel" or n.op in RAISING
-                                              or rules.may_raise(n))]
+                                              or self.may_raise(n))]
         updates = [planner.Update(id(v), id(u), index[id(u)],
                                   u.op not in LEAVES and self.may_write_input(u),
                                   self.shapes[id(u)] == self.shapes[id(v)],
@@ -188,6 +192,16 @@ class Lowering:
         ok = planner.direct_updates(updates, self.steps, raising, self.roots, self.last,
                                     [id(o) for o in g.outputs])
         return {id(u): v for v, u in g.updates if id(u) in ok}
+
+    def may_raise(self, n: Node) -> bool:
+        """rules.may_raise, answered once per body form for fused steps."""
+        form = getattr(n.attrs["body"], "structure", None) if n.op == "fused" else None
+        if form is None:
+            return rules.may_raise(n)
+        hit = self.form_facts.get(("raises", form))
+        if hit is None:
+            hit = self.form_facts[("raises", form)] = rules.may_raise(n)
+        return hit
 
     def may_write_input(self, u: Node) -> bool:
         """Whether u's code may write its result over one of its inputs (read elementwise)."""
@@ -291,7 +305,7 @@ class Lowering:
         per fused node: choosing its buffer and emitting it both ask)."""
         spine = self.spines.get(id(n))
         if spine is None:
-            spine = self.spines[id(n)] = self.find_spine(n, users)
+            spine = self.spines[id(n)] = stamps.spine(self, n, users, self.find_spine)
         return spine
 
     def find_spine(self, n: Node, users: dict) -> tuple[set, Node]:
@@ -312,11 +326,7 @@ class Lowering:
         """id(body node) -> how many body nodes read it, for fused node n (made once)."""
         users = self.users_of.get(id(n))
         if users is None:
-            users = self.users_of[id(n)] = {}
-            for b in n.attrs["body"].nodes:
-                for x in b.inputs:
-                    k = id(x)
-                    users[k] = users.get(k, 0) + 1
+            users = self.users_of[id(n)] = stamps.users(self, n)
         return users
 
     def fused_inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
@@ -387,6 +397,9 @@ class Lowering:
         """The body as a chain of ufunc calls: the chain that leads to the output runs in
         place in o; side branches use scratch buffers. When o is a variable being updated
         (also an input), only the last call writes o."""
+        code = stamps.stamped(self, n, a, o)     # a body of a form met before, all in o
+        if code is not None:
+            return code
         body: Graph = n.attrs["body"]
         out = body.outputs[0]
         nid, shapes = id(n), self.shapes
