@@ -5,6 +5,7 @@ optimize turned off, so the figure is lowering + plan + one run).
     OPENBLAS_NUM_THREADS=1 python bench/scale.py                      # 1k, 10k, 50k nodes
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 1000,10000,100000 --shapes chain
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 10000 --cpu   # CPU time, not wall
+    OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 20000 --calls --no-mlp  # Python calls
 
 The last line is the compile time of the MLP training step of bench/run.py (build, grad,
 optimize, lower, first call; --no-mlp skips it).
@@ -16,10 +17,13 @@ Two shapes, each with one variable per block updated by SGD from `gc.grad`:
 N counts the nodes of the built graph (forward, gradients and updates); `us/node` is each
 stage's time per node, flat when the stage is linear. `--cpu` measures this process's CPU
 time instead of wall time (on a shared, loaded machine wall time doubles at random).
+`--calls` counts the Python function calls of each stage (cProfile, so the run is ~3x
+slower): the same on every run, it shows a 5 % change that the host's +-30 % hides.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc as gc_module
 import os
 import sys
@@ -90,6 +94,21 @@ def nodes_per_block(shape: str) -> float:
 CLOCK = [time.perf_counter]
 
 
+class CallCount:
+    """A clock that reads the Python function calls made so far (from a cProfile profile
+    running the whole time): differences count each stage's calls."""
+
+    def __init__(self):
+        self.profile = cProfile.Profile()
+        self.profile.enable()
+
+    def __call__(self) -> int:
+        self.profile.disable()
+        calls = sum(e.callcount for e in self.profile.getstats())
+        self.profile.enable()
+        return calls
+
+
 def measure(shape: str, size: int) -> tuple[int, dict]:
     blocks = max(2, round(size / nodes_per_block(shape)))
     gc_module.collect()     # the previous size's garbage is not collected on this one's time
@@ -123,23 +142,31 @@ def main(argv=None) -> None:
     ap.add_argument("--no-mlp", action="store_true", help="skip the MLP step's compile time")
     ap.add_argument("--cpu", action="store_true",
                     help="CPU time of this process instead of wall time")
+    ap.add_argument("--calls", action="store_true",
+                    help="Python function calls per stage (thousands) instead of time")
     args = ap.parse_args(argv)
     if args.cpu:
         CLOCK[0] = time.process_time
+    if args.calls:
+        CLOCK[0] = CallCount()
+    # seconds and us per node, or thousands of calls and calls per node
+    unit, per, scale, per_scale = ("kcall", "c/node", 1e-3, 1) if args.calls else \
+        ("s", "us/node", 1, 1e6)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     stages = ["build", "grad", "optimize", "first call"]
     print(f"{'graph':<6} {'nodes':>7}  " + "  ".join(f"{s:>16}" for s in stages)
-          + f"  {'total s':>8}")
-    print(f"{'':<6} {'':>7}  " + "  ".join(f"{'s':>7} {'us/node':>8}" for _ in stages))
+          + f"  {'total ' + unit:>8}")
+    print(f"{'':<6} {'':>7}  " + "  ".join(f"{unit:>7} {per:>8}" for _ in stages))
     for shape in args.shapes.split(","):
         for size in sizes:
             n, t = measure(shape, size)
-            cells = "  ".join(f"{t[s]:7.2f} {t[s] / n * 1e6:8.1f}" for s in stages)
-            print(f"{shape:<6} {n:>7}  {cells}  {sum(t.values()):8.2f}", flush=True)
+            cells = "  ".join(f"{t[s] * scale:7.2f} {t[s] / n * per_scale:8.1f}" for s in stages)
+            print(f"{shape:<6} {n:>7}  {cells}  {sum(t.values()) * scale:8.2f}", flush=True)
     if not args.no_mlp:
         ts = mlp_compile()
         print(f"MLP 784-128-64-10 step, batch 32 (build, grad, optimize, lower, first call): "
-              f"first {ts[0]:.3f} s, median of {len(ts)} {sorted(ts)[len(ts) // 2]:.3f} s")
+              f"first {ts[0] * scale:.3f} {unit}, median of {len(ts)} "
+              f"{sorted(ts)[len(ts) // 2] * scale:.3f} {unit}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ class RewriteError(GraphcError):
     """A rule produced a node of another shape or dtype (a bug in the rule, not the user's)."""
 
 
+def positive_ops() -> frozenset[str]:
+    """The ops declared positive now (an op may be registered later)."""
+    return frozenset([k for k, d in OPS.items() if d.positive])
+
+
 @dataclass(frozen=True)
 class Rule:
     """`fn(node, *inputs)` returns the replacement of a node of `op`, or None ("*": any op).
@@ -41,13 +46,14 @@ class Rule:
     needs: tuple[str, ...] | None = None
     present: tuple[str, ...] | None = None
 
-    def wanted(self) -> frozenset[str] | None:
-        """The ops of `present`, "positive" spelled out (ops may be registered later)."""
+    def wanted(self, positive: frozenset[str] | None = None) -> frozenset[str] | None:
+        """The ops of `present`, "positive" spelled out (`positive_ops()` unless given)."""
         if self.present is None:
             return None
-        return frozenset(o for p in self.present
-                         for o in ([k for k, d in OPS.items() if d.positive]
-                                   if p == "positive" else [p]))
+        if "positive" in self.present and positive is None:
+            positive = positive_ops()
+        return frozenset().union(*[positive if p == "positive" else (p,)
+                                   for p in self.present])
 
     def offered(self, input_ops: tuple[str, ...]) -> bool:
         """The rule may fire on a node whose inputs have these ops."""
@@ -138,10 +144,13 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
     fixed = Fixed(rules_of)
     # rules waiting for an op of `present`: the census of the ops in the graph (and in what
     # rules build) tells when one may fire; a node's rules see only what is below it
-    waiting = {r: w for r in rules if (w := r.wanted()) is not None}
+    waiting: dict[int, frozenset] = {}   # id(rule) -> its ops (a Rule hashes all its fields)
+    if any(r.present is not None for r in rules):
+        positive = positive_ops()
+        waiting = {id(r): r.wanted(positive) for r in rules if r.present is not None}
     census = {n.op for n in graph.nodes} if waiting else set()
     unlocks = frozenset().union(*waiting.values()) - census if waiting else frozenset()
-    asleep = {r for r, w in waiting.items() if not w & census}
+    asleep = {k for k, w in waiting.items() if not w & census}
 
     def rules_for(op: str) -> tuple[Rule, ...]:
         todo = rules_of.get(op)
@@ -164,7 +173,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         todo = guarded.get(key)
         if todo is None:
             todo = guarded[key] = tuple(r for r in rules_for(op)
-                                        if r.offered(key[1]) and r not in asleep)
+                                        if r.offered(key[1]) and id(r) not in asleep)
         for r in todo:
             out = r.fn(n, *inputs)
             if out is None or out is n:
@@ -216,7 +225,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
                 continue
             if n.op in unlocks and n.op not in census:    # a rule built a node of a new op
                 census.add(n.op)
-                asleep.difference_update([r for r in asleep if n.op in waiting[r]])
+                asleep.difference_update([k for k in asleep if n.op in waiting[k]])
                 guarded.clear()
             again = settle(n)
             if again is None:
