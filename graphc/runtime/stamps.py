@@ -10,6 +10,8 @@ node) are kept per form the same way, by position in the body.
 """
 from __future__ import annotations
 
+from graphc.runtime import rules
+
 SLOT = "\x00"        # around a slot's name in a stamp: O (the output), A<k> (input k), C<j>
 
 
@@ -108,7 +110,6 @@ def stamped(low, n, a: list[str], o: str) -> str | None:
 def in_place(low, n, a: list[str], o: str) -> str:
     """What `emit_fused` writes for a body wholly on its spine (every op into o), inlined
     constants as slots."""
-    from graphc.runtime import rules
     body = n.attrs["body"]
     nid, shapes = id(n), low.shapes
     shape_of = lambda b: shapes[(nid, id(b))][0]  # noqa: E731
