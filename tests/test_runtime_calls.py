@@ -186,3 +186,33 @@ def test_ctrl_c_in_the_entry_leaves_the_updates_all_old_or_all_new():
     takes (a Python float takes the general path)."""
     from tests.test_runtime_threads import interrupted_training
     assert interrupted_training(rounds=30, feed=np.array(1.0)) == 30
+
+
+def test_outputs_are_new_arrays_of_every_call_written_by_their_steps():
+    """An output computed into a planned buffer is written by its step into an array made
+    by that call (no copy out at the end); none aliases a plan buffer, a variable or another
+    output (an output given twice is copied for its second place), and a later call leaves
+    an earlier result alone."""
+    x = gc.placeholder((None, 3), "float64", "x")
+    W = gc.variable(RNG.normal(size=(3, 4)), name="W")
+    b = gc.variable(RNG.normal(size=4), name="b")
+    y = gc.relu(x @ W + b)
+    outs = [y, y, gc.exp(y) * 2.0 + 1.0, gc.sum(y), W]
+    f = gc.function([x], outs, updates=[(b, b * 0.5)])
+    a, c = RNG.normal(size=(5, 3)), RNG.normal(size=(5, 3))
+    first = f(a)
+    ret = f.source.splitlines()[-1]
+    assert f.source.count("= xp.empty(") == 3 and ret.count("xp.array(") == 2, f.source
+    kept = [r.copy() for r in first]
+    w0, b0 = W.value.copy(), b.value.copy()
+    second = f(c)
+    for got, want in zip(first, kept):
+        np.testing.assert_array_equal(got, want)
+    want = np.maximum(c @ w0 + b0, 0)
+    for got, value in zip(second, [want, want, np.exp(want) * 2 + 1, want.sum(), w0]):
+        np.testing.assert_allclose(got, value, rtol=1e-12)
+    arrays = [v for v in f.last_plan.ns.values() if isinstance(v, np.ndarray)]
+    arrays += [W.value, b.value]
+    for k, r in enumerate(second):
+        assert not any(np.shares_memory(r, v) for v in arrays)
+        assert not any(np.shares_memory(r, s) for s in second[:k])
