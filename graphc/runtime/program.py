@@ -65,6 +65,8 @@ class Lowering:
         self.views: dict[str, str] = {}          # hoisted view name -> its expression
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
         self.fresh: dict[int, str] = {}          # output id -> its new array's name, per call
+        # ids of the values fixed for the plan: constants, sizes, steps made once from them
+        self.known: set[int] = {id(n) for n in graph.nodes if n.op == "constant"}
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
@@ -136,11 +138,13 @@ class Lowering:
             if n.op in LEAVES:
                 continue
             dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
-            o = None
+            o, fold = None, False
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
             elif id(n) in self.fresh:
                 o = owner[id(n)] = self.fresh[id(n)]
+            elif fold := id(n) in writes and self.folds(n, kept):   # no owner: never reused
+                o = self.const(layout.empty(*self.shapes[id(n)], self.layouts.get(id(n))))
             elif id(n) in writes:
                 o = self.inplace_target(n, i, owner) \
                     or self.take(*self.shapes[id(n)], self.layouts.get(id(n)))
@@ -148,6 +152,8 @@ class Lowering:
             self.dying_now = [b for b in dying if b != o]
             self.kernel_calls = []
             code = self.emit(n, i, o, kinds[id(n)])
+            if self.made_once(n, code, fold):
+                code = f"pass  # made once per plan: {code}"
             for b in dying:
                 if b != o:
                     self.give(b)
@@ -160,7 +166,7 @@ class Lowering:
                 shape, dtype = self.shapes[id(n)]
                 lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
             lines.append(f"    {code}")
-            if n.op == "fused":
+            if n.op == "fused" and id(n) not in self.known:
                 fused_at.append(len(lines) - 1)
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
@@ -195,6 +201,32 @@ class Lowering:
         ok = planner.direct_updates(updates, self.steps, raising, self.roots, self.last,
                                     [id(o) for o in g.outputs])
         return {id(u): v for v, u in g.updates if id(u) in ok}
+
+    def folds(self, n: Node, kept: list) -> bool:
+        """Whether buffer step n computes from values fixed for the plan only (constants, sizes
+        of concrete shapes, such steps: `lr / n` of a mean's gradient) and may run once, when
+        the plan is made: deterministic, raising nothing, no output or update value."""
+        return bool(n.inputs) and all(id(x) in self.known for x in n.inputs) \
+            and id(n) not in kept and not OPS[n.op].random and n.op not in RAISING \
+            and not rules.may_raise(n)
+
+    def made_once(self, n: Node, code: str, fold: bool) -> bool:
+        """Runs a folded step's code now (its buffer is a plan constant); marks the values
+        fixed for the plan (a size, a view hoisted from fixed values). False: code runs per
+        call."""
+        if fold:
+            try:
+                with np.errstate(all="ignore"):
+                    exec(code, self.ns)
+            except Exception:      # noqa: BLE001  (it raises at run time, named there)
+                return False
+            self.known.add(id(n))
+            return True
+        name = self.var[id(n)]
+        if name.startswith("h") and (n.op == "size" or all(id(x) in self.known
+                                                           for x in n.inputs)):
+            self.known.add(id(n))
+        return False
 
     def fresh_outputs(self, kinds: dict, direct: dict) -> dict[int, str]:
         """id(output) -> the name of the array its step writes, made new by every call and
@@ -266,8 +298,8 @@ class Lowering:
         self.var[id(n)] = name
         if kind == "view":
             expr = rules.view_code(self, n, a)
-            if a[0][0] in "bckh":     # a view of a plan-owned array (other inputs of a view
-                                      # are read for their shape only): maybe made once
+            if a[0][0] in "bckh" or n.op == "size":   # a view of a plan-owned array (other
+                # inputs of a view are read for their shape only), or a size: maybe made once
                 value = eval(expr, self.ns)
                 if self.true_view(value, a, n):
                     self.var[id(n)] = hoisted = f"h{i}"
