@@ -205,10 +205,11 @@ class Lowering:
     def folds(self, n: Node, kept: list) -> bool:
         """Whether buffer step n computes from values fixed for the plan only (constants, sizes
         of concrete shapes, such steps: `lr / n` of a mean's gradient) and may run once, when
-        the plan is made: deterministic, raising nothing, no output or update value."""
+        the plan is made: elementwise or a fused group (no workspace shared with other steps),
+        deterministic, raising nothing, no output or update value."""
         return bool(n.inputs) and all(id(x) in self.known for x in n.inputs) \
-            and id(n) not in kept and not OPS[n.op].random and n.op not in RAISING \
-            and not rules.may_raise(n)
+            and (n.op == "fused" or layout.elementwise(n)) and id(n) not in kept \
+            and not OPS[n.op].random and n.op not in RAISING and not rules.may_raise(n)
 
     def made_once(self, n: Node, code: str, fold: bool) -> bool:
         """Runs a folded step's code now (its buffer is a plan constant); marks the values
