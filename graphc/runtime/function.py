@@ -326,13 +326,18 @@ def check_update(pair) -> None:
                           f"{new.dtype.name} (built at {new.where})")
 
 
-def step_error(graph: Graph, steps: list, e: Exception) -> GraphcError:
-    """graphc's error for a plan step that raised: the step, its node, the user's line."""
+def step_error(graph: Graph, steps: list, e: Exception, entry=None,
+               offset: int | None = None) -> GraphcError:
+    """graphc's error for a plan step that raised: the step, its node, the user's line. The
+    step is found by the line of run's frame (a step's shared code is a call), or of the
+    plan's entry code `entry`, whose line offset + k is run's line k."""
     tb, line = e.__traceback__, None
     while tb is not None:
-        code = tb.tb_frame.f_code      # run's frame (a step's shared code is a call)
+        code = tb.tb_frame.f_code
         if code.co_filename.startswith("<graphc plan") and code.co_name == "run":
             line = tb.tb_lineno
+        elif code is entry:
+            line = tb.tb_lineno - offset
         tb = tb.tb_next
     names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
     for k, (node, first, last) in enumerate(steps):
@@ -351,60 +356,83 @@ def no_entry(args):
 
 
 def feed_guard(sig: tuple, dtypes: tuple, fn: Function, names: dict) -> str:
-    """A test made for one plan that a call's feeds `a` can run it as they are: arrays of
+    """A test made for one plan that a call's feeds `_a` can run it as they are: arrays of
     exactly its shapes and dtypes, none of them (a view of) a variable the call updates (a
     feed of a shape no updated variable has cannot be one's own array). One generated
     expression: a loop over the feeds costs a small step several us more, most of it cache
     misses after the step's own arrays have gone through the cache."""
-    names.update(nd=np.ndarray, updated=fn.updated)
-    tests = [f"len(a) == {len(sig)}"]
+    names.update(_nd=np.ndarray, _updated=fn.updated)
+    tests = [f"len(_a) == {len(sig)}"]
     for k, (dt, shape) in enumerate(zip(dtypes, sig)):
-        names[f"d{k}"] = dt
-        tests.append(f"type(a[{k}]) is nd and a[{k}].dtype is d{k} and a[{k}].shape == {shape}")
+        names[f"_d{k}"] = dt
+        a = f"_a[{k}]"
+        tests.append(f"type({a}) is _nd and {a}.dtype is _d{k} and {a}.shape == {shape}")
         if fn.updated:
-            tests.append(f"a[{k}].base is None")
+            tests.append(f"{a}.base is None")
             if shape in fn.updated_shapes:
-                tests.append(f"id(a[{k}]) not in updated")
+                tests.append(f"id({a}) not in _updated")
     return " and ".join(tests)
+
+
+INLINE_LINES = 400    # a plan this short gets its run's code inlined into its entry
 
 
 def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     """Two functions generated for a plan: `accepts(feeds)`, whether the feeds can run it as
     they are (`feed_guard`), and `entry(feeds)`, the Function's whole call by this plan --
     the guard (MISS when it fails), the locks in their global order with Ctrl-C held while
-    taking and giving them back, NumPy's errors off, the plan's `run`, a failing step named,
+    taking and giving them back, NumPy's errors off, the plan's code, a failing step named,
     the result in the Function's form. After a real step's arrays went through the cache,
-    each Python frame and object of the call path misses it: one function touches fewest."""
-    names: dict = {"run": plan.run, "MISS": MISS, "GraphcError": GraphcError,
-                   "get_ident": atomic.get_ident, "MAIN": atomic.MAIN, "state": atomic.STATE,
-                   "raise_pending": atomic.raise_pending, "form": fn.form,
-                   "failed": functools.partial(step_error, fn.graph, plan.steps)}
+    each Python frame and object of the call path misses it: one function touches fewest, so
+    a short plan's code is inlined (a long one's `run` is called: its compile() would double).
+    The entry's own names start with an underscore (the plan's never do)."""
+    names: dict = {"_run": plan.run, "_MISS": MISS, "_GraphcError": GraphcError,
+                   "_get_ident": atomic.get_ident, "_MAIN": atomic.MAIN,
+                   "_state": atomic.STATE, "_raise_pending": atomic.raise_pending,
+                   "_form": fn.form}
     guard = feed_guard(sig, fn.dtypes, fn, names)
     for k, lock in enumerate(fn.locks):
-        names[f"lock{k}"] = lock
-    takes = [f"    lock{k}.acquire()" for k in range(len(fn.locks))]
-    gives = [f"        lock{k}.release()" for k in reversed(range(len(fn.locks)))]
-    call = f"run({', '.join(f'a[{k}]' for k in range(len(sig)))})"
-    if _ERRSTATE is None:
-        names["errstate"] = np.errstate
-        body = ["        with errstate(all='ignore'):", f"            out = {call}"]
+        names[f"_lock{k}"] = lock
+    source = plan.source.splitlines()
+    inline = len(source) <= INLINE_LINES and source[-1].startswith("    return ")
+    if inline:
+        names.update(plan.ns)
+        args = source[0][len("def run("):-2]
+        run = [f"            {args}, = _a" if args else "            pass"]   # run's line 1
+        for line in source[1:-1]:
+            run.append("        " + ("    if _main: _state.held = True"    # the write phase
+                                     if line == "    hold()" else line))
+        run.append("            _out = " + source[-1][len("    return "):])
     else:
-        names.update(quiet=_ERRSTATE.set, loud=_ERRSTATE.reset, QUIET=_QUIET)
-        body = ["        token = quiet(QUIET)", "        try:", f"            out = {call}",
-                "        finally:", "            loud(token)"]
-    ret = "out[0]" if fn.single else "form(out)" if fn.form is tuple else "out"
-    lines = ["def accepts(a):", f"    return {guard}", "",
-             "def entry(a):", f"    if not ({guard}):", "        return MISS",
-             "    main = get_ident() == MAIN", "    if main:", "        state.held = True",
-             *takes, "    try:", "        if main:", "            state.held = False",
-             "            if state.pending is not None:", "                raise_pending()",
-             *body, "    except GraphcError:", "        raise", "    except Exception as e:",
-             "        raise failed(e) from None", "    finally:", "        if main:",
-             "            state.held = True", *gives, "        if main:",
-             "            state.held = False", "            if state.pending is not None:",
-             "                raise_pending()", f"    return {ret}"]
+        run = ["            _out = _run(*_a)"]
+    if _ERRSTATE is None:
+        names["_errstate"] = np.errstate
+        body = ["        with _errstate(all='ignore'):", *run]
+    else:
+        names.update(_quiet=_ERRSTATE.set, _loud=_ERRSTATE.reset, _QUIET=_QUIET)
+        body = ["        _token = _quiet(_QUIET)", "        try:", *run, "        finally:",
+                "            _loud(_token)"]
+    ret = "_out[0]" if fn.single else "_form(_out)" if fn.form is tuple else "_out"
+    lines = ["def accepts(_a):", f"    return {guard}", "",
+             "def entry(_a):", f"    if not ({guard}):", "        return _MISS",
+             "    _main = _get_ident() == _MAIN", "    if _main:", "        _state.held = True",
+             *[f"    _lock{k}.acquire()" for k in range(len(fn.locks))], "    try:",
+             "        if _main:", "            _state.held = False",
+             "            if _state.pending is not None:", "                _raise_pending()",
+             *body, "    except _GraphcError:", "        raise", "    except Exception as _e:",
+             "        raise _failed(_e) from None", "    finally:", "        if _main:",
+             "            _state.held = True",
+             *[f"        _lock{k}.release()" for k in reversed(range(len(fn.locks)))],
+             "        if _main:", "            _state.held = False",
+             "            if _state.pending is not None:", "                _raise_pending()",
+             f"    return {ret}"]
     exec(compile("\n".join(lines) + "\n", "<graphc entry>", "exec"), names)
-    return names["accepts"], names["entry"]
+    entry = names["entry"]
+    offset = lines.index(run[0]) if inline else None   # entry's line offset + k: run's k
+    names["_failed"] = functools.partial(step_error, fn.graph, plan.steps,
+                                         entry=entry.__code__ if inline else None,
+                                         offset=offset)
+    return names["accepts"], entry
 
 
 def dummy_feed(ph: Node) -> np.ndarray:
