@@ -49,6 +49,9 @@ class Lowering:
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
+        self.fresh: dict[int, str] = {}          # output id -> its new array's name, per call
+        # ids of the values fixed for the plan: constants, sizes, steps made once from them
+        self.known: set[int] = {id(n) for n in graph.nodes if n.op == "constant"}
         self.cache: dict = {}                  # plan constants shared by steps
         # per fused node (by id), made once: its spine, body users, whether its body compiles
         self.spines: dict[int, tuple] = {}
@@ -64,9 +67,6 @@ class Lowering:
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
         self.views: dict[str, str] = {}          # hoisted view name -> its expression
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
-        self.fresh: dict[int, str] = {}          # output id -> its new array's name, per call
-        # ids of the values fixed for the plan: constants, sizes, steps made once from them
-        self.known: set[int] = {id(n) for n in graph.nodes if n.op == "constant"}
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
@@ -202,6 +202,13 @@ class Lowering:
                                     [id(o) for o in g.outputs])
         return {id(u): v for v, u in g.updates if id(u) in ok}
 
+    def may_write_input(self, u: Node) -> bool:
+        """Whether u's code may write its result over one of its inputs (read elementwise)."""
+        if u.op == "fused":
+            out = u.attrs["body"].outputs[0]
+            return rules.inplace_ok(out, lambda b: self.shapes[(id(u), id(b))][0])
+        return rules.inplace_ok(u, lambda x: self.shapes[id(x)][0])
+
     def folds(self, n: Node, kept: list) -> bool:
         """Whether buffer step n computes from values fixed for the plan only (constants, sizes
         of concrete shapes, such steps: `lr / n` of a mean's gradient) and may run once, when
@@ -241,13 +248,6 @@ class Lowering:
                     and self.layouts.get(key) is None:
                 out[key] = f"r{self.index[key]}"
         return out
-
-    def may_write_input(self, u: Node) -> bool:
-        """Whether u's code may write its result over one of its inputs (read elementwise)."""
-        if u.op == "fused":
-            out = u.attrs["body"].outputs[0]
-            return rules.inplace_ok(out, lambda b: self.shapes[(id(u), id(b))][0])
-        return rules.inplace_ok(u, lambda x: self.shapes[id(x)][0])
 
     def epilogue(self, direct: dict, held: bool) -> list[str]:
         g = self.graph
