@@ -9,7 +9,9 @@ it costs several times what a loop of calls on tiny arrays shows.
 
 The ways run in a random order each round, on the four batches in turn: a fixed rotation puts
 the same way after the reference every time, and whatever follows another implementation's
-step finds its own buffers out of the cache (3-8 us at logreg b512). Prints per workload each
+step finds its own buffers out of the cache (3-8 us at logreg b512). Three of the four ways
+are graphc's, so they often find its buffers warm: compare the graphc ways with each other;
+for the ratio to the reference use bench/tree_ratio.py or run.py. Prints per workload each
 way's step time (µs, 10th percentile and median) and its median's ratio to the reference's.
 """
 from __future__ import annotations
