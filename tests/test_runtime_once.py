@@ -14,7 +14,8 @@ RNG = np.random.default_rng(3)
 
 def test_a_step_of_constants_and_sizes_runs_once_per_plan():
     x = gc.placeholder((None, 3), "float64", "x")
-    scale = gc.constant(2.0) / gc.size(x, axis=0, dtype="float64") + gc.constant(0.5)    # fixed per batch size
+    n_rows = gc.size(x, axis=0, dtype="float64")
+    scale = gc.constant(2.0) / n_rows + gc.constant(0.5)       # fixed per batch size
     y = gc.exp(x) * scale
     f = gc.function([x], [y, gc.sum(y)], optimize=False)
     for n in (3, 1, 3, 5, 5):
