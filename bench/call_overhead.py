@@ -1,17 +1,23 @@
-"""What a compiled call costs beyond its plan's generated `run`, in a real step: the call of
-the Function (locks, Ctrl-C holding, errstate, the feed check), its plan's `run` alone and the
-hand-written reference step, taking turns, each timed outside and inside `run`. After a
-step's arrays went through the cache, the Python around `run` misses the cache too, so it
-costs several times what a loop of calls on tiny arrays shows.
+"""What a compiled call costs beyond its plan's generated `run`, in a real step: the Function
+call (the plan's generated entry: feed guard, locks, Ctrl-C holding, errstate, result), the
+general path every call took before the entry (`Function.locked_call`: the same promises
+through the Function's methods), the plan's `run` alone and the hand-written reference step.
+After a step's arrays went through the cache, the Python around `run` misses the cache too, so
+it costs several times what a loop of calls on tiny arrays shows.
 
     OPENBLAS_NUM_THREADS=1 python3 bench/call_overhead.py [--workloads logreg_b512,...]
 
-Prints per workload the step time (µs, 10th percentile and median) of each way and the time
-outside `run` of the two graphc ones.
+The ways run in a random order each round, on the four batches in turn: a fixed rotation puts
+the same way after the reference every time, and whatever follows another implementation's
+step finds its own buffers out of the cache (3-8 us at logreg b512). Three of the four ways
+are graphc's, so they often find its buffers warm: compare the graphc ways with each other;
+for the ratio to the reference use bench/tree_ratio.py or run.py. Prints per workload each
+way's step time (µs, 10th percentile and median) and its median's ratio to the reference's.
 """
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 import numpy as np
@@ -23,36 +29,29 @@ def measure(name: str, rounds: int) -> dict:
     kind, B, train = common.workload_spec(name)
     build, Ref, _ = BUILD[kind]
     params, ref_batches, batches = batches_for(kind, name)
-    feeds = batches[0] if train else batches[0][:1]
+    feeds = batches if train else [b[:1] for b in batches]
+    ref_feeds = ref_batches if train else [b[:1] for b in ref_batches]
     f = (build if train else wl.graphc_mlp_infer)(params, B)
     ref = Ref(params, B) if train else Ref(params, B, train=False)
     ref_step = ref.step if train else ref.forward
-    ref_feeds = ref_batches[0] if train else ref_batches[0][:1]
-    f(*feeds)
-    plan = f.last_plan
-    run, inside = plan.run, []
-
-    def timed(*args):
-        t = time.perf_counter()
-        out = run(*args)
-        inside.append(time.perf_counter() - t)
-        return out
-
-    plan.run = timed
-    ways = {"Function call": lambda: f(*feeds), "plan.run": lambda: plan.run(*feeds),
-            "reference": lambda: ref_step(*ref_feeds)}
-    total = {k: [] for k in ways}
-    outside = {k: [] for k in ways}
+    f(*feeds[0])
+    run = f.last_plan.run
+    ways = {"Function call": lambda i: f(*feeds[i % 4]),
+            "general path": lambda i: f.locked_call(feeds[i % 4]),
+            "plan.run": lambda i: run(*feeds[i % 4]),
+            "reference": lambda i: ref_step(*ref_feeds[i % 4])}
+    times = {k: [] for k in ways}
+    order, rng, clock = list(ways), random.Random(0), time.perf_counter
     for i in range(rounds):
-        for k in list(ways)[i % 3:] + list(ways)[:i % 3]:     # each in every position
-            inside.append(np.nan)                             # the reference has no run
-            t = time.perf_counter()
-            ways[k]()
-            total[k].append(time.perf_counter() - t)
-            outside[k].append(total[k][-1] - inside[-1])
-    plan.run = run
-    return {k: (np.percentile(total[k], 10), np.median(total[k]),
-                np.percentile(outside[k], 10), np.median(outside[k])) for k in ways}
+        rng.shuffle(order)
+        for k in order:
+            way = ways[k]
+            t = clock()
+            way(i)
+            times[k].append(clock() - t)
+    ref_median = np.median(times["reference"])
+    return {k: (np.percentile(v, 10), np.median(v), np.median(v) / ref_median)
+            for k, v in times.items()}
 
 
 def main():
@@ -60,12 +59,10 @@ def main():
     p.add_argument("--workloads", default="logreg_b512,mlp_b32,mlp_infer_b512,mlp_b512")
     p.add_argument("--rounds", type=int, default=2000)
     args = p.parse_args()
-    print(f"{'workload':<16}{'way':<15}{'step p10':>10}{'median':>9}"
-          f"{'outside p10':>13}{'median':>9}   (µs)")
+    print(f"{'workload':<16}{'way':<15}{'p10 µs':>10}{'median':>9}{'/ ref':>8}")
     for name in args.workloads.split(","):
-        for way, t in measure(name, args.rounds).items():
-            print(f"{name:<16}{way:<15}" + "".join(f"{v * 1e6:>{w}.1f}"
-                                                   for v, w in zip(t, (10, 9, 13, 9))))
+        for way, (p10, med, ratio) in measure(name, args.rounds).items():
+            print(f"{name:<16}{way:<15}{p10 * 1e6:>10.1f}{med * 1e6:>9.1f}{ratio:>8.3f}")
 
 
 if __name__ == "__main__":

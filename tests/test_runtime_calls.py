@@ -2,6 +2,7 @@
 one) and the fused softmax cross-entropy's one-reduction label check."""
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -120,3 +121,104 @@ def test_the_usual_call_checks_every_feed_as_the_first_one_did():
     assert tagged == np.float64 and tagged is not np.dtype(np.float64)
     w0 = W.value.copy()
     assert f(a.astype(tagged))[1] == pytest.approx((a * w0[:1]).sum())
+
+
+@pytest.mark.parametrize("form", ["one", "list", "tuple"])
+def test_the_usual_call_runs_by_its_plans_entry(form, monkeypatch):
+    """After the first call of a signature, a call with feeds like it runs by the plan's own
+    generated call (`entries`: guard, locks, errstate, run, result), never the general path;
+    the values are the general path's, in the form the outputs were given, fresh arrays."""
+    W = gc.variable(np.arange(6.0).reshape(3, 2), name="W")
+    x = gc.placeholder((None, 3), "float64", "x")
+    y = x @ W
+    outs = {"one": y, "list": [y, gc.sum(y)], "tuple": (y, gc.sum(y))}[form]
+    f = gc.function([x], outs, updates=[(W, W * 0.5)])
+    general = []
+    locked_call = f.locked_call
+    monkeypatch.setattr(f, "locked_call", lambda args: general.append(1) or locked_call(args))
+    a, b = RNG.normal(size=(4, 3)), RNG.normal(size=(2, 3))
+    results = []
+    for k, feed in enumerate([a, a, b, b, a, a[:, :2], a]):
+        w0 = W.value.copy()
+        if feed.shape[1] != 3:
+            with pytest.raises(gc.GraphcError, match="expected shape"):
+                f(feed)
+            continue
+        got = f(feed)
+        assert type(got) is {"one": np.ndarray, "list": list, "tuple": tuple}[form]
+        got = [got] if form == "one" else got
+        np.testing.assert_allclose(got[0], feed @ w0, rtol=1e-12)
+        if form != "one":
+            assert got[1] == pytest.approx((feed @ w0).sum())
+        np.testing.assert_array_equal(W.value, w0 * 0.5)
+        results.append(got[0])
+    assert len(general) == 4            # the first a, the first b, a again, the wrong shape
+    assert f.entry is f.last_plan.entry
+    assert len({id(r) for r in results}) == len(results)     # each call its own arrays
+
+
+def test_a_step_failing_in_the_entry_is_named_and_frees_the_locks():
+    """A run-time error on the usual path (the plan's code inlined in its entry) names the
+    step as the general path does, leaves the variables as they were and the locks free."""
+    ids = gc.placeholder((None, 3), dtype="int64", name="ids")
+    E = gc.variable(RNG.standard_normal((10, 4)), name="E")
+    cost = gc.sum(gc.exp(gc.take(gc.tanh(E) * 2.0, ids)))
+    f = gc.function([ids], cost, updates=[(E, E - 0.1 * gc.grad(cost, [E])[0])])
+    good, bad = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[1, 2, 3], [4, 5, 60]])
+    with pytest.raises(gc.GraphcError) as general:      # the first call: the general path
+        f(bad)
+    e0 = E.value.copy()
+    f(good)
+    e1 = E.value.copy()
+    assert f.last_plan.accepts((bad,)) and "take" in f.last_plan.source
+    with pytest.raises(gc.GraphcError) as usual:
+        f(bad)
+    assert str(usual.value) == str(general.value)
+    assert re.match(r"step [1-9]\d* failed at run time: IndexError.*\n.*take.*\n"
+                    r"  at .*test_runtime_calls.py", str(usual.value))
+    np.testing.assert_array_equal(E.value, e1)
+    free = []                  # (R)locks: another thread must be able to take them
+    t = threading.Thread(target=lambda: [free.append(lock.acquire(timeout=10)) or
+                                         lock.release() for lock in f.locks])
+    t.start()
+    t.join()
+    assert free == [True] * len(f.locks)
+    assert f(good) == pytest.approx(np.exp(np.tanh(e1)[[1, 2, 3, 4, 5, 6]] * 2).sum())
+    assert not np.array_equal(E.value, e1) and not np.array_equal(e0, e1)
+
+
+def test_ctrl_c_in_the_entry_leaves_the_updates_all_old_or_all_new():
+    """The Ctrl-C test of test_runtime_threads with an array feed, which the plan's entry
+    takes (a Python float takes the general path)."""
+    from tests.test_runtime_threads import interrupted_training
+    assert interrupted_training(rounds=30, feed=np.array(1.0)) == 30
+
+
+def test_outputs_are_new_arrays_of_every_call_written_by_their_steps():
+    """An output computed into a planned buffer is written by its step into an array made
+    by that call (no copy out at the end); none aliases a plan buffer, a variable or another
+    output (an output given twice is copied for its second place), and a later call leaves
+    an earlier result alone."""
+    x = gc.placeholder((None, 3), "float64", "x")
+    W = gc.variable(RNG.normal(size=(3, 4)), name="W")
+    b = gc.variable(RNG.normal(size=4), name="b")
+    y = gc.relu(x @ W + b)
+    outs = [y, y, gc.exp(y) * 2.0 + 1.0, gc.sum(y), W]
+    f = gc.function([x], outs, updates=[(b, b * 0.5)])
+    a, c = RNG.normal(size=(5, 3)), RNG.normal(size=(5, 3))
+    first = f(a)
+    ret = f.source.splitlines()[-1]
+    assert f.source.count("= xp.empty(") == 3 and ret.count("xp.array(") == 2, f.source
+    kept = [r.copy() for r in first]
+    w0, b0 = W.value.copy(), b.value.copy()
+    second = f(c)
+    for got, want in zip(first, kept):
+        np.testing.assert_array_equal(got, want)
+    want = np.maximum(c @ w0 + b0, 0)
+    for got, value in zip(second, [want, want, np.exp(want) * 2 + 1, want.sum(), w0]):
+        np.testing.assert_allclose(got, value, rtol=1e-12)
+    arrays = [v for v in f.last_plan.ns.values() if isinstance(v, np.ndarray)]
+    arrays += [W.value, b.value]
+    for k, r in enumerate(second):
+        assert not any(np.shares_memory(r, v) for v in arrays)
+        assert not any(np.shares_memory(r, s) for s in second[:k])

@@ -111,7 +111,7 @@ def test_value_assignment_waits_for_a_running_call(busy_switching):
     assert sum(torn) == 0
 
 
-def interrupted_training(n_vars=19, rounds=60, seed=0):
+def interrupted_training(n_vars=19, rounds=60, seed=0, feed=1.0):
     """Call a step with many updates until a Ctrl-C lands; the variables must all be at the
     same step count (all old or all new) after every interrupt."""
     vs = [gc.variable(np.zeros(4000 if k % 3 else 40), name=f"v{k}") for k in range(n_vars)]
@@ -129,7 +129,7 @@ def interrupted_training(n_vars=19, rounds=60, seed=0):
         try:
             t.start()
             while True:
-                step(1.0)
+                step(feed)
         except KeyboardInterrupt:
             interrupted += 1
         t.join()

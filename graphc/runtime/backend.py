@@ -17,7 +17,7 @@ from graphc.runtime import conv, kernels, winograd
 NAME = "xp"          # the name the generated code reads it by
 
 # the NumPy functions the templates name besides ufuncs
-FUNCTIONS = ("array", "broadcast_to", "copyto")
+FUNCTIONS = ("array", "broadcast_to", "copyto", "empty")
 
 # the runtime's kernels, called as xp.<name>; a standalone export inlines their source
 KERNELS = (kernels.all_finite, kernels.sce_forward, kernels.sce_backward, conv.conv2d,

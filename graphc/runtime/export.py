@@ -307,7 +307,7 @@ class Export:
             "xp = types.SimpleNamespace(**{k: v for k, v in vars(np).items() "
             "if isinstance(v, np.ufunc)},",
             "                           array=np.array, broadcast_to=np.broadcast_to, "
-            f"copyto=np.copyto{more})",
+            f"copyto=np.copyto, empty=np.empty{more})",
             "",
             "# the variables: name -> array, updated in place by run",
             f"state = State({{{state}}})",

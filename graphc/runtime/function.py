@@ -7,7 +7,7 @@ signatures (a plan holds its buffers; a loop over many batch sizes must not grow
 """
 from __future__ import annotations
 
-import sys
+import functools
 import threading
 from collections import OrderedDict
 from typing import Sequence
@@ -98,6 +98,7 @@ class Function:
         self.plans: OrderedDict[tuple, Plan] = OrderedDict()   # LRU, at most PLAN_CACHE
         self.rngs: dict[int, np.random.Generator] = {}
         self.last_plan: Plan | None = None
+        self.entry = no_entry              # the last plan's own call (`entries`)
         # a call holds its variables' storage locks, in one global order (atomic.py), and so
         # also excludes other calls of this Function (its plans' buffers); without variables,
         # a lock of its own. Variables compiled together share one lock (ir.storage_locks).
@@ -107,6 +108,7 @@ class Function:
         self.takes = [lock.acquire for lock in self.locks]
         self.gives = [lock.release for lock in reversed(self.locks)]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
+        self.updated_shapes = {v.data[0].shape for v, _ in self.graph.updates}
         self.dtypes = tuple(ph.dtype for ph in inputs)
 
     # feeds -----------------------------------------------------------------------------
@@ -143,7 +145,7 @@ class Function:
         plan = self.plans.get(sig)
         if plan is not None:
             self.plans.move_to_end(sig)
-            self.last_plan = plan
+            self.last_plan, self.entry = plan, plan.entry
         return plan
 
     def plan_for(self, feeds: list[np.ndarray]) -> Plan:
@@ -155,18 +157,26 @@ class Function:
                 shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
                 plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                              tag=" x ".join(map(format_shape, sig)))
-            plan.accepts = feed_guard(sig, self.dtypes, self.updated)
+            plan.accepts, plan.entry = entries(self, plan, sig)
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
                 self.plans.popitem(last=False)      # the least recently used
         else:
             self.plans.move_to_end(sig)
-        self.last_plan = plan
+        self.last_plan, self.entry = plan, plan.entry
         return plan
 
     # calling ---------------------------------------------------------------------------
     def __call__(self, *args):
-        # atomic.acquire / release / give_back, inlined (a call of a small step is ~100 us)
+        out = self.entry(args)      # the last plan's whole call when the feeds fit it
+        if out is MISS:
+            out = self.locked_call(args)
+        return out
+
+    def locked_call(self, args):
+        """A call by the general path: feeds converted and checked, the plan for their
+        shapes found or built, under the locks."""
+        # atomic.acquire / release / give_back, inlined
         main, state = atomic.get_ident() == atomic.MAIN, atomic.STATE
         if main:
             state.held = True          # a Ctrl-C between two acquires would leak the first
@@ -237,18 +247,7 @@ class Function:
         return out
 
     def step_error(self, plan: Plan, e: Exception) -> GraphcError:
-        tb, line = sys.exc_info()[2], None
-        while tb is not None:
-            code = tb.tb_frame.f_code      # run's frame (a step's shared code is a call)
-            if code.co_filename.startswith("<graphc plan") and code.co_name == "run":
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        names = {id(n): f"%{i}" for i, n in enumerate(self.graph.nodes)}
-        for k, (node, first, last) in enumerate(plan.steps):
-            if line is not None and first <= line <= last:
-                return GraphcError(f"step {k} failed at run time: {type(e).__name__}: {e}\n"
-                                   f"  {format_node(node, names)}\n  at {node.where}")
-        return GraphcError(f"compiled function failed: {type(e).__name__}: {e}")
+        return step_error(self.graph, plan.steps, e)
 
     # looking inside --------------------------------------------------------------------
     @property
@@ -327,19 +326,113 @@ def check_update(pair) -> None:
                           f"{new.dtype.name} (built at {new.where})")
 
 
-def feed_guard(sig: tuple, dtypes: tuple, updated: set):
-    """A test made for one plan that a call's feeds can run it as they are: arrays of exactly
-    its shapes and dtypes, none of them (a view of) a variable the call updates. One generated
+def step_error(graph: Graph, steps: list, e: Exception, entry=None,
+               offset: int | None = None) -> GraphcError:
+    """graphc's error for a plan step that raised: the step, its node, the user's line. The
+    step is found by the line of run's frame (a step's shared code is a call), or of the
+    plan's entry code `entry`, whose line offset + k is run's line k."""
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.startswith("<graphc plan") and code.co_name == "run":
+            line = tb.tb_lineno
+        elif code is entry:
+            line = tb.tb_lineno - offset
+        tb = tb.tb_next
+    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+    for k, (node, first, last) in enumerate(steps):
+        if line is not None and first <= line <= last:
+            return GraphcError(f"step {k} failed at run time: {type(e).__name__}: {e}\n"
+                               f"  {format_node(node, names)}\n  at {node.where}")
+    return GraphcError(f"compiled function failed: {type(e).__name__}: {e}")
+
+
+MISS = object()        # an entry's answer to feeds that are not its plan's usual ones
+
+
+def no_entry(args):
+    """A Function's entry before its first plan: every call takes the general path."""
+    return MISS
+
+
+def feed_guard(sig: tuple, dtypes: tuple, fn: Function, names: dict) -> str:
+    """A test made for one plan that a call's feeds `_a` can run it as they are: arrays of
+    exactly its shapes and dtypes, none of them (a view of) a variable the call updates (a
+    feed of a shape no updated variable has cannot be one's own array). One generated
     expression: a loop over the feeds costs a small step several us more, most of it cache
     misses after the step's own arrays have gone through the cache."""
-    names = {"nd": np.ndarray, "updated": updated}
-    tests = [f"len(a) == {len(sig)}"]
+    names.update(_nd=np.ndarray, _updated=fn.updated)
+    tests = [f"len(_a) == {len(sig)}"]
     for k, (dt, shape) in enumerate(zip(dtypes, sig)):
-        names[f"d{k}"] = dt
-        tests.append(f"type(a[{k}]) is nd and a[{k}].dtype is d{k} and a[{k}].shape == {shape}")
-        if updated:
-            tests.append(f"a[{k}].base is None and id(a[{k}]) not in updated")
-    return eval("lambda a: " + " and ".join(tests), names)
+        names[f"_d{k}"] = dt
+        a = f"_a[{k}]"
+        tests.append(f"type({a}) is _nd and {a}.dtype is _d{k} and {a}.shape == {shape}")
+        if fn.updated:
+            tests.append(f"{a}.base is None")
+            if shape in fn.updated_shapes:
+                tests.append(f"id({a}) not in _updated")
+    return " and ".join(tests)
+
+
+INLINE_LINES = 400    # a plan this short gets its run's code inlined into its entry
+
+
+def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
+    """Two functions generated for a plan: `accepts(feeds)`, whether the feeds can run it as
+    they are (`feed_guard`), and `entry(feeds)`, the Function's whole call by this plan --
+    the guard (MISS when it fails), the locks in their global order with Ctrl-C held while
+    taking and giving them back, NumPy's errors off, the plan's code, a failing step named,
+    the result in the Function's form. After a real step's arrays went through the cache,
+    each Python frame and object of the call path misses it: one function touches fewest, so
+    a short plan's code is inlined (a long one's `run` is called: its compile() would double).
+    The entry's own names start with an underscore (the plan's never do)."""
+    names: dict = {"_run": plan.run, "_MISS": MISS, "_GraphcError": GraphcError,
+                   "_get_ident": atomic.get_ident, "_MAIN": atomic.MAIN,
+                   "_state": atomic.STATE, "_raise_pending": atomic.raise_pending,
+                   "_form": fn.form}
+    guard = feed_guard(sig, fn.dtypes, fn, names)
+    for k, lock in enumerate(fn.locks):
+        names[f"_lock{k}"] = lock
+    source = plan.source.splitlines()
+    inline = len(source) <= INLINE_LINES and source[-1].startswith("    return ")
+    if inline:
+        names.update(plan.ns)
+        args = source[0][len("def run("):-2]
+        run = [f"            {args}, = _a" if args else "            pass"]   # run's line 1
+        for line in source[1:-1]:
+            run.append("        " + ("    if _main: _state.held = True"    # the write phase
+                                     if line == "    hold()" else line))
+        run.append("            _out = " + source[-1][len("    return "):])
+    else:
+        run = ["            _out = _run(*_a)"]
+    if _ERRSTATE is None:
+        names["_errstate"] = np.errstate
+        body = ["        with _errstate(all='ignore'):", *run]
+    else:
+        names.update(_quiet=_ERRSTATE.set, _loud=_ERRSTATE.reset, _QUIET=_QUIET)
+        body = ["        _token = _quiet(_QUIET)", "        try:", *run, "        finally:",
+                "            _loud(_token)"]
+    ret = "_out[0]" if fn.single else "_form(_out)" if fn.form is tuple else "_out"
+    lines = ["def accepts(_a):", f"    return {guard}", "",
+             "def entry(_a):", f"    if not ({guard}):", "        return _MISS",
+             "    _main = _get_ident() == _MAIN", "    if _main:", "        _state.held = True",
+             *[f"    _lock{k}.acquire()" for k in range(len(fn.locks))], "    try:",
+             "        if _main:", "            _state.held = False",
+             "            if _state.pending is not None:", "                _raise_pending()",
+             *body, "    except _GraphcError:", "        raise", "    except Exception as _e:",
+             "        raise _failed(_e) from None", "    finally:", "        if _main:",
+             "            _state.held = True",
+             *[f"        _lock{k}.release()" for k in reversed(range(len(fn.locks)))],
+             "        if _main:", "            _state.held = False",
+             "            if _state.pending is not None:", "                _raise_pending()",
+             f"    return {ret}"]
+    exec(compile("\n".join(lines) + "\n", "<graphc entry>", "exec"), names)
+    entry = names["entry"]
+    offset = lines.index(run[0]) if inline else None   # entry's line offset + k: run's k
+    names["_failed"] = functools.partial(step_error, fn.graph, plan.steps,
+                                         entry=entry.__code__ if inline else None,
+                                         offset=offset)
+    return names["accepts"], entry
 
 
 def dummy_feed(ph: Node) -> np.ndarray:

@@ -50,6 +50,9 @@ class Lowering:
         self.var: dict[int, str] = {}      # id(node) -> python name of its value
         self.pool = planner.Pool(self.ns)
         self.nconst = 0
+        self.fresh: dict[int, str] = {}          # output id -> its new array's name, per call
+        # ids of the values fixed for the plan: constants, sizes, steps made once from them
+        self.known: set[int] = {id(n) for n in graph.nodes if n.op == "constant"}
         self.cache: dict = {}                  # plan constants shared by steps
         # per fused node (by id), made once: its spine, body users, whether its body compiles
         self.spines: dict[int, tuple] = {}
@@ -130,6 +133,7 @@ class Lowering:
         kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
         self.roots, self.last = planner.liveness(self.steps, kept)
         direct = self.direct_updates(kinds)
+        self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
         steps, fused_at = [], []
@@ -138,9 +142,13 @@ class Lowering:
             if n.op in LEAVES:
                 continue
             dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
-            o = None
+            o, fold = None, False
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
+            elif id(n) in self.fresh:
+                o = owner[id(n)] = self.fresh[id(n)]
+            elif fold := id(n) in writes and self.folds(n, kept):   # no owner: never reused
+                o = self.const(layout.empty(*self.shapes[id(n)], self.layouts.get(id(n))))
             elif id(n) in writes:
                 o = self.inplace_target(n, i, owner) \
                     or self.take(*self.shapes[id(n)], self.layouts.get(id(n)))
@@ -148,6 +156,8 @@ class Lowering:
             self.dying_now = [b for b in dying if b != o]
             self.kernel_calls = []
             code = self.emit(n, i, o, kinds[id(n)])
+            if self.made_once(n, code, fold):
+                code = f"pass  # made once per plan: {code}"
             for b in dying:
                 if b != o:
                     self.give(b)
@@ -156,8 +166,11 @@ class Lowering:
                 lines.append("    hold()")
                 held = True
             lines.append(f"    # {format_node(n, self.names)}")
+            if id(n) in self.fresh:      # its own line: the step's code may still be shared
+                shape, dtype = self.shapes[id(n)]
+                lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
             lines.append(f"    {code}")
-            if n.op == "fused":
+            if n.op == "fused" and id(n) not in self.known:
                 fused_at.append(len(lines) - 1)
             if self.check and n.dtype.kind == "f":
                 lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
@@ -210,6 +223,46 @@ class Lowering:
             return rules.inplace_ok(out, lambda b: self.shapes[(id(u), id(b))][0])
         return rules.inplace_ok(u, lambda x: self.shapes[id(x)][0])
 
+    def folds(self, n: Node, kept: list) -> bool:
+        """Whether buffer step n computes from values fixed for the plan only (constants, sizes
+        of concrete shapes, such steps: `lr / n` of a mean's gradient) and may run once, when
+        the plan is made: elementwise or a fused group (no workspace shared with other steps),
+        deterministic, raising nothing, no output or update value."""
+        return bool(n.inputs) and all(id(x) in self.known for x in n.inputs) \
+            and (n.op == "fused" or layout.elementwise(n)) and id(n) not in kept \
+            and not OPS[n.op].random and n.op not in RAISING and not rules.may_raise(n)
+
+    def made_once(self, n: Node, code: str, fold: bool) -> bool:
+        """Runs a folded step's code now (its buffer is a plan constant); marks the values
+        fixed for the plan (a size, a view hoisted from fixed values). False: code runs per
+        call."""
+        if fold:
+            try:
+                with np.errstate(all="ignore"):
+                    exec(code, self.ns)
+            except Exception:      # noqa: BLE001  (it raises at run time, named there)
+                return False
+            self.known.add(id(n))
+            return True
+        name = self.var[id(n)]
+        if name.startswith("h") and (n.op == "size" or all(id(x) in self.known
+                                                           for x in n.inputs)):
+            self.known.add(id(n))
+        return False
+
+    def fresh_outputs(self, kinds: dict, direct: dict) -> dict[int, str]:
+        """id(output) -> the name of the array its step writes, made new by every call and
+        returned as it is (instead of a planned buffer copied out at the end, ~2-5 us for a
+        512x10 result): outputs written into a planned buffer, not into a variable, each
+        once (an output given twice is copied for its second place)."""
+        out: dict[int, str] = {}
+        for o in self.graph.outputs:
+            key = id(o)
+            if kinds.get(key) == "buffer" and key not in direct and key not in out \
+                    and self.layouts.get(key) is None:
+                out[key] = f"r{self.index[key]}"
+        return out
+
     def epilogue(self, direct: dict, held: bool) -> list[str]:
         g = self.graph
         out = []
@@ -224,7 +277,11 @@ class Lowering:
                 out.append(f"    u{k} = xp.array({src})")
                 src = f"u{k}"
             writes.append(f"    xp.copyto({self.var[id(v)]}, {src})   # update {v.label()}")
-        rets = [f"xp.array({self.var[id(o)]})" for o in g.outputs]
+        rets, seen = [], set()
+        for o in g.outputs:        # each a fresh array: a plan buffer's value is copied out
+            name = self.var[id(o)]
+            rets.append(name if id(o) in self.fresh and name not in seen else f"xp.array({name})")
+            seen.add(name)
         if writes:        # outputs are copied first: they are values from before the updates
             out.append(f"    result = [{', '.join(rets)}]")
             out.append("    # updates: every new value is computed; write them in place")
@@ -256,8 +313,8 @@ class Lowering:
         self.var[id(n)] = name
         if kind == "view":
             expr = rules.view_code(self, n, a)
-            if a[0][0] in "bckh":     # a view of a plan-owned array (other inputs of a view
-                                      # are read for their shape only): maybe made once
+            if a[0][0] in "bckh" or n.op == "size":   # a view of a plan-owned array (other
+                # inputs of a view are read for their shape only), or a size: maybe made once
                 value = eval(expr, self.ns)
                 if self.true_view(value, a, n):
                     self.var[id(n)] = hoisted = f"h{i}"
@@ -405,7 +462,8 @@ class Lowering:
         nid, shapes = id(n), self.shapes
         shape_of = lambda b: shapes[(nid, id(b))][0]  # noqa: E731
         users = self.body_users(n)
-        spine = self.spine_of(n, users)[0] if self.pool.owns(o) else {id(out)}
+        owned = self.pool.owns(o) or id(n) in self.fresh       # not a variable
+        spine = self.spine_of(n, users)[0] if owned else {id(out)}
         if id(body) not in self.positions:        # the placeholder table, made once per body
             self.positions[id(body)] = body_positions(body)
         pos = self.positions[id(body)]
