@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from graphc.ir import OPS
-from graphc.runtime import emit, layout
+from graphc.runtime import blas, emit, layout
 
 
 def view_code(low, n, a: list[str]) -> str:
@@ -152,3 +152,84 @@ def dense_code(low, n, a: list[str], o: str) -> str:
     if act:                 # the activation op's own elementwise code, in place
         code.append(op_code(low, act, n.dtype, low.shapes[id(n)][0], [o], o, True))
     return "; ".join(code)
+
+
+def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
+    """Steps `c ± [k *] dense(a, b)` that may run as one BLAS call c = alpha op(a) @ op(b) +
+    beta c (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
+    bias, activation or other reader, c the result's shape and dtype, and it pays
+    (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
+    the variable of an in-place update, or c's dying buffer); otherwise the step is the
+    product then the elementwise step, as before."""
+    g = low.graph
+    if not any(n.op == "dense" and len(n.inputs) == 2 for n in g.nodes):
+        return {}
+    readers: dict[int, int] = {}
+    for n in g.nodes:
+        for x in n.inputs:
+            readers[id(x)] = readers.get(id(x), 0) + 1
+    for n in list(g.outputs) + [u for _, u in g.updates]:
+        readers[id(n)] = readers.get(id(n), 0) + 1
+    out = {}
+    for n in g.nodes:
+        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused"):
+            continue
+        form = gemm_form(low, n)
+        if form is None:
+            continue
+        d, c, alpha, beta = form
+        shape, dtype = low.shapes[id(n)]
+        if d.op == "dense" and len(d.inputs) == 2 and not d.attrs.get("activation") \
+                and kinds.get(id(d)) == "buffer" and readers[id(d)] == 1 \
+                and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
+                and all(low.shapes[id(x)] == (shape, dtype) for x in (d, c)) \
+                and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs):
+            x = low.shapes[id(d.inputs[0])][0]
+            k = x[0] if d.attrs.get("transpose_a") else x[1]
+            if blas.pays(shape[0], shape[1], k):
+                out[id(n)] = (n, d, c, alpha, beta)
+    return out
+
+
+def gemm_form(low, n) -> tuple | None:
+    """(d, c, alpha, beta) when n computes beta * c + alpha * d, d a node of the graph, from
+    add or sub of c and d (or d times a finite nonzero scalar constant), n a plain node or a
+    fused group of exactly that; None otherwise."""
+    if n.op == "fused":
+        body = n.attrs["body"]
+        out = body.outputs[0]
+        ops = [b for b in body.nodes if b.inputs]
+        if out.op not in ("add", "sub") or len(ops) > 2:
+            return None
+        outer = lambda b: n.inputs[low.position(body, b)] \
+            if b.op == "placeholder" else None  # noqa: E731
+        dtype_ok = all(b.dtype == n.dtype for b in body.nodes if b.op != "constant")
+        if not dtype_ok:
+            return None
+        terms = [scaled(x) for x in out.inputs]
+        if any(t is None for t in terms):
+            return None
+    else:
+        out, terms = n, [(x, 1.0) for x in n.inputs]
+        outer = lambda b: b  # noqa: E731
+    (x, kx), (y, ky) = terms
+    sign = -1.0 if out.op == "sub" else 1.0
+    for (d, kd), (c, kc), beta, alpha in (((y, ky), (x, kx), 1.0, sign * ky),
+                                          ((x, kx), (y, ky), sign, kx)):
+        d, c = outer(d), outer(c)
+        if d is not None and c is not None and kc == 1.0 and d.op == "dense" and d is not c:
+            return d, c, alpha, beta
+    return None
+
+
+def scaled(b) -> tuple | None:
+    """(x, k) for a fused body's b = k * x with k a finite nonzero scalar constant, (b, 1.0)
+    for any other node but a constant; None otherwise."""
+    if b.op != "mul":
+        return (b, 1.0) if b.op != "constant" else None
+    for x, k in (b.inputs, b.inputs[::-1]):
+        if k.op == "constant" and k.data.size == 1 and k.data.dtype == b.dtype:
+            v = float(k.data.reshape(()))
+            if v != 0 and math.isfinite(v) and x.op != "constant":
+                return x, v
+    return None
