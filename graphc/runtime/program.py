@@ -83,10 +83,12 @@ class Lowering:
         self.pool.give(name)
 
     def plan_steps(self, writes: set[int]) -> list[planner.Step]:
-        """Every node as a planner step (leaves too, so step indices are node indices)."""
+        """Every node as a planner step (leaves too, so step indices are node indices). A
+        product computed by its reader's GEMM is a view of its operands: they live as long
+        as it does, and a write over memory it reads is seen as one."""
         out = []
         for n in self.graph.nodes:
-            kind = "buffer" if id(n) in writes else \
+            kind = "buffer" if id(n) in writes else "view" if id(n) in self.absorbed else \
                 "fresh" if n.op in LEAVES or n.op in FRESH else "view"
             reads = n.inputs + self.extra_reads.get(id(n), ())
             out.append(planner.Step(id(n), tuple([id(x) for x in reads]), kind))
@@ -122,7 +124,7 @@ class Lowering:
         self.kinds_of = kinds
         self.layouts = layout.choose(self, kinds)
         self.gemms = {} if self.check else rules.gemm_steps(self, kinds)
-        self.absorbed = {id(d): n for n, d, *_ in self.gemms.values()}
+        self.absorbed = {id(d): n for n, d, *_ in self.gemms.values() if d is not n}
         writes = {k for k, v in kinds.items() if v == "buffer" and k not in self.absorbed}
         self.steps = self.plan_steps(writes)
         kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
@@ -246,7 +248,7 @@ class Lowering:
         r = id(c)
         if r in owner and self.roots[r] == (r,) and self.last[r] == i \
                 and self.pool.owns(owner[r]) and self.same_layout(n, owner[r]) \
-                and not any(r in self.roots[id(x)] for x in d.inputs):
+                and not any(r in self.roots[id(x)] for x in d.inputs[:2]):
             return owner[r]
         return None
 
@@ -254,12 +256,14 @@ class Lowering:
         """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
         buffer); into any other buffer, the product then the elementwise step."""
         _, d, c, alpha, beta = self.gemms[id(n)]
-        x, y = (self.var[id(v)] for v in d.inputs)
+        x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
         if o == self.var[id(c)]:
             prep = f"g{self.index[id(n)]}"
             self.ns[prep] = blas.Prepared()
             return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
+        if d is n:                  # a dense whose bias has its shape: its own code
+            return lowering.code(self, n, a, o)
         self.var[id(d)] = o
         product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
         return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"

@@ -155,14 +155,15 @@ def dense_code(low, n, a: list[str], o: str) -> str:
 
 
 def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
-    """Steps `c ± [k *] dense(a, b)` that may run as one BLAS call c = alpha op(a) @ op(b) +
-    beta c (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
-    bias, activation or other reader, c the result's shape and dtype, and it pays
+    """Steps `c ± [k *] dense(a, b)`, and `dense(a, b, c)` with c of the result's shape (a sum
+    of products), that may run as one BLAS call c = alpha op(a) @ op(b) + beta c
+    (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
+    activation and no other reader, c the result's shape and dtype, and it pays
     (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
     the variable of an in-place update, or c's dying buffer); otherwise the step is the
     product then the elementwise step, as before."""
     g = low.graph
-    if not any(n.op == "dense" and len(n.inputs) == 2 for n in g.nodes):
+    if not any(n.op in PRODUCTS for n in g.nodes):
         return {}
     readers: dict[int, int] = {}
     for n in g.nodes:
@@ -172,23 +173,35 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
         readers[id(n)] = readers.get(id(n), 0) + 1
     out = {}
     for n in g.nodes:
-        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused"):
+        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense"):
             continue
-        form = gemm_form(low, n)
+        form = gemm_form(low, n) if n.op != "dense" else biased(low, n)
         if form is None:
             continue
         d, c, alpha, beta = form
         shape, dtype = low.shapes[id(n)]
-        if d.op == "dense" and len(d.inputs) == 2 and not d.attrs.get("activation") \
-                and kinds.get(id(d)) == "buffer" and readers[id(d)] == 1 \
+        if d.op in PRODUCTS and len(d.inputs) == (3 if d is n else 2) \
+                and not d.attrs.get("activation") \
+                and kinds.get(id(d)) == "buffer" and (readers[id(d)] == 1 or d is n) \
                 and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
                 and all(low.shapes[id(x)] == (shape, dtype) for x in (d, c)) \
-                and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs):
+                and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
             x = low.shapes[id(d.inputs[0])][0]
             k = x[0] if d.attrs.get("transpose_a") else x[1]
             if blas.pays(shape[0], shape[1], k):
                 out[id(n)] = (n, d, c, alpha, beta)
     return out
+
+
+PRODUCTS = ("dense", "matmul")      # (2-D matmul: a dense without transposes)
+
+
+def biased(low, n) -> tuple | None:
+    """(n, bias, 1, 1) for a dense n = a @ b + bias whose bias has the result's shape (a sum
+    of two products, after the passes): the bias is c."""
+    if len(n.inputs) == 3 and low.shapes[id(n.inputs[2])][0] == low.shapes[id(n)][0]:
+        return n, n.inputs[2], 1.0, 1.0
+    return None
 
 
 def gemm_form(low, n) -> tuple | None:
@@ -217,7 +230,7 @@ def gemm_form(low, n) -> tuple | None:
     for (d, kd), (c, kc), beta, alpha in (((y, ky), (x, kx), 1.0, sign * ky),
                                           ((x, kx), (y, ky), sign, kx)):
         d, c = outer(d), outer(c)
-        if d is not None and c is not None and kc == 1.0 and d.op == "dense" and d is not c:
+        if d is not None and c is not None and kc == 1.0 and d.op in PRODUCTS and d is not c:
             return d, c, alpha, beta
     return None
 
