@@ -81,8 +81,8 @@ def gemm(c, a, b, ta, tb, alpha, beta, prep):
     or -1). One BLAS call when c is C-contiguous and op(a), op(b) are C-contiguous or
     transposed views of such, all of one float dtype; otherwise NumPy: a product, then c."""
     seen = prep.get("seen")
-    if seen is None or seen[0] is not c or not (seen[1] is a or renew(seen, 1, a, ta)) \
-            or not (seen[2] is b or renew(seen, 2, b, tb)):
+    if seen is None or seen[0] is not c or not (seen[1] is a or renew(seen, 1, a)) \
+            or not (seen[2] is b or renew(seen, 2, b)):
         seen = prep["seen"] = prepare(c, a, b, ta, tb, alpha, beta)
     if seen[3] is None:
         t = np.matmul(a.T if ta else a, b.T if tb else b)
@@ -125,12 +125,13 @@ def layout(x, t: bool) -> tuple | None:
     return None
 
 
-def renew(seen: list, k: int, x, t: bool) -> bool:
+def renew(seen: list, k: int, x) -> bool:
     """A new array x as operand k (1: a, 2: b) of a prepared call: True when only its address
-    changes (same layout), which is then written into the arguments."""
+    changes (the shape, strides and dtype of the array it replaces), which is then written
+    into the arguments."""
     old = seen[k]
-    if seen[3] is None or x.shape != old.shape or x.dtype != old.dtype \
-            or layout(x, t) != layout(old, t):
+    if seen[3] is None or x.shape != old.shape or x.strides != old.strides \
+            or x.dtype != old.dtype:
         return False
     seen[4][5 + 2 * k] = ctypes.c_void_p(address(x))
     seen[k] = x
@@ -146,13 +147,19 @@ def address(x) -> int:
         return x.ctypes.data
 
 
-def pays(m: int, n: int, k: int) -> bool:
-    """Whether one GEMM call beats matmul + add for c (m, n) += a (m, k) @ b (k, n): the pass
-    over c it saves must outweigh the ctypes call's overhead (bench/gemm_rule.py)."""
-    return m * n >= MIN_ELEMENTS
+def pays(m: int, n: int, k: int, fixed: bool) -> bool:
+    """Whether one GEMM call beats matmul + add for c (m, n) += a (m, k) @ b (k, n)
+    (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py`, a loaded host: ratios only). Not for
+    a vector (m or n 1: NumPy's matrix-vector product is 1.7-2.4x faster than sgemm at k =
+    512). With the same arrays every call (`fixed`: plan buffers, variables, constants)
+    always: 0.57-0.92 of the time from 8x8x32 to 784x128x512. With an operand new every call
+    (a feed) its address is found again (~2-4 us): from MIN_WORK multiply-adds (1.11-1.35 up
+    to 64x10x512, 0.81-0.97 from 784x128x32 on, 128x64x512 a tie)."""
+    return m > 1 and n > 1 and (fixed or m * n * k >= MIN_WORK)
 
 
-MIN_ELEMENTS = 512
+MIN_WORK = 2 ** 21
+
 
 # found once per process (an exported module finds it again where it runs)
 GEMM = find_gemm()

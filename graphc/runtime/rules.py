@@ -188,7 +188,9 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
                 and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
             x = low.shapes[id(d.inputs[0])][0]
             k = x[0] if d.attrs.get("transpose_a") else x[1]
-            if blas.pays(shape[0], shape[1], k):
+            fixed = all(x.op in ("variable", "constant") or kinds.get(id(x)) == "buffer"
+                        for x in d.inputs[:2] + (c,))      # the same arrays every call
+            if blas.pays(shape[0], shape[1], k, fixed):
                 out[id(n)] = (n, d, c, alpha, beta)
     return out
 
