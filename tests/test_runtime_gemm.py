@@ -6,6 +6,9 @@ reading each other's variable, NaN and inf, a failing call, check_numerics, the 
 export (with and without a BLAS where it runs) and the fallback when no BLAS is found."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -95,6 +98,14 @@ def test_kernel_without_blas_and_for_empty_products(monkeypatch):
     c = np.ones((3, 2))
     blas.gemm(c, np.ones((3, 0)), np.ones((0, 2)), False, False, -1.0, -1.0, blas.Prepared())
     assert (c == -1).all()
+
+
+def test_a_read_only_c_is_refused_as_numpy_refuses_it():
+    c = np.ones((3, 2))
+    c.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        blas.gemm(c, np.ones((3, 4)), np.ones((4, 2)), False, False, -1.0, 1.0, {})
+    assert (c == 1).all()
 
 
 def test_nan_and_inf_propagate_as_matmul_and_subtract():
@@ -277,6 +288,11 @@ def test_the_export_carries_the_gemm_kernel(everywhere, tmp_path):
     text = (tmp_path / "export" / "step.py").read_text()
     if BLAS_HERE:
         assert "def gemm(" in text and "GEMM = find_gemm()" in text
+        found = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, "
+                                f"{str(tmp_path / 'export')!r}); import step; "
+                                "print(sorted(step.GEMM))"], capture_output=True, text=True,
+                               cwd=tmp_path, env={"OPENBLAS_NUM_THREADS": "1"}, timeout=120)
+        assert found.stdout.split() == ["['d',", "'f']"], found.stderr   # it calls BLAS there
 
 
 def test_an_export_runs_where_no_blas_is_found(everywhere, tmp_path):

@@ -103,7 +103,8 @@ def prepare(c, a, b, ta, tb, alpha, beta) -> list:
     routine = GEMM.get(c.dtype.char)
     la, lb = layout(a, ta), layout(b, tb)
     if routine is None or not alpha or not (a.dtype == c.dtype == b.dtype) or la is None \
-            or lb is None or not c.flags.c_contiguous or not c.size or not a.size:
+            or lb is None or not c.flags.c_contiguous or not c.flags.writeable or not c.size \
+            or not a.size:
         return [c, a, b, None, None]
     f, i, real = routine
     (m, n), k = c.shape, a.shape[0 if ta else 1]
