@@ -6,7 +6,8 @@ Each workload is compiled twice, with the GEMM rule and with `blas.GEMM` emptied
 lowered (what a NumPy without a BLAS found gets: matmul then subtract), and stepped in turns
 with the hand-written reference, each in every position in turn. Reported: medians of the
 per-round ratios on / ref, off / ref and on / off (steadier than ratios of medians on a shared
-machine), and the best step times.
+machine), and the best step times; with one BLAS thread the same ratios in the calling
+thread's CPU time (what other processes holding the core do not add).
 """
 from __future__ import annotations
 
@@ -51,19 +52,24 @@ def main():
         runners = build(name)
         order = list(runners)
         times = {k: [] for k in order}
+        cpu = {k: [] for k in order}
         for i in range(args.rounds):
             for k in order[i % 3:] + order[:i % 3]:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 runners[k](i)
                 times[k].append(time.perf_counter() - t)
+                cpu[k].append(time.thread_time() - c)
         skip = args.rounds // 10
 
-        def ratio(a, b):
-            return statistics.median(x / y for x, y in zip(times[a][skip:], times[b][skip:]))
+        def ratio(a, b, of=times):
+            return statistics.median(x / y for x, y in zip(of[a][skip:], of[b][skip:]))
         best = {k: min(v) * 1e3 for k, v in times.items()}
         print(f"{name:10s} on/ref {ratio('on', 'ref'):.3f}  off/ref {ratio('off', 'ref'):.3f}"
               f"  on/off {ratio('on', 'off'):.3f}   best ms on {best['on']:.3f} off "
               f"{best['off']:.3f} ref {best['ref']:.3f}")
+        if run.common.THREADS == 1:     # the calling thread's CPU time: the BLAS work too
+            print(f"{'  CPU time':10s} on/ref {ratio('on', 'ref', cpu):.3f}  off/ref "
+                  f"{ratio('off', 'ref', cpu):.3f}  on/off {ratio('on', 'off', cpu):.3f}")
 
 
 if __name__ == "__main__":
