@@ -64,6 +64,8 @@ class Lowering:
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
         self.views: dict[str, str] = {}          # hoisted view name -> its expression
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
+        self.gemms: dict[int, tuple] = {}        # step id -> its GEMM (rules.gemm_steps)
+        self.absorbed: dict[int, Node] = {}      # product id -> the step whose GEMM makes it
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
