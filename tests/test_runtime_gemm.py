@@ -52,7 +52,7 @@ def operand(shape, dtype, transposed: bool, order: str):
 @pytest.mark.parametrize("order", ["C", "F", "S"])
 def test_kernel_matches_float64_numpy(dtype, ta, tb, order):
     m, n, k = 7, 5, 6
-    for alpha, beta in ((-1.0, 1.0), (0.37, 1.0), (2.0, -1.0), (0.0, 1.0)):
+    for alpha, beta in ((-1.0, 1.0), (0.37, 1.0), (2.0, -1.0), (-1.0, 0.9), (0.0, 1.0)):
         a, b = operand((m, k), dtype, ta, order), operand((k, n), dtype, tb, "C")
         c = RNG.standard_normal((m, n)).astype(dtype)
         op = lambda x, t: (x.T if t else x).astype(np.float64)  # noqa: E731
@@ -181,6 +181,29 @@ def test_without_blas_the_lowering_keeps_matmul_and_subtract(everywhere, monkeyp
     f = gc.function(inputs, outs, updates=updates)
     compare(f, feeder(inputs, np.float64, seed), outs, updates, params, np.float64)
     assert "xp.gemm(" not in f.source
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_momentum_updates_run_through_gemm(everywhere, dtype):
+    """SGD with momentum: v <- 0.9 v - g (beta = 0.9) and W <- W + lr v, against eval over
+    calls of two batch sizes."""
+    from graphc import nn
+    r = np.random.default_rng(4)
+    name = np.dtype(dtype).name
+    x = gc.placeholder((None, 7), name, name="x")
+    y = gc.placeholder((None,), "int64", name="y")
+    W = gc.variable((r.standard_normal((7, 6)) / 2).astype(dtype), name="W")
+    V = gc.variable((r.standard_normal((6, 4)) / 2).astype(dtype), name="V")
+    loss = gc.mean(gc.softmax_cross_entropy(gc.relu(x @ W) @ V, y))
+    upd = nn.SGD(0.1, momentum=0.9).updates(loss, [W, V])
+    f = gc.function([x, y], [loss], updates=upd)
+    feeds = lambda b: {x: r.standard_normal((b, 7)).astype(dtype),  # noqa: E731
+                       y: r.integers(0, 4, b)}
+    compare(f, feeds, [loss], upd, [v for v, _ in upd], dtype, batches=(5, 3, 5, 5))
+    if BLAS_HERE:
+        betas = [float(line.split(", ")[6]) for line in f.source.splitlines()
+                 if "xp.gemm(" in line]
+        assert len(betas) == 2 and betas == pytest.approx([0.9, 0.9]), f.source
 
 
 def test_a_variable_inside_its_own_product_reads_its_old_value(everywhere):

@@ -77,8 +77,8 @@ class Prepared(dict):
 
 
 def gemm(c, a, b, ta, tb, alpha, beta, prep):
-    """c = alpha * op(a) @ op(b) + beta * c over c, op(x) = x.T when its flag is set (beta 1
-    or -1). One BLAS call when c is C-contiguous and op(a), op(b) are C-contiguous or
+    """c = alpha * op(a) @ op(b) + beta * c over c, op(x) = x.T when its flag is set. One BLAS
+    call when c is C-contiguous and op(a), op(b) are C-contiguous or
     transposed views of such, all of one float dtype; otherwise NumPy: a product, then c."""
     seen = prep.get("seen")
     if seen is None or seen[0] is not c or not (seen[1] is a or renew(seen, 1, a)) \
@@ -88,10 +88,12 @@ def gemm(c, a, b, ta, tb, alpha, beta, prep):
         t = np.matmul(a.T if ta else a, b.T if tb else b)
         if alpha != 1:
             np.multiply(t, alpha, out=t)
-        if beta == 1:
-            np.add(c, t, out=c)
-        else:
+        if beta == -1:
             np.subtract(t, c, out=c)
+        else:
+            if beta != 1:
+                np.multiply(c, beta, out=c)
+            np.add(c, t, out=c)
         return c
     seen[3](*seen[4])
     return c
@@ -102,7 +104,8 @@ def prepare(c, a, b, ta, tb, alpha, beta) -> list:
     op(b) + beta c; the function None when these arrays need NumPy."""
     routine = GEMM.get(c.dtype.char)
     la, lb = layout(a, ta), layout(b, tb)
-    if routine is None or not alpha or not (a.dtype == c.dtype == b.dtype) or la is None \
+    if routine is None or not alpha or not beta or not (a.dtype == c.dtype == b.dtype) \
+            or la is None \
             or lb is None or not c.flags.c_contiguous or not c.flags.writeable or not c.size \
             or not a.size:
         return [c, a, b, None, None]

@@ -207,14 +207,15 @@ def biased(low, n) -> tuple | None:
 
 
 def gemm_form(low, n) -> tuple | None:
-    """(d, c, alpha, beta) when n computes beta * c + alpha * d, d a node of the graph, from
-    add or sub of c and d (or d times a finite nonzero scalar constant), n a plain node or a
-    fused group of exactly that; None otherwise."""
+    """(d, c, alpha, beta) when n computes beta * c + alpha * d, d a product (dense or matmul)
+    of the graph: add or sub of c and d, each maybe times a finite nonzero scalar constant (a
+    momentum's mu * v - g), n a plain node (no factors) or a fused group of exactly that; None
+    otherwise."""
     if n.op == "fused":
         body = n.attrs["body"]
         out = body.outputs[0]
         ops = [b for b in body.nodes if b.inputs]
-        if out.op not in ("add", "sub") or len(ops) > 2:
+        if out.op not in ("add", "sub") or len(ops) > 3:
             return None
         outer = lambda b: n.inputs[low.position(body, b)] \
             if b.op == "placeholder" else None  # noqa: E731
@@ -229,10 +230,9 @@ def gemm_form(low, n) -> tuple | None:
         outer = lambda b: b  # noqa: E731
     (x, kx), (y, ky) = terms
     sign = -1.0 if out.op == "sub" else 1.0
-    for (d, kd), (c, kc), beta, alpha in (((y, ky), (x, kx), 1.0, sign * ky),
-                                          ((x, kx), (y, ky), sign, kx)):
+    for d, c, alpha, beta in ((y, x, sign * ky, kx), (x, y, kx, sign * ky)):
         d, c = outer(d), outer(c)
-        if d is not None and c is not None and kc == 1.0 and d.op in PRODUCTS and d is not c:
+        if d is not None and c is not None and d.op in PRODUCTS and d is not c:
             return d, c, alpha, beta
     return None
 
