@@ -155,9 +155,9 @@ def dense_code(low, n, a: list[str], o: str) -> str:
 
 
 def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
-    """Steps `c ± [k *] dense(a, b)`, and `dense(a, b, c)` with c of the result's shape (a sum
-    of products), that may run as one BLAS call c = alpha op(a) @ op(b) + beta c
-    (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
+    """Steps `[k1 *] c ± [k2 *] dense(a, b)` (or a 2-D matmul), and `dense(a, b, c)` with c of
+    the result's shape (a sum of products), that may run as one BLAS call c = alpha op(a) @
+    op(b) + beta c (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
     activation and no other reader, c the result's shape and dtype, and it pays
     (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
     the variable of an in-place update, or c's dying buffer); otherwise the step is the
