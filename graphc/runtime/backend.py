@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from graphc.runtime import conv, kernels, winograd
+from graphc.runtime import blas, conv, kernels, winograd
 
 NAME = "xp"          # the name the generated code reads it by
 
@@ -23,7 +23,7 @@ FUNCTIONS = ("array", "broadcast_to", "copyto", "empty")
 KERNELS = (kernels.all_finite, kernels.sce_forward, kernels.sce_backward, conv.conv2d,
            conv.conv2d_grad_weight, conv.conv2d_grad_input, conv.max_pool2d, conv.max_pool2d_grad,
            winograd.winograd_conv2d, winograd.winograd_grad_input,
-           winograd.winograd_grad_weight)
+           winograd.winograd_grad_weight, blas.gemm)
 
 
 def numpy_namespace() -> SimpleNamespace:

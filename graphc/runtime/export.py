@@ -20,7 +20,7 @@ import textwrap
 import numpy as np
 
 from graphc.ir import GraphcError, fits, format_node, format_shape
-from graphc.runtime import atomic, backend
+from graphc.runtime import atomic, backend, blas
 from graphc.runtime.inline import Writer
 from graphc.runtime.loop import BodyStep
 from graphc.scan import run_steps
@@ -177,6 +177,8 @@ class Export:
                 lines.append(f"{name} = {buffer_expr(value, self.w.expr(value.dtype, ctx))}")
             elif isinstance(value, np.ndarray):
                 lines.append(f"{name} = {self.w.array(value, ctx, prefix + name)}")
+            elif isinstance(value, blas.Prepared):
+                lines.append(f"{name} = {{}}   # a GEMM step's call, prepared on the first call")
             elif isinstance(value, dict) and all(isinstance(v, np.ndarray)
                                                  for v in value.values()):
                 lines.append(f"{name} = {{}}   # a kernel's workspace, filled on the first call")
@@ -253,6 +255,10 @@ class Export:
             for source in [plan.source] + self.body_sources(plan):
                 used |= set(re.findall(r"\bxp\.(\w+)", source))
         kernels = [f for f in backend.KERNELS if f.__name__ in used]
+        if blas.gemm in kernels:        # the module finds the BLAS of the NumPy it runs with
+            self.w.bind("find_gemm", blas.find_gemm, "the runtime kernel xp.gemm")
+            self.w.bound["GEMM"] = blas.GEMM
+            self.w.defs.append("GEMM = find_gemm()")
         for f in kernels:
             self.w.bind(f.__name__, f, f"the runtime kernel xp.{f.__name__}")
         self.w.bind("hold", hold, "the plan")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.ir import OPS, Graph, Node, format_node
-from graphc.runtime import atomic, backend, emit, layout, loop, lowering, planner, rules, \
-    stamps
+from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, \
+    rules, stamps
 from graphc.runtime.instrument import check_step
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
@@ -71,6 +71,8 @@ class Lowering:
         self.positions: dict[int, dict] = {}     # id(body) -> id(placeholder) -> input index
         self.views: dict[str, str] = {}          # hoisted view name -> its expression
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
+        self.gemms: dict[int, tuple] = {}        # step id -> its GEMM (rules.gemm_steps)
+        self.absorbed: dict[int, Node] = {}      # product id -> the step whose GEMM makes it
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
@@ -90,10 +92,12 @@ class Lowering:
         self.pool.give(name)
 
     def plan_steps(self, writes: set[int]) -> list[planner.Step]:
-        """Every node as a planner step (leaves too, so step indices are node indices)."""
+        """Every node as a planner step (leaves too, so step indices are node indices). A
+        product computed by its reader's GEMM is a view of its operands: they live as long
+        as it does, and a write over memory it reads is seen as one."""
         out = []
         for n in self.graph.nodes:
-            kind = "buffer" if id(n) in writes else \
+            kind = "buffer" if id(n) in writes else "view" if id(n) in self.absorbed else \
                 "fresh" if n.op in LEAVES or n.op in FRESH else "view"
             reads = n.inputs + self.extra_reads.get(id(n), ())
             out.append(planner.Step(id(n), tuple([id(x) for x in reads]), kind))
@@ -128,7 +132,9 @@ class Lowering:
             fam.after(self, kinds)
         self.kinds_of = kinds
         self.layouts = layout.choose(self, kinds)
-        writes = {k for k, v in kinds.items() if v == "buffer"}
+        self.gemms = {} if self.check else rules.gemm_steps(self, kinds)
+        self.absorbed = {id(d): n for n, d, *_ in self.gemms.values() if d is not n}
+        writes = {k for k, v in kinds.items() if v == "buffer" and k not in self.absorbed}
         self.steps = self.plan_steps(writes)
         kept = [id(o) for o in g.outputs] + [id(u) for _, u in g.updates]
         self.roots, self.last = planner.liveness(self.steps, kept)
@@ -294,6 +300,8 @@ class Lowering:
 
     def inplace_target(self, n: Node, i: int, owner: dict) -> str | None:
         """A dying input's buffer the step may overwrite while reading it (elementwise)."""
+        if id(n) in self.gemms:
+            return self.gemm_target(n, i, owner)
         if n.op == "fused":
             return self.fused_inplace_target(n, i, owner)
         if not rules.inplace_ok(n, lambda x: self.shapes[id(x)][0]):
@@ -306,11 +314,40 @@ class Lowering:
                 return owner[r]
         return None
 
+    def gemm_target(self, n: Node, i: int, owner: dict) -> str | None:
+        """The buffer of c that a GEMM step c + alpha a @ b may write over: c dies here and
+        shares no memory with a or b (BLAS reads them while it writes)."""
+        _, d, c, _, _ = self.gemms[id(n)]
+        r = id(c)
+        if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+                and self.pool.owns(owner[r]) and self.same_layout(n, owner[r]) \
+                and not any(r in self.roots[id(x)] for x in d.inputs[:2]):
+            return owner[r]
+        return None
+
+    def emit_gemm(self, n: Node, a: list[str], o: str) -> str:
+        """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
+        buffer); into any other buffer, the product then the elementwise step."""
+        _, d, c, alpha, beta = self.gemms[id(n)]
+        x, y = (self.var[id(v)] for v in d.inputs[:2])
+        ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
+        if o == self.var[id(c)]:
+            prep = f"g{self.index[id(n)]}"
+            self.ns[prep] = blas.Prepared()
+            return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
+        if d is n:                  # a dense whose bias has its shape: its own code
+            return lowering.code(self, n, a, o)
+        self.var[id(d)] = o
+        product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
+        return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"
+
     # code of one step ------------------------------------------------------------------
     def emit(self, n: Node, i: int, o: str | None, kind: str) -> str:
         a = [self.var[id(x)] for x in n.inputs]
         name = f"v{i}"
         self.var[id(n)] = name
+        if id(n) in self.absorbed:
+            return f"pass  # computed by the step of %{self.index[id(self.absorbed[id(n)])]}"
         if kind == "view":
             expr = rules.view_code(self, n, a)
             if a[0][0] in "bckh" or n.op == "size":   # a view of a plan-owned array (other
@@ -325,6 +362,8 @@ class Lowering:
         if o is None:
             return f"{name} = {self.kernel_ref(n, i)}({', '.join(a)})"
         self.var[id(n)] = o
+        if id(n) in self.gemms:
+            return self.emit_gemm(n, a, o)
         return lowering.code(self, n, a, o)
 
     def true_view(self, value, a: list[str], n: Node) -> bool:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from graphc.ir import OPS
-from graphc.runtime import emit, layout
+from graphc.runtime import blas, emit, layout
 
 
 def view_code(low, n, a: list[str]) -> str:
@@ -152,3 +152,99 @@ def dense_code(low, n, a: list[str], o: str) -> str:
     if act:                 # the activation op's own elementwise code, in place
         code.append(op_code(low, act, n.dtype, low.shapes[id(n)][0], [o], o, True))
     return "; ".join(code)
+
+
+def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
+    """Steps `[k1 *] c ± [k2 *] dense(a, b)` (or a 2-D matmul), and `dense(a, b, c)` with c of
+    the result's shape (a sum of products), that may run as one BLAS call c = alpha op(a) @
+    op(b) + beta c (runtime/blas.py): id(step) -> (step, dense, c, alpha, beta). The product has no
+    activation and no other reader, c the result's shape and dtype, and it pays
+    (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
+    the variable of an in-place update, or c's dying buffer); otherwise the step is the
+    product then the elementwise step, as before."""
+    g = low.graph
+    if not any(n.op in PRODUCTS for n in g.nodes):
+        return {}
+    readers: dict[int, int] = {}
+    for n in g.nodes:
+        for x in n.inputs:
+            readers[id(x)] = readers.get(id(x), 0) + 1
+    for n in list(g.outputs) + [u for _, u in g.updates]:
+        readers[id(n)] = readers.get(id(n), 0) + 1
+    out = {}
+    for n in g.nodes:
+        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense"):
+            continue
+        form = gemm_form(low, n) if n.op != "dense" else biased(low, n)
+        if form is None:
+            continue
+        d, c, alpha, beta = form
+        shape, dtype = low.shapes[id(n)]
+        if d.op in PRODUCTS and len(d.inputs) == (3 if d is n else 2) \
+                and not d.attrs.get("activation") \
+                and kinds.get(id(d)) == "buffer" and (readers[id(d)] == 1 or d is n) \
+                and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
+                and all(low.shapes[id(x)] == (shape, dtype) for x in (d, c)) \
+                and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
+            x = low.shapes[id(d.inputs[0])][0]
+            k = x[0] if d.attrs.get("transpose_a") else x[1]
+            fixed = all(x.op in ("variable", "constant") or kinds.get(id(x)) == "buffer"
+                        for x in d.inputs[:2] + (c,))      # the same arrays every call
+            if blas.pays(shape[0], shape[1], k, fixed):
+                out[id(n)] = (n, d, c, alpha, beta)
+    return out
+
+
+PRODUCTS = ("dense", "matmul")      # (2-D matmul: a dense without transposes)
+
+
+def biased(low, n) -> tuple | None:
+    """(n, bias, 1, 1) for a dense n = a @ b + bias whose bias has the result's shape (a sum
+    of two products, after the passes): the bias is c."""
+    if len(n.inputs) == 3 and low.shapes[id(n.inputs[2])][0] == low.shapes[id(n)][0]:
+        return n, n.inputs[2], 1.0, 1.0
+    return None
+
+
+def gemm_form(low, n) -> tuple | None:
+    """(d, c, alpha, beta) when n computes beta * c + alpha * d, d a product (dense or matmul)
+    of the graph: add or sub of c and d, each maybe times a finite nonzero scalar constant (a
+    momentum's mu * v - g), n a plain node (no factors) or a fused group of exactly that; None
+    otherwise."""
+    if n.op == "fused":
+        body = n.attrs["body"]
+        out = body.outputs[0]
+        ops = [b for b in body.nodes if b.inputs]
+        if out.op not in ("add", "sub") or len(ops) > 3:
+            return None
+        outer = lambda b: n.inputs[low.position(body, b)] \
+            if b.op == "placeholder" else None  # noqa: E731
+        dtype_ok = all(b.dtype == n.dtype for b in body.nodes if b.op != "constant")
+        if not dtype_ok:
+            return None
+        terms = [scaled(x) for x in out.inputs]
+        if any(t is None for t in terms):
+            return None
+    else:
+        out, terms = n, [(x, 1.0) for x in n.inputs]
+        outer = lambda b: b  # noqa: E731
+    (x, kx), (y, ky) = terms
+    sign = -1.0 if out.op == "sub" else 1.0
+    for d, c, alpha, beta in ((y, x, sign * ky, kx), (x, y, kx, sign * ky)):
+        d, c = outer(d), outer(c)
+        if d is not None and c is not None and d.op in PRODUCTS and d is not c:
+            return d, c, alpha, beta
+    return None
+
+
+def scaled(b) -> tuple | None:
+    """(x, k) for a fused body's b = k * x with k a finite nonzero scalar constant, (b, 1.0)
+    for any other node but a constant; None otherwise."""
+    if b.op != "mul":
+        return (b, 1.0) if b.op != "constant" else None
+    for x, k in (b.inputs, b.inputs[::-1]):
+        if k.op == "constant" and k.data.size == 1 and k.data.dtype == b.dtype:
+            v = float(k.data.reshape(()))
+            if v != 0 and math.isfinite(v) and x.op != "constant":
+                return x, v
+    return None

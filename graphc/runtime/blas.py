@@ -1,0 +1,169 @@
+"""The BLAS GEMM NumPy itself calls, reached through ctypes: `c = alpha * a @ b + beta * c` in
+one call, so an update `w - lr * x.T @ g` makes no product-sized temporary and no second pass.
+
+Only the library NumPy has already loaded is used (its symbols are looked up through NumPy's
+own extension module, so nothing new is loaded); without one, `GEMM` is empty, the lowering
+keeps matmul + subtract, and the kernel computes the same with NumPy.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112        # CBLAS enums
+
+# (symbol prefix, integer width): NumPy's own wheels ship scipy-openblas with ILP64 symbols
+NAMES = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
+         ("cblas_{}gemm", None))      # None: 32 bits unless NumPy's BLAS is ILP64
+
+
+def find_gemm() -> dict:
+    """dtype char ('f', 'd') -> (NumPy's BLAS sgemm/dgemm as a ctypes function, its integer
+    type, its real type); {} when none is found or a small product gives a wrong result.
+    The function has no argtypes: callers pass ctypes objects, made once (the conversion of
+    14 Python arguments per call costs more than a small product)."""
+    try:
+        try:
+            from numpy._core import _multiarray_umath as umath
+        except ImportError:                     # NumPy 1.x
+            from numpy.core import _multiarray_umath as umath
+        lib = ctypes.CDLL(umath.__file__)       # already loaded: dlsym sees its dependencies
+    except (ImportError, OSError, AttributeError):
+        return {}
+    found = {}
+    for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
+        for pattern, width in NAMES:
+            try:
+                f = lib[pattern.format("s" if char == "f" else "d")]
+            except AttributeError:
+                continue
+            f.restype = None
+            routine = (f, width or (ctypes.c_int64 if ilp64() else ctypes.c_int32), real)
+            if works(routine, char):
+                found[char] = routine
+            break
+    return found
+
+
+def ilp64() -> bool:
+    """Whether NumPy's BLAS takes 64-bit integers (its build configuration says so)."""
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+    except (AttributeError, KeyError, TypeError):
+        return False
+    text = " ".join(str(v) for v in blas.values()).lower()
+    return "ilp64" in text or "64bitint" in text
+
+
+def works(routine, char: str) -> bool:
+    """One small product with both operands transposed, checked against NumPy."""
+    a = np.arange(1.0, 7.0, dtype=char).reshape(3, 2)     # used as a.T: 2x3
+    b = np.arange(1.0, 13.0, dtype=char).reshape(4, 3)    # used as b.T: 3x4
+    c = np.ones((2, 4), char)
+    f, i, real = routine
+    p = ctypes.c_void_p
+    f(ctypes.c_int(ROW_MAJOR), ctypes.c_int(TRANS), ctypes.c_int(TRANS), i(2), i(4), i(3),
+      real(-2.0), p(a.ctypes.data), i(2), p(b.ctypes.data), i(3), real(1.0), p(c.ctypes.data),
+      i(4))
+    return bool(np.array_equal(c, 1.0 - 2.0 * (a.T @ b.T)))
+
+
+
+class Prepared(dict):
+    """One GEMM step's prepared call: the arrays it last saw and the ctypes arguments made for
+    them (a new feed of the same layout only changes one address). An exported module starts
+    with none."""
+
+
+def gemm(c, a, b, ta, tb, alpha, beta, prep):
+    """c = alpha * op(a) @ op(b) + beta * c over c, op(x) = x.T when its flag is set. One BLAS
+    call when c is C-contiguous and op(a), op(b) are C-contiguous or
+    transposed views of such, all of one float dtype; otherwise NumPy: a product, then c."""
+    seen = prep.get("seen")
+    if seen is None or seen[0] is not c or not (seen[1] is a or renew(seen, 1, a)) \
+            or not (seen[2] is b or renew(seen, 2, b)):
+        seen = prep["seen"] = prepare(c, a, b, ta, tb, alpha, beta)
+    if seen[3] is None:
+        t = np.matmul(a.T if ta else a, b.T if tb else b)
+        if alpha != 1:
+            np.multiply(t, alpha, out=t)
+        if beta == -1:
+            np.subtract(t, c, out=c)
+        else:
+            if beta != 1:
+                np.multiply(c, beta, out=c)
+            np.add(c, t, out=c)
+        return c
+    seen[3](*seen[4])
+    return c
+
+
+def prepare(c, a, b, ta, tb, alpha, beta) -> list:
+    """[c, a, b, the BLAS function, its arguments as ctypes objects] for c = alpha op(a)
+    op(b) + beta c; the function None when these arrays need NumPy."""
+    routine = GEMM.get(c.dtype.char)
+    la, lb = layout(a, ta), layout(b, tb)
+    if routine is None or not alpha or not beta or not (a.dtype == c.dtype == b.dtype) \
+            or la is None \
+            or lb is None or not c.flags.c_contiguous or not c.flags.writeable or not c.size \
+            or not a.size:
+        return [c, a, b, None, None]
+    f, i, real = routine
+    (m, n), k = c.shape, a.shape[0 if ta else 1]
+    p = ctypes.c_void_p
+    args = [ctypes.c_int(ROW_MAJOR), ctypes.c_int(la[0]), ctypes.c_int(lb[0]), i(m), i(n),
+            i(k), real(alpha), p(address(a)), i(la[1]), p(address(b)), i(lb[1]), real(beta),
+            p(address(c)), i(n)]
+    return [c, a, b, f, args]
+
+
+def layout(x, t: bool) -> tuple | None:
+    """(CBLAS trans flag, leading dimension) of op(x) = x.T if t else x, or None when op(x)
+    is neither C-contiguous nor a transposed C-contiguous array."""
+    flags = x.flags
+    if flags.c_contiguous:
+        return (TRANS, x.shape[1]) if t else (NO_TRANS, x.shape[1])
+    if flags.f_contiguous:
+        return (NO_TRANS, x.shape[0]) if t else (TRANS, x.shape[0])
+    return None
+
+
+def renew(seen: list, k: int, x) -> bool:
+    """A new array x as operand k (1: a, 2: b) of a prepared call: True when only its address
+    changes (the shape, strides and dtype of the array it replaces), which is then written
+    into the arguments."""
+    old = seen[k]
+    if seen[3] is None or x.shape != old.shape or x.strides != old.strides \
+            or x.dtype != old.dtype:
+        return False
+    seen[4][5 + 2 * k] = ctypes.c_void_p(address(x))
+    seen[k] = x
+    return True
+
+
+def address(x) -> int:
+    """The address of x's first element (c_char.from_buffer is several times faster than
+    x.ctypes.data, but refuses read-only and non-C-contiguous arrays)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(x))
+    except (TypeError, ValueError, BufferError):
+        return x.ctypes.data
+
+
+def pays(m: int, n: int, k: int, fixed: bool) -> bool:
+    """Whether one GEMM call beats matmul + add for c (m, n) += a (m, k) @ b (k, n)
+    (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py`, a loaded host: ratios only). Not for
+    a vector (m or n 1: NumPy's matrix-vector product is 1.7-2.4x faster than sgemm at k =
+    512). With the same arrays every call (`fixed`: plan buffers, variables, constants)
+    always: 0.57-0.92 of the time from 8x8x32 to 784x128x512. With an operand new every call
+    (a feed) its address is found again (~2-4 us): from MIN_WORK multiply-adds (1.11-1.35 up
+    to 64x10x512, 0.81-0.97 from 784x128x32 on, 128x64x512 a tie)."""
+    return m > 1 and n > 1 and (fixed or m * n * k >= MIN_WORK)
+
+
+MIN_WORK = 2 ** 21
+
+
+# found once per process (an exported module finds it again where it runs)
+GEMM = find_gemm()
