@@ -48,3 +48,34 @@ def test_exporting_a_kernel_that_reads_a_class_gives_no_numpy_warning(tmp_path):
     finally:
         OPS.pop("clip_probe21", None)
 
+
+def test_fused_groups_with_mixed_dtype_comparisons_compile_and_export(tmp_path):
+    # a float32 model comparing with a float64 or int64 value (a mask, a threshold), or a
+    # where over float16 and float32 branches: the fused group ran through the interpreter
+    # (evaluate over its body), and Function.export refused it with "holds a count object,
+    # which cannot be written as Python source"
+    c = gc.placeholder((None, 3), "float32", name="c")
+    d = gc.placeholder((None, 3), "float64", name="d")
+    e = gc.placeholder((None, 3), "float16", name="e")
+    i = gc.placeholder((None, 3), "int64", name="i")
+    u = gc.placeholder((None, 3), "uint64", name="u")
+    outs = [gc.where(c > d, c * 2.0, c), gc.where(c > 0, e, c) * 3.0,
+            gc.where(c > i, c, 1.0) * 2.0, gc.cast(gc.equal(i, u), "float32") + c,
+            gc.where(i < u, e, 2.0) - 1.0]
+    f = gc.function([c, d, e, i, u], outs)
+    rng = np.random.default_rng(0)
+    calls = []
+    for n in (3, 1, 3):
+        calls.append([rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)),
+                      rng.normal(size=(n, 3)).astype(np.float16),
+                      rng.integers(-2, 3, (n, 3)),
+                      np.array([2 ** 63 + 1, 1, 0] * n, np.uint64).reshape(n, 3)])
+        calls[-1][3][0, 0] = -1         # -1 < 2**63 + 1 as NumPy compares it, exactly
+        want = gc.ir.evaluate(outs, dict(zip([c, d, e, i, u], calls[-1])))
+        for got, w in zip(f(*calls[-1]), want):
+            assert got.dtype == w.dtype
+            np.testing.assert_array_equal(got, w)
+    assert "interpreter" not in f.plan_report()
+    mod = load_module(f.export(tmp_path / "cmp.py"), "probe21_cmp")
+    for got, w in zip(mod.run(*calls[-1]), want):
+        np.testing.assert_array_equal(got, w)
