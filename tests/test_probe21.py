@@ -8,6 +8,7 @@ import importlib.util
 import warnings
 
 import numpy as np
+import pytest
 
 import graphc as gc
 from graphc.ir import OPS
@@ -79,3 +80,35 @@ def test_fused_groups_with_mixed_dtype_comparisons_compile_and_export(tmp_path):
     mod = load_module(f.export(tmp_path / "cmp.py"), "probe21_cmp")
     for got, w in zip(mod.run(*calls[-1]), want):
         np.testing.assert_array_equal(got, w)
+
+
+# the command line -------------------------------------------------------------------------
+
+def test_render_and_inspect_refuse_to_write_over_the_graph_they_read(tmp_path, capsys,
+                                                                     monkeypatch):
+    # `graphc render g.json -o g.json` wrote graphviz's JSON (one of its formats) over the
+    # saved graph and said "wrote g.json"; `inspect g.json -o g.npz` wrote the page over its
+    # parameters
+    from graphc.cli import main
+    monkeypatch.chdir(tmp_path)
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.ones((3, 2), np.float32), name="W")
+    gc.save([gc.sum(gc.tanh(x @ w))], "g.json")
+    before = [(tmp_path / n).read_bytes() for n in ("g.json", "g.npz")]
+    for argv in (["render", "g.json", "-o", "g.json"], ["render", "g", "-o", "./g.json"],
+                 ["inspect", "g.json", "-o", "g.json"], ["inspect", "g.json", "-o", "g.npz"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"graphc {argv[0]}: error: the output ") and "-o" in err, err
+    assert [(tmp_path / n).read_bytes() for n in ("g.json", "g.npz")] == before
+    assert main(["render", "g.json", "-o", "g.dot"]) == 0
+    assert gc.load("g.json") is not None
+
+
+def test_demo_refuses_a_negative_seed_as_one_line(capsys):
+    # `graphc demo --seed -1` ended in NumPy's bare ValueError traceback
+    from graphc.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--seed", "-1"])
+    assert stop.value.code == 2
+    assert "--seed: expected a whole number >= 0, got '-1'" in capsys.readouterr().err
