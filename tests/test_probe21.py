@@ -138,3 +138,28 @@ def test_an_rnn_over_sequences_of_any_length_loads_back_from_its_onnx_export(lay
             np.testing.assert_allclose(got, o.eval({x: xv}), rtol=1e-12, atol=1e-14)
     with pytest.raises(gc.GraphcError, match="out of bounds"):
         f(np.zeros((2, 0, 3)))          # ONNX would slice nothing: an error, not a guess
+
+
+# the standalone export ----------------------------------------------------------------------
+
+def test_export_with_example_feeds_of_a_new_shape_plans_the_loop_bodies(tmp_path):
+    # step.export(path, x, y) for shapes not called yet ("shapes only, nothing runs") of a
+    # step with a loop (a GRU, and its backward loop) raised "a loop whose body has not been
+    # compiled yet: call the Function once before exporting it", also after calls with other
+    # shapes
+    from graphc import nn
+    x = gc.placeholder((None, None, 3), "float64", name="x")
+    y = gc.placeholder((None,), "int64", name="y")
+    model = nn.Sequential([nn.GRU(5), nn.Dense(3)], seed=0)
+    loss = gc.mean(gc.softmax_cross_entropy(model(x), y))
+    step = gc.function([x, y], loss, updates=nn.SGD(0.1).updates(loss, model.params))
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((4, t, 3)), rng.integers(0, 3, 4)) for t in (5, 7, 7, 5)]
+    step(*data[0])
+    path = step.export(tmp_path / "gru_step.py", *data[1])     # T = 7 never ran
+    mod = load_module(path, "probe21_gru")
+    want = [step(*d) for d in data[1:]]
+    got = [mod.run(*d) for d in data[1:]]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for v in model.params:
+        np.testing.assert_allclose(mod.state[v.name], v.value, rtol=1e-12, atol=1e-15)

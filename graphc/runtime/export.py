@@ -384,6 +384,27 @@ def loops_compiled(plan) -> bool:
                for body in plan.loops.values())
 
 
+def plan_loops(graph, inputs, feeds, plan) -> None:
+    """Plans for the bodies of plan's loops that have not run (example feeds of a shape not
+    called yet: "shapes only, nothing runs"), from the shapes their inputs have in the plan;
+    each body's own loops after it."""
+    if loops_compiled(plan):
+        return
+    from graphc.runtime.shapes import resolve
+    shapes = resolve(graph, {id(p): a for p, a in zip(inputs, feeds)})
+    for n in graph.nodes:
+        body = plan.loops.get(id(n))
+        if body is None or body.fn.last_plan is not None and loops_compiled(body.fn.last_plan):
+            continue
+        carries, xs = n.attrs["carries"], n.attrs["xs"]
+        like = []
+        for k, x in enumerate(n.inputs):
+            shape, dtype = shapes[id(x)]
+            like.append(np.zeros(shape[1:] if carries <= k < carries + xs else shape, dtype))
+        body.fn.plan_for(like)
+        plan_loops(body.fn.graph, body.fn.inputs, like, body.fn.last_plan)
+
+
 def export(fn, path, example=()) -> str:
     """Write fn's plan as a standalone module at `path` (.py) and its arrays beside it (.npz):
     the plan of the most recent call, or the plan for the shapes of `example` feeds."""
@@ -394,7 +415,9 @@ def export(fn, path, example=()) -> str:
     try:
         atomic.release()
         if example:
-            plan = fn.plan_for(fn.feeds(list(example)))
+            feeds = fn.feeds(list(example))
+            plan = fn.plan_for(feeds)
+            plan_loops(fn.graph, fn.inputs, feeds, plan)
         elif fn.last_plan is None:
             raise GraphcError("export: the Function has not been called yet: call it once, or "
                               "give example feeds for the shapes to export "
