@@ -163,3 +163,42 @@ def test_export_with_example_feeds_of_a_new_shape_plans_the_loop_bodies(tmp_path
     np.testing.assert_allclose(got, want, rtol=1e-12)
     for v in model.params:
         np.testing.assert_allclose(mod.state[v.name], v.value, rtol=1e-12, atol=1e-15)
+
+
+def hostile_model(node, consts: dict):
+    """A one-node ONNX model over x (1, 1, 4, 4) -> y, its other inputs initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    graph = helper.make_graph(node, "g", [x], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_hostile_onnx_model_is_a_graphc_error_naming_its_node():
+    # values that NumPy refuses while the import folds constants were bare errors: a
+    # ConstantOfShape of [-3, 4] (ValueError) or of 2**62 elements, a Range of 10**18
+    # (MemoryError); and Reshape to [-1, -1] (invalid ONNX) imported as (16, 1)
+    pytest.importorskip("onnx")
+    import graphc.onnx
+    from onnx import TensorProto, helper
+    one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    cases = {
+        "ConstantOfShape": ([helper.make_node("ConstantOfShape", ["s"], ["c"], value=one),
+                             helper.make_node("Add", ["x", "c"], ["y"])],
+                            {"s": np.array([1, 1, 4, -3], np.int64)}, "ValueError"),
+        "ConstantOfShape ": ([helper.make_node("ConstantOfShape", ["s"], ["c"], value=one),
+                              helper.make_node("Add", ["x", "c"], ["y"])],
+                             {"s": np.array([2 ** 31, 2 ** 31, 1, 4], np.int64)}, "Error"),
+        "Range": ([helper.make_node("Range", ["a", "b", "c"], ["r"]),
+                   helper.make_node("Cast", ["r"], ["r2"], to=TensorProto.FLOAT),
+                   helper.make_node("Add", ["x", "r2"], ["y"])],
+                  {"a": np.array(0, np.int64), "b": np.array(10 ** 18, np.int64),
+                   "c": np.array(1, np.int64)}, "Error"),
+        "Reshape": ([helper.make_node("Reshape", ["x", "s"], ["y"])],
+                    {"s": np.array([-1, -1], np.int64)}, "at most one -1"),
+    }
+    for op, (nodes, consts, words) in cases.items():
+        with pytest.raises(gc.GraphcError, match=rf"ONNX node '{op.strip()}_0' "
+                                                 rf"\({op.strip()}\): .*{words}"):
+            graphc.onnx.load(hostile_model(nodes, consts))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc import api as gc
-from graphc.ir import Node, constant
+from graphc.ir import GraphcError, Node, constant
 from graphc.onnx.ops_math import fn, like
 from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 
@@ -41,6 +41,8 @@ def norm(axis: int, ndim: int) -> int:
 @onnx_op("Reshape", const=(1,), allowzero=0)
 def reshape(ctx, x, shape, *, allowzero):
     dims = ctx.dims(shape, "shape")
+    if dims.count(-1) > 1 or any(isinstance(d, int) and d < -1 for d in dims):
+        raise GraphcError(f"shape {dims}: at most one -1 and no other negative size")
     own = ctx.runtime.own_axes(ctx.const(shape, "shape").reshape(-1).tolist(), x) \
         if ctx.runtime.is_marked(shape) else {}
     for i, d in enumerate(dims):
