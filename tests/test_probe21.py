@@ -202,3 +202,17 @@ def test_a_hostile_onnx_model_is_a_graphc_error_naming_its_node():
         with pytest.raises(gc.GraphcError, match=rf"ONNX node '{op.strip()}_0' "
                                                  rf"\({op.strip()}\): .*{words}"):
             graphc.onnx.load(hostile_model(nodes, consts))
+
+
+# nn --------------------------------------------------------------------------------------
+
+def test_fit_on_empty_data_says_so():
+    # fit(model, ..., x[:0], y[:0]) said "0 examples but 0 targets", as if they disagreed
+    from graphc import nn
+    model = nn.Sequential([nn.Dense(3)], seed=0)
+    with pytest.raises(gc.GraphcError, match=r"fit: no examples \(x and y are empty\)"):
+        nn.fit(model, "softmax_cross_entropy", nn.SGD(0.1), np.zeros((0, 4), np.float32),
+               np.zeros(0, np.int64), epochs=1, verbose=0)
+    with pytest.raises(gc.GraphcError, match="fit: 10 examples but 7 targets"):
+        nn.fit(model, "softmax_cross_entropy", nn.SGD(0.1), np.zeros((10, 4), np.float32),
+               np.zeros(7, np.int64), epochs=1, verbose=0)
