@@ -216,3 +216,12 @@ def test_fit_on_empty_data_says_so():
     with pytest.raises(gc.GraphcError, match="fit: 10 examples but 7 targets"):
         nn.fit(model, "softmax_cross_entropy", nn.SGD(0.1), np.zeros((10, 4), np.float32),
                np.zeros(7, np.int64), epochs=1, verbose=0)
+
+
+def test_grad_of_something_not_a_node_names_the_users_line():
+    # gc.grad([loss], [w]) and gc.grad(loss, [3]) named no line of the user's
+    x = gc.placeholder((None, 4), name="x")
+    for call in (lambda: gc.grad([gc.sum(x)], [x]), lambda: gc.grad(gc.sum(x), [3]),
+                 lambda: gc.vjp([x], [x], []), lambda: gc.jacobian(3, x)):
+        with pytest.raises(gc.GraphcError, match=r"\n  at test_probe21\.py:\d+"):
+            call()
