@@ -225,3 +225,20 @@ def test_grad_of_something_not_a_node_names_the_users_line():
                  lambda: gc.vjp([x], [x], []), lambda: gc.jacobian(3, x)):
         with pytest.raises(gc.GraphcError, match=r"\n  at test_probe21\.py:\d+"):
             call()
+
+
+def test_nn_errors_name_the_users_line():
+    # Dense(0), an unknown activation or loss, heads that do not split the embedding, a
+    # Sequential item that is not a layer, an optimizer given nothing or placeholders named
+    # no line of the user's; Sequential(Dense(3)) (no list) was a bare TypeError
+    from graphc import nn
+    x = gc.placeholder((None, 5, 8), name="x")
+    calls = [lambda: nn.Dense(0), lambda: nn.Dense(3, "reluu"), lambda: nn.Adam(-1.0),
+             lambda: nn.MultiHeadAttention(3)(x), lambda: nn.Sequential([gc.relu]),
+             lambda: nn.Sequential(nn.Dense(3)), lambda: nn.Adam().updates(gc.sum(x), []),
+             lambda: nn.SGD(0.1).updates(gc.sum(x), [x]),
+             lambda: nn.fit(nn.Sequential([nn.Dense(2)]), "crossentropy", nn.SGD(0.1),
+                            np.zeros((4, 3), np.float32), np.zeros(4, np.int64), verbose=0)]
+    for call in calls:
+        with pytest.raises(gc.GraphcError, match=r"\n  at test_probe21\.py:\d+"):
+            call()
