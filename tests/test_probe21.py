@@ -242,3 +242,80 @@ def test_nn_errors_name_the_users_line():
     for call in calls:
         with pytest.raises(gc.GraphcError, match=r"\n  at test_probe21\.py:\d+"):
             call()
+
+
+# a generator: elementwise graphs mixing float16/32/64, ints, casts and comparisons ----------
+
+FLOATS = ["float16", "float32", "float64"]
+UNARY = [gc.exp, gc.tanh, gc.sigmoid, gc.relu, gc.neg, gc.abs, gc.square, gc.softplus,
+         gc.sign, lambda a: gc.sqrt(gc.abs(a)), lambda a: gc.log(gc.abs(a) + 1)]
+BINARY = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, gc.maximum, gc.minimum,
+          lambda a, b: a / (gc.abs(b) + 1), lambda a, b: gc.where(a > b, a, b),
+          lambda a, b: gc.where(a > 0, b, 0.0), lambda a, b: gc.where(gc.less(a, b), 1.0, a),
+          lambda a, b: gc.pow(gc.abs(a) + 0.5, b * 0.1)]
+
+
+def mixed_graph(seed: int):
+    """(placeholders, outputs, feeds(n)) of a random elementwise graph over mixed dtypes."""
+    r = np.random.default_rng(seed)
+    phs = []
+    for k in range(int(r.integers(2, 5))):
+        dt = str(r.choice(FLOATS + ["int32", "uint8", "int64"]))
+        shape = [(None, 3), (None, 1), (1, 3), (3,), ()][int(r.integers(5))]
+        phs.append(gc.placeholder(shape, dt, name=f"p{k}"))
+    vals = [p if p.dtype.kind == "f" or r.random() < 0.5 else gc.cast(p, str(r.choice(FLOATS)))
+            for p in phs]
+    for _ in range(int(r.integers(3, 10))):
+        i, j = (int(k) for k in r.integers(len(vals), size=2))
+        pick = r.random()
+        try:
+            if pick < 0.35:
+                vals.append(UNARY[int(r.integers(len(UNARY)))](vals[i]))
+            elif pick < 0.5:
+                vals.append(gc.cast(vals[i], str(r.choice(FLOATS))))
+            elif pick < 0.6:
+                vals.append(vals[i] * float(r.choice([0.1, 3.0, 300.0])))
+            else:
+                vals.append(BINARY[int(r.integers(len(BINARY)))](vals[i], vals[j]))
+        except gc.GraphcError:       # an op refusing its dtypes (ints where floats are needed)
+            pass
+    outs = vals[len(phs):][-3:]
+
+    def feeds(n):
+        dims = lambda p: [n if d is None else d for d in p.shape]      # noqa: E731
+        return [(r.standard_normal(dims(p)) * 8).astype(p.dtype) if p.dtype.kind == "f"
+                else r.integers(0, 10, dims(p)).astype(p.dtype) for p in phs]
+    return phs, outs, feeds
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_mixed_dtype_elementwise_graphs_compile_as_eval(seed, tmp_path):
+    """Compiled (optimized or not; every fourth also exported) equals eval over four calls:
+    same dtypes and shapes, NaN where eval has NaN, values within the narrowest float's
+    rounding (the passes rewrite log(1 + x) as log1p and the like), no interpreter step."""
+    phs, outs, feeds = mixed_graph(seed)
+    if not outs:
+        return
+    text = str(gc.ir.Graph(outs, []))
+    tol = 3e-2 if "float16" in text else 2e-5 if "float32" in text else 1e-12
+    runs = [gc.function(phs, outs), gc.function(phs, outs, optimize=False)]
+    example = feeds(2)
+    runs[0](*example)
+    assert "interpreter" not in runs[0].plan_report()
+    if seed % 4 == 0:
+        mod = load_module(runs[0].export(tmp_path / f"mix{seed}.py"), f"probe21_mix{seed}")
+        runs.append(mod.run)
+    for n in (2, 2, 1, 3):
+        xs = feeds(n)
+        with np.errstate(all="ignore"):
+            want = gc.ir.evaluate(outs, dict(zip(phs, xs)))
+        for k, run in enumerate(runs):
+            if k == 2 and n != 2:
+                continue                   # the module holds the plans of batch 2
+            for got, w in zip(run(*xs), want):
+                assert got.dtype == w.dtype and got.shape == w.shape
+                g, e = got.astype("float64"), w.astype("float64")
+                with np.errstate(all="ignore"):
+                    ok = (np.isnan(g) == np.isnan(e)) & (
+                        (g == e) | (np.abs(g - e) <= tol * (1 + np.abs(e))) | np.isnan(g))
+                assert ok.all(), (seed, k, n, g, e)
