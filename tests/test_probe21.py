@@ -319,3 +319,57 @@ def test_random_mixed_dtype_elementwise_graphs_compile_as_eval(seed, tmp_path):
                     ok = (np.isnan(g) == np.isnan(e)) & (
                         (g == e) | (np.abs(g - e) <= tol * (1 + np.abs(e))) | np.isnan(g))
                 assert ok.all(), (seed, k, n, g, e)
+
+
+# the compiled call's feed guard -------------------------------------------------------------
+
+FEED_KINDS = ["plain", "W", "W rows", "W.T", "W reversed", "strided", "fortran", "matrix",
+              "list", "int32", "V row", "W reshaped view", "read-only", "float32", "again"]
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")     # np.asmatrix
+@pytest.mark.parametrize("seed", range(12))
+def test_one_function_called_with_every_kind_of_feed(seed):
+    """Ten calls of one training step with feeds of every kind in a random order (views of
+    the variables it updates, strided, Fortran, np.matrix, lists, narrower dtypes, read-only,
+    the previous call's array again), batch sizes 1-4: outputs and variables as eval gives
+    them for a copy of the feed, the variables then set to eval's values."""
+    r = np.random.default_rng(seed)
+    dt = str(r.choice(["float64", "float32"]))
+    x = gc.placeholder((None, 4), dt, name="x")
+    s = gc.placeholder((), dt, name="s")
+    W = gc.variable(r.standard_normal((4, 4)).astype(dt), name="W")
+    V = gc.variable(r.standard_normal(4).astype(dt), name="V")
+    h = gc.tanh(x @ W + V) * s
+    loss = gc.sum(h * h)
+    gW, gV = gc.grad(loss, [W, V])
+    outs = [loss, h, x * 2.0, gc.sum(x, axis=0)]
+    ups = [(W, W - 0.1 * gW), (V, V - 0.1 * gV)] if seed % 4 else [(W, W * 0.5)]
+    f = gc.function([x, s], outs, updates=ups, optimize=bool(seed % 3))
+    last = None
+    for _ in range(10):
+        kind = FEED_KINDS[int(r.integers(len(FEED_KINDS)))]
+        base = r.standard_normal((int(r.integers(1, 5)), 4)).astype(dt)
+        feed = {"W": W.value, "W rows": W.value[1:3], "W.T": W.value.T,
+                "W reversed": W.value[::-1], "strided": np.repeat(base, 2, axis=1)[:, ::2],
+                "fortran": np.asfortranarray(base), "matrix": np.asmatrix(base),
+                "list": base.tolist(), "V row": V.value[None, :],
+                "W reshaped view": W.value.reshape(2, 8)[:, :4],
+                "float32": base.astype(np.float32), "again": last}.get(kind, base)
+        if kind == "int32" and dt == "float64":
+            feed = r.integers(-3, 3, (2, 4)).astype(np.int32)
+        if kind == "read-only":
+            feed.flags.writeable = False
+        if feed is None:
+            feed = base
+        sv = float(r.standard_normal())
+        seen = np.array(feed, dtype=dt)           # what the call must compute with
+        want = gc.ir.evaluate(outs + [u for _, u in ups], {x: seen, s: np.asarray(sv, dt)})
+        got = f(feed, sv)
+        tol = 1e-12 if dt == "float64" else 1e-5
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=kind)
+        for (v, _), w in zip(ups, want[len(outs):]):
+            np.testing.assert_allclose(v.value, w, rtol=tol, atol=tol, err_msg=kind)
+            v.value = w
+        last = feed if isinstance(feed, np.ndarray) and type(feed) is np.ndarray else None
