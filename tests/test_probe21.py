@@ -82,6 +82,28 @@ def test_fused_groups_with_mixed_dtype_comparisons_compile_and_export(tmp_path):
         np.testing.assert_array_equal(got, w)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_where_zero_gives_positive_zeros_as_eval(dtype):
+    # where(c, g, 0) compiled as g * c gave -0.0 where c is False and g < 0: 1 / where(...)
+    # was -inf where eval has inf, exp(-1 / where(...)) inf where eval has 0 (wrong values);
+    # g's bits times c as integers keeps every bit of g where c holds and is +0.0 elsewhere
+    x = gc.placeholder((None, 5), dtype, name="x")
+    c = gc.placeholder((None, 5), "bool", name="c")
+    outs = [1.0 / gc.where(c, x, 0.0), gc.exp(-1.0 / gc.where(x > 0, x, 0.0)),
+            gc.where(c, x, 0.0), gc.sum(gc.where(c, x * 2.0, 0.0), axis=0)]
+    xv = np.array([[-1.0, 2.0, -0.0, 4.0, -2.0], [-3.0, -0.0, 0.5, -1.0, 1.0],
+                   [-1.0, 2.0, -0.0, np.inf, np.nan], [-3.0, -0.0, np.nan, -np.inf, 1.0]],
+                  dtype)      # finite (g * c kept its -0.0), then inf and NaN (masked or not)
+    cv = np.array([[False, True, True, False, False], [False, False, True, True, True]] * 2)
+    for optimize in (True, False):
+        f = gc.function([x, c], outs, optimize=optimize)
+        for rows in (slice(0, 2), slice(1, 2), slice(2, 4)):
+            want = gc.ir.evaluate(outs, {x: xv[rows], c: cv[rows]})
+            for got, w in zip(f(xv[rows], cv[rows]), want):
+                np.testing.assert_array_equal(got, w)
+                assert (np.signbit(got) == np.signbit(w)).all()
+
+
 # the command line -------------------------------------------------------------------------
 
 def test_render_and_inspect_refuse_to_write_over_the_graph_they_read(tmp_path, capsys,
