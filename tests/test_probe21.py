@@ -187,6 +187,23 @@ def test_export_with_example_feeds_of_a_new_shape_plans_the_loop_bodies(tmp_path
         np.testing.assert_allclose(mod.state[v.name], v.value, rtol=1e-12, atol=1e-15)
 
 
+def test_the_export_of_a_function_with_cast_feeds_casts_as_it_does(tmp_path):
+    # gc.function(..., cast_feeds=True) takes a float64 batch for a float32 input; its
+    # exported module refused it ("expected dtype float32, got float64")
+    x = gc.placeholder((None, 3), "float32", name="x")
+    w = gc.variable(np.ones((3, 2), np.float32), name="W")
+    f = gc.function([x], gc.log(x @ w), updates=[(w, w * 1.5)], cast_feeds=True)
+    mod = load_module(f.export(tmp_path / "cast.py", np.ones((2, 3), np.float32)),
+                      "probe21_cast")
+    for v in (np.full((2, 3), 2.0), np.ones((2, 3), np.int64)):
+        np.testing.assert_array_equal(mod.run(v), f(v))
+    strict = gc.function([x], gc.log(x @ w))
+    mod = load_module(strict.export(tmp_path / "strict.py", np.ones((2, 3), np.float32)),
+                      "probe21_strict")
+    with pytest.raises(mod.GraphcError, match="expected dtype float32, got float64"):
+        mod.run(np.full((2, 3), 2.0))          # the module's own GraphcError
+
+
 def hostile_model(node, consts: dict):
     """A one-node ONNX model over x (1, 1, 4, 4) -> y, its other inputs initializers."""
     from onnx import TensorProto, helper, numpy_helper

@@ -46,12 +46,14 @@ def make_check(steps):
     return check
 
 
-def take_feed(value, name, dtype, updated):
-    """A feed as the plans need it: an array of its dtype; a copy when it shares memory with
-    a variable the call updates (every update is computed before any is written)."""
+def take_feed(value, name, dtype, updated, cast_feeds=False):
+    """A feed as the plans need it: an array of its dtype (with cast_feeds, as the Function
+    was compiled, a same-kind cast too); a copy when it shares memory with a variable the
+    call updates (every update is computed before any is written)."""
     arr = np.asarray(value)
     if arr.dtype != dtype:
-        if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, "safe"):
+        rule = "same_kind" if cast_feeds else "safe"
+        if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, rule):
             raise GraphcError(f"feed for {name}: expected dtype {dtype}, got {arr.dtype} "
                               f"(cast it first)")
         with np.errstate(all="ignore"):
@@ -333,8 +335,8 @@ class Export:
             '    """The Function\'s call: checks the feeds, runs the plan for their shapes, '
             'updates `state`."""',
             "    with LOCK, np.errstate(all='ignore'):",
-            f"        feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), "
-            "INPUTS)]",
+            f"        feeds = [take_feed(v, *spec, UPDATED, {fn.cast_feeds!r}) "
+            f"for v, spec in zip(({feeds}), INPUTS)]",
             "        plan = pick_plan(PLANS, feeds, [name for name, _ in INPUTS])",
             "        try:",
             "            out = plan(*feeds)",
