@@ -437,3 +437,15 @@ def test_one_function_called_with_every_kind_of_feed(seed):
             np.testing.assert_allclose(v.value, w, rtol=tol, atol=tol, err_msg=kind)
             v.value = w
         last = feed if isinstance(feed, np.ndarray) and type(feed) is np.ndarray else None
+
+
+def test_optimize_takes_pass_names_and_refuses_what_is_not_a_pass():
+    # optimize=["simplify"] (the names the report shows) or optimize="fuse_elementwise" raised
+    # TypeError: 'str' object is not callable from inside the pipeline
+    x = gc.placeholder((None, 3), name="x")
+    f = gc.function([x], gc.exp(x) * 2.0, optimize=["simplify", "fuse_elementwise"])
+    assert [p[0] for p in f.report.passes] == ["simplify", "fuse_elementwise"]
+    assert "fused" in str(f.graph)
+    for bad in (["nonexistent"], "fuse_elementwise", [3], 1):
+        with pytest.raises(gc.GraphcError, match=r"pass.*\n  at test_probe21\.py:\d+"):
+            gc.function([x], gc.exp(x) * 2.0, optimize=bad)
