@@ -1,10 +1,16 @@
 """probe21: a hostile probe of the newest parts (the compiled call's feed guard, fused groups
 mixing float widths, Winograd forced on random stacks, shared step functions, nn models as a
 PyTorch user writes them, ONNX round trips, the CLI); one test per bug found, each failing
-before its fix."""
+before its fix.
+
+GRAPHC_PROBE21=N runs N seeds of each generator (mixed-dtype elementwise graphs, feeds of every
+kind) instead of 24 and 12: `GRAPHC_PROBE21=500 python3 -m pytest -q tests/test_probe21.py -k
+"random_mixed or every_kind"`.
+"""
 from __future__ import annotations
 
 import importlib.util
+import os
 import warnings
 
 import numpy as np
@@ -12,6 +18,8 @@ import pytest
 
 import graphc as gc
 from graphc.ir import OPS
+
+SEEDS = int(os.environ.get("GRAPHC_PROBE21", "0"))
 
 
 def load_module(path, name):
@@ -352,7 +360,7 @@ def mixed_graph(seed: int):
     return phs, outs, feeds
 
 
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed", range(SEEDS or 24))
 def test_random_mixed_dtype_elementwise_graphs_compile_as_eval(seed, tmp_path):
     """Compiled (optimized or not; every fourth also exported) equals eval over four calls:
     same dtypes and shapes, NaN where eval has NaN, values within the narrowest float's
@@ -392,7 +400,7 @@ FEED_KINDS = ["plain", "W", "W rows", "W.T", "W reversed", "strided", "fortran",
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")     # np.asmatrix
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(SEEDS or 12))
 def test_one_function_called_with_every_kind_of_feed(seed):
     """Ten calls of one training step with feeds of every kind in a random order (views of
     the variables it updates, strided, Fortran, np.matrix, lists, narrower dtypes, read-only,
