@@ -14,6 +14,7 @@ import numpy as np
 from graphc.ir import GraphcError, Node, apply, as_node, backward_of, constant, evaluate, \
     format_shape, lines_below, paused_gc, toposort
 from graphc.ops import fused
+from graphc.scope import user_line
 
 
 def unbroadcast(g: Node, x: Node) -> Node:
@@ -61,12 +62,15 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str) -> list[Node] | No
     outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
     cotangents = [cotangents] if not isinstance(cotangents, (list, tuple)) else list(cotangents)
     if len(cotangents) != len(outputs):
-        raise GraphcError(f"vjp: {len(outputs)} outputs but {len(cotangents)} cotangents")
+        raise GraphcError(f"vjp: {len(outputs)} outputs but {len(cotangents)} cotangents"
+                          f"\n  at {user_line()}")
     if disconnected not in ("zero", "raise"):
-        raise GraphcError(f"disconnected must be 'zero' or 'raise', got {disconnected!r}")
+        raise GraphcError(f"disconnected must be 'zero' or 'raise', got {disconnected!r}"
+                          f"\n  at {user_line()}")
     for w in wrt:
         if not isinstance(w, Node):
-            raise GraphcError(f"grad: wrt must be graph nodes, got {type(w).__name__}")
+            raise GraphcError(f"grad: wrt must be graph nodes, got {type(w).__name__}"
+                              f"\n  at {user_line()}")
         if not differentiable(w):
             raise GraphcError(f"grad: cannot differentiate with respect to {w.label()} of "
                               f"integer/bool dtype {w.dtype.name}")
@@ -143,7 +147,8 @@ fused.VJP.append(vjp)      # the fused op's VJP differentiates its body with thi
 def grad(cost: Node, wrt: Sequence[Node] | Node, disconnected: str = "zero"):
     """d cost / d wrt as graph nodes, one per `wrt` with its shape; cost must be a scalar."""
     if not isinstance(cost, Node):
-        raise GraphcError(f"grad: cost must be a graph node, got {type(cost).__name__}")
+        raise GraphcError(f"grad: cost must be a graph node, got {type(cost).__name__}"
+                          f"\n  at {user_line()}")
     if cost.shape != ():
         raise GraphcError(f"grad: cost must be a scalar, got shape {format_shape(cost.shape)} "
                           f"(built at {cost.where}); reduce it with gc.sum or gc.mean, "
@@ -205,7 +210,8 @@ def jacobian(y: Node, wrt):
     built from one VJP per element of y: meant for small sizes."""
     ws, single = as_list(wrt)
     if not isinstance(y, Node):
-        raise GraphcError(f"jacobian: y must be a graph node, got {type(y).__name__}")
+        raise GraphcError(f"jacobian: y must be a graph node, got {type(y).__name__}"
+                          f"\n  at {user_line()}")
     m = static_size(y, "y", "jacobian")
     for w in ws:
         static_size(w, "wrt", "jacobian")

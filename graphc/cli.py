@@ -36,6 +36,17 @@ def positive(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed NumPy takes, a whole number >= 0 (-1 was a bare ValueError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphc", description=graphc.__doc__,
@@ -50,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "formulas of the last layer and the saved graph into a folder.")
     demo.add_argument("--epochs", type=positive, default=DEMO_EPOCHS, help="training epochs "
                       f"(default {DEMO_EPOCHS})")
-    demo.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
+    demo.add_argument("--seed", type=seed, default=0, help="seed for weights and shuffling")
     demo.add_argument("--out", default=".", help="folder for the files (default: here)")
     demo.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
     demo.set_defaults(run=run_demo)
@@ -103,8 +114,8 @@ def loaded_nodes(path: str) -> list:
 
 
 def run_render(args) -> int:
+    out = output_path(args, ".svg")
     nodes = loaded_nodes(args.file)
-    out = args.output or os.path.splitext(args.file)[0] + ".svg"
     dot = graphc.render(nodes, out, backward=not args.forward, optimized=args.optimized,
                         collapse=args.collapse or None)
     print(f"wrote {dot.written}")
@@ -114,12 +125,28 @@ def run_render(args) -> int:
 def run_inspect(args) -> int:
     from graphc.inspect import inspect
 
+    out = output_path(args, ".html")
     obj = None if args.file.endswith(".onnx") else graphc.load(args.file)
     if not isinstance(obj, graphc.Graph):        # keep a saved Graph's updates as updates
         obj = graphc.Graph(loaded_nodes(args.file))
-    out = args.output or os.path.splitext(args.file)[0] + ".html"
     print(f"wrote {inspect(obj, out, title=os.path.basename(args.file))}")
     return 0
+
+
+def output_path(args, suffix: str) -> str:
+    """-o, or the input's name with `suffix`; never a file the command reads (`render g.json
+    -o g.json` wrote graphviz's JSON over the saved graph: .json is one of its formats)."""
+    out = args.output or os.path.splitext(args.file)[0] + suffix
+    if args.file.endswith(".onnx"):
+        read = [args.file]
+    else:
+        from graphc.io import file_paths
+        read = [args.file, *file_paths(args.file)]
+    for path in read:
+        if os.path.exists(path) and os.path.exists(out) and os.path.samefile(path, out):
+            raise graphc.GraphcError(f"the output {out} is {path}, which this command reads: "
+                                     f"choose another name with -o")
+    return out
 
 
 def run_formula(args) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import Layer
+from graphc.scope import user_line
 
 
 def swap_last(x: Node) -> Node:
@@ -54,7 +55,7 @@ class MultiHeadAttention(Layer):
         d, h = q.shape[-1], self.num_heads
         if d % h:
             raise GraphcError(f"MultiHeadAttention {self.name!r}: the embedding size {d} "
-                              f"does not split into {h} heads")
+                              f"does not split into {h} heads\n  at {user_line()}")
         self.d_model, self.d_head = d, d // h
         dtype = q.dtype if q.dtype.kind == "f" else np.dtype("float32")
         for what, x in (("q", q), ("k", k), ("v", v)):

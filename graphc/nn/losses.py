@@ -6,6 +6,7 @@ from typing import Sequence
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import hyper
+from graphc.scope import user_line
 
 
 def check_ranks(what: str, pred: Node, target) -> None:
@@ -89,4 +90,5 @@ def get(loss) -> callable:
         return LOSSES[loss]
     except KeyError:
         raise GraphcError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} "
-                          "or pass a function (pred, target) -> scalar node") from None
+                          f"or pass a function (pred, target) -> scalar node\n"
+                          f"  at {user_line()}") from None

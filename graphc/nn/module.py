@@ -18,6 +18,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn import init as initializers
+from graphc.scope import user_line
 
 # The mode of the innermost layer call: a layer called inside a model's forward without an
 # explicit `training=` takes its caller's mode, so an evaluation graph never silently uses
@@ -34,7 +35,7 @@ def whole(v, what: str, least: int = 1) -> int:
     divided an epoch by zero."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
         kind = "a positive int" if least == 1 else f"an int >= {least}"
-        raise GraphcError(f"{what} must be {kind}, got {v!r}")
+        raise GraphcError(f"{what} must be {kind}, got {v!r}\n  at {user_line()}")
     return int(v)
 
 
@@ -49,7 +50,7 @@ def hyper(v, what: str, low: float = 0.0, below: float | None = None) -> float:
     if isinstance(v, (bool, str)) or not (f >= low and (below is None or f < below)) \
             or f == float("inf"):
         where = f"[{low}, {below})" if below is not None else f">= {low}"
-        raise GraphcError(f"{what} must be a number {where}, got {v!r}")
+        raise GraphcError(f"{what} must be a number {where}, got {v!r}\n  at {user_line()}")
     return f
 
 
@@ -72,7 +73,8 @@ def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
         return activation
     if activation not in ACTIVATIONS:
         raise GraphcError(f"unknown activation {activation!r}; choose one of "
-                          f"{', '.join(ACTIVATIONS)}, None, or pass a function")
+                          f"{', '.join(ACTIVATIONS)}, None, or pass a function\n"
+                          f"  at {user_line()}")
     return ACTIVATIONS[activation]
 
 
@@ -347,11 +349,15 @@ class Sequential(Model):
     def __init__(self, layers: Sequence[Layer], name: str | None = None,
                  seed: int | None = None):
         super().__init__(name, seed)
+        if isinstance(layers, Layer) or not isinstance(layers, (list, tuple)):
+            raise GraphcError(f"Sequential takes a list of layers, got {layers!r}\n"
+                              f"  at {user_line()}")     # Sequential(Dense(3)): TypeError
         self.layers = list(layers)
         names = set()
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
-                raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}")
+                raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}\n"
+                                  f"  at {user_line()}")
             if layer.auto_named:
                 layer.name = f"{layer.kind}_{i}"
             if layer.name in names:

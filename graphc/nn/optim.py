@@ -21,6 +21,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node
 from graphc.nn.module import hyper
+from graphc.scope import user_line
 
 Updates = list[tuple[Node, Node]]
 
@@ -58,11 +59,11 @@ class Optimizer:
         params = list(params)
         if not params:
             raise GraphcError(f"{type(self).__name__}.{what}: no parameters to train "
-                              "(call the model on an input first)")
+                              f"(call the model on an input first)\n  at {user_line()}")
         for p in params:
             if not isinstance(p, Node) or p.op != "variable":
                 raise GraphcError(f"{type(self).__name__}.{what}: parameters must be "
-                                  f"variables, got {p!r}")
+                                  f"variables, got {p!r}\n  at {user_line()}")
         return params
 
     def pairs(self, params: list[Node], grads: list[Node]) -> Updates:

@@ -111,8 +111,10 @@ def check_data(x, y, what: str):
                 raise GraphcError(f"{what}: {name} must be an array of examples (or, for x, a "
                                   f"tuple of them), got {part!r}")
     x, y = as_inputs(x, what), np.asarray(y)
-    if count(x) != len(y) or count(x) == 0:
+    if count(x) != len(y):
         raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
+    if count(x) == 0:                    # said as "0 examples but 0 targets" before
+        raise GraphcError(f"{what}: no examples (x and y are empty)")
     return x, y
 
 

@@ -344,6 +344,12 @@ class Importer:
             self.fail(where, e)
             self.poisoned.update(node.output)
             return
+        except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
+            # a hostile or damaged model's values (ConstantOfShape of [-3] or [10**10], a
+            # Range of 10**12) met NumPy while folding: said as the node's error
+            self.fail(where, GraphcError(f"{type(e).__name__}: {e}"))
+            self.poisoned.update(node.output)
+            return
         known = {id(a) for a in args if a is not None}
         for k, out in zip(wanted, outs):
             label(out, known, node.output[k], where)

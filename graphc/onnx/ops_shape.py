@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc import api as gc
-from graphc.ir import Node, constant
+from graphc.ir import GraphcError, Node, constant
 from graphc.onnx.ops_math import fn, like
 from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 
@@ -41,6 +41,8 @@ def norm(axis: int, ndim: int) -> int:
 @onnx_op("Reshape", const=(1,), allowzero=0)
 def reshape(ctx, x, shape, *, allowzero):
     dims = ctx.dims(shape, "shape")
+    if dims.count(-1) > 1 or any(isinstance(d, int) and d < -1 for d in dims):
+        raise GraphcError(f"shape {dims}: at most one -1 and no other negative size")
     own = ctx.runtime.own_axes(ctx.const(shape, "shape").reshape(-1).tolist(), x) \
         if ctx.runtime.is_marked(shape) else {}
     for i, d in enumerate(dims):
@@ -109,9 +111,13 @@ def slice_axis(ctx, x, axis, start, stop, step):
     """x[start:stop:step] along one axis, ONNX clamping; steps other than 1 need take."""
     n = x.shape[axis]
     if not isinstance(n, int):
-        ctx.need(step == 1 and start >= 0 and stop >= INT_MAX // 2,
-                 "slicing an unknown-size axis other than [k:]")
-        return gc.slice(x, axis, start) if start else x
+        ctx.need(step == 1 and 0 <= start and (start < stop or stop >= INT_MAX // 2),
+                 "slicing an unknown-size axis other than [k:] or [a:b] with 0 <= a < b")
+        if stop >= INT_MAX // 2:
+            return gc.slice(x, axis, start) if start else x
+        # graphc's own export of x[a:b] (an RNN's first step): the result has b - a rows, and
+        # an axis shorter than b is an error at run time where ONNX would give fewer rows
+        return gc.slice(x, axis, start, stop)
     s, e, k = slice(start, stop, step).indices(n)
     if k == 1:
         e = max(e, s)

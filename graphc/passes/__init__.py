@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from graphc.ir import Graph, as_graph, lines_below, paused_gc
+from graphc.ir import Graph, GraphcError, as_graph, lines_below, paused_gc
 from graphc.passes.fuse import fuse_dense, fuse_elementwise
 from graphc.passes.rewrite import Rule, RewriteError, counting, rewrite, same_shape
 from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dead_code, \
@@ -37,6 +37,7 @@ from graphc.passes.algebra import eliminate_common_subexpressions, eliminate_dea
 from graphc.passes.stability import stabilize, stable_grad
 from graphc.passes.loops import into_bodies, prune_loops, unroll_loops
 from graphc.passes.scalars import push_scalar_factors
+from graphc.scope import user_line
 
 Pass = Callable[[Graph], Graph]
 
@@ -64,9 +65,36 @@ class Report:
         return "\n".join(lines)
 
 
+def pass_list(passes) -> list[Pass]:
+    """The passes given to optimize (gc.function's optimize=[...]): functions Graph -> Graph
+    or the names the Report shows them by. optimize=["simplify"] or a bare pass raised a
+    TypeError ('str' object is not callable) from inside the pipeline."""
+    named = {name: globals()[name] for name in __all__ if name not in NOT_PASSES}
+    try:
+        items = None if isinstance(passes, str) or callable(passes) else list(passes)
+    except TypeError:
+        items = None
+    if items is None:
+        raise GraphcError(f"optimize must be True, False or a list of passes, got {passes!r}"
+                          f"; the passes: {', '.join(named)}\n  at {user_line()}")
+    out = []
+    for p in items:
+        p = named.get(p, p) if isinstance(p, str) else p
+        if not callable(p):
+            raise GraphcError(f"optimize: {p!r} is not a pass (a function Graph -> Graph, or "
+                              f"one of {', '.join(named)})\n  at {user_line()}")
+        out.append(p)
+    return out
+
+
+NOT_PASSES = {"optimize", "Report", "DEFAULT_PIPELINE", "Rule", "RewriteError", "rewrite",
+              "same_shape", "stable_grad"}
+
+
 def optimize(outputs_or_graph, passes: Sequence[Pass] | None = None, report: bool = False):
     """The optimized Graph (and a Report when report=True); passes=None: DEFAULT_PIPELINE."""
     graph = as_graph(outputs_or_graph, "optimize")
+    passes = None if passes is None else pass_list(passes)
     rep = Report()
     # nodes the rules build record the user's line: found once here, not per node
     with counting(rep.rules), paused_gc(), lines_below(sys._getframe()):

@@ -80,8 +80,10 @@ def kernel_call_ok(node) -> bool:
 
 def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
     """Whether the template computes exactly what the kernel does: inputs that NumPy promotes
-    to the result's dtype (comparisons: inputs of one dtype), so the ufunc picks the kernel's
-    loop (a float32 input of a float64 product is widened exactly by either). In a fused
+    to the result's dtype, so the ufunc picks the kernel's loop (a float32 input of a float64
+    product is widened exactly by either); a comparison whose kernel is the ufunc itself
+    (NumPy picks its loop from the inputs alone: x32 > y64 compares in float64 either way);
+    `where` whose branches copy into the result as NumPy's where converts them. In a fused
     group, an op without a template calls its kernel (`kernel_call_ok`); alone, such a node
     is a kernel step (no copy)."""
     if template(node.op) is None:
@@ -89,9 +91,9 @@ def ufunc_ok(node, in_dtypes, in_group: bool = False) -> bool:
     if node.op == "cast":
         return True
     if node.op == "where":
-        return all(d == node.dtype for d in in_dtypes[1:])
+        return np.result_type(*in_dtypes[1:]) == node.dtype
     if node.dtype == bool:
-        return len(set(in_dtypes)) == 1
+        return len(set(in_dtypes)) == 1 or ufunc_of(node.op) is not None
     return all(d == node.dtype for d in in_dtypes) or np.result_type(*in_dtypes) == node.dtype
 
 

@@ -46,12 +46,14 @@ def make_check(steps):
     return check
 
 
-def take_feed(value, name, dtype, updated):
-    """A feed as the plans need it: an array of its dtype; a copy when it shares memory with
-    a variable the call updates (every update is computed before any is written)."""
+def take_feed(value, name, dtype, updated, cast_feeds=False):
+    """A feed as the plans need it: an array of its dtype (with cast_feeds, as the Function
+    was compiled, a same-kind cast too); a copy when it shares memory with a variable the
+    call updates (every update is computed before any is written)."""
     arr = np.asarray(value)
     if arr.dtype != dtype:
-        if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, "safe"):
+        rule = "same_kind" if cast_feeds else "safe"
+        if isinstance(value, np.ndarray) and not np.can_cast(arr.dtype, dtype, rule):
             raise GraphcError(f"feed for {name}: expected dtype {dtype}, got {arr.dtype} "
                               f"(cast it first)")
         with np.errstate(all="ignore"):
@@ -339,8 +341,8 @@ class Export:
             '    """The Function\'s call: checks the feeds, runs the plan for their shapes, '
             'updates `state`."""',
             "    with LOCK, np.errstate(all='ignore'):",
-            f"        feeds = [take_feed(v, *spec, UPDATED) for v, spec in zip(({feeds}), "
-            "INPUTS)]",
+            f"        feeds = [take_feed(v, *spec, UPDATED, {fn.cast_feeds!r}) "
+            f"for v, spec in zip(({feeds}), INPUTS)]",
             "        plan = pick_plan(PLANS, feeds, [name for name, _ in INPUTS])",
             "        try:",
             "            out = plan(*feeds)",
@@ -390,6 +392,27 @@ def loops_compiled(plan) -> bool:
                for body in plan.loops.values())
 
 
+def plan_loops(graph, inputs, feeds, plan) -> None:
+    """Plans for the bodies of plan's loops that have not run (example feeds of a shape not
+    called yet: "shapes only, nothing runs"), from the shapes their inputs have in the plan;
+    each body's own loops after it."""
+    if loops_compiled(plan):
+        return
+    from graphc.runtime.shapes import resolve
+    shapes = resolve(graph, {id(p): a for p, a in zip(inputs, feeds)})
+    for n in graph.nodes:
+        body = plan.loops.get(id(n))
+        if body is None or body.fn.last_plan is not None and loops_compiled(body.fn.last_plan):
+            continue
+        carries, xs = n.attrs["carries"], n.attrs["xs"]
+        like = []
+        for k, x in enumerate(n.inputs):
+            shape, dtype = shapes[id(x)]
+            like.append(np.zeros(shape[1:] if carries <= k < carries + xs else shape, dtype))
+        body.fn.plan_for(like)
+        plan_loops(body.fn.graph, body.fn.inputs, like, body.fn.last_plan)
+
+
 def export(fn, path, example=()) -> str:
     """Write fn's plan as a standalone module at `path` (.py) and its arrays beside it (.npz):
     the plan of the most recent call, or the plan for the shapes of `example` feeds."""
@@ -400,7 +423,9 @@ def export(fn, path, example=()) -> str:
     try:
         atomic.release()
         if example:
-            plan = fn.plan_for(fn.feeds(list(example)))
+            feeds = fn.feeds(list(example))
+            plan = fn.plan_for(feeds)
+            plan_loops(fn.graph, fn.inputs, feeds, plan)
         elif fn.last_plan is None:
             raise GraphcError("export: the Function has not been called yet: call it once, or "
                               "give example feeds for the shapes to export "

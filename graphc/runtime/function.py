@@ -43,7 +43,7 @@ def optimize_graph(graph: Graph, optimize):
         from graphc.passes import optimize as run_passes
     except ImportError:        # the passes package is not there yet: run as built
         return graph, None
-    passes = None if optimize is True else list(optimize)
+    passes = None if optimize is True else optimize     # passes.pass_list checks it
     return run_passes(graph, passes=passes, report=True)
 
 

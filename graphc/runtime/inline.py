@@ -157,10 +157,11 @@ class Writer:
             self.bound[name] = obj
             self.defs.append(f"{name} = generator({self.expr(obj.bit_generator.state, ctx)})")
             return self.remember(obj, name)
-        if getattr(np, getattr(obj, "__name__", ""), None) is obj:
-            return f"np.{obj.__name__}"
+        # builtins first: np.object (the base of a class) is a deprecated name that warns
         if getattr(builtins, getattr(obj, "__name__", ""), None) is obj:
             return obj.__name__
+        if getattr(np, getattr(obj, "__name__", ""), None) is obj:
+            return f"np.{obj.__name__}"
         if inspect.isfunction(obj) and (obj.__name__ == "<lambda>" or obj.__closure__
                                         or obj.__qualname__ != obj.__name__):
             return self.remember(obj, self.made_function(obj, ctx))

@@ -36,11 +36,12 @@ def OPS_size(low, n):  # noqa: N802
 
 
 def where_zero(n, shape_of) -> bool:
-    """where(c, g, 0) with g of the result's shape: g * c (fast), then, only when that is not
-    all finite (an inf or nan of g that c masks gives nan), zeros where c is False."""
+    """where(c, g, 0) with g of the result's shape and dtype: for floats, g's bits times c as
+    integers (one pass, exact: +0.0 where c is False, whatever g holds there); for integers
+    g * c, then, only when that is not all finite, zeros where c is False."""
     return n.op == "where" and n.inputs[0].dtype == bool and n.inputs[2].op == "constant" \
         and n.inputs[2].data.size == 1 and float(n.inputs[2].data.reshape(())) == 0.0 \
-        and shape_of(n.inputs[1]) == shape_of(n)
+        and shape_of(n.inputs[1]) == shape_of(n) and n.inputs[1].dtype == n.dtype
 
 
 def inplace_ok(n, shape_of) -> bool:
@@ -65,6 +66,12 @@ def tiling_pool_grad(n) -> bool:
 
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     """One elementwise node into o; shape_of(node) gives concrete shapes (body or graph)."""
+    if where_zero(n, shape_of) and n.dtype.kind == "f":
+        # g's bits times c as integers: g where c, +0.0 elsewhere, as np.where gives them (g * c
+        # gave -0.0 for a negative g, so 1 / where(c, g, 0) was -inf where eval has inf), and
+        # an inf or NaN of g where c is False is 0 with no second pass (1.1-2x faster)
+        bits = f"'i{n.dtype.itemsize}'"
+        return f"xp.multiply({a[1]}.view({bits}), {a[0]}, out={o}.view({bits}))"
     if where_zero(n, shape_of):
         zero = scalars(low, n.dtype)["zero"]
         return (f"xp.multiply({a[1]}, {a[0]}, out={o}); xp.all_finite({o}) or "
