@@ -684,13 +684,11 @@ def test_a_walk_after_a_rule_fired_merges_new_nodes_with_earlier_equal_ones():
     assert out.outputs[1] is out.outputs[0] is once.outputs[0]
 
 
-def test_rule_guards_are_necessary_conditions():
-    # a rule its `needs` keeps from a node would not have fired on it: every op-table row and
-    # fuzz motif, forward and gradient graphs, before and after the rules ran
+def row_graph_nodes():
+    """Every node of every op-table row and fuzz motif, forward and gradient graphs, before
+    and after stabilize and simplify ran."""
     from tests.test_fuzz_motifs import MOTIFS
     from tests.test_ops import ROWS
-    rules = P.algebra.FOLD + P.algebra.SIMPLIFY + P.stability.STABILIZE + P.stability.RECOGNIZE
-    checked = 0
     for r in [r for _, r in ROWS] + list(MOTIFS):
         leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}")
                   for i, a in enumerate(r.inputs)]
@@ -703,12 +701,20 @@ def test_rule_guards_are_necessary_conditions():
             except gc.GraphcError:
                 pass
         for g in (graph, P.optimize(graph, passes=[P.stabilize, P.simplify])):
-            for n in g.nodes:
-                ops = tuple(i.op for i in n.inputs)
-                for rule in rules:
-                    if rule.op in (n.op, "*") and not rule.offered(ops):
-                        assert rule.fn(n, *n.inputs) is None, (rule.name, n.op, ops)
-                        checked += 1
+            yield from g.nodes
+
+
+def test_rule_guards_are_necessary_conditions():
+    # a rule its `needs` keeps from a node would not have fired on it: every op-table row and
+    # fuzz motif, forward and gradient graphs, before and after the rules ran
+    rules = P.algebra.FOLD + P.algebra.SIMPLIFY + P.stability.STABILIZE + P.stability.RECOGNIZE
+    checked = 0
+    for n in row_graph_nodes():
+        ops = tuple(i.op for i in n.inputs)
+        for rule in rules:
+            if rule.op in (n.op, "*") and not rule.offered(ops):
+                assert rule.fn(n, *n.inputs) is None, (rule.name, n.op, ops)
+                checked += 1
     assert checked > 1000
 
 
@@ -716,30 +722,16 @@ def test_rule_census_is_a_necessary_condition():
     # a rule whose `present` ops are nowhere below a node would not have fired on it; and the
     # driver wakes such a rule when another rule builds one of those ops (log(sigmoid z) ->
     # -softplus(-z), whose gradient forms then cancel)
-    from tests.test_fuzz_motifs import MOTIFS
-    from tests.test_ops import ROWS
     from graphc.ir import toposort
     rules = [r for r in P.stability.STABILIZE if r.present is not None]
     assert {r.name for r in rules} >= {"cancel_mul", "cancel_div", "distribute", "bce_logits"}
     checked = 0
-    for r in [r for _, r in ROWS] + list(MOTIFS):
-        leaves = [gc.placeholder(a.shape, dtype=a.dtype, name=f"in{i}")
-                  for i, a in enumerate(r.inputs)]
-        out = r.build(*leaves)
-        graph = Graph([out])
-        floats = [x for x in leaves if x.dtype.kind == "f"]
-        if out.dtype.kind == "f" and floats and r.grad:
-            try:
-                graph = Graph([out] + list(gc.grad(gc.sum(out * out), floats)))
-            except gc.GraphcError:
-                pass
-        for g in (graph, P.optimize(graph, passes=[P.stabilize, P.simplify])):
-            for n in g.nodes:
-                below = {m.op for m in toposort(n.inputs)}
-                for rule in rules:
-                    if rule.op == n.op and not rule.wanted() & below:
-                        assert rule.fn(n, *n.inputs) is None, (rule.name, n.op)
-                        checked += 1
+    for n in row_graph_nodes():
+        below = {m.op for m in toposort(n.inputs)}
+        for rule in rules:
+            if rule.op == n.op and not rule.wanted() & below:
+                assert rule.fn(n, *n.inputs) is None, (rule.name, n.op)
+                checked += 1
     assert checked > 300
     x = gc.placeholder((3, 4), name="x")
     g = gc.placeholder((3, 4), name="g")
