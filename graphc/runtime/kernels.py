@@ -28,15 +28,18 @@ def all_finite(a) -> bool:
     return bool(np.isfinite(a).all())
 
 
-def sce_forward(z, y, loss, e, mx, s, rows):
-    """loss = logsumexp(z) - z[y] per row; leaves e = exp(z - max) and s = sum(e) for the
-    gradient, which is then one multiply and one scatter (sce_backward)."""
+def sce_forward(z, y, loss, e, mx, s, starts, at):
+    """loss = logsumexp(z) - z[y] per row; leaves e = exp(z - max), s = sum(e) and at = the
+    flat index of each row's label (`starts`: each row's first) for the gradient, which is then
+    one multiply and one scatter (sce_backward). A flat index reads and writes 2-3x faster
+    than e[rows, y]."""
     if not labels_in_range(z, y):
         check_labels(z, y)        # raises the error naming the bad label or shape
     # the ufunc's reduce: np.max adds ~2 us of Python per call
     np.maximum.reduce(z, axis=1, keepdims=True, out=mx)
     np.subtract(z, mx, out=e)
-    picked = e[rows, y]
+    np.add(starts, y, out=at, casting="unsafe")     # labels checked: in range
+    picked = e.reshape(-1)[at]
     np.exp(e, out=e)
     np.add.reduce(e, axis=1, out=s)
     np.log(s, out=loss)
@@ -44,9 +47,10 @@ def sce_forward(z, y, loss, e, mx, s, rows):
     return loss
 
 
-def sce_backward(e, s, y, g, out, rows):
-    """(softmax(z) - onehot(y)) * g[:, None] from sce_forward's e and s."""
+def sce_backward(e, s, at, g, out):
+    """(softmax(z) - onehot(y)) * g[:, None] from sce_forward's e, s and label indices at."""
     scale = np.divide(g, s)
     np.multiply(e, scale[:, None], out=out)
-    out[rows, y] -= g
+    flat = out.reshape(-1)
+    flat[at] -= g
     return out

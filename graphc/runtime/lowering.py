@@ -64,13 +64,13 @@ class SoftmaxCE:
         rows, classes = low.shapes[id(n.inputs[0])][0]
         p = low.const(np.empty((rows, classes), n.dtype))
         mx, s = low.const(np.empty((rows, 1), n.dtype)), low.const(np.empty(rows, n.dtype))
-        r = low.const(np.arange(rows))
-        self.probs[id(n)] = (p, s, r)
-        return f"xp.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {r})"
+        starts, at = low.const(np.arange(rows) * classes), low.const(np.empty(rows, np.int64))
+        self.probs[id(n)] = (p, s, at)
+        return f"xp.sce_forward({a[0]}, {a[1]}, {o}, {p}, {mx}, {s}, {starts}, {at})"
 
     def backward(self, low, n, a: list[str], o: str) -> str:
-        p, s, rows = self.probs[id(self.pair[id(n)])]
-        return f"xp.sce_backward({p}, {s}, {a[1]}, {a[2]}, {o}, {rows})"
+        p, s, at = self.probs[id(self.pair[id(n)])]
+        return f"xp.sce_backward({p}, {s}, {at}, {a[2]}, {o})"
 
 
 FAMILIES = {"softmax_ce": SoftmaxCE, "conv": lower_conv.ConvStack}
