@@ -90,7 +90,7 @@ def test_fused_groups_with_mixed_dtype_comparisons_compile_and_export(tmp_path):
         np.testing.assert_array_equal(got, w)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "longdouble"])
 def test_where_zero_gives_positive_zeros_as_eval(dtype):
     # where(c, g, 0) compiled as g * c gave -0.0 where c is False and g < 0: 1 / where(...)
     # was -inf where eval has inf, exp(-1 / where(...)) inf where eval has 0 (wrong values);
@@ -110,6 +110,26 @@ def test_where_zero_gives_positive_zeros_as_eval(dtype):
             for got, w in zip(f(xv[rows], cv[rows]), want):
                 np.testing.assert_array_equal(got, w)
                 assert (np.signbit(got) == np.signbit(w)).all()
+
+
+def test_where_zero_of_integers_bools_and_long_doubles_compiles_as_eval():
+    # a long double has no integer of its width to multiply its bits by: the relu gradient of a
+    # float128 variable failed at run time ("data type 'i16' not understood"); integers and
+    # bools are g * c
+    w = gc.variable(np.array([1.0, -2.0, 3.0, -0.5], np.longdouble), name="w")
+    i = gc.placeholder((None,), "int32", name="i")
+    b = gc.placeholder((None,), "bool", name="b")
+    c = i > 0
+    outs = [gc.grad(gc.sum(gc.relu(w) * gc.relu(w)), [w])[0], gc.where(c, i * 3, 0),
+            gc.where(c, b, False)]
+    f = gc.function([i, b], outs)
+    for n in (4, 1, 4):
+        iv, bv = np.arange(n, dtype=np.int32) - 1, np.arange(n) % 2 == 0
+        want = gc.ir.evaluate(outs, {i: iv, b: bv})
+        for got, expect in zip(f(iv, bv), want):
+            assert got.dtype == expect.dtype
+            np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(want[0], [2.0, 0.0, 6.0, 0.0])
 
 
 # the command line -------------------------------------------------------------------------

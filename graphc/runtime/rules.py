@@ -36,9 +36,9 @@ def OPS_size(low, n):  # noqa: N802
 
 
 def where_zero(n, shape_of) -> bool:
-    """where(c, g, 0) with g of the result's shape and dtype: for floats, g's bits times c as
-    integers (one pass, exact: +0.0 where c is False, whatever g holds there); for integers
-    g * c, then, only when that is not all finite, zeros where c is False."""
+    """where(c, g, 0) with g of the result's shape and dtype: g * c for integers; for floats g's
+    bits times c as integers (one pass, exact: +0.0 where c is False, whatever g holds
+    there)."""
     return n.op == "where" and n.inputs[0].dtype == bool and n.inputs[2].op == "constant" \
         and n.inputs[2].data.size == 1 and float(n.inputs[2].data.reshape(())) == 0.0 \
         and shape_of(n.inputs[1]) == shape_of(n) and n.inputs[1].dtype == n.dtype
@@ -66,15 +66,17 @@ def tiling_pool_grad(n) -> bool:
 
 def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
     """One elementwise node into o; shape_of(node) gives concrete shapes (body or graph)."""
-    if where_zero(n, shape_of) and n.dtype.kind == "f":
-        # g's bits times c as integers: g where c, +0.0 elsewhere, as np.where gives them (g * c
-        # gave -0.0 for a negative g, so 1 / where(c, g, 0) was -inf where eval has inf), and
-        # an inf or NaN of g where c is False is 0 with no second pass (1.1-2x faster)
-        bits = f"'i{n.dtype.itemsize}'"
-        return f"xp.multiply({a[1]}.view({bits}), {a[0]}, out={o}.view({bits}))"
     if where_zero(n, shape_of):
-        zero = scalars(low, n.dtype)["zero"]
-        return (f"xp.multiply({a[1]}, {a[0]}, out={o}); xp.all_finite({o}) or "
+        if n.dtype.kind != "f":            # integers, bools: g * c is exact
+            return f"xp.multiply({a[1]}, {a[0]}, out={o})"
+        if n.dtype.itemsize in (2, 4, 8):
+            # g's bits times c as integers: g where c, +0.0 elsewhere, as np.where gives them
+            # (g * c gave -0.0 for a negative g, so 1 / where(c, g, 0) was -inf where eval has
+            # inf), and an inf or NaN of g where c is False is 0 in one pass (1.1-2x faster)
+            bits = f"'i{n.dtype.itemsize}'"
+            return f"xp.multiply({a[1]}.view({bits}), {a[0]}, out={o}.view({bits}))"
+        zero = scalars(low, n.dtype)["zero"]      # a long double: no integer of its width
+        return (f"xp.multiply({a[1]}, {a[0]}, out={o}); "
                 f"xp.copyto({o}, {zero}, where=xp.logical_not({a[0]}))")
     if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
         name = f"kernel_{n.op}"
@@ -172,12 +174,8 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     g = low.graph
     if not any(n.op in PRODUCTS for n in g.nodes):
         return {}
-    readers: dict[int, int] = {}
-    for n in g.nodes:
-        for x in n.inputs:
-            readers[id(x)] = readers.get(id(x), 0) + 1
-    for n in list(g.outputs) + [u for _, u in g.updates]:
-        readers[id(n)] = readers.get(id(n), 0) + 1
+    users = g.users()
+    kept = {id(n) for n in list(g.outputs) + [u for _, u in g.updates]}
     out = {}
     for n in g.nodes:
         if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense"):
@@ -188,8 +186,8 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
         d, c, alpha, beta = form
         shape, dtype = low.shapes[id(n)]
         if d.op in PRODUCTS and len(d.inputs) == (3 if d is n else 2) \
-                and not d.attrs.get("activation") \
-                and kinds.get(id(d)) == "buffer" and (readers[id(d)] == 1 or d is n) \
+                and not d.attrs.get("activation") and kinds.get(id(d)) == "buffer" \
+                and (d is n or len(users[id(d)]) == 1 and id(d) not in kept) \
                 and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
                 and all(low.shapes[id(x)] == (shape, dtype) for x in (d, c)) \
                 and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
