@@ -37,11 +37,14 @@ def hold():
     """graphc holds Ctrl-C from a call's first variable write on; this module does not."""
 
 
-def make_check(steps):
-    """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf."""
+def make_check(steps, feeds=()):
+    """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf
+    (k < 0: the feed of input -1 - k held it)."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
             kind = "NaN" if np.isnan(value).any() else "Inf"
+            if k < 0:
+                raise GraphcError(f"check_numerics: the feed for {feeds[-1 - k]} holds {kind}")
             raise GraphcError(f"check_numerics: step {k} produced {kind}: {steps[k]}")
     return check
 
@@ -84,16 +87,16 @@ def run_scan(*arrays, carries, xs, reverse, length, saves, like, step):
     init, seqs, caps = arrays[:carries], arrays[carries:carries + xs], arrays[carries + xs:]
     steps = length if not seqs else seqs[0].shape[0]
     carry, ys, saved = run_steps(step, init, seqs, caps, carries, steps, reverse, saves)
-    ys_like, saved_like = like
-    return tuple(carry) + stack_steps(ys, ys_like, steps) \
-        + (stack_steps(saved, saved_like, steps) if saves else ())
-
-
-def stack_steps(rows, like, steps):
-    """Per-step values stacked on a new axis 0 (zero steps: empty arrays of `like`)."""
     if steps:
-        return tuple(np.stack(col) for col in zip(*rows))
-    return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
+        return tuple(carry) + tuple(np.stack(col) for col in zip(*ys)) \
+            + (tuple(np.stack(col) for col in zip(*saved)) if saves else ())
+    ys_like = like[0]
+    if not all(isinstance(d, int) for shape, _ in ys_like for d in shape):
+        # shapes known only now: one step on zeros gives them (graphc's scan does the same)
+        outs = step(list(init) + [np.zeros(x.shape[1:], x.dtype) for x in seqs] + list(caps))
+        ys_like = [(np.shape(y), np.asarray(y).dtype) for y in outs[carries:]]
+    return tuple(carry) + tuple(np.empty((0,) + tuple(s), d) for s, d in ys_like) \
+        + (tuple(np.empty((0,) + c.shape, c.dtype) for c in init) if saves else ())
 
 
 def step_error(plan, error):
@@ -169,8 +172,11 @@ class Export:
                 if "    check(" not in plan.source:
                     continue              # check_numerics is off
                 steps = [f"{format_node(n, names)}\n  at {n.where}" for n, _, _ in plan.steps]
+                feeds = [f"placeholder {p.label()} {format_shape(p.shape)} {p.dtype.name}"
+                         for p in getattr(graph, "inputs", self.fn.inputs)]   # a body's own
                 self.w.bind("make_check", make_check, ctx)
-                lines.append(f"check = make_check({self.w.expr(steps, ctx)})")
+                lines.append(f"check = make_check({self.w.expr(steps, ctx)}, "
+                             f"{self.w.expr(feeds, ctx)})")
             elif name in plan.views:
                 lines.append(f"{name} = {plan.views[name]}   # a view, made once")
             elif re.match(r"box\d+\Z", name):
@@ -432,6 +438,10 @@ def export(fn, path, example=()) -> str:
                               "(fn.export(path, x, y))")
         else:
             plan = fn.last_plan
+            if not loops_compiled(plan):    # a loop of zero steps ran no step of its body
+                sig = next(s for s, p in fn.plans.items() if p is plan)
+                plan_loops(fn.graph, fn.inputs, [np.zeros(shape, ph.dtype) for shape, ph
+                                                 in zip(sig, fn.inputs)], plan)
         # the plan asked for first, then the Function's other plans whose loops have run
         plans = [(s, p) for s, p in fn.plans.items() if p is plan]
         plans += [(s, p) for s, p in reversed(fn.plans.items())

@@ -6,18 +6,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from graphc.ir import GraphcError, format_node
+from graphc.ir import GraphcError, format_node, format_shape
 
 if TYPE_CHECKING:                 # program.py imports this module
     from graphc.runtime.program import Plan
 
 
-def check_step(steps: list, names: dict):
-    """The check(value, k) function of check_numerics mode."""
+def check_step(steps: list, names: dict, inputs: list = ()):
+    """The check(value, k) function of check_numerics mode: k >= 0 is step k, k < 0 the
+    feed of input -1 - k."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
-            node = steps[k][0]
             kind = "NaN" if np.isnan(value).any() else "Inf"
+            if k < 0:
+                ph = inputs[-1 - k]
+                raise GraphcError(f"check_numerics: the feed for placeholder {ph.label()} "
+                                  f"{format_shape(ph.shape)} {ph.dtype.name} holds {kind}\n"
+                                  f"  (placeholder built at {ph.where})")
+            node = steps[k][0]
             raise GraphcError(f"check_numerics: step {k} produced {kind}: "
                               f"{format_node(node, names)}\n  at {node.where}")
     return check

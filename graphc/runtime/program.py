@@ -142,6 +142,9 @@ class Lowering(FusedLowering):
         self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
+        if self.check:           # a NaN fed in is the feed's fault, not the first step's
+            lines += [f"    check(x{k}, {-1 - k})" for k, ph in enumerate(self.inputs)
+                      if ph.dtype.kind in "fc"]
         steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
@@ -393,6 +396,6 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
     source, steps = low.build()
     ns = low.ns
-    ns["check"] = check_step(steps, low.names)
+    ns["check"] = check_step(steps, low.names, inputs)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)

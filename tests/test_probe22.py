@@ -1,0 +1,221 @@
+"""probe22: the bugs probe21 left alone (check_numerics blaming step 0 for a fed NaN, eval
+handing back the user's own feed, empty sequences, masks and initial states the nn layers
+lacked, a hostile ONNX Resize) and a hostile probe of the newest parts (accumulating GEMM
+steps, the generated per-plan entry, softmax cross-entropy by flat index); one test per bug
+found, each failing before its fix.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import nn
+from graphc.ir import evaluate
+
+
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def numeric_grad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+# check_numerics names the feed that holds a NaN ------------------------------------------
+
+def test_check_numerics_names_the_feed_not_step_0(tmp_path):
+    x = gc.placeholder((None, 3), name="pixels")
+    w = gc.placeholder((3,), name="w")
+    f = gc.function([x, w], gc.exp(x) * 2 + w, check_numerics=True)
+    ok = np.ones((2, 3), np.float32)
+    f(ok, np.ones(3, np.float32))
+    bad = ok.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(gc.GraphcError, match=r"feed for placeholder 'pixels' \(\?, 3\) "
+                                             r"float32 holds NaN") as e:
+        f(bad, np.ones(3, np.float32))
+    assert "step 0" not in str(e.value) and "test_probe22.py" in str(e.value)
+    with pytest.raises(gc.GraphcError, match="placeholder 'w' .* holds Inf"):
+        f(ok, np.array([1, np.inf, 1], np.float32))
+    with pytest.raises(gc.GraphcError, match="step 0 produced Inf"):   # a step's own still
+        f(ok * 100, np.ones(3, np.float32))
+    path = f.export(tmp_path / "checked.py")
+    mod = load_module(path, "checked")
+    with pytest.raises(Exception, match="feed for placeholder 'pixels'.* holds NaN"):
+        mod.run(bad, np.ones(3, np.float32))
+
+
+def test_check_numerics_integer_feeds_and_loops_unchanged():
+    xs = gc.placeholder((None, 2), dtype="float64", name="xs")
+    k = gc.placeholder((), dtype="int64", name="k")
+    _, ys = gc.scan(lambda h, x: (h + gc.log(x), h), gc.constant(np.zeros(2)), xs)
+    f = gc.function([xs, k], ys * gc.cast(k, "float64"), check_numerics=True)
+    assert f(np.ones((3, 2)), 2).shape == (3, 2)
+    with pytest.raises(gc.GraphcError, match="produced NaN"):      # log(-1) inside the body
+        f(-np.ones((3, 2)), 2)
+
+
+# node.eval never hands back the user's array -----------------------------------------------
+
+@pytest.mark.parametrize("make", [lambda x: x, lambda x: gc.reshape(x, (3, 2)),
+                                  lambda x: gc.transpose(x), lambda x: x[0],
+                                  lambda x: gc.cast(x, "float32")])
+def test_eval_result_does_not_alias_the_feed(make):
+    x = gc.placeholder((2, 3), name="x")
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    keep = a.copy()
+    out = make(x)
+    for r in (out.eval({x: a}), evaluate([out], {x: a})[0],
+              gc.function([x], out)(a), gc.function([x], out, optimize=False)(a)):
+        assert not np.shares_memory(r, a)
+        r[...] = -1
+        np.testing.assert_array_equal(a, keep)
+
+
+# empty sequences: a scan of zero steps, RNN layers over time 0 -----------------------------
+
+def test_scan_of_zero_steps_with_shapes_known_at_run_time(tmp_path):
+    xs = gc.placeholder((None, None, 3), name="xs", dtype="float64")
+    h0 = gc.placeholder((None, 3), name="h0", dtype="float64")
+    w = gc.variable(np.eye(3) * 0.5, name="W")
+    h_last, hs = gc.scan(lambda h, x: (gc.tanh(h @ w + x),) * 2, h0, xs)
+    g_w, g_h = gc.grad(gc.sum(h_last) + gc.sum(hs), [w, h0])
+    outs = [h_last, hs, g_w, g_h]
+    b = np.full((2, 3), 0.25)
+    for t in (0, 3):
+        a = np.linspace(-1, 1, t * 6).reshape(t, 2, 3)
+        want = evaluate(outs, {xs: a, h0: b})
+        if t == 0:
+            assert want[1].shape == (0, 2, 3)
+            np.testing.assert_array_equal(want[0], b)
+            np.testing.assert_array_equal(want[2], np.zeros((3, 3)))
+            np.testing.assert_array_equal(want[3], np.ones((2, 3)))
+        for fn in (gc.function([xs, h0], outs), gc.function([xs, h0], outs, optimize=False)):
+            for got, ref in zip(fn(a, b), want):
+                assert got.shape == ref.shape
+                np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    fn = gc.function([xs, h0], outs)
+    fn(np.zeros((0, 2, 3)), b)
+    mod = load_module(fn.export(tmp_path / "empty_scan.py"), "empty_scan")
+    got = mod.run(np.zeros((0, 2, 3)), b)
+    for g, w in zip(got, evaluate(outs, {xs: np.zeros((0, 2, 3)), h0: b})):
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("layer", [nn.SimpleRNN, nn.LSTM, nn.GRU])
+def test_rnn_layers_take_an_empty_sequence(layer):
+    x = gc.placeholder((None, None, 3), name="x", dtype="float64")
+    rnn = layer(4, return_sequences=True, return_state=True, seed=0)
+    outs = list(rnn(x))
+    loss = gc.sum(outs[0]) + gc.sum(outs[1])
+    grads = gc.grad(loss, rnn.params)
+    a = np.zeros((2, 0, 3))
+    want = evaluate(outs + grads, {x: a})
+    assert want[0].shape == (2, 0, 4)
+    for state in want[1:len(outs)]:
+        np.testing.assert_array_equal(state, np.zeros((2, 4)))
+    for g in want[len(outs):]:
+        np.testing.assert_array_equal(g, 0 * g)
+    got = gc.function([x], outs + grads)(a)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+# initial states of the recurrent layers (PyTorch's h0, c0) --------------------------------
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def numpy_rnn(kind, x, w_ih, w_hh, b_ih, b_hh, h, c=None):
+    """PyTorch's formulas, step by step: the sequence of h and the final (h, c)."""
+    hs = []
+    u = h.shape[1]
+    for t in range(x.shape[1]):
+        xp, hp = x[:, t] @ w_ih + b_ih, h @ w_hh + b_hh
+        if kind == "lstm":
+            z = xp + hp
+            i, f, g, o = (z[:, k * u:(k + 1) * u] for k in range(4))
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        elif kind == "gru":
+            r = sigmoid(xp[:, :u] + hp[:, :u])
+            z = sigmoid(xp[:, u:2 * u] + hp[:, u:2 * u])
+            n = np.tanh(xp[:, 2 * u:] + r * hp[:, 2 * u:])
+            h = (1 - z) * n + z * h
+        else:
+            h = np.tanh(xp + hp)
+        hs.append(h)
+    return np.stack(hs, 1) if hs else np.zeros(h.shape[:1] + (0, u)), h, c
+
+
+@pytest.mark.parametrize("layer", [nn.SimpleRNN, nn.LSTM, nn.GRU])
+def test_rnn_initial_state_values_and_gradients(layer):
+    rng = np.random.default_rng(3)
+    x = gc.placeholder((None, None, 3), name="x", dtype="float64")
+    h0 = gc.placeholder((None, 4), name="h0", dtype="float64")
+    c0 = gc.placeholder((None, 4), name="c0", dtype="float64")
+    rnn = layer(4, return_sequences=True, return_state=True, seed=1)
+    lstm = layer is nn.LSTM
+    outs = list(rnn(x, initial_state=(h0, c0) if lstm else h0))
+    feeds = {x: rng.standard_normal((2, 5, 3)), h0: rng.standard_normal((2, 4)),
+             c0: rng.standard_normal((2, 4))}
+    weights = [v.data[0] for v in (rnn.W_ih, rnn.W_hh, rnn.b_ih, rnn.b_hh)]
+    for v in (rnn.b_ih, rnn.b_hh):
+        v.data[0][...] = rng.standard_normal(v.shape) * 0.1
+    hs, h, c = numpy_rnn(rnn.kind, feeds[x], *weights, feeds[h0], feeds[c0] if lstm else None)
+    want = [hs, h] + ([c] if lstm else [])
+    fn = gc.function([x, h0, c0], outs)
+    for got, ref in zip(fn(*feeds.values()), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    r = [rng.standard_normal(w.shape) for w in want]
+    loss = sum(gc.sum(o * gc.constant(k)) for o, k in zip(outs, r))
+    starts = [h0, c0] if lstm else [h0]
+    grads = gc.function([x, h0, c0], gc.grad(loss, starts + [x]))(*feeds.values())
+    for leaf, g in zip(starts + [x], grads):
+        arr = feeds[leaf]
+
+        def cost():
+            hs, h, c = numpy_rnn(rnn.kind, feeds[x], *weights, feeds[h0],
+                                 feeds[c0] if lstm else None)
+            return sum(float(np.sum(w * k)) for w, k in zip([hs, h, c], r))
+        np.testing.assert_allclose(g, numeric_grad(cost, arr), rtol=1e-6, atol=1e-8)
+
+
+def test_rnn_initial_state_shared_by_the_batch_and_refused_when_wrong():
+    x = gc.placeholder((None, 3, 2), name="x", dtype="float64")
+    lstm = nn.LSTM(4, return_state=True, seed=0)
+    h0 = gc.variable(np.full((1, 4), 0.5), name="h0")        # one learned state for every example
+    c0 = gc.variable(np.zeros((1, 4)), name="c0")
+    out, h, c = lstm(x, initial_state=[h0, c0])
+    a = np.random.default_rng(0).standard_normal((3, 3, 2))
+    weights = [v.data[0] for v in (lstm.W_ih, lstm.W_hh, lstm.b_ih, lstm.b_hh)]
+    _, h_want, _ = numpy_rnn("lstm", a, *weights, np.full((3, 4), 0.5), np.zeros((3, 4)))
+    np.testing.assert_allclose(gc.function([x], h)(a), h_want, rtol=1e-12)
+    g = gc.function([x], gc.grad(gc.sum(h), h0))(a)
+    assert g.shape == (1, 4)
+    for bad, match in [((h0,), "initial_state is h0 and c0, got 1"),
+                       ((gc.variable(np.zeros((2, 5))), c0), r"h0 must be \(batch, 4\)"),
+                       ((gc.variable(np.zeros(4)), c0), r"h0 must be .* got \(4,\)")]:
+        with pytest.raises(gc.GraphcError, match=match) as e:
+            lstm(x, initial_state=bad)
+        assert "test_probe22.py" in str(e.value)
+    with pytest.raises(gc.GraphcError, match="Dense takes no argument 'initial_state'"):
+        nn.Dense(3)(x, initial_state=h0)
