@@ -47,7 +47,7 @@ def test_check_numerics_names_the_feed_not_step_0(tmp_path):
     bad = ok.copy()
     bad[1, 2] = np.nan
     with pytest.raises(gc.GraphcError, match=r"feed for placeholder 'pixels' \(\?, 3\) "
-                                             r"float32 holds NaN") as e:
+                                             r"float32 \(built at .*\) holds NaN") as e:
         f(bad, np.ones(3, np.float32))
     assert "step 0" not in str(e.value) and "test_probe22.py" in str(e.value)
     with pytest.raises(gc.GraphcError, match="placeholder 'w' .* holds Inf"):
@@ -58,6 +58,19 @@ def test_check_numerics_names_the_feed_not_step_0(tmp_path):
     mod = load_module(path, "checked")
     with pytest.raises(Exception, match="feed for placeholder 'pixels'.* holds NaN"):
         mod.run(bad, np.ones(3, np.float32))
+
+
+def test_check_numerics_names_a_variable_holding_inf_even_read_in_a_loop_only():
+    xs = gc.placeholder((None, 2, 3), "float64", name="xs")
+    w = gc.variable(np.eye(3), name="W")
+    h_last, _ = gc.scan(lambda h, x: (gc.tanh(h @ w + x),) * 2, gc.constant(np.zeros((2, 3))),
+                        xs)
+    f = gc.function([xs], h_last, check_numerics=True)
+    f(np.ones((3, 2, 3)))
+    w.value = np.full((3, 3), np.inf)
+    with pytest.raises(gc.GraphcError, match=r"variable 'W' \(3, 3\) float64 \(built at "
+                                             r"test_probe22.py:\d+\) holds Inf"):
+        f(np.ones((3, 2, 3)))
 
 
 def test_check_numerics_integer_feeds_and_loops_unchanged():
@@ -219,3 +232,119 @@ def test_rnn_initial_state_shared_by_the_batch_and_refused_when_wrong():
         assert "test_probe22.py" in str(e.value)
     with pytest.raises(gc.GraphcError, match="Dense takes no argument 'initial_state'"):
         nn.Dense(3)(x, initial_state=h0)
+
+
+# ONNX Resize with hostile scales -----------------------------------------------------------
+
+def resize_model(scales):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [numpy_helper.from_array(np.asarray(scales, np.float32), "scales"),
+             numpy_helper.from_array(np.zeros(0, np.float32), "roi")]
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="linear", name="up")
+    return helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
+                             opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("scales, match", [
+    ([1, 1, 1e6, 1e6], r"node 'up' \(Resize\): Resize of \[1, 1, 8, 8\] to \[1, 1, 8000000, "
+                       r"8000000\] float32 needs .* GiB, more than this machine's memory"),
+    ([1, 1, 1e9, 1], "more than this machine's memory"),
+    ([1, 1, -1, 2], r"node 'up' \(Resize\): Resize: scales must be positive finite numbers"),
+    ([1, 1, np.nan, 2], "positive finite"), ([1, 1, np.inf, 2], "positive finite")])
+def test_onnx_resize_refuses_hostile_scales_at_once(scales, match):
+    import graphc.onnx
+    with pytest.raises(gc.GraphcError, match=match):
+        graphc.onnx.load(resize_model(scales))
+    model = graphc.onnx.load(resize_model([1, 1, 2, 1.5]))      # a real one still imports
+    assert model.outputs["y"].shape == (1, 1, 16, 12)
+
+
+# MultiHeadAttention masks (PyTorch's attn_mask / key_padding_mask) -------------------------
+
+def numpy_attention(mha, q, kv, attn_mask=None, padding=None, causal=False):
+    """PyTorch's masked attention: a True (bool) entry may not attend (-inf), a float mask
+    is added; padding (B, S) masks keys per example."""
+    w = {n: getattr(mha, n).data[0] for n in ("W_q", "W_k", "W_v", "W_o", "b_q", "b_k", "b_v",
+                                               "b_o")}
+    qh = (q[:, None] @ w["W_q"] + w["b_q"]) / np.sqrt(mha.d_head)
+    kh = kv[:, None] @ w["W_k"] + w["b_k"]
+    vh = kv[:, None] @ w["W_v"] + w["b_v"]
+    s = qh @ np.swapaxes(kh, -1, -2)                        # (B, H, Tq, Tk)
+    b, h, tq, tk = s.shape
+    if causal:
+        s = np.where(np.tril(np.ones((tq, tk), bool)), s, -np.inf)
+    if attn_mask is not None:
+        m = attn_mask.reshape(b, h, tq, tk) if attn_mask.ndim == 3 else attn_mask
+        s = np.where(m, -np.inf, s) if m.dtype == bool else s + m
+    if padding is not None:
+        s = np.where(padding[:, None, None, :], -np.inf, s)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    a = e / e.sum(-1, keepdims=True)
+    return np.sum((a @ vh) @ w["W_o"], axis=1) + w["b_o"]
+
+
+def test_attention_masks_match_numpy_compiled_and_eval():
+    rng = np.random.default_rng(5)
+    b, tq, tk, d, heads = 3, 4, 5, 8, 2
+    q = gc.placeholder((None, tq, d), name="q", dtype="float64")
+    kv = gc.placeholder((None, tk, d), name="kv", dtype="float64")
+    pad = gc.placeholder((None, tk), name="pad", dtype="bool")
+    feeds = {q: rng.standard_normal((b, tq, d)), kv: rng.standard_normal((b, tk, d)),
+             pad: rng.random((b, tk)) < 0.3}
+    feeds[pad][:, 0] = False                                  # every query sees a key
+    bool_mask = rng.random((tq, tk)) < 0.3
+    bool_mask[:, 1] = False
+    float_mask = rng.standard_normal((tq, tk))
+    per_head = rng.random((b * heads, tq, tk)) < 0.3
+    per_head[:, :, 2] = False
+    cases = [dict(attn_mask=bool_mask), dict(attn_mask=float_mask),
+             dict(key_padding_mask=pad), dict(attn_mask=per_head),
+             dict(attn_mask=gc.constant(float_mask), key_padding_mask=pad)]
+    for k, kw in enumerate(cases):
+        mha = nn.MultiHeadAttention(heads, seed=k)
+        out = mha(q, kv, **kw)
+        for name in ("b_q", "b_k", "b_v", "b_o"):
+            v = getattr(mha, name)
+            v.data[0][...] = rng.standard_normal(v.shape) * 0.1
+        m = kw.get("attn_mask")
+        m = m.data if isinstance(m, gc.Node) else m
+        want = numpy_attention(mha, feeds[q], feeds[kv], m,
+                               feeds[pad] if "key_padding_mask" in kw else None)
+        np.testing.assert_allclose(out.eval(feeds), want, rtol=1e-10, atol=1e-12)
+        got = gc.function([q, kv, pad], out)(*feeds.values())
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_mask_with_causal_and_self_attention_gradients():
+    rng = np.random.default_rng(7)
+    t, d = 4, 4
+    x = gc.placeholder((2, t, d), name="x", dtype="float64")
+    pad = np.array([[False, False, True, True], [False, False, False, True]])
+    mha = nn.MultiHeadAttention(2, causal=True, seed=3)
+    out = mha(x, key_padding_mask=pad)
+    xa = rng.standard_normal((2, t, d))
+    np.testing.assert_allclose(out.eval({x: xa}), numpy_attention(mha, xa, xa, None, pad,
+                                                                  causal=True), rtol=1e-10)
+    r = rng.standard_normal((2, t, d))
+    g = gc.function([x], gc.grad(gc.sum(out * gc.constant(r)), x))(xa)
+
+    def cost():
+        return float(np.sum(numpy_attention(mha, xa, xa, None, pad, causal=True) * r))
+    np.testing.assert_allclose(g, numeric_grad(cost, xa), rtol=1e-6, atol=1e-8)
+
+
+def test_attention_mask_refusals_name_the_layer_and_line():
+    x = gc.placeholder((None, 4, 8), name="x")
+    mha = nn.MultiHeadAttention(2, name="att")
+    for kw, match in [(dict(attn_mask=np.zeros((4, 5), bool)), r"attn_mask \(4, 5\) does not "
+                                                               r"fit the scores"),
+                      (dict(attn_mask=np.zeros((4, 4), np.int64)), "bool .* or float"),
+                      (dict(key_padding_mask=np.zeros((2, 3), bool)), r"\(batch, key\)"),
+                      (dict(key_padding_mask=np.zeros((2, 2, 4), bool)), r"\(batch, key\)"),
+                      (dict(mask=np.zeros((4, 4), bool)), "takes no argument 'mask'")]:
+        with pytest.raises(gc.GraphcError, match=match) as e:
+            mha(x, **kw)
+        assert "test_probe22.py" in str(e.value)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 
 from graphc import api as gc
-from graphc.ir import constant
+from graphc.ir import GraphcError, constant
 from graphc.onnx.ops_shape import pad_axis, static
 from graphc.onnx.table import Unsupported, onnx_op
 
@@ -83,6 +84,27 @@ def along(x, matrix, axis):
     return gc.swapaxes(out, axis, -1) if axis != x.ndim - 1 else out
 
 
+def memory_bytes() -> int:
+    """This machine's memory (2**40 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def too_big(shape, out_sizes, dtype) -> None:
+    """A Resize whose output or interpolation matrices would not fit in this machine's
+    memory is refused before onnx's reference computes the matrices row by row (minutes for
+    a scale of 10**6, then a MemoryError)."""
+    have = memory_bytes()
+    need = max(math.prod(out_sizes) * np.dtype(dtype).itemsize,
+               max(n * m * 8 for n, m in zip(shape, out_sizes)))
+    if need > have:
+        raise GraphcError(f"Resize of {list(shape)} to {list(out_sizes)} {np.dtype(dtype).name} "
+                          f"needs {need / 2**30:.3g} GiB, more than this machine's memory "
+                          f"({have / 2**30:.3g} GiB)")
+
+
 @onnx_op("Resize", const=(1, 2, 3), antialias=0, axes=None,
          coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
          extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
@@ -96,10 +118,16 @@ def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
     scales = None if scales is not None and scales.size == 0 else scales
     sizes = None if sizes is not None and sizes.size == 0 else sizes
     coeffs = coeff_fn(mode, antialias, cubic_coeff_a, nearest_mode)
+    if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise GraphcError(f"Resize: scales must be positive finite numbers, got "
+                          f"{scales.tolist()}")
+    if sizes is not None and (sizes < 0).any():
+        raise GraphcError(f"Resize: sizes must be >= 0, got {sizes.tolist()}")
     axes, out_sizes, out_scales, full_roi = sizes_and_scales(
         ctx, shape, roi, scales, sizes, axes, keep_aspect_ratio_policy)
     r = len(shape)
     y = x if x.dtype.kind == "f" else gc.cast(x, "float64")
+    too_big(shape, out_sizes, y.dtype)
     for a in axes:
         same_roi = full_roi is None or (math.isclose(full_roi[a], 0.0)
                                         and math.isclose(full_roi[a + r], 1.0))

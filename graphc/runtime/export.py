@@ -37,14 +37,14 @@ def hold():
     """graphc holds Ctrl-C from a call's first variable write on; this module does not."""
 
 
-def make_check(steps, feeds=()):
+def make_check(steps):
     """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf
-    (k < 0: the feed of input -1 - k held it)."""
+    (k a string: the feed or variable it names held it)."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
             kind = "NaN" if np.isnan(value).any() else "Inf"
-            if k < 0:
-                raise GraphcError(f"check_numerics: the feed for {feeds[-1 - k]} holds {kind}")
+            if isinstance(k, str):
+                raise GraphcError(f"check_numerics: {k} holds {kind}")
             raise GraphcError(f"check_numerics: step {k} produced {kind}: {steps[k]}")
     return check
 
@@ -172,11 +172,8 @@ class Export:
                 if "    check(" not in plan.source:
                     continue              # check_numerics is off
                 steps = [f"{format_node(n, names)}\n  at {n.where}" for n, _, _ in plan.steps]
-                feeds = [f"placeholder {p.label()} {format_shape(p.shape)} {p.dtype.name}"
-                         for p in getattr(graph, "inputs", self.fn.inputs)]   # a body's own
                 self.w.bind("make_check", make_check, ctx)
-                lines.append(f"check = make_check({self.w.expr(steps, ctx)}, "
-                             f"{self.w.expr(feeds, ctx)})")
+                lines.append(f"check = make_check({self.w.expr(steps, ctx)})")
             elif name in plan.views:
                 lines.append(f"{name} = {plan.views[name]}   # a view, made once")
             elif re.match(r"box\d+\Z", name):

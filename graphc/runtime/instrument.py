@@ -12,21 +12,24 @@ if TYPE_CHECKING:                 # program.py imports this module
     from graphc.runtime.program import Plan
 
 
-def check_step(steps: list, names: dict, inputs: list = ()):
-    """The check(value, k) function of check_numerics mode: k >= 0 is step k, k < 0 the
-    feed of input -1 - k."""
+def check_step(steps: list, names: dict):
+    """The check(value, k) function of check_numerics mode: k is the step, or a string
+    naming the feed or variable checked before the first step."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
             kind = "NaN" if np.isnan(value).any() else "Inf"
-            if k < 0:
-                ph = inputs[-1 - k]
-                raise GraphcError(f"check_numerics: the feed for placeholder {ph.label()} "
-                                  f"{format_shape(ph.shape)} {ph.dtype.name} holds {kind}\n"
-                                  f"  (placeholder built at {ph.where})")
+            if isinstance(k, str):
+                raise GraphcError(f"check_numerics: {k} holds {kind}")
             node = steps[k][0]
             raise GraphcError(f"check_numerics: step {k} produced {kind}: "
                               f"{format_node(node, names)}\n  at {node.where}")
     return check
+
+
+def holder(n) -> str:
+    """A feed or a variable as check_numerics names it."""
+    what = "the feed for placeholder" if n.op == "placeholder" else "variable"
+    return f"{what} {n.label()} {format_shape(n.shape)} {n.dtype.name} (built at {n.where})"
 
 
 def profile_run(plan: Plan, args: list) -> list[float]:

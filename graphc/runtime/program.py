@@ -14,7 +14,7 @@ import numpy as np
 from graphc.ir import OPS, Graph, Node, format_node
 from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.fused_lowering import FusedLowering
-from graphc.runtime.instrument import check_step
+from graphc.runtime.instrument import check_step, holder
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
 # the nodes that are not steps (an op node may have no inputs: a user's op)
@@ -142,9 +142,9 @@ class Lowering(FusedLowering):
         self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
-        if self.check:           # a NaN fed in is the feed's fault, not the first step's
-            lines += [f"    check(x{k}, {-1 - k})" for k, ph in enumerate(self.inputs)
-                      if ph.dtype.kind in "fc"]
+        if self.check is True:   # a NaN fed in (or stored) is not the first step's fault
+            lines += [f"    check({self.var[id(n)]}, {holder(n)!r})"
+                      for n in self.inputs + g.variables if n.dtype.kind in "fc"]
         steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
@@ -396,6 +396,6 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     low = Lowering(graph, inputs, shapes, check_numerics, {} if rngs is None else rngs)
     source, steps = low.build()
     ns = low.ns
-    ns["check"] = check_step(steps, low.names, inputs)
+    ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)
