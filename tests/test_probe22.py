@@ -7,6 +7,7 @@ found, each failing before its fix.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -348,3 +349,178 @@ def test_attention_mask_refusals_name_the_layer_and_line():
         with pytest.raises(gc.GraphcError, match=match) as e:
             mha(x, **kw)
         assert "test_probe22.py" in str(e.value)
+
+
+# random training steps: GEMM updates, repeated fused forms, cross-entropy by flat index ----
+
+SEEDS = int(os.environ.get("GRAPHC_PROBE22", "0"))
+MODES = ((True, False), (False, False), (True, True))       # (optimize, check_numerics)
+
+
+def random_step(seed: int):
+    """A random MLP training step: equal-width hidden layers (the same fused forms again and
+    again: stamped), activations, a softmax cross-entropy over labels of a random int dtype
+    (or mse), an optimizer with state (SGD with momentum: GEMM updates with beta; Adam;
+    RMSProp), a weight read twice, an extra output; (inputs, outputs, updates, variables,
+    feeds(batch))."""
+    r = np.random.default_rng(seed)
+    dtype = str(r.choice(["float32", "float64"]))
+    width, depth = int(r.choice([3, 8, 16])), int(r.integers(1, 5))
+    d_in, classes = int(r.integers(2, 12)), int(r.integers(2, 7))
+    ldt = str(r.choice(["int8", "uint8", "int16", "int32", "uint32", "int64", "uint64"]))
+    x = gc.placeholder((None, d_in), dtype, name="x")
+    y = gc.placeholder((None,), ldt, name="y")
+    model_layers = [nn.Dense(width, str(r.choice(["relu", "tanh", "gelu", "sigmoid",
+                                                  "leaky_relu", "silu"])))
+                    for _ in range(depth)] + [nn.Dense(classes)]
+    model = nn.Sequential(model_layers, seed=seed)
+    logits = model(x)
+    if r.random() < 0.75:
+        loss = gc.mean(gc.softmax_cross_entropy(logits, y))
+    else:
+        loss = gc.mean((gc.softmax(logits) - gc.one_hot(y, classes, dtype)) ** 2)
+    w0 = model.params[0]
+    if r.random() < 0.5:                      # a weight read twice: an L2 term
+        loss = loss + 0.01 * gc.sum(w0 * w0)
+    opt = [nn.SGD(0.1, momentum=float(r.choice([0.0, 0.9]))), nn.Adam(0.01),
+           nn.RMSProp(0.01)][int(r.integers(3))]
+    updates = opt.updates(loss, model.params)
+    outs = [loss, gc.argmax(logits, axis=-1)]
+    variables = [v for v, _ in updates]
+
+    def feeds(batch):
+        return {x: r.standard_normal((batch, d_in)).astype(dtype),
+                y: r.integers(0, classes, batch).astype(ldt)}
+    return [x, y], outs, updates, variables, feeds, dtype
+
+
+def run_step_seed(seed: int, folder) -> None:
+    inputs, outs, updates, variables, feeds, dtype = random_step(seed)
+    calls = [feeds(b) for b in (4, 4, 1, 4, 1)]
+    start = [v.value.copy() for v in variables]
+    want = []
+    for fd in calls:                        # the interpreter, one call after another
+        vals = evaluate(outs + [u for _, u in updates], fd)
+        for v, val in zip(variables, vals[len(outs):]):
+            v.value = val
+        want.append((vals[:len(outs)], [v.value.copy() for v in variables]))
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    for optimize, check in MODES:
+        for v, a in zip(variables, start):
+            v.value = a.copy()
+        f = gc.function(inputs, outs, updates=updates, optimize=optimize, check_numerics=check)
+        run, state = f, None
+        for k, (fd, (wo, wv)) in enumerate(zip(calls, want)):
+            if k == 3 and optimize and not check:      # the rest through the export
+                mod = load_module(f.export(os.path.join(str(folder), f"s{seed}.py"),
+                                           *calls[4].values()), f"s{seed}")
+                run, state = mod.run, mod.state
+            got = run(*fd.values())
+            what = f"seed {seed} optimize={optimize} check={check} call {k}"
+            np.testing.assert_allclose(got[0], wo[0], **tol, err_msg=what)
+            if dtype == "float64":
+                np.testing.assert_array_equal(got[1], wo[1], err_msg=what)
+            for v, b in zip(variables, wv):
+                value = v.value if state is None else state[v.name]
+                np.testing.assert_allclose(value, b, **tol, err_msg=f"{what} {v.name}")
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 12))
+def test_random_training_steps_agree_compiled_optimized_checked_exported(seed, tmp_path,
+                                                                         monkeypatch):
+    from graphc.runtime import blas
+    monkeypatch.setattr(blas, "MIN_WORK", 0 if seed % 2 else blas.MIN_WORK)   # GEMM for all
+    run_step_seed(seed, tmp_path)
+
+
+def random_sequence_step(seed: int):
+    """A random sequence model step: maybe attention with a key padding mask (fed) and an
+    attn_mask, then a recurrent layer with maybe an initial state (fed, or a learned (1, u)
+    variable), a dense head, softmax cross-entropy, Adam or SGD; sequences of any length
+    (time 0 too) when there is no attention."""
+    r = np.random.default_rng(seed)
+    dtype = str(r.choice(["float32", "float64"]))
+    d, u, classes = int(r.choice([4, 6])), int(r.integers(2, 6)), int(r.integers(2, 5))
+    attend = bool(r.random() < 0.5)
+    t = 5 if attend else None
+    x = gc.placeholder((None, t, d), dtype, name="x")
+    y = gc.placeholder((None,), "int64", name="y")
+    pad = gc.placeholder((None, 5), "bool", name="pad")
+    h0 = gc.placeholder((None, u), dtype, name="h0")
+    inputs, seq = [x, y], x
+    layers = []
+    if attend:
+        mha = nn.MultiHeadAttention(int(r.choice([1, 2])), causal=bool(r.random() < 0.5),
+                                    seed=seed)
+        mask = np.triu(np.ones((5, 5), bool), int(r.integers(1, 3)))
+        seq = seq + mha(seq, key_padding_mask=pad,
+                        attn_mask=mask if r.random() < 0.5 else np.where(mask, -2.0, 0.0))
+        inputs.append(pad)
+        layers.append(mha)
+    kind = [nn.SimpleRNN, nn.LSTM, nn.GRU][int(r.integers(3))]
+    rnn = kind(u, return_state=True, seed=seed)
+    how = str(r.choice(["none", "fed", "learned"]))
+    state = None
+    if how == "fed":
+        state, _ = h0, inputs.append(h0)
+    elif how == "learned":
+        state = gc.variable(np.full((1, u), 0.1, dtype), name="h_start")
+    if state is not None and kind is nn.LSTM:
+        state = (state, state * 0.5)
+    out = rnn(seq, initial_state=state)
+    head = nn.Dense(classes, seed=seed)
+    loss = gc.mean(gc.softmax_cross_entropy(head(out[1]), y))
+    layers += [rnn, head]
+    # b_k's gradient is 0 but for rounding (a softmax does not see a shift of every key's
+    # score): Adam would amplify that noise, which is not the same in two evaluation orders
+    params = [p for layer in layers for p in layer.params if not p.name.endswith("b_k")]
+    if how == "learned":
+        params.append(state[0] if isinstance(state, tuple) else state)
+    opt = nn.Adam(0.05) if r.random() < 0.5 else nn.SGD(0.1, momentum=0.9)
+    updates = opt.updates(loss, params)
+    lengths = [5] * 4 if attend else [int(v) for v in r.choice([0, 1, 3, 4], 4)]
+
+    def feeds(batch, k):
+        out = {x: r.standard_normal((batch, lengths[k], d)).astype(dtype),
+               y: r.integers(0, classes, batch)}
+        if attend:
+            p = r.random((batch, 5)) < 0.3
+            p[:, 0] = False
+            out[pad] = p
+        if how == "fed":
+            out[h0] = r.standard_normal((batch, u)).astype(dtype)
+        return out
+    return inputs, [loss], updates, [v for v, _ in updates], feeds, dtype
+
+
+def run_sequence_seed(seed: int, folder) -> None:
+    inputs, outs, updates, variables, feeds, dtype = random_sequence_step(seed)
+    calls = [feeds(b, k) for k, b in enumerate((3, 3, 1, 3))]
+    start = [v.value.copy() for v in variables]
+    want = []
+    for fd in calls:
+        vals = evaluate(outs + [u for _, u in updates], fd)
+        for v, val in zip(variables, vals[len(outs):]):
+            v.value = val
+        want.append((vals[0], [v.value.copy() for v in variables]))
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == "float64" else dict(rtol=5e-4, atol=5e-5)
+    for optimize, check in MODES:
+        for v, a in zip(variables, start):
+            v.value = a.copy()
+        f = gc.function(inputs, outs, updates=updates, optimize=optimize, check_numerics=check)
+        run, state = f, None
+        for k, (fd, (wo, wv)) in enumerate(zip(calls, want)):
+            if k == 3 and optimize and not check:
+                mod = load_module(f.export(os.path.join(str(folder), f"q{seed}.py"),
+                                           *fd.values()), f"q{seed}")
+                run, state = mod.run, mod.state
+            what = f"seed {seed} optimize={optimize} check={check} call {k}"
+            np.testing.assert_allclose(run(*fd.values())[0], wo, **tol, err_msg=what)
+            for v, b in zip(variables, wv):
+                value = v.value if state is None else state[v.name]
+                np.testing.assert_allclose(value, b, **tol, err_msg=f"{what} {v.name}")
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 8))
+def test_random_sequence_models_with_masks_and_states_agree_everywhere(seed, tmp_path):
+    run_sequence_seed(seed, tmp_path)
