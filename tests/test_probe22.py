@@ -524,3 +524,28 @@ def run_sequence_seed(seed: int, folder) -> None:
 @pytest.mark.parametrize("seed", range(SEEDS or 8))
 def test_random_sequence_models_with_masks_and_states_agree_everywhere(seed, tmp_path):
     run_sequence_seed(seed, tmp_path)
+
+
+def one_node_model(op, x_shape, consts, inputs):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    node = helper.make_node(op, inputs, ["y"], name="n")
+    return helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
+                             opset_imports=[onnx.helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize("op, x_shape, consts, inputs", [
+    ("DFT", [1, 8, 2], {"n": np.array(10**12), "axis": np.array(1)}, ["x", "n", "axis"]),
+    ("STFT", [1, 10**7, 1], {"step": np.array(1), "size": np.array(10**6)},
+     ["x", "step", "", "size"]),
+    ("Col2Im", [1, 1, 10**6], {"image": np.array([10**4, 10**4]), "block": np.array([1, 1])},
+     ["x", "image", "block"]),
+    ("AffineGrid", [1, 2, 3], {"size": np.array([1, 1, 10**6, 10**6])}, ["x", "size"])])
+def test_onnx_ops_with_constant_matrices_refuse_what_cannot_fit(op, x_shape, consts, inputs):
+    import graphc.onnx
+    with pytest.raises(gc.GraphcError, match=rf"node 'n' \({op}\): {op} .* needs .* GiB, more "
+                                             r"than this machine's memory"):
+        graphc.onnx.load(one_node_model(op, x_shape, consts, inputs))
