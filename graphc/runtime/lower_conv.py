@@ -91,8 +91,9 @@ class ConvStack:
             return f"xp.conv2d_grad_weight({args}{self.shared_g(low, n, None)})"
         if n.op == "conv2d_grad_input":
             gs = self.nhwc.get(id(n.inputs[0]))
-            return f"xp.conv2d_grad_input({args}, gT={gs})" if gs is not None \
-                else f"xp.conv2d_grad_input({args}{self.shared_g(low, n, True)})"
+            whole = ", chunks=False" if self.blas_threads() > 1 else ""
+            return f"xp.conv2d_grad_input({args}, gT={gs}{whole})" if gs is not None \
+                else f"xp.conv2d_grad_input({args}{self.shared_g(low, n, True)}{whole})"
         if n.op == "max_pool2d_grad" and id(n) in self.top:
             f = self.top[id(n)]
             x, t = self.nhwc.get(id(n.inputs[1])), self.nhwc.get(id(f))
@@ -111,10 +112,14 @@ class ConvStack:
         shape = [low.shapes[id(x)][0] for x in n.inputs]
         x, w = {"conv2d": (0, 1), "conv2d_grad_input": (2, 1),
                 "conv2d_grad_weight": (0, 2)}[n.op]
+        return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"],
+                             n.dtype, self.blas_threads())
+
+    def blas_threads(self) -> int:
+        """The BLAS's thread count, asked once per plan (so the steps of one plan agree)."""
         if self.threads is None:
             self.threads = blas.threads()
-        return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"],
-                             n.dtype, self.threads)
+        return self.threads
 
     def winograd_code(self, low, n, a: list[str], o: str, ws: str) -> str:
         """The Winograd step: the forward registers its workspace (transforms kept) and its
