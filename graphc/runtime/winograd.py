@@ -32,7 +32,7 @@ AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8
 MIN_CHANNELS = 16
 MIN_PRODUCTS = 2 ** 22  # N * Ho * Wo * C * Co (im2col's multiplies / 9)
 MAX_WORK = 0.3          # the tiles' products over im2col's (partial tiles waste them)
-MAX_THREADS = 1         # BLAS threads (bench/winograd_rule.py at 2 threads: im2col wins)
+MAX_THREADS = 1         # BLAS threads (bench/winograd_ab.py, bench/README: at 2, im2col)
 
 
 def pays(x_shape, w_shape, stride, padding, dtype, threads: int = 1) -> bool:
