@@ -53,9 +53,11 @@ def liveness(steps: list[Step], kept) -> tuple[dict, dict]:
 
 
 def dying(step: Step, i: int, roots: dict, last: dict, owner: dict) -> list[str]:
-    """The buffers whose last reader is step i (they may be reused from the next take on)."""
+    """The buffers whose last reader is step i (they may be reused from the next take on), in
+    the order of their names (`b2` before `b10`): keys are id()s, whose order differs from run
+    to run, and the pool hands the last one given back out first."""
     ending = {r for x in step.reads for r in roots[x] if r in owner and last[r] == i}
-    return [owner[r] for r in sorted(ending)]
+    return sorted((owner[r] for r in ending), key=lambda name: (len(name), name))
 
 
 class Pool:
