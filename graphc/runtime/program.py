@@ -141,13 +141,14 @@ class Lowering(FusedLowering):
         direct = self.direct_updates(kinds)
         self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
+        ends = planner.endings(self.last, len(self.steps))
         lines = [f"def run({', '.join(args)}):"] + head
         steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
+            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner, ends)
             o, fold = None, False
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
