@@ -24,6 +24,18 @@ Shape = tuple[Dim, ...]
 
 
 _ids = itertools.count()
+_DTYPE_TYPES: set[type] = set()     # the classes of np.dtype instances met (np.dtype(d) is d)
+
+
+def as_dtype(dtype) -> np.dtype:
+    """np.dtype(dtype); a dtype instance's class is remembered, so a node built with a dtype
+    (nearly every one) skips the call (~0.3 us of a node's ~1 us)."""
+    out = np.dtype(dtype)
+    if out is dtype:
+        _DTYPE_TYPES.add(type(dtype))
+    return out
+
+
 class Node:
     """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
 
@@ -38,7 +50,8 @@ class Node:
                  name: str | None = None, where: str = "<unknown>", scope: tuple = (),
                  grad_of: Node | None = None, data: Any = None):
         self.op, self.inputs, self.attrs = op, tuple(inputs), dict(attrs)
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = dtype if type(dtype) in _DTYPE_TYPES else as_dtype(dtype)
         self.name, self.where, self.scope, self.grad_of = name, where, scope, grad_of
         self.data, self.id = data, next(_ids)
 
