@@ -357,8 +357,11 @@ class Graph:
 
     def __init__(self, outputs: Sequence[Node], updates: Sequence[tuple[Node, Node]] = ()):
         self.outputs = tuple(outputs)
-        self.updates = tuple((v, n) for v, n in updates)
-        roots = self.outputs + tuple(x for pair in self.updates for x in pair)
+        if updates:
+            self.updates = tuple([(v, n) for v, n in updates])
+            roots = self.outputs + tuple([x for pair in self.updates for x in pair])
+        else:                       # a fused group's body: thousands of small graphs
+            self.updates, roots = (), self.outputs
         self.nodes = toposort(roots)
 
     @property
