@@ -9,6 +9,7 @@ scope, gradient-of, user line) in `graphc.scope`, storage locks and the GC pause
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -250,6 +251,13 @@ def as_node(x, like: Node | None = None) -> Node:
     if isinstance(x, Node):
         return x
     if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        key = (type(x), x, math.copysign(1.0, x) if type(x) is float else 0,
+               None if like is None else like.dtype)
+        arr = _SCALARS.get(key)
+        if arr is not None:
+            scope, grad_of = _context.get()
+            return Node("constant", (), {}, arr.shape, arr.dtype, None, user_line(), scope,
+                        grad_of, data=arr)
         if like is not None:
             dtype = np.result_type(like.dtype, x)
         else:
@@ -264,8 +272,18 @@ def as_node(x, like: Node | None = None) -> Node:
                                              "of them first)"
             raise GraphcError(f"the Python scalar {x!r} does not fit "
                               f"{np.dtype(dtype).name}{beside}\n  at {user_line()}")
-        return constant(arr)
+        node = constant(arr)
+        if len(_SCALARS) >= 4096:
+            _SCALARS.clear()
+        _SCALARS[key] = node.data       # read-only: the nodes of one scalar may share it
+        return node
     return constant(x)
+
+
+# (type, value, sign of a float zero, dtype beside it) -> its checked read-only array: a
+# gradient converts the same few scalars (tanh's 1 - y*y) once per node, and each conversion
+# (dtype promotion, an overflow check, two errstates, a copy) cost more than the node itself
+_SCALARS: dict[tuple, np.ndarray] = {}
 
 
 def constant(value, dtype=None, name: str | None = None) -> Node:
