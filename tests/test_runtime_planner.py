@@ -96,3 +96,13 @@ def test_a_step_reading_a_view_of_its_variable_does_not_write_into_it():
     roots, last = liveness(steps, kept=["v'"])
     ups = [update("v", "v'", 1, ("v", "t"))]
     assert direct_updates(ups, steps, [], roots, last, []) == set()
+
+
+def test_dying_buffers_come_in_the_order_of_their_names_not_of_their_keys():
+    # keys are id()s in the lowering, ordered differently from run to run: the buffers given
+    # back (and so the generated code) must not follow them
+    step = Step("z", (3, 1, 2), "buffer")
+    roots = {1: (1,), 2: (2,), 3: (3,)}
+    last = {1: 0, 2: 0, 3: 0}
+    assert dying(step, 0, roots, last, {1: "b10", 2: "b2", 3: "b1"}) == ["b1", "b2", "b10"]
+    assert dying(step, 0, roots, last, {3: "b10", 1: "b2", 2: "b1"}) == ["b1", "b2", "b10"]
