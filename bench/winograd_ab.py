@@ -1,7 +1,8 @@
 """The CNN step compiled with Winograd and with im2col (its plan made as at 1 BLAS thread
-and as at 2: blas.threads patched while the first call lowers it), in turns in one process beside the hand-written reference, at the BLAS threads
-BENCH_THREADS sets (default 2): the evidence for winograd.MAX_THREADS on the whole step. On
-a shared machine the load moves every time by 10-50 %: per-round ratios are compared.
+and as at 2: blas.threads patched while the first call lowers it), in turns in one process
+beside the hand-written reference, at the BLAS threads BENCH_THREADS sets (default 2): the
+evidence for winograd.MAX_THREADS on the whole step. On a shared machine the load moves every
+time by 10-50 %: per-round ratios are compared.
 
     GRAPHC_REFERENCE=/work/shared/reference python3 bench/winograd_ab.py [--rounds 60]
     BENCH_THREADS=1 ...

@@ -40,7 +40,8 @@ def test_negative_zero_bools_ints_and_dtypes_are_told_apart():
 def test_a_scalar_that_does_not_fit_raises_every_time_naming_the_line():
     h = gc.placeholder((2,), "float16", name="h")
     for _ in range(2):
-        with pytest.raises(gc.GraphcError, match="(?s)does not fit float16.*at test_ir_scalars.py:"):
+        with pytest.raises(gc.GraphcError,
+                           match="(?s)does not fit float16.*at test_ir_scalars.py:"):
             1e5 * h         # noqa: B018
     u = gc.placeholder((2,), "uint8", name="u")
     for _ in range(2):
