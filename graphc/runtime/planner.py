@@ -67,15 +67,11 @@ def by_name(name: str) -> tuple:
     return len(name), name
 
 
-def dying(step: Step, i: int, roots: dict, last: dict, owner: dict,
-          ends: list | None = None) -> list[str]:
+def dying(i: int, owner: dict, ends: list) -> list[str]:
     """The buffers whose last reader is step i (they may be reused from the next take on), in
     the order of their names (`b2` before `b10`): keys are id()s, whose order differs from run
     to run, and the pool hands the last one given back out first. ends: `endings(last, n)`."""
-    if ends is not None:
-        return sorted([owner[r] for r in ends[i] if r in owner], key=by_name)
-    ending = {r for x in step.reads for r in roots[x] if r in owner and last[r] == i}
-    return sorted((owner[r] for r in ending), key=by_name)
+    return sorted([owner[r] for r in ends[i] if r in owner], key=by_name)
 
 
 class Pool:

@@ -151,7 +151,7 @@ class Lowering(FusedLowering):
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner, ends)
+            dying = planner.dying(i, owner, ends)
             o, fold = None, False
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]
