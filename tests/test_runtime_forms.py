@@ -112,8 +112,9 @@ def test_chains_of_blocks_repeat_their_forms_with_each_bodys_own_answers():
 
 def test_stamped_steps_are_the_ones_written_op_by_op():
     """Repeated forms with inlined constants, a kernel call (no template), relu's zeros (a
-    plan constant per step: never stamped) are written as each step's own; the plan computes
-    what the interpreter does."""
+    plan constant per step: never stamped), scratch buffers and reused inputs (the update
+    written into its variable) are written as each step's own; the plan computes what the
+    interpreter does."""
     x = gc.placeholder((None, 3), "float64", name="x")
     h, params, extra = x, [], 0.0
     for i in range(20):
@@ -134,6 +135,9 @@ def test_stamped_steps_are_the_ones_written_op_by_op():
     made = [s for s in low.stamps.values() if s is not None]
     assert len(made) >= 2 and any(s.kernel_calls for s in made)
     assert None in low.stamps.values()          # relu's zeros: op by op
+    replays = [k[2] for k, s in low.stamps.items() if k[0] == "replay" and s is not None]
+    assert any("S0" in k for k in replays)      # scratch buffers stamped
+    assert any(k.count("O") == 1 and "A0" in k for k in replays)  # the update: a reused input
     want = loss.eval({x: feeds[0]})
     np.testing.assert_allclose(f(*feeds), want, rtol=1e-12)
 
