@@ -315,11 +315,13 @@ class Lowering(FusedLowering):
         return None
 
     def gemm_target(self, n: Node, i: int, owner: dict) -> str | None:
-        """The buffer of c that a GEMM step c + alpha a @ b may write over: c dies here and
-        shares no memory with a or b (BLAS reads them while it writes)."""
+        """The buffer of c that a GEMM step c + alpha a @ b may write over: c dies here, has
+        the result's shape and shares no memory with a or b (BLAS reads them while it
+        writes)."""
         _, d, c, _, _ = self.gemms[id(n)]
         r = id(c)
         if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+                and self.shapes[r] == self.shapes[id(n)] \
                 and self.pool.owns(owner[r]) and self.same_layout(n, owner[r]) \
                 and not any(r in self.roots[id(x)] for x in d.inputs[:2]):
             return owner[r]
@@ -327,14 +329,33 @@ class Lowering(FusedLowering):
 
     def emit_gemm(self, n: Node, a: list[str], o: str) -> str:
         """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
-        buffer); into any other buffer, the product then the elementwise step."""
+        buffer), or over o after c broadcast into it; into any other buffer, the product then
+        the elementwise step. A sum over one axis is a GEMV with a ones vector."""
         _, d, c, alpha, beta = self.gemms[id(n)]
+        prep = f"g{self.index[id(n)]}"
+        if d.op == "sum":
+            x = self.var[id(d.inputs[0])]
+            ta = rules.vector_sum(self, d)
+            rows = self.shapes[id(d.inputs[0])][0][0 if ta else 1]
+            if o == self.var[id(c)]:
+                self.ns[prep] = blas.Prepared()
+                ones = self.const(np.ones(rows, d.dtype))
+                return f"xp.gemv({o}, {x}, {ones}, {ta}, {alpha!r}, {beta!r}, {prep})"
+            self.var[id(d)] = o
+            step = lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)
+            return f"{rules.sum_code(self, d, [x], o)}; {step}"
         x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
+        call = f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
+        act = n.attrs.get("activation") if d is n else None
+        tail = "; " + rules.op_code(self, act, n.dtype, self.shapes[id(n)][0], [o], o, True) \
+            if act else ""
         if o == self.var[id(c)]:
-            prep = f"g{self.index[id(n)]}"
             self.ns[prep] = blas.Prepared()
-            return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
+            return call + tail
+        if self.shapes[id(c)][0] != self.shapes[id(n)][0]:     # broadcast into o first
+            self.ns[prep] = blas.Prepared()
+            return f"xp.copyto({o}, {self.var[id(c)]}); {call}{tail}"
         if d is n:                  # a dense whose bias has its shape: its own code
             return lowering.code(self, n, a, o)
         self.var[id(d)] = o
