@@ -320,7 +320,7 @@ class Lowering(FusedLowering):
         writes)."""
         _, d, c, _, _ = self.gemms[id(n)]
         r = id(c)
-        if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+        if n.op != "div" and r in owner and self.roots[r] == (r,) and self.last[r] == i \
                 and self.shapes[r] == self.shapes[id(n)] \
                 and self.pool.owns(owner[r]) and self.same_layout(n, owner[r]) \
                 and not any(r in self.roots[id(x)] for x in d.inputs[:2]):
@@ -330,9 +330,14 @@ class Lowering(FusedLowering):
     def emit_gemm(self, n: Node, a: list[str], o: str) -> str:
         """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
         buffer), or over o after c broadcast into it; into any other buffer, the product then
-        the elementwise step. A sum over one axis is a GEMV with a ones vector."""
+        the elementwise step. A sum over one axis is a GEMV with a ones vector; a mean of a
+        vector one dot product."""
         _, d, c, alpha, beta = self.gemms[id(n)]
         prep = f"g{self.index[id(n)]}"
+        if n.op == "div":                   # a mean: x @ (1/k, ..., 1/k)
+            x = self.var[id(d.inputs[0])]
+            size = self.shapes[id(d.inputs[0])][0][0]
+            return f"xp.matmul({x}, {self.const(np.full(size, alpha, n.dtype))}, out={o})"
         if d.op == "sum":
             x = self.var[id(d.inputs[0])]
             ta = rules.vector_sum(self, d)

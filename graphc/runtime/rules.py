@@ -173,7 +173,8 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     product then the elementwise step, as before. Also `c ± sum(a, axis)` of a 2-D a (a
     bias's update: a GEMV with a ones vector, blas.pays_vector), and c broadcast to the
     result (`dense(a, b, bias)`: the bias copied into the result, then a GEMM adding the
-    product; blas.pays_bias)."""
+    product; blas.pays_bias). And a mean `sum(x) / k` of a vector x: one dot product with a
+    constant vector of 1/k (mean_form)."""
     g = low.graph
     if not any(n.op in PRODUCTS or n.op == "sum" for n in g.nodes):
         return {}
@@ -181,7 +182,12 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     kept = {id(n) for n in list(g.outputs) + [u for _, u in g.updates]}
     out = {}
     for n in g.nodes:
-        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense"):
+        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense", "div"):
+            continue
+        if n.op == "div":
+            form = mean_form(low, n, kinds, users, kept)
+            if form is not None:
+                out[id(n)] = form
             continue
         form = gemm_form(low, n) if n.op != "dense" else biased(low, n)
         if form is None:
@@ -211,6 +217,29 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
                     and blas.pays_bias(shape[0], shape[1], k, known):
                 out[id(n)] = (n, d, c, alpha, beta)
     return out
+
+
+def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
+    """(n, sum, k, 1 / k, 0) for n = sum(x) / k over a whole vector x (a mean: its sum read
+    by n only), k a size or a scalar constant: n is then one dot product of x with a plan
+    constant of 1/k's (one call instead of a reduction, a divide and the sum's array)."""
+    s, k = n.inputs
+    if s.op != "sum" or kinds.get(id(s)) != "buffer" or len(users[id(s)]) != 1 \
+            or id(s) in kept or n.dtype.char not in "fd" or low.shapes[id(n)][0] != () \
+            or s.dtype != n.dtype or s.inputs[0].dtype != n.dtype or k.dtype != n.dtype \
+            or len(low.shapes[id(s.inputs[0])][0]) != 1 \
+            or low.layouts.get(id(s.inputs[0])) is not None:
+        return None
+    if k.op == "size":
+        value = OPS_size(low, k)
+    elif k.op == "constant" and k.data.size == 1:
+        value = k.data
+    else:
+        return None
+    value = float(np.asarray(value).reshape(()))
+    if not value or not math.isfinite(1.0 / value):
+        return None
+    return n, s, k, 1.0 / value, 0.0
 
 
 def broadcasts(small: tuple, shape: tuple) -> bool:
