@@ -5,13 +5,10 @@ changes one address).
 
     OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --rounds 200
     OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --vectors    # blas.pays_vector
-    OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --bias       # blas.pays_bias
 
 Reported: the 20th-percentile microseconds of each (a cold cache before every call, as in a
 step), and gemm / numpy. `--vectors`: a bias update b -= sum(g, 0) as a product with ones and
-a subtract against one prepared GEMV (g the same array, or one of 4 in turn). `--bias`: a
-layer's h = x @ W + b as matmul then add against the bias copied into h, then one prepared
-GEMM adding the product (x the same array, or one of 4 in turn: a feed).
+a subtract against one prepared GEMV (g the same array, or one of 4 in turn).
 """
 from __future__ import annotations
 
@@ -46,8 +43,6 @@ def timed(fns: dict, rounds: int, cold) -> dict:
 
 VECTORS = [(32, 10), (32, 64), (32, 128), (512, 10), (512, 64), (512, 128), (512, 1024),
            (4096, 256)]
-BIASED = [(32, 10, 64), (32, 64, 128), (32, 128, 784), (512, 10, 64), (512, 64, 128),
-          (512, 128, 784), (64, 64, 1600)]
 
 
 def vectors(rounds: int, cold) -> None:
@@ -73,43 +68,14 @@ def vectors(rounds: int, cold) -> None:
         print(f"{str((m, n)):>16} {a:8.1f} {g:8.1f} {g / a:6.2f} {c:8.1f} {c / a:6.2f}")
 
 
-def biased(rounds: int, cold) -> None:
-    rng = np.random.default_rng(0)
-    print(f"{'m, n, k':>16} {'numpy':>8} {'gemm':>8} {'ratio':>6} {'new x':>8} {'ratio':>6}")
-    for m, n, k in BIASED:
-        xs = [rng.standard_normal((m, k)).astype(np.float32) for _ in range(4)]
-        w = rng.standard_normal((k, n)).astype(np.float32)
-        b = rng.standard_normal(n).astype(np.float32)
-        h = np.empty((m, n), np.float32)
-        prep, prep2 = blas.Prepared(), blas.Prepared()
-        turn = iter(range(10 ** 9))
-
-        def numpy():
-            np.matmul(xs[next(turn) % 4], w, out=h)
-            np.add(h, b, out=h)
-
-        def gemm():
-            np.copyto(h, b)
-            blas.gemm(h, xs[next(turn) % 4 * 0], w, False, False, 1.0, 1.0, prep)
-
-        def gemm_new():
-            np.copyto(h, b)
-            blas.gemm(h, xs[next(turn) % 4], w, False, False, 1.0, 1.0, prep2)
-        got = timed({"numpy": numpy, "gemm": gemm, "new": gemm_new}, rounds, cold)
-        a, g, c = got["numpy"], got["gemm"], got["new"]
-        print(f"{str((m, n, k)):>16} {a:8.1f} {g:8.1f} {g / a:6.2f} {c:8.1f} {c / a:6.2f}")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--shapes", help="m,n,k;m,n,k;... instead of the usual list")
     ap.add_argument("--vectors", action="store_true", help="bias updates: GEMV")
-    ap.add_argument("--bias", action="store_true", help="a biased layer: copy + GEMM")
     args = ap.parse_args()
-    if args.vectors or args.bias:
-        cold = np.ones(2_000_000, np.float32)
-        return vectors(args.rounds, cold) if args.vectors else biased(args.rounds, cold)
+    if args.vectors:
+        return vectors(args.rounds, np.ones(2_000_000, np.float32))
     shapes = SHAPES if not args.shapes else \
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     rng = np.random.default_rng(0)

@@ -214,15 +214,6 @@ def pays(m: int, n: int, k: int, fixed: bool) -> bool:
 MIN_WORK = 2 ** 21
 
 
-def pays_bias(m: int, n: int, k: int, fixed: bool) -> bool:
-    """Whether c (m, n) = bias broadcast, then one GEMM adding a (m, k) @ b (k, n), beats
-    matmul then add (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --bias`, load ~6:
-    ratios only): the add's read pass over c is saved, the copy writes it once. With the same
-    arrays every call (fixed) 0.77-0.98 from 32x10x64 to 512x128x784; with a feed (its
-    address found again) 1.05-1.45 up to 32x128x784, 0.97-1.01 at 512 rows: not taken."""
-    return m > 1 and n > 1 and fixed
-
-
 def pays_vector(fixed: bool) -> bool:
     """Whether one GEMV call beats NumPy's product with a ones vector and the add for c (n,)
     += sum(a, axis) (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --vectors`, load ~6:

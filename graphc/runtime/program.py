@@ -329,9 +329,8 @@ class Lowering(FusedLowering):
 
     def emit_gemm(self, n: Node, a: list[str], o: str) -> str:
         """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
-        buffer), or over o after c broadcast into it; into any other buffer, the product then
-        the elementwise step. A sum over one axis is a GEMV with a ones vector; a mean of a
-        vector one dot product."""
+        buffer); into any other buffer, the product then the elementwise step. A sum over
+        one axis is a GEMV with a ones vector; a vector's mean one dot product."""
         _, d, c, alpha, beta = self.gemms[id(n)]
         prep = f"g{self.index[id(n)]}"
         if n.op == "div":                   # a mean: x @ (1/k, ..., 1/k)
@@ -351,16 +350,9 @@ class Lowering(FusedLowering):
             return f"{rules.sum_code(self, d, [x], o)}; {step}"
         x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
-        call = f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
-        act = n.attrs.get("activation") if d is n else None
-        tail = "; " + rules.op_code(self, act, n.dtype, self.shapes[id(n)][0], [o], o, True) \
-            if act else ""
         if o == self.var[id(c)]:
             self.ns[prep] = blas.Prepared()
-            return call + tail
-        if self.shapes[id(c)][0] != self.shapes[id(n)][0]:     # broadcast into o first
-            self.ns[prep] = blas.Prepared()
-            return f"xp.copyto({o}, {self.var[id(c)]}); {call}{tail}"
+            return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
         if d is n:                  # a dense whose bias has its shape: its own code
             return lowering.code(self, n, a, o)
         self.var[id(d)] = o

@@ -171,10 +171,8 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
     the variable of an in-place update, or c's dying buffer); otherwise the step is the
     product then the elementwise step, as before. Also `c ± sum(a, axis)` of a 2-D a (a
-    bias's update: a GEMV with a ones vector, blas.pays_vector), and c broadcast to the
-    result (`dense(a, b, bias)`: the bias copied into the result, then a GEMM adding the
-    product; blas.pays_bias). And a mean `sum(x) / k` of a vector x: one dot product with a
-    constant vector of 1/k (mean_form)."""
+    bias's update: a GEMV with a ones vector, blas.pays_vector), and a mean `sum(x) / k` of
+    a vector x: one dot product with a constant vector of 1/k (mean_form)."""
     g = low.graph
     if not any(n.op in PRODUCTS or n.op == "sum" for n in g.nodes):
         return {}
@@ -205,16 +203,14 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
                 out[id(n)] = (n, d, c, alpha, beta)
             continue
         if len(d.inputs) == (3 if d is n else 2) \
-                and (d is n or not d.attrs.get("activation")) \
+                and not d.attrs.get("activation") \
                 and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
                 and low.shapes[id(d)] == (shape, dtype) \
                 and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
             x = low.shapes[id(d.inputs[0])][0]
             k = x[0] if d.attrs.get("transpose_a") else x[1]
             known = fixed(low, kinds, d.inputs[:2] + (c,))      # the same arrays every call
-            if blas.pays(shape[0], shape[1], k, known) if low.shapes[id(c)][0] == shape \
-                    else broadcasts(low.shapes[id(c)][0], shape) \
-                    and blas.pays_bias(shape[0], shape[1], k, known):
+            if low.shapes[id(c)][0] == shape and blas.pays(shape[0], shape[1], k, known):
                 out[id(n)] = (n, d, c, alpha, beta)
     return out
 
@@ -236,18 +232,11 @@ def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
         value = k.data
     else:
         return None
-    value = float(np.asarray(value).reshape(()))
-    if not value or not math.isfinite(1.0 / value):
+    with np.errstate(all="ignore"):
+        inv = np.asarray(1, n.dtype) / np.asarray(value, n.dtype).reshape(())
+    if not np.isfinite(inv) or not inv:
         return None
-    return n, s, k, 1.0 / value, 0.0
-
-
-def broadcasts(small: tuple, shape: tuple) -> bool:
-    """Whether an array of shape `small` broadcasts to `shape` (a bias row, a column)."""
-    try:
-        return np.broadcast_shapes(small, shape) == tuple(shape)
-    except ValueError:
-        return False
+    return n, s, k, float(inv), 0.0
 
 
 def fixed(low, kinds: dict, nodes) -> bool:
@@ -259,10 +248,11 @@ PRODUCTS = ("dense", "matmul")      # (2-D matmul: a dense without transposes)
 
 
 def biased(low, n) -> tuple | None:
-    """(n, bias, 1, 1) for a dense n = a @ b + bias: the bias is c (gemm_steps takes one of
-    the result's shape, a sum of two products after the passes, or a row broadcast along
-    its rows)."""
-    if len(n.inputs) == 3:
+    """(n, bias, 1, 1) for a dense n = a @ b + bias whose bias has the result's shape (a sum
+    of two products, after the passes): the bias is c. (A bias row broadcast into the result,
+    then one GEMM adding the product, measured no faster in a step than matmul + add: the
+    result is in cache for the add; bench/gemm_ab.py, bench/README.md.)"""
+    if len(n.inputs) == 3 and low.shapes[id(n.inputs[2])][0] == low.shapes[id(n)][0]:
         return n, n.inputs[2], 1.0, 1.0
     return None
 
