@@ -200,7 +200,8 @@ def test_a_feed_keeps_its_product_with_ones():
     compare(f, feeder([x], np.float32), [], upd, [b, v], np.float32, batches=(4, 4))
     if GEMV_HERE:
         assert [a for _, a in gemv_calls(f.source)] == ["b0"], f.source     # not x0
-    assert blas.pays_vector(True) and not blas.pays_vector(False)
+    assert blas.pays_vector(32, 10, True) and not blas.pays_vector(32, 10, False)
+    assert not blas.pays_vector(512, 1, True) and not blas.pays_vector(1, 8, True)
 
 
 def mlp(sizes=(10, 7, 3), seed=4):

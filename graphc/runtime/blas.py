@@ -214,13 +214,15 @@ def pays(m: int, n: int, k: int, fixed: bool) -> bool:
 MIN_WORK = 2 ** 21
 
 
-def pays_vector(fixed: bool) -> bool:
+def pays_vector(m: int, n: int, fixed: bool) -> bool:
     """Whether one GEMV call beats NumPy's product with a ones vector and the add for c (n,)
-    += sum(a, axis) (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --vectors`, load ~6:
-    ratios only): with the same arrays every call always (the same BLAS routine without the
-    add's call and pass: 0.60-0.76 of the time from 32x10 to 512x1024, 0.98 at 4096x256);
-    with a feed (its address found again) 1.05-1.52: not taken."""
-    return fixed
+    += sum(a, axis) over a's m rows (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py
+    --vectors`, load ~6: ratios only): with the same arrays every call (the same BLAS routine
+    without the add's call and pass: 0.60-0.76 of the time from 32x10 to 512x1024, 0.98 at
+    4096x256; in a step, bench/gemm_ab.py --off vector,mean: MLP b32 0.983-0.986); not with
+    a feed (its address found again: 1.05-1.52), nor for one sum (n = 1, a dot product:
+    logreg's bias update was 1.012-1.018 in a step)."""
+    return m > 1 and n > 1 and fixed
 
 
 # found once per process (an exported module finds them again where it runs)

@@ -197,9 +197,10 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
             continue
         if d.op == "sum":
             a = d.inputs[0]
+            m, k = low.shapes[id(a)][0][::1 if vector_sum(low, d) else -1]
             if dtype.char in blas.GEMV and low.shapes[id(d)] == (shape, dtype) \
                     and low.shapes[id(c)][0] == shape \
-                    and blas.pays_vector(fixed(low, kinds, (a, c))):
+                    and blas.pays_vector(m, k, fixed(low, kinds, (a, c))):
                 out[id(n)] = (n, d, c, alpha, beta)
             continue
         if len(d.inputs) == (3 if d is n else 2) \
