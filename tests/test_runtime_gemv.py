@@ -262,16 +262,22 @@ def test_an_export_runs_where_no_gemv_is_found(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_vectors_mean_is_one_dot_product(dtype):
-    """mean(v) (sum over the size) and sum(v) / 3 of a vector computed per call: one product
-    with a constant vector of 1/k, values as eval's over batches of 5, 3, 5 and 1; a sum also
-    read elsewhere, or over a matrix, keeps its reduction."""
+    """mean(v) (sum over the size) and sum(v) / 3 of a vector computed per call, means of
+    matrices, of a feed's reshape and of a buffer (flat, a view made once): one product with
+    a constant vector of 1/k, values as eval's over batches of 5, 3, 5 and 1; a sum also read
+    elsewhere, or of more than MEAN_MAX elements, keeps its reduction."""
     name = np.dtype(dtype).name
     x = gc.placeholder((None, 4), name, name="x")
     W = gc.variable(RNG.standard_normal((4, 2)).astype(dtype), name="W")
     v = gc.tanh(x @ W)[:, 0]
     s = gc.sum(gc.exp(v))
-    outs = [gc.mean(v * v), gc.sum(v) / 3.0, s / 7.0, s, gc.mean(x @ W)]
+    big = gc.reshape(x, (-1, 2, 2))
+    outs = [gc.mean(v * v), gc.sum(v) / 3.0, s / 7.0, s, gc.mean(x @ W), gc.mean(big),
+            gc.mean(gc.exp(big)), gc.mean(gc.tanh(gc.variable(RNG.standard_normal(
+                (300, 300)).astype(dtype)) * gc.sum(x)))]
     f = gc.function([x], outs)
     compare(f, feeder([x], dtype, 2), outs, [], [], dtype, batches=(5, 3, 5, 1))
-    assert f.source.count("xp.matmul(") - f.source.count("xp.matmul(x0") == 2, f.source
-    assert f.source.count("xp.add.reduce(") == 2, f.source
+    src = f.source
+    assert src.count("xp.matmul(") - src.count("xp.matmul(x0,") == 5, src
+    assert "reshape(-1), made once per plan" in src and "v20.reshape(-1)" in src, src
+    assert src.count("xp.add.reduce(") == 3, src     # s (read twice), sum(x), > MEAN_MAX

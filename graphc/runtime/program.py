@@ -7,6 +7,7 @@ reuses a buffer once the last reader of every value that may alias it has run.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -335,8 +336,11 @@ class Lowering(FusedLowering):
         prep = f"g{self.index[id(n)]}"
         if n.op == "div":                   # a mean: x @ (1/k, ..., 1/k)
             x = self.var[id(d.inputs[0])]
-            size = self.shapes[id(d.inputs[0])][0][0]
-            return f"xp.matmul({x}, {self.const(np.full(size, alpha, n.dtype))}, out={o})"
+            shape = self.shapes[id(d.inputs[0])][0]
+            flat = self.flat(x, self.index[id(d)]) if len(shape) != 1 else x
+            vector = self.const(np.full(math.prod(shape), alpha, n.dtype))
+            note = f"  # {flat} = {x}.reshape(-1), made once per plan" if flat[0] == "h" else ""
+            return f"xp.matmul({flat}, {vector}, out={o}){note}"
         if d.op == "sum":
             x = self.var[id(d.inputs[0])]
             ta = rules.vector_sum(self, d)
@@ -358,6 +362,16 @@ class Lowering(FusedLowering):
         self.var[id(d)] = o
         product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
         return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"
+
+    def flat(self, x: str, i: int) -> str:
+        """x.reshape(-1): made once when x is a plan-owned array it views (a hoisted view, as
+        view steps make them), else per call."""
+        expr = f"{x}.reshape(-1)"
+        if x[0] in "bckh" and x in self.ns and np.may_share_memory(eval(expr, self.ns),
+                                                                   self.ns[x]):
+            self.ns[f"h{i}"], self.views[f"h{i}"] = eval(expr, self.ns), expr
+            return f"h{i}"
+        return expr
 
     # code of one step ------------------------------------------------------------------
     def emit(self, n: Node, i: int, o: str | None, kind: str) -> str:

@@ -217,14 +217,15 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
 
 
 def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
-    """(n, sum, k, 1 / k, 0) for n = sum(x) / k over a whole vector x (a mean: its sum read
-    by n only), k a size or a scalar constant: n is then one dot product of x with a plan
-    constant of 1/k's (one call instead of a reduction, a divide and the sum's array)."""
+    """(n, sum, k, 1 / k, 0) for n = sum(x) / k over all of x (a mean: its sum read by n
+    only), k a size or a scalar constant: n is then one dot product of x (flat) with a plan
+    constant of 1/k's (one call instead of a reduction, a divide and the sum's array). Only
+    up to MEAN_MAX elements: the constant is x's size, and a long sum gains nothing."""
     s, k = n.inputs
     if s.op != "sum" or kinds.get(id(s)) != "buffer" or len(users[id(s)]) != 1 \
             or id(s) in kept or n.dtype.char not in "fd" or low.shapes[id(n)][0] != () \
             or s.dtype != n.dtype or s.inputs[0].dtype != n.dtype or k.dtype != n.dtype \
-            or len(low.shapes[id(s.inputs[0])][0]) != 1 \
+            or math.prod(low.shapes[id(s.inputs[0])][0]) > MEAN_MAX \
             or low.layouts.get(id(s.inputs[0])) is not None:
         return None
     if k.op == "size":
@@ -238,6 +239,9 @@ def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
     if not np.isfinite(inv) or not inv:
         return None
     return n, s, k, float(inv), 0.0
+
+
+MEAN_MAX = 2 ** 16
 
 
 def fixed(low, kinds: dict, nodes) -> bool:
