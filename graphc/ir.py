@@ -482,8 +482,10 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                                   f"  at {n.where}") from None
             values[id(n)] = out if opdef.items else np.asarray(out)
     # a variable's storage (or a view of it) is copied: updates write it in place later, and
-    # a value must not change after it was computed (as a compiled call's outputs do not)
-    held = [n.data[0] for n in order if n.op == "variable"]
+    # a value must not change after it was computed (as a compiled call's outputs do not); a
+    # feed's memory too (x, reshape(x)): writing into a result must not change the user's array
+    held = [n.data[0] for n in order if n.op == "variable"] + \
+        [v for v in feeds.values() if isinstance(v, np.ndarray)]
     return [a.copy() if isinstance(a, np.ndarray) and any(np.may_share_memory(a, h)
                                                           for h in held) else a
             for a in (values[id(o)] for o in outputs)]

@@ -102,8 +102,10 @@ def scan_kernel(*arrays, body, carries, xs, reverse, length, saves=True, step=No
         raise ValueError(f"scan: the sequences have lengths {[x.shape[0] for x in seqs]} "
                          f"along axis 0 (length={length})")
     carry, ys, saved = run_steps(step, init, seqs, caps, carries, steps, reverse, saves)
-    return tuple(carry) + stack(ys, body.outputs[carries:], steps) \
-        + (stack(saved, body.inputs[:carries], steps) if saves else ())
+    if steps:
+        return tuple(carry) + stack(ys) + (stack(saved) if saves else ())
+    return tuple(carry) + empty_ys(body, step, carries, init, seqs, caps) \
+        + (tuple(np.empty((0,) + c.shape, c.dtype) for c in init) if saves else ())
 
 
 def run_steps(step, init, seqs, caps, carries, steps, reverse, saves):
@@ -123,14 +125,31 @@ def run_steps(step, init, seqs, caps, carries, steps, reverse, saves):
     return carry, ys, saved
 
 
-def stack(rows: list[list], like: list[Node], steps: int) -> tuple:
-    """Per-step values stacked on a new axis 0 (for zero steps: empty arrays, when the
-    shapes are static)."""
-    if steps:
-        return tuple(np.stack(col) for col in zip(*rows))
-    if not all(isinstance(d, int) for n in like for d in n.shape):
-        raise ValueError("scan: zero steps with a step shape known only at run time")
-    return tuple(np.empty((0,) + n.shape, n.dtype) for n in like)
+def stack(rows: list[list]) -> tuple:
+    """Per-step values stacked on a new axis 0."""
+    return tuple(np.stack(col) for col in zip(*rows))
+
+
+def empty_ys(body, step, carries: int, init, seqs, caps) -> tuple:
+    """The stacked y's of zero steps: empty arrays of the shapes one step would give (an
+    empty sequence still has its step shape). The body's shape rules on this call's shapes
+    give them; when they cannot (a fused group keeps its body's shapes), one step is run on
+    zeros and its values dropped."""
+    ys = body.outputs[carries:]
+    if not all(isinstance(d, int) for n in ys for d in n.shape):
+        given = [Node("placeholder", (), {}, a.shape, a.dtype) for a in init] \
+            + [Node("placeholder", (), {}, x.shape[1:], x.dtype) for x in seqs] \
+            + [Node("placeholder", (), {}, a.shape, a.dtype) for a in caps]
+        try:
+            ys = inline(body, given)[carries:]
+        except GraphcError:        # a fused group's shapes stayed its body's: one step
+            ys = body.outputs[carries:]
+        if not all(isinstance(d, int) for n in ys for d in n.shape):
+            outs = step(list(init) + [np.zeros(x.shape[1:], x.dtype) for x in seqs]
+                        + list(caps))
+            return tuple(np.empty((0,) + np.shape(y), np.asarray(y).dtype)
+                         for y in outs[carries:])
+    return tuple(np.empty((0,) + n.shape, n.dtype) for n in ys)
 
 
 def scan_vjp(g, out, *inputs, body, carries, xs, reverse, length, saves):

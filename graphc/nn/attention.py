@@ -70,7 +70,7 @@ class MultiHeadAttention(Layer):
         self.b_o = (self.add_variable("b_o", (d,), "zeros", d, d, dtype)
                     if self.use_bias else None)
 
-    def forward(self, q, k=None, v=None, *, training):
+    def forward(self, q, k=None, v=None, *, training, attn_mask=None, key_padding_mask=None):
         k = q if k is None else k
         v = k if v is None else v
         if q.shape[-1] != self.d_model:
@@ -85,6 +85,11 @@ class MultiHeadAttention(Layer):
         scores = qh @ swap_last(kh)                               # (B, H, Tq, Tk)
         if self.causal:
             scores = self.mask_future(scores)
+        if attn_mask is not None:
+            scores = self.mask(scores, self.attn_mask(attn_mask, scores), "attn_mask")
+        if key_padding_mask is not None:
+            scores = self.mask(scores, self.padding_mask(key_padding_mask, scores),
+                               "key_padding_mask")
         weights = gc.softmax(scores, axis=-1)
         self.attention = weights
         if training and self.dropout > 0.0:
@@ -112,11 +117,68 @@ class MultiHeadAttention(Layer):
         y = x4 @ w
         return y + b if b is not None else y
 
+    # masks, PyTorch's meanings: True (bool) = may not attend; a float mask is added ------
+    def mask(self, scores: Node, mask: Node, what: str) -> Node:
+        if mask.dtype == bool:
+            return gc.where(mask, self.never(scores), scores)
+        return scores + (mask if mask.dtype == scores.dtype else gc.cast(mask, scores.dtype))
+
+    def never(self, scores: Node) -> Node:
+        """The score of a masked position: exp of it minus the row's max is 0, and a row
+        with every key masked attends uniformly instead of giving NaN (as -inf would)."""
+        return gc.constant(np.asarray(max(-1e9, float(np.finfo(scores.dtype).min)),
+                                      scores.dtype))
+
+    def as_mask(self, mask, what: str) -> Node:
+        mask = mask if isinstance(mask, Node) else gc.constant(np.asarray(mask))
+        if mask.dtype != bool and mask.dtype.kind != "f":
+            raise GraphcError(f"MultiHeadAttention {self.name!r}: {what} must be bool (True: "
+                              f"may not attend) or float (added to the scores), got "
+                              f"{mask.dtype.name}\n  at {user_line()}")
+        return mask
+
+    def refuse(self, what: str, mask: Node, scores: Node, want: str) -> None:
+        raise GraphcError(f"MultiHeadAttention {self.name!r}: {what} {format_shape(mask.shape)} "
+                          f"does not fit the scores {format_shape(scores.shape)} (batch..., "
+                          f"heads, query, key): give {want}\n  at {user_line()}")
+
+    def attn_mask(self, mask, scores: Node) -> Node:
+        """(Tq, Tk) for every example and head; (B * H, Tq, Tk) as PyTorch (example b, head h
+        at b * H + h); or any shape that broadcasts to the scores (B, H, Tq, Tk)."""
+        mask = self.as_mask(mask, "attn_mask")
+        want = "(query, key), (batch * heads, query, key) or (batch, heads, query, key)"
+        if mask.ndim == 3 and scores.ndim == 4:
+            if not all(isinstance(d, int) for d in mask.shape[1:]):
+                self.refuse("attn_mask", mask, scores, want)
+            mask = gc.reshape(mask, (-1, self.num_heads) + mask.shape[1:])
+        if mask.ndim < 2 or mask.ndim > scores.ndim or not fits(mask.shape, scores.shape):
+            self.refuse("attn_mask", mask, scores, want)
+        return mask
+
+    def padding_mask(self, mask, scores: Node) -> Node:
+        """(B, Tk): the keys each example ignores, for every head and query ((Tk,) without
+        a batch)."""
+        mask = self.as_mask(mask, "key_padding_mask")
+        if mask.ndim == scores.ndim - 2 and mask.ndim >= 1:
+            mask = gc.expand_dims(mask, (-2, -3)) if mask.ndim > 1 else mask
+        else:
+            self.refuse("key_padding_mask", mask, scores, "(batch, key)")
+        if not fits(mask.shape, scores.shape):
+            self.refuse("key_padding_mask", mask, scores, "(batch, key)")
+        return mask
+
     def mask_future(self, scores: Node) -> Node:
         tq, tk = scores.shape[-2:]
         if not (isinstance(tq, int) and isinstance(tk, int)):
             raise GraphcError(f"MultiHeadAttention {self.name!r}: causal=True needs known "
                               f"sequence lengths, got scores {format_shape(scores.shape)}")
         allowed = gc.constant(np.tril(np.ones((tq, tk), bool)))
-        never = gc.constant(np.asarray(-1e9, scores.dtype))
-        return gc.where(allowed, scores, never)
+        return gc.where(allowed, scores, self.never(scores))
+
+
+def fits(small, big) -> bool:
+    """Shape `small` broadcasts to `big` (right-aligned; unknown sizes fit anything)."""
+    for a, b in zip(reversed(small), reversed(big)):
+        if isinstance(a, int) and isinstance(b, int) and a not in (1, b):
+            return False
+    return len(small) <= len(big)

@@ -10,6 +10,7 @@ and state updates are collected from the layers a model holds, the way PyTorch m
 from __future__ import annotations
 
 import contextlib
+import inspect
 import contextvars
 from typing import Callable, Iterator, Sequence
 
@@ -112,7 +113,9 @@ class Layer:
         self.output_shape = None
 
     # calling ---------------------------------------------------------------------------
-    def __call__(self, *inputs: Node, training: bool | None = None):
+    def __call__(self, *inputs: Node, training: bool | None = None, **options):
+        """The layer's output node(s); `options` (an attention mask, a recurrent layer's
+        initial state) go to its forward as they are."""
         if "own_params" not in vars(self):
             raise GraphcError(f"{type(self).__name__}.__init__ must call super().__init__() "
                               "before the layer is used")
@@ -124,6 +127,13 @@ class Layer:
                                   f"{type(x).__name__}")
         if not inputs:
             raise GraphcError(f"{self.name}: call the layer on at least one graph node")
+        if options:
+            takes = inspect.signature(self.forward).parameters
+            if not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+                for key in options:
+                    if key not in takes or key in ("self", "training"):
+                        raise GraphcError(f"{self.name}: {type(self).__name__} takes no "
+                                          f"argument {key!r}\n  at {user_line()}")
         if training is None:
             training = _training.get()
         if self.path is None:
@@ -140,7 +150,7 @@ class Layer:
                 if training and self.state_call is not _outer_call.get():
                     self.own_state_updates = []
                     self.state_call = _outer_call.get()
-                out = self.forward(*inputs, training=bool(training))
+                out = self.forward(*inputs, training=bool(training), **options)
         finally:
             _training.reset(token)
             if outer_token is not None:

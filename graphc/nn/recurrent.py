@@ -7,8 +7,9 @@ the graph has the same size for 10 steps or 1,000.
 from __future__ import annotations
 
 import graphc as gc
-from graphc.ir import Node, apply, as_node
+from graphc.ir import GraphcError, Node, apply, as_node, format_shape
 from graphc.nn.layers import Layer, float_dtype, need_dims, whole
+from graphc.scope import user_line
 
 
 class Recurrent(Layer):
@@ -34,12 +35,15 @@ class Recurrent(Layer):
         self.b_hh = self.add_variable("b_hh", (width,), "zeros", u, width, dtype)
         self.own_kernels += [self.W_ih, self.W_hh]
 
-    def forward(self, x, training):
+    def forward(self, x, training, initial_state=None):
         if x.dtype != self.W_ih.dtype:
             x = gc.cast(x, self.W_ih.dtype)
         xs = gc.transpose(x, (1, 0, 2)) @ self.W_ih + self.b_ih     # (time, batch, gates*u)
-        zero = apply("broadcast_to", as_node(0, like=xs), self.gate(xs[0], 0))  # (batch, u)
-        state = self.initial_state(zero)
+        # zeros (batch, u) from no step's values: an empty sequence (time 0) has none
+        edge = gc.sum(self.gate(gc.slice(xs, 0, 0, 0), 0), axis=0)
+        zero = apply("broadcast_to", as_node(0, like=xs), edge)
+        state = self.initial_state(zero) if initial_state is None else \
+            self.given_state(initial_state, zero)
         final, ys = gc.scan(self.step, state, xs)
         out = gc.transpose(ys, (1, 0, 2)) if self.return_sequences else \
             (final[0] if isinstance(final, tuple) else final)
@@ -49,6 +53,30 @@ class Recurrent(Layer):
 
     def initial_state(self, zero: Node):
         return zero
+
+    def given_state(self, given, zero: Node):
+        """The user's initial state (h0, or (h0, c0) for an LSTM), each (batch, units) or
+        (1, units) for every example, broadcast to the batch; gradients reach it."""
+        names = ("h0", "c0") if isinstance(self, LSTM) else ("h0",)
+        parts = tuple(given) if isinstance(given, (tuple, list)) else (given,)
+        if len(parts) != len(names):
+            raise GraphcError(f"{self.name}: initial_state is {' and '.join(names)}, got "
+                              f"{len(parts)} value(s)\n  at {user_line()}")
+        out = []
+        for name, h in zip(names, parts):
+            h = as_node(h)
+            batch = zero.shape[0]
+            if h.ndim != 2 or h.shape[1] != self.units or h.dtype.kind not in "fiu" or (
+                    isinstance(h.shape[0], int) and h.shape[0] != 1 and isinstance(batch, int)
+                    and h.shape[0] != batch):
+                raise GraphcError(f"{self.name}: initial state {name} must be (batch, "
+                                  f"{self.units}) = {format_shape((batch, self.units))} "
+                                  f"numbers, got {format_shape(h.shape)} {h.dtype.name}\n"
+                                  f"  at {user_line()}")
+            if h.dtype != zero.dtype:
+                h = gc.cast(h, zero.dtype)
+            out.append(apply("broadcast_to", h, zero))
+        return out[0] if len(out) == 1 else tuple(out)
 
     def recurrent(self, h: Node) -> Node:
         return h @ self.W_hh + self.b_hh

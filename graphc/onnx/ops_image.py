@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 
 from graphc import api as gc
-from graphc.ir import constant
+from graphc.ir import GraphcError, constant
 from graphc.onnx.ops_shape import pad_axis, static
 from graphc.onnx.table import Unsupported, onnx_op
 
@@ -83,6 +84,24 @@ def along(x, matrix, axis):
     return gc.swapaxes(out, axis, -1) if axis != x.ndim - 1 else out
 
 
+def memory_bytes() -> int:
+    """This machine's memory (2**40 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def too_big(need: int, what: str) -> None:
+    """An op whose constant matrices or output would not fit in this machine's memory is
+    refused before they are made (a hostile Resize scale of 10**6: minutes of onnx's
+    reference computing the matrix row by row, then a MemoryError)."""
+    have = memory_bytes()
+    if need > have:
+        raise GraphcError(f"{what} needs {need / 2**30:.3g} GiB, more than this machine's "
+                          f"memory ({have / 2**30:.3g} GiB)")
+
+
 @onnx_op("Resize", const=(1, 2, 3), antialias=0, axes=None,
          coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
          extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
@@ -96,10 +115,18 @@ def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
     scales = None if scales is not None and scales.size == 0 else scales
     sizes = None if sizes is not None and sizes.size == 0 else sizes
     coeffs = coeff_fn(mode, antialias, cubic_coeff_a, nearest_mode)
+    if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise GraphcError(f"Resize: scales must be positive finite numbers, got "
+                          f"{scales.tolist()}")
+    if sizes is not None and (sizes < 0).any():
+        raise GraphcError(f"Resize: sizes must be >= 0, got {sizes.tolist()}")
     axes, out_sizes, out_scales, full_roi = sizes_and_scales(
         ctx, shape, roi, scales, sizes, axes, keep_aspect_ratio_policy)
     r = len(shape)
     y = x if x.dtype.kind == "f" else gc.cast(x, "float64")
+    too_big(max(math.prod(out_sizes) * y.dtype.itemsize,
+                max(n * m * 8 for n, m in zip(shape, out_sizes))),
+            f"Resize of {list(shape)} to {list(out_sizes)} {y.dtype.name}")
     for a in axes:
         same_roi = full_roi is None or (math.isclose(full_roi[a], 0.0)
                                         and math.isclose(full_roi[a + r], 1.0))
@@ -169,6 +196,7 @@ def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
     n = static(x, "DFT")[axis]
     length = int(ctx.const(dft_length, "dft_length").reshape(-1)[0]) if dft_length is not None \
         else (2 * (n - 1) if inverse and onesided else n)
+    too_big(max(length, 0) * n * 16 * 2, f"DFT of length {length} along an axis of {n}")
     eye = np.eye(n)
     real = gc.slice(x, -1, 0, 1)
     imag = gc.slice(x, -1, 1, 2) if x.shape[-1] == 2 else None
@@ -200,6 +228,8 @@ def stft(ctx, signal, frame_step, window=None, frame_length=None, *, onesided):
         if frame_length is not None else static(window, "STFT's window")[0]
     length = static(signal, "STFT")[1]
     count = 1 + (length - size) // step
+    too_big(max(size, 0) * (max(size, 0) + max(count, 0)) * 16,
+            f"STFT of frames of {size} every {step}")
     index = (np.arange(count)[:, None] * step + np.arange(size)[None, :]).astype(np.int64)
     frames = gc.take(signal, constant(index), axis=1)          # (B, frames, size, 1|2)
     if window is not None:
@@ -222,6 +252,7 @@ def col2im(ctx, x, image_shape, block_shape, *, dilations, pads, strides):
     counts = [(n + pads[i] + pads[i + r] - d * (k - 1) - 1) // s + 1
               for i, (n, k, d, s) in enumerate(zip(image, block, dils, strides))]
     k_size, l_size = int(np.prod(block)), int(np.prod(counts))
+    too_big(math.prod(image) * k_size * l_size * 8, f"Col2Im of image {image}, blocks {block}")
     matrix = np.zeros((int(np.prod(image)), k_size * l_size), np.float64)
     for kk, koff in enumerate(np.ndindex(*block)):
         for ll, loff in enumerate(np.ndindex(*counts)):
@@ -240,6 +271,7 @@ def col2im(ctx, x, image_shape, block_shape, *, dilations, pads, strides):
 def affine_grid(ctx, theta, size, *, align_corners):
     """theta (N, r, r+1) applied to the constant grid of normalized coordinates."""
     dims = ctx.ints(size, "size")[2:]
+    too_big(math.prod(dims) * (len(dims) + 1) * 8 * 3, f"AffineGrid of size {list(dims)}")
     axes = []
     for n in dims:
         axes.append(np.linspace(-1, 1, n) if align_corners else (2 * np.arange(n) + 1) / n - 1)

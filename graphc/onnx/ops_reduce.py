@@ -37,6 +37,8 @@ def reduction(body):
         if any(x.shape[a] == 0 for a in axes):       # no elements: a constant of the shape
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)
                           if keepdims or i not in axes)
+            if ctx.op_type == "ReduceSum" and not all(isinstance(d, int) for d in shape):
+                return body(x, axes, bool(keepdims))   # graphc's sum of nothing is 0 too
             ctx.need(all(isinstance(d, int) for d in shape), "an empty reduction of unknown size")
             return constant(np.full(shape, empty_value(ctx.op_type, x.dtype), x.dtype))
         return body(x, axes, bool(keepdims))

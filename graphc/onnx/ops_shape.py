@@ -111,12 +111,15 @@ def slice_axis(ctx, x, axis, start, stop, step):
     """x[start:stop:step] along one axis, ONNX clamping; steps other than 1 need take."""
     n = x.shape[axis]
     if not isinstance(n, int):
-        ctx.need(step == 1 and 0 <= start and (start < stop or stop >= INT_MAX // 2),
-                 "slicing an unknown-size axis other than [k:] or [a:b] with 0 <= a < b")
+        ctx.need(step == 1 and 0 <= start and (start < stop or stop >= INT_MAX // 2
+                                                or start == stop == 0),
+                 "slicing an unknown-size axis other than [k:], [0:0] or [a:b] with "
+                 "0 <= a < b")
         if stop >= INT_MAX // 2:
             return gc.slice(x, axis, start) if start else x
-        # graphc's own export of x[a:b] (an RNN's first step): the result has b - a rows, and
-        # an axis shorter than b is an error at run time where ONNX would give fewer rows
+        # graphc's own export of x[a:b]: the result has b - a rows, and an axis shorter than
+        # b is an error at run time where ONNX would give fewer rows; [0:0] (an RNN's zero
+        # state) has none, exactly
         return gc.slice(x, axis, start, stop)
     s, e, k = slice(start, stop, step).indices(n)
     if k == 1:

@@ -15,7 +15,9 @@ Default order, and why:
                              chain down to its scalar seed: updates become one subtract
   4. fuse_dense            - before elementwise fusion, which would swallow bias adds;
                              relu masks read the activation so relu joins the dense node
-  5. fuse_elementwise      - last: fused bodies hide their ops from every rule
+  5. fuse_elementwise      - last: fused bodies hide their ops from every rule (first,
+                             softplus(z) and sigmoid(z) of one z get shared parts: the
+                             groups then share them as their outputs)
   6. eliminate_dead_code
   7. prune_loops           - last: loops whose carries no gradient reads stop saving them
 Every pass also runs inside loop bodies; unroll_loops (first) inlines loops of <= 4 static

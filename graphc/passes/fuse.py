@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 
-from graphc.ir import OPS, Graph, GraphcError, Node, apply, context_grad_of
+import numpy as np
+
+from graphc.ir import OPS, Graph, GraphcError, Node, apply, constant, context_grad_of
 from graphc.ops.fused import ACTIVATIONS, Body   # the activations dense may end with
 from graphc.passes.patterns import is_value
 from graphc.passes.rewrite import _stats, rebuild_node, same_shape, substitute
@@ -127,6 +129,7 @@ def fused_node(n: Node, inputs: list[Node], body: Body, new: dict[Node, Node]) -
 
 def fuse_elementwise(graph: Graph) -> Graph:
     """Convex groups of two or more elementwise ops -> one `fused` node holding its body."""
+    graph = share_softplus_sigmoid(graph)
     users = count_users(graph)
     group = find_groups(graph, users)
     members: dict[int, list[Node]] = {}
@@ -147,6 +150,45 @@ def fuse_elementwise(graph: Graph) -> Graph:
             continue                        # inner member: read only inside its group
         else:
             new[n] = rebuild_node(n, [new[i] for i in n.inputs], new)
+    return Graph([new[o] for o in graph.outputs], [(new[v], new[u]) for v, u in graph.updates])
+
+
+SHARED_EXP = (np.dtype("float32"), np.dtype("float64"))   # dtypes share_softplus_sigmoid reads
+
+
+def share_softplus_sigmoid(graph: Graph) -> Graph:
+    """softplus(z) and sigmoid(z) of one z (a logistic loss and its gradient) from shared
+    parts: m = max(z, 0), n = min(z, 0), l = log1p(exp(n - m)) (n - m is -|z| exactly), then
+    softplus = m + l (the lowering's own form) and sigmoid = exp(n - l) (1 / (1 + exp(-z))
+    for z >= 0, exp(z) / (1 + exp(z)) below: stable for any z, inf included). Two ufuncs for
+    the sigmoid instead of four (its tanh form) and no second exp(-|z|); m, n and l become
+    group outputs that both groups read. Float32 and float64 only (where this is as exact
+    as the ops' own forms)."""
+    pairs: dict[Node, dict[str, Node]] = {}
+    for n in graph.nodes:
+        if n.op in ("softplus", "sigmoid") and n.dtype in SHARED_EXP \
+                and n.inputs[0].dtype == n.dtype and n.inputs[0].shape == n.shape:
+            pairs.setdefault(n.inputs[0], {})[n.op] = n
+    pairs = {z: ops for z, ops in pairs.items() if len(ops) == 2}
+    if not pairs:
+        return graph
+    new: dict[Node, Node] = {}
+    parts: dict[Node, tuple[Node, Node, Node]] = {}
+    for n in graph.nodes:
+        z = n.inputs[0] if n.op in ("softplus", "sigmoid") else None
+        if z not in pairs:
+            new[n] = rebuild_node(n, [new[i] for i in n.inputs], new)
+            continue
+        if z not in parts:
+            sp, zero = pairs[z]["softplus"], constant(np.zeros((), z.dtype))
+            m = rebuilt(sp, "maximum", new[z], zero, new=new)
+            lo = rebuilt(sp, "minimum", new[z], zero, new=new)
+            e = rebuilt(sp, "exp", rebuilt(sp, "sub", lo, m, new=new), new=new)
+            parts[z] = (m, lo, rebuilt(sp, "log1p", e, new=new))
+            note("share_softplus_sigmoid")
+        m, lo, log1p = parts[z]
+        new[n] = rebuilt(n, "add", m, log1p, new=new) if n.op == "softplus" else \
+            rebuilt(n, "exp", rebuilt(n, "sub", lo, log1p, new=new), new=new)
     return Graph([new[o] for o in graph.outputs], [(new[v], new[u]) for v, u in graph.updates])
 
 

@@ -38,10 +38,13 @@ def hold():
 
 
 def make_check(steps):
-    """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf."""
+    """check(value, k) of check_numerics mode: stops at the first step that made a NaN/Inf
+    (k a string: the feed or variable it names held it)."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
             kind = "NaN" if np.isnan(value).any() else "Inf"
+            if isinstance(k, str):
+                raise GraphcError(f"check_numerics: {k} holds {kind}")
             raise GraphcError(f"check_numerics: step {k} produced {kind}: {steps[k]}")
     return check
 
@@ -84,16 +87,16 @@ def run_scan(*arrays, carries, xs, reverse, length, saves, like, step):
     init, seqs, caps = arrays[:carries], arrays[carries:carries + xs], arrays[carries + xs:]
     steps = length if not seqs else seqs[0].shape[0]
     carry, ys, saved = run_steps(step, init, seqs, caps, carries, steps, reverse, saves)
-    ys_like, saved_like = like
-    return tuple(carry) + stack_steps(ys, ys_like, steps) \
-        + (stack_steps(saved, saved_like, steps) if saves else ())
-
-
-def stack_steps(rows, like, steps):
-    """Per-step values stacked on a new axis 0 (zero steps: empty arrays of `like`)."""
     if steps:
-        return tuple(np.stack(col) for col in zip(*rows))
-    return tuple(np.empty((0,) + tuple(shape), dtype) for shape, dtype in like)
+        return tuple(carry) + tuple(np.stack(col) for col in zip(*ys)) \
+            + (tuple(np.stack(col) for col in zip(*saved)) if saves else ())
+    ys_like = like[0]
+    if not all(isinstance(d, int) for shape, _ in ys_like for d in shape):
+        # shapes known only now: one step on zeros gives them (graphc's scan does the same)
+        outs = step(list(init) + [np.zeros(x.shape[1:], x.dtype) for x in seqs] + list(caps))
+        ys_like = [(np.shape(y), np.asarray(y).dtype) for y in outs[carries:]]
+    return tuple(carry) + tuple(np.empty((0,) + tuple(s), d) for s, d in ys_like) \
+        + (tuple(np.empty((0,) + c.shape, c.dtype) for c in init) if saves else ())
 
 
 def step_error(plan, error):
@@ -434,6 +437,10 @@ def export(fn, path, example=()) -> str:
                               "(fn.export(path, x, y))")
         else:
             plan = fn.last_plan
+            if not loops_compiled(plan):    # a loop of zero steps ran no step of its body
+                sig = next(s for s, p in fn.plans.items() if p is plan)
+                plan_loops(fn.graph, fn.inputs, [np.zeros(shape, ph.dtype) for shape, ph
+                                                 in zip(sig, fn.inputs)], plan)
         # the plan asked for first, then the Function's other plans whose loops have run
         plans = [(s, p) for s, p in fn.plans.items() if p is plan]
         plans += [(s, p) for s, p in reversed(fn.plans.items())

@@ -5,6 +5,8 @@ for size.
 """
 from __future__ import annotations
 
+import math
+
 from graphc.ir import Graph, Node
 from graphc.runtime import emit, rules, stamps
 
@@ -92,6 +94,21 @@ class FusedLowering:
             return name
         return None
 
+    def unbroadcast(self, n: Node, a: list[str]) -> list[str]:
+        """The names n's body calls read: a broadcast of one element by that element, which
+        each call broadcasts to its output (all of them write a full-shaped buffer): NumPy's
+        scalar loop instead of a strided one over a zero-stride view (0.7 against 1.6 us at
+        512 floats). Only for reading: `a` itself still names what may be written over."""
+        read = a
+        for k, x in enumerate(n.inputs):
+            src_shape = self.shapes[id(x.inputs[0])][0] if x.op == "broadcast_to" else None
+            if src_shape is not None and len(src_shape) <= x.ndim and math.prod(src_shape) == 1:
+                src = self.var.get(id(x.inputs[0]))
+                if src is not None:
+                    read = read if read is not a else list(a)
+                    read[k] = src
+        return read
+
     def fused_ok(self, n: Node) -> bool:
         ok = self.compiles.get(id(n))
         if ok is None:                 # the answer depends on the body's form alone
@@ -118,7 +135,8 @@ class FusedLowering:
         """The body as a chain of ufunc calls: the chain that leads to the output runs in
         place in o; side branches use scratch buffers. When o is a variable being updated
         (also an input), only the last call writes o."""
-        code = stamps.stamped(self, n, a, o)     # a body of a form met before, all in o
+        read = self.unbroadcast(n, a)            # names the body's calls read
+        code = stamps.stamped(self, n, read, o)  # a body of a form met before, all in o
         if code is not None:
             return code
         body: Graph = n.attrs["body"]
@@ -138,7 +156,7 @@ class FusedLowering:
         for j, b in enumerate(body.nodes):
             op, k = b.op, id(b)
             if op == "placeholder":
-                names[k] = a[int(b.name[2:]) if pos is None else pos[k]]
+                names[k] = read[int(b.name[2:]) if pos is None else pos[k]]
                 continue
             if op == "constant":
                 cname = f"c{self.index[nid]}_{j}"

@@ -6,21 +6,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from graphc.ir import GraphcError, format_node
+from graphc.ir import GraphcError, format_node, format_shape
 
 if TYPE_CHECKING:                 # program.py imports this module
     from graphc.runtime.program import Plan
 
 
 def check_step(steps: list, names: dict):
-    """The check(value, k) function of check_numerics mode."""
+    """The check(value, k) function of check_numerics mode: k is the step, or a string
+    naming the feed or variable checked before the first step."""
     def check(value, k):
         if not np.all(np.isfinite(value)):
-            node = steps[k][0]
             kind = "NaN" if np.isnan(value).any() else "Inf"
+            if isinstance(k, str):
+                raise GraphcError(f"check_numerics: {k} holds {kind}")
+            node = steps[k][0]
             raise GraphcError(f"check_numerics: step {k} produced {kind}: "
                               f"{format_node(node, names)}\n  at {node.where}")
     return check
+
+
+def holder(n) -> str:
+    """A feed or a variable as check_numerics names it."""
+    what = "the feed for placeholder" if n.op == "placeholder" else "variable"
+    return f"{what} {n.label()} {format_shape(n.shape)} {n.dtype.name} (built at {n.where})"
 
 
 def profile_run(plan: Plan, args: list) -> list[float]:

@@ -12,8 +12,9 @@ class BodyStep:
 
     def __init__(self, body, check_numerics: bool = False):
         from graphc.runtime.function import Function     # function.py imports this module
+        # "steps": a body checks its steps only; its inputs are the loop's, checked outside
         self.fn = Function(list(body.inputs), list(body.outputs), optimize=False,
-                           check_numerics=check_numerics)
+                           check_numerics="steps" if check_numerics else False)
         self.steps, self.seconds = 0, 0.0
 
     def __call__(self, values: list) -> list:

@@ -15,7 +15,7 @@ import numpy as np
 from graphc.ir import OPS, Graph, Node, format_node
 from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.fused_lowering import FusedLowering
-from graphc.runtime.instrument import check_step
+from graphc.runtime.instrument import check_step, holder
 
 FRESH, RAISING = lowering.FRESH, lowering.RAISING   # facts of the lowering table
 # the nodes that are not steps (an op node may have no inputs: a user's op)
@@ -143,6 +143,9 @@ class Lowering(FusedLowering):
         self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
         lines = [f"def run({', '.join(args)}):"] + head
+        if self.check is True:   # a NaN fed in (or stored) is not the first step's fault
+            lines += [f"    check({self.var[id(n)]}, {holder(n)!r})"
+                      for n in self.inputs + g.variables if n.dtype.kind in "fc"]
         steps, fused_at = [], []
         held = False
         for i, n in enumerate(g.nodes):
