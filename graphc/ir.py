@@ -9,6 +9,7 @@ scope, gradient-of, user line) in `graphc.scope`, storage locks and the GC pause
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -24,6 +25,18 @@ Shape = tuple[Dim, ...]
 
 
 _ids = itertools.count()
+_DTYPE_TYPES: set[type] = set()     # the classes of np.dtype instances met (np.dtype(d) is d)
+
+
+def as_dtype(dtype) -> np.dtype:
+    """np.dtype(dtype); a dtype instance's class is remembered, so a node built with a dtype
+    (nearly every one) skips the call (~0.3 us of a node's ~1 us)."""
+    out = np.dtype(dtype)
+    if out is dtype:
+        _DTYPE_TYPES.add(type(dtype))
+    return out
+
+
 class Node:
     """One value in a graph: an op applied to inputs. Immutable; knows inputs, never users.
 
@@ -38,7 +51,8 @@ class Node:
                  name: str | None = None, where: str = "<unknown>", scope: tuple = (),
                  grad_of: Node | None = None, data: Any = None):
         self.op, self.inputs, self.attrs = op, tuple(inputs), dict(attrs)
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = dtype if type(dtype) in _DTYPE_TYPES else as_dtype(dtype)
         self.name, self.where, self.scope, self.grad_of = name, where, scope, grad_of
         self.data, self.id = data, next(_ids)
 
@@ -237,6 +251,13 @@ def as_node(x, like: Node | None = None) -> Node:
     if isinstance(x, Node):
         return x
     if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        key = (type(x), x, math.copysign(1.0, x) if type(x) is float else 0,
+               None if like is None else like.dtype)
+        arr = _SCALARS.get(key)
+        if arr is not None:
+            scope, grad_of = _context.get()
+            return Node("constant", (), {}, arr.shape, arr.dtype, None, user_line(), scope,
+                        grad_of, data=arr)
         if like is not None:
             dtype = np.result_type(like.dtype, x)
         else:
@@ -251,8 +272,18 @@ def as_node(x, like: Node | None = None) -> Node:
                                              "of them first)"
             raise GraphcError(f"the Python scalar {x!r} does not fit "
                               f"{np.dtype(dtype).name}{beside}\n  at {user_line()}")
-        return constant(arr)
+        node = constant(arr)
+        if len(_SCALARS) >= 4096:
+            _SCALARS.clear()
+        _SCALARS[key] = node.data       # read-only: the nodes of one scalar may share it
+        return node
     return constant(x)
+
+
+# (type, value, sign of a float zero, dtype beside it) -> its checked read-only array: a
+# gradient converts the same few scalars (tanh's 1 - y*y) once per node, and each conversion
+# (dtype promotion, an overflow check, two errstates, a copy) cost more than the node itself
+_SCALARS: dict[tuple, np.ndarray] = {}
 
 
 def constant(value, dtype=None, name: str | None = None) -> Node:
@@ -344,8 +375,11 @@ class Graph:
 
     def __init__(self, outputs: Sequence[Node], updates: Sequence[tuple[Node, Node]] = ()):
         self.outputs = tuple(outputs)
-        self.updates = tuple((v, n) for v, n in updates)
-        roots = self.outputs + tuple(x for pair in self.updates for x in pair)
+        if updates:
+            self.updates = tuple([(v, n) for v, n in updates])
+            roots = self.outputs + tuple([x for pair in self.updates for x in pair])
+        else:                       # a fused group's body: thousands of small graphs
+            self.updates, roots = (), self.outputs
         self.nodes = toposort(roots)
 
     @property

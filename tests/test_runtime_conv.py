@@ -7,7 +7,7 @@ import pytest
 
 import graphc as gc
 from graphc.ir import OPS
-from graphc.runtime import conv
+from graphc.runtime import blas, conv
 
 RNG = np.random.default_rng(7)
 
@@ -89,9 +89,11 @@ def test_pooled_narrow_convolution_runs_channels_last_in_its_own_buffer(kind, st
             np.testing.assert_allclose(got, node.eval({x: xv}), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("images", [1, 2])
-def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images):
-    # chunks of 1 or 2 of 3 images (the last one shorter) at stride 1, of 2 or 3 at stride 2
+@pytest.mark.parametrize("images,threads", [(1, 1), (2, 1), (1, 2)])
+def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images, threads):
+    # chunks of 1 or 2 of 3 images (the last one shorter) at stride 1, of 2 or 3 at stride 2;
+    # the BLAS on 2 threads: the whole batch at once whatever CHUNK_BYTES says
+    monkeypatch.setattr(blas, "threads", lambda: threads)
     x = gc.placeholder((None, 9, 7, 6), "float32", name="x")
     w = gc.variable(RNG.standard_normal((4, 9, 3, 2)).astype(np.float32), name="w")
     xv = RNG.standard_normal((3, 9, 7, 6)).astype(np.float32)
@@ -103,3 +105,4 @@ def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images):
         f = gc.function([x], gx)
         for _ in range(2):
             np.testing.assert_allclose(f(xv), gx.eval({x: xv}), rtol=1e-4, atol=1e-5)
+        assert ("chunks=False" in f.source) == (threads > 1)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.runtime.planner import Pool, Step, Update, direct_updates, dying, liveness
+from graphc.runtime.planner import Pool, Step, Update, direct_updates, dying, endings, liveness
 
 
 def run_plan(steps, kept, shape=(4,)):
     """Assign a buffer to every "buffer" step the way the lowering does: give back the
     buffers whose last reader ran, then take one for the step. -> {key: buffer name}."""
     roots, last = liveness(steps, kept)
-    pool, owner, got = Pool({}), {}, {}
+    pool, owner, got, ends = Pool({}), {}, {}, endings(last, len(steps))
     for i, s in enumerate(steps):
-        free = dying(s, i, roots, last, owner)
+        free = dying(i, owner, ends)
         if s.kind == "buffer":
             owner[s.key] = got[s.key] = pool.take(shape, np.float64)
         for b in free:
@@ -96,3 +96,11 @@ def test_a_step_reading_a_view_of_its_variable_does_not_write_into_it():
     roots, last = liveness(steps, kept=["v'"])
     ups = [update("v", "v'", 1, ("v", "t"))]
     assert direct_updates(ups, steps, [], roots, last, []) == set()
+
+
+def test_dying_buffers_come_in_the_order_of_their_names_not_of_their_keys():
+    # keys are id()s in the lowering, ordered differently from run to run: the buffers given
+    # back (and so the generated code) must not follow them
+    ends = endings({1: 0, 2: 0, 3: 0}, 1)
+    assert dying(0, {1: "b10", 2: "b2", 3: "b1"}, ends) == ["b1", "b2", "b10"]
+    assert dying(0, {3: "b10", 1: "b2", 2: "b1"}, ends) == ["b1", "b2", "b10"]

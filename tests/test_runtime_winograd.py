@@ -15,7 +15,7 @@ import pytest
 
 import graphc as gc
 from graphc.ir import OPS
-from graphc.runtime import winograd
+from graphc.runtime import blas, winograd
 from tests.test_export import check_export
 
 RNG = np.random.default_rng(17)
@@ -105,6 +105,11 @@ def test_winograd_is_used_where_the_rule_says_it_pays():
     assert not pays((1024, 32, 15, 15), (32, 32, 3, 3), (1, 1), (0, 0))  # 13x13 in 16x16
     assert pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float64")
     assert not pays((1024, 32, 13, 13), (32, 32, 3, 3), (1, 1), (0, 0), "float16")
+    # the BLAS on more threads than MAX_THREADS: im2col's large GEMMs use them
+    for threads in (2, 4):
+        assert not winograd.pays((64, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0), "float32",
+                                 threads)
+    assert winograd.pays((64, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0), "float32", 1)
 
 
 def random_stack(seed: int, dtype):
@@ -139,6 +144,7 @@ def everywhere(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MAX_WORK", 100.0)
     monkeypatch.setattr(winograd, "MIN_PRODUCTS", 0)
+    monkeypatch.setattr(winograd, "MAX_THREADS", 1 << 20)      # whatever the BLAS runs on
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -165,9 +171,11 @@ def test_compiled_stacks_with_winograd_under_check_numerics(everywhere, seed):
     assert "xp.winograd_conv2d(" in f.source
 
 
-def test_the_three_steps_share_the_transforms():
-    """Where the rule picks Winograd by itself: the gradients read the forward's workspace
-    and the second one reuses g's transformed tiles; values as eval's."""
+def test_the_three_steps_share_the_transforms(monkeypatch):
+    """Where the rule picks Winograd by itself (the BLAS on one thread): the gradients read
+    the forward's workspace and the second one reuses g's transformed tiles; values as
+    eval's."""
+    monkeypatch.setattr(blas, "threads", lambda: 1)
     x = gc.placeholder((None, 32, 23, 22), "float32", name="x")
     w = gc.variable(RNG.standard_normal((32, 32, 3, 3)).astype(np.float32) / 17, name="K")
     y = gc.conv2d(x, w, padding=1)
@@ -218,3 +226,25 @@ def test_conv_kernels_are_unchanged_where_winograd_does_not_pay():
     f = gc.function([x], gc.sum(gc.conv2d(x, w)))
     f(RNG.standard_normal((2, 1, 8, 8)).astype(np.float32))
     assert "winograd" not in f.source and "xp.conv2d(" in f.source
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_lowering_asks_the_blas_threads(monkeypatch, threads):
+    """The choice follows the BLAS's thread count when the plan is made: at one thread
+    Winograd, at two im2col (one GEMM per step spread over the threads); values as eval's
+    either way, for the loss and both gradients."""
+    monkeypatch.setattr(blas, "threads", lambda: threads)
+    x = gc.placeholder((None, 32, 13, 13), "float32", name="x")
+    w = gc.variable(RNG.standard_normal((64, 32, 3, 3)).astype(np.float32) / 17, name="K")
+    y = gc.conv2d(x, w)
+    loss = gc.sum(gc.tanh(y) * y)
+    outs = [loss] + list(gc.grad(loss, [x, w]))
+    f = gc.function([x], outs)
+    xv = RNG.standard_normal((64, 32, 13, 13)).astype(np.float32)
+    for got, want in zip(f(xv), [o.eval({x: xv}) for o in outs]):
+        close(got, want, np.float32)
+    src = f.source
+    if threads == 1:
+        assert src.count("xp.winograd_") == 3 and "xp.conv2d" not in src
+    else:
+        assert "winograd" not in src and src.count("xp.conv2d") == 3

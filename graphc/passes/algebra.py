@@ -167,13 +167,13 @@ def shape_source(n: Node, x: Node, *rest: Node) -> Node | None:
     k = 0 if n.op == "size" else 1
     if len(n.inputs) <= k:
         return None
-    like = n.inputs[k]
-    if not (like.inputs and OPS[like.op].elementwise):
-        return None
-    same = next((i for i in like.inputs if i.shape == like.shape), None)
-    if same is None:
-        return None
-    return n.replace(n.inputs[:k] + (same,) + n.inputs[k + 1:])
+    like = src = n.inputs[k]
+    while src.inputs and OPS[src.op].elementwise:   # the whole way down at once: one step
+        same = next((i for i in src.inputs if i.shape == src.shape), None)  # per fire made
+        if same is None:                            # a node per step (3 per chain block)
+            break
+        src = same
+    return None if src is like else n.replace(n.inputs[:k] + (src,) + n.inputs[k + 1:])
 
 
 def exact_neg(x: Node, n: Node) -> bool:

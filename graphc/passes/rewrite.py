@@ -192,7 +192,14 @@ def rewrite(graph: Graph, rules: Sequence[Rule] = (), limit: int | None = None) 
         """n, whose inputs are done: rebuilt, hash-consed and offered to the rules; (its
         canonical form, the replacement) when a rule fired (the replacement is rewritten
         next), else None and n is done."""
-        new = rebuild_node(n, [done[i] for i in n.inputs], done)
+        old = n.inputs
+        if old:                   # rebuild_node's answer for unchanged inputs, without a call
+            ins = tuple([done[i] for i in old])
+            tag = n.grad_of
+            new = n if ins == old and (tag is None or done.get(tag, tag) is tag) \
+                else rebuild_node(n, ins, done)
+        else:
+            new = n
         new = table.setdefault(node_key(new), new)
         if new in done and new is not n:
             done[n] = done[new]

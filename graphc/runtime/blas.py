@@ -225,6 +225,45 @@ def pays_vector(m: int, n: int, fixed: bool) -> bool:
     return m > 1 and n > 1 and fixed
 
 
+# OpenBLAS's thread count, by the names NumPy's wheels and other builds give it
+THREAD_NAMES = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                "openblas_get_num_threads")
+
+
+def find_threads():
+    """NumPy's OpenBLAS `get_num_threads` as a ctypes function (looked up as find_gemm looks
+    up the GEMM), or None (another BLAS, or none found)."""
+    try:
+        try:
+            from numpy._core import _multiarray_umath as umath
+        except ImportError:                     # NumPy 1.x
+            from numpy.core import _multiarray_umath as umath
+        lib = ctypes.CDLL(umath.__file__)
+    except (ImportError, OSError, AttributeError):
+        return None
+    for name in THREAD_NAMES:
+        try:
+            f = lib[name]
+        except AttributeError:
+            continue
+        f.restype, f.argtypes = ctypes.c_int, []
+        return f
+    return None
+
+
+def threads() -> int:
+    """How many threads NumPy's BLAS runs a large product on now (it can change while the
+    process runs, e.g. by threadpoolctl: asked at every call). 1 when unknown: the choices
+    made from it (winograd.pays) then stay those measured at one thread."""
+    if GET_THREADS is None:
+        return 1
+    try:
+        return max(1, int(GET_THREADS()))
+    except (OSError, ValueError):
+        return 1
+
+
 # found once per process (an exported module finds them again where it runs)
 GEMM = find_gemm()
 GEMV = find_gemm("gemv")
+GET_THREADS = find_threads()

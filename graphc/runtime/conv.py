@@ -158,19 +158,21 @@ CHUNK_BYTES = 2 ** 21      # the offsets' gradients of one batch chunk: about an
 
 
 def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill=True,
-                      gT=None):
+                      gT=None, chunks=True):
     """dx: one batched GEMM per window offset, (N*Ho*Wo, Co) @ (Co, C), gives each offset's
     gradient channels-last and contiguous; col2im adds them back offset by offset along long
     rows (Wo*C floats when the stride is 1). Both run per chunk of images whose offsets'
     gradients fit in CHUNK_BYTES: col2im reads them while they are in cache (~6 % faster at
-    (64, 64, 11, 11), and that workspace 1/4 of the whole batch's)."""
+    (64, 64, 11, 11) on one BLAS thread, and that workspace 1/4 of the whole batch's).
+    chunks=False (the lowering's choice when the BLAS runs on several threads): the whole
+    batch at once, kh*kw GEMMs in all, as each GEMM is a hand-off between the BLAS threads."""
     co, c, kh, kw = w.shape
     n, _, ho, wo = g.shape
     h, wd = like.shape[2:]
     gT = g_last(g, ws, shared, fill) if gT is None else gT
     if "wk" not in ws:
         per_image = kh * kw * ho * wo * c * out.itemsize
-        ws["chunk"] = max(1, min(n, CHUNK_BYTES // per_image))
+        ws["chunk"] = max(1, min(n, CHUNK_BYTES // per_image)) if chunks else max(n, 1)
         ws["wk"] = np.empty((kh, kw, co, c), out.dtype)
         ws["d"] = np.empty((kh * kw, ws["chunk"] * ho * wo, c), out.dtype)
     (ph, pw) = padding

@@ -57,15 +57,7 @@ class FusedLowering:
         call reads that input, elementwise, before anything else writes the buffer."""
         if not self.fused_ok(n):
             return None
-        body = n.attrs["body"]
-        users = self.body_users(n)
-        _, bottom = self.spine_of(n, users)
-        if not rules.inplace_ok(bottom, lambda b: self.shapes[(id(n), id(b))][0]):
-            return None
-        for ph in bottom.inputs:
-            if ph.op != "placeholder" or users[id(ph)] != 1:
-                continue
-            k = self.position(body, ph)
+        for k in stamps.overwritable(self, n, self.overwritable):
             r = id(n.inputs[k])
             if r in owner and self.roots[r] == (r,) and self.last[r] == i \
                     and self.shapes[r] == self.shapes[id(n)] and self.pool.owns(owner[r]) \
@@ -73,6 +65,16 @@ class FusedLowering:
                     and not any(r in self.roots[id(y)] for j, y in enumerate(n.inputs) if j != k):
                 return owner[r]
         return None
+
+    def overwritable(self, n: Node) -> tuple[int, ...]:
+        """The inputs (by index) the first call of n's spine alone reads, elementwise."""
+        users = self.body_users(n)
+        _, bottom = self.spine_of(n, users)
+        if not rules.inplace_ok(bottom, lambda b: self.shapes[(id(n), id(b))][0]):
+            return ()
+        body = n.attrs["body"]
+        return tuple([self.position(body, ph) for ph in bottom.inputs
+                      if ph.op == "placeholder" and users[id(ph)] == 1])
 
     def reusable_input(self, n: Node, b: Node, a: list[str], users: dict, shape_of):
         """A buffer of n's inputs that dies at this step and that body node b alone reads:

@@ -20,7 +20,7 @@ im2col convolution's.
 """
 from __future__ import annotations
 
-from graphc.runtime import conv, winograd
+from graphc.runtime import blas, conv, winograd
 
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad")
 
@@ -37,6 +37,7 @@ class ConvStack:
         self.wino: set[str] = set()           # workspaces of Winograd convolutions
         self.wino_g: dict[int, str] = {}      # g id -> its transformed tiles' shared dict
         self.pool: str | None = None          # the Winograd steps' shared scratch
+        self.threads: int | None = None       # the BLAS's threads, asked once per plan
 
     def before(self, low) -> None:
         pass
@@ -90,8 +91,9 @@ class ConvStack:
             return f"xp.conv2d_grad_weight({args}{self.shared_g(low, n, None)})"
         if n.op == "conv2d_grad_input":
             gs = self.nhwc.get(id(n.inputs[0]))
-            return f"xp.conv2d_grad_input({args}, gT={gs})" if gs is not None \
-                else f"xp.conv2d_grad_input({args}{self.shared_g(low, n, True)})"
+            whole = ", chunks=False" if self.blas_threads() > 1 else ""
+            return f"xp.conv2d_grad_input({args}, gT={gs}{whole})" if gs is not None \
+                else f"xp.conv2d_grad_input({args}{self.shared_g(low, n, True)}{whole})"
         if n.op == "max_pool2d_grad" and id(n) in self.top:
             f = self.top[id(n)]
             x, t = self.nhwc.get(id(n.inputs[1])), self.nhwc.get(id(f))
@@ -105,12 +107,19 @@ class ConvStack:
 
     def uses_winograd(self, low, n) -> bool:
         """Winograd for this step of a convolution: `pays` for its input and filter shapes
-        (so the three steps of one convolution agree)."""
+        and the BLAS's thread count now (asked once per plan: the three steps of one
+        convolution agree)."""
         shape = [low.shapes[id(x)][0] for x in n.inputs]
         x, w = {"conv2d": (0, 1), "conv2d_grad_input": (2, 1),
                 "conv2d_grad_weight": (0, 2)}[n.op]
         return winograd.pays(shape[x], shape[w], n.attrs["stride"], n.attrs["padding"],
-                             n.dtype)
+                             n.dtype, self.blas_threads())
+
+    def blas_threads(self) -> int:
+        """The BLAS's thread count, asked once per plan (so the steps of one plan agree)."""
+        if self.threads is None:
+            self.threads = blas.threads()
+        return self.threads
 
     def winograd_code(self, low, n, a: list[str], o: str, ws: str) -> str:
         """The Winograd step: the forward registers its workspace (transforms kept) and its

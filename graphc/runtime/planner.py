@@ -52,10 +52,26 @@ def liveness(steps: list[Step], kept) -> tuple[dict, dict]:
     return roots, last
 
 
-def dying(step: Step, i: int, roots: dict, last: dict, owner: dict) -> list[str]:
-    """The buffers whose last reader is step i (they may be reused from the next take on)."""
-    ending = {r for x in step.reads for r in roots[x] if r in owner and last[r] == i}
-    return [owner[r] for r in sorted(ending)]
+def endings(last: dict, count: int) -> list[list]:
+    """Per step index, the roots whose last reader that step is: `dying` of a plan's steps
+    without a walk over every read's roots at each step (a root read last at step i is one
+    of the roots of a value step i reads)."""
+    out: list[list] = [[] for _ in range(count)]
+    for r, i in last.items():
+        if 0 <= i < count:
+            out[i].append(r)
+    return out
+
+
+def by_name(name: str) -> tuple:
+    return len(name), name
+
+
+def dying(i: int, owner: dict, ends: list) -> list[str]:
+    """The buffers whose last reader is step i (they may be reused from the next take on), in
+    the order of their names (`b2` before `b10`): keys are id()s, whose order differs from run
+    to run, and the pool hands the last one given back out first. ends: `endings(last, n)`."""
+    return sorted([owner[r] for r in ends[i] if r in owner], key=by_name)
 
 
 class Pool:

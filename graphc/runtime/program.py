@@ -142,6 +142,7 @@ class Lowering(FusedLowering):
         direct = self.direct_updates(kinds)
         self.fresh = self.fresh_outputs(kinds, direct)
         owner: dict[int, str] = {}        # root id -> buffer name
+        ends = planner.endings(self.last, len(self.steps))
         lines = [f"def run({', '.join(args)}):"] + head
         if self.check is True:   # a NaN fed in (or stored) is not the first step's fault
             lines += [f"    check({self.var[id(n)]}, {holder(n)!r})"
@@ -151,7 +152,7 @@ class Lowering(FusedLowering):
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            dying = planner.dying(self.steps[i], i, self.roots, self.last, owner)
+            dying = planner.dying(i, owner, ends)
             o, fold = None, False
             if id(n) in direct:
                 o = owner[id(n)] = self.var[id(direct[id(n)])]

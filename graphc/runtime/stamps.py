@@ -70,6 +70,17 @@ def users(low, n) -> dict[int, int]:
     return {id(nodes[j]): c for j, c in hit}
 
 
+def overwritable(low, n, find) -> tuple[int, ...]:
+    """find(n) (the inputs a fused step may write its spine over, by index) once per form."""
+    key = form_key(low, n)
+    if key is None:
+        return find(n)
+    hit = low.form_facts.get(("overwritable", key))
+    if hit is None:
+        hit = low.form_facts[("overwritable", key)] = find(n)
+    return hit
+
+
 def stamped(low, n, a: list[str], o: str) -> str | None:
     """The code of fused step n into o from a when its body runs wholly in place in o (None:
     the lowering writes it op by op, `emit_fused`). A form whose code makes plan constants of

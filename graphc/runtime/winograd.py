@@ -32,15 +32,19 @@ AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8
 MIN_CHANNELS = 16
 MIN_PRODUCTS = 2 ** 22  # N * Ho * Wo * C * Co (im2col's multiplies / 9)
 MAX_WORK = 0.3          # the tiles' products over im2col's (partial tiles waste them)
+MAX_THREADS = 1         # BLAS threads (bench/winograd_ab.py, bench/README: at 2, im2col)
 
 
-def pays(x_shape, w_shape, stride, padding, dtype) -> bool:
+def pays(x_shape, w_shape, stride, padding, dtype, threads: int = 1) -> bool:
     """Winograd for this convolution: 3x3, stride 1, float32/64, C and Co >= MIN_CHANNELS,
     MIN_PRODUCTS or more, and the 4x4 output tiles covering the map with at most MAX_WORK of
-    im2col's products."""
+    im2col's products; and the BLAS on at most MAX_THREADS threads (`threads`, blas.threads()
+    when lowering): im2col's few large GEMMs spread over its threads, Winograd's transforms
+    (memory passes on one core) and its batches of 36 small GEMMs (a hand-off between the
+    BLAS threads each) do not."""
     co, c, kh, kw = w_shape
     if (kh, kw) != (3, 3) or tuple(stride) != (1, 1) or min(c, co) < MIN_CHANNELS \
-            or np.dtype(dtype) not in (np.float32, np.float64):
+            or np.dtype(dtype) not in (np.float32, np.float64) or threads > MAX_THREADS:
         return False
     ho, wo = x_shape[2] + 2 * padding[0] - 2, x_shape[3] + 2 * padding[1] - 2
     if ho < 1 or wo < 1 or x_shape[0] * ho * wo * c * co < MIN_PRODUCTS:
