@@ -100,24 +100,38 @@ def stamped(low, n, a: list[str], o: str) -> str | None:
         if len(low.spine_of(n, low.body_users(n))[0]) != len(inner):
             low.stamps[key] = None          # a scratch buffer or a reused input: op by op
             return None
-        before, calls = low.nconst, len(low.kernel_calls)
-        code = in_place(low, n, [f"{SLOT}A{k}{SLOT}" for k in range(len(a))], f"{SLOT}O{SLOT}")
-        stamp = Stamp(code, low.kernel_calls[calls:],
-                      [j for j, b in enumerate(body.nodes) if b.op == "constant"])
-        made = {f"k{i}" for i in range(before, low.nconst)}
-        scalars = {name for k, v in low.cache.items() if k[0] == "scalars" for name in v.values()}
-        low.stamps[key] = stamp if made <= scalars else None
+        stamp = record(low, key, n, lambda: in_place(
+            low, n, [f"{SLOT}A{k}{SLOT}" for k in range(len(a))], f"{SLOT}O{SLOT}"))
     else:
         low.kernel_calls += stamp.kernel_calls
-    prefix = f"c{low.index[id(n)]}_"
-    nodes, ns = body.nodes, low.ns
+    prefix, nodes = f"c{low.index[id(n)]}_", body.nodes
     for j in stamp.constants:                   # as emit_fused names them
-        ns[f"{prefix}{j}"] = nodes[j].data
+        low.ns[f"{prefix}{j}"] = nodes[j].data
+    return fill(stamp, prefix, o, {"A": a})
+
+
+def record(low, key, n, write) -> Stamp:
+    """The stamp of the code write() gives (slots for names), kept under key unless that
+    code made plan constants of its own (beyond the shared scalars): such a form is then
+    written op by op."""
+    before, calls = low.nconst, len(low.kernel_calls)
+    stamp = Stamp(write(), low.kernel_calls[calls:],
+                  [j for j, b in enumerate(n.attrs["body"].nodes) if b.op == "constant"])
+    made = {f"k{i}" for i in range(before, low.nconst)}
+    scalars = {name for k, v in low.cache.items() if k[0] == "scalars" for name in v.values()}
+    low.stamps[key] = stamp if made <= scalars else None
+    return stamp
+
+
+def fill(stamp: Stamp, prefix: str, o: str, slots: dict[str, list[str]]) -> str:
+    """The stamp's code with one step's names: O its output, C<j> its constants (prefix),
+    any other slot a name from the list of that kind (A inputs, R what is read, S scratch)."""
     parts = list(stamp.parts)
     for i in range(1, len(parts), 2):
         slot = parts[i]
-        parts[i] = o if slot == "O" else a[int(slot[1:])] if slot[0] == "A" else \
-            prefix + slot[1:]
+        kind = slot[0]
+        parts[i] = o if kind == "O" else prefix + slot[1:] if kind == "C" else \
+            slots[kind][int(slot[1:])]
     return "".join(parts)
 
 
@@ -159,31 +173,20 @@ def replayed(low, n, calls: list, read: list[str], a: list[str], o: str, taken: 
         return None
     body = n.attrs["body"]
     if stamp is False:
-        before, made_calls = low.nconst, len(low.kernel_calls)
-        names: dict[int, str] = {}
-        for j, b in enumerate(body.nodes):
-            if b.op == "placeholder":
-                names[id(b)] = f"{SLOT}R{low.position(body, b)}{SLOT}"
-            elif b.op == "constant":
-                names[id(b)] = f"{SLOT}C{j}{SLOT}"
-        code = []
-        for b, _, slot in calls:
-            dst = names[id(b)] = f"{SLOT}{slot}{SLOT}"
-            code.append(rules.elementwise_code(low, b, [names[id(x)] for x in b.inputs], dst,
-                                               shape_of))
-        stamp = Stamp("; ".join(code), low.kernel_calls[made_calls:],
-                      [j for j, b in enumerate(body.nodes) if b.op == "constant"])
-        made = {f"k{i}" for i in range(before, low.nconst)}
-        scalars = {name for k, v in low.cache.items() if k[0] == "scalars" for name in v.values()}
-        low.stamps[key] = stamp if made <= scalars else None
+        def write() -> str:
+            names: dict[int, str] = {}
+            for j, b in enumerate(body.nodes):
+                if b.op == "placeholder":
+                    names[id(b)] = f"{SLOT}R{low.position(body, b)}{SLOT}"
+                elif b.op == "constant":
+                    names[id(b)] = f"{SLOT}C{j}{SLOT}"
+            code = []
+            for b, _, slot in calls:
+                dst = names[id(b)] = f"{SLOT}{slot}{SLOT}"
+                code.append(rules.elementwise_code(low, b, [names[id(x)] for x in b.inputs],
+                                                   dst, shape_of))
+            return "; ".join(code)
+        stamp = record(low, key, n, write)
     else:
         low.kernel_calls += stamp.kernel_calls
-    prefix = f"c{low.index[id(n)]}_"
-    parts = list(stamp.parts)
-    for i in range(1, len(parts), 2):
-        slot = parts[i]
-        kind = slot[0]
-        parts[i] = o if kind == "O" else a[int(slot[1:])] if kind == "A" else \
-            read[int(slot[1:])] if kind == "R" else taken[int(slot[1:])] if kind == "S" else \
-            prefix + slot[1:]
-    return "".join(parts)
+    return fill(stamp, f"c{low.index[id(n)]}_", o, {"A": a, "R": read, "S": taken})
