@@ -267,7 +267,7 @@ def mlp_step(sizes=(12, 9, 4), seed=3):
     params, h = [], x
     for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
         W = gc.variable((r.standard_normal((a, b)) * 0.3).astype(np.float32), name=f"W{k}")
-        c = gc.variable(np.zeros(b, np.float32), name=f"b{k}")
+        c = gc.variable(r.standard_normal(b).astype(np.float32) * 0.1, name=f"b{k}")
         params += [W, c]
         h = h @ W + c
         if k < len(sizes) - 2:

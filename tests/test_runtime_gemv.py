@@ -14,7 +14,7 @@ import pytest
 import graphc as gc
 from graphc.runtime import blas
 from tests.test_export import check_export, run_exported
-from tests.test_runtime_gemm import TOL, compare, feeder, gemm_calls
+from tests.test_runtime_gemm import TOL, compare, feeder, gemm_calls, mlp_step
 
 RNG = np.random.default_rng(1718)
 GEMV_HERE = "f" in blas.GEMV and "d" in blas.GEMV
@@ -204,26 +204,8 @@ def test_a_feed_keeps_its_product_with_ones():
     assert not blas.pays_vector(512, 1, True) and not blas.pays_vector(1, 8, True)
 
 
-def mlp(sizes=(10, 7, 3), seed=4):
-    r = np.random.default_rng(seed)
-    x = gc.placeholder((None, sizes[0]), name="x")
-    y = gc.placeholder((None,), dtype="int64", name="y")
-    params, h = [], x
-    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        W = gc.variable((r.standard_normal((a, b)) * 0.3).astype(np.float32), name=f"W{k}")
-        c = gc.variable(r.standard_normal(b).astype(np.float32) * 0.1, name=f"b{k}")
-        params += [W, c]
-        h = h @ W + c
-        if k < len(sizes) - 2:
-            h = gc.relu(h)
-    loss = gc.mean(gc.softmax_cross_entropy(h, y))
-    grads = gc.grad(loss, params)
-    f = gc.function([x, y], loss, updates=[(p, p - 0.1 * g) for p, g in zip(params, grads)])
-    return f, params
-
-
 def test_the_export_carries_the_gemv_kernel(tmp_path):
-    f, params = mlp()
+    f, params = mlp_step((10, 7, 3), seed=4)
     data = [[RNG.standard_normal((6, 10)).astype(np.float32), RNG.integers(0, 3, 6)]
             for _ in range(4)]
     check_export(f, data[:1], data[1:], tmp_path, params, rtol=1e-5)
@@ -240,7 +222,7 @@ def test_the_export_carries_the_gemv_kernel(tmp_path):
 def test_an_export_runs_where_no_gemv_is_found(tmp_path):
     if not BLAS_HERE:
         pytest.skip("no BLAS found: the export has no GEMV step")
-    f, params = mlp(seed=6)
+    f, params = mlp_step((10, 7, 3), seed=6)
     data = [[RNG.standard_normal((6, 10)).astype(np.float32), RNG.integers(0, 3, 6)]
             for _ in range(3)]
     folder = tmp_path / "export"
