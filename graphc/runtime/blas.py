@@ -25,13 +25,8 @@ def find_gemm(kind: str = "gemm") -> dict:
     product gives a wrong result.
     The function has no argtypes: callers pass ctypes objects, made once (the conversion of
     14 Python arguments per call costs more than a small product)."""
-    try:
-        try:
-            from numpy._core import _multiarray_umath as umath
-        except ImportError:                     # NumPy 1.x
-            from numpy.core import _multiarray_umath as umath
-        lib = ctypes.CDLL(umath.__file__)       # already loaded: dlsym sees its dependencies
-    except (ImportError, OSError, AttributeError):
+    lib = numpy_library()
+    if lib is None:
         return {}
     found = {}
     for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
@@ -46,6 +41,19 @@ def find_gemm(kind: str = "gemm") -> dict:
                 found[char] = routine
             break
     return found
+
+
+def numpy_library():
+    """NumPy's own extension module as a ctypes library (None when it cannot be opened): it
+    is already loaded, so dlsym through it sees its dependencies, the BLAS among them."""
+    try:
+        try:
+            from numpy._core import _multiarray_umath as umath
+        except ImportError:                     # NumPy 1.x
+            from numpy.core import _multiarray_umath as umath
+        return ctypes.CDLL(umath.__file__)
+    except (ImportError, OSError, AttributeError):
+        return None
 
 
 def ilp64() -> bool:
@@ -233,13 +241,8 @@ THREAD_NAMES = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64
 def find_threads():
     """NumPy's OpenBLAS `get_num_threads` as a ctypes function (looked up as find_gemm looks
     up the GEMM), or None (another BLAS, or none found)."""
-    try:
-        try:
-            from numpy._core import _multiarray_umath as umath
-        except ImportError:                     # NumPy 1.x
-            from numpy.core import _multiarray_umath as umath
-        lib = ctypes.CDLL(umath.__file__)
-    except (ImportError, OSError, AttributeError):
+    lib = numpy_library()
+    if lib is None:
         return None
     for name in THREAD_NAMES:
         try:
