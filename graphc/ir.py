@@ -480,6 +480,8 @@ def fits(raw: np.ndarray, arr: np.ndarray) -> bool:
     not 44 in int8, nor label 1.5 label 1), floats up to rounding (1e5 is not inf in float16)."""
     if arr.dtype.kind in "biu":
         return bool(np.array_equal(arr, raw))
+    if raw.dtype == object:     # Python ints past int64 (2**70): finite, as floats too
+        raw = raw.astype(np.float64)
     return arr.dtype.kind != "f" or not (np.isinf(arr) & np.isfinite(raw)).any()
 
 
