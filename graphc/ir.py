@@ -499,8 +499,8 @@ def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> No
                 got = ", ".join(format_shape(s) for s in shapes)
                 raise GraphcError(
                     f"{n.op}({got}): the input declared {format_shape(x.shape)} is 1 along "
-                    f"axis {k}, known only at run time, against {out[lead + k]} (such dims do "
-                    f"not broadcast: declare it 1, or broadcast_to it first)\n  at {n.where}")
+                    f"axis {k}, known only at run time, against {out[lead + k]} (dims known "
+                    f"only at run time do not broadcast: declare it 1)\n  at {n.where}")
 
 
 def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
@@ -535,7 +535,7 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
             values[id(n)] = out if opdef.items else np.asarray(out)
-            if opdef.elementwise:
+            if opdef.elementwise or n.op == "broadcast_to":
                 refuse_unknown_broadcast(n, [values[id(i)].shape for i in n.inputs],
                                          values[id(n)].shape)
     # a variable's storage (or a view of it) is copied: updates write it in place later, and

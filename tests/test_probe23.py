@@ -66,6 +66,37 @@ def test_an_unknown_dim_fed_1_against_a_larger_one_is_refused_everywhere():
         np.testing.assert_allclose(got, 4 * np.exp(a), rtol=1e-14)
 
 
+
+def test_an_rnn_initial_state_declared_unknown_fed_for_one_example_is_refused():
+    """h0 declared (None, 4) fed (1, 4) for a batch of 2: eval gave h0's gradient as (2, 4),
+    compiled failed inside the loop (scan: all input arrays must have the same shape, as the
+    optimizer dropped the broadcast_to it took for a no-op). Now refused at the broadcast,
+    naming the line; declared (1, 4) it broadcasts and its gradient is (1, 4)."""
+    from graphc import nn
+    x = gc.placeholder((None, None, 3), "float64", "x")
+    rng = np.random.default_rng(0)
+    a, h = rng.standard_normal((2, 3, 3)), rng.standard_normal((1, 4))
+    for shape in ((None, 4), (1, 4)):
+        h0 = gc.placeholder(shape, "float64", "h0")
+        rnn = nn.GRU(4, return_sequences=True, return_state=True, seed=0)
+        outs = list(rnn(x, initial_state=h0))
+        outs += gc.grad(gc.sum(outs[0]), [h0])
+        runs = [lambda: evaluate(outs, {x: a, h0: h}),
+                lambda: gc.function([x, h0], outs)(a, h),
+                lambda: gc.function([x, h0], outs, optimize=False)(a, h)]
+        if shape[0] is None:
+            for run in runs:
+                with pytest.raises(gc.GraphcError, match=r"\([12], 4\), \([12], 4\)\): the input "
+                                                         r"declared \(\?, 4\) is 1(.|\n)*"
+                                                         r"test_probe23.py:\d+"):
+                    run()
+            continue
+        want = runs[0]()
+        assert want[-1].shape == (1, 4)
+        for got in (runs[1](), runs[2]()):
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+
 # random graphs over the shared softplus/sigmoid parts and one-element broadcasts ----------
 
 def load_module(path, name):
