@@ -28,7 +28,7 @@ def run_node(n: Node, args: list) -> np.ndarray:
     except Exception as e:
         shapes = ", ".join(format_shape(np.shape(a)) for a in args)
         raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n  at {n.where}") from None
-    if opdef.elementwise:
+    if opdef.elementwise or n.op == "broadcast_to":
         refuse_unknown_broadcast(n, [np.shape(a) for a in args], out.shape)
     return out
 
@@ -104,7 +104,7 @@ def rule_shape(n: Node, types: tuple, ins, memo: dict | None = None) -> tuple:
     shape, dtype = hit
     if not concrete(shape) or dtype != n.dtype:
         raise ValueDependent(n.op)
-    if opdef.elementwise:
+    if opdef.elementwise or n.op == "broadcast_to":
         refuse_unknown_broadcast(n, [t[0] for t in types], shape)
     return shape
 
