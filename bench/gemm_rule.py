@@ -4,9 +4,11 @@ kept (plan buffers: x the same array) or x one of 4 arrays in turn (a feed: the 
 changes one address).
 
     OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --rounds 200
+    OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py --vectors    # blas.pays_vector
 
 Reported: the 20th-percentile microseconds of each (a cold cache before every call, as in a
-step), and gemm / numpy.
+step), and gemm / numpy. `--vectors`: a bias update b -= sum(g, 0) as a product with ones and
+a subtract against one prepared GEMV (g the same array, or one of 4 in turn).
 """
 from __future__ import annotations
 
@@ -39,11 +41,41 @@ def timed(fns: dict, rounds: int, cold) -> dict:
     return {k: float(np.percentile(v, 20)) * 1e6 for k, v in out.items()}
 
 
+VECTORS = [(32, 10), (32, 64), (32, 128), (512, 10), (512, 64), (512, 128), (512, 1024),
+           (4096, 256)]
+
+
+def vectors(rounds: int, cold) -> None:
+    rng = np.random.default_rng(0)
+    print(f"{'rows, n':>16} {'numpy':>8} {'gemv':>8} {'ratio':>6} {'new g':>8} {'ratio':>6}")
+    for m, n in VECTORS:
+        gs = [rng.standard_normal((m, n)).astype(np.float32) for _ in range(4)]
+        ones, b, t = np.ones(m, np.float32), np.zeros(n, np.float32), np.empty(n, np.float32)
+        prep, prep2 = blas.Prepared(), blas.Prepared()
+        turn = iter(range(10 ** 9))
+
+        def numpy():
+            np.matmul(ones, gs[next(turn) % 4], out=t)
+            np.subtract(b, t, out=b)
+
+        def gemv():
+            blas.gemv(b, gs[next(turn) % 4 * 0], ones, True, -1.0, 1.0, prep)
+
+        def gemv_new():
+            blas.gemv(b, gs[next(turn) % 4], ones, True, -1.0, 1.0, prep2)
+        got = timed({"numpy": numpy, "gemv": gemv, "new": gemv_new}, rounds, cold)
+        a, g, c = got["numpy"], got["gemv"], got["new"]
+        print(f"{str((m, n)):>16} {a:8.1f} {g:8.1f} {g / a:6.2f} {c:8.1f} {c / a:6.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--shapes", help="m,n,k;m,n,k;... instead of the usual list")
+    ap.add_argument("--vectors", action="store_true", help="bias updates: GEMV")
     args = ap.parse_args()
+    if args.vectors:
+        return vectors(args.rounds, np.ones(2_000_000, np.float32))
     shapes = SHAPES if not args.shapes else \
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.passes.fuse import structure
+from graphc.passes.fuse import Body, structure
 from graphc.runtime import program, shapes
 from tests.test_fuzz_motifs import MOTIFS
 from tests.test_ops import ROWS
@@ -112,8 +112,9 @@ def test_chains_of_blocks_repeat_their_forms_with_each_bodys_own_answers():
 
 def test_stamped_steps_are_the_ones_written_op_by_op():
     """Repeated forms with inlined constants, a kernel call (no template), relu's zeros (a
-    plan constant per step: never stamped) are written as each step's own; the plan computes
-    what the interpreter does."""
+    plan constant per step: never stamped), scratch buffers and reused inputs (the update
+    written into its variable) are written as each step's own; the plan computes what the
+    interpreter does."""
     x = gc.placeholder((None, 3), "float64", name="x")
     h, params, extra = x, [], 0.0
     for i in range(20):
@@ -134,5 +135,33 @@ def test_stamped_steps_are_the_ones_written_op_by_op():
     made = [s for s in low.stamps.values() if s is not None]
     assert len(made) >= 2 and any(s.kernel_calls for s in made)
     assert None in low.stamps.values()          # relu's zeros: op by op
+    replays = [k[2] for k, s in low.stamps.items() if k[0] == "replay" and s is not None]
+    assert any("S0" in k for k in replays)      # scratch buffers stamped
+    assert any(k.count("O") == 1 and "A0" in k for k in replays)  # the update: a reused input
     want = loss.eval({x: feeds[0]})
     np.testing.assert_allclose(f(*feeds), want, rtol=1e-12)
+
+
+def test_bodies_of_a_form_met_before_are_ordered_and_numbered_as_fresh_ones():
+    """make_body finds a body's node order and form number once per form (passes/fuse.ORDERS):
+    every body, the first of its form or not, equals one built and numbered on its own."""
+    graphs = [gc.Graph(graph_of(row)[1]) for _, row in CASES]
+    x = gc.placeholder((None, 3), "float64", name="x")
+    h, params = x, []
+    for i in range(6):
+        w = gc.variable(np.linspace(0.2, 0.9, 3) + 0.01 * i, name=f"w{i}")
+        params.append(w)
+        h = gc.tanh(h * w + 0.25) + 0.5 * h
+    loss = gc.mean(h * h)
+    graphs.append(gc.Graph([loss], [(p, p - 0.1 * g)
+                                    for p, g in zip(params, gc.grad(loss, params))]))
+    seen = 0
+    for g in graphs:
+        for b in fused_bodies(gc.optimize(g)):
+            if "structure" not in b.__dict__:     # not fusion's (a pass rebuilt it)
+                continue
+            fresh = Body(b.inputs, b.outputs[0])
+            assert [id(n) for n in b.nodes] == [id(n) for n in fresh.nodes]
+            assert b.structure == structure(fresh)
+            seen += 1
+    assert seen > 300

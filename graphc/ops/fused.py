@@ -22,6 +22,15 @@ class Body(Graph):
         super().__init__([outputs] if isinstance(outputs, Node) else list(outputs))
         self.inputs = tuple(inputs)
 
+    @classmethod
+    def ordered(cls, inputs, output: Node, nodes: list[Node]) -> Body:
+        """A body of one output whose nodes the caller already has in Graph's order (fusion
+        knows it per form: thousands of bodies without a toposort each)."""
+        body = cls.__new__(cls)
+        body.outputs, body.updates, body.nodes = (output,), (), nodes
+        body.inputs = tuple(inputs)
+        return body
+
     def __repr__(self) -> str:
         text = self.__dict__.get("text")     # made once: every listing line of its node asks
         if text is None:

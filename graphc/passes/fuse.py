@@ -67,23 +67,51 @@ def inlined(x: Node) -> bool:
 
 
 def make_body(members: list[Node]) -> tuple[list[Node], Body]:
-    """The members rebuilt on placeholders in0, in1, ... for their external inputs."""
+    """The members rebuilt on placeholders in0, in1, ... for their external inputs. The body's
+    order and form number are found once per form as the members list it (`ORDERS`): a big
+    graph's thousands of bodies skip the toposort and the form's walk."""
     inside = set(members)
     external, inner = [], {}
+    made, form, at = [], [], {}   # body nodes as made, their form in that order, node -> index
     for m in members:
         for i in m.inputs:
             if i in inside or i in inner:
                 continue
             if inlined(i):
                 inner[i] = i
-                continue
-            inner[i] = Node("placeholder", (), {}, i.shape, i.dtype, f"in{len(external)}")
-            external.append(i)
+                form.append((i.op, i.dtype, i.shape, i.data.tobytes()))
+            else:
+                inner[i] = Node("placeholder", (), {}, i.shape, i.dtype, f"in{len(external)}")
+                external.append(i)
+                form.append((i.shape, i.dtype))
+            at[i] = len(made)
+            made.append(inner[i])
     for m in members:
-        inner[m] = rebuild_node(m, [inner[i] for i in m.inputs], {})
-    body = Body([inner[x] for x in external], inner[members[-1]])
-    body.structure = structure(body)
+        b = inner[m] = rebuild_node(m, [inner[i] for i in m.inputs], {})
+        form.append((b.op, b.dtype, b.key()[2] if b.attrs else (),
+                     tuple([at[i] for i in m.inputs])))
+        at[m] = len(made)
+        made.append(b)
+    placeholders, out = [inner[x] for x in external], inner[members[-1]]
+    form = tuple(form)
+    known = ORDERS.get(form)
+    if known is None:
+        body = Body(placeholders, out)
+        body.structure = structure(body)
+        index = {id(b): j for j, b in enumerate(made)}
+        if len(ORDERS) >= 1 << 16:          # bounded as STRUCTURES
+            ORDERS.clear()
+        ORDERS[form] = (tuple([index[id(b)] for b in body.nodes]), body.structure)
+    else:
+        body = Body.ordered(placeholders, out, [made[j] for j in known[0]])
+        body.structure = known[1]
     return external, body
+
+
+# a body's form as make_body lists it (members in graph order, each external input and inlined
+# constant where first read) -> (its nodes' indices in Graph order, its number in STRUCTURES).
+# Equal lists give equal bodies up to names and lines: the same toposort and the same form.
+ORDERS: dict[tuple, tuple[tuple[int, ...], int]] = {}
 
 
 STRUCTURES: dict[tuple, int] = {}    # a body's form -> its number (runtime answers per form)

@@ -23,7 +23,7 @@ FUNCTIONS = ("array", "broadcast_to", "copyto", "empty")
 KERNELS = (kernels.sce_forward, kernels.sce_backward, conv.conv2d,
            conv.conv2d_grad_weight, conv.conv2d_grad_input, conv.max_pool2d, conv.max_pool2d_grad,
            winograd.winograd_conv2d, winograd.winograd_grad_input,
-           winograd.winograd_grad_weight, blas.gemm)
+           winograd.winograd_grad_weight, blas.gemm, blas.gemv)
 
 
 def numpy_namespace() -> SimpleNamespace:

@@ -1,5 +1,6 @@
-"""The BLAS GEMM NumPy itself calls, reached through ctypes: `c = alpha * a @ b + beta * c` in
-one call, so an update `w - lr * x.T @ g` makes no product-sized temporary and no second pass.
+"""The BLAS GEMM and GEMV NumPy itself calls, reached through ctypes: `c = alpha * a @ b + beta
+* c` in one call, so an update `w - lr * x.T @ g` (or a bias's `b - sum(g, 0)`, a GEMV with a
+ones vector) makes no product-sized temporary and no second pass.
 
 Only the library NumPy has already loaded is used (its symbols are looked up through NumPy's
 own extension module, so nothing new is loaded); without one, `GEMM` is empty, the lowering
@@ -13,14 +14,15 @@ import numpy as np
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112        # CBLAS enums
 
-# (symbol prefix, integer width): NumPy's own wheels ship scipy-openblas with ILP64 symbols
-NAMES = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
-         ("cblas_{}gemm", None))      # None: 32 bits unless NumPy's BLAS is ILP64
+# (symbol pattern, integer width): NumPy's own wheels ship scipy-openblas with ILP64 symbols
+NAMES = (("scipy_cblas_{}64_", ctypes.c_int64), ("cblas_{}64_", ctypes.c_int64),
+         ("cblas_{}", None))      # None: 32 bits unless NumPy's BLAS is ILP64
 
 
-def find_gemm() -> dict:
-    """dtype char ('f', 'd') -> (NumPy's BLAS sgemm/dgemm as a ctypes function, its integer
-    type, its real type); {} when none is found or a small product gives a wrong result.
+def find_gemm(kind: str = "gemm") -> dict:
+    """dtype char ('f', 'd') -> (NumPy's BLAS sgemm/dgemm, or sgemv/dgemv for kind "gemv", as
+    a ctypes function, its integer type, its real type); {} when none is found or a small
+    product gives a wrong result.
     The function has no argtypes: callers pass ctypes objects, made once (the conversion of
     14 Python arguments per call costs more than a small product)."""
     try:
@@ -35,12 +37,12 @@ def find_gemm() -> dict:
     for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
         for pattern, width in NAMES:
             try:
-                f = lib[pattern.format("s" if char == "f" else "d")]
+                f = lib[pattern.format(("s" if char == "f" else "d") + kind)]
             except AttributeError:
                 continue
             f.restype = None
             routine = (f, width or (ctypes.c_int64 if ilp64() else ctypes.c_int32), real)
-            if works(routine, char):
+            if works(routine, char, kind):
                 found[char] = routine
             break
     return found
@@ -56,13 +58,19 @@ def ilp64() -> bool:
     return "ilp64" in text or "64bitint" in text
 
 
-def works(routine, char: str) -> bool:
-    """One small product with both operands transposed, checked against NumPy."""
+def works(routine, char: str, kind: str = "gemm") -> bool:
+    """One small product with both operands transposed (a transposed matrix times a vector
+    for a GEMV), checked against NumPy."""
     a = np.arange(1.0, 7.0, dtype=char).reshape(3, 2)     # used as a.T: 2x3
     b = np.arange(1.0, 13.0, dtype=char).reshape(4, 3)    # used as b.T: 3x4
-    c = np.ones((2, 4), char)
     f, i, real = routine
     p = ctypes.c_void_p
+    if kind == "gemv":
+        x, y = np.arange(1.0, 4.0, dtype=char), np.ones(2, char)
+        f(ctypes.c_int(ROW_MAJOR), ctypes.c_int(TRANS), i(3), i(2), real(-2.0),
+          p(a.ctypes.data), i(2), p(x.ctypes.data), i(1), real(1.0), p(y.ctypes.data), i(1))
+        return bool(np.array_equal(y, 1.0 - 2.0 * (a.T @ x)))
+    c = np.ones((2, 4), char)
     f(ctypes.c_int(ROW_MAJOR), ctypes.c_int(TRANS), ctypes.c_int(TRANS), i(2), i(4), i(3),
       real(-2.0), p(a.ctypes.data), i(2), p(b.ctypes.data), i(3), real(1.0), p(c.ctypes.data),
       i(4))
@@ -71,9 +79,10 @@ def works(routine, char: str) -> bool:
 
 
 class Prepared(dict):
-    """One GEMM step's prepared call: the arrays it last saw and the ctypes arguments made for
-    them (a new feed of the same layout only changes one address). An exported module starts
-    with none."""
+    """One GEMM or GEMV step's prepared call: the arrays it last saw and the ctypes arguments
+    made for them (a new feed or output of the same layout only changes one address). It
+    belongs to one call site: its transposes, alpha and beta never change. An exported
+    module starts with none."""
 
 
 def gemm(c, a, b, ta, tb, alpha, beta, prep):
@@ -81,27 +90,48 @@ def gemm(c, a, b, ta, tb, alpha, beta, prep):
     call when c is C-contiguous and op(a), op(b) are C-contiguous or
     transposed views of such, all of one float dtype; otherwise NumPy: a product, then c."""
     seen = prep.get("seen")
-    if seen is None or seen[0] is not c or not (seen[1] is a or renew(seen, 1, a)) \
-            or not (seen[2] is b or renew(seen, 2, b)):
+    if seen is None or not (seen[0] is c or renew(seen, 0, c)) \
+            or not (seen[1] is a or renew(seen, 1, a)) or not (seen[2] is b or renew(seen, 2, b)):
         seen = prep["seen"] = prepare(c, a, b, ta, tb, alpha, beta)
     if seen[3] is None:
-        t = np.matmul(a.T if ta else a, b.T if tb else b)
-        if alpha != 1:
-            np.multiply(t, alpha, out=t)
-        if beta == -1:
-            np.subtract(t, c, out=c)
-        else:
-            if beta != 1:
-                np.multiply(c, beta, out=c)
-            np.add(c, t, out=c)
-        return c
+        return combine(c, np.matmul(a.T if ta else a, b.T if tb else b), alpha, beta)
     seen[3](*seen[4])
     return c
 
 
+def gemv(c, a, x, ta, alpha, beta, prep):
+    """c = alpha * op(a) @ x + beta * c over c (an array of op(a)'s rows, any shape), x a
+    vector, op(a) = a.T when ta: a sum of a over one axis is op(a) @ ones. One BLAS call when
+    a is C-contiguous or a transposed such, x and c contiguous, all of one float dtype;
+    otherwise NumPy."""
+    seen = prep.get("seen")
+    if seen is None or not (seen[0] is c or renew(seen, 0, c)) \
+            or not (seen[1] is a or renew(seen, 1, a)) or seen[2] is not x:
+        seen = prep["seen"] = prepare_gemv(c, a, x, ta, alpha, beta)
+    if seen[3] is None:
+        t = np.matmul(a.T if ta else a, x)
+        return combine(c, t.reshape(c.shape) if t.shape != c.shape else t, alpha, beta)
+    seen[3](*seen[4])
+    return c
+
+
+def combine(c, t, alpha, beta):
+    """c = alpha * t + beta * c over c, NumPy's way (no BLAS, or operands it cannot take)."""
+    if alpha != 1:
+        np.multiply(t, alpha, out=t)
+    if beta == -1:
+        np.subtract(t, c, out=c)
+    else:
+        if beta != 1:
+            np.multiply(c, beta, out=c)
+        np.add(c, t, out=c)
+    return c
+
+
 def prepare(c, a, b, ta, tb, alpha, beta) -> list:
-    """[c, a, b, the BLAS function, its arguments as ctypes objects] for c = alpha op(a)
-    op(b) + beta c; the function None when these arrays need NumPy."""
+    """[c, a, b, the BLAS function, its arguments as ctypes objects, the argument positions
+    of c's, a's and b's addresses] for c = alpha op(a) op(b) + beta c; the function None when
+    these arrays need NumPy."""
     routine = GEMM.get(c.dtype.char)
     la, lb = layout(a, ta), layout(b, tb)
     if routine is None or not alpha or not beta or not (a.dtype == c.dtype == b.dtype) \
@@ -115,7 +145,26 @@ def prepare(c, a, b, ta, tb, alpha, beta) -> list:
     args = [ctypes.c_int(ROW_MAJOR), ctypes.c_int(la[0]), ctypes.c_int(lb[0]), i(m), i(n),
             i(k), real(alpha), p(address(a)), i(la[1]), p(address(b)), i(lb[1]), real(beta),
             p(address(c)), i(n)]
-    return [c, a, b, f, args]
+    return [c, a, b, f, args, (12, 7, 9)]
+
+
+def prepare_gemv(c, a, x, ta, alpha, beta) -> list:
+    """As `prepare`, for c = alpha op(a) @ x + beta c: cblas ?gemv over a's rows as stored
+    (a transposed C-contiguous array is a C-contiguous one with the other flag)."""
+    routine = GEMV.get(c.dtype.char)
+    la = layout(a, ta) if a.ndim == 2 else None
+    if routine is None or la is None or not alpha or not beta \
+            or not (a.dtype == c.dtype == x.dtype) or not a.size or not c.size \
+            or x.ndim != 1 or not x.flags.c_contiguous or not c.flags.c_contiguous \
+            or not c.flags.writeable or c.size != a.shape[1 if ta else 0] \
+            or x.size != a.shape[0 if ta else 1]:
+        return [c, a, x, None, None]
+    f, i, real = routine
+    p = ctypes.c_void_p
+    args = [ctypes.c_int(ROW_MAJOR), ctypes.c_int(la[0]), i(a.size // la[1]), i(la[1]),
+            real(alpha), p(address(a)), i(la[1]), p(address(x)), i(1), real(beta),
+            p(address(c)), i(1)]
+    return [c, a, x, f, args, (10, 5, 7)]
 
 
 def layout(x, t: bool) -> tuple | None:
@@ -130,14 +179,14 @@ def layout(x, t: bool) -> tuple | None:
 
 
 def renew(seen: list, k: int, x) -> bool:
-    """A new array x as operand k (1: a, 2: b) of a prepared call: True when only its address
-    changes (the shape, strides and dtype of the array it replaces), which is then written
-    into the arguments."""
+    """A new array x as operand k (0: c, 1: a, 2: b) of a prepared call: True when only its
+    address changes (the shape, strides and dtype of the array it replaces, c writeable),
+    which is then written into the arguments (a fresh output array every call, a feed)."""
     old = seen[k]
     if seen[3] is None or x.shape != old.shape or x.strides != old.strides \
-            or x.dtype != old.dtype:
+            or x.dtype != old.dtype or not k and not x.flags.writeable:
         return False
-    seen[4][5 + 2 * k] = ctypes.c_void_p(address(x))
+    seen[4][seen[5][k]].value = address(x)
     seen[k] = x
     return True
 
@@ -163,6 +212,17 @@ def pays(m: int, n: int, k: int, fixed: bool) -> bool:
 
 
 MIN_WORK = 2 ** 21
+
+
+def pays_vector(m: int, n: int, fixed: bool) -> bool:
+    """Whether one GEMV call beats NumPy's product with a ones vector and the add for c (n,)
+    += sum(a, axis) over a's m rows (`OPENBLAS_NUM_THREADS=1 python bench/gemm_rule.py
+    --vectors`, load ~6: ratios only): with the same arrays every call (the same BLAS routine
+    without the add's call and pass: 0.60-0.76 of the time from 32x10 to 512x1024, 0.98 at
+    4096x256; in a step, bench/gemm_ab.py --off vector,mean: MLP b32 0.983-0.986); not with
+    a feed (its address found again: 1.05-1.52), nor for one sum (n = 1, a dot product:
+    logreg's bias update was 1.012-1.018 in a step)."""
+    return m > 1 and n > 1 and fixed
 
 
 # OpenBLAS's thread count, by the names NumPy's wheels and other builds give it
@@ -203,6 +263,7 @@ def threads() -> int:
         return 1
 
 
-# found once per process (an exported module finds it again where it runs)
+# found once per process (an exported module finds them again where it runs)
 GEMM = find_gemm()
+GEMV = find_gemm("gemv")
 GET_THREADS = find_threads()

@@ -260,10 +260,12 @@ class Export:
             for source in [plan.source] + self.body_sources(plan):
                 used |= set(re.findall(r"\bxp\.(\w+)", source))
         kernels = [f for f in backend.KERNELS if f.__name__ in used]
-        if blas.gemm in kernels:        # the module finds the BLAS of the NumPy it runs with
-            self.w.bind("find_gemm", blas.find_gemm, "the runtime kernel xp.gemm")
-            self.w.bound["GEMM"] = blas.GEMM
-            self.w.defs.append("GEMM = find_gemm()")
+        for kind in ("gemm", "gemv"):   # the module finds the BLAS of the NumPy it runs with
+            if getattr(blas, kind) in kernels:
+                self.w.bind("find_gemm", blas.find_gemm, f"the runtime kernel xp.{kind}")
+                self.w.bound[kind.upper()] = getattr(blas, kind.upper())
+                arg = repr(kind) if kind != "gemm" else ""
+                self.w.defs.append(f"{kind.upper()} = find_gemm({arg})")
         for f in kernels:
             self.w.bind(f.__name__, f, f"the runtime kernel xp.{f.__name__}")
         self.w.bind("hold", hold, "the plan")

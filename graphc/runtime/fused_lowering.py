@@ -154,7 +154,8 @@ class FusedLowering:
         names: dict[int, str] = {}
         left: dict[int, int] = {}     # scratch body node -> its readers still to come
         scratch: list[str] = []
-        code = []
+        taken: list[str] = []         # every scratch buffer, in the order taken
+        calls: list[tuple[Node, str, str]] = []   # (body node, its buffer, that buffer's slot)
         for j, b in enumerate(body.nodes):
             op, k = b.op, id(b)
             if op == "placeholder":
@@ -166,19 +167,21 @@ class FusedLowering:
                 names[k] = cname
                 continue
             if k in spine:
-                dst = o
+                dst, slot = o, "O"
             else:
                 dst = self.reusable_input(n, b, a, users, shape_of)
                 if dst is None:
                     dst = self.take(*shapes[(nid, k)], self.scratch_layout(n, b))
+                    slot = f"S{len(taken)}"
                     scratch.append(dst)
+                    taken.append(dst)
                     left[k] = users[k]
-            ins = b.inputs
-            code.append(rules.elementwise_code(self, b, [names[id(x)] for x in ins], dst,
-                                               shape_of))
+                else:
+                    slot = f"A{a.index(dst)}"       # reusable_input: a names it once
+            calls.append((b, dst, slot))
             names[k] = dst
             if left:
-                for x in ins:
+                for x in b.inputs:
                     xk = id(x)
                     if xk in left:
                         left[xk] -= 1
@@ -190,7 +193,11 @@ class FusedLowering:
         for s in scratch:
             if s != o:
                 self.give(s)
-        return "; ".join(code)
+        code = stamps.replayed(self, n, calls, read, a, o, taken, shape_of)
+        if code is not None:
+            return code
+        return "; ".join([rules.elementwise_code(self, b, [names[id(x)] for x in b.inputs],
+                                                 dst, shape_of) for b, dst, _ in calls])
 
 
 def body_positions(body: Graph) -> dict[int, int] | None:

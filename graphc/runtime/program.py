@@ -7,6 +7,7 @@ reuses a buffer once the last reader of every value that may alias it has run.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,11 +320,13 @@ class Lowering(FusedLowering):
         return None
 
     def gemm_target(self, n: Node, i: int, owner: dict) -> str | None:
-        """The buffer of c that a GEMM step c + alpha a @ b may write over: c dies here and
-        shares no memory with a or b (BLAS reads them while it writes)."""
+        """The buffer of c that a GEMM step c + alpha a @ b may write over: c dies here, has
+        the result's shape and shares no memory with a or b (BLAS reads them while it
+        writes)."""
         _, d, c, _, _ = self.gemms[id(n)]
         r = id(c)
-        if r in owner and self.roots[r] == (r,) and self.last[r] == i \
+        if n.op != "div" and r in owner and self.roots[r] == (r,) and self.last[r] == i \
+                and self.shapes[r] == self.shapes[id(n)] \
                 and self.pool.owns(owner[r]) and self.same_layout(n, owner[r]) \
                 and not any(r in self.roots[id(x)] for x in d.inputs[:2]):
             return owner[r]
@@ -331,12 +334,31 @@ class Lowering(FusedLowering):
 
     def emit_gemm(self, n: Node, a: list[str], o: str) -> str:
         """c + alpha op(a) @ op(b) in one BLAS call over c's memory (the variable or c's dying
-        buffer); into any other buffer, the product then the elementwise step."""
+        buffer); into any other buffer, the product then the elementwise step. A sum over
+        one axis is a GEMV with a ones vector; a vector's mean one dot product."""
         _, d, c, alpha, beta = self.gemms[id(n)]
+        prep = f"g{self.index[id(n)]}"
+        if n.op == "div":                   # a mean: x @ (1/k, ..., 1/k)
+            x = self.var[id(d.inputs[0])]
+            shape = self.shapes[id(d.inputs[0])][0]
+            flat = self.flat(x, self.index[id(d)]) if len(shape) != 1 else x
+            vector = self.const(np.full(math.prod(shape), alpha, n.dtype))
+            note = f"  # {flat} = {x}.reshape(-1), made once per plan" if flat[0] == "h" else ""
+            return f"xp.matmul({flat}, {vector}, out={o}){note}"
+        if d.op == "sum":
+            x = self.var[id(d.inputs[0])]
+            ta = rules.vector_sum(self, d)
+            rows = self.shapes[id(d.inputs[0])][0][0 if ta else 1]
+            if o == self.var[id(c)]:
+                self.ns[prep] = blas.Prepared()
+                ones = self.const(np.ones(rows, d.dtype))
+                return f"xp.gemv({o}, {x}, {ones}, {ta}, {alpha!r}, {beta!r}, {prep})"
+            self.var[id(d)] = o
+            step = lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)
+            return f"{rules.sum_code(self, d, [x], o)}; {step}"
         x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
         if o == self.var[id(c)]:
-            prep = f"g{self.index[id(n)]}"
             self.ns[prep] = blas.Prepared()
             return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
         if d is n:                  # a dense whose bias has its shape: its own code
@@ -344,6 +366,16 @@ class Lowering(FusedLowering):
         self.var[id(d)] = o
         product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
         return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"
+
+    def flat(self, x: str, i: int) -> str:
+        """x.reshape(-1): made once when x is a plan-owned array it views (a hoisted view, as
+        view steps make them), else per call."""
+        expr = f"{x}.reshape(-1)"
+        if x[0] in "bckh" and x in self.ns and np.may_share_memory(eval(expr, self.ns),
+                                                                   self.ns[x]):
+            self.ns[f"h{i}"], self.views[f"h{i}"] = eval(expr, self.ns), expr
+            return f"h{i}"
+        return expr
 
     # code of one step ------------------------------------------------------------------
     def emit(self, n: Node, i: int, o: str | None, kind: str) -> str:

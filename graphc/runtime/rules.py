@@ -170,34 +170,83 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     activation and no other reader, c the result's shape and dtype, and it pays
     (blas.pays). Whether the call may write over c is decided when buffers are (program.py:
     the variable of an in-place update, or c's dying buffer); otherwise the step is the
-    product then the elementwise step, as before."""
+    product then the elementwise step, as before. Also `c ± sum(a, axis)` of a 2-D a (a
+    bias's update: a GEMV with a ones vector, blas.pays_vector), and a mean `sum(x) / k` of
+    a vector x: one dot product with a constant vector of 1/k (mean_form)."""
     g = low.graph
-    if not any(n.op in PRODUCTS for n in g.nodes):
+    if not any(n.op in PRODUCTS or n.op == "sum" for n in g.nodes):
         return {}
     users = g.users()
     kept = {id(n) for n in list(g.outputs) + [u for _, u in g.updates]}
     out = {}
     for n in g.nodes:
-        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense"):
+        if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense", "div"):
+            continue
+        if n.op == "div":
+            form = mean_form(low, n, kinds, users, kept)
+            if form is not None:
+                out[id(n)] = form
             continue
         form = gemm_form(low, n) if n.op != "dense" else biased(low, n)
         if form is None:
             continue
         d, c, alpha, beta = form
         shape, dtype = low.shapes[id(n)]
-        if d.op in PRODUCTS and len(d.inputs) == (3 if d is n else 2) \
-                and not d.attrs.get("activation") and kinds.get(id(d)) == "buffer" \
-                and (d is n or len(users[id(d)]) == 1 and id(d) not in kept) \
+        if kinds.get(id(d)) != "buffer" or low.shapes[id(c)][1] != dtype \
+                or d is not n and (len(users[id(d)]) != 1 or id(d) in kept):
+            continue
+        if d.op == "sum":
+            a = d.inputs[0]
+            m, k = low.shapes[id(a)][0][::1 if vector_sum(low, d) else -1]
+            if dtype.char in blas.GEMV and low.shapes[id(d)] == (shape, dtype) \
+                    and low.shapes[id(c)][0] == shape \
+                    and blas.pays_vector(m, k, fixed(low, kinds, (a, c))):
+                out[id(n)] = (n, d, c, alpha, beta)
+            continue
+        if len(d.inputs) == (3 if d is n else 2) \
+                and not d.attrs.get("activation") \
                 and dtype.char in blas.GEMM and d.ndim == 2 and len(shape) == 2 \
-                and all(low.shapes[id(x)] == (shape, dtype) for x in (d, c)) \
+                and low.shapes[id(d)] == (shape, dtype) \
                 and all(low.shapes[id(x)][1] == dtype and x.ndim == 2 for x in d.inputs[:2]):
             x = low.shapes[id(d.inputs[0])][0]
             k = x[0] if d.attrs.get("transpose_a") else x[1]
-            fixed = all(x.op in ("variable", "constant") or kinds.get(id(x)) == "buffer"
-                        for x in d.inputs[:2] + (c,))      # the same arrays every call
-            if blas.pays(shape[0], shape[1], k, fixed):
+            known = fixed(low, kinds, d.inputs[:2] + (c,))      # the same arrays every call
+            if low.shapes[id(c)][0] == shape and blas.pays(shape[0], shape[1], k, known):
                 out[id(n)] = (n, d, c, alpha, beta)
     return out
+
+
+def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
+    """(n, sum, k, 1 / k, 0) for n = sum(x) / k over all of x (a mean: its sum read by n
+    only), k a size or a scalar constant: n is then one dot product of x (flat) with a plan
+    constant of 1/k's (one call instead of a reduction, a divide and the sum's array). Only
+    up to MEAN_MAX elements: the constant is x's size, and a long sum gains nothing."""
+    s, k = n.inputs
+    if s.op != "sum" or kinds.get(id(s)) != "buffer" or len(users[id(s)]) != 1 \
+            or id(s) in kept or n.dtype.char not in "fd" or low.shapes[id(n)][0] != () \
+            or s.dtype != n.dtype or s.inputs[0].dtype != n.dtype or k.dtype != n.dtype \
+            or math.prod(low.shapes[id(s.inputs[0])][0]) > MEAN_MAX \
+            or low.layouts.get(id(s.inputs[0])) is not None:
+        return None
+    if k.op == "size":
+        value = OPS_size(low, k)
+    elif k.op == "constant" and k.data.size == 1:
+        value = k.data
+    else:
+        return None
+    with np.errstate(all="ignore"):
+        inv = np.asarray(1, n.dtype) / np.asarray(value, n.dtype).reshape(())
+    if not np.isfinite(inv) or not inv:
+        return None
+    return n, s, k, float(inv), 0.0
+
+
+MEAN_MAX = 2 ** 16
+
+
+def fixed(low, kinds: dict, nodes) -> bool:
+    """Whether these nodes are the same arrays every call (variables, constants, buffers)."""
+    return all(x.op in ("variable", "constant") or kinds.get(id(x)) == "buffer" for x in nodes)
 
 
 PRODUCTS = ("dense", "matmul")      # (2-D matmul: a dense without transposes)
@@ -205,7 +254,9 @@ PRODUCTS = ("dense", "matmul")      # (2-D matmul: a dense without transposes)
 
 def biased(low, n) -> tuple | None:
     """(n, bias, 1, 1) for a dense n = a @ b + bias whose bias has the result's shape (a sum
-    of two products, after the passes): the bias is c."""
+    of two products, after the passes): the bias is c. (A bias row broadcast into the result,
+    then one GEMM adding the product, measured no faster in a step than matmul + add: the
+    result is in cache for the add; bench/gemm_ab.py, bench/README.md.)"""
     if len(n.inputs) == 3 and low.shapes[id(n.inputs[2])][0] == low.shapes[id(n)][0]:
         return n, n.inputs[2], 1.0, 1.0
     return None
@@ -237,9 +288,24 @@ def gemm_form(low, n) -> tuple | None:
     sign = -1.0 if out.op == "sub" else 1.0
     for d, c, alpha, beta in ((y, x, sign * ky, kx), (x, y, kx, sign * ky)):
         d, c = outer(d), outer(c)
-        if d is not None and c is not None and d.op in PRODUCTS and d is not c:
+        if d is not None and c is not None and d is not c \
+                and (d.op in PRODUCTS or vector_sum(low, d) is not None):
             return d, c, alpha, beta
     return None
+
+
+def vector_sum(low, d) -> bool | None:
+    """For a sum of a 2-D array over one axis (which sum_code makes a product with ones), of
+    its input's dtype: whether the axis is 0 (ones @ a = a.T @ ones, a GEMV of a.T); None for
+    any other node."""
+    if d.op != "sum" or low.layouts.get(id(d.inputs[0])) is not None \
+            or d.dtype != d.inputs[0].dtype:
+        return None
+    shape = low.shapes[id(d.inputs[0])][0]
+    axes = d.attrs.get("axis")
+    if len(shape) != 2 or axes is None or len(tuple(axes)) != 1 or 0 in shape:
+        return None
+    return tuple(axes)[0] % 2 == 0
 
 
 def scaled(b) -> tuple | None:

@@ -5,6 +5,9 @@ whose whole body runs in place in its output buffer (every op on the spine: no s
 no reused input) has code that depends only on the form and the input types, up to the names
 it reads and writes: the first such step of a form is written with slots for those names, the
 others fill the slots (string joins instead of a template lookup and format per body op).
+The other fused steps (scratch buffers, a dying input reused, the last call writing into a
+variable) choose their buffers step by step (`emit_fused`), then their code is stamped the same
+way, once per form, input types and choice of buffers (`replayed`).
 The facts the lowering asks per fused node (its spine, how many body nodes read each body
 node) are kept per form the same way, by position in the body.
 """
@@ -137,3 +140,50 @@ def in_place(low, n, a: list[str], o: str) -> str:
                                                shape_of))
             names[id(b)] = o
     return "; ".join(code)
+
+
+def replayed(low, n, calls: list, read: list[str], a: list[str], o: str, taken: list[str],
+             shape_of) -> str | None:
+    """The code of fused step n whose body calls (body node, buffer, slot) `calls` made, the
+    buffers chosen (spine in o, a dying input reused, scratch taken: `emit_fused`): written
+    once per form, input types and choice of buffers, then stamped with this step's names
+    (read: the names the calls read, a: the inputs' buffers). None: written op by op (a
+    buffer of another layout, or a form whose code makes plan constants of its own)."""
+    key = form_key(low, n)
+    layouts = low.pool.layouts
+    if key is None or o in layouts or any(dst in layouts for _, dst, _ in calls):
+        return None
+    key = ("replay", key, tuple([slot for _, _, slot in calls]))
+    stamp = low.stamps.get(key, False)
+    if stamp is None:
+        return None
+    body = n.attrs["body"]
+    if stamp is False:
+        before, made_calls = low.nconst, len(low.kernel_calls)
+        names: dict[int, str] = {}
+        for j, b in enumerate(body.nodes):
+            if b.op == "placeholder":
+                names[id(b)] = f"{SLOT}R{low.position(body, b)}{SLOT}"
+            elif b.op == "constant":
+                names[id(b)] = f"{SLOT}C{j}{SLOT}"
+        code = []
+        for b, _, slot in calls:
+            dst = names[id(b)] = f"{SLOT}{slot}{SLOT}"
+            code.append(rules.elementwise_code(low, b, [names[id(x)] for x in b.inputs], dst,
+                                               shape_of))
+        stamp = Stamp("; ".join(code), low.kernel_calls[made_calls:],
+                      [j for j, b in enumerate(body.nodes) if b.op == "constant"])
+        made = {f"k{i}" for i in range(before, low.nconst)}
+        scalars = {name for k, v in low.cache.items() if k[0] == "scalars" for name in v.values()}
+        low.stamps[key] = stamp if made <= scalars else None
+    else:
+        low.kernel_calls += stamp.kernel_calls
+    prefix = f"c{low.index[id(n)]}_"
+    parts = list(stamp.parts)
+    for i in range(1, len(parts), 2):
+        slot = parts[i]
+        kind = slot[0]
+        parts[i] = o if kind == "O" else a[int(slot[1:])] if kind == "A" else \
+            read[int(slot[1:])] if kind == "R" else taken[int(slot[1:])] if kind == "S" else \
+            prefix + slot[1:]
+    return "".join(parts)
