@@ -491,7 +491,7 @@ def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> No
     NumPy would broadcast it, but gradients sum only over the broadcasts the graph shows and
     the optimizer takes such an input's shape for the result's. Refused, naming the op."""
     for x, shape in zip(n.inputs, shapes):
-        if shape == out:
+        if shape == out or 1 not in shape:
             continue
         lead = len(out) - len(shape)
         for k, d in enumerate(x.shape):

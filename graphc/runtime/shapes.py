@@ -105,7 +105,10 @@ def rule_shape(n: Node, types: tuple, ins, memo: dict | None = None) -> tuple:
     if not concrete(shape) or dtype != n.dtype:
         raise ValueDependent(n.op)
     if opdef.elementwise or n.op == "broadcast_to":
-        refuse_unknown_broadcast(n, [t[0] for t in types], shape)
+        for t in types:           # most inputs have the result's shape: nothing to look at
+            if t[0] != shape:
+                refuse_unknown_broadcast(n, [t[0] for t in types], shape)
+                break
     return shape
 
 
