@@ -480,7 +480,27 @@ def fits(raw: np.ndarray, arr: np.ndarray) -> bool:
     not 44 in int8, nor label 1.5 label 1), floats up to rounding (1e5 is not inf in float16)."""
     if arr.dtype.kind in "biu":
         return bool(np.array_equal(arr, raw))
+    if raw.dtype == object:     # Python ints past int64 (2**70): finite, as floats too
+        raw = raw.astype(np.float64)
     return arr.dtype.kind != "f" or not (np.isinf(arr) & np.isfinite(raw)).any()
+
+
+def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> None:
+    """An elementwise n whose input has a dim known only at run time (None or a name) that
+    is 1 there against a larger result (x (None, 3) fed (1, 3) times y (None, 3) fed (4, 3)):
+    NumPy would broadcast it, but gradients sum only over the broadcasts the graph shows and
+    the optimizer takes such an input's shape for the result's. Refused, naming the op."""
+    for x, shape in zip(n.inputs, shapes):
+        if shape == out or 1 not in shape:
+            continue
+        lead = len(out) - len(shape)
+        for k, d in enumerate(x.shape):
+            if shape[k] == 1 and out[lead + k] != 1 and not isinstance(d, int):
+                got = ", ".join(format_shape(s) for s in shapes)
+                raise GraphcError(
+                    f"{n.op}({got}): the input declared {format_shape(x.shape)} is 1 along "
+                    f"axis {k}, known only at run time, against {out[lead + k]} (dims known "
+                    f"only at run time do not broadcast: declare it 1)\n  at {n.where}")
 
 
 def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
@@ -515,6 +535,9 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
             values[id(n)] = out if opdef.items else np.asarray(out)
+            if opdef.elementwise or n.op == "broadcast_to":
+                refuse_unknown_broadcast(n, [values[id(i)].shape for i in n.inputs],
+                                         values[id(n)].shape)
     # a variable's storage (or a view of it) is copied: updates write it in place later, and
     # a value must not change after it was computed (as a compiled call's outputs do not); a
     # feed's memory too (x, reshape(x)): writing into a result must not change the user's array

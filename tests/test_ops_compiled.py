@@ -42,11 +42,13 @@ def test_row_compiled_equals_eval(row, optimize):
 @pytest.mark.parametrize("row", [r for _, r in ROWS], ids=[i for i, _ in ROWS])
 def test_row_compiled_in_float32_equals_eval(row):
     """Float inputs as float32, unoptimized. An elementwise row's placeholders have an unknown
-    batch dim (resolved per call), as a model's activations do; its value is also computed
+    batch dim (resolved per call), as a model's activations do (a dim of 1 broadcast against
+    it stays declared 1: unknown dims do not broadcast, probe23); its value is also computed
     into an intermediate buffer (read by `* 1`), and a binary op's operands swapped."""
     arrays = [a.astype(np.float32) if a.dtype == np.float64 else a for a in row.inputs]
     elementwise = row.name in OPS and OPS[row.name].elementwise
-    leaves = [gc.placeholder((None,) + a.shape[1:] if elementwise and a.ndim else a.shape,
+    leaves = [gc.placeholder((None,) + a.shape[1:] if elementwise and a.ndim and a.shape[0] != 1
+                             else a.shape,
                              dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
     out = row.build(*leaves)
     outputs = [out]

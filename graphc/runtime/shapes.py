@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, GraphcError, Node, ShapeError, format_shape
+from graphc.ir import OPS, Graph, GraphcError, Node, ShapeError, format_shape, \
+    refuse_unknown_broadcast
 
 
 def run_node(n: Node, args: list) -> np.ndarray:
@@ -21,12 +22,15 @@ def run_node(n: Node, args: list) -> np.ndarray:
     try:
         with np.errstate(all="ignore"):
             out = opdef.kernel(*args, **n.attrs, **extra)
-            return out if opdef.items else np.asarray(out)
+            out = out if opdef.items else np.asarray(out)
     except GraphcError:
         raise
     except Exception as e:
         shapes = ", ".join(format_shape(np.shape(a)) for a in args)
         raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n  at {n.where}") from None
+    if opdef.elementwise or n.op == "broadcast_to":
+        refuse_unknown_broadcast(n, [np.shape(a) for a in args], out.shape)
+    return out
 
 
 def discover(graph: Graph, feeds: dict[int, np.ndarray]) -> dict:
@@ -100,6 +104,11 @@ def rule_shape(n: Node, types: tuple, ins, memo: dict | None = None) -> tuple:
     shape, dtype = hit
     if not concrete(shape) or dtype != n.dtype:
         raise ValueDependent(n.op)
+    if opdef.elementwise or n.op == "broadcast_to":
+        for t in types:           # most inputs have the result's shape: nothing to look at
+            if t[0] != shape:
+                refuse_unknown_broadcast(n, [t[0] for t in types], shape)
+                break
     return shape
 
 
