@@ -345,6 +345,8 @@ def test_attention_mask_refusals_name_the_layer_and_line():
                       (dict(attn_mask=np.zeros((4, 4), np.int64)), "bool .* or float"),
                       (dict(key_padding_mask=np.zeros((2, 3), bool)), r"\(batch, key\)"),
                       (dict(key_padding_mask=np.zeros((2, 2, 4), bool)), r"\(batch, key\)"),
+                      (dict(attn_mask=np.zeros((1, 4, 4), bool)),   # PyTorch refuses too
+                       r"attn_mask \(1, 4, 4\) does not fit"),
                       (dict(mask=np.zeros((4, 4), bool)), "takes no argument 'mask'")]:
         with pytest.raises(gc.GraphcError, match=match) as e:
             mha(x, **kw)

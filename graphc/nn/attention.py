@@ -148,7 +148,9 @@ class MultiHeadAttention(Layer):
         mask = self.as_mask(mask, "attn_mask")
         want = "(query, key), (batch * heads, query, key) or (batch, heads, query, key)"
         if mask.ndim == 3 and scores.ndim == 4:
-            if not all(isinstance(d, int) for d in mask.shape[1:]):
+            rows = mask.shape[0]
+            if not all(isinstance(d, int) for d in mask.shape[1:]) \
+                    or isinstance(rows, int) and rows % self.num_heads:
                 self.refuse("attn_mask", mask, scores, want)
             mask = gc.reshape(mask, (-1, self.num_heads) + mask.shape[1:])
         if mask.ndim < 2 or mask.ndim > scores.ndim or not fits(mask.shape, scores.shape):
