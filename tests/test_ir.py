@@ -218,7 +218,7 @@ def test_no_module_imports_one_above_it():
         parts = module.split(".")
         if parts[0] != "graphc" or len(parts) < 2:
             return None
-        ir_layer = ("opdef", "listing", "scope", "guards")
+        ir_layer = ("opdef", "listing", "scope", "guards", "feeds")
         top = "views" if parts[1] in views else "ir" if parts[1] in ir_layer else parts[1]
         return order.index(top) if top in order else None
 
