@@ -322,7 +322,7 @@ def test_the_export_carries_the_gemm_kernel(everywhere, tmp_path):
 
 def test_an_export_runs_where_no_blas_is_found(everywhere, tmp_path):
     """The module finds the BLAS of the NumPy it runs with; without one (forced here) the
-    kernel's NumPy path gives the same values."""
+    kernels' NumPy paths (GEMM for the weights, GEMV for the biases) give the same values."""
     if not BLAS_HERE:
         pytest.skip("no BLAS found: the export has no GEMM step")
     f, params = mlp_step((10, 7, 3), seed=5)
@@ -334,8 +334,9 @@ def test_an_export_runs_where_no_blas_is_found(everywhere, tmp_path):
     f.export(folder / "step.py")
     path = folder / "step.py"
     text = path.read_text()
-    assert text.count("GEMM = find_gemm()") == 1
-    path.write_text(text.replace("GEMM = find_gemm()", "GEMM = {}"))
+    assert text.count("GEMM = find_gemm()") == 1 and text.count("GEMV = find_gemm('gemv')") == 1
+    path.write_text(text.replace("GEMM = find_gemm()", "GEMM = {}")
+                    .replace("GEMV = find_gemm('gemv')", "GEMV = {}"))
     from tests.test_export import run_exported
     got = run_exported(folder, data[1:], tmp_path)
     assert "error" not in got, str(got["error"])

@@ -13,7 +13,7 @@ import pytest
 
 import graphc as gc
 from graphc.runtime import blas
-from tests.test_export import check_export, run_exported
+from tests.test_export import check_export
 from tests.test_runtime_gemm import TOL, compare, feeder, gemm_calls, mlp_step
 
 RNG = np.random.default_rng(1718)
@@ -217,29 +217,6 @@ def test_the_export_carries_the_gemv_kernel(tmp_path):
                                 "print(sorted(step.GEMV))"], capture_output=True, text=True,
                                cwd=tmp_path, env={"OPENBLAS_NUM_THREADS": "1"}, timeout=120)
         assert found.stdout.split() == ["['d',", "'f']"], found.stderr   # it calls BLAS there
-
-
-def test_an_export_runs_where_no_gemv_is_found(tmp_path):
-    if not BLAS_HERE:
-        pytest.skip("no BLAS found: the export has no GEMV step")
-    f, params = mlp_step((10, 7, 3), seed=6)
-    data = [[RNG.standard_normal((6, 10)).astype(np.float32), RNG.integers(0, 3, 6)]
-            for _ in range(3)]
-    folder = tmp_path / "export"
-    folder.mkdir()
-    f(*data[0])
-    f.export(folder / "step.py")
-    path = folder / "step.py"
-    text = path.read_text()
-    assert text.count("GEMV = find_gemm('gemv')") == 1
-    path.write_text(text.replace("GEMV = find_gemm('gemv')", "GEMV = {}")
-                    .replace("GEMM = find_gemm()", "GEMM = {}"))
-    got = run_exported(folder, data[1:], tmp_path)
-    assert "error" not in got, str(got["error"])
-    for i, args in enumerate(data[1:]):
-        np.testing.assert_allclose(got[f"o{i}_0"], f(*args), rtol=1e-5, atol=1e-6)
-    for p in params:
-        np.testing.assert_allclose(got[f"s:{p.name}"], p.value, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
