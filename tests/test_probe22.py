@@ -359,6 +359,17 @@ SEEDS = int(os.environ.get("GRAPHC_PROBE22", "0"))
 MODES = ((True, False), (False, False), (True, True))       # (optimize, check_numerics)
 
 
+def interpreted(calls, outs, updates, variables) -> list:
+    """The interpreter's (outputs, variables after) for each call, one after another."""
+    want = []
+    for fd in calls:
+        vals = evaluate(outs + [u for _, u in updates], fd)
+        for v, val in zip(variables, vals[len(outs):]):
+            v.value = val
+        want.append((vals[:len(outs)], [v.value.copy() for v in variables]))
+    return want
+
+
 def random_step(seed: int):
     """A random MLP training step: equal-width hidden layers (the same fused forms again and
     again: stamped), activations, a softmax cross-entropy over labels of a random int dtype
@@ -400,12 +411,7 @@ def run_step_seed(seed: int, folder) -> None:
     inputs, outs, updates, variables, feeds, dtype = random_step(seed)
     calls = [feeds(b) for b in (4, 4, 1, 4, 1)]
     start = [v.value.copy() for v in variables]
-    want = []
-    for fd in calls:                        # the interpreter, one call after another
-        vals = evaluate(outs + [u for _, u in updates], fd)
-        for v, val in zip(variables, vals[len(outs):]):
-            v.value = val
-        want.append((vals[:len(outs)], [v.value.copy() for v in variables]))
+    want = interpreted(calls, outs, updates, variables)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
     for optimize, check in MODES:
         for v, a in zip(variables, start):
@@ -499,12 +505,7 @@ def run_sequence_seed(seed: int, folder) -> None:
     inputs, outs, updates, variables, feeds, dtype = random_sequence_step(seed)
     calls = [feeds(b, k) for k, b in enumerate((3, 3, 1, 3))]
     start = [v.value.copy() for v in variables]
-    want = []
-    for fd in calls:
-        vals = evaluate(outs + [u for _, u in updates], fd)
-        for v, val in zip(variables, vals[len(outs):]):
-            v.value = val
-        want.append((vals[0], [v.value.copy() for v in variables]))
+    want = interpreted(calls, outs, updates, variables)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == "float64" else dict(rtol=5e-4, atol=5e-5)
     for optimize, check in MODES:
         for v, a in zip(variables, start):
@@ -517,7 +518,7 @@ def run_sequence_seed(seed: int, folder) -> None:
                                            *fd.values()), f"q{seed}")
                 run, state = mod.run, mod.state
             what = f"seed {seed} optimize={optimize} check={check} call {k}"
-            np.testing.assert_allclose(run(*fd.values())[0], wo, **tol, err_msg=what)
+            np.testing.assert_allclose(run(*fd.values())[0], wo[0], **tol, err_msg=what)
             for v, b in zip(variables, wv):
                 value = v.value if state is None else state[v.name]
                 np.testing.assert_allclose(value, b, **tol, err_msg=f"{what} {v.name}")
