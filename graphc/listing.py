@@ -42,23 +42,35 @@ def dtype_name(dtype) -> str:
     return name
 
 
+_NOTES: dict = {}     # (shape, dtype) -> its note `  # (?, 4) float32` (a few per listing)
+
+
 def format_node(node: Node, names: dict[int, str]) -> str:
-    """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`."""
-    args = [names.get(id(i), "?") for i in node.inputs]
-    if node.op == "constant":
+    """One listing line: `%3 = matmul(%1, %2)  # (?, 128) float32 'h1'`. (A big plan's
+    comments print ~40k of them: the common parts are looked up, not formatted again.)"""
+    get, op, inputs, attrs = names.get, node.op, node.inputs, node.attrs
+    args = [get(id(i), "?") for i in inputs]
+    if op == "constant":
         arr = node.data
         args.append(np.array2string(arr, precision=4, threshold=6, separator=", ")
                     .replace("\n", "") if arr.size <= 6 else f"<array {format_shape(arr.shape)}>")
-    args += [f"{k}={format_attr(v)}" for k, v in node.attrs.items()]
-    line = f"{names[id(node)]} = {node.op}({', '.join(args)})"
-    items = node.opdef.items if node.inputs else None
-    note = f"  # tuple of {len(items(node))}" if items \
-        else f"  # {format_shape(node.shape)} {dtype_name(node.dtype)}"
+    if attrs:
+        args += [f"{k}={format_attr(v)}" for k, v in attrs.items()]
+    items = node.opdef.items if inputs else None
+    if items:
+        note = f"  # tuple of {len(items(node))}"
+    else:
+        key = (node.shape, node.dtype)
+        note = _NOTES.get(key)
+        if note is None:
+            note = f"  # {format_shape(node.shape)} {dtype_name(node.dtype)}"
+            if len(_NOTES) < 4096:
+                _NOTES[key] = note
     if node.name:
         note += f" {node.name!r}"
     if node.grad_of is not None:
-        note += f"  [grad of {names.get(id(node.grad_of), node.grad_of.label())}]"
-    return line + note
+        note += f"  [grad of {get(id(node.grad_of)) or node.grad_of.label()}]"
+    return f"{names[id(node)]} = {op}({', '.join(args)}){note}"
 
 
 def format_listing(graph: Graph) -> str:

@@ -269,29 +269,42 @@ def gemm_form(low, n) -> tuple | None:
     otherwise."""
     if n.op == "fused":
         body = n.attrs["body"]
-        out = body.outputs[0]
-        ops = [b for b in body.nodes if b.inputs]
-        if out.op not in ("add", "sub") or len(ops) > 3:
+        form = getattr(body, "structure", None)
+        shape = low.form_facts.get(("gemm", form), False) if form is not None else False
+        if shape is False:          # what the body alone decides, once per form
+            shape = body_terms(low, body)
+            if form is not None:
+                low.form_facts[("gemm", form)] = shape
+        if shape is None:
             return None
-        outer = lambda b: n.inputs[low.position(body, b)] \
-            if b.op == "placeholder" else None  # noqa: E731
-        dtype_ok = all(b.dtype == n.dtype for b in body.nodes if b.op != "constant")
-        if not dtype_ok:
-            return None
-        terms = [scaled(x) for x in out.inputs]
-        if any(t is None for t in terms):
-            return None
+        sign, (kx, px), (ky, py) = shape
+        x = n.inputs[px] if px is not None else None
+        y = n.inputs[py] if py is not None else None
     else:
-        out, terms = n, [(x, 1.0) for x in n.inputs]
-        outer = lambda b: b  # noqa: E731
-    (x, kx), (y, ky) = terms
-    sign = -1.0 if out.op == "sub" else 1.0
+        sign = -1.0 if n.op == "sub" else 1.0
+        (x, y), kx, ky = n.inputs, 1.0, 1.0
     for d, c, alpha, beta in ((y, x, sign * ky, kx), (x, y, kx, sign * ky)):
-        d, c = outer(d), outer(c)
         if d is not None and c is not None and d is not c \
                 and (d.op in PRODUCTS or vector_sum(low, d) is not None):
             return d, c, alpha, beta
     return None
+
+
+def body_terms(low, body) -> tuple | None:
+    """For a fused body computing [kx *] x ± [ky *] y in at most 3 ops of one dtype: (the
+    sign, (kx, x's input index), (ky, y's)), the index None for a term that is no input;
+    None for any other body. It depends on the body's form alone (fuse.structure)."""
+    out = body.outputs[0]
+    if out.op not in ("add", "sub") or sum(1 for b in body.nodes if b.inputs) > 3:
+        return None
+    dtype = out.dtype
+    if not all(b.dtype == dtype for b in body.nodes if b.op != "constant"):
+        return None
+    terms = [scaled(x) for x in out.inputs]
+    if any(t is None for t in terms):
+        return None
+    at = [(k, low.position(body, b) if b.op == "placeholder" else None) for b, k in terms]
+    return (-1.0 if out.op == "sub" else 1.0, *at)
 
 
 def vector_sum(low, d) -> bool | None:
