@@ -46,15 +46,19 @@ def choose(low, kinds: dict) -> dict[int, str]:
     g = low.graph
     kept = {id(o) for o in g.outputs} | {id(u) for _, u in g.updates} \
         | {id(v) for v, _ in g.updates}
+    # the candidates first: a graph without 4-D buffer values skips the table of readers
+    candidates = [n for n in g.nodes if len(n.shape) == 4 and kinds.get(id(n)) == "buffer"
+                  and id(n) not in kept and n.dtype.kind == "f"]
+    if not candidates:
+        return {}
     readers: dict[int, list] = {}
     for m in g.nodes:
         for k, x in enumerate(m.inputs):
             readers.setdefault(id(x), []).append((m, k))
     chosen: dict[int, str] = {}
-    for n in g.nodes:
+    for n in candidates:
         key = id(n)
-        if kinds.get(key) != "buffer" or key in kept or n.ndim != 4 or key not in readers \
-                or n.dtype.kind != "f":
+        if key not in readers:
             continue
         if n.op in NATIVE:
             src = n.inputs[0]

@@ -176,14 +176,14 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     g = low.graph
     if not any(n.op in PRODUCTS or n.op == "sum" for n in g.nodes):
         return {}
-    users = g.users()
+    readers = reader_counts(g.nodes)
     kept = {id(n) for n in list(g.outputs) + [u for _, u in g.updates]}
     out = {}
     for n in g.nodes:
         if kinds.get(id(n)) != "buffer" or n.op not in ("add", "sub", "fused", "dense", "div"):
             continue
         if n.op == "div":
-            form = mean_form(low, n, kinds, users, kept)
+            form = mean_form(low, n, kinds, readers, kept)
             if form is not None:
                 out[id(n)] = form
             continue
@@ -193,7 +193,7 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
         d, c, alpha, beta = form
         shape, dtype = low.shapes[id(n)]
         if kinds.get(id(d)) != "buffer" or low.shapes[id(c)][1] != dtype \
-                or d is not n and (len(users[id(d)]) != 1 or id(d) in kept):
+                or d is not n and (readers.get(id(d)) != 1 or id(d) in kept):
             continue
         if d.op == "sum":
             a = d.inputs[0]
@@ -216,13 +216,25 @@ def gemm_steps(low, kinds: dict) -> dict[int, tuple]:
     return out
 
 
-def mean_form(low, n, kinds: dict, users: dict, kept: set) -> tuple | None:
+def reader_counts(nodes) -> dict[int, int]:
+    """id(node) -> how many nodes read it (each reader once; unread nodes are absent): what
+    `Graph.users` tells here at half its cost (no list per node)."""
+    count: dict[int, int] = {}
+    get = count.get
+    for n in nodes:
+        ins = n.inputs
+        for k in set(map(id, ins)) if len(ins) > 1 else map(id, ins):
+            count[k] = get(k, 0) + 1
+    return count
+
+
+def mean_form(low, n, kinds: dict, readers: dict, kept: set) -> tuple | None:
     """(n, sum, k, 1 / k, 0) for n = sum(x) / k over all of x (a mean: its sum read by n
     only), k a size or a scalar constant: n is then one dot product of x (flat) with a plan
     constant of 1/k's (one call instead of a reduction, a divide and the sum's array). Only
     up to MEAN_MAX elements: the constant is x's size, and a long sum gains nothing."""
     s, k = n.inputs
-    if s.op != "sum" or kinds.get(id(s)) != "buffer" or len(users[id(s)]) != 1 \
+    if s.op != "sum" or kinds.get(id(s)) != "buffer" or readers.get(id(s)) != 1 \
             or id(s) in kept or n.dtype.char not in "fd" or low.shapes[id(n)][0] != () \
             or s.dtype != n.dtype or s.inputs[0].dtype != n.dtype or k.dtype != n.dtype \
             or math.prod(low.shapes[id(s.inputs[0])][0]) > MEAN_MAX \

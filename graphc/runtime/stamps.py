@@ -21,13 +21,17 @@ SLOT = "\x00"        # around a slot's name in a stamp: O (the output), A<k> (in
 class Stamp:
     """The step's code cut at its slots (even parts: text; odd parts: slot names), the ops
     the step calls a kernel for (the plan report lists them per step) and the positions of
-    the body's inlined constants (each step's own plan names, used in the code or not)."""
-    __slots__ = ("parts", "kernel_calls", "constants")
+    the body's inlined constants (each step's own plan names, used in the code or not).
+    `slots`: per slot, (its part's index, its kind, its number: an int for a list's slot, the
+    text after the prefix for C), read once per step by `fill`."""
+    __slots__ = ("parts", "kernel_calls", "constants", "slots")
 
     def __init__(self, code: str, kernel_calls: list[str], constants: list[int]):
         self.parts = code.split(SLOT)
         self.kernel_calls = kernel_calls
         self.constants = constants
+        self.slots = tuple([(i, p[0], p[1:] if p[0] in "OC" else int(p[1:]))
+                            for i, p in enumerate(self.parts) if i % 2])
 
 
 def form_key(low, n) -> tuple | None:
@@ -127,11 +131,8 @@ def fill(stamp: Stamp, prefix: str, o: str, slots: dict[str, list[str]]) -> str:
     """The stamp's code with one step's names: O its output, C<j> its constants (prefix),
     any other slot a name from the list of that kind (A inputs, R what is read, S scratch)."""
     parts = list(stamp.parts)
-    for i in range(1, len(parts), 2):
-        slot = parts[i]
-        kind = slot[0]
-        parts[i] = o if kind == "O" else prefix + slot[1:] if kind == "C" else \
-            slots[kind][int(slot[1:])]
+    for i, kind, k in stamp.slots:
+        parts[i] = o if kind == "O" else prefix + k if kind == "C" else slots[kind][k]
     return "".join(parts)
 
 
