@@ -8,7 +8,7 @@ import pytest
 
 import graphc as gc
 from graphc.passes.fuse import Body, structure
-from graphc.runtime import program, shapes
+from graphc.runtime import program, rules, shapes
 from tests.test_fuzz_motifs import MOTIFS
 from tests.test_ops import ROWS
 
@@ -165,3 +165,38 @@ def test_bodies_of_a_form_met_before_are_ordered_and_numbered_as_fresh_ones():
             assert b.structure == structure(fresh)
             seen += 1
     assert seen > 300
+
+
+@pytest.mark.parametrize("product_first", [True, False])
+def test_one_form_with_and_without_a_product_gets_each_steps_own_gemm(product_first):
+    """Two updates 0.9 * w - g of one body form, g a product (one GEMM over w) in one and a
+    view in the other: the form's terms are found once (rules.body_terms), whether a term is
+    a product is each step's own."""
+    x = gc.placeholder((5, 5), "float64", name="x")
+    rng = np.random.default_rng(1)
+    start = [rng.standard_normal((5, 5)) for _ in range(2)]
+    w1, w2 = (gc.variable(a.copy(), name=f"w{k}") for k, a in enumerate(start))
+    h = gc.tanh(x)
+    ups = [(w1, 0.9 * w1 - gc.transpose(h) @ h), (w2, 0.9 * w2 - gc.transpose(h))]
+    f = gc.function([x], gc.sum(h), updates=ups if product_first else ups[::-1])
+    assert len({b.structure for b in fused_bodies(f.graph)}) == 1
+    want = [a.copy() for a in start]
+    for _ in range(2):
+        xv = rng.standard_normal((5, 5))
+        f(xv)
+        t = np.tanh(xv)
+        want = [0.9 * want[0] - t.T @ t, 0.9 * want[1] - t.T]
+    np.testing.assert_allclose(w1.value, want[0], rtol=1e-12)
+    np.testing.assert_allclose(w2.value, want[1], rtol=1e-12)
+    assert f.source.count("xp.gemm(") == 1
+    assert plan_facts(f, [xv], forms=True) == plan_facts(f, [xv], forms=False)
+
+
+def test_reader_counts_are_the_users_lists_lengths():
+    x = gc.placeholder((None, 3), name="x")
+    w = gc.variable(np.ones(3, np.float32), name="w")
+    y = x * x + gc.tanh(x * w)           # x read twice by one node: one reader
+    g = gc.Graph([gc.sum(y * y), y], [(w, w - 0.1 * gc.grad(gc.sum(y), [w])[0])])
+    got = rules.reader_counts(g.nodes)
+    assert got == {k: len(v) for k, v in g.users().items() if v}
+    assert any(len(set(map(id, n.inputs))) < len(n.inputs) for n in g.nodes)

@@ -157,6 +157,7 @@ class Function:
                 shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
                 plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
                              tag=" x ".join(map(format_shape, sig)))
+                del shapes    # freed before the collector is back on: not walked at its end
             plan.accepts, plan.entry = entries(self, plan, sig)
             self.plans[sig] = plan
             while len(self.plans) > PLAN_CACHE:
