@@ -350,8 +350,8 @@ class Lowering(FusedLowering):
             ta = rules.vector_sum(self, d)
             rows = self.shapes[id(d.inputs[0])][0][0 if ta else 1]
             if o == self.var[id(c)]:
-                self.ns[prep] = blas.Prepared()
                 ones = self.const(np.ones(rows, d.dtype))
+                self.ns[prep] = self.prepared(blas.prepare_gemv, (o, x, ones), ta, alpha, beta)
                 return f"xp.gemv({o}, {x}, {ones}, {ta}, {alpha!r}, {beta!r}, {prep})"
             self.var[id(d)] = o
             step = lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)
@@ -359,13 +359,34 @@ class Lowering(FusedLowering):
         x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
         if o == self.var[id(c)]:
-            self.ns[prep] = blas.Prepared()
+            self.ns[prep] = self.prepared(blas.prepare, (o, x, y), ta, tb, alpha, beta)
             return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
         if d is n:                  # a dense whose bias has its shape: its own code
             return lowering.code(self, n, a, o)
         self.var[id(d)] = o
         product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
         return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"
+
+    def prepared(self, prepare, names: tuple, *flags) -> blas.Prepared:
+        """A BLAS step's prepared call, made now when its arrays are the plan's own (variables,
+        buffers, constants, views hoisted from them: the ones every call passes), as the first
+        call would make it. The first call of a big plan then makes no ctypes objects (~14
+        tracked per step: at 100k nodes their count started the collector's walks of every
+        young and old object inside that call)."""
+        prep = blas.Prepared()
+        arrays = [self.plan_array(name) for name in names]
+        if all(a is not None for a in arrays):
+            prep["seen"] = prepare(*arrays, *flags)
+        return prep
+
+    def plan_array(self, name: str):
+        """The array a name of the generated code holds on every call, when the plan owns it;
+        None for a feed or a step's new value."""
+        if name[0] == "w":
+            box = self.ns.get(f"box{name[1:]}")
+            return None if box is None else box[0]
+        value = self.ns.get(name) if name[0] in "bckh" else None
+        return value if isinstance(value, np.ndarray) else None
 
     def flat(self, x: str, i: int) -> str:
         """x.reshape(-1): made once when x is a plan-owned array it views (a hoisted view, as
