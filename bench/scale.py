@@ -6,6 +6,7 @@ optimize turned off, so the figure is lowering + plan + one run).
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 1000,10000,100000 --shapes chain
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 10000 --cpu   # CPU time, not wall
     OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 20000 --calls --no-mlp  # Python calls
+    OPENBLAS_NUM_THREADS=1 python bench/scale.py --sizes 10000,100000 --gc --no-mlp  # collector
 
 The last line is the compile time of the MLP training step of bench/run.py (build, grad,
 optimize, lower, first call; --no-mlp skips it).
@@ -19,6 +20,10 @@ stage's time per node, flat when the stage is linear. `--cpu` measures this proc
 time instead of wall time (on a shared, loaded machine wall time doubles at random).
 `--calls` counts the Python function calls of each stage (cProfile, so the run is ~3x
 slower): the same on every run, it shows a 5 % change that the host's +-30 % hides.
+`--gc` adds, per graph, the seconds (of the clock in use) each stage spent in Python's cyclic
+collector and the generation of each collection that took 10 ms of CPU or more (gc.callbacks): a
+walk over every young or old object lands in whichever stage allocates when a threshold is
+crossed.
 """
 from __future__ import annotations
 
@@ -92,6 +97,18 @@ def nodes_per_block(shape: str) -> float:
 
 
 CLOCK = [time.perf_counter]
+COLLECTOR = {"on": False, "time": 0.0, "start": 0.0, "walks": []}
+
+
+def collector_clock(phase: str, info: dict) -> None:
+    """gc.callbacks hook: the collector's time on CLOCK; the generations of the long walks."""
+    if phase == "start":
+        COLLECTOR["start"] = time.process_time()
+        COLLECTOR["clock"] = CLOCK[0]()
+    else:
+        COLLECTOR["time"] += CLOCK[0]() - COLLECTOR["clock"]
+        if time.process_time() - COLLECTOR["start"] >= 0.01:
+            COLLECTOR["walks"].append(info["generation"])
 
 
 class CallCount:
@@ -112,23 +129,29 @@ class CallCount:
 def measure(shape: str, size: int) -> tuple[int, dict]:
     blocks = max(2, round(size / nodes_per_block(shape)))
     gc_module.collect()     # the previous size's garbage is not collected on this one's time
-    t = {}
+    t, collected = {}, {}
     clock = CLOCK[0]
-    start = clock()
+
+    def stage(name, start, walks):
+        t[name] = clock() - start
+        collected[name] = (COLLECTOR["time"], COLLECTOR["walks"][walks:])
+
+    start, walks, COLLECTOR["time"] = clock(), len(COLLECTOR["walks"]), 0.0
     x, loss, params = SHAPES[shape](blocks)
-    t["build"] = clock() - start
-    start = clock()
+    stage("build", start, walks)
+    start, walks, COLLECTOR["time"] = clock(), len(COLLECTOR["walks"]), 0.0
     grads = gc.grad(loss, params)
     updates = [(p, p - 0.01 * g) for p, g in zip(params, grads)]
-    t["grad"] = clock() - start
+    stage("grad", start, walks)
     graph = gc.Graph([loss], updates)
-    start = clock()
+    start, walks, COLLECTOR["time"] = clock(), len(COLLECTOR["walks"]), 0.0
     opt = gc.optimize(graph)
-    t["optimize"] = clock() - start
-    start = clock()
+    stage("optimize", start, walks)
+    start, walks, COLLECTOR["time"] = clock(), len(COLLECTOR["walks"]), 0.0
     f = gc.function([x], list(opt.outputs), list(opt.updates), optimize=False)
     value = f(np.ones((2, 4), np.float32))[0]
-    t["first call"] = clock() - start
+    stage("first call", start, walks)
+    COLLECTOR["stages"] = collected
     if not np.isfinite(value):
         raise SystemExit(f"{shape} {size}: loss is {value}")
     return len(graph.nodes), t
@@ -144,11 +167,16 @@ def main(argv=None) -> None:
                     help="CPU time of this process instead of wall time")
     ap.add_argument("--calls", action="store_true",
                     help="Python function calls per stage (thousands) instead of time")
+    ap.add_argument("--gc", action="store_true",
+                    help="also the collector's time per stage and its walks' generations")
     args = ap.parse_args(argv)
     if args.cpu:
         CLOCK[0] = time.process_time
     if args.calls:
         CLOCK[0] = CallCount()
+    if args.gc:
+        COLLECTOR["on"] = True
+        gc_module.callbacks.append(collector_clock)
     # seconds and us per node, or thousands of calls and calls per node
     unit, per, scale, per_scale = ("kcall", "c/node", 1e-3, 1) if args.calls else \
         ("s", "us/node", 1, 1e6)
@@ -162,6 +190,11 @@ def main(argv=None) -> None:
             n, t = measure(shape, size)
             cells = "  ".join(f"{t[s] * scale:7.2f} {t[s] / n * per_scale:8.1f}" for s in stages)
             print(f"{shape:<6} {n:>7}  {cells}  {sum(t.values()) * scale:8.2f}", flush=True)
+            if args.gc:
+                print("  collector: " + ", ".join(
+                    f"{k} {v[0] * scale:.3f}{' (walks of generation ' if v[1] else ''}"
+                    f"{', '.join(map(str, v[1]))}{')' if v[1] else ''}"
+                    for k, v in COLLECTOR["stages"].items()), flush=True)
     if not args.no_mlp:
         ts = mlp_compile()
         print(f"MLP 784-128-64-10 step, batch 32 (build, grad, optimize, lower, first call): "
