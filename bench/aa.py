@@ -1,6 +1,7 @@
 """Is the harness fair? An A/A test of bench/run.py's and bench/tree_ratio.py's ways of timing:
 a second instance of the hand-written reference takes graphc's slot (its ratio to the
-reference should be 1.00), beside graphc's compiled call and its plan's `run` alone.
+reference should be 1.00), beside graphc's compiled call, its plan's `run` alone and `run`
+under the errstate the call sets (NumPy's floating-point errors ignored).
 
     GRAPHC_REFERENCE=/work/shared/reference BENCH_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
         python3 bench/aa.py mlp_infer_b512 --steps 300 --blocks 6
@@ -20,6 +21,8 @@ import statistics
 import time
 
 from run import BUILD, batches_for, common, wl   # bench/run.py: the reference, the workloads
+
+from graphc.runtime.function import _ERRSTATE, _QUIET   # the call's errstate (NumPy >= 2)
 
 
 def ways_for(name: str) -> tuple[dict, object, object]:
@@ -41,8 +44,18 @@ def ways_for(name: str) -> tuple[dict, object, object]:
     mine = Mine(params, B)
     mine_step = mine.step if train else mine.forward
     ref, ref2 = ref_step(), ref_step()
+    quiet, loud, state = _ERRSTATE.set, _ERRSTATE.reset, _QUIET
+
+    def quiet_run(i):
+        token = quiet(state)
+        try:
+            return run(*batches[i % 4])
+        finally:
+            loud(token)
+
     ways = {"graphc": lambda i: f(*batches[i % 4]),
             "plan.run": lambda i: run(*batches[i % 4]),
+            "run quiet": quiet_run,
             "reference 2": lambda i: ref2(*ref_batches[i % 4])}
     return (ways, lambda i: ref(*ref_batches[i % 4]),
             lambda i: mine_step(*batches[i % 4]))
