@@ -33,7 +33,7 @@ def aligned(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype) starting on an ALIGN-byte boundary. NumPy's allocator promises
     16 bytes (an mmapped block of > 128 KiB starts 16 bytes into its page), so over a third of
     a step's buffers started mid-vector: an in-place bias add or ReLU of a (512, 128) float32
-    buffer ran 5-8 % slower so (bench/README.md), and which buffer did changed from run to
+    buffer ran 4-8 % slower so (bench/README.md), and which buffer did changed from run to
     run with the heap. A view of a slice of a bytes block, owning nothing itself."""
     dtype = np.dtype(dtype)
     if dtype.hasobject or dtype.itemsize == 0:
