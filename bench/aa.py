@@ -11,7 +11,8 @@ baseline, rotated each round), `random` is tree_ratio.py's (the way and the refe
 random order each round). Each block times one way under one harness; the blocks go round
 the ways in turn so that all of them see the same moments of a shared machine. Printed: per
 way and harness the median over blocks of the ratio median(way) / median(reference), and the
-blocks' range.
+blocks' range, in wall time and in the calling thread's CPU time (steadier when other
+processes share the cores; with one BLAS thread it is the whole step's).
 """
 from __future__ import annotations
 
@@ -61,14 +62,16 @@ def ways_for(name: str) -> tuple[dict, object, object]:
             lambda i: mine_step(*batches[i % 4]))
 
 
-def block(way, ref, mine, harness: str, steps: int, rng: random.Random) -> float:
-    """median(way) / median(reference) over `steps` rounds of one harness."""
+def block(way, ref, mine, harness: str, steps: int, rng: random.Random) -> tuple:
+    """median(way) / median(reference) over `steps` rounds of one harness, in wall and in
+    thread CPU time."""
     runners = {"way": way, "reference": ref}
     if harness == "rotation":
         runners["numpy"] = mine
     order = list(runners)
     times: dict = {k: [] for k in runners}
-    clock = time.perf_counter
+    cpu: dict = {k: [] for k in runners}
+    clock, thread = time.perf_counter, time.thread_time
     for i in range(1, steps + 1):
         if harness == "rotation":
             turn = order[i % 3:] + order[:i % 3]
@@ -76,10 +79,12 @@ def block(way, ref, mine, harness: str, steps: int, rng: random.Random) -> float
             rng.shuffle(order)
             turn = order
         for k in turn:
-            t = clock()
+            c, t = thread(), clock()
             runners[k](i)
             times[k].append(clock() - t)
-    return statistics.median(times["way"]) / statistics.median(times["reference"])
+            cpu[k].append(thread() - c)
+    med = statistics.median
+    return (med(times["way"]) / med(times["reference"]), med(cpu["way"]) / med(cpu["reference"]))
 
 
 def main():
@@ -98,9 +103,11 @@ def main():
             for w, way in ways.items():
                 ratios[w, h].append(block(way, ref, mine, h, a.steps, rng))
     print(f"{a.workload}: median ratio to the reference over {a.blocks} blocks of {a.steps} "
-          f"rounds (range)")
+          f"rounds (range), wall / thread CPU time")
     for (w, h), rs in ratios.items():
-        print(f"  {w:<12} {h:<9} {statistics.median(rs):.3f} ({min(rs):.3f}-{max(rs):.3f})")
+        wall, cpu = [r[0] for r in rs], [r[1] for r in rs]
+        print(f"  {w:<12} {h:<9} {statistics.median(wall):.3f} ({min(wall):.3f}-"
+              f"{max(wall):.3f}) / {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
 
 
 if __name__ == "__main__":
