@@ -78,10 +78,10 @@ def main():
     a = ap.parse_args()
     for name in a.workloads.split(","):
         m = measure(name, a.rounds)
-        print(f"{name:<16} aligned {m['aligned'] * 1e6:8.0f} us, 16 past {m['16 past'] * 1e6:8.0f}"
-              f" us, reference {m['reference'] * 1e6:8.0f} us: aligned / 16 past "
-              f"{m['aligned'] / m['16 past']:.3f}, to the reference {m['aligned'] / m['reference']:.3f}"
-              f" / {m['16 past'] / m['reference']:.3f}", flush=True)
+        on, off, ref = m["aligned"], m["16 past"], m["reference"]
+        print(f"{name:<16} aligned {on * 1e6:8.0f} us, 16 past {off * 1e6:8.0f} us, reference "
+              f"{ref * 1e6:8.0f} us: aligned / 16 past {on / off:.3f}, to the reference "
+              f"{on / ref:.3f} / {off / ref:.3f}", flush=True)
 
 
 if __name__ == "__main__":
