@@ -9,8 +9,12 @@ steps around it (bias + ReLU, the ReLU mask) vanish. A reshape of such a buffer 
 (and a write through it would be lost), so a value is stored so only when its step and every
 reader are elementwise or conv-family steps (or a sum over N, H, W, lowered for it here), and
 its buffer never goes to another value (the pool keeps layouts apart).
+
+Every planned buffer and plan constant starts on a cache line (`aligned`).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -22,12 +26,30 @@ READERS = {"conv2d": (0,), "conv2d_grad_input": (0, 2), "conv2d_grad_weight": (0
            "max_pool2d": (0,), "max_pool2d_grad": (0, 1)}    # input positions they may read
 
 
-def empty(shape, dtype, layout) -> np.ndarray:
-    """A planned buffer of NCHW shape in the given memory layout (None: C order)."""
-    if layout != LAST:
+ALIGN = 64      # bytes: a cache line, two AVX vectors
+
+
+def aligned(shape, dtype) -> np.ndarray:
+    """np.empty(shape, dtype) starting on an ALIGN-byte boundary. NumPy's allocator promises
+    16 bytes (an mmapped block of > 128 KiB starts 16 bytes into its page), so over a third of
+    a step's buffers started mid-vector: an in-place bias add or ReLU of a (512, 128) float32
+    buffer ran 4-8 % slower so (bench/README.md), and which buffer did changed from run to
+    run with the heap. A view of a slice of a bytes block, owning nothing itself."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or dtype.itemsize == 0:
         return np.empty(shape, dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def empty(shape, dtype, layout) -> np.ndarray:
+    """A planned buffer of NCHW shape in the given memory layout (None: C order), aligned."""
+    if layout != LAST:
+        return aligned(shape, dtype)
     n, c, h, w = shape
-    return np.empty((n, h, w, c), dtype).transpose(0, 3, 1, 2)
+    return aligned((n, h, w, c), dtype).transpose(0, 3, 1, 2)
 
 
 def const(low, o: str, shape, value, dtype) -> str:
