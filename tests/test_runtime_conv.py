@@ -109,7 +109,7 @@ def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images, th
 
 
 
-def tiled_stack(c, stride, padding, size, dtype, kind, with_gx=False):
+def tiled_stack(c, stride, padding, size, dtype, kind, with_gx=False, pool_stride=None):
     """A max-pooled convolution (bias, ReLU) and a second layer, a step of SGD on its
     weights (x's gradient an output too when with_gx): (x, function, outputs, params,
     their gradients)."""
@@ -117,7 +117,7 @@ def tiled_stack(c, stride, padding, size, dtype, kind, with_gx=False):
     wv = RNG.standard_normal((6, c, 3, 3))
     w = gc.variable((np.round(wv) if kind == "ties" else wv).astype(dtype), name="w")
     b = gc.variable(RNG.standard_normal((1, 6, 1, 1)).astype(dtype), name="b")
-    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, stride, padding) + b), size)
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, stride, padding) + b), size, pool_stride)
     w2 = gc.variable(RNG.standard_normal((5, 6, 1, 1)).astype(dtype), name="w2")
     loss = gc.sum(gc.tanh(gc.conv2d(p, w2)))
     params = [w, b, w2]
@@ -159,17 +159,23 @@ def test_a_convolution_stored_tiled_for_its_pool_matches_eval(dtype, c, stride, 
     assert "tile=" in f.source
 
 
-@pytest.mark.parametrize("c,stride,padding,size,with_gx", [
-    (1, 1, 0, 2, False),          # 7x6 output: a 2x2 pool leaves a rim
-    (9, 1, 1, 2, False),          # 9x8: the same
-    (1, 1, 1, 3, True),           # tiles, but x's gradient reads the pool's gradient
+@pytest.mark.parametrize("c,stride,padding,size,pool_stride,with_gx,crop,tiled", [
+    (1, 1, 0, 2, None, False, (6, 6), True),     # 7x6: its last row fills no window
+    (9, 1, 1, 2, None, True, (8, 8), False),     # 9x8; x's gradient reads the pool's
+    (1, 2, 1, (2, 3), None, True, (4, 3), False),    # 5x4
+    (9, 1, 0, (3, 2), 1, False, None, False),    # 7x6, overlapping windows read it all
+    (1, 1, 1, (3, 4), None, True, None, False),  # 9x8 tiled, but x's gradient reads
 ])
-def test_a_convolution_is_not_stored_tiled_where_the_windows_leave_a_rim(c, stride, padding,
-                                                                          size, with_gx):
-    x, f, outs, params, grads = tiled_stack(c, stride, padding, size, "float32", "distinct",
-                                            with_gx)
-    check_steps(x, f, outs, params, grads, (c, 9, 8), "distinct", "float32", (3,))
-    assert "tile=" not in f.source
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_convolution_computes_only_the_outputs_its_pools_read(c, stride, padding, size,
+                                                                 pool_stride, with_gx, crop,
+                                                                 tiled, dtype):
+    x, f, outs, params, grads = tiled_stack(c, stride, padding, size, dtype, "ties", with_gx,
+                                            pool_stride)
+    check_steps(x, f, outs, params, grads, (c, 9, 8), "ties", dtype)
+    assert ("crop=" in f.source) == (crop is not None)
+    assert crop is None or f"crop={crop}" in f.source
+    assert ("tile=" in f.source) == tiled
 
 
 @pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "signed zeros"])

@@ -57,16 +57,17 @@ def g_last(g, ws, shared, fill):
     return box["gT"]
 
 
-def fill_cols_last(x, ws, kh, kw, stride, padding, tile=None):
+def fill_cols_last(x, ws, kh, kw, stride, padding, tile=None, crop=None):
     """The (N*Ho*Wo, kh*kw*C) matrix of every window of x (also kept as ws["matrix"]).
     Wide inputs: ws["cols"] (N, Ho, Wo, kh, kw, C), one copy of the sliding windows of a
     channels-last copy of x (~3x faster than kh*kw copies of C-float rows). Narrow inputs:
     its transpose, ws["cols"] (kh, kw, C, N, Ho, Wo), kh*kw copies along x's image rows (a
     window's C floats are too short a row); BLAS reads either orientation. tile=(p, q): the
-    rows in the order of a result stored tiled (`as_tiles`): (p, q, N, Ho/p, Wo/q)."""
+    rows in the order of a result stored tiled (`as_tiles`): (p, q, N, Ho/p, Wo/q). crop:
+    the windows of the top-left (Ho, Wo) outputs only (all that the readers read)."""
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ho, wo = crop or ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
     rows = (n, ho, wo) if tile is None else tile + (n, ho // tile[0], wo // tile[1])
     if c < 8:
         if ph or pw:
@@ -93,7 +94,7 @@ def fill_cols_last(x, ws, kh, kw, stride, padding, tile=None):
         xh = ws["xh"]
         np.copyto(xh[:, ph:ph + h, pw:pw + w, :], x.transpose(0, 2, 3, 1))
     windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
-    windows = windows[:, ::sh, ::sw]                                 # (N, Ho, Wo, C, kh, kw)
+    windows = windows[:, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw]   # (N, Ho, Wo, C, kh, kw)
     if tile is None:
         np.copyto(ws["cols"], windows.transpose(0, 1, 2, 4, 5, 3))
         return ws["matrix"]
@@ -110,25 +111,28 @@ def by_offset(a, tile):
     return np.moveaxis(a, (3, 5, 0, 2, 4, 1), (0, 1, 2, 3, 4, 5))
 
 
-def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True, tile=None):
+def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True, tile=None, crop=None):
     """out (N, Co, Ho, Wo): im2col and one GEMM (channels-last for wide inputs or when `last`,
     else one GEMM per image straight into NCHW). The channels-last path leaves its result in
     ws["nhwc"] too, for a max-pool step that reads it (see max_pool2d's `shadow`); with
     nchw=False (every reader reads that) it is out's own memory, in channels-last order, or
-    with tile=(p, q) stored tiled (`as_tiles`: ws["nhwc"] is then the windows' 6-D view)."""
+    with tile=(p, q) stored tiled (`as_tiles`: ws["nhwc"] is then the windows' 6-D view);
+    crop=(Ho, Wo): only the top-left outputs that its readers (pools) read, at the start of
+    out's memory (`as_last`), the rest of out unwritten."""
     co, c, kh, kw = w.shape
     n = x.shape[0]
+    assert crop is None or not nchw, "a cropped result is read only channels-last"
     if not (channels_last(x) if last is None else last):
         cols = fill_cols(x, ws, kh, kw, stride, padding)
         np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, cols.shape[2]))
         return out
-    cols = fill_cols_last(x, ws, kh, kw, stride, padding, tile)
+    cols = fill_cols_last(x, ws, kh, kw, stride, padding, tile, crop)
     if "wr" not in ws:
         ws["wr"] = np.empty((kh, kw, c, co), w.dtype)
     np.copyto(ws["wr"], w.transpose(2, 3, 1, 0))
     if not nchw:                # every reader reads ws["nhwc"]: it is out's memory
-        ws["nhwc"] = as_last(out) if tile is None else as_tiles(out, tile)
-        np.matmul(cols, ws["wr"].reshape(-1, co), out=as_last(out).reshape(-1, co))
+        ws["nhwc"] = as_last(out, crop) if tile is None else as_tiles(out, tile, crop)
+        np.matmul(cols, ws["wr"].reshape(-1, co), out=as_last(out, crop).reshape(-1, co))
         return out
     if "res" not in ws:
         ws["res"] = np.empty((n,) + out.shape[2:] + (co,), out.dtype)
@@ -138,23 +142,25 @@ def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True, tile=None):
     return out
 
 
-def as_last(out):
+def as_last(out, crop=None):
     """out's memory as a channels-last array of out's NCHW shape (a result only its
-    channels-last readers read lives there: no buffer beside the planner's)."""
+    channels-last readers read lives there: no buffer beside the planner's); crop=(h, w):
+    of that height and width, in the start of out's memory."""
     assert out.flags.c_contiguous, "a planner buffer"    # else reshape would copy
     n, c, h, w = out.shape
-    return out.reshape(n, h, w, c)
+    h, w = crop or (h, w)
+    return out.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
 
 
-def as_tiles(out, tile):
+def as_tiles(out, tile, crop=None):
     """out's memory stored tiled for the (p, q) max-pool windows that tile it: offset by
     offset, (p, q, N, H/p, W/q, C), each window offset's block contiguous, so the pool and
     its gradient run as whole-block passes (no 32-float inner loops); returned as the
     windows' (N, H/p, p, W/q, q, C) view. Only for a result read by those pools and by its
     weight gradient, whose sum over all positions does not care about their order."""
-    assert out.flags.c_contiguous, "a planner buffer"
-    (p, q), (n, c, h, w) = tile, out.shape
-    return out.reshape(p, q, n, h // p, w // q, c).transpose(2, 3, 0, 4, 1, 5)
+    n, h, w, c = as_last(out, crop).shape
+    p, q = tile
+    return as_last(out, crop).reshape(p, q, n, h // p, w // q, c).transpose(2, 3, 0, 4, 1, 5)
 
 
 def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False,
@@ -195,9 +201,9 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
     chunks=False (the lowering's choice when the BLAS runs on several threads): the whole
     batch at once, kh*kw GEMMs in all, as each GEMM is a hand-off between the BLAS threads."""
     co, c, kh, kw = w.shape
-    n, _, ho, wo = g.shape
     h, wd = like.shape[2:]
     gT = g_last(g, ws, shared, fill) if gT is None else gT
+    n, ho, wo = gT.shape[:3]          # gT may cover only the top-left of g (zero elsewhere)
     if "wk" not in ws:
         per_image = kh * kw * ho * wo * c * out.itemsize
         ws["chunk"] = max(1, min(n, CHUNK_BYTES // per_image)) if chunks else max(n, 1)
@@ -317,7 +323,13 @@ def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_s
     # tiled as x is when x's shadow is its 6-D windows (the lowering's promise): ws["nhwc"]
     # is then that memory in its order, as the weight gradient's GEMM reads it
     assert shadow.ndim == 4 or not nchw, "a tiled result's gradient is stored tiled"
-    dst = ws["res"] if nchw else as_last(out) if shadow.ndim == 4 else as_tiles(out, size)
+    # x's shadow covering only the top-left outputs the pools read (a cropped convolution):
+    # its gradient is stored so too, the rest is zero for the readers (the lowering's promise)
+    hw = (shadow.shape[1] * shadow.shape[2], shadow.shape[3] * shadow.shape[4]) \
+        if shadow.ndim == 6 else shadow.shape[1:3]
+    assert nchw is False or tuple(hw) == out.shape[2:], "a cropped gradient is not NCHW"
+    dst = ws["res"] if nchw else as_last(out, hw) if shadow.ndim == 4 \
+        else as_tiles(out, size, hw)
     ws["nhwc"] = dst if dst.ndim == 4 else dst.transpose(2, 4, 0, 1, 3, 5)
     gl = nhwc(g)            # g stored channels-last: read as it is
     if gl is None:
