@@ -178,6 +178,32 @@ def test_a_convolution_computes_only_the_outputs_its_pools_read(c, stride, paddi
     assert ("tile=" in f.source) == tiled
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_tiled_and_cropped_stacks_match_eval(seed):
+    # random sizes, kernels, strides, padding, pool windows (tiling the output or leaving a
+    # rim), channels, dtype; SGD on the weights only, so the tiled layout applies
+    r = np.random.default_rng(100 + seed)
+    c, h, w = int(r.choice([1, 2, 9])), int(r.integers(6, 13)), int(r.integers(6, 13))
+    k, st, pad = int(r.integers(1, 4)), int(r.integers(1, 3)), int(r.integers(0, 2))
+    ho, wo = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
+    size = (int(r.integers(1, min(ho, 4) + 1)), int(r.integers(1, min(wo, 4) + 1)))
+    dtype = str(r.choice(["float32", "float64"]))
+    x = gc.placeholder((None, c, h, w), dtype, name="x")
+    kv = r.standard_normal((5, c, k, k))
+    w1 = gc.variable((np.round(kv) if seed % 2 else kv).astype(dtype), name="w1")
+    b1 = gc.variable(r.standard_normal((1, 5, 1, 1)).astype(dtype), name="b1")
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w1, st, pad) + b1), size)
+    w2 = gc.variable(r.standard_normal((3, 5, 1, 1)).astype(dtype), name="w2")
+    loss = gc.sum(gc.tanh(gc.conv2d(p, w2)))
+    params = [w1, b1, w2]
+    grads = gc.grad(loss, params)
+    f = gc.function([x], [loss, p], updates=[(v, v - 0.01 * g) for v, g in zip(params, grads)])
+    check_steps(x, f, [loss, p], params, grads, (c, h, w), "ties" if seed % 2 else "distinct",
+                dtype)
+    rim = ho % size[0] or wo % size[1]                # then cropped, and tiled either way
+    assert f"tile={size}" in f.source and ("crop=" in f.source) == bool(rim)
+
+
 @pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "signed zeros"])
 def test_a_tiled_pool_gradient_gives_the_first_maximum(kind):
     # the kernels alone: x stored tiled (as_tiles), its gradient written over it
