@@ -17,7 +17,7 @@ def pool_case(kind: str, shape=(2, 3, 9, 8)):
     if kind == "ties":
         x = np.round(x)                   # many equal maxima in a window
     elif kind == "nan":
-        x[0, 1, 2, 3] = np.nan
+        x[0, min(1, shape[1] - 1), 2, 3] = np.nan
     elif kind == "signed zeros":
         x[:] = -1.0
         x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, -0.0
@@ -106,3 +106,122 @@ def test_input_gradient_by_chunks_of_images_matches_eval(monkeypatch, images, th
         for _ in range(2):
             np.testing.assert_allclose(f(xv), gx.eval({x: xv}), rtol=1e-4, atol=1e-5)
         assert ("chunks=False" in f.source) == (threads > 1)
+
+
+
+def tiled_stack(c, stride, padding, size, dtype, kind, with_gx=False, pool_stride=None):
+    """A max-pooled convolution (bias, ReLU) and a second layer, a step of SGD on its
+    weights (x's gradient an output too when with_gx): (x, function, outputs, params,
+    their gradients)."""
+    x = gc.placeholder((None, c, 9, 8), dtype, name="x")
+    wv = RNG.standard_normal((6, c, 3, 3))
+    w = gc.variable((np.round(wv) if kind == "ties" else wv).astype(dtype), name="w")
+    b = gc.variable(RNG.standard_normal((1, 6, 1, 1)).astype(dtype), name="b")
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w, stride, padding) + b), size, pool_stride)
+    w2 = gc.variable(RNG.standard_normal((5, 6, 1, 1)).astype(dtype), name="w2")
+    loss = gc.sum(gc.tanh(gc.conv2d(p, w2)))
+    params = [w, b, w2]
+    grads = gc.grad(loss, params + ([x] if with_gx else []))
+    outs = [loss, p] + grads[3:]
+    f = gc.function([x], outs, updates=[(v, v - 0.01 * g) for v, g in zip(params, grads)])
+    return x, f, outs, params, grads[:3]
+
+
+def check_steps(x, f, outs, params, grads, shape, kind, dtype, batches=(3, 2, 3)):
+    """Several steps (two batch sizes, a plan run again) against eval's values."""
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for batch in batches:
+        xv = pool_case(kind, (batch,) + shape).astype(dtype)
+        want = [o.eval({x: xv}) for o in outs]
+        new = [v.value - dtype_(dtype)(0.01) * g.eval({x: xv}) for v, g in zip(params, grads)]
+        for got, w in zip(f(xv), want):
+            np.testing.assert_allclose(got, w, rtol=tol, atol=tol)
+        for v, w in zip(params, new):
+            np.testing.assert_allclose(v.value, w, rtol=tol, atol=tol)
+
+
+def dtype_(name):
+    return np.dtype(name).type
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("c,stride,padding,size", [
+    (1, 1, 1, (3, 4)), (1, 1, 0, (7, 3)), (2, 2, 0, (2, 3)), (9, 1, 1, (3, 2)),
+    (9, 2, 1, (5, 2)), (1, (1, 2), (2, 0), (11, 3)), (9, 1, 0, 1)])
+@pytest.mark.parametrize("kind", ["distinct", "ties"])
+def test_a_convolution_stored_tiled_for_its_pool_matches_eval(dtype, c, stride, padding, size,
+                                                              kind):
+    # the pool's windows tile the convolution's output (9x8, 7x6, 4x3, 9x8, 5x4, 11x3, 7x6): the
+    # result is stored window offset by offset, the pool, its gradient and the weight
+    # gradient read it so; narrow and wide inputs, two batch sizes, calls repeated
+    x, f, outs, params, grads = tiled_stack(c, stride, padding, size, dtype, kind)
+    check_steps(x, f, outs, params, grads, (c, 9, 8), kind, dtype)
+    assert "tile=" in f.source
+
+
+@pytest.mark.parametrize("c,stride,padding,size,pool_stride,with_gx,crop,tiled", [
+    (1, 1, 0, 2, None, False, (6, 6), True),     # 7x6: its last row fills no window
+    (9, 1, 1, 2, None, True, (8, 8), False),     # 9x8; x's gradient reads the pool's
+    (1, 2, 1, (2, 3), None, True, (4, 3), False),    # 5x4
+    (9, 1, 0, (3, 2), 1, False, None, False),    # 7x6, overlapping windows read it all
+    (1, 1, 1, (3, 4), None, True, None, False),  # 9x8 tiled, but x's gradient reads
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_convolution_computes_only_the_outputs_its_pools_read(c, stride, padding, size,
+                                                                 pool_stride, with_gx, crop,
+                                                                 tiled, dtype):
+    x, f, outs, params, grads = tiled_stack(c, stride, padding, size, dtype, "ties", with_gx,
+                                            pool_stride)
+    check_steps(x, f, outs, params, grads, (c, 9, 8), "ties", dtype)
+    assert ("crop=" in f.source) == (crop is not None)
+    assert crop is None or f"crop={crop}" in f.source
+    assert ("tile=" in f.source) == tiled
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_tiled_and_cropped_stacks_match_eval(seed):
+    # random sizes, kernels, strides, padding, pool windows (tiling the output or leaving a
+    # rim), channels, dtype; SGD on the weights only, so the tiled layout applies
+    r = np.random.default_rng(100 + seed)
+    c, h, w = int(r.choice([1, 2, 9])), int(r.integers(6, 13)), int(r.integers(6, 13))
+    k, st, pad = int(r.integers(1, 4)), int(r.integers(1, 3)), int(r.integers(0, 2))
+    ho, wo = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
+    size = (int(r.integers(1, min(ho, 4) + 1)), int(r.integers(1, min(wo, 4) + 1)))
+    dtype = str(r.choice(["float32", "float64"]))
+    x = gc.placeholder((None, c, h, w), dtype, name="x")
+    kv = r.standard_normal((5, c, k, k))
+    w1 = gc.variable((np.round(kv) if seed % 2 else kv).astype(dtype), name="w1")
+    b1 = gc.variable(r.standard_normal((1, 5, 1, 1)).astype(dtype), name="b1")
+    p = gc.max_pool2d(gc.relu(gc.conv2d(x, w1, st, pad) + b1), size)
+    w2 = gc.variable(r.standard_normal((3, 5, 1, 1)).astype(dtype), name="w2")
+    loss = gc.sum(gc.tanh(gc.conv2d(p, w2)))
+    params = [w1, b1, w2]
+    grads = gc.grad(loss, params)
+    f = gc.function([x], [loss, p], updates=[(v, v - 0.01 * g) for v, g in zip(params, grads)])
+    check_steps(x, f, [loss, p], params, grads, (c, h, w), "ties" if seed % 2 else "distinct",
+                dtype)
+    rim = ho % size[0] or wo % size[1]                # then cropped, and tiled either way
+    assert f"tile={size}" in f.source and ("crop=" in f.source) == bool(rim)
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "signed zeros"])
+def test_a_tiled_pool_gradient_gives_the_first_maximum(kind):
+    # the kernels alone: x stored tiled (as_tiles), its gradient written over it
+    x = pool_case(kind, (2, 3, 6, 4))
+    size = (3, 2)
+    top = OPS["max_pool2d"].kernel(x, size=size, stride=size)
+    g = RNG.standard_normal(top.shape).astype(np.float32)
+    want = OPS["max_pool2d_grad"].kernel(g, x, size=size, stride=size)
+    buf = np.empty(x.shape, np.float32)
+    tiles = conv.as_tiles(buf, size)
+    np.copyto(tiles, x.transpose(0, 2, 3, 1).reshape(2, 2, 3, 2, 2, 3))
+    pooled = np.empty(top.shape, np.float32)
+    conv.max_pool2d(None, size=size, stride=size, out=pooled, ws={}, shadow=tiles)
+    np.testing.assert_array_equal(pooled, top)
+    ws = {}
+    got = conv.max_pool2d_grad(g, None, size=size, stride=size, out=buf, ws=ws, top=top,
+                               shadow=tiles, top_shadow=top.transpose(0, 2, 3, 1).copy(),
+                               nchw=False)
+    res = ws["nhwc"].transpose(2, 3, 0, 4, 1, 5).reshape(2, 6, 4, 3).transpose(0, 3, 1, 2)
+    assert got is buf
+    np.testing.assert_array_equal(res, want)

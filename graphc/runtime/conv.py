@@ -57,15 +57,18 @@ def g_last(g, ws, shared, fill):
     return box["gT"]
 
 
-def fill_cols_last(x, ws, kh, kw, stride, padding):
+def fill_cols_last(x, ws, kh, kw, stride, padding, tile=None, crop=None):
     """The (N*Ho*Wo, kh*kw*C) matrix of every window of x (also kept as ws["matrix"]).
     Wide inputs: ws["cols"] (N, Ho, Wo, kh, kw, C), one copy of the sliding windows of a
     channels-last copy of x (~3x faster than kh*kw copies of C-float rows). Narrow inputs:
     its transpose, ws["cols"] (kh, kw, C, N, Ho, Wo), kh*kw copies along x's image rows (a
-    window's C floats are too short a row); BLAS reads either orientation."""
+    window's C floats are too short a row); BLAS reads either orientation. tile=(p, q): the
+    rows in the order of a result stored tiled (`as_tiles`): (p, q, N, Ho/p, Wo/q). crop:
+    the windows of the top-left (Ho, Wo) outputs only (all that the readers read)."""
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ho, wo = crop or ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    rows = (n, ho, wo) if tile is None else tile + (n, ho // tile[0], wo // tile[1])
     if c < 8:
         if ph or pw:
             if "padded" not in ws:
@@ -73,15 +76,16 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
             ws["padded"][:, :, ph:ph + h, pw:pw + w] = x
             x = ws["padded"]
         if "cols" not in ws:
-            ws["cols"] = np.empty((kh, kw, c, n, ho, wo), x.dtype)
+            ws["cols"] = np.empty((kh, kw, c) + rows, x.dtype)
             ws["matrix"] = ws["cols"].reshape(kh * kw * c, n * ho * wo).T
         for i in range(kh):
             for j in range(kw):
-                np.copyto(ws["cols"][i, j], x[:, :, i:i + sh * (ho - 1) + 1:sh,
-                                               j:j + sw * (wo - 1) + 1:sw].transpose(1, 0, 2, 3))
+                src = x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                np.copyto(ws["cols"][i, j], src.transpose(1, 0, 2, 3) if tile is None
+                          else by_offset(src, tile).transpose(5, 0, 1, 2, 3, 4))
         return ws["matrix"]
     if "cols" not in ws:
-        ws["cols"] = np.empty((n, ho, wo, kh, kw, c), x.dtype)
+        ws["cols"] = np.empty(rows + (kh, kw, c), x.dtype)
         ws["matrix"] = ws["cols"].reshape(n * ho * wo, kh * kw * c)
     xh = nhwc(x) if not (ph or pw) else None       # x stored channels-last: read as it is
     if xh is None:
@@ -90,28 +94,45 @@ def fill_cols_last(x, ws, kh, kw, stride, padding):
         xh = ws["xh"]
         np.copyto(xh[:, ph:ph + h, pw:pw + w, :], x.transpose(0, 2, 3, 1))
     windows = np.lib.stride_tricks.sliding_window_view(xh, (kh, kw), axis=(1, 2))
-    np.copyto(ws["cols"], windows[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3))
+    windows = windows[:, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw]   # (N, Ho, Wo, C, kh, kw)
+    if tile is None:
+        np.copyto(ws["cols"], windows.transpose(0, 1, 2, 4, 5, 3))
+        return ws["matrix"]
+    windows = by_offset(windows.transpose(0, 3, 1, 2, 4, 5), tile)   # (p, q, N, .., C, kh, kw)
+    np.copyto(ws["cols"], np.moveaxis(windows, 5, 7))
     return ws["matrix"]
 
 
-def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
+def by_offset(a, tile):
+    """a (N, C, Ho, Wo, ...) as (p, q, N, Ho/p, Wo/q, C, ...): the positions grouped by their
+    offset in the (p, q) windows that tile them (a view)."""
+    (p, q), (n, c, ho, wo) = tile, a.shape[:4]
+    a = a.reshape((n, c, ho // p, p, wo // q, q) + a.shape[4:])
+    return np.moveaxis(a, (3, 5, 0, 2, 4, 1), (0, 1, 2, 3, 4, 5))
+
+
+def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True, tile=None, crop=None):
     """out (N, Co, Ho, Wo): im2col and one GEMM (channels-last for wide inputs or when `last`,
     else one GEMM per image straight into NCHW). The channels-last path leaves its result in
     ws["nhwc"] too, for a max-pool step that reads it (see max_pool2d's `shadow`); with
-    nchw=False (every reader reads that) it is out's own memory, in channels-last order."""
+    nchw=False (every reader reads that) it is out's own memory, in channels-last order, or
+    with tile=(p, q) stored tiled (`as_tiles`: ws["nhwc"] is then the windows' 6-D view);
+    crop=(Ho, Wo): only the top-left outputs that its readers (pools) read, at the start of
+    out's memory (`as_last`), the rest of out unwritten."""
     co, c, kh, kw = w.shape
     n = x.shape[0]
+    assert crop is None or not nchw, "a cropped result is read only channels-last"
     if not (channels_last(x) if last is None else last):
         cols = fill_cols(x, ws, kh, kw, stride, padding)
         np.matmul(w.reshape(co, -1), cols, out=out.reshape(n, co, cols.shape[2]))
         return out
-    cols = fill_cols_last(x, ws, kh, kw, stride, padding)
+    cols = fill_cols_last(x, ws, kh, kw, stride, padding, tile, crop)
     if "wr" not in ws:
         ws["wr"] = np.empty((kh, kw, c, co), w.dtype)
     np.copyto(ws["wr"], w.transpose(2, 3, 1, 0))
     if not nchw:                # every reader reads ws["nhwc"]: it is out's memory
-        ws["nhwc"] = as_last(out)
-        np.matmul(cols, ws["wr"].reshape(-1, co), out=ws["nhwc"].reshape(-1, co))
+        ws["nhwc"] = as_last(out, crop) if tile is None else as_tiles(out, tile, crop)
+        np.matmul(cols, ws["wr"].reshape(-1, co), out=as_last(out, crop).reshape(-1, co))
         return out
     if "res" not in ws:
         ws["res"] = np.empty((n,) + out.shape[2:] + (co,), out.dtype)
@@ -121,12 +142,25 @@ def conv2d(x, w, *, stride, padding, out, ws, last=None, nchw=True):
     return out
 
 
-def as_last(out):
+def as_last(out, crop=None):
     """out's memory as a channels-last array of out's NCHW shape (a result only its
-    channels-last readers read lives there: no buffer beside the planner's)."""
+    channels-last readers read lives there: no buffer beside the planner's); crop=(h, w):
+    of that height and width, in the start of out's memory."""
     assert out.flags.c_contiguous, "a planner buffer"    # else reshape would copy
     n, c, h, w = out.shape
-    return out.reshape(n, h, w, c)
+    h, w = crop or (h, w)
+    return out.reshape(-1)[:n * h * w * c].reshape(n, h, w, c)
+
+
+def as_tiles(out, tile, crop=None):
+    """out's memory stored tiled for the (p, q) max-pool windows that tile it: offset by
+    offset, (p, q, N, H/p, W/q, C), each window offset's block contiguous, so the pool and
+    its gradient run as whole-block passes (no 32-float inner loops); returned as the
+    windows' (N, H/p, p, W/q, q, C) view. Only for a result read by those pools and by its
+    weight gradient, whose sum over all positions does not care about their order."""
+    n, h, w, c = as_last(out, crop).shape
+    p, q = tile
+    return as_last(out, crop).reshape(p, q, n, h // p, w // q, c).transpose(2, 3, 0, 4, 1, 5)
 
 
 def conv2d_grad_weight(x, g, like, *, stride, padding, out, ws, cols_ready=False,
@@ -167,9 +201,9 @@ def conv2d_grad_input(g, w, like, *, stride, padding, out, ws, shared=None, fill
     chunks=False (the lowering's choice when the BLAS runs on several threads): the whole
     batch at once, kh*kw GEMMs in all, as each GEMM is a hand-off between the BLAS threads."""
     co, c, kh, kw = w.shape
-    n, _, ho, wo = g.shape
     h, wd = like.shape[2:]
     gT = g_last(g, ws, shared, fill) if gT is None else gT
+    n, ho, wo = gT.shape[:3]          # gT may cover only the top-left of g (zero elsewhere)
     if "wk" not in ws:
         per_image = kh * kw * ho * wo * c * out.itemsize
         ws["chunk"] = max(1, min(n, CHUNK_BYTES // per_image)) if chunks else max(n, 1)
@@ -214,7 +248,13 @@ def col2im(d5, dxh, size, stride):
 
 
 def windows_at(x, size, stride, out_hw, last=False):
-    """Each window offset's view of x (NCHW; NHWC when last), in the op kernels' order."""
+    """Each window offset's view of x (NCHW; NHWC when last; a tiled result's 6-D windows,
+    `as_tiles`, whose windows tile it), in the op kernels' order."""
+    if x.ndim == 6:
+        for i in range(size[0]):
+            for j in range(size[1]):
+                yield x[:, :, i, :, j, :]
+        return
     for _, (_, _, rows, cols) in offsets(size, stride, out_hw):
         yield x[:, rows, cols, :] if last else x[:, :, rows, cols]
 
@@ -222,13 +262,14 @@ def windows_at(x, size, stride, out_hw, last=False):
 def max_pool2d(x, *, size, stride, out, ws=None, shadow=None):
     """Max over each window; 2x2 windows with stride 2 first take the max of row pairs (two
     contiguous halves), then of column pairs. `shadow`: x channels-last (kept by the step that
-    made x, or x itself when stored channels-last): pooled there along contiguous channel
-    rows, the result kept in ws["nhwc"] (out's own memory when out is stored channels-last).
-    With a shadow, only out's values are written: x is not read."""
+    made x, or x itself when stored channels-last; the 6-D windows of x stored tiled): pooled
+    there along contiguous channel rows (whole blocks when tiled), the result kept in
+    ws["nhwc"] (out's own memory when out is stored channels-last). With a shadow, only out's
+    values are written: x is not read."""
     if shadow is None and ws is not None:
         shadow = nhwc(x)
     if shadow is not None:
-        n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[3]
+        n, ho, wo, c = shadow.shape[0], out.shape[2], out.shape[3], shadow.shape[-1]
         dst = nhwc(out)
         if dst is not None:
             ws["nhwc"] = dst
@@ -268,7 +309,8 @@ def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_s
     `top` is the forward pooling's result when the plan still has it. With the channels-last
     copies of x and top (`shadow`, `top_shadow`) it runs channels-last, keeps that result in
     ws["nhwc"] and writes its NCHW transpose to out; with nchw=False (every reader reads
-    ws["nhwc"]) that result is out's own memory, in channels-last order (as_last)."""
+    ws["nhwc"]) that result is out's own memory, in channels-last order (as_last), or tiled
+    as x is (as_tiles) when x's shadow is its tiled windows."""
     if top is None:
         if "top" not in ws:
             ws["top"] = np.empty(g.shape, x.dtype)
@@ -277,15 +319,25 @@ def max_pool2d_grad(g, x, *, size, stride, out, ws, top=None, shadow=None, top_s
         return route(g, x, top, size, stride, out, ws, last=False)
     if "res" not in ws:
         ws["res"] = None if not nchw else np.empty(shadow.shape, out.dtype)
-    # nchw False: every reader reads ws["nhwc"], out's memory (x's shadow when out is x)
-    ws["nhwc"] = ws["res"] if nchw else as_last(out)
+    # nchw False: every reader reads ws["nhwc"], out's memory (x's shadow when out is x),
+    # tiled as x is when x's shadow is its 6-D windows (the lowering's promise): ws["nhwc"]
+    # is then that memory in its order, as the weight gradient's GEMM reads it
+    assert shadow.ndim == 4 or not nchw, "a tiled result's gradient is stored tiled"
+    # x's shadow covering only the top-left outputs the pools read (a cropped convolution):
+    # its gradient is stored so too, the rest is zero for the readers (the lowering's promise)
+    hw = (shadow.shape[1] * shadow.shape[2], shadow.shape[3] * shadow.shape[4]) \
+        if shadow.ndim == 6 else shadow.shape[1:3]
+    assert nchw is False or tuple(hw) == out.shape[2:], "a cropped gradient is not NCHW"
+    dst = ws["res"] if nchw else as_last(out, hw) if shadow.ndim == 4 \
+        else as_tiles(out, size, hw)
+    ws["nhwc"] = dst if dst.ndim == 4 else dst.transpose(2, 4, 0, 1, 3, 5)
     gl = nhwc(g)            # g stored channels-last: read as it is
     if gl is None:
         if "g_nhwc" not in ws:
             ws["g_nhwc"] = np.empty(top_shadow.shape, g.dtype)
         gl = ws["g_nhwc"]
         np.copyto(gl, g.transpose(0, 2, 3, 1))
-    route(gl, shadow, top_shadow, size, stride, ws["nhwc"], ws, last=True)
+    route(gl, shadow, top_shadow, size, stride, dst, ws, last=True)
     if nchw:
         np.copyto(out, ws["nhwc"].transpose(0, 3, 1, 2))
     return out
@@ -298,7 +350,9 @@ def route(g, x, top, size, stride, out, ws, last):
     ho, wo = g.shape[1:3] if last else g.shape[2:]
     if disjoint and (kh, kw) == (sh, sw):     # windows tile out: zero only the uncovered rim
         h, w = ho * sh, wo * sw
-        if last:
+        if out.ndim == 6:
+            pass                              # tiled: the windows cover it all
+        elif last:
             out[:, h:] = 0
             out[:, :h, w:] = 0
         else:
@@ -337,7 +391,7 @@ def unique_maxima(g, x, top, size, out_hw, out, ws, last) -> bool:
     gradient is g times the hits: 2 calls per offset instead of 4, no first-maximum
     bookkeeping. False (out's windows untouched) when some window needs the first-maximum
     rule. All of x is read before out is written: out may be x."""
-    if last:
+    if last and x.ndim == 4:                  # tiled (6-D): offset by offset, as NCHW
         return unique_maxima_last(g, x, top, size, out_hw, out, ws)
     if "tile_hits" not in ws:
         ws["tile_hits"] = np.empty((size[0] * size[1],) + top.shape, bool)
