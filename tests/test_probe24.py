@@ -250,7 +250,9 @@ def run_model_seed(seed: int, folder) -> None:
     variables = [v for v, _ in updates]
     calls = [feeds(b, k) for k, b in enumerate((3, 3, 1, 4, 3))]
     start = [v.value.copy() for v in variables]
-    tol = dict(rtol=1e-8, atol=1e-9) if dtype == "float64" else dict(rtol=2e-3, atol=2e-4)
+    # float32: a conv before BatchNorm has a gradient of cancellations (~1e-4 of it rounds
+    # differently in two orders), which RMSProp divides by its own small average
+    tol = dict(rtol=1e-8, atol=1e-9) if dtype == "float64" else dict(rtol=1e-2, atol=1e-3)
     results = {}
     modes = [("eval", None, None), ("plain", False, False), ("optimized", True, False),
              ("checked", True, True)]
@@ -414,6 +416,26 @@ def test_gradient_of_a_gradient_through_a_scan_reading_w_and_its_transpose():
     a = np.full((1, 1, 1), 0.8)
     for got in (g.eval({x: a}), gc.function([x], g)(a), gc.function([x], g, optimize=False)(a)):
         np.testing.assert_allclose(got, [[want]], rtol=1e-13)
+
+
+def test_gradient_through_a_scan_reading_w_and_a_value_made_from_w_outside_it():
+    """The same mechanism at first order: a body reading w and w * w (computed before the
+    loop) gave d/dw as 1.4066 for 0.7517 (the unrolled loop's), counting w * w's part twice."""
+    a = np.array([[0.1, 0.2], [0.3, -0.4], [0.5, 0.6]])
+    x = gc.placeholder((3, 2), "float64", "x")
+    w = gc.variable(np.array([0.5, -0.3]), name="w")
+    w2 = w * w
+    h, _ = gc.scan(lambda h, xt: (gc.tanh(h * w + xt * w2),) * 2, gc.constant(np.zeros(2)), x)
+    unrolled = gc.constant(np.zeros(2))
+    for t in range(3):
+        unrolled = gc.tanh(unrolled * w + x[t] * w2)
+    outs = gc.grad(gc.sum(h), [w]) + gc.grad(gc.sum(unrolled), [w])
+    got, want = evaluate(outs, {x: a})
+    np.testing.assert_allclose(want, [0.75174652, -0.48726838], rtol=1e-8)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    for optimize in (True, False):
+        got, _ = gc.function([x], outs, optimize=optimize)(a)
+        np.testing.assert_allclose(got, want, rtol=1e-13)
 
 
 LAYERS = {
