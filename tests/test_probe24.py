@@ -477,3 +477,60 @@ def test_gradient_penalty_through_nn_layers_matches_finite_differences(name):
         for k, (g, w) in enumerate(zip(got, want)):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-9 + 1e-6 * np.abs(w).max(),
                                        err_msg=f"{name} gradient {k}")
+
+
+# random loops against the same loop unrolled by hand -------------------------------------
+
+def random_loop(seed: int):
+    """A random step function over a carry h (2, 3), a slice x_t and captured values: a
+    variable w, values made from w outside the loop (w * w, w.T @ w, a sum), a placeholder;
+    the same function run as gc.scan (maybe reversed) and unrolled in Python."""
+    r = np.random.default_rng(seed)
+    x = gc.placeholder((int(r.choice([1, 2, 5, 6])), 2, 3), "float64", "x")   # 5, 6: no unroll
+    h0 = gc.placeholder((2, 3), "float64", "h0")
+    w = gc.variable(r.standard_normal((3, 3)) * 0.4, name="w")
+    b = gc.variable(r.standard_normal(3) * 0.3, name="b")
+    made = [w * w, gc.transpose(w) @ w * 0.3, gc.sum(w, axis=0) + b, gc.tanh(w)]
+    ops = [lambda p, q: gc.tanh(p @ q) if q.shape == (3, 3) else p * q,
+           lambda p, q: p * q if q.ndim < 2 else p @ gc.transpose(q),
+           lambda p, q: gc.sigmoid(p) + q if q.ndim < 2 else gc.sigmoid(p) @ q,
+           lambda p, q: gc.softplus(p - 1.0) * 0.5, lambda p, q: p + q if q.ndim < 2 else p,
+           lambda p, q: gc.maximum(p, 0.1 * p)]
+    steps = [(int(r.integers(len(ops))), int(r.integers(6))) for _ in range(r.integers(2, 5))]
+    reverse = bool(r.random() < 0.3)
+
+    def step(h, xt):
+        caps = [w, b] + made
+        pool = [h + xt, h * xt]
+        for k, j in steps:
+            pool.append(ops[k](pool[-1], caps[j]))
+        hn = gc.tanh(pool[-1] + h * 0.5)
+        return hn, hn * xt
+    h_last, ys = gc.scan(step, h0, x, reverse=reverse)
+    h, rows = h0, []
+    for t in (range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])):
+        h, y = step(h, x[t])
+        rows.append(y)
+    rows = rows[::-1] if reverse else rows
+    return r, (x, h0), (w, b), (h_last, ys), (h, gc.stack(rows))
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 12))
+def test_random_loops_and_their_gradients_of_gradients_equal_the_unrolled_loop(seed):
+    r, (x, h0), (w, b), loop, unrolled = random_loop(seed)
+    k1, k2 = (gc.constant(r.standard_normal(o.shape)) for o in loop)
+
+    def derived(h_last, ys):
+        loss = gc.sum(h_last * k1) + gc.sum(ys * k2)
+        first = gc.grad(loss, [w, b, x, h0])
+        penalty = gc.sum(first[2] * first[2]) + gc.sum(first[0] * first[1])
+        return [h_last, ys] + first + gc.grad(penalty, [w, b, x, h0])
+    outs, want_outs = derived(*loop), derived(*unrolled)
+    feeds = {x: r.standard_normal(x.shape), h0: r.standard_normal((2, 3))}
+    want = evaluate(want_outs, feeds)
+    runs = [evaluate(outs, feeds), gc.function([x, h0], outs)(*feeds.values()),
+            gc.function([x, h0], outs, optimize=False)(*feeds.values())]
+    for k, got in enumerate(runs):
+        for j, (g, v) in enumerate(zip(got, want)):
+            np.testing.assert_allclose(g, v, rtol=1e-9, atol=1e-11,
+                                       err_msg=f"seed {seed} run {k} output {j}")
