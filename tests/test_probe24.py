@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ import pytest
 import graphc as gc
 from graphc import nn
 from graphc.ir import OPS, Graph, evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_module(path, name):
@@ -534,3 +538,56 @@ def test_random_loops_and_their_gradients_of_gradients_equal_the_unrolled_loop(s
         for j, (g, v) in enumerate(zip(got, want)):
             np.testing.assert_allclose(g, v, rtol=1e-9, atol=1e-11,
                                        err_msg=f"seed {seed} run {k} output {j}")
+
+
+# Winograd (1 BLAS thread) against im2col (2) -----------------------------------------------
+
+CONV_THREADS = r'''
+import sys
+import numpy as np, graphc as gc
+from graphc.ir import evaluate
+from graphc.runtime import blas
+rng = np.random.default_rng(0)
+got = {}
+for k, (c, h, w_, p, dt) in enumerate([(32, 24, 22, 1, "float32"), (24, 27, 25, 0, "float64"),
+                                        (24, 20, 21, 2, "float32")]):
+    x = gc.placeholder((None, c, h, w_), dt, "x")
+    w1 = gc.variable((rng.normal(size=(c, c, 3, 3)) * 0.1).astype(dt), name="w1")
+    w2 = gc.variable((rng.normal(size=(c, c, 3, 3)) * 0.1).astype(dt), name="w2")
+    y = gc.conv2d(gc.tanh(gc.conv2d(x, w1, padding=p)), w2, padding=(1, 0))
+    outs = [y] + gc.grad(gc.sum(y * y), [x, w1, w2])
+    f = gc.function([x], outs)
+    for n in (16, 3, 16):
+        a = rng.normal(size=(n, c, h, w_)).astype(dt)
+        res = f(a)
+        if n == 3:
+            for g, r in zip(res, evaluate(outs, {x: a})):
+                tol = 1e-9 if dt == "float64" else 1e-4
+                np.testing.assert_allclose(g, r, rtol=0, atol=tol * np.abs(r).max())
+        got.update({f"{k}_{n}_{j}": v for j, v in enumerate(res)})
+    got[f"{k}_winograd"] = np.array(f.source.count("winograd_"))
+np.savez(sys.argv[1], **got)
+print(blas.threads())
+'''
+
+
+def test_winograd_at_one_blas_thread_equals_im2col_at_two(tmp_path):
+    """The same conv stacks (forward, input and weight gradients; 16-32 channels, odd maps,
+    padding 0-2 and (1, 0), batches 16, 3, 16 through one Function) in two processes: at 1
+    BLAS thread the lowering picks Winograd, at 2 im2col; both equal eval and each other."""
+    results = []
+    for threads in (1, 2):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+        path = tmp_path / f"t{threads}.npz"
+        out = subprocess.run([sys.executable, "-c", CONV_THREADS, str(path)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0 and out.stdout.strip() == str(threads), out.stderr[-2000:]
+        results.append(dict(np.load(path)))
+    one, two = results
+    assert all(one[f"{k}_winograd"] for k in range(3)) and not any(
+        two[f"{k}_winograd"] for k in range(3))
+    for key, a in one.items():
+        if "winograd" not in key:
+            tol = 1e-9 if a.dtype == np.float64 else 2e-4
+            np.testing.assert_allclose(a, two[key], rtol=0, atol=tol * np.abs(two[key]).max(),
+                                       err_msg=key)
