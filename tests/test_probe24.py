@@ -135,12 +135,13 @@ def transformer(r, dtype):
     emb = nn.Embedding(7, d, dtype=dtype, seed=1)
     pos = gc.variable(r.standard_normal((t, d)).astype(dtype) * 0.1, name="pos")
     ln1, ln2, ln3 = nn.LayerNorm(name="ln1"), nn.LayerNorm(name="ln2"), nn.LayerNorm(affine=False)
-    mha = nn.MultiHeadAttention(heads, causal=bool(r.random() < 0.5), seed=2)
+    mha = nn.MultiHeadAttention(heads, causal=bool(r.random() < 0.5), seed=2,
+                                dropout=float(r.choice([0.0, 0.2])))
     ff = nn.Sequential([nn.Dense(2 * d, str(r.choice(["gelu", "relu", "silu"]))),
                         nn.Dense(d)], seed=3)
     head = nn.Dense(classes, seed=4)
     h = emb(ids) + pos
-    h = h + mha(ln1(h), key_padding_mask=pad)
+    h = h + mha(ln1(h), key_padding_mask=pad, training=True)
     h = h + ff(ln2(h))
     pooled = gc.mean(ln3(h), axis=1) if r.random() < 0.5 else ln3(h)[:, 0]
     logits = head(pooled)
@@ -339,6 +340,8 @@ def random_aliasing_updates(seed: int):
         updates = [(a, b), (b, a)] + [(var, u) for var, u in updates if var not in (a, b)]
     outs = [loss] + [[a, b, v, s, gc.transpose(a), ga, a + 0.0][int(k)]
                      for k in r.choice(7, 2, replace=False)]
+    if r.random() < 0.5:                         # a new value is an output too
+        outs.append(updates[int(r.integers(len(updates)))][1])
     return x, outs, updates, dt
 
 
