@@ -242,7 +242,8 @@ def random_model_step(seed: int):
     opt = [nn.SGD(0.05), nn.SGD(0.05, momentum=0.9), nn.Adam(0.01),
            nn.RMSProp(0.01)][int(r.integers(4))]
     updates = opt.pairs(params, grads) + state
-    return inputs, [loss] + outs[1:], updates, feeds, dtype
+    news = [u for _, u in updates[int(r.integers(2)):][::3]]    # new values as outputs too
+    return inputs, [loss] + outs[1:] + news, updates, feeds, dtype
 
 
 def random_ops(outs, updates) -> bool:
@@ -594,3 +595,36 @@ def test_winograd_at_one_blas_thread_equals_im2col_at_two(tmp_path):
             tol = 1e-9 if a.dtype == np.float64 else 2e-4
             np.testing.assert_allclose(a, two[key], rtol=0, atol=tol * np.abs(two[key]).max(),
                                        err_msg=key)
+
+
+# a GEMM step that cannot write over c ------------------------------------------------------
+
+def test_a_scaled_sum_with_a_product_into_a_new_buffer_keeps_the_product(monkeypatch):
+    """k * c - x @ W (and k * c - sum(g, 0)) as one BLAS step when c may not be overwritten
+    (c read later, or the result an output): the product went into the result's buffer, the
+    fused body then wrote k * c there first and subtracted it from itself: 0 (a momentum
+    velocity as an output, a scaled residual). Now the product has a scratch buffer."""
+    from graphc.runtime import blas
+    rng = np.random.default_rng(0)
+    x = gc.placeholder((None, 24), "float64", "x")
+    w = gc.variable(rng.standard_normal((24, 24)), name="W")
+    v = gc.variable(rng.standard_normal(24), name="v")
+    h = gc.tanh(x)
+    g = x @ w
+    velocity = 0.9 * v - 0.1 * gc.sum(g * h, axis=0)
+    outs = [0.5 * h - x @ w, h * 2, 0.25 * w + gc.transpose(x) @ g, velocity,
+            0.5 * v - gc.sum(h, axis=0)]
+    start = v.value.copy()
+    for work in (blas.MIN_WORK, 0):          # at 0 every product pays as a BLAS step
+        monkeypatch.setattr(blas, "MIN_WORK", work)
+        for n in (32, 5, 32):
+            a = rng.standard_normal((n, 24))
+            v.value = start.copy()
+            want = evaluate(outs, {x: a})
+            for updates in ([], [(v, velocity)]):
+                v.value = start.copy()
+                got = gc.function([x], outs, updates=updates)(a)
+                for k, (g_, w_) in enumerate(zip(got, want)):
+                    np.testing.assert_allclose(g_, w_, rtol=1e-12, atol=1e-12,
+                                               err_msg=f"MIN_WORK {work} batch {n} out {k}")
+            np.testing.assert_allclose(v.value, want[3], rtol=1e-12, atol=1e-12)
