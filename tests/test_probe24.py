@@ -632,7 +632,7 @@ def test_a_scaled_sum_with_a_product_into_a_new_buffer_keeps_the_product(monkeyp
             np.testing.assert_allclose(v.value, want[3], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(SEEDS or 4))
+@pytest.mark.parametrize("seed", range(SEEDS) if SEEDS else [0, 1, 6, 10])   # 6: a conv
 def test_random_models_saved_and_loaded_train_alike(seed, tmp_path):
     """gc.save of a random model's step (outputs, updates) and gc.load of it: the loaded graph
     compiled makes the same outputs and new values as the original evaluated (without
