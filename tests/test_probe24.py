@@ -651,3 +651,67 @@ def test_random_models_saved_and_loaded_train_alike(seed, tmp_path):
     tol = dict(rtol=1e-9, atol=1e-10) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
     for k, (g, w) in enumerate(zip(got, want)):
         np.testing.assert_allclose(g, w, **tol, err_msg=f"seed {seed} value {k}")
+
+
+def random_products(seed: int):
+    """Random chains of products and scaled sums around them (k1 * c ± k2 * a @ b,
+    k * v - sum(rows, 0), a mean, W - W @ V * k): the forms the GEMM/GEMV steps take, their
+    operands read again later or returned, updates of W, V, b from them."""
+    r = np.random.default_rng(seed)
+    n = int(r.choice([3, 5, 8]))
+    x = gc.placeholder((None, n), "float64", "x")
+    w = gc.variable(r.standard_normal((n, n)) * 0.5, name="W")
+    v = gc.variable(r.standard_normal((n, n)) * 0.5, name="V")
+    b = gc.variable(r.standard_normal(n), name="b")
+    rows, mats, vecs = [x, gc.tanh(x)], [w, v], [b]
+
+    def pick(pool):
+        return pool[int(r.integers(len(pool)))]
+
+    def k():
+        return float(r.choice([0.5, -2.0, 0.9, 1.0, 3.0]))
+    makers = [lambda: rows.append(pick(rows) @ pick(mats)),
+              lambda: mats.append(gc.transpose(pick(rows)) @ pick(rows)),
+              lambda: vecs.append(gc.sum(pick(rows), axis=0)),
+              lambda: rows.append(k() * pick(rows) - pick(rows) @ pick(mats)),
+              lambda: mats.append(k() * pick(mats) + k() * (gc.transpose(pick(rows))
+                                                            @ pick(rows))),
+              lambda: vecs.append(k() * pick(vecs) - k() * gc.sum(pick(rows), axis=0)),
+              lambda: rows.append(gc.tanh(pick(rows)) * k() + pick(vecs)),
+              lambda: mats.append(pick(mats) - pick(mats) @ pick(mats) * k()),
+              lambda: vecs.append(k() * pick(vecs) + gc.mean(pick(rows)))]
+    for _ in range(r.integers(4, 10)):
+        makers[int(r.integers(len(makers)))]()
+    outs = [pick(pool) for pool in (rows, mats, vecs) for _ in range(2)]
+    updates = [(var, pick(pool)) for var, pool in ((w, mats), (v, mats), (b, vecs))
+               if r.random() < 0.6]
+    return r, x, outs, updates
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 24))
+def test_random_products_and_scaled_sums_agree_with_eval(seed, monkeypatch):
+    """Half of these seeds failed before the scratch buffer of the GEMM fallback."""
+    from graphc.runtime import blas
+    monkeypatch.setattr(blas, "MIN_WORK", 0)                 # every product a BLAS step
+    r, x, outs, updates = random_products(seed)
+    variables = [var for var, _ in updates]
+    every = [n for n in Graph(outs + [u for _, u in updates]).nodes if n.op == "variable"]
+    start = [var.value.copy() for var in every]
+    calls = [r.standard_normal((m, x.shape[1])) for m in (4, 4, 2, 4)]
+    want = []
+    for a in calls:
+        vals = evaluate(outs + [u for _, u in updates], {x: a})
+        for var, val in zip(variables, vals[len(outs):]):
+            var.value = val
+        want.append((vals[:len(outs)], [var.value.copy() for var in every]))
+    for optimize in (True, False):
+        for var, s in zip(every, start):
+            var.value = s.copy()
+        f = gc.function([x], outs, updates=updates, optimize=optimize)
+        for k, (a, (wo, wv)) in enumerate(zip(calls, want)):
+            what = f"seed {seed} optimize={optimize} call {k}"
+            for j, (g, w) in enumerate(zip(f(a), wo)):
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-9, err_msg=f"{what} out {j}")
+            for var, w in zip(every, wv):
+                np.testing.assert_allclose(var.value, w, rtol=1e-9, atol=1e-9,
+                                           err_msg=f"{what} {var.name}")
