@@ -715,3 +715,79 @@ def test_random_products_and_scaled_sums_agree_with_eval(seed, monkeypatch):
             for var, w in zip(every, wv):
                 np.testing.assert_allclose(var.value, w, rtol=1e-9, atol=1e-9,
                                            err_msg=f"{what} {var.name}")
+
+
+def random_conv_graph(seed: int):
+    """Random NCHW graphs: convolutions (kernels 1-3, stride 1-2, padding 0-1) with relu or
+    tanh, pools, residual convolutions, a squeeze-and-excite gate; a loss of the last map and
+    another; SGD with momentum on every kernel; outputs: maps along the way, dL/dx, a new
+    velocity."""
+    r = np.random.default_rng(seed)
+    c, h, w = int(r.choice([1, 2, 4])), int(r.choice([5, 6, 8])), int(r.choice([5, 7]))
+    x = gc.placeholder((None, c, h, w), "float64", "x")
+    maps, kernels = [x], []
+
+    def kernel(shape, scale):
+        kernels.append(gc.variable(r.standard_normal(shape) * scale,
+                                   name=f"K{len(kernels)}"))
+        return kernels[-1]
+    for _ in range(r.integers(2, 5)):
+        m = maps[int(r.integers(len(maps)))]
+        kind, cin, small = int(r.integers(6)), m.shape[1], min(m.shape[2:])
+        if kind <= 1:
+            k, s, p = int(r.choice([1, 2, 3])), int(r.choice([1, 1, 2])), int(r.choice([0, 1]))
+            if small + 2 * p >= k:
+                y = gc.conv2d(m, kernel((int(r.choice([2, 3, 4])), cin, k, k), 0.4), stride=s,
+                              padding=p)
+                maps.append(gc.relu(y) if kind == 0 else gc.tanh(y))
+        elif kind in (2, 3) and small >= 2:
+            maps.append(gc.max_pool2d(m, 2) if kind == 2 else gc.avg_pool2d(m, 2, stride=1))
+        elif kind == 4:
+            maps.append(m + 0.5 * gc.conv2d(m, kernel((cin, cin, 3, 3), 0.3), padding=1))
+        elif kind == 5:
+            maps.append(m * gc.sigmoid(gc.mean(m, axis=(2, 3), keepdims=True)))
+    if not kernels:
+        maps.append(gc.conv2d(x, kernel((2, c, 3, 3), 0.4), padding=1))
+    loss = gc.sum(maps[-1] * maps[-1]) * 0.01 \
+        + gc.sum(gc.tanh(maps[int(r.integers(1, len(maps)))]))
+    grads = gc.grad(loss, kernels + [x])
+    updates = []
+    for kern, g in zip(kernels, grads):
+        v = gc.variable(np.zeros(kern.shape), name=f"{kern.name}/v")
+        new = 0.9 * v - 0.05 * g
+        updates += [(v, new), (kern, kern + new)]
+    outs = [loss, grads[-1]] + [maps[int(r.integers(len(maps)))] for _ in range(2)]
+    return r, x, outs + [updates[0][1]], updates
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 10))
+def test_random_conv_graphs_train_alike(seed, monkeypatch):
+    """Over 4 calls (batches 3, 3, 1, 3), optimized and not, every product a BLAS step and,
+    for odd seeds, Winograd for every 3x3 stride-1 convolution."""
+    from graphc.runtime import blas, winograd
+    monkeypatch.setattr(blas, "MIN_WORK", 0)
+    if seed % 2:
+        for name, value in (("MIN_CHANNELS", 1), ("MIN_PRODUCTS", 0), ("MAX_WORK", 100)):
+            monkeypatch.setattr(winograd, name, value)
+    r, x, outs, updates = random_conv_graph(seed)
+    variables = [var for var, _ in updates]
+    start = [var.value.copy() for var in variables]
+    calls = [r.standard_normal((m,) + x.shape[1:]) for m in (3, 3, 1, 3)]
+    want = []
+    for a in calls:
+        vals = evaluate(outs + [u for _, u in updates], {x: a})
+        for var, val in zip(variables, vals[len(outs):]):
+            var.value = val
+        want.append((vals[:len(outs)], [var.value.copy() for var in variables]))
+    tol = dict(rtol=1e-8, atol=1e-8)         # Winograd rounds ~10x more than im2col
+    for optimize in (True, False):
+        for var, s in zip(variables, start):
+            var.value = s.copy()
+        f = gc.function([x], outs, updates=updates, optimize=optimize)
+        for k, (a, (wo, wv)) in enumerate(zip(calls, want)):
+            what = f"seed {seed} optimize={optimize} call {k}"
+            for j, (g, w) in enumerate(zip(f(a), wo)):
+                assert g.shape == w.shape, what
+                np.testing.assert_allclose(g, w, **tol, err_msg=f"{what} out {j}")
+            for var, w in zip(variables, wv):
+                np.testing.assert_allclose(var.value, w, **tol, err_msg=f"{what} {var.name}")
