@@ -227,13 +227,13 @@ def mlp_batchnorm(r, dtype):
 MODELS = [transformer, recurrent, conv_stack, mlp_batchnorm]
 
 
-def random_model_step(seed: int):
+def random_model_step(seed: int, dtype: str | None = None):
     """A random model of today (a transformer block, a recurrent net, a conv stack with
     BatchNorm and dropout, an MLP with BatchNorm), a loss with a reduction, maybe weight
     decay (an l2 term) and gradient clipping by global norm, any optimizer; the
     training-mode state updates (running statistics) too."""
     r = np.random.default_rng(seed)
-    dtype = str(r.choice(["float32", "float64"], p=[0.3, 0.7]))
+    dtype = dtype or str(r.choice(["float32", "float64"], p=[0.3, 0.7]))
     inputs, outs, params, state, feeds = MODELS[seed % len(MODELS)](r, dtype)
     loss = outs[0]
     if r.random() < 0.5:
@@ -253,14 +253,15 @@ def random_ops(outs, updates) -> bool:
     return any(n.op in OPS and OPS[n.op].random for n in g.nodes)
 
 
-def run_model_seed(seed: int, folder) -> None:
-    inputs, outs, updates, feeds, dtype = random_model_step(seed)
+def run_model_seed(seed: int, folder, dtype: str | None = None) -> None:
+    inputs, outs, updates, feeds, dtype = random_model_step(seed, dtype)
     variables = [v for v, _ in updates]
     calls = [feeds(b, k) for k, b in enumerate((3, 3, 1, 4, 3))]
     start = [v.value.copy() for v in variables]
     # float32: a conv before BatchNorm has a gradient of cancellations (~1e-4 of it rounds
     # differently in two orders), which RMSProp divides by its own small average
-    tol = dict(rtol=1e-8, atol=1e-9) if dtype == "float64" else dict(rtol=1e-2, atol=1e-3)
+    tol = {"float64": dict(rtol=1e-8, atol=1e-9), "float32": dict(rtol=1e-2, atol=1e-3),
+           "float16": dict(rtol=5e-2, atol=5e-3)}[dtype]
     results = {}
     modes = [("eval", None, None), ("plain", False, False), ("optimized", True, False),
              ("checked", True, True)]
@@ -305,6 +306,12 @@ def run_model_seed(seed: int, folder) -> None:
 def test_random_models_train_alike_evaluated_compiled_optimized_checked_exported(seed,
                                                                                   tmp_path):
     run_model_seed(seed, tmp_path)
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 4))
+def test_random_models_in_float16_train_alike(seed, tmp_path):
+    """The same in float16 (the optimizers' state in float32), one seed per model kind."""
+    run_model_seed(seed, tmp_path, "float16")
 
 
 # updates that alias, read each other, accumulate by GEMM; outputs that are variables ------
