@@ -49,14 +49,18 @@ def differentiable(x: Node) -> bool:
 
 
 def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
-        cotangents: Sequence | object, disconnected: str = "zero") -> list[Node] | Node:
-    """Gradients of sum(outputs[i] * cotangents[i]) with respect to each of `wrt`."""
+        cotangents: Sequence | object, disconnected: str = "zero",
+        leaves: bool = False) -> list[Node] | Node:
+    """Gradients of sum(outputs[i] * cotangents[i]) with respect to each of `wrt`. With
+    `leaves`, partial ones: a gradient stops at a `wrt` node instead of going on to the
+    nodes it is made from (a loop body's captured values, W and W.T, are its inputs each)."""
     # a big walk makes many nodes and no cycles to collect; its nodes share one user line
     with paused_gc(), lines_below(sys._getframe()):
-        return reverse_walk(outputs, wrt, cotangents, disconnected)
+        return reverse_walk(outputs, wrt, cotangents, disconnected, leaves)
 
 
-def reverse_walk(outputs, wrt, cotangents, disconnected: str) -> list[Node] | Node:
+def reverse_walk(outputs, wrt, cotangents, disconnected: str,
+                 leaves: bool = False) -> list[Node] | Node:
     single = isinstance(wrt, Node)
     wrt = [wrt] if single else list(wrt)
     outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
@@ -95,7 +99,7 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str) -> list[Node] | No
             g = per_item(node, parts.pop(id(node))) if is_tuple(node) \
                 else accumulate(parts.pop(id(node)))
             totals[id(node)] = g
-            if not node.inputs:
+            if not node.inputs or leaves and id(node) in wanted:
                 continue
             grads = node.opdef.vjp(g, node, *node.inputs, **node.attrs)
             for x, gx in zip(node.inputs, grads):

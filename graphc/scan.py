@@ -179,7 +179,9 @@ def scan_vjp(g, out, *inputs, body, carries, xs, reverse, length, saves):
         outs = outs[:c] + [outs[k] for k in ys]
         floats = [k for k, o in enumerate(outs) if differentiable(o)]
         wrt = [ct[k] for k in wrt_c] + [xt[j] for j in wrt_x] + [caps[j] for j in wrt_w]
-        grads = list(vjp([outs[k] for k in floats], wrt, [cts[k] for k in floats])) \
+        # partial derivatives: a captured W.T is an input beside W, its part added outside
+        grads = list(vjp([outs[k] for k in floats], wrt, [cts[k] for k in floats],
+                         leaves=True)) \
             if floats and wrt else [zeros_like(w) for w in wrt]
         of_carry = dict(zip(wrt_c, grads))
         new_c = [of_carry.get(k, cbar[k]) for k in range(c)]

@@ -121,7 +121,11 @@ class MultiHeadAttention(Layer):
     def mask(self, scores: Node, mask: Node, what: str) -> Node:
         if mask.dtype == bool:
             return gc.where(mask, self.never(scores), scores)
-        return scores + (mask if mask.dtype == scores.dtype else gc.cast(mask, scores.dtype))
+        mask = mask if mask.dtype == scores.dtype else gc.cast(mask, scores.dtype)
+        # -inf is a True: a row of them attends uniformly (PyTorch's softmax gives NaN, and
+        # NaN gradients to every weight); values and gradients as PyTorch's elsewhere
+        ninf = gc.constant(np.asarray(-np.inf, scores.dtype))
+        return gc.where(gc.equal(mask, ninf), self.never(scores), scores + mask)
 
     def never(self, scores: Node) -> Node:
         """The score of a masked position: exp of it minus the row's max is 0, and a row

@@ -182,6 +182,12 @@ def exact_neg(x: Node, n: Node) -> bool:
     return x.dtype == n.dtype or x.dtype.kind == "f"
 
 
+def exact_zero(n: Node) -> bool:
+    """x * 0 and x - x are 0 in integers only: a float x may be inf or NaN (NaN then, as
+    eval computes) or negative (-0.0); which the graph cannot know of a computed value."""
+    return n.dtype.kind in "biu"
+
+
 SIMPLIFY = [
     # x+0 -> x
     Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None, needs=CONSTANT),
@@ -194,14 +200,15 @@ SIMPLIFY = [
          lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n) else None,
          needs=CONSTANT),
     # x-x -> zeros
-    Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b else None),
+    Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b and exact_zero(n) else None),
     # x*1 -> x
     Rule("mul_one", "mul", lambda n, a, b: fit(a, n) if is_value(b, 1) else None, needs=CONSTANT),
     # 1*x -> x
     Rule("one_mul", "mul", lambda n, a, b: fit(b, n) if is_value(a, 1) else None, needs=CONSTANT),
     # x*0 -> zeros
     Rule("mul_zero", "mul",
-         lambda n, a, b: zeros(n) if is_value(a, 0) or is_value(b, 0) else None, needs=CONSTANT),
+         lambda n, a, b: zeros(n) if exact_zero(n) and (is_value(a, 0) or is_value(b, 0))
+         else None, needs=CONSTANT),
     # x*-1 -> -x
     Rule("mul_minus_one", "mul",
          lambda n, a, b: fit(-a, n) if is_value(b, -1) and exact_neg(a, n) else None,

@@ -22,6 +22,7 @@ import numpy as np
 from graphc.ir import GraphcError, fits, format_node, format_shape
 from graphc.runtime import atomic, backend, blas
 from graphc.runtime.inline import Writer
+from graphc.runtime.instrument import step_text
 from graphc.runtime.loop import BodyStep
 from graphc.scan import run_steps
 
@@ -171,7 +172,7 @@ class Export:
             if name == "check":
                 if "    check(" not in plan.source:
                     continue              # check_numerics is off
-                steps = [f"{format_node(n, names)}\n  at {n.where}" for n, _, _ in plan.steps]
+                steps = [step_text(n, names) for n, _, _ in plan.steps]
                 self.w.bind("make_check", make_check, ctx)
                 lines.append(f"check = make_check({self.w.expr(steps, ctx)})")
             elif name in plan.views:

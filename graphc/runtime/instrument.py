@@ -20,10 +20,23 @@ def check_step(steps: list, names: dict):
             kind = "NaN" if np.isnan(value).any() else "Inf"
             if isinstance(k, str):
                 raise GraphcError(f"check_numerics: {k} holds {kind}")
-            node = steps[k][0]
             raise GraphcError(f"check_numerics: step {k} produced {kind}: "
-                              f"{format_node(node, names)}\n  at {node.where}")
+                              f"{step_text(steps[k][0], names)}")
     return check
+
+
+def step_text(node, names: dict) -> str:
+    """A step as check_numerics names it: the node, the non-finite constants it reads (a NaN
+    the user wrote is not the step's fault; a fused step's constants are in its body), and
+    the user's line."""
+    text = format_node(node, names)
+    body = node.attrs.get("body") if node.op == "fused" else None
+    for c in dict.fromkeys(list(node.inputs) + (body.nodes if body is not None else [])):
+        if c.op == "constant" and c.dtype.kind in "fc" and not np.all(np.isfinite(c.data)):
+            kind = "NaN" if np.isnan(c.data).any() else "Inf"
+            text += (f"\n  reading a constant {format_shape(c.shape)} {c.dtype.name} that "
+                     f"holds {kind} (built at {c.where})")
+    return f"{text}\n  at {node.where}"
 
 
 def holder(n) -> str:

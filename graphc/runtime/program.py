@@ -353,9 +353,11 @@ class Lowering(FusedLowering):
                 ones = self.const(np.ones(rows, d.dtype))
                 self.ns[prep] = self.prepared(blas.prepare_gemv, (o, x, ones), ta, alpha, beta)
                 return f"xp.gemv({o}, {x}, {ones}, {ta}, {alpha!r}, {beta!r}, {prep})"
-            self.var[id(d)] = o
+            p = self.var[id(d)] = self.product_buffer(n, d, o)
             step = lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)
-            return f"{rules.sum_code(self, d, [x], o)}; {step}"
+            if p != o:
+                self.give(p)
+            return f"{rules.sum_code(self, d, [x], p)}; {step}"
         x, y = (self.var[id(v)] for v in d.inputs[:2])
         ta, tb = bool(d.attrs.get("transpose_a")), bool(d.attrs.get("transpose_b"))
         if o == self.var[id(c)]:
@@ -363,9 +365,19 @@ class Lowering(FusedLowering):
             return f"xp.gemm({o}, {x}, {y}, {ta}, {tb}, {alpha!r}, {beta!r}, {prep})"
         if d is n:                  # a dense whose bias has its shape: its own code
             return lowering.code(self, n, a, o)
-        self.var[id(d)] = o
-        product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={o})"
-        return f"{product}; {lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)}"
+        p = self.var[id(d)] = self.product_buffer(n, d, o)
+        product = f"xp.matmul({x}{'.T' if ta else ''}, {y}{'.T' if tb else ''}, out={p})"
+        step = lowering.code(self, n, [self.var[id(v)] for v in n.inputs], o)
+        if p != o:
+            self.give(p)
+        return f"{product}; {step}"
+
+    def product_buffer(self, n: Node, d: Node, o: str) -> str:
+        """Where a GEMM step that cannot write over c puts its product: o when the step is
+        one op (c ± d reads d before writing o); a fused body (k * c - d) may write o before
+        it reads d, which then read k * c (a momentum velocity as an output came back 0), so
+        a scratch buffer, given back at once."""
+        return o if n.op != "fused" else self.take(*self.shapes[id(d)])
 
     def prepared(self, prepare, names: tuple, *flags) -> blas.Prepared:
         """A BLAS step's prepared call, made now when its arrays are the plan's own (variables,
