@@ -72,3 +72,17 @@ def test_inspector_page_of_hostile_names_in_a_browser(tmp_path):
         assert errors == [] and others == []
     finally:
         gen.close()
+
+
+# the `graphc` command ------------------------------------------------------------------------
+
+def test_demo_into_a_folder_it_cannot_make_fails_before_training(tmp_path):
+    """`graphc demo --out FILE` trained all its epochs, then failed with a bare
+    "[Errno 17] File exists"; now it says which folder and why, before training."""
+    (tmp_path / "taken").write_text("a file")
+    for out in ("taken", os.path.join("taken", "sub")):
+        result = graphc_cli("demo", "--quiet", "--epochs", "1", "--out", out, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"graphc demo: error: cannot make the output folder "
+                                        f"{out!r} (")
+        assert "test accuracy" not in result.stdout and "Traceback" not in result.stderr
