@@ -86,3 +86,38 @@ def test_demo_into_a_folder_it_cannot_make_fails_before_training(tmp_path):
         assert result.stderr.startswith(f"graphc demo: error: cannot make the output folder "
                                         f"{out!r} (")
         assert "test accuracy" not in result.stdout and "Traceback" not in result.stderr
+
+
+# ONNX export: the user's names -------------------------------------------------------------
+
+def test_onnx_export_never_reuses_the_users_names_for_its_own_values(tmp_path):
+    """An input named `w_1` (the name the exporter gave variable w's initializer) or an output
+    named `matmul_2` gave an invalid model (two values of one name) with no error; now the
+    exporter's names step around the user's, and the model runs in onnxruntime as compiled."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import graphc.onnx
+    x = gc.placeholder((None, 3), "float32", name="x")
+    w = gc.variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="w")
+    out = gc.tanh(x @ w) * 2.0
+    grad = gc.grad(gc.sum(out), [w])[0]
+    a = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    want = gc.function([x], [out, grad])(a)
+    for xname, names in (("w_1", ("y", "g")), ("x", ("w_1", "matmul_2")),
+                         ("tanh_4", ("const_3", "mul_7"))):
+        path = tmp_path / "m.onnx"
+        graphc.onnx.save(path, {xname: x}, dict(zip(names, (out, grad))))
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for got, ref in zip(session.run(list(names), {xname: a}), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_refuses_a_name_that_is_an_input_and_an_output():
+    pytest.importorskip("onnx")
+    from graphc.onnx.exporter import build_model
+    x = gc.placeholder((3,), "float32", name="x")
+    for ins, outs in (({"x": x}, {"x": gc.exp(x)}), ({"": x}, {"y": gc.exp(x)}),
+                      ({"x": x}, {"": gc.exp(x)})):
+        with pytest.raises(gc.GraphcError, match=r"graphc.onnx.save: .*(both an input|'')"):
+            build_model(ins, outs)
