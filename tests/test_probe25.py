@@ -121,3 +121,20 @@ def test_onnx_export_refuses_a_name_that_is_an_input_and_an_output():
                       ({"x": x}, {"": gc.exp(x)})):
         with pytest.raises(gc.GraphcError, match=r"graphc.onnx.save: .*(both an input|'')"):
             build_model(ins, outs)
+
+
+# graphc.nn training -------------------------------------------------------------------------
+
+def test_predict_of_no_rows_is_an_empty_array_of_the_outputs_shape():
+    """nn.predict(model, x[:0]) raised NumPy's bare "need at least one array to concatenate";
+    now (0, classes), as a batch of 0 gives, for a dense and a conv model, one input or a
+    tuple."""
+    from graphc import nn
+    dense = nn.Sequential([nn.Dense(8, "relu"), nn.Dense(3)], seed=0)
+    x = np.ones((5, 6), np.float32)
+    assert nn.predict(dense, x).shape == (5, 3)
+    for arg in (x[:0], (x[:0],)):
+        got = nn.predict(dense, arg)
+        assert got.shape == (0, 3) and got.dtype == np.float32
+    conv = nn.Sequential([nn.Conv2D(4, 3), nn.Flatten(), nn.Dense(2)], seed=0)
+    assert nn.predict(conv, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)
