@@ -138,3 +138,34 @@ def test_predict_of_no_rows_is_an_empty_array_of_the_outputs_shape():
         assert got.shape == (0, 3) and got.dtype == np.float32
     conv = nn.Sequential([nn.Conv2D(4, 3), nn.Flatten(), nn.Dense(2)], seed=0)
     assert nn.predict(conv, np.zeros((0, 1, 6, 6), np.float32)).shape == (0, 2)
+
+
+# graphc.distributed ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def thread_client():
+    """A Dask cluster of one in-process worker (threads): enough where no process dies."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                       dashboard_address=":0")
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_distributed_predict_takes_a_function_whose_one_output_is_in_a_list(thread_client):
+    """gc.function([x], [y]) was refused with "must have one input, one output ...; it has 1
+    input(s), 1 output(s), 0 update(s)"; it is one output and maps as gc.function([x], y)."""
+    import graphc.distributed as gd
+    x = gc.placeholder((None, 3), "float64", name="x")
+    w = gc.variable(np.arange(6.0).reshape(3, 2), name="w")
+    fn = gc.function([x], [gc.tanh(x @ w)])
+    a = np.linspace(-1, 1, 21).reshape(7, 3)
+    got = gd.predict(fn, a, client=thread_client).compute()
+    np.testing.assert_allclose(got, fn(a)[0], rtol=1e-14)
+    two = gc.function([x], [gc.tanh(x @ w), x])
+    with pytest.raises(gc.GraphcError, match=r"it has 1 input\(s\), 2 output\(s\)"):
+        gd.predict(two, a, client=thread_client)
