@@ -163,7 +163,10 @@ def elementwise_sym(n: Node, args: list):
     if all(is_scalar_broadcast(a) or not isinstance(a, sp.MatrixExpr) for a in args):
         plain = [a.args[0] if isinstance(a, Broadcast) else a for a in args]
         return fit(scalar_sym(op, plain, n.attrs), n.shape)     # one repeated value
-    mats = [fit(a, n.shape) if isinstance(a, sp.MatrixExpr) else a for a in args]
+    # a scalar read from a matrix (sum(x)) is noncommutative to sympy, and sum(x)·x raised
+    # NotImplementedError in MatMul: it is broadcast and multiplies entry by entry
+    mats = [fit(a, n.shape) if isinstance(a, sp.MatrixExpr) or not a.is_commutative else a
+            for a in args]
     if op in ("add", "sub"):
         a, b = [fit(m, n.shape) for m in mats]
         return a + b if op == "add" else a - b
@@ -247,13 +250,15 @@ def tidy(expr):
 
 
 def tidy_matrix(expr):
-    """A ∘ broadcast(c) -> c·A and (c·A) ∘ B -> c·(A ∘ B), nested products flattened."""
+    """A ∘ broadcast(c) -> c·A and (c·A) ∘ B -> c·(A ∘ B), nested products flattened. A c
+    read from a matrix (1/sqrt(sum(A ∘ A)), std's gradient) stays a broadcast: sympy takes it
+    for a noncommuting scalar, and c·A raised NotImplementedError."""
     def hadamard(e):
         scale, factors = sp.Integer(1), []
         stack = list(e.args)
         while stack:
             a = stack.pop(0)
-            if is_scalar_broadcast(a):
+            if is_scalar_broadcast(a) and a.args[0].is_commutative:
                 scale *= a.args[0]
             elif isinstance(a, sp.HadamardProduct):
                 stack = list(a.args) + stack

@@ -169,3 +169,27 @@ def test_distributed_predict_takes_a_function_whose_one_output_is_in_a_list(thre
     two = gc.function([x], [gc.tanh(x @ w), x])
     with pytest.raises(gc.GraphcError, match=r"it has 1 input\(s\), 2 output\(s\)"):
         gd.predict(two, a, client=thread_client)
+
+
+# formulas of a scalar read from a matrix ---------------------------------------------------
+
+def test_formula_of_a_matrix_times_a_scalar_read_from_a_matrix():
+    """gc.formula(x / sqrt(sum(x * x))), of sqrt(sum(x*x)) * x and of std's gradient raised
+    sympy's bare NotImplementedError (sum(x) is a noncommuting scalar to sympy, and c·X is a
+    MatMul); now each is a formula whose value is the graph's, entry by entry."""
+    import sympy as sp
+    from graphc.formula import formula
+    rng = np.random.default_rng(0)
+    x = gc.placeholder((4, 3), "float64", name="x")
+    xv = rng.normal(size=(4, 3))
+
+    def value(expr):
+        e = expr.subs({sp.MatrixSymbol("x", 4, 3): sp.Matrix(xv)})
+        e = e.replace(sp.Function("sum"), lambda m: sum(sp.Matrix(m.as_explicit())))
+        return np.array(sp.N(e.as_explicit() if isinstance(e, sp.MatrixExpr) else e), float)
+    s = gc.sqrt(gc.sum(x * x))
+    for node in (x / s, s * x, gc.exp(s) * x, gc.grad(gc.sum(x / s * x), [x])[0],
+                 gc.grad(x.std(), [x])[0], gc.grad(gc.sum(gc.tanh(x) * x.std(ddof=1)), [x])[0]):
+        np.testing.assert_allclose(value(formula(node)).reshape(node.shape),
+                                   node.eval({x: xv}), rtol=1e-12, atol=1e-14)
+        assert "sum(" in gc.explain({"f": node})
