@@ -193,3 +193,78 @@ def test_formula_of_a_matrix_times_a_scalar_read_from_a_matrix():
         np.testing.assert_allclose(value(formula(node)).reshape(node.shape),
                                    node.eval({x: xv}), rtol=1e-12, atol=1e-14)
         assert "sum(" in gc.explain({"f": node})
+
+
+# a Function in a forked process ------------------------------------------------------------
+
+FORK = r'''
+import os, sys, threading, time
+import numpy as np, graphc as gc
+from graphc import guards
+
+def in_child(fn, timeout=20.0):
+    """Run fn() in a forked child; its exit code (None: it hung and was killed)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if fn() else 3)
+        except BaseException:
+            os._exit(4)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9); os.waitpid(pid, 0)
+    return None
+
+x = gc.placeholder((None, 40), "float64", name="x")
+W1 = gc.variable(np.zeros((40, 40)), name="W1")
+W2 = gc.variable(np.zeros((40, 40)), name="W2")
+f = gc.function([x], gc.sum(gc.tanh(x @ W1)), updates=[(W1, W1 + 1.0), (W2, W2 + 1.0)])
+g = gc.function([x], gc.sum(gc.tanh(x) * 2.0))          # no variables: a lock of its own
+a = np.ones((256, 40))
+stop = threading.Event()
+def spin(fn):
+    while not stop.is_set():
+        fn(a)
+threads = [threading.Thread(target=spin, args=(fn,), daemon=True) for fn in (f, g)]
+for t in threads:
+    t.start()
+time.sleep(0.1)
+codes = [in_child(lambda: np.isfinite(f(a)) and np.isfinite(g(a))
+                  and np.array_equal(W1.value, W2.value)) for _ in range(3)]
+stop.set()
+for t in threads:
+    t.join()
+
+# a lock another thread keeps past FORK_WAIT is reset in the child
+guards.FORK_WAIT = 0.2
+taken, free = threading.Event(), threading.Event()
+def keep():
+    with guards.storage_lock(W1):
+        taken.set()
+        free.wait()
+t = threading.Thread(target=keep, daemon=True)
+t.start()
+taken.wait()
+codes.append(in_child(lambda: np.isfinite(f(a))))
+free.set()
+t.join()
+codes.append(in_child(lambda: np.isfinite(f(a))))      # and the parent's locks still work
+f(a)
+print(codes)
+'''
+
+
+def test_a_process_forked_while_threads_run_calls_can_call_the_functions(tmp_path):
+    """A fork while another thread was inside a call (multiprocessing's default on Linux)
+    left that call's locks held for ever in the child: its first call hung. Now a fork waits
+    for running calls (the child's variables all old or all new) or, past FORK_WAIT, resets
+    the locks their holders took."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", FORK], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[0, 0, 0, 0, 0]", out.stdout + out.stderr[-2000:]
