@@ -177,6 +177,7 @@ def run_demo(args) -> int:
     from graphc import nn
 
     started = time.perf_counter()
+    make_folder(args.out)            # before training: `--out FILE` failed after all the epochs
     (x_train, y_train), (x_test, y_test) = nn.data.load("digits", seed=args.seed)
     print(f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8 pixels")
     model = nn.Sequential([nn.Dense(128, "relu"), nn.Dense(64, "relu"), nn.Dense(10)],
@@ -189,7 +190,6 @@ def run_demo(args) -> int:
     print(f"test accuracy {result['accuracy']:.2%} (loss {result['loss']:.4f}) after "
           f"{args.epochs} epochs, {time.perf_counter() - started:.1f} s")
 
-    os.makedirs(args.out, exist_ok=True)
     x = gc.placeholder((None, 64), "float32", name="x")
     y = gc.placeholder((None,), "int64", name="y")
     loss = nn.softmax_cross_entropy(model(x, training=False), y)
@@ -201,6 +201,14 @@ def run_demo(args) -> int:
     print(f"wrote {saved}: try `graphc render {saved}`, `graphc inspect {saved}` and "
           f"`graphc formula {saved}`")
     return 0 if np.isfinite(result["loss"]) else 1
+
+
+def make_folder(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise graphc.GraphcError(f"cannot make the output folder {path!r} "
+                                 f"({e.strerror or e}): choose another with --out") from None
 
 
 def missing(name: str) -> bool:

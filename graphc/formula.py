@@ -141,6 +141,9 @@ def sce_grad_form(n: Node, z, y, g):
 
 
 MATRIX_FORMS = {"softmax_cross_entropy_grad": sce_grad_form}   # ops read better expanded
+# explain builds whole formulas (sympy then cancels across shared values) up to this many
+# nodes, a shared value counted once per path to it; bigger ones name shared values first
+WHOLE_FORMULAS = 2000
 
 
 def reduce_sym(n: Node, x):
@@ -163,7 +166,10 @@ def elementwise_sym(n: Node, args: list):
     if all(is_scalar_broadcast(a) or not isinstance(a, sp.MatrixExpr) for a in args):
         plain = [a.args[0] if isinstance(a, Broadcast) else a for a in args]
         return fit(scalar_sym(op, plain, n.attrs), n.shape)     # one repeated value
-    mats = [fit(a, n.shape) if isinstance(a, sp.MatrixExpr) else a for a in args]
+    # a scalar read from a matrix (sum(x)) is noncommutative to sympy, and sum(x)·x raised
+    # NotImplementedError in MatMul: it is broadcast and multiplies entry by entry
+    mats = [fit(a, n.shape) if isinstance(a, sp.MatrixExpr) or not a.is_commutative else a
+            for a in args]
     if op in ("add", "sub"):
         a, b = [fit(m, n.shape) for m in mats]
         return a + b if op == "add" else a - b
@@ -247,13 +253,15 @@ def tidy(expr):
 
 
 def tidy_matrix(expr):
-    """A ∘ broadcast(c) -> c·A and (c·A) ∘ B -> c·(A ∘ B), nested products flattened."""
+    """A ∘ broadcast(c) -> c·A and (c·A) ∘ B -> c·(A ∘ B), nested products flattened. A c
+    read from a matrix (1/sqrt(sum(A ∘ A)), std's gradient) stays a broadcast: sympy takes it
+    for a noncommuting scalar, and c·A raised NotImplementedError."""
     def hadamard(e):
         scale, factors = sp.Integer(1), []
         stack = list(e.args)
         while stack:
             a = stack.pop(0)
-            if is_scalar_broadcast(a):
+            if is_scalar_broadcast(a) and a.args[0].is_commutative:
                 scale *= a.args[0]
             elif isinstance(a, sp.HadamardProduct):
                 stack = list(a.args) + stack
@@ -341,18 +349,9 @@ def explanation(nodes: list[Node], labels: list[str], latex: bool,
     loops = [n for n in order if n.op == "scan" and not any(
         m.op == "item" and m.inputs[0] is n and id(m) in known for m in order)]
     items = {**known, **loop_items(order, loops, matrix)}
-    env = build(nodes, items)
-    names: dict[object, object] = {}       # full formula (raw and tidy) -> its let name
-    lets: list[tuple[Node, object, object]] = []
-    for n in shared(nodes):
-        raw = env[id(n)]
-        if isinstance(raw, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or raw in names:
-            continue
-        name = n.name or f"z{len(lets) + 1}"
-        sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
-            sp.Symbol(name, real=True)
-        lets.append((n, sym, tidy(raw).xreplace(names)))
-        names[raw] = names[tidy(raw)] = sym
+    whole = expanded_size(order, nodes) <= WHOLE_FORMULAS
+    env, lets, names = (whole_with_lets(nodes, items, matrix) if whole
+                        else with_lets(order, nodes, items, matrix))
     outs = [tidy(env[id(n)]).xreplace(names) for n in nodes]
     lets = inline_single_use(lets, outs)
     lines = [f"let {text(s)} = {text(b)}" for _, s, b in lets]
@@ -422,6 +421,64 @@ def recurrence(loop: Node, m: int, items: dict[int, object]) -> tuple[list[str],
     plain = [head + ":"] + ["  " + ln for p in parts for ln in p.splitlines()]
     typeset = [f"\\text{{{head}:}} &"] + [ln for p in parts for ln in p.latex.split(" \\\\\n")]
     return plain, typeset
+
+
+def expanded_size(order: list[Node], nodes: list[Node]) -> int:
+    """How many nodes the whole formulas of `nodes` have, a shared value counted once per
+    path to it (2^depth for a residual stack, where the graph has 4·depth nodes)."""
+    size: dict[int, int] = {}
+    for n in order:
+        size[id(n)] = min(1 + sum(size[id(i)] for i in n.inputs), WHOLE_FORMULAS + 1)
+    return sum(size[id(n)] for n in nodes)
+
+
+def whole_with_lets(nodes: list[Node], items: dict, matrix: bool):
+    """(id -> whole formula, lets, whole formula -> let name): shared values are named after
+    the whole formulas are tidied, so sympy cancels across them (the textbook σ - y of a
+    logistic loss's gradient)."""
+    env = build(nodes, items)
+    names: dict[object, object] = {}       # whole formula (raw and tidy) -> its let name
+    lets: list[tuple[Node, object, object]] = []
+    for n in shared(nodes):
+        raw = env[id(n)]
+        if isinstance(raw, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or raw in names:
+            continue
+        name = n.name or f"z{len(lets) + 1}"
+        sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
+            sp.Symbol(name, real=True)
+        lets.append((n, sym, tidy(raw).xreplace(names)))
+        names[raw] = names[tidy(raw)] = sym
+    return env, lets, names
+
+
+def with_lets(order: list[Node], nodes: list[Node], items: dict, matrix: bool):
+    """(id -> formula, lets, {}): each shared value is built once and named, and the values built
+    on it read its name: for graphs whose whole formulas are too big for sympy. Built whole
+    and named afterwards, a residual stack's formula reads each block's input twice per block,
+    and sympy's sorting, xreplace and tidy walked it once per path: 2^depth (explain took 50 s
+    for 20 blocks; `graphc formula` of a 1,200-block model never ended). A repeated scalar
+    stays itself: sum(c) of it is n·c, as in a whole formula."""
+    share = {id(n) for n in shared(nodes)}
+    names = leaf_names(order)
+    env: dict[int, object] = {}
+    seen: dict[object, object] = {}        # a shared value's formula -> its let name
+    lets: list[tuple[Node, object, object]] = []
+    for n in order:
+        if id(n) in items:
+            env[id(n)] = items[id(n)]
+            continue
+        expr = node_sym(n, [env[id(i)] for i in n.inputs], matrix, names.get(id(n)))
+        if id(n) in share and not isinstance(expr, (sp.Symbol, sp.MatrixSymbol, sp.Number)) \
+                and not is_scalar_broadcast(expr):
+            if expr not in seen:
+                name = n.name or f"z{len(lets) + 1}"
+                sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
+                    sp.Symbol(name, real=True)
+                lets.append((n, sym, tidy(expr)))
+                seen[expr] = sym
+            expr = seen[expr]
+        env[id(n)] = expr
+    return env, lets, {}
 
 
 def inline_single_use(lets: list, outs: list) -> list:

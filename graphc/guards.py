@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import os
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
 _storage_locks: dict[int, tuple[int, threading.RLock]] = {}   # array id -> (rank, lock)
 _storage_guard = threading.Lock()
 _lock_ranks = itertools.count()        # the one global order in which calls take locks
+_ranked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # rank -> every lock
+_fork = {"watching": False, "held": [], "missed": []}   # locks over a fork (_before_fork)
+FORK_WAIT = 10.0     # seconds a fork waits for running calls; their locks are then reset
 
 
 def storage_lock(var: Node) -> threading.RLock:
@@ -35,11 +40,67 @@ def storage_locks(variables) -> list[threading.RLock]:
         fresh = [a for k, a in arrays.items() if k not in _storage_locks]
         if fresh:
             entry = (next(_lock_ranks), threading.RLock())
+            ranked(*entry)
             for a in fresh:
                 _storage_locks[id(a)] = entry
                 weakref.finalize(a, _storage_locks.pop, id(a), None)
         entries = {e[0]: e[1] for e in (_storage_locks[k] for k in arrays)}
     return [entries[rank] for rank in sorted(entries)]
+
+
+def call_lock() -> threading.RLock:
+    """The lock of a Function without variables (its plans' buffers), ranked and carried over
+    a fork as the storage locks are."""
+    with _storage_guard:
+        lock = threading.RLock()
+        ranked(next(_lock_ranks), lock)
+    return lock
+
+
+def ranked(rank: int, lock) -> None:
+    """Note a lock (caller holds _storage_guard); the first one starts watching forks."""
+    if not _fork["watching"] and hasattr(os, "register_at_fork"):
+        _fork["watching"] = True
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                            after_in_child=lambda: _after_fork(child=True))
+    _ranked[rank] = lock
+
+
+def _before_fork() -> None:
+    """Take every lock, in rank order, so no call is half way when the process forks: a lock
+    held by another thread at the fork stayed held in the child for ever (its first call
+    hung), and its variables could be half updated. The guard is taken last (a call building a
+    plan may need it while holding a lock) and held into the fork, so no lock is new. A lock
+    not free within FORK_WAIT (a fork from inside a call, another call waiting on it) is reset
+    in the child instead: its holder is not there."""
+    taken: dict = {}
+    missed: list = []
+    deadline = time.monotonic() + FORK_WAIT
+    while True:
+        _storage_guard.acquire()
+        new = sorted((r, lock) for r, lock in _ranked.items() if r not in taken)
+        if not new:
+            break
+        _storage_guard.release()
+        for r, lock in new:           # ranks only grow: later ones come after, in order
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                taken[r] = lock
+            else:
+                taken[r] = None
+                missed.append(lock)
+    _fork["held"] = [lock for _, lock in sorted(taken.items()) if lock is not None]
+    _fork["missed"] = missed
+
+
+def _after_fork(child: bool = False) -> None:
+    """Give back what _before_fork took (parent and child); reset what it missed (child)."""
+    for lock in reversed(_fork["held"]):
+        lock.release()
+    if child:
+        for lock in _fork["missed"]:
+            lock._at_fork_reinit()
+    _fork["held"], _fork["missed"] = [], []
+    _storage_guard.release()
 
 
 _gc_pause = {"depth": 0, "was_enabled": False}

@@ -302,11 +302,12 @@ def static(name: str) -> str:
 
 def render_html(data: dict) -> str:
     """The page: template with style, vendored svg-pan-zoom, our script and the data inline.
-    `</` inside the JSON is escaped so no string can close the script element."""
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return (static("inspector.html")
-            .replace("{{title}}", html.escape(data["title"]))
-            .replace("{{style}}", static("inspector.css"))
-            .replace("{{panzoom}}", static("svg-pan-zoom.min.js"))
-            .replace("{{script}}", static("inspector.js"))
-            .replace("{{data}}", payload))
+    In the JSON `</` is written `<\\/` and `<!--` `\\u003c!--`, so no string can end the script
+    element or open a comment in it (a node named `<!--<script>` kept the element open past its
+    end: no page); the slots are filled in one pass, so a title `{{data}}` stays text."""
+    parts = {"title": html.escape(data["title"]), "style": static("inspector.css"),
+             "panzoom": static("svg-pan-zoom.min.js"), "script": static("inspector.js"),
+             "data": json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+             .replace("<!--", "\\u003c!--")}
+    return re.sub(r"\{\{(title|style|panzoom|script|data)\}\}", lambda m: parts[m.group(1)],
+                  static("inspector.html"))

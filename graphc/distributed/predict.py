@@ -53,7 +53,8 @@ def inference_graph(model_or_function, x):
     """(input placeholder, output node) of a compiled Function or of a model on x's rows."""
     if isinstance(model_or_function, gc.Function):
         fn = model_or_function
-        if len(fn.inputs) != 1 or not fn.single or fn.original.updates:
+        # outputs=[y] is one output too (was refused as 'it has 1 output(s)')
+        if len(fn.inputs) != 1 or len(fn.original.outputs) != 1 or fn.original.updates:
             raise GraphcError("distributed.predict: the function must have one input, one "
                               f"output and no updates; it has {len(fn.inputs)} input(s), "
                               f"{len(fn.original.outputs)} output(s), "

@@ -243,5 +243,6 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     batch_size = whole(batch_size, "predict: batch_size")
     xp = as_list(input_placeholders(x))
     step = gc.function(xp, model(*xp, training=False))
-    return np.concatenate([np.asarray(step(*rows(x, idx)))
-                           for idx in batches(count(x), batch_size)])
+    parts = [np.asarray(step(*rows(x, idx))) for idx in batches(count(x), batch_size)]
+    # no rows: the outputs of an empty batch, (0, classes) (was a bare ValueError)
+    return np.concatenate(parts) if parts else np.asarray(step(*rows(x, slice(0, 0))))

@@ -45,18 +45,22 @@ def rule(*ops):
 class Emitter:
     """Collects ONNX nodes and initializers; hands out fresh value names."""
 
-    def __init__(self, counter=None):
+    def __init__(self, counter=None, taken: frozenset = frozenset()):
         from onnx import helper, numpy_helper
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.inits = [], []
         self.counter = counter or itertools.count(1)
+        self.taken = taken               # the user's input and output names
 
     def sub(self) -> Emitter:
         """An emitter for a subgraph (a loop body): its names stay unique in the model."""
-        return Emitter(self.counter)
+        return Emitter(self.counter, self.taken)
 
     def fresh(self, hint: str) -> str:
-        return f"{hint}_{next(self.counter)}"
+        """A new name, never one of the user's (an input named `w_1` was also the name of
+        variable w's initializer: an invalid model)."""
+        name = f"{hint}_{next(self.counter)}"
+        return name if name not in self.taken else self.fresh(hint)
 
     def node(self, op_type: str, inputs: list[str], hint: str = "", **attrs) -> str:
         out = self.fresh(hint or op_type.lower())
@@ -396,11 +400,18 @@ def build_model(inputs, outputs, opset: int | None = None):
     from graphc.onnx import export_more  # noqa: F401  (the rules of the newer op families)
     from graphc.onnx import control  # noqa: F401  (scan -> Scan)
     ins, outs = named(inputs, "input"), named(outputs, "output")
+    both = sorted(set(ins) & set(outs))
+    if both:
+        raise GraphcError(f"graphc.onnx.save: {both} name(s) both an input and an output; "
+                          "ONNX names each value once")
+    if "" in ins or "" in outs:
+        raise GraphcError("graphc.onnx.save: an input or output is named '', which ONNX reads "
+                          "as 'no value'")
     graph = Graph(list(outs.values()))
     missing = sorted({n.op for n in all_nodes(graph) if n.inputs and n.op not in RULES})
     if missing:
         raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {missing}")
-    e = Emitter()
+    e = Emitter(taken=frozenset(ins) | frozenset(outs))
     names: dict[int, str] = {id(n): k for k, n in ins.items()}
     emit_nodes(e, graph.nodes, names)
     for k, n in outs.items():

@@ -8,12 +8,12 @@ signatures (a plan holds its buffers; a loop over many batch sizes must not grow
 from __future__ import annotations
 
 import functools
-import threading
 from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 
+from graphc.guards import call_lock
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
                        paused_gc, storage_locks, _repr_svg)
 from graphc.runtime import atomic
@@ -104,7 +104,7 @@ class Function:
         # a lock of its own. Variables compiled together share one lock (ir.storage_locks).
         # Feeds that share memory with an updated variable are copied first (every update is
         # computed before any is written)
-        self.locks = storage_locks(self.graph.variables) or [threading.Lock()]
+        self.locks = storage_locks(self.graph.variables) or [call_lock()]
         self.takes = [lock.acquire for lock in self.locks]
         self.gives = [lock.release for lock in reversed(self.locks)]
         self.updated = {id(v.data[0]) for v, _ in self.graph.updates}
