@@ -45,6 +45,7 @@ class ConvStack:
         self.wino_g: dict[int, str] = {}      # g id -> its transformed tiles' shared dict
         self.pool: str | None = None          # the Winograd steps' shared scratch
         self.threads: int | None = None       # the BLAS's threads, asked once per plan
+        self.users: dict | None = None        # the graph's readers, made at the first ask
 
     def before(self, low) -> None:
         pass
@@ -215,9 +216,12 @@ class ConvStack:
                 or inputs and u.op == "conv2d_grad_input" and u.inputs[1] is w
                 and u.inputs[2] is x) for u in self.readers(low, m))
 
-    @staticmethod
-    def readers(low, n) -> list:
-        return [m for m in low.graph.nodes if any(x is n for x in m.inputs)]
+    def readers(self, low, n) -> list:
+        """The nodes reading n (one table per plan: a walk of the graph per ask was
+        quadratic in a graph of many convolutions)."""
+        if self.users is None:
+            self.users = low.graph.users()
+        return self.users[id(n)]
 
     def pooled(self, low, n) -> bool:
         """n is max-pooled: a narrow convolution then runs channels-last too, since pooling
