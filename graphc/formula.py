@@ -443,9 +443,7 @@ def whole_with_lets(nodes: list[Node], items: dict, matrix: bool):
         raw = env[id(n)]
         if isinstance(raw, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or raw in names:
             continue
-        name = n.name or f"z{len(lets) + 1}"
-        sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
-            sp.Symbol(name, real=True)
+        sym = let_symbol(n, len(lets) + 1, matrix)
         lets.append((n, sym, tidy(raw).xreplace(names)))
         names[raw] = names[tidy(raw)] = sym
     return env, lets, names
@@ -471,14 +469,19 @@ def with_lets(order: list[Node], nodes: list[Node], items: dict, matrix: bool):
         if id(n) in share and not isinstance(expr, (sp.Symbol, sp.MatrixSymbol, sp.Number)) \
                 and not is_scalar_broadcast(expr):
             if expr not in seen:
-                name = n.name or f"z{len(lets) + 1}"
-                sym = sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
-                    sp.Symbol(name, real=True)
+                sym = let_symbol(n, len(lets) + 1, matrix)
                 lets.append((n, sym, tidy(expr)))
                 seen[expr] = sym
             expr = seen[expr]
         env[id(n)] = expr
     return env, lets, {}
+
+
+def let_symbol(n: Node, k: int, matrix: bool):
+    """The name of shared value n, the k-th let: its own name or z<k>."""
+    name = n.name or f"z{k}"
+    return sp.MatrixSymbol(name, *dims(n.shape)) if matrix and n.ndim else \
+        sp.Symbol(name, real=True)
 
 
 def inline_single_use(lets: list, outs: list) -> list:
