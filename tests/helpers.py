@@ -1,6 +1,7 @@
 """Shared test helpers: finite-difference gradient checks and op-table rows."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,18 +41,26 @@ def check_row(row: Row):
 
 
 def numeric_grad(f, x, eps=1e-6):
-    """Central finite differences of scalar f at array x (float64)."""
+    """Central finite differences of scalar f at array x (float64), x changed in place (it
+    may be a view of a variable's storage that f reads)."""
     g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
         up = f(x)
-        flat[i] = old - eps
+        x[i] = old - eps
         down = f(x)
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
     return g
+
+
+def load_module(path, name):
+    """The Python file at path (an exported plan) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def leaf_grad(cost, leaf, feeds: dict, eps=1e-6):

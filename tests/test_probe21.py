@@ -9,7 +9,6 @@ kind) instead of 24 and 12: `GRAPHC_PROBE21=500 python3 -m pytest -q tests/test_
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 
@@ -18,15 +17,9 @@ import pytest
 
 import graphc as gc
 from graphc.ir import OPS
+from tests.helpers import load_module
 
 SEEDS = int(os.environ.get("GRAPHC_PROBE21", "0"))
-
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 class Bounds:

@@ -6,7 +6,6 @@ found, each failing before its fix.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -15,26 +14,7 @@ import pytest
 import graphc as gc
 from graphc import nn
 from graphc.ir import evaluate
-
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
+from tests.helpers import load_module, numeric_grad
 
 
 # check_numerics names the feed that holds a NaN ------------------------------------------
@@ -210,7 +190,7 @@ def test_rnn_initial_state_values_and_gradients(layer):
             hs, h, c = numpy_rnn(rnn.kind, feeds[x], *weights, feeds[h0],
                                  feeds[c0] if lstm else None)
             return sum(float(np.sum(w * k)) for w, k in zip([hs, h, c], r))
-        np.testing.assert_allclose(g, numeric_grad(cost, arr), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(g, numeric_grad(lambda _: cost(), arr), rtol=1e-6, atol=1e-8)
 
 
 def test_rnn_initial_state_shared_by_the_batch_and_refused_when_wrong():
@@ -334,7 +314,7 @@ def test_attention_mask_with_causal_and_self_attention_gradients():
 
     def cost():
         return float(np.sum(numpy_attention(mha, xa, xa, None, pad, causal=True) * r))
-    np.testing.assert_allclose(g, numeric_grad(cost, xa), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(g, numeric_grad(lambda _: cost(), xa), rtol=1e-6, atol=1e-8)
 
 
 def test_attention_mask_refusals_name_the_layer_and_line():

@@ -14,6 +14,7 @@ import pytest
 
 import graphc as gc
 from graphc.ir import evaluate
+from tests.helpers import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,14 +99,6 @@ def test_an_rnn_initial_state_declared_unknown_fed_for_one_example_is_refused():
                 np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
 
 # random graphs over the shared softplus/sigmoid parts and one-element broadcasts ----------
-
-def load_module(path, name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def random_pair_graph(seed: int):
     """Elementwise graphs mixing softplus/sigmoid pairs of one z with broadcasts of one

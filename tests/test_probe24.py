@@ -7,7 +7,6 @@ random generators: tests/test_probe24_models.py, tests/test_probe24_random.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,15 +17,9 @@ import pytest
 import graphc as gc
 from graphc import nn
 from graphc.ir import evaluate
+from tests.helpers import load_module, numeric_grad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def same(got, want):
@@ -116,19 +109,6 @@ def test_check_numerics_names_the_constant_that_holds_nan(tmp_path):
 
 
 # gradients of gradients ------------------------------------------------------------------
-
-def numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
-
 
 def test_gradient_of_a_gradient_through_a_scan_reading_w_and_its_transpose():
     """tanh(x_t @ W + h) over one step: the first gradient's loop reads W and W.T (made
@@ -232,7 +212,7 @@ def test_gradient_penalty_through_nn_layers_matches_finite_differences(name):
     grads = gc.grad(penalty, [x] + params)
     a = rng.standard_normal(shape)
     cost = gc.function([x], penalty, optimize=False)
-    want = [numeric_grad(lambda: float(cost(a)), arr) for arr in [a] + [p.value for p in params]]
+    want = [numeric_grad(lambda _: float(cost(a)), arr) for arr in [a] + [p.value for p in params]]
     for got in (gc.function([x], grads)(a), evaluate(grads, {x: a})):
         for k, (g, w) in enumerate(zip(got, want)):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-9 + 1e-6 * np.abs(w).max(),

@@ -6,7 +6,6 @@ GRAPHC_PROBE24=N runs N seeds of each.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -15,15 +14,9 @@ import pytest
 import graphc as gc
 from graphc import nn
 from graphc.ir import OPS, Graph, evaluate
+from tests.helpers import load_module
 
 SEEDS = int(os.environ.get("GRAPHC_PROBE24", "0"))
-
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # random models people write, end to end through graphc.nn -------------------------------

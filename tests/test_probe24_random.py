@@ -6,7 +6,6 @@ forced). GRAPHC_PROBE24=N runs N seeds of each.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -14,15 +13,9 @@ import pytest
 
 import graphc as gc
 from graphc.ir import Graph, evaluate
+from tests.helpers import load_module
 
 SEEDS = int(os.environ.get("GRAPHC_PROBE24", "0"))
-
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # updates that alias, read each other, accumulate by GEMM; outputs that are variables ------
