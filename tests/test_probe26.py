@@ -288,3 +288,47 @@ def test_listing_notes_of_unknown_dims_and_tuples():
     assert "# (?, 4) float32 'x'" in text and "# (4,) float32 'y'" in text
     assert "# (?, 4) float64 'z'" in text
     assert text.count("# (?, 4) float32") == 3          # x, x + y, x * 3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_scan_body_with_a_captured_variable_assigned_between_calls(dtype):
+    """A loop body's own plan reads W (captured) through its products; W updated by the step
+    and assigned between calls, two batch sizes: as eval's."""
+    tol = 1e-9 if dtype == "float64" else 2e-4
+    xs = gc.placeholder((5, None, 8), dtype, name="xs")
+    h0 = gc.placeholder((None, 8), dtype, name="h0")
+    W = gc.variable((RNG.standard_normal((8, 8)) * .3).astype(dtype), name="W")
+    h, ys = gc.scan(lambda h, x: (gc.tanh(h @ W + x), h), h0, xs)
+    loss = gc.mean(h * h) + gc.mean(ys * ys)
+    (gW,) = gc.grad(loss, [W])
+    f = gc.function([xs, h0], [h, loss], updates=[(W, W - 0.5 * gW)])
+    for n, assign in ((4, False), (4, True), (9, False), (4, True)):
+        if assign:
+            W.value = np.asfortranarray(RNG.standard_normal((8, 8)) * .3)
+        feeds = {xs: RNG.standard_normal((5, n, 8)).astype(dtype),
+                 h0: RNG.standard_normal((n, 8)).astype(dtype)}
+        want = [h.eval(feeds), loss.eval(feeds), (W - 0.5 * gW).eval(feeds)]
+        got = f(feeds[xs], feeds[h0])
+        for g, w in zip(list(got) + [W.value], want):
+            close(g, w, tol)
+
+
+def test_exported_feed_gemm_takes_feeds_of_every_layout(tmp_path):
+    """The exported module starts with empty prepared calls and renews them per feed layout
+    as the Function does."""
+    x = gc.placeholder((None, 128), "float64")
+    g = gc.placeholder((None, 128), "float64")
+    W = gc.variable(RNG.standard_normal((128, 128)) * .1, name="W")
+    f = gc.function([x, g], [], updates=[(W, W - 0.01 * gc.matmul(gc.transpose(x), g))])
+    f(np.ones((200, 128)), np.ones((200, 128)))
+    assert "xp.gemm(" in f.source
+    spec = importlib.util.spec_from_file_location("p26_gemm", f.export(tmp_path / "step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    w = np.array(module.state["W"])
+    for a in (RNG.standard_normal((200, 128)), np.asfortranarray(RNG.standard_normal((200, 128))),
+              RNG.standard_normal((200, 256))[:, ::2], RNG.standard_normal((200, 128))[::-1]):
+        b = RNG.standard_normal((200, 128))
+        w = w - 0.01 * (a.T @ b)
+        module.run(a, b)
+        np.testing.assert_allclose(module.state["W"], w, rtol=1e-9, atol=1e-9)
