@@ -332,3 +332,23 @@ def test_exported_feed_gemm_takes_feeds_of_every_layout(tmp_path):
         w = w - 0.01 * (a.T @ b)
         module.run(a, b)
         np.testing.assert_allclose(module.state["W"], w, rtol=1e-9, atol=1e-9)
+
+
+def test_a_failing_call_writes_no_variable_through_a_prepared_gemm():
+    """Without the raising step the GEMM/GEMV steps write V and b in place; with it (an index
+    out of range) every variable is as it was after the failed call, the error names op and
+    line."""
+    x, params, y, loss, ups = mlp("float64")
+    idx = gc.placeholder((None,), "int64", name="idx")
+    E = gc.variable(RNG.standard_normal(16), name="E")
+    total = loss + gc.sum(gc.take(E, idx))
+    grads = gc.grad(total, list(params) + [E])
+    step = gc.function([x, idx], [total], updates=[(v, v - 0.1 * g)
+                                                   for v, g in zip(list(params) + [E], grads)])
+    xv = RNG.standard_normal((6, 16))
+    step(xv, np.array([0, 3]))
+    before = [v.value.copy() for v in list(params) + [E]]
+    with pytest.raises(gc.GraphcError, match=r"(?s)take.*index 99.*test_probe26.py:"):
+        step(xv, np.array([1, 99]))
+    for v, b in zip(list(params) + [E], before):
+        np.testing.assert_array_equal(v.value, b)
