@@ -352,3 +352,16 @@ def test_a_failing_call_writes_no_variable_through_a_prepared_gemm():
         step(xv, np.array([1, 99]))
     for v, b in zip(list(params) + [E], before):
         np.testing.assert_array_equal(v.value, b)
+
+
+def test_a_plan_that_fails_to_build_leaves_the_collector_on_and_the_function_usable():
+    x = gc.placeholder((None, 3), "float64", name="x")
+    y = gc.placeholder((None, 3), "float64", name="y")
+    W = gc.variable(np.ones((3, 3)), name="W")
+    f = gc.function([x, y], [(x + y) @ W])
+    assert pygc.isenabled()
+    with pytest.raises(gc.GraphcError, match="test_probe26.py:"):
+        f(np.ones((2, 3)), np.ones((4, 3)))
+    assert pygc.isenabled() and not f.plans
+    xv, yv = RNG.standard_normal((2, 3)), RNG.standard_normal((2, 3))
+    close(f(xv, yv)[0], (xv + yv) @ np.ones((3, 3)), 1e-12)
