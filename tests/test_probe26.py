@@ -365,3 +365,17 @@ def test_a_plan_that_fails_to_build_leaves_the_collector_on_and_the_function_usa
     assert pygc.isenabled() and not f.plans
     xv, yv = RNG.standard_normal((2, 3)), RNG.standard_normal((2, 3))
     close(f(xv, yv)[0], (xv + yv) @ np.ones((3, 3)), 1e-12)
+
+
+def test_pickling_or_deep_copying_a_function_is_a_graphc_error_copy_shares_it():
+    x = gc.placeholder((None, 3), "float64", name="x")
+    W = gc.variable(np.ones((3, 2)), name="W")
+    f = gc.function([x], x @ W, updates=[(W, W * 0.5)])
+    f(np.ones((2, 3)))
+    for dump in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(gc.GraphcError, match=r"(?s)Function.*gc.save.*test_probe26.py:"):
+            dump(f)
+    g = copy.copy(f)
+    close(g(np.ones((2, 3))), np.full((2, 2), 1.5), 1e-12)       # W is 0.5 after f's call
+    np.testing.assert_array_equal(W.value, np.full((3, 2), 0.25))
+    close(f(np.ones((4, 3))), np.full((4, 2), 0.75), 1e-12)
