@@ -98,20 +98,26 @@ class Node:
     @value.setter
     def value(self, new) -> None:
         if self.op != "variable":
-            raise GraphcError(f"only variables can be assigned, not a {self.op} node")
-        new = np.asarray(new)
+            raise GraphcError(f"only variables can be assigned, not a {self.op} node\n"
+                              f"  at {user_line()}")
+        try:
+            new = np.asarray(new)
+        except (ValueError, TypeError) as e:          # ragged lists, unconvertible objects
+            raise GraphcError(f"variable {self.label()}: cannot assign {type(new).__name__} "
+                              f"({e})\n  at {user_line()}") from None
         if new.shape != self.shape:
             raise GraphcError(f"variable {self.label()}: cannot assign shape {new.shape}, "
-                              f"expected {self.shape}")
+                              f"expected {self.shape}\n  at {user_line()}")
         if not (np.can_cast(new.dtype, self.dtype, "safe") or new.dtype.kind == self.dtype.kind):
             raise GraphcError(f"variable {self.label()}: cannot assign dtype {new.dtype}, "
-                              f"expected {self.dtype}")
+                              f"expected {self.dtype}\n  at {user_line()}")
         if not np.can_cast(new.dtype, self.dtype, "safe"):     # narrower: the values must fit
             with np.errstate(all="ignore"):
                 cast = new.astype(self.dtype)
             if not fits(new, cast):
                 raise GraphcError(f"variable {self.label()}: the assigned {new.dtype} values "
-                                  f"do not fit {self.dtype} (they would wrap or overflow)")
+                                  f"do not fit {self.dtype} (they would wrap or overflow)\n"
+                                  f"  at {user_line()}")
             new = cast
         with storage_lock(self):     # a compiled call of another thread sees old or new
             np.copyto(self.data[0], new, casting="unsafe")   # in place: compiled code keeps it

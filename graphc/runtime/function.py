@@ -8,6 +8,7 @@ signatures (a plan holds its buffers; a loop over many batch sizes must not grow
 from __future__ import annotations
 
 import functools
+import sys
 from collections import OrderedDict
 from typing import Sequence
 
@@ -20,6 +21,7 @@ from graphc.runtime import atomic
 from graphc.runtime.instrument import profile_run
 from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import resolve
+from graphc.scope import frame_line
 
 
 # plans kept per Function, least recently used evicted first (documented in the README)
@@ -306,6 +308,24 @@ class Function:
 
     def _repr_svg_(self) -> str | None:
         return _repr_svg(self)                    # Jupyter: None shows the text repr
+
+    def __reduce_ex__(self, protocol):
+        """A Function holds generated code, plans and locks, none of which pickles: pickle
+        failed on "attribute lookup run on __main__", deepcopy on "_thread.RLock". What
+        travels is its graph (gc.save, as graphc.distributed ships it) or its plans as a
+        module (Function.export)."""
+        frame = sys._getframe(1)        # the user's line: below copy.deepcopy's frames
+        while frame is not None and frame.f_globals.get("__name__") in ("copy", "copyreg"):
+            frame = frame.f_back
+        raise GraphcError("a compiled Function cannot be pickled or deep-copied: save its "
+                          "graph (gc.save) and compile it again, or export its plans "
+                          f"(Function.export)\n  at {frame_line(frame)}")
+
+    def __copy__(self) -> Function:
+        """copy.copy: another handle on the same plans, locks and variables, as before."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __repr__(self) -> str:
         return (f"<Function {len(self.inputs)} inputs, {len(self.graph.outputs)} outputs, "
