@@ -18,7 +18,7 @@ from graphc.guards import call_lock
 from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format_shape,
                        paused_gc, storage_locks, _repr_svg)
 from graphc.runtime import atomic
-from graphc.runtime.instrument import profile_run
+from graphc.runtime.instrument import Table, profile_run, profile_table
 from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import resolve
 from graphc.scope import frame_line
@@ -458,48 +458,6 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
 
 def dummy_feed(ph: Node) -> np.ndarray:
     return np.zeros([d if isinstance(d, int) else 1 for d in ph.shape], ph.dtype)
-
-
-def profile_table(graph: Graph, plan: Plan, times: list[float], runs: int = 1) -> str:
-    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
-    total = sum(times) or 1e-12
-    rows = [f"{'step':>4}  {'ms':>8}  {'%':>5}  node"]
-    kinds: dict[str, float] = {}
-    for k, ((node, _, _), t) in enumerate(zip(plan.steps, times)):
-        kinds[node.op] = kinds.get(node.op, 0.0) + t
-        line = format_node(node, names)
-        rows.append(f"{k:>4}  {t * 1e3:8.3f}  {100 * t / total:5.1f}  {line[:90]}")
-        body = plan.loops.get(id(node))
-        if body is not None and body.steps:       # counted over the profiled runs
-            rows.append(f"{'':>4}  {'':>8}  {'':>5}    {body.steps // runs} steps of its body, "
-                        f"{body.seconds / body.steps * 1e3:.3f} ms per step")
-    rows += ["", f"{'op':<28}  {'ms':>8}  {'%':>5}"]
-    for op, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        rows.append(f"{op:<28}  {t * 1e3:8.3f}  {100 * t / total:5.1f}")
-    rows.append(f"{'total':<28}  {total * 1e3:8.3f}")
-    return Table("\n".join(rows))
-
-
-class Table(str):
-    """Text that shows itself as the table it is at the prompt, not as an escaped string."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_html_(self) -> str:
-        """Jupyter: each block of the text as an HTML table (columns split at 2+ spaces)."""
-        import html
-        import re
-        out = []
-        for block in str(self).split("\n\n"):
-            lines = [line.strip() for line in block.split("\n") if line.strip()]
-            width = len(re.split(r"\s{2,}", lines[0])) if lines else 1
-            rows = [re.split(r"\s{2,}", line, maxsplit=width - 1) for line in lines]
-            cells = ["<tr>" + "".join(f"<t{'h' if k == 0 else 'd'}>{html.escape(c)}</t"
-                                      f"{'h' if k == 0 else 'd'}>" for c in row) + "</tr>"
-                     for k, row in enumerate(rows)]
-            out.append("<table>" + "".join(cells) + "</table>")
-        return "".join(out)
 
 
 def function(inputs, outputs, updates=(), optimize=True, check_numerics: bool = False,
