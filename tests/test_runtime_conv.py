@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import OPS
+from graphc.ir import OPS, evaluate
 from graphc.runtime import blas, conv
 
 RNG = np.random.default_rng(7)
@@ -225,3 +225,49 @@ def test_a_tiled_pool_gradient_gives_the_first_maximum(kind):
     res = ws["nhwc"].transpose(2, 3, 0, 4, 1, 5).reshape(2, 6, 4, 3).transpose(0, 3, 1, 2)
     assert got is buf
     np.testing.assert_array_equal(res, want)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_deep_conv_pool_stacks_train_as_eval(seed):
+    # 1-3 layers of conv (1x1 or 3x3, stride 1-2, padding 0-1, a bias or not), a max-pool
+    # (2x2, 3x3 or overlapping) and relu/tanh, then a dense head: most layers are stored tiled
+    # and/or cropped for their pools; SGD on every weight over batches 3, 1, 4
+    r = np.random.default_rng(500 + seed)
+    dtype = str(r.choice(["float32", "float64"]))
+    c, h, w = int(r.choice([1, 3, 8, 16])), int(r.integers(5, 15)), int(r.integers(5, 15))
+    x = gc.placeholder((None, c, h, w), dtype, "x")
+    m, params = x, []
+    for d in range(int(r.integers(1, 4))):
+        k, s, p = int(r.choice([1, 3])), int(r.choice([1, 1, 2])), int(r.choice([0, 1]))
+        if min(m.shape[2:]) + 2 * p < k:
+            break
+        co = int(r.choice([4, 8, 32]))
+        params.append(gc.variable(r.standard_normal((co, m.shape[1], k, k)).astype(dtype) * 0.3))
+        y = gc.conv2d(m, params[-1], stride=s, padding=p)
+        if r.random() < 0.5:
+            params.append(gc.variable(r.standard_normal((1, co, 1, 1)).astype(dtype) * 0.1))
+            y = y + params[-1]
+        size = int(r.choice([2, 2, 3]))
+        if min(y.shape[2:]) >= size:
+            y = gc.max_pool2d(y, size, stride=size if r.random() < 0.8 else 1)
+        m = gc.relu(y) if r.random() < 0.7 else gc.tanh(y)
+    flat = gc.reshape(m, (-1, int(np.prod(m.shape[1:]))))
+    params.append(gc.variable(r.standard_normal((flat.shape[1], 5)).astype(dtype) * 0.2))
+    loss = gc.mean(gc.tanh(flat @ params[-1]) ** 2)
+    updates = [(v, v - 0.1 * g) for v, g in zip(params, gc.grad(loss, params))]
+    start = [v.value.copy() for v in params]
+    batches = [r.standard_normal((n, c, h, w)).astype(dtype) for n in (3, 1, 4)]
+    want = []
+    for a in batches:
+        vals = evaluate([loss] + [u for _, u in updates], {x: a})
+        for v, val in zip(params, vals[1:]):
+            v.value = val
+        want.append((vals[0], [v.value.copy() for v in params]))
+    for v, s0 in zip(params, start):
+        v.value = s0
+    f = gc.function([x], loss, updates=updates)
+    tol = 1e-4 if dtype == "float32" else 1e-9
+    for a, (loss_want, values_want) in zip(batches, want):
+        np.testing.assert_allclose(f(a), loss_want, rtol=tol, atol=tol)
+        for v, value in zip(params, values_want):
+            np.testing.assert_allclose(v.value, value, rtol=10 * tol, atol=10 * tol)
