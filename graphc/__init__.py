@@ -10,7 +10,8 @@ from graphc.viz import render  # noqa: F401
 from graphc.viz import repr_svg as _repr_svg
 from graphc.ir import DRAW as _DRAW
 _DRAW.append(_repr_svg)      # nodes, graphs and Functions draw with viz, which sits above them
-from graphc.formula import formula, explain  # noqa: F401
+from graphc.formula import formula  # noqa: F401
+from graphc.explain import explain  # noqa: F401
 from graphc.inspect import inspect  # noqa: F401
 from graphc import nn  # noqa: F401,E402  (gc.nn.Dense without a second import)
 

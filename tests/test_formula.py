@@ -6,7 +6,8 @@ import pytest
 import sympy as sp
 
 import graphc as gc
-from graphc.formula import Broadcast, formula, sigmoid, text
+from graphc.formula import Broadcast, formula, sigmoid
+from graphc.symbolic import text
 
 A, B = sp.symbols("a b", real=True)
 

@@ -211,8 +211,8 @@ def test_no_module_imports_one_above_it():
     import pathlib
     order = ["ir", "ops", "api", "autodiff", "scan", "passes", "runtime", "views", "nn",
              "distributed", "cli"]
-    views = {"viz", "formula", "symbolic", "io", "io_format", "io_files", "io_arrays", "onnx",
-             "inspect", "renderer", "viz_style"}
+    views = {"viz", "formula", "explain", "symbolic", "io", "io_format", "io_files", "io_arrays",
+             "onnx", "inspect", "renderer", "viz_style"}
 
     def layer(module: str):
         parts = module.split(".")

@@ -299,7 +299,7 @@ def test_explain_by_names_has_the_values_of_the_graph(monkeypatch):
     import importlib
 
     import sympy as sp
-    fm = importlib.import_module("graphc.formula")        # gc.formula is the function
+    fm = importlib.import_module("graphc.explain")        # gc.explain is the function
     monkeypatch.setattr(fm, "WHOLE_FORMULAS", 0)
     x, ws, h = residual(2, width=2, batch=2)
     loss = gc.sum(h * h)
