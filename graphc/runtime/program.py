@@ -176,7 +176,10 @@ class Lowering(FusedLowering):
             if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
                 lines.append("    hold()")
                 held = True
-            lines.append(f"    # {format_node(n, self.names)}")
+            form = self.layouts.get(id(n))      # a buffer not in C order (runtime/layout.py)
+            stored = "" if form is None else \
+                f"  [stored {'channels-last' if form == layout.LAST else form}]"
+            lines.append(f"    # {format_node(n, self.names)}{stored}")
             if id(n) in self.fresh:      # its own line: the step's code may still be shared
                 shape, dtype = self.shapes[id(n)]
                 lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
