@@ -93,6 +93,30 @@ def test_the_rule_decides_from_the_shape_and_the_thread_count():
     assert not pays(32, 10, 64, 2) and not pays(512, 10, 784, 2)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_sum_of_two_products_stored_transposed_trains_as_eval(dtype, monkeypatch):
+    # tanh(x @ W1 + z @ W3): the second product is the dense's bias (read by its add), both
+    # stored transposed, and so is the gradient the weights' updates read
+    monkeypatch.setattr(blas, "threads", lambda: 2)
+    r = np.random.default_rng(4)
+    x, z = gc.placeholder((None, 300), dtype, "x"), gc.placeholder((None, 200), dtype, "z")
+    ws = [gc.variable(r.standard_normal(s).astype(dtype) * 0.05)
+          for s in ((300, 256), (200, 256), (256, 5))]
+    loss = gc.mean((gc.tanh(x @ ws[0] + z @ ws[1]) @ ws[2]) ** 2)
+    updates = [(w, w - 0.1 * g) for w, g in zip(ws, gc.grad(loss, ws))]
+    f = gc.function([x, z], loss, updates=updates)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for rows in (24, 24, 40):
+        feeds = {x: r.standard_normal((rows, 300)).astype(dtype),
+                 z: r.standard_normal((rows, 200)).astype(dtype)}
+        want = evaluate([loss] + [u for _, u in updates], feeds)
+        np.testing.assert_allclose(f(feeds[x], feeds[z]), want[0], rtol=tol, atol=tol)
+        for w, value in zip(ws, want[1:]):
+            np.testing.assert_allclose(w.value, value, rtol=10 * tol, atol=10 * tol)
+        assert len(transposed_buffers(f)) >= 3
+    assert f.source.count("[stored transposed]") == 4
+
+
 def mlp(batch_rows: int):
     r = np.random.default_rng(3)
     x = gc.placeholder((None, 784), "float32", "x")

@@ -142,7 +142,8 @@ def reads_ok(low, kinds: dict, m, k: int, form: str = LAST) -> bool:
         return True
     if form == TRANSPOSED:
         if m.op in PRODUCTS:
-            return all(len(low.shapes[id(x)][0]) == 2 for x in m.inputs[:2]) and k < 2
+            return all(len(low.shapes[id(x)][0]) == 2 for x in m.inputs[:2]) \
+                and (k < 2 or m.op == "dense")       # a dense's bias: an add, or GEMM's c
         return m.op == "sum" and m.attrs.get("axis") is not None \
             and len(tuple(m.attrs["axis"])) == 1
     if m.op in READERS:
@@ -156,7 +157,9 @@ PRODUCTS = ("dense", "matmul")
 def transposed_product(low, n, neutral: bool = False) -> bool:
     """Whether product n (a dense or matmul of 2-D operands, float) pays stored transposed:
     `transposed_pays` for its shape at the BLAS's thread count when the plan is made (asked
-    once per plan); with `neutral`, also when it costs the same either way (one thread)."""
+    once per plan); with `neutral`, also when OpenBLAS runs it on one thread, rows fewer
+    than columns (x (32, 64) @ W (128, 64).T: 0.92-0.95 of the time at one thread, x (32, 128)
+    @ W (128, 64) 1.01-1.05; more rows than columns up to 1.3)."""
     if n.op not in PRODUCTS or n.dtype.char not in "fd":
         return False
     threads = low.cache.get("blas threads")
@@ -167,7 +170,7 @@ def transposed_product(low, n, neutral: bool = False) -> bool:
     (m, cols), a = low.shapes[id(n)][0], low.shapes[id(n.inputs[0])][0]
     k = a[0] if n.attrs.get("transpose_a") else a[1]
     return transposed_pays(m, cols, k, threads) \
-        or neutral and threads > 1 and m * cols * k <= THREADED
+        or neutral and m < cols and m * cols * k <= THREADED
 
 
 def transposed_pays(m: int, n: int, k: int, threads: int) -> bool:
@@ -175,8 +178,8 @@ def transposed_pays(m: int, n: int, k: int, threads: int) -> bool:
     c): on several BLAS threads, for a product OpenBLAS runs on several (over THREADED
     multiply-adds) with fewer rows than columns, up to MAX_ROWS rows (`python3
     bench/gemm_forms.py --threads 2`, bench/README.md: x (32, 784) @ W (784, 128) 0.66-0.90
-    of the time; 784x10, 64x10 at 16-1024 rows 1.1-1.6: slower). At one thread the two are
-    the same kernel (0.97-1.03): never."""
+    of the time; 784x10, 64x10 at 16-1024 rows 1.1-1.6: slower). At one thread never: the
+    same kernel, the transposed ask 1.0-1.16 of the time (1.2-1.3 with few columns)."""
     return threads > 1 and m < n and m <= MAX_ROWS and m * n * k > THREADED
 
 
