@@ -24,8 +24,13 @@ LEAVES = ("placeholder", "variable", "constant")
 
 @dataclass
 class Plan:
-    """The generated function for one feed signature, with what its lines stand for."""
-    source: str
+    """The generated function for one feed signature, with what its lines stand for.
+
+    `code` is what was compiled: the source with each step's listing comment left blank
+    (same lines). A big plan's ~40k comments cost ~10 us each to print and compile, and
+    only a reader of `source` (Function.source, export, the profiler) needs them: they are
+    printed when it asks, from the steps' nodes and `notes`."""
+    code: str
     run: object
     steps: list                   # (node, first line, last line) per step, in order
     kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
@@ -35,6 +40,20 @@ class Plan:
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
     profile_ns: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)   # per step, its comment's line (from 0)
+    names: dict = field(default_factory=dict)   # id(node) -> its name in the comments (%3)
+    text: str | None = None                     # the source, once printed
+
+    @property
+    def source(self) -> str:
+        """The generated code with every step's printed node above its code."""
+        if self.text is None:
+            lines = self.code.split("\n")
+            names = self.names
+            for (n, _, _), at in zip(self.steps, self.notes):
+                lines[at] = f"    # {format_node(n, names)}"
+            self.text = "\n".join(lines)
+        return self.text
 
 
 class Lowering(FusedLowering):
@@ -74,6 +93,7 @@ class Lowering(FusedLowering):
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
         self.gemms: dict[int, tuple] = {}        # step id -> its GEMM (rules.gemm_steps)
         self.absorbed: dict[int, Node] = {}      # product id -> the step whose GEMM makes it
+        self.notes: list[int] = []               # per step, its listing comment's line
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
@@ -176,7 +196,8 @@ class Lowering(FusedLowering):
             if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
                 lines.append("    hold()")
                 held = True
-            lines.append(f"    # {format_node(n, self.names)}")
+            self.notes.append(len(lines))     # the step's comment: printed when asked
+            lines.append("")
             if id(n) in self.fresh:      # its own line: the step's code may still be shared
                 shape, dtype = self.shapes[id(n)]
                 lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
@@ -196,7 +217,13 @@ class Lowering(FusedLowering):
         if shared:                  # defined first in run: every step's lines move down
             lines[1:1] = shared
             steps = [(n, first + len(shared), last + len(shared)) for n, first, last in steps]
-        return "\n".join(lines) + "\n", steps
+            self.notes = [at + len(shared) for at in self.notes]
+        text = "\n".join(lines) + "\n"
+        if text.count("\n") != len(lines):    # a line of several lines: its notes now
+            for (n, _, _), at in zip(steps, self.notes):
+                lines[at] = f"    # {format_node(n, self.names)}"
+            text, self.notes = "\n".join(lines) + "\n", []
+        return text, steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
         """Updates whose last step may write straight into the variable (planner rules);
@@ -464,4 +491,5 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)
+    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views,
+                notes=low.notes, names=low.names)
