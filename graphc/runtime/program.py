@@ -116,12 +116,13 @@ class Lowering(FusedLowering):
         """Every node as a planner step (leaves too, so step indices are node indices). A
         product computed by its reader's GEMM is a view of its operands: they live as long
         as it does, and a write over memory it reads is seen as one."""
-        out = []
+        out, absorbed, extra, step = [], self.absorbed, self.extra_reads, planner.Step
         for n in self.graph.nodes:
-            kind = "buffer" if id(n) in writes else "view" if id(n) in self.absorbed else \
+            k = id(n)
+            kind = "buffer" if k in writes else "view" if k in absorbed else \
                 "fresh" if n.op in LEAVES or n.op in FRESH else "view"
-            reads = n.inputs + self.extra_reads.get(id(n), ())
-            out.append(planner.Step(id(n), tuple([id(x) for x in reads]), kind))
+            reads = n.inputs + extra[k] if k in extra else n.inputs
+            out.append(step(k, tuple(map(id, reads)), kind))
         return out
 
     def const(self, arr: np.ndarray) -> str:
@@ -169,48 +170,54 @@ class Lowering(FusedLowering):
                       for n in self.inputs + g.variables if n.dtype.kind in "fc"]
         steps, fused_at = [], []
         held = False
+        # the loop's lookups bound once: it runs per node (~40k steps at 100k nodes)
+        var, shapes, layouts, fresh, known = self.var, self.shapes, self.layouts, self.fresh, \
+            self.known
+        notes, add, check, give, dying_at = self.notes, lines.append, self.check, self.give, \
+            planner.dying
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            dying = planner.dying(i, owner, ends)
+            k = id(n)
+            dying = dying_at(i, owner, ends)
             o, fold = None, False
-            if id(n) in direct:
-                o = owner[id(n)] = self.var[id(direct[id(n)])]
-            elif id(n) in self.fresh:
-                o = owner[id(n)] = self.fresh[id(n)]
-            elif fold := id(n) in writes and self.folds(n, kept):   # no owner: never reused
-                o = self.const(layout.empty(*self.shapes[id(n)], self.layouts.get(id(n))))
-            elif id(n) in writes:
-                o = self.inplace_target(n, i, owner) \
-                    or self.take(*self.shapes[id(n)], self.layouts.get(id(n)))
-                owner[id(n)] = o
+            if k in direct:
+                o = owner[k] = var[id(direct[k])]
+            elif k in fresh:
+                o = owner[k] = fresh[k]
+            elif fold := k in writes and self.folds(n, kept):   # no owner: never reused
+                o = self.const(layout.empty(*shapes[k], layouts.get(k)))
+            elif k in writes:
+                o = self.inplace_target(n, i, owner) or self.take(*shapes[k], layouts.get(k))
+                owner[k] = o
             self.dying_now = [b for b in dying if b != o]
             self.kernel_calls = []
-            code = self.emit(n, i, o, kinds[id(n)])
+            kind = kinds[k]
+            code = self.emit(n, i, o, kind)
             if self.made_once(n, code, fold):
                 code = f"pass  # made once per plan: {code}"
             for b in dying:
                 if b != o:
-                    self.give(b)
+                    give(b)
             first = len(lines) + 1
-            if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
-                lines.append("    hold()")
+            if k in direct and not held:     # the write phase: no Ctrl-C from here on
+                add("    hold()")
                 held = True
-            self.notes.append(len(lines))     # the step's comment: printed when asked
-            lines.append("")
-            if id(n) in self.fresh:      # its own line: the step's code may still be shared
-                shape, dtype = self.shapes[id(n)]
-                lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
-            lines.append(f"    {code}")
-            if n.op == "fused" and id(n) not in self.known:
+            notes.append(len(lines))     # the step's comment: printed when asked
+            add("")
+            if k in fresh:      # its own line: the step's code may still be shared
+                shape, dtype = shapes[k]
+                add(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
+            add(f"    {code}")
+            if n.op == "fused" and k not in known:
                 fused_at.append(len(lines) - 1)
-            if self.check and n.dtype.kind == "f":
-                lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
+            if check and n.dtype.kind == "f":
+                add(f"    check({var[k]}, {len(steps)})")
             steps.append((n, first, len(lines)))
-            kind = kinds[id(n)]
+            calls = self.kernel_calls
             why = lowering.why_kernel(self, n) if kind == "kernel" else \
-                f"calls the kernel of {', '.join(sorted(set(self.kernel_calls)))} (no ufunc " \
-                f"template)" if self.kernel_calls else ""
+                f"calls the kernel of {', '.join(sorted(set(calls)))} (no ufunc " \
+                f"template)" if calls else ""
             self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
         shared = emit.share_repeats(lines, fused_at)
