@@ -414,7 +414,7 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     guard = feed_guard(sig, fn.dtypes, fn, names)
     for k, lock in enumerate(fn.locks):
         names[f"_lock{k}"] = lock
-    source = plan.source.splitlines()
+    source = plan.code.splitlines()     # comments blank: a big plan's are not printed
     inline = len(source) <= INLINE_LINES and source[-1].startswith("    return ")
     if inline:
         names.update(plan.ns)

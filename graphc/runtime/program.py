@@ -24,8 +24,13 @@ LEAVES = ("placeholder", "variable", "constant")
 
 @dataclass
 class Plan:
-    """The generated function for one feed signature, with what its lines stand for."""
-    source: str
+    """The generated function for one feed signature, with what its lines stand for.
+
+    `code` is what was compiled: the source with each step's listing comment left blank
+    (same lines). A big plan's ~40k comments cost ~10 us each to print and compile, and
+    only a reader of `source` (Function.source, export, the profiler) needs them: they are
+    printed when it asks, from the steps' nodes and `notes`."""
+    code: str
     run: object
     steps: list                   # (node, first line, last line) per step, in order
     kinds: list = field(default_factory=list)   # (kind, why a kernel) per step
@@ -35,6 +40,30 @@ class Plan:
     profile_source: str = ""                    # the same code with a timer per step
     profile_run: object = None
     profile_ns: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)   # per step, its comment's line (from 0)
+    names: dict = field(default_factory=dict)   # id(node) -> its name in the comments (%3)
+    layouts: dict = field(default_factory=dict)  # id(node) -> its buffer's layout, if not C
+    text: str | None = None                     # the source, once printed
+
+    @property
+    def source(self) -> str:
+        """The generated code with every step's printed node above its code."""
+        if self.text is None:
+            lines = self.code.split("\n")
+            names = self.names
+            for (n, _, _), at in zip(self.steps, self.notes):
+                lines[at] = step_comment(n, names, self.layouts)
+            self.text = "\n".join(lines)
+        return self.text
+
+
+def step_comment(n: Node, names: dict, layouts: dict) -> str:
+    """A step's listing comment: its printed node, and its buffer's layout when not C order
+    (runtime/layout.py)."""
+    form = layouts.get(id(n))
+    stored = "" if form is None else \
+        f"  [stored {'channels-last' if form == layout.LAST else form}]"
+    return f"    # {format_node(n, names)}{stored}"
 
 
 class Lowering(FusedLowering):
@@ -74,6 +103,7 @@ class Lowering(FusedLowering):
         self.layouts: dict[int, str] = {}        # id -> layout of its buffer (runtime/layout)
         self.gemms: dict[int, tuple] = {}        # step id -> its GEMM (rules.gemm_steps)
         self.absorbed: dict[int, Node] = {}      # product id -> the step whose GEMM makes it
+        self.notes: list[int] = []               # per step, its listing comment's line
 
     # memory: the planner's pool and liveness over this graph's steps --------------------
     def take(self, shape, dtype, layout_=None) -> str:
@@ -96,12 +126,13 @@ class Lowering(FusedLowering):
         """Every node as a planner step (leaves too, so step indices are node indices). A
         product computed by its reader's GEMM is a view of its operands: they live as long
         as it does, and a write over memory it reads is seen as one."""
-        out = []
+        out, absorbed, extra, step = [], self.absorbed, self.extra_reads, planner.Step
         for n in self.graph.nodes:
-            kind = "buffer" if id(n) in writes else "view" if id(n) in self.absorbed else \
+            k = id(n)
+            kind = "buffer" if k in writes else "view" if k in absorbed else \
                 "fresh" if n.op in LEAVES or n.op in FRESH else "view"
-            reads = n.inputs + self.extra_reads.get(id(n), ())
-            out.append(planner.Step(id(n), tuple([id(x) for x in reads]), kind))
+            reads = n.inputs + extra[k] if k in extra else n.inputs
+            out.append(step(k, tuple(map(id, reads)), kind))
         return out
 
     def const(self, arr: np.ndarray) -> str:
@@ -149,57 +180,67 @@ class Lowering(FusedLowering):
                       for n in self.inputs + g.variables if n.dtype.kind in "fc"]
         steps, fused_at = [], []
         held = False
+        # the loop's lookups bound once: it runs per node (~40k steps at 100k nodes)
+        var, shapes, layouts, fresh, known = self.var, self.shapes, self.layouts, self.fresh, \
+            self.known
+        notes, add, check, give, dying_at = self.notes, lines.append, self.check, self.give, \
+            planner.dying
         for i, n in enumerate(g.nodes):
             if n.op in LEAVES:
                 continue
-            dying = planner.dying(i, owner, ends)
+            k = id(n)
+            dying = dying_at(i, owner, ends)
             o, fold = None, False
-            if id(n) in direct:
-                o = owner[id(n)] = self.var[id(direct[id(n)])]
-            elif id(n) in self.fresh:
-                o = owner[id(n)] = self.fresh[id(n)]
-            elif fold := id(n) in writes and self.folds(n, kept):   # no owner: never reused
-                o = self.const(layout.empty(*self.shapes[id(n)], self.layouts.get(id(n))))
-            elif id(n) in writes:
-                o = self.inplace_target(n, i, owner) \
-                    or self.take(*self.shapes[id(n)], self.layouts.get(id(n)))
-                owner[id(n)] = o
+            if k in direct:
+                o = owner[k] = var[id(direct[k])]
+            elif k in fresh:
+                o = owner[k] = fresh[k]
+            elif fold := k in writes and self.folds(n, kept):   # no owner: never reused
+                o = self.const(layout.empty(*shapes[k], layouts.get(k)))
+            elif k in writes:
+                o = self.inplace_target(n, i, owner) or self.take(*shapes[k], layouts.get(k))
+                owner[k] = o
             self.dying_now = [b for b in dying if b != o]
             self.kernel_calls = []
-            code = self.emit(n, i, o, kinds[id(n)])
+            kind = kinds[k]
+            code = self.emit(n, i, o, kind)
             if self.made_once(n, code, fold):
                 code = f"pass  # made once per plan: {code}"
             for b in dying:
                 if b != o:
-                    self.give(b)
+                    give(b)
             first = len(lines) + 1
-            if id(n) in direct and not held:     # the write phase: no Ctrl-C from here on
-                lines.append("    hold()")
+            if k in direct and not held:     # the write phase: no Ctrl-C from here on
+                add("    hold()")
                 held = True
-            form = self.layouts.get(id(n))      # a buffer not in C order (runtime/layout.py)
-            stored = "" if form is None else \
-                f"  [stored {'channels-last' if form == layout.LAST else form}]"
-            lines.append(f"    # {format_node(n, self.names)}{stored}")
-            if id(n) in self.fresh:      # its own line: the step's code may still be shared
-                shape, dtype = self.shapes[id(n)]
-                lines.append(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
-            lines.append(f"    {code}")
-            if n.op == "fused" and id(n) not in self.known:
+            notes.append(len(lines))     # the step's comment: printed when asked
+            add("")
+            if k in fresh:      # its own line: the step's code may still be shared
+                shape, dtype = shapes[k]
+                add(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
+            add(f"    {code}")
+            if n.op == "fused" and k not in known:
                 fused_at.append(len(lines) - 1)
-            if self.check and n.dtype.kind == "f":
-                lines.append(f"    check({self.var[id(n)]}, {len(steps)})")
+            if check and n.dtype.kind == "f":
+                add(f"    check({var[k]}, {len(steps)})")
             steps.append((n, first, len(lines)))
-            kind = kinds[id(n)]
+            calls = self.kernel_calls
             why = lowering.why_kernel(self, n) if kind == "kernel" else \
-                f"calls the kernel of {', '.join(sorted(set(self.kernel_calls)))} (no ufunc " \
-                f"template)" if self.kernel_calls else ""
+                f"calls the kernel of {', '.join(sorted(set(calls)))} (no ufunc " \
+                f"template)" if calls else ""
             self.kinds.append((kind, why))
         lines += self.epilogue(direct, held)
         shared = emit.share_repeats(lines, fused_at)
         if shared:                  # defined first in run: every step's lines move down
             lines[1:1] = shared
             steps = [(n, first + len(shared), last + len(shared)) for n, first, last in steps]
-        return "\n".join(lines) + "\n", steps
+            self.notes = [at + len(shared) for at in self.notes]
+        text = "\n".join(lines) + "\n"
+        if text.count("\n") != len(lines):    # a line of several lines: its notes now
+            for (n, _, _), at in zip(steps, self.notes):
+                lines[at] = step_comment(n, self.names, self.layouts)
+            text, self.notes = "\n".join(lines) + "\n", []
+        return text, steps
 
     def direct_updates(self, kinds: dict) -> dict[int, Node]:
         """Updates whose last step may write straight into the variable (planner rules);
@@ -467,4 +508,5 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns = low.ns
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
-    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views)
+    return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views,
+                notes=low.notes, names=low.names, layouts=low.layouts)
