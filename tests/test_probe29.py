@@ -272,6 +272,48 @@ def test_a_scan_body_plan_stores_its_products_transposed_and_runs_as_eval(two):
     assert bodies and any(transposed(b) for b in bodies)     # the plan inside the plan
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_channels_last_conv_pool_with_a_transposed_dense_head_trains_as_eval(dtype, two):
+    """Both layouts in one plan: conv + bias + ReLU + max-pool stored channels-last, flattened
+    (a reshape: C order), its dense layer (24 x 128 @ 128 x 300) stored transposed."""
+    r = np.random.default_rng(19)
+    x = gc.placeholder((None, 3, 8, 8), dtype, "x")
+    y = gc.placeholder((None,), "int64", "y")
+    ps = [gc.variable((r.standard_normal((8, 3, 3, 3)) * .3).astype(dtype), name="w"),
+          gc.variable(np.zeros((1, 8, 1, 1), dtype), name="b"),
+          gc.variable((r.standard_normal((128, 300)) / 11).astype(dtype), name="W1"),
+          gc.variable((r.standard_normal((300, 10)) / 17).astype(dtype), name="W2")]
+    q = gc.max_pool2d(gc.relu(gc.conv2d(x, ps[0], padding=1) + ps[1]), 2)
+    h = gc.relu(gc.flatten(q) @ ps[2])
+    loss = gc.mean(gc.softmax_cross_entropy(h @ ps[3], y))
+    updates = [(p, p - 0.05 * g) for p, g in zip(ps, gc.grad(loss, ps))]
+    calls = [[r.standard_normal((m, 3, 8, 8)).astype(dtype), r.integers(0, 10, m)]
+             for m in (24, 24, 65, 7)]
+    assert run_as_eval([x, y], [loss], calls, updates,
+                       tol=1e-9 if dtype == "float64" else 3e-4,
+                       modes=((True, False), (False, False)))
+
+
+def test_gradients_of_gradients_and_empty_batches_over_transposed_products(two):
+    r = np.random.default_rng(20)
+    x = gc.placeholder((None, 300), "float64", "x")
+    w = gc.variable(r.standard_normal((300, 256)) / 17, name="W")
+    v = gc.variable(r.standard_normal((256, 256)) / 16, name="V")
+    z = gc.softplus(gc.tanh(x @ w) @ v)
+    loss = gc.mean(z * z)
+    gw, gv = gc.grad(loss, [w, v])
+    penalty = gc.sum(gw * gw) + gc.sum(gv * gv)
+    gx = gc.grad(loss, [x])[0]
+    outs = [penalty, *gc.grad(penalty, [w, v]), gx, gc.grad(gc.sum(gx * gx), [w])[0]]
+    assert run_as_eval([x], outs, row_calls((24, 24, 65, 2), seed=21),
+                       modes=((True, False), (False, False)))
+    h = gc.relu(x @ w) * 2.0
+    updates = [(w, w - 0.01 * gc.grad(gc.sum(h * h), [w])[0])]
+    assert run_as_eval([x], [gc.sum(h, axis=0), gc.sum(h, axis=1)],
+                       row_calls((24, 0, 24, 0, 1), seed=22), updates,
+                       modes=((True, False),))
+
+
 # feeds, variables, thread counts, profile, export ---------------------------------------
 
 def layer_graph(dtype="float64"):
