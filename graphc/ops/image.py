@@ -31,8 +31,18 @@ def cum_kernel(fn):
 
 
 def cumprod_vjp(g, out, x, *, axis, reverse):
-    """d out_j / d x_i = out_j / x_i for j at or after i: needs x != 0 (as PyTorch's fast path)."""
-    return (apply("cumsum", g * out, axis=axis, reverse=not reverse) / x,)
+    """d out_j / d x_i = out_j / x_i for j at or after i, where no zero comes before i; at
+    the first zero, the products of the others: the running product with that zero set to 1
+    (as PyTorch's zero path); after it, 0 (every later out_j holds that zero)."""
+    def later(t):                     # sum over j at or after i
+        return apply("cumsum", t, axis=axis, reverse=not reverse)
+    zero = apply("equal", x, 0)
+    seen = apply("cumsum", apply("cast", zero, dtype="int64"), axis=axis, reverse=reverse)
+    first = apply("logical_and", zero, apply("equal", seen, 1))
+    safe = apply("where", zero, 1.0, x)
+    others = apply("cumprod", apply("where", first, 1.0, x), axis=axis, reverse=reverse)
+    return (apply("where", apply("equal", seen, 0), later(g * out) / safe,
+                  apply("where", first, later(g * others), 0.0)),)
 
 
 # cumsum: running sums along an axis (from the end when reverse); its adjoint runs the other way

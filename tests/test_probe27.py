@@ -1,0 +1,50 @@
+"""probe27: a hostile probe of values and gradients (gradients of gradients, integer paths,
+loops, ops at their edges, signed zeros through the simplifier); one test per bug found, each
+failing before its fix, against finite differences in float64 and eval, compiled with and
+without the passes and check_numerics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import evaluate
+from tests.helpers import numeric_grad
+
+
+def compiled_runs(inputs, outputs, feeds):
+    """The results of every way graphc runs a graph: optimized, not, with check_numerics."""
+    args = [feeds[i] for i in inputs]
+    return [gc.function(inputs, outputs, optimize=opt, check_numerics=check)(*args)
+            for opt, check in ((True, False), (False, False), (True, True))]
+
+
+# cumprod's gradient with zeros --------------------------------------------------------------
+
+CUMPROD_ZEROS = [
+    [[1.0, 0.0, 2.0, 3.0], [0.0, 0.0, 2.0, 1.0], [1.0, 2.0, 3.0, 0.0]],
+    [[0.0, 3.0, 0.0, 2.0], [2.0, -0.0, 0.0, 0.0], [1.0, 0.0, 3.0, 1.0]],
+    [[1.5, 0.5, 2.0, 3.0], [0.7, -1.0, 2.0, 1.0], [1.0, 2.0, 3.0, -0.5]],
+]
+
+
+@pytest.mark.parametrize("axis,reverse", [(1, False), (1, True), (0, False), (-1, True)])
+def test_cumprod_gradient_and_its_gradient_with_zeros_equal_finite_differences(axis, reverse):
+    """cumprod's VJP was cumsum(g * out) / x: 0/0 = NaN at every zero (and NaN for every
+    gradient after a NaN): [[0, nan, 0, 0], [nan, nan, 0, 0], ...] for finite differences'
+    [[0, 23, 0, 0], [4, 0, 0, 0], ...]. Now the first zero's derivative is the running product
+    with that zero set to 1, and 0 after it; the gradient of that gradient is right too."""
+    x = gc.placeholder((3, 4), "float64", "x")
+    w = gc.constant(np.arange(12.0).reshape(3, 4) - 3)
+    cost = gc.sum(gc.cumprod(x, axis=axis, reverse=reverse) * w)
+    (g,) = gc.grad(cost, [x])
+    penalty = gc.sum(g * g * w)
+    (gg,) = gc.grad(penalty, [x])
+    for xv in map(np.array, CUMPROD_ZEROS):
+        want = numeric_grad(lambda a: float(cost.eval({x: a})), xv.copy())
+        want2 = numeric_grad(lambda a: float(penalty.eval({x: a})), xv.copy(), eps=1e-5)
+        runs = [evaluate([g, gg], {x: xv})] + compiled_runs([x], [g, gg], {x: xv})
+        for got, got2 in runs:
+            np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)
+            np.testing.assert_allclose(got2, want2, rtol=1e-5, atol=1e-5)
