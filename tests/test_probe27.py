@@ -48,3 +48,33 @@ def test_cumprod_gradient_and_its_gradient_with_zeros_equal_finite_differences(a
         for got, got2 in runs:
             np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)
             np.testing.assert_allclose(got2, want2, rtol=1e-5, atol=1e-5)
+
+
+# the simplifier keeps the sign of zero ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_adding_or_subtracting_a_zero_keeps_the_sign_of_zero_as_eval(dtype):
+    """x + 0.0, 0.0 + x and x - (-0.0) were folded to x, 0.0 - x to -x, -(x - y) to y - x,
+    a float sum over an axis of size 1 to a reshape: at x = -0.0 (and x == y) the compiled
+    zero had the other sign, so 1 / that was -inf where eval's was inf. Now folded only where
+    exact: x + -0.0, x - 0.0, -0.0 - x, and any integer form (still no add in the code)."""
+    x = gc.placeholder((4,), dtype, "x")
+    y = gc.placeholder((4,), dtype, "y")
+    outs = [x + 0.0, 0.0 + x, 0.0 - x, -(x - y), x - (-0.0), x + (-0.0), x - 0.0, -0.0 - x,
+            gc.sum(gc.reshape(x, (4, 1)), axis=1), gc.sum(gc.reshape(x, (1, 4)), axis=0,
+                                                         keepdims=True)]
+    xv, yv = np.array([-0.0, 0.0, 1.0, -2.0], dtype), np.array([-0.0, 0.0, 1.0, 3.0], dtype)
+    want = evaluate(outs, {x: xv, y: yv})
+    assert not np.signbit(want[0][0]) and np.signbit(want[3][1])
+    for run in compiled_runs([x, y], outs, {x: xv, y: yv}):
+        for got, w in zip(run, want):
+            np.testing.assert_array_equal(got, w)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(w))
+    f = gc.function([x], [x + (-0.0), x - 0.0, -0.0 - x])
+    assert "add(" not in f.source and "sub(" not in f.source
+    k = gc.placeholder((4,), "int32", "k")
+    g = gc.function([k], [k + 0, 0 - k, -(k - k * 2), gc.sum(gc.reshape(k, (4, 1)), axis=1)])
+    assert "add(" not in g.source and "sum(" not in g.source
+    kv = np.array([3, -1, 0, 7], np.int32)
+    for got, w in zip(g(kv), [kv, -kv, kv, kv.astype(g.graph.outputs[3].dtype)]):
+        np.testing.assert_array_equal(got, w)
