@@ -78,3 +78,29 @@ def test_adding_or_subtracting_a_zero_keeps_the_sign_of_zero_as_eval(dtype):
     kv = np.array([3, -1, 0, 7], np.int32)
     for got, w in zip(g(kv), [kv, -kv, kv, kv.astype(g.graph.outputs[3].dtype)]):
         np.testing.assert_array_equal(got, w)
+
+
+# reductions over an empty axis ----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,axis", [((3, 0), -1), ((0,), 0), ((2, 0, 3), 1),
+                                        ((2, 0, 3), (1, 2)), ((2, 0, 3), None)])
+def test_logsumexp_and_softmax_over_an_empty_axis_are_minus_inf_and_empty(shape, axis):
+    """logsumexp, softmax and log_softmax over an axis of size 0 raised NumPy's 'zero-size
+    array to reduction operation maximum' (as a GraphcError) in eval and compiled; PyTorch
+    gives -inf (log of an empty sum) and empty results. Now as PyTorch, gradients empty."""
+    x = gc.placeholder(shape, "float64", "x")
+    outs = [gc.logsumexp(x, axis=axis), gc.logsumexp(x, axis=axis, keepdims=True)]
+    if isinstance(axis, int):
+        outs += [gc.softmax(x, axis=axis), gc.log_softmax(x, axis=axis)]
+    cost = gc.sum(gc.exp(outs[1])) + sum(gc.sum(o) for o in outs[2:])
+    outs += gc.grad(cost, [x])
+    xv = np.zeros(shape)
+    want = [np.full(np.sum(xv, axis=axis).shape, -np.inf),
+            np.full(np.sum(xv, axis=axis, keepdims=True).shape, -np.inf)]
+    want += [xv] * (len(outs) - 2)
+    runs = [evaluate(outs, {x: xv})] + [gc.function([x], outs, optimize=opt)(xv)
+                                        for opt in (True, False)]
+    for run in runs:                                  # (check_numerics: -inf is an Inf)
+        for g, w in zip(run, want):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g, w)

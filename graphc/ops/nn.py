@@ -29,13 +29,13 @@ def softmax_infer(x, *, axis=-1):
 
 
 def softmax_kernel(x, *, axis):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e = np.exp(x - x.max(axis=axis, keepdims=True, initial=-np.inf))   # an empty axis: empty
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
 def log_softmax_kernel(x, *, axis):
-    s = x - x.max(axis=axis, keepdims=True)
+    s = x - x.max(axis=axis, keepdims=True, initial=-np.inf)
     return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
 
 

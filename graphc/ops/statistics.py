@@ -52,7 +52,7 @@ def lse_infer(x, *, axis=None, keepdims=False):
 
 
 def lse_kernel(x, *, axis, keepdims):
-    m = np.max(x, axis=axis, keepdims=True)
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # empty: log(0) = -inf too
     m = np.where(np.isfinite(m), m, 0)                       # all -inf: log(0) = -inf
     out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
     return out if keepdims else np.squeeze(out, axis=axis)
