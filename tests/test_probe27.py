@@ -50,6 +50,37 @@ def test_cumprod_gradient_and_its_gradient_with_zeros_equal_finite_differences(a
             np.testing.assert_allclose(got2, want2, rtol=1e-5, atol=1e-5)
 
 
+
+def hessian_by_differences(f, z0, eps=1e-4):
+    n = z0.size
+    h = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            e1, e2 = np.eye(n)[i] * eps, np.eye(n)[j] * eps
+            h[i, j] = (f(z0 + e1 + e2) - f(z0 + e1 - e2) - f(z0 - e1 + e2)
+                       + f(z0 - e1 - e2)) / (4 * eps * eps)
+    return h
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumprod_hessian_with_up_to_three_zeros_equals_finite_differences(reverse):
+    """The first fix set the gradient after the first zero to a constant 0: right values,
+    but their derivatives lost (d/dv1 of dL/dv2 = v0 came out 0 at v1 = 0, a Hessian entry
+    0.3 off). Every nonzero entry now keeps out / x, each of the first two zeros its own
+    running product: the Hessian is exact with any number of zeros."""
+    v = gc.placeholder((5,), "float64", "v")
+    w = gc.constant(np.array([1.0, -2.0, 0.5, 3.0, -1.0]))
+    cost = gc.sum(gc.cumprod(v, axis=0, reverse=reverse) * w) + gc.sum(v * v * v) * 0.1
+    h = gc.hessian(cost, v)
+    f = gc.function([v], h)
+    for vv in ([0.3, 0.0, -1.2, 0.7, 2.0], [0.0, 1.5, 0.0, -0.7, 2.0],
+               [0.5, 0.0, 0.0, 0.0, 1.1], [0.0, 0.0, 2.0, 0.0, 0.0], [1.0, 2.0, -1.0, 0.5, 3.0]):
+        vv = np.array(vv)
+        want = hessian_by_differences(lambda a: float(cost.eval({v: a})), vv)
+        for got in (h.eval({v: vv}), f(vv)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # the simplifier keeps the sign of zero ------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])

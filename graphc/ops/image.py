@@ -31,18 +31,23 @@ def cum_kernel(fn):
 
 
 def cumprod_vjp(g, out, x, *, axis, reverse):
-    """d out_j / d x_i = out_j / x_i for j at or after i, where no zero comes before i; at
-    the first zero, the products of the others: the running product with that zero set to 1
-    (as PyTorch's zero path); after it, 0 (every later out_j holds that zero)."""
+    """d out_j / d x_i (j at or after i) is out_j / x_i where x_i != 0, and at a zero the
+    running product with that zero set to 1 (PyTorch's zero path). Each form holds near x
+    (a mask is a constant to autodiff), so the gradient's gradient is exact too; from the
+    third zero on, the derivative is 0 to second order (two other zeros in every product)."""
     def later(t):                     # sum over j at or after i
         return apply("cumsum", t, axis=axis, reverse=not reverse)
+
+    def at_zero(k):                   # the k-th zero along the axis, and its derivative
+        mask = apply("logical_and", zero, apply("equal", seen, k))
+        ones = apply("cumprod", apply("where", mask, 1.0, x), axis=axis, reverse=reverse)
+        return mask, later(g * ones)
     zero = apply("equal", x, 0)
     seen = apply("cumsum", apply("cast", zero, dtype="int64"), axis=axis, reverse=reverse)
-    first = apply("logical_and", zero, apply("equal", seen, 1))
-    safe = apply("where", zero, 1.0, x)
-    others = apply("cumprod", apply("where", first, 1.0, x), axis=axis, reverse=reverse)
-    return (apply("where", apply("equal", seen, 0), later(g * out) / safe,
-                  apply("where", first, later(g * others), 0.0)),)
+    (first, d1), (second, d2) = at_zero(1), at_zero(2)
+    nonzero = later(g * out) / apply("where", zero, 1.0, x)
+    return (apply("where", zero, apply("where", first, d1, apply("where", second, d2, 0.0)),
+                  nonzero),)
 
 
 # cumsum: running sums along an axis (from the end when reverse); its adjoint runs the other way
