@@ -198,3 +198,37 @@ def test_logsumexp_and_softmax_over_an_empty_axis_are_minus_inf_and_empty(shape,
         for g, w in zip(run, want):
             assert g.shape == w.shape
             np.testing.assert_array_equal(g, w)
+
+
+# binary cross-entropy at saturated probabilities --------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_binary_cross_entropy_of_saturated_probabilities_is_pytorchs_clamp_in_every_dtype(
+        dtype):
+    """Each log was log(max(q, e^-100)): e^-100 is 0 in float16, so p = 0 or 1 gave NaN
+    losses and gradients there (the docstring promises none), nn.binary_cross_entropy's
+    clipped p too (1 - 1e-7 is 1 in float16); in float32 e^-100 is a denormal whose log is
+    -99.98, so the loss at sigmoid(-800) was 29.995 for PyTorch's 30. Now max(log q, -100)
+    exactly, gradients finite, the same in eval and compiled."""
+    p = gc.placeholder((6,), dtype, "p")
+    y = gc.placeholder((6,), dtype, "y")
+    loss = gc.binary_cross_entropy(p, y)
+    (g,) = gc.grad(gc.sum(loss), [p])
+    pv = np.array([0.0, 1.0, 0.5, 0.0, 1.0, 0.25], dtype)
+    yv = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.3], dtype)
+    want = np.array([0.0, 0.0, np.log(2.0), 100.0, 100.0,
+                     -(0.3 * np.log(0.25) + 0.7 * np.log(0.75))])
+    tol = 2e-3 if dtype == "float16" else 1e-6
+    for run in [evaluate([loss, g], {p: pv, y: yv})] + compiled_runs([p, y], [loss, g],
+                                                                     {p: pv, y: yv}):
+        np.testing.assert_allclose(run[0].astype(np.float64), want, rtol=tol, atol=tol)
+        assert np.isfinite(run[1]).all() and run[1].dtype == np.dtype(dtype)
+    z = gc.placeholder((2,), "float32", "z")
+    t = np.array([0.3, 0.3], np.float32)
+    sat = gc.binary_cross_entropy(gc.sigmoid(z), gc.constant(t))
+    np.testing.assert_allclose(sat.eval({z: np.array([-800.0, 800.0], np.float32)}),
+                               [30.0, 70.0], rtol=1e-7)
+    from graphc import nn
+    q = gc.placeholder((2, 1), dtype, "q")
+    mean = nn.binary_cross_entropy(q, gc.constant(np.array([[0.0], [1.0]], dtype)))
+    assert np.isfinite(mean.eval({q: np.array([[1.0], [0.0]], dtype)}))

@@ -250,8 +250,10 @@ def binary_cross_entropy(p, y, from_logits: bool = False):
 
 
 def clamped_log(q):
-    """log(max(q, e^-100)): >= -100, with no nan gradient at q = 0."""
-    return apply("log", apply("maximum", q, float(np.exp(-100.0))))
+    """max(log q, -100) as PyTorch, with no nan gradient at q = 0: log of a q set to 1 where
+    q <= e^-100 (e^-100 is 0 in float16, whose log(max(q, e^-100)) was -inf: nan losses)."""
+    small = apply("less_equal", q, float(np.exp(-100.0)))
+    return apply("where", small, -100.0, apply("log", apply("where", small, 1.0, q)))
 
 
 def dropout(x, rate: float, seed: int | None = None, training: bool = True):
