@@ -232,3 +232,27 @@ def test_binary_cross_entropy_of_saturated_probabilities_is_pytorchs_clamp_in_ev
     q = gc.placeholder((2, 1), dtype, "q")
     mean = nn.binary_cross_entropy(q, gc.constant(np.array([[0.0], [1.0]], dtype)))
     assert np.isfinite(mean.eval({q: np.array([[1.0], [0.0]], dtype)}))
+
+
+# gelu's tanh form at large inputs -------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_gelu_tanh_gradient_is_finite_where_x_cubed_overflows(dtype):
+    """gelu(x, approximate="tanh") computed x^3, which is inf in float16 from |x| = 41 on
+    (float32 from ~7e12): the gradient was 0 * inf = NaN there (PyTorch computes half in
+    float32: finite). x is clipped to [-10, 10] inside the tanh only (tanh is exactly +-1
+    from there on in every dtype): values unchanged, gradients 1 and 0 far out."""
+    big = {"float16": 6e4, "float32": 1e20, "float64": 1e200}[dtype]
+    xv = np.array([-big, -800.0, -41.0, -10.5, -3.0, -0.0, 0.5, 9.9, 10.5, 41.0, 800.0, big],
+                  dtype)
+    x = gc.placeholder(xv.shape, dtype, "x")
+    y = gc.gelu(x, approximate="tanh")
+    (g,) = gc.grad(gc.sum(y), [x])
+    a = xv.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
+    tol = 2e-3 if dtype == "float16" else 1e-6
+    for run in [evaluate([y, g], {x: xv})] + compiled_runs([x], [y, g], {x: xv}):
+        np.testing.assert_allclose(run[0].astype(np.float64), want, rtol=tol, atol=tol)
+        assert np.isfinite(run[1]).all()
+        np.testing.assert_array_equal(run[1][[0, 1, 2, -3, -2, -1]], [0, 0, 0, 1, 1, 1])
