@@ -256,3 +256,25 @@ def test_gelu_tanh_gradient_is_finite_where_x_cubed_overflows(dtype):
         np.testing.assert_allclose(run[0].astype(np.float64), want, rtol=tol, atol=tol)
         assert np.isfinite(run[1]).all()
         np.testing.assert_array_equal(run[1][[0, 1, 2, -3, -2, -1]], [0, 0, 0, 1, 1, 1])
+
+
+# pow's gradient at a zero exponent ------------------------------------------------------------
+
+def test_pow_gradient_of_a_zero_exponent_at_a_zero_base_is_zero():
+    """x ** k for polynomial features k = 0, 1, 2, 3 (a Vandermonde matrix) with an x = 0:
+    d/dx x^0 was 0 * 0^-1 = NaN, which poisoned the whole gradient of x. a^0 is 1: the
+    derivative is 0 where the exponent is 0 (PyTorch masks it so); a constant exponent still
+    compiles to a plain power (the mask folds away)."""
+    x = gc.placeholder((3,), "float64", "x")
+    k = gc.constant(np.arange(4.0))
+    w = gc.constant(np.array([0.5, -1.0, 2.0, 0.25]))
+    cost = gc.sum(gc.pow(gc.reshape(x, (3, 1)), k) * w)
+    (g,) = gc.grad(cost, [x])
+    xv = np.array([0.0, 1.5, -2.0])
+    want = numeric_grad(lambda a: float(cost.eval({x: a})), xv.copy())
+    for got in [g.eval({x: xv})] + [run[0] for run in compiled_runs([x], [g], {x: xv})]:
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
+    y = gc.placeholder((2,), "float64", "y")
+    gy, gx = gc.grad(gc.sum(gc.pow(x[:2], y)), [y, x])
+    np.testing.assert_array_equal(gx.eval({x: xv, y: np.array([0.0, 0.0])}), [0, 0, 0])
+    assert "where" not in gc.function([x], gc.grad(gc.sum(x ** 3.0), [x])).source
