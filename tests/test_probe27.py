@@ -278,3 +278,26 @@ def test_pow_gradient_of_a_zero_exponent_at_a_zero_base_is_zero():
     gy, gx = gc.grad(gc.sum(gc.pow(x[:2], y)), [y, x])
     np.testing.assert_array_equal(gx.eval({x: xv, y: np.array([0.0, 0.0])}), [0, 0, 0])
     assert "where" not in gc.function([x], gc.grad(gc.sum(x ** 3.0), [x])).source
+
+
+# softmax cross-entropy at large logits --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,big", [("float16", 1000.0), ("float32", 3e4), ("float64", 1e15)])
+def test_softmax_cross_entropy_of_large_tied_logits_is_log_2_in_eval_and_compiled(dtype, big):
+    """The op's kernel (eval, and compiled with float labels) computed lse - z[y] with lse =
+    log(sum(exp(z - m))) + m: adding m rounded the log away, so two tied logits of 1000 in
+    float16 (3e4 in float32) gave a loss of 0 (or 2.0 for 1.862) where the runtime's own
+    kernel (compiled, integer labels) gave log 2. Now m cancels first in both."""
+    z = gc.placeholder((None, 3), dtype, "z")
+    labels = gc.placeholder((None,), "int64", "labels")
+    probs = gc.placeholder((None, 3), dtype, "probs")
+    outs = [gc.softmax_cross_entropy(z, labels), gc.softmax_cross_entropy(z, probs)]
+    zv = np.array([[big, big, 0.0], [big, big, big - 1.0]], dtype)
+    lv = np.array([1, 2])
+    pv = np.eye(3, dtype=dtype)[lv]
+    want = [np.log(2.0), np.log(2.0 + np.exp(-1.0)) + 1.0]
+    tol = 2e-3 if dtype == "float16" else 1e-6
+    feeds = {z: zv, labels: lv, probs: pv}
+    for run in [evaluate(outs, feeds)] + compiled_runs([z, labels, probs], outs, feeds):
+        for got in run:
+            np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol)

@@ -129,12 +129,14 @@ def check_labels(z, y):
 
 
 def sce_kernel(z, y):
+    """log(sum(exp(z - m))) - (z[y] - m): the max m cancels before it is added (lse - z[y]
+    rounded log 2 away at logits of 1e4 in float32, 60 in float16), as the runtime's kernel."""
     check_labels(z, y)
-    m = z.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(z - m).sum(axis=-1)) + m[..., 0]
+    s = z - z.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(s).sum(axis=-1))
     if not int_labels(y):
-        return lse * y.sum(axis=-1) - (y * z).sum(axis=-1)
-    return lse - np.take_along_axis(z, y[..., None].astype(np.intp), axis=-1)[..., 0]
+        return lse * y.sum(axis=-1) - (y * s).sum(axis=-1)
+    return lse - np.take_along_axis(s, y[..., None].astype(np.intp), axis=-1)[..., 0]
 
 
 def sce_grad_kernel(z, y, g):
