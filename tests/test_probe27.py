@@ -301,3 +301,23 @@ def test_softmax_cross_entropy_of_large_tied_logits_is_log_2_in_eval_and_compile
     for run in [evaluate(outs, feeds)] + compiled_runs([z, labels, probs], outs, feeds):
         for got in run:
             np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol)
+
+
+# the mean of small integers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "bool"])
+def test_mean_var_std_of_small_integers_do_not_wrap_around(dtype):
+    """mean summed in the input's dtype, then cast to float32: the mean of uint8 pixels
+    [200, 200, 200] was 29.33 ((600 mod 256) / 3), var and std too. Now summed as float32
+    (the documented dtype of an integer mean): NumPy's values."""
+    x = gc.placeholder((None, 3), dtype, "x")
+    xv = np.array([[100, 100, 100], [120, 7, 3]] if dtype in ("int8", "bool") else
+                  [[200, 200, 200], [250, 7, 3]] if dtype == "uint8" else
+                  [[20000, 20000, 20000], [-32000, 7, 3]]).astype(dtype)
+    outs = [gc.mean(x), gc.mean(x, axis=1), gc.mean(x, axis=0, keepdims=True),
+            gc.var(x, axis=1), gc.std(x)]
+    want = [xv.mean(), xv.mean(1), xv.mean(0, keepdims=True), xv.var(1), xv.std()]
+    for run in [evaluate(outs, {x: xv})] + compiled_runs([x], outs, {x: xv}):
+        for got, w in zip(run, want):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, w, rtol=1e-6)

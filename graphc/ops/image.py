@@ -177,7 +177,7 @@ def cumsum(x, axis: int, reverse: bool = False):
 
 
 def cumprod(x, axis: int, reverse: bool = False):
-    """Running products along `axis`; the gradient divides by x (x must not be 0)."""
+    """Running products along `axis` (gradients exact with zeros too, to second order)."""
     return apply("cumprod", x, axis=axis, reverse=reverse)
 
 
