@@ -335,3 +335,18 @@ def test_float16_cumsum_accumulates_in_float32_as_sum_does(reverse):
     for got in (out.eval({x: xv}), gc.function([x], out)(xv)):
         assert got.dtype == np.float16
         assert np.abs(got.astype(np.float64) - want).max() < 2e-3 * np.abs(want).max()
+
+
+def test_cumsum_cumprod_argsort_of_a_0d_node_are_0d_as_their_shape_rule():
+    """The shape rule said () (PyTorch's cumsum of a 0-d tensor is 0-d); NumPy's kernels
+    returned (1,) (and the gradient came back (1,) for a () input) or raised (reverse).
+    Now the kernels return x itself (argsort: 0), gradients ()."""
+    x = gc.placeholder((), "float64", "x")
+    outs = [gc.cumsum(x, axis=0), gc.cumsum(x, axis=-1, reverse=True),
+            gc.cumprod(x, axis=0), gc.cumprod(x, axis=0, reverse=True)]
+    outs += [gc.grad(gc.sum(o * x), [x])[0] for o in outs] + [gc.argsort(x)]
+    want = [2.0] * 4 + [4.0] * 4 + [0]
+    for run in [evaluate(outs, {x: np.array(2.0)})] + compiled_runs([x], outs,
+                                                                    {x: np.array(2.0)}):
+        for got, o, w in zip(run, outs, want):
+            assert got.shape == () and got.dtype == o.dtype and got == w

@@ -27,6 +27,8 @@ def cum_kernel(fn):
         # float16 accumulates in float32, as sum does (in float16, 0.1 summed 8192 times in a
         # row is 1.8 % off)
         acc = np.float32 if x.dtype == np.float16 else x.dtype
+        if x.ndim == 0:                # NumPy's would be (1,); the rule's (PyTorch's) is ()
+            return x.copy()
         if reverse:
             out = np.flip(fn(np.flip(x, axis), axis=axis, dtype=acc), axis)
         else:
@@ -71,6 +73,8 @@ def argsort_infer(x, *, axis=-1, descending=False):
 
 def argsort_kernel(x, *, axis, descending):
     """Stable: equal values keep their order (ascending or descending alike)."""
+    if x.ndim == 0:
+        return np.zeros((), np.int64)
     if not descending:
         return np.argsort(x, axis=axis, kind="stable").astype(np.int64)
     flipped = np.argsort(np.flip(x, axis), axis=axis, kind="stable")
