@@ -51,8 +51,9 @@ def gelu(x, approximate: str = "none"):
     "tanh" the tanh approximation of the original BERT/GPT-2 code)."""
     if approximate == "none":
         return x * 0.5 * (1.0 + apply("erf", x * (1.0 / math.sqrt(2.0))))
-    if approximate == "tanh":
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
+    if approximate == "tanh":      # tanh is +-1 from |x| = 10 on: the clip changes no
+        t = clip(x, -10.0, 10.0)    # value, and keeps x^3 finite (float16: from 41 on)
+        inner = math.sqrt(2.0 / math.pi) * (t + 0.044715 * (t * t * t))
         return 0.5 * x * (1.0 + apply("tanh", inner))
     raise GraphcError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}\n"
                       f"  at {user_line()}")

@@ -174,8 +174,8 @@ def mean(x, axis=None, keepdims: bool = False):
     if total.dtype == np.float16:   # as NumPy, through float32: a count over 65504 is inf
         return apply("cast", mean(apply("cast", x, dtype="float32"), axis, keepdims),
                      dtype="float16")
-    if total.dtype.kind != "f":
-        total = apply("cast", total, dtype="float32")
+    if total.dtype.kind != "f":     # summed as float32: a sum in int8 or uint8 wraps around
+        total = apply("sum", apply("cast", x, dtype="float32"), axis=axes, keepdims=keepdims)
     dims = [x.shape[a] for a in axes]
     if all(isinstance(d, int) for d in dims):
         count = constant(np.asarray(np.prod(dims), dtype=total.dtype))
