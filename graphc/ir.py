@@ -298,6 +298,8 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
     """A node holding a fixed array (read-only)."""
     if isinstance(value, Node):
         raise GraphcError(f"constant() needs an array, got a graph node {value!r}")
+    if name is not None and not isinstance(name, str):
+        raise GraphcError(f"constant: name must be a str, got {name!r}\n  at {user_line()}")
     try:
         dtype = None if dtype is None else np.dtype(dtype)
     except TypeError:
@@ -434,7 +436,8 @@ def as_graph(obj, what: str = "graph") -> Graph:
     if all(isinstance(n, Node) for n in nodes):
         return Graph(nodes)
     bad = next(type(n).__name__ for n in nodes if not isinstance(n, Node))
-    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}")
+    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}"
+                      f"\n  at {user_line()}")
 
 
 DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)

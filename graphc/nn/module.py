@@ -79,6 +79,19 @@ def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
     return ACTIVATIONS[activation]
 
 
+def no_super(layer) -> GraphcError:
+    return GraphcError(f"{type(layer).__name__}.__init__ must call super().__init__() before "
+                       f"the layer is used\n  at {user_line()}")
+
+
+def takes_training(forward) -> bool:
+    """Whether forward takes `training=`: PyTorch's `def forward(self, x)` does not (its
+    layers still follow the caller's mode); it failed with a TypeError."""
+    params = inspect.signature(forward).parameters.values()
+    return any(p.name == "training" and p.kind != p.POSITIONAL_ONLY
+               or p.kind == p.VAR_KEYWORD for p in params)
+
+
 def unique(items) -> list:
     """Items in first-seen order, each once (a shared layer's variables count once)."""
     seen, out = set(), []
@@ -87,6 +100,11 @@ def unique(items) -> list:
             seen.add(id(item))
             out.append(item)
     return out
+
+
+LAYER_ATTRS = frozenset({"auto_named", "name", "seed", "path", "opens_scope", "own_params",
+                         "own_kernels", "own_state", "own_state_updates", "state_call",
+                         "built", "output_shape"})
 
 
 class Layer:
@@ -117,8 +135,7 @@ class Layer:
         """The layer's output node(s); `options` (an attention mask, a recurrent layer's
         initial state) go to its forward as they are."""
         if "own_params" not in vars(self):
-            raise GraphcError(f"{type(self).__name__}.__init__ must call super().__init__() "
-                              "before the layer is used")
+            raise no_super(self)
         if inputs and isinstance(inputs[-1], bool) and training is None:
             *inputs, training = inputs       # the first API's layer(x, training), kept
         for x in inputs:
@@ -150,11 +167,18 @@ class Layer:
                 if training and self.state_call is not _outer_call.get():
                     self.own_state_updates = []
                     self.state_call = _outer_call.get()
-                out = self.forward(*inputs, training=bool(training), **options)
+                if takes_training(self.forward):
+                    options["training"] = bool(training)
+                out = self.forward(*inputs, **options)
         finally:
             _training.reset(token)
             if outer_token is not None:
                 _outer_call.reset(outer_token)
+        if not (isinstance(out, Node) or isinstance(out, (tuple, list))
+                and all(isinstance(o, Node) for o in out)):   # None, 3, a dict: TypeError
+            raise GraphcError(f"{type(self).__name__} {self.name!r}: forward must return a "
+                              f"graph node or a tuple/list of them, got {type(out).__name__}"
+                              f"\n  at {user_line()}")
         self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
         return out
 
@@ -165,7 +189,15 @@ class Layer:
         """Create the variables, now that the inputs' shapes are known."""
 
     def forward(self, *inputs: Node, training: bool):
-        raise NotImplementedError(f"{type(self).__name__} must define forward")
+        raise GraphcError(f"{type(self).__name__} must define forward(self, x, training)\n"
+                          f"  at {user_line()}")
+
+    def __getattr__(self, attr: str):
+        """Called only for attributes not found: Layer.__init__'s own, when a subclass's
+        __init__ forgot super().__init__() (`model.params` was an AttributeError)."""
+        if attr in LAYER_ATTRS and "own_params" not in vars(self):
+            raise no_super(self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     # naming ----------------------------------------------------------------------------
     def named_children(self) -> list[tuple[str, Layer]]:
@@ -296,7 +328,7 @@ class Layer:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
+        return f"<{type(self).__name__} {vars(self).get('name', '?')!r}>"   # even before init
 
 
 def show_shape(shape) -> str:
@@ -328,18 +360,23 @@ class Model(Layer):
 
     def named_children(self) -> list[tuple[str, Layer]]:
         """Layers held in attributes (in assignment order), lists/tuples and dicts of them."""
-        found = []
+        found: list[tuple[str, Layer]] = []
         for attr, value in vars(self).items():
-            if attr.startswith("_"):
-                continue
-            if isinstance(value, Layer):
-                found.append((attr, value))
-            elif isinstance(value, (list, tuple)):
-                found += [(f"{attr}_{i}", v) for i, v in enumerate(value)
-                          if isinstance(v, Layer)]
-            elif isinstance(value, dict):
-                found += [(f"{attr}_{k}", v) for k, v in value.items() if isinstance(v, Layer)]
+            if not attr.startswith("_"):
+                held_layers(attr, value, found, set())
         return unique_children(found)
+
+
+def held_layers(name: str, value, found: list, seen: set) -> None:
+    """The layers in an attribute's value, at any depth of lists, tuples and dicts
+    (`blocks_0_1`): layers in a list of lists were silently left out of params and fit."""
+    if isinstance(value, Layer):
+        found.append((name, value))
+    elif isinstance(value, (list, tuple, dict)) and id(value) not in seen:
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            held_layers(f"{name}_{key}", item, found, seen)
 
 
 def unique_children(found):
@@ -368,6 +405,8 @@ class Sequential(Model):
             if not isinstance(layer, Layer):
                 raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}\n"
                                   f"  at {user_line()}")
+            if any(layer is earlier for earlier in self.layers[:i]):
+                continue          # applied again, sharing its weights (PyTorch allows it)
             if layer.auto_named:
                 layer.name = f"{layer.kind}_{i}"
             if layer.name in names:

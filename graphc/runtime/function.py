@@ -258,7 +258,13 @@ class Function:
         """The generated code of the latest plan (a plan for batch size 1 if never called)."""
         if self.last_plan is None:
             with self.locks[0]:
-                self.plan_for([dummy_feed(p) for p in self.inputs])
+                try:
+                    self.plan_for([dummy_feed(p) for p in self.inputs])
+                except GraphcError as e:   # x + c of (None, 3), (5, 3): size 1 is refused
+                    raise GraphcError(f"{e}\n(Function.source and plan_report show the plan of "
+                                      "the latest call; before any call, the plan of size 1 "
+                                      "for each unknown dim, which this Function cannot run: "
+                                      "call it once first)") from None
         return self.last_plan.source
 
     def export(self, path, *example) -> str:

@@ -1,0 +1,370 @@
+"""probe28: a hostile newcomer reads DESIGN.md and the README and calls the public API the way
+Theano, TF 1.x, JAX and PyTorch users do; one test per bug found, each failing before its fix,
+plus probes of promises that held (placeholders, variables, function's odd forms, feeds,
+Function's views, nn subclassing, parameter files across processes, errors from loop bodies).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.basename(__file__)
+
+
+def raises_here(fn, *match):
+    """fn() raises a GraphcError naming this file's line and each of `match`."""
+    with pytest.raises(gc.GraphcError) as info:
+        fn()
+    text = str(info.value)
+    assert f"{HERE}:" in text, text
+    for m in match:
+        assert m in text, text
+    return text
+
+
+# placeholders, variables, constants with hostile arguments ---------------------------------
+
+def test_placeholder_shapes_as_numpy_takes_them():
+    """placeholder(3) and placeholder(None) raised TypeError ('int' object is not iterable);
+    TF's order placeholder("float32", shape) made a shape of the letters (named dims 'f',
+    'l', ...) and then failed on the dtype. Now an int is a 1-d shape, as np.zeros(3), and
+    anything else that is not a sequence is a GraphcError at the user's line."""
+    assert gc.placeholder(3).shape == (3,)
+    assert gc.placeholder(np.int64(4), "int64").shape == (4,)
+    assert gc.placeholder([np.int32(2), None, "n"]).shape == (2, None, "n")
+    assert gc.placeholder(()).shape == ()
+    for shape in (None, "float32", 2.5, {"a": 1}):
+        raises_here(lambda: gc.placeholder(shape), "shape must be a tuple")
+    raises_here(lambda: gc.placeholder("float32", (2, 3)), "shape must be a tuple")
+    raises_here(lambda: gc.placeholder((2, -1)), "bad dimension -1")
+    for dtype, want in ((np.float32, "float32"), (np.dtype("f8"), "float64"), (float, "float64"),
+                        (int, "int64"), (bool, "bool"), ("f2", "float16")):
+        assert gc.placeholder((2,), dtype).dtype == want
+    for dtype in ("complex64", object, "U5", "M8[s]", "f4,f4"):
+        raises_here(lambda: gc.placeholder((2,), dtype), "unsupported dtype")
+    raises_here(lambda: gc.placeholder((2,), "floot32"), "unknown dtype")
+
+
+def test_node_names_are_strings():
+    """A variable named 7 (not a str) compiled and ran, and then nn.save_params failed with
+    TypeError "unsupported operand type(s) for +: 'int' and 'str'" deep in io_arrays. Names
+    are checked where they are given; unicode, reserved words and '' are names."""
+    for make in (lambda n: gc.placeholder((2,), name=n), lambda n: gc.variable([1.0], name=n),
+                 lambda n: gc.constant([1.0], name=n)):
+        for bad in (7, b"w", ("w",)):
+            raises_here(lambda: make(bad), "name must be a str")
+        for good in ("λ 名", "def", "", "a/../../b", None):
+            assert make(good).name == good
+
+
+def test_variable_of_a_ragged_list_is_a_graphc_error(tmp_path):
+    """gc.variable([[1.0], [2.0, 3.0]]) raised NumPy's bare ValueError ('inhomogeneous
+    shape')."""
+    raises_here(lambda: gc.variable([[1.0], [2.0, 3.0]], name="w"), "variable 'w'",
+                "cannot make an array")
+    raises_here(lambda: gc.variable(["a", 1.5]), "unsupported dtype")
+    v = gc.variable(np.memmap(tmp_path / "m", dtype="f4", mode="w+", shape=(2,)))
+    assert type(v.value) is np.ndarray and v.shape == (2,)
+
+
+def test_variables_own_their_storage_and_feeds_of_every_kind(tmp_path):
+    """Probes that held: a variable copies its value (later writes to the source are not
+    seen); feeds as lists, read-only, strided, Fortran-ordered
+    arrays and memmaps run, a 0-d or wrong-kind feed is a GraphcError naming the placeholder,
+    and a Function is usable after each refusal."""
+    a = np.ones((3, 2), np.float32)
+    w = gc.variable(a, name="w")
+    a[0] = 5
+    assert (w.value == 1).all()
+    x = gc.placeholder((None, 3), "float32", name="x")
+    f = gc.function([x], x @ w)
+    ro = np.ones((2, 3), np.float32)
+    ro.flags.writeable = False
+    mm = np.memmap(tmp_path / "m", dtype="f4", mode="w+", shape=(2, 3))
+    for feed in ([[1, 2, 3]], ro, np.ones((6, 3), np.float32)[::2],
+                 np.asfortranarray(np.ones((2, 3), np.float32)), mm):
+        out = f(feed)
+        np.testing.assert_array_equal(out, np.asarray(feed, np.float32) @ w.value)
+        assert type(out) is np.ndarray
+    for feed, what in ((np.float32(1), "expected shape"), (np.ones((2, 3)), "float64"),
+                       (np.ones((2, 3), complex), "complex128"), (None, "got None"),
+                       ({x: ro}, "placeholder 'x'"), ([[1, 2, 3], [1, 2]], "placeholder 'x'")):
+        with pytest.raises(gc.GraphcError, match=what):
+            f(feed)
+    np.testing.assert_array_equal(f(ro), ro @ w.value)
+
+
+# gc.function in odd forms -------------------------------------------------------------------
+
+def test_function_takes_outputs_updates_and_inputs_in_every_documented_form():
+    """Probes that held: outputs as a node, list, tuple (returned in that form) or [];
+    updates as a dict, pairs as lists, a generator; one input node alone; an output that is
+    also an input or a variable comes back as a copy. Refused with a GraphcError: an update
+    of a non-variable, twice the same variable, a non-node value, a wrong shape or dtype, an
+    input that is not a placeholder or given twice."""
+    x = gc.placeholder((None, 3), "float32", name="x")
+    w = gc.variable(np.ones((3, 2), np.float32), name="w")
+    a = np.ones((2, 3), np.float32)
+    y = x @ w
+    assert isinstance(gc.function([x], (y, y))(a), tuple)
+    assert gc.function(x, [])(a) == []
+    out = gc.function([x], [x, w])(a)
+    assert out[0] is not a and out[1] is not w.value
+    gc.function([x], y, updates={w: w * 2})(a)
+    gc.function([x], y, updates=[[w, w * 2]])(a)
+    gc.function([x], y, updates=((v, v * 2) for v in [w]))(a)
+    np.testing.assert_array_equal(w.value, np.full((3, 2), 8, np.float32))
+    for kwargs, what in (({"updates": [(x, x * 2)]}, "must be a variable"),
+                         ({"updates": [(w, w * 2), (w, w * 3)]}, "updated twice"),
+                         ({"updates": [(w, 2.0)]}, "must be a node"),
+                         ({"updates": [(w, gc.sum(w))]}, "new value has ()"),
+                         ({"updates": [(w, w.astype("float64"))]}, "float64"),
+                         ({"updates": "w"}, "pairs")):
+        with pytest.raises(gc.GraphcError, match=what):
+            gc.function([x], y, **kwargs)
+    for inputs, what in (([w], "must be placeholders"), ([x, x], "input twice"),
+                         ([y], "must be placeholders"), ([], "not an input")):
+        with pytest.raises(gc.GraphcError, match=what):
+            gc.function(inputs, y)
+    np.testing.assert_array_equal(w.value, np.full((3, 2), 8, np.float32))
+
+
+# Function's views on every kind of Function -------------------------------------------------
+
+def kinds_of_function():
+    x = gc.placeholder((None, 3), "float32", name="x")
+    w = gc.variable(np.ones((3, 2), np.float32), name="w")
+    loss = gc.sum(gc.tanh(x @ w))
+    (g,) = gc.grad(loss, [w])
+    h, hs = gc.scan(lambda h, xi: (gc.tanh(h + xi),) * 2,
+                    gc.constant(np.zeros(3, np.float32)), x)
+    return {"step": gc.function([x], loss, updates=[(w, w - 0.1 * g)]),
+            "plain": gc.function([x], [x @ w, gc.dropout(x, 0.5)], optimize=False),
+            "checked": gc.function([x], x @ w, check_numerics=True),
+            "no inputs": gc.function([], w * 2),
+            "updates only": gc.function([], [], updates=[(w, w * 1)]),
+            "scan": gc.function([x], [h, hs])}
+
+
+def test_explain_and_formula_of_a_function_a_graph_or_a_non_node():
+    """gc.explain(fn) raised TypeError ('Function' object is not iterable) although render,
+    inspect and save take a Function; gc.explain(graph) too; gc.formula(fn), formula(3.0),
+    formula([y]) raised AttributeError/TypeError. Now explain of a Function (or Graph) gives
+    the outputs as built and each update's new value; formula of anything but a node is a
+    GraphcError pointing to explain."""
+    fns = kinds_of_function()
+    text = gc.explain(fns["step"])
+    assert "out0 = sum(z1)" in text and "new w = w - " in text and "fused" not in text
+    assert gc.explain(fns["step"].original) == text
+    assert gc.explain(fns["updates only"]) == "new w = w"
+    for fn in fns.values():
+        assert isinstance(gc.explain(fn), str)
+    for bad in (fns["plain"], fns["plain"].graph, 3.0, None, [fns["plain"].graph.outputs[0]]):
+        raises_here(lambda: gc.formula(bad), "formula: needs one graph node")
+    for bad in (None, 3, {"a": 3}):
+        raises_here(lambda: gc.explain(bad), "explain: outputs must be graph nodes")
+    raises_here(lambda: gc.render(None), "render: outputs must be graph nodes")
+
+
+def test_every_view_of_every_kind_of_function(tmp_path):
+    """Probe that held: source, plan_report, profile (repeat 0 too), render, the Jupyter
+    picture, export, save and inspect work on training steps, unoptimized and checked
+    Functions, Functions without inputs or outputs, and loops."""
+    for k, (name, fn) in enumerate(kinds_of_function().items()):
+        feeds = [np.ones((2, 3), np.float32)] * len(fn.inputs)
+        assert isinstance(fn.source, str) and str(fn.plan_report())
+        assert "step" in str(fn.profile(*feeds, repeat=0)), name
+        assert gc.render(fn) is not None and fn._repr_svg_().lstrip().startswith("<")
+        fn(*feeds)
+        assert os.path.exists(fn.export(tmp_path / f"e{k}.py"))
+        assert gc.load(gc.save(fn, tmp_path / f"s{k}")) is not None
+
+
+def test_source_before_any_call_of_a_function_that_cannot_run_size_1():
+    """fn.source before a call plans for size 1 of each unknown dim; for x + c with x
+    (None, 3) and c (5, 3), or reshape(x, (-1, 6)), that failed with an error about a size
+    the user never fed. Now the error says why and what to do; after a call, source is that
+    call's plan."""
+    x = gc.placeholder((None, 3), "float32", name="x")
+    for out, batch in ((x + gc.constant(np.ones((5, 3), np.float32)), 5),
+                       (gc.reshape(x, (-1, 6)), 2)):
+        fn = gc.function([x], out)
+        for view in (lambda: fn.source, fn.plan_report):
+            raises_here(view, "call it once first")
+        fn(np.ones((batch, 3), np.float32))
+        assert "def " in fn.source and fn.plan_report()
+
+
+# nn: layers and models as PyTorch users write them -----------------------------------------
+
+class NoSuper(nn.Model):
+    def __init__(self):
+        self.dense = nn.Dense(3)
+
+    def forward(self, x, training):
+        return self.dense(x)
+
+
+def test_a_model_that_forgot_super_init_says_so_everywhere():
+    """Only the call named the mistake; model.params and model.summary() raised
+    AttributeError ('own_params', 'path') and repr(model) AttributeError ('name')."""
+    m = NoSuper()
+    for use in (lambda: m.params, m.summary, lambda: m(gc.placeholder((2, 4))),
+                lambda: nn.save_params(m, os.devnull), lambda: m.variables):
+        raises_here(use, "NoSuper.__init__ must call super().__init__()")
+    assert repr(m) == "<NoSuper '?'>"
+    with pytest.raises(AttributeError):
+        m.no_such_attribute      # noqa: B018
+
+
+class Nested(nn.Model):
+    def __init__(self):
+        super().__init__()
+        self.blocks = [[nn.Dense(3, "relu"), nn.Dense(3)], {"a": nn.Dense(3)}]
+        self.heads = {"h": (nn.Dense(2),)}
+        self.blocks.append(self.blocks)          # a cycle is walked once
+
+    def forward(self, x, training):
+        for block in self.blocks[0]:
+            x = block(x)
+        return self.heads["h"][0](self.blocks[1]["a"](x))
+
+
+def test_layers_in_nested_lists_and_dicts_are_collected():
+    """Layers held in a list of lists or a dict of tuples were left out: model.params was []
+    (fit then said "no parameters to train", or trained only part of the model) and their
+    variables all had the same name. Now they are found at any depth, named by their path."""
+    m = Nested()
+    x = gc.placeholder((None, 4), "float32", name="x")
+    assert m(x).shape == (None, 2)
+    names = [p.name for p in m.params]
+    assert names == [f"{layer}/{v}" for layer in ("blocks_0_0", "blocks_0_1", "blocks_1_a",
+                                                   "heads_h_0") for v in ("W", "b")]
+    assert "blocks_0_1" in m.summary()
+    rng = np.random.default_rng(0)
+    xs, ys = rng.random((16, 4), dtype=np.float32), rng.integers(0, 2, 16)
+    before = [p.value.copy() for p in m.params]
+    nn.fit(m, "softmax_cross_entropy", nn.SGD(0.5), xs, ys, epochs=1, verbose=0)
+    assert all((p.value != b).any() for p, b in zip(m.params, before))
+
+
+def test_forward_as_pytorch_writes_it_and_what_it_may_return():
+    """`def forward(self, x)` (PyTorch's, no `training`) failed with TypeError "unexpected
+    keyword argument 'training'"; now it is called without it and its layers follow the
+    caller's mode. A forward returning None, a number or a dict raised TypeError or
+    AttributeError inside graphc; nn.Model() without forward NotImplementedError."""
+    class Torchy(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense, self.drop = nn.Dense(8), nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.dense(x))
+
+    class Returns(nn.Model):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x, training):
+            return self.value
+
+    m = Torchy()
+    x = gc.placeholder((None, 4), "float32", name="x")
+    a = np.ones((3, 4), np.float32)
+    train, test = gc.function([x], m(x)), gc.function([x], m(x, training=False))
+    np.testing.assert_allclose(test(a), a @ m.dense.params[0].value + m.dense.params[1].value,
+                               rtol=1e-6)
+    assert (train(a) == 0).any()
+    for value in (None, 3, {"y": x}, [x, 3]):
+        raises_here(lambda: Returns(value)(x), "Returns 'model': forward must return")
+    assert Returns((x, x))(x) == (x, x)
+    raises_here(lambda: nn.Model()(x), "Model must define forward")
+
+
+def test_one_layer_twice_in_a_sequential_shares_its_weights():
+    """nn.Sequential([d, d]) worked for a fresh layer d but was refused ("two layers are
+    named 'dense_0'") once d had been used in another model; now both share the weights, as
+    PyTorch's nn.Sequential(d, d) does."""
+    d = nn.Dense(3)
+    x = gc.placeholder((None, 3), "float32", name="x")
+    nn.Sequential([d])(x)
+    m = nn.Sequential([d, d, nn.Dense(3)], seed=0)
+    out = m(x)
+    assert [p.name for p in m.params] == ["dense_0/W", "dense_0/b", "dense_2/W", "dense_2/b"]
+    a = np.ones((2, 3), np.float32)
+    W, b = (p.value for p in d.params)
+    W2, b2 = (p.value for p in m.layers[2].params)
+    np.testing.assert_allclose(gc.function([x], out)(a), ((a @ W + b) @ W + b) @ W2 + b2,
+                               rtol=1e-5)
+
+
+def test_parameters_saved_in_one_process_load_in_another(tmp_path):
+    """A process-level promise (held), on the fixes above: a model of nested dicts/lists with
+    BatchNorm trained one epoch and saved with its Adam state, then rebuilt with another seed
+    in a fresh process, loaded and trained one more epoch, predicts what the first process
+    did after two uninterrupted epochs."""
+    script = tmp_path / "roundtrip.py"
+    script.write_text('''
+import sys, numpy as np, graphc as gc
+from graphc import nn
+mode, path = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+x = rng.random((40, 6), dtype=np.float32); y = rng.integers(0, 3, 40)
+class Net(nn.Model):
+    def __init__(self, seed):
+        super().__init__(seed=seed)
+        self.body = {"a": nn.Dense(8, "relu"), "b": [nn.BatchNorm()]}
+        self.head = nn.Dense(3)
+    def forward(self, x):
+        return self.head(self.body["b"][0](self.body["a"](x)))
+m, opt = Net(1 if mode == "save" else 2), nn.Adam(1e-2)
+if mode == "save":
+    nn.fit(m, "softmax_cross_entropy", opt, x, y, epochs=1, verbose=0)
+    nn.save_params(m, path + "m.npz"); nn.save_params(opt, path + "o.npz")
+else:
+    m(gc.placeholder((None, 6), "float32")); opt.build(m.params)
+    nn.load_params(m, path + "m.npz"); nn.load_params(opt, path + "o.npz")
+nn.fit(m, "softmax_cross_entropy", opt, x, y, epochs=2, initial_epoch=1, verbose=0)
+np.save(path + mode + ".npy", nn.predict(m, x))
+''')
+    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1")
+    for mode in ("save", "load"):
+        done = subprocess.run([sys.executable, str(script), mode, str(tmp_path) + "/"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "save.npy"),
+                                  np.load(tmp_path / "load.npy"))
+
+
+# loops -------------------------------------------------------------------------------------
+
+def test_scan_of_something_not_callable_and_errors_from_its_body():
+    """gc.scan(3, ...) raised TypeError ('int' object is not callable) inside scan.py. Probes
+    that held: a shape error inside the body names the body's line; a run-time error in a
+    compiled body names the step, the node and the body's line, and the Function still runs;
+    an exception of the user's own body is theirs, unchanged."""
+    xs = gc.placeholder((None, 3), "float32", name="xs")
+    h0 = gc.constant(np.zeros(3, np.float32))
+    raises_here(lambda: gc.scan(3, h0, xs), "scan: fn must be a function")
+    raises_here(lambda: gc.scan(lambda h, x: (h, gc.reshape(x, (2, 2))), h0, xs),
+                "cannot reshape")
+    E = gc.variable(np.ones((5, 3), np.float32), name="E")
+    ids = gc.placeholder((None,), "int64", name="ids")
+    _, ys = gc.scan(lambda h, i: (h + E[i], h), h0, ids)
+    f = gc.function([ids], ys)
+    raises_here(lambda: f(np.array([1, 7])), "index 7 is out of bounds", "take(")
+    assert f(np.array([1, 2])).shape == (2, 3)
+
+    def body(h, x):
+        raise KeyError("the user's own")
+    with pytest.raises(KeyError, match="the user's own"):
+        gc.scan(body, h0, xs)
