@@ -77,7 +77,7 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str,
                               f"\n  at {user_line()}")
         if not differentiable(w):
             raise GraphcError(f"grad: cannot differentiate with respect to {w.label()} of "
-                              f"integer/bool dtype {w.dtype.name}")
+                              f"integer/bool dtype {w.dtype.name}\n  at {user_line()}")
 
     order = toposort(outputs)
     wanted = {id(w) for w in wrt}

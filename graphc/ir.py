@@ -144,7 +144,8 @@ class Node:
         raise GraphcError("a graph node has no truth value; use gc.where / gc.greater")
 
     def __iter__(self):
-        raise GraphcError(f"cannot iterate over a graph node {format_shape(self.shape)}")
+        raise GraphcError(f"cannot iterate over a graph node {format_shape(self.shape)}"
+                          f"\n  at {user_line()}")
 
     # operator overloads build nodes through the op table ------------------------------
     def __add__(self, o): return apply("add", self, o)

@@ -368,3 +368,44 @@ def test_scan_of_something_not_callable_and_errors_from_its_body():
         raise KeyError("the user's own")
     with pytest.raises(KeyError, match="the user's own"):
         gc.scan(body, h0, xs)
+
+
+def test_freezing_a_layer_as_keras_users_do(tmp_path):
+    """`layer.trainable = False` (Keras) was silently ignored: fit trained the layer anyway.
+    Now a frozen layer (or a model: every layer inside) leaves params, fit leaves its
+    variables as they are, save_params/load_params still carry them; unfreezing trains it
+    again. Optimizers take a model or one variable as PyTorch's take model.parameters();
+    a variable given twice or an int variable is a GraphcError at the user's line (a variable
+    twice made two updates of it; a model was a TypeError)."""
+    rng = np.random.default_rng(0)
+    xs, ys = rng.random((16, 4), dtype=np.float32), rng.integers(0, 2, 16)
+    base = nn.Sequential([nn.Dense(5, "relu"), nn.Dense(5)], name="base")
+    m = nn.Sequential([base, nn.Dense(2)], seed=0)
+    m(gc.placeholder((None, 4), "float32"))
+    base.trainable = False
+    assert [p.name for p in m.params] == ["dense_1/W", "dense_1/b"]
+    assert len(m.variables) == 6
+    frozen = [p.value.copy() for p in base.variables]
+    assert base.params == [] and len(frozen) == 4
+    head = [p.value.copy() for p in m.params]
+    nn.fit(m, "softmax_cross_entropy", nn.Adam(0.1), xs, ys, epochs=1, verbose=0)
+    assert all((p.value == v).all() for p, v in zip(base.variables, frozen))
+    assert all((p.value != v).any() for p, v in zip(m.params, head))
+    nn.save_params(m, tmp_path / "m.npz")
+    for p in m.variables:
+        p.value = np.zeros(p.shape, p.dtype)
+    nn.load_params(m, tmp_path / "m.npz")
+    assert all((p.value == v).all() for p, v in zip(base.variables, frozen))
+    base.trainable = True
+    assert len(m.params) == 6
+    W = gc.variable(np.ones((4, 2), np.float32), name="W")
+    loss = gc.sum(gc.placeholder((None, 4), "float32") @ W)
+    assert len(nn.SGD(0.1).updates(loss, W)) == 1
+    assert len(nn.SGD(0.1).updates(gc.sum(m(gc.placeholder((None, 4)))), m)) == 6
+    raises_here(lambda: nn.Adam().updates(loss, [W, W]), "parameter 'W' is given twice")
+    raises_here(lambda: nn.SGD(0.1).updates(loss, [W, gc.variable(np.ones(2, np.int64),
+                                                                  name="I")]),
+                "parameter 'I' is int64")
+    raises_here(lambda: nn.SGD(0.1).updates(loss, 3), "parameters must be a list")
+    raises_here(lambda: gc.grad(loss, [gc.placeholder((2,), "int64")]), "integer/bool")
+    raises_here(lambda: gc.function([], [], updates=(W, W * 2)), "cannot iterate")

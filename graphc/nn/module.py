@@ -104,7 +104,7 @@ def unique(items) -> list:
 
 LAYER_ATTRS = frozenset({"auto_named", "name", "seed", "path", "opens_scope", "own_params",
                          "own_kernels", "own_state", "own_state_updates", "state_call",
-                         "built", "output_shape"})
+                         "built", "output_shape", "trainable"})
 
 
 class Layer:
@@ -129,6 +129,7 @@ class Layer:
         self.state_call = None          # the outer call that recorded own_state_updates
         self.built = False
         self.output_shape = None
+        self.trainable = True      # Keras's flag: False freezes this layer and those inside
 
     # calling ---------------------------------------------------------------------------
     def __call__(self, *inputs: Node, training: bool | None = None, **options):
@@ -271,13 +272,14 @@ class Layer:
                 return new
         return var
 
-    def walk(self) -> Iterator[Layer]:
-        """This layer and every layer inside it, each once, parents first."""
+    def walk(self, trainable: bool = False) -> Iterator[Layer]:
+        """This layer and every layer inside it, each once, parents first; `trainable`:
+        not those with `trainable = False` nor the layers inside them."""
         seen = set()
         stack = [self]
         while stack:
             layer = stack.pop()
-            if id(layer) in seen:
+            if id(layer) in seen or trainable and not layer.trainable:
                 continue
             seen.add(id(layer))
             yield layer
@@ -285,8 +287,10 @@ class Layer:
 
     @property
     def params(self) -> list[Node]:
-        """The trained variables of this layer and the layers inside it."""
-        return unique(p for layer in self.walk() for p in layer.own_params)
+        """The trained variables of this layer and the layers inside it; a layer set
+        `trainable = False` (Keras's way to freeze it) is left out: the optimizer, fit and
+        gd.fit leave it as it is. `layer.trainable = False` was silently ignored."""
+        return unique(p for layer in self.walk(trainable=True) for p in layer.own_params)
 
     @property
     def kernels(self) -> list[Node]:
@@ -299,8 +303,9 @@ class Layer:
 
     @property
     def variables(self) -> list[Node]:
-        """params + state: what `save_params` writes and `load_params` restores."""
-        return self.params + self.state
+        """params (frozen ones too) + state: what `save_params` writes and `load_params`
+        restores."""
+        return unique(p for layer in self.walk() for p in layer.own_params) + self.state
 
     @property
     def state_updates(self) -> list[tuple[Node, Node]]:
