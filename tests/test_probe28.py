@@ -409,3 +409,27 @@ def test_freezing_a_layer_as_keras_users_do(tmp_path):
     raises_here(lambda: nn.SGD(0.1).updates(loss, 3), "parameters must be a list")
     raises_here(lambda: gc.grad(loss, [gc.placeholder((2,), "int64")]), "integer/bool")
     raises_here(lambda: gc.function([], [], updates=(W, W * 2)), "cannot iterate")
+
+
+# ops' arguments --------------------------------------------------------------------------
+
+def test_keepdims_is_a_bool_and_axis_never_a_bool():
+    """x.sum(0, 1) (NumPy users' several axes, as reshape(2, -1) takes them) summed axis 0
+    only and kept it (keepdims=1); keepdims="no" was True; softmax(x, axis=True) was axis 1
+    while the reductions refused axis=True. Probes that held: every other hostile axis
+    (out of range, repeated, float, str) is a GraphcError naming the op and line, and axes as
+    lists and NumPy ints are NumPy's."""
+    x = gc.placeholder((2, 3, 4), name="x")
+    a = np.random.default_rng(0).random((2, 3, 4), dtype=np.float32)
+    for use in (lambda: x.sum(0, 1), lambda: x.mean(0, 1), lambda: x.var(0, 1),
+                lambda: x.argmax(0, 1), lambda: x.prod(0, 1), lambda: gc.logsumexp(x, 0, 1),
+                lambda: gc.max(x, 0, "no"), lambda: x.std(0, None)):
+        raises_here(use, "keepdims must be True or False", "x.sum((0, 1))")
+    for keep in (True, np.True_, False):
+        np.testing.assert_allclose(x.sum((0, 1), keep).eval({x: a}),
+                                   a.sum((0, 1), keepdims=bool(keep)), rtol=1e-6)
+    raises_here(lambda: gc.softmax(x, axis=True), "softmax", "axis must be one int")
+    for axis, what in ((3, "out of range"), ((0, -3), "repeats an axis"), (1.0, "tuple of ints"),
+                       ("0", "tuple of ints"), (True, "tuple of ints")):
+        raises_here(lambda: gc.sum(x, axis=axis), "sum((2, 3, 4) float32)", what)
+    np.testing.assert_allclose(gc.max(x, [np.int64(0), 2]).eval({x: a}), a.max((0, 2)))
