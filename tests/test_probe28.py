@@ -433,3 +433,20 @@ def test_keepdims_is_a_bool_and_axis_never_a_bool():
                        ("0", "tuple of ints"), (True, "tuple of ints")):
         raises_here(lambda: gc.sum(x, axis=axis), "sum((2, 3, 4) float32)", what)
     np.testing.assert_allclose(gc.max(x, [np.int64(0), 2]).eval({x: a}), a.max((0, 2)))
+
+
+def test_fit_evaluate_predict_name_a_model_or_optimizer_that_is_not_one():
+    """nn.fit(lambda x: ..., ...) failed with TypeError "unexpected keyword argument
+    'training'", nn.fit(model, loss, nn.SGD, ...) (the class) with TypeError "missing ...
+    'params'", and an optimizer given by name ("adam", Keras's habit) with AttributeError
+    "'str' object has no attribute 'updates'"."""
+    x, y = np.ones((4, 3), np.float32), np.zeros(4, np.int64)
+    model = nn.Sequential([nn.Dense(2)])
+    for call in (lambda: nn.fit(lambda z: z, "mse", nn.SGD(0.1), x, y, verbose=0),
+                 lambda: nn.evaluate(gc.relu, "mse", x, y),
+                 lambda: nn.predict(None, x)):
+        raises_here(call, "the model must be an nn layer or model")
+    for opt, name in ((nn.SGD, "got SGD"), ("adam", "got 'adam'")):
+        raises_here(lambda: nn.fit(model, "softmax_cross_entropy", opt, x, y, verbose=0),
+                    "fit: the optimizer must be an optimizer object", name)
+    assert model.params == []           # nothing was built by the refused calls
