@@ -15,7 +15,6 @@ import graphc as gc
 from graphc.ir import GraphcError, check_feed
 from graphc.nn import losses as losses_mod
 from graphc.nn.module import Layer, whole
-from graphc.nn.optim import Optimizer
 from graphc.scope import user_line
 
 try:
@@ -107,14 +106,16 @@ def run_batches(step, x, y, batch_size: int, order=None, bar=None):
 
 
 def check_model(model, what: str, optimizer=None) -> None:
-    """A layer or model (a plain function failed with TypeError "unexpected keyword argument
-    'training'"), and an optimizer object (nn.SGD, the class, or "adam", failed in
+    """A layer or model, or an object that acts as one (called with `training=`, listing
+    `params`); a plain function failed with TypeError "unexpected keyword argument
+    'training'". And an optimizer object (nn.SGD, the class, or "adam", failed in
     `updates` with TypeError / AttributeError)."""
-    if not isinstance(model, Layer):
+    if not isinstance(model, Layer) and not (callable(model) and hasattr(model, "params")):
         raise GraphcError(f"{what}: the model must be an nn layer or model (nn.Sequential, "
                           f"a subclass of nn.Model), got {type(model).__name__}\n"
                           f"  at {user_line()}")
-    if optimizer is not None and not isinstance(optimizer, Optimizer):
+    if optimizer is not None and (isinstance(optimizer, type)
+                                  or not callable(getattr(optimizer, "updates", None))):
         name = getattr(optimizer, "__name__", None) or repr(optimizer)
         raise GraphcError(f"{what}: the optimizer must be an optimizer object, e.g. "
                           f"nn.Adam(1e-3) or nn.SGD(0.1), got {name}\n  at {user_line()}")
