@@ -10,6 +10,7 @@ import numpy as np
 
 from graphc.listing import format_shape
 from graphc.opdef import GraphcError
+from graphc.scope import user_line
 
 if TYPE_CHECKING:
     from graphc.ir import Node
@@ -21,7 +22,16 @@ def short_repr(value) -> str:
 
 
 def check_feed(ph: Node, value) -> np.ndarray:
-    """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
+    """The fed value as an array of the placeholder's dtype and rank, or a clear error that
+    names the user's line (the call) and where the placeholder was built: it named neither."""
+    try:
+        return checked_feed(ph, value)
+    except GraphcError as e:
+        raise GraphcError(f"{e}\n  at {user_line()} (placeholder built at {ph.where})") \
+            from None
+
+
+def checked_feed(ph: Node, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         if type(value) is not np.ndarray:   # np.matrix, masked: the plan runs plain arrays
             value = np.asarray(value)

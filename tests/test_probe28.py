@@ -450,3 +450,27 @@ def test_fit_evaluate_predict_name_a_model_or_optimizer_that_is_not_one():
         raises_here(lambda: nn.fit(model, "softmax_cross_entropy", opt, x, y, verbose=0),
                     "fit: the optimizer must be an optimizer object", name)
     assert model.params == []           # nothing was built by the refused calls
+
+
+def test_feed_errors_name_the_call_and_the_placeholder_lines():
+    """A refused feed said what was wrong but named no line: neither the call's nor the
+    placeholder's (the promise: every user error names the user's file:line). Compiled,
+    evaluated and fed to fit's validation alike."""
+    x = gc.placeholder((None, 3), "float32", name="x")
+    n = gc.placeholder(("n", 2), "float32", name="n")
+    built = f"placeholder built at {HERE}:"
+    f = gc.function([x], x * 2)
+    for feed in (np.ones((2, 4), np.float32), np.ones((2, 3)), None, "abc"):
+        raises_here(lambda: f(feed), "feed for placeholder 'x'", built)
+    raises_here(lambda: (x * 2).eval({x: np.ones(3, np.float32)}), "expected shape", built)
+    raises_here(lambda: f(), "function takes 1 inputs")
+    g = gc.function([x, n], [x, n])
+    raises_here(lambda: g(np.ones((2, 3), np.float32), np.ones((1, 2), np.float32)) and
+                gc.function([n, gc.placeholder(("n",), name="m")], n)(
+                    np.ones((2, 2), np.float32), np.ones(3, np.float32)),
+                "dimension 'n' is 3 here but 2")
+    model = nn.Sequential([nn.Dense(2)])
+    raises_here(lambda: nn.fit(model, "mse", nn.SGD(0.1), np.ones((4, 3), np.float32),
+                               np.ones((4, 2), np.float32), verbose=0,
+                               validation_data=(np.ones((4, 3)), np.ones((4, 2), np.float32))),
+                "validation")
