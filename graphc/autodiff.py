@@ -101,6 +101,10 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str,
             totals[id(node)] = g
             if not node.inputs or leaves and id(node) in wanted:
                 continue
+            if node.opdef.vjp is None:      # a user's op declared without one: TypeError
+                raise GraphcError(f"grad: op {node.op!r} has no VJP rule (give its OpDef "
+                                  f"vjp=), so {node.label()} {format_shape(node.shape)} cannot "
+                                  f"be differentiated\n  at {node.where}")
             grads = node.opdef.vjp(g, node, *node.inputs, **node.attrs)
             for x, gx in zip(node.inputs, grads):
                 if gx is None or id(x) not in depends:

@@ -329,7 +329,11 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
 def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
           _scope: tuple | None = None, _grad_of: Node | None = None, **attrs) -> Node:
     """Build a node of `op`: convert scalars, run the shape/dtype rule, record the user line."""
-    opdef = OPS[op]
+    try:
+        opdef = OPS[op]
+    except (KeyError, TypeError):     # gc.apply("nope", x) was a bare KeyError
+        raise GraphcError(f"unknown op {op!r} (register it with gc.register_op)\n"
+                          f"  at {_where or user_line()}") from None
     nodes = [i for i in inputs if isinstance(i, Node)]
     if len(nodes) == len(inputs):           # no scalars to convert (passes, grad)
         nodes = inputs
@@ -345,14 +349,30 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)
+        if canonical:             # the rule may normalise attributes (axis=-1 -> axis=(1,))
+            attrs = canonical[0]
+        scope, grad_of = _context.get()
+        return Node(op, nodes, attrs, shape, dtype, _name, where,
+                    scope if _scope is None else _scope,
+                    grad_of if _grad_of is None else _grad_of)
     except ShapeError as e:
         args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
         raise GraphcError(f"{op}({args}): {e}\n  at {where}") from None
-    if canonical:                 # the rule may normalise attributes (axis=-1 -> axis=(1,))
-        attrs = canonical[0]
-    scope, grad_of = _context.get()
-    return Node(op, nodes, attrs, shape, dtype, _name, where,
-                scope if _scope is None else _scope, grad_of if _grad_of is None else _grad_of)
+    except Exception as e:   # an attribute the rule does not take, a rule's own bug or result
+        args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
+        raise GraphcError(f"{op}({args}{''.join(f', {k}={v!r}' for k, v in attrs.items())}): "
+                          f"its shape rule failed ({type(e).__name__}: {e}); it must return "
+                          f"(shape, dtype[, attrs])\n  at {where}") from e
+
+
+def check_result(n: Node, out: np.ndarray) -> None:
+    """A kernel's value has its node's dtype and shape (a user's kernel returning x[:1] or
+    float64 flowed on as another shape or dtype than the graph declares)."""
+    if out.dtype != n.dtype or out.ndim != len(n.shape) or any(
+            isinstance(d, int) and d != k for d, k in zip(n.shape, out.shape)):
+        raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)} "
+                          f"{out.dtype.name}, but its shape rule gives "
+                          f"{format_shape(n.shape)} {n.dtype.name}\n  at {n.where}")
 
 
 # graphs -------------------------------------------------------------------------------
@@ -482,7 +502,10 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
-            values[id(n)] = out if opdef.items else np.asarray(out)
+            if not opdef.items:         # a Python number or list takes the node's dtype
+                out = out if isinstance(out, np.ndarray) else np.asarray(out, n.dtype)
+                check_result(n, out)
+            values[id(n)] = out
             if opdef.elementwise or n.op == "broadcast_to":
                 refuse_unknown_broadcast(n, [values[id(i)].shape for i in n.inputs],
                                          values[id(n)].shape)

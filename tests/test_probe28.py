@@ -474,3 +474,45 @@ def test_feed_errors_name_the_call_and_the_placeholder_lines():
                                np.ones((4, 2), np.float32), verbose=0,
                                validation_data=(np.ones((4, 3)), np.ones((4, 2), np.float32))),
                 "validation")
+
+
+# a user's own op (README "Your own op is one declaration") ---------------------------------
+
+def own_op(name, infer, kernel, vjp=None):
+    from graphc.ir import OPS
+    if name not in OPS:
+        gc.register_op(gc.OpDef(name, infer, kernel=kernel, vjp=vjp))
+    return lambda *inputs, **attrs: gc.apply(name, *inputs, **attrs)
+
+
+def test_a_users_op_declared_wrong_is_a_graphc_error_at_the_users_line():
+    """gc.apply("nope", x) raised KeyError; an attribute the rule does not take, a rule that
+    returns the shape alone or an unknown dtype, or raises, gave TypeError from graphc's ir.py
+    (or the rule's exception); grad through an op declared without vjp TypeError "'NoneType'
+    object is not callable"; node.eval of a kernel returning float64 for a float32 node gave
+    a float64 value. Each is now a GraphcError naming the op, shapes and line (the rule's own
+    exception chained as the cause)."""
+    x = gc.placeholder((None, 3), "float32", name="x")
+    a = np.ones((2, 3), np.float32)
+    same = lambda x, **_: (x.shape, x.dtype, {})  # noqa: E731
+    raises_here(lambda: gc.apply("p28_nope", x), "unknown op 'p28_nope'")
+    scaled = own_op("p28_scaled", lambda x, *, k=1: (x.shape, x.dtype, {"k": k}),
+                    lambda x, *, k: x * k)
+    raises_here(lambda: scaled(x, j=2), "p28_scaled((?, 3) float32, j=2): its shape rule "
+                "failed (TypeError")
+    for name, infer in (("p28_shape_only", lambda x: x.shape),
+                        ("p28_bad_dtype", lambda x: (x.shape, "floot32", {})),
+                        ("p28_raises", lambda x: 1 / 0)):
+        with pytest.raises(gc.GraphcError, match=name + r"\(\(\?, 3\) float32\): its shape "
+                           r"rule failed .*must return \(shape, dtype\[, attrs\]\)") as info:
+            own_op(name, infer, lambda x: x)(x)
+        assert HERE in str(info.value) and info.value.__cause__ is not None
+    no_vjp = own_op("p28_no_vjp", same, lambda x: x * 3)
+    raises_here(lambda: gc.grad(gc.sum(no_vjp(x)), [x]), "op 'p28_no_vjp' has no VJP rule")
+    wide = own_op("p28_wide", same, lambda x: x.astype(np.float64))
+    raises_here(lambda: wide(x).eval({x: a}), "the kernel of p28_wide returned (2, 3) float64",
+                "shape rule gives (?, 3) float32")
+    listed = own_op("p28_listed", same, lambda x: x.tolist())
+    out = listed(x).eval({x: a})
+    assert out.dtype == np.float32 and out.shape == (2, 3)
+    np.testing.assert_array_equal(gc.function([x], scaled(x, k=2.0))(a), 2 * a)
