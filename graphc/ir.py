@@ -411,7 +411,12 @@ class Graph:
             roots = self.outputs + tuple([x for pair in self.updates for x in pair])
         else:                       # a fused group's body: thousands of small graphs
             self.updates, roots = (), self.outputs
-        self.nodes = toposort(roots)
+        try:
+            self.nodes = toposort(roots)
+        except AttributeError:      # gc.Graph([3]): "'int' object has no attribute 'inputs'"
+            bad = next(x for x in roots if not isinstance(x, Node))
+            raise GraphcError(f"Graph: outputs and updates must be graph nodes, got "
+                              f"{type(bad).__name__}\n  at {user_line()}") from None
 
     @property
     def placeholders(self) -> list[Node]:

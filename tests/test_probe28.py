@@ -516,3 +516,36 @@ def test_a_users_op_declared_wrong_is_a_graphc_error_at_the_users_line():
     out = listed(x).eval({x: a})
     assert out.dtype == np.float32 and out.shape == (2, 3)
     np.testing.assert_array_equal(gc.function([x], scaled(x, k=2.0))(a), 2 * a)
+
+
+def test_scope_names_and_arguments_of_the_autodiff_helpers(tmp_path):
+    """gc.name_scope(3) (or None) built nodes whose saved graph gc.load refused ("scope must
+    be a list of strings") and that broke render(collapse=True) (TypeError) and inspect
+    (AttributeError); now a str is required, as for layers' names. grad(cost, None) and
+    vjp(None, ...) raised TypeError, check_grad(cost, x, [array]) AttributeError 'items',
+    check_grad(rtol='a') TypeError, gc.Graph([3]) AttributeError, leaky_relu(x, 'a') a bare
+    ValueError."""
+    x = gc.placeholder((3,), "float64", name="x")
+    for bad in (3, None, ("a",)):
+        with pytest.raises(gc.GraphcError,
+                           match=f"(?s)name_scope: the name must be a str.*{HERE}"):
+            with gc.name_scope(bad):
+                pass
+        raises_here(lambda: nn.Dense(2, name=bad) if bad is not None else nn.Dense(2, name=7),
+                    "Dense: name must be a str")
+    with gc.name_scope("λ scope"), gc.name_scope(""):
+        y = gc.exp(x)
+    assert y.scope == ("λ scope", "")
+    gc.load(gc.save(y, tmp_path / "g"))
+    gc.render(y, collapse=True)
+    cost = gc.sum(x ** 2)
+    raises_here(lambda: gc.grad(cost, None), "expected a node or a list of nodes")
+    raises_here(lambda: gc.vjp(None, [x], None), "expected a node or a list of nodes")
+    raises_here(lambda: gc.check_grad(cost, x, [np.ones(3)]), "feeds must be a dict")
+    raises_here(lambda: gc.check_grad(cost, x, {x: np.ones(3)}, rtol="a"), "rtol must be")
+    assert gc.check_grad(cost, x, {x: np.ones(3)}, rtol=1e-6, atol=0).ok
+    raises_here(lambda: gc.Graph([cost, 3]), "Graph: outputs and updates must be graph nodes")
+    for make in (lambda: gc.leaky_relu(x, "a"), lambda: gc.elu(x, alpha=x)):
+        raises_here(make, "must be a number")
+    np.testing.assert_allclose(gc.leaky_relu(x, np.float32(0.5)).eval({x: -np.ones(3)}),
+                               -0.5 * np.ones(3))

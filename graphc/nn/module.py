@@ -117,6 +117,9 @@ class Layer:
     kind = "layer"
 
     def __init__(self, name: str | None = None, seed: int | None = None):
+        if name is not None and not isinstance(name, str):   # failed at the first call
+            raise GraphcError(f"{type(self).__name__}: name must be a str, got {name!r}\n"
+                              f"  at {user_line()}")
         self.auto_named = name is None
         self.name = name or self.kind
         self.seed = seed
