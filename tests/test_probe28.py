@@ -288,6 +288,9 @@ def test_forward_as_pytorch_writes_it_and_what_it_may_return():
         raises_here(lambda: Returns(value)(x), "Returns 'model': forward must return")
     assert Returns((x, x))(x) == (x, x)
     raises_here(lambda: nn.Model()(x), "Model must define forward")
+    raises_here(lambda: nn.Dense(2)(np.ones((2, 4), np.float32)), "call the layer on graph "
+                "nodes, got ndarray")
+    raises_here(lambda: nn.Dense(2)(), "at least one graph node")
 
 
 def test_one_layer_twice_in_a_sequential_shares_its_weights():
@@ -549,3 +552,34 @@ def test_scope_names_and_arguments_of_the_autodiff_helpers(tmp_path):
         raises_here(make, "must be a number")
     np.testing.assert_allclose(gc.leaky_relu(x, np.float32(0.5)).eval({x: -np.ones(3)}),
                                -0.5 * np.ones(3))
+
+
+def test_a_layer_made_inside_forward_is_refused_unless_it_has_no_variables():
+    """A Dense made (or kept under '_name') inside a model's forward built its variables but
+    no layer held it: model.params missed them, so fit never trained them (silently), and
+    each call made new ones. Now that is a GraphcError naming the layer; layers without
+    variables (Dropout, Flatten) may still be made there."""
+    class Inline(nn.Model):
+        def __init__(self, hide):
+            super().__init__()
+            self.head = nn.Dense(2)
+            if hide:
+                self._hidden = nn.Dense(4)
+
+        def forward(self, x, training):
+            inner = self._hidden if hasattr(self, "_hidden") else nn.Dense(4)
+            return self.head(nn.Dropout(0.5)(inner(nn.Flatten()(x))))
+
+    class Free(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Dense(2)
+
+        def forward(self, x, training):
+            return self.head(nn.Dropout(0.5)(nn.Flatten()(x)))
+
+    x = gc.placeholder((None, 3), "float32", name="x")
+    for hide in (False, True):
+        raises_here(lambda: Inline(hide)(x), "Dense 'dense' is made or called inside another "
+                    "layer's forward but no layer holds it")
+    assert len(Free()(x).shape) == 2

@@ -84,6 +84,16 @@ def no_super(layer) -> GraphcError:
                        f"the layer is used\n  at {user_line()}")
 
 
+def unheld_error(layer) -> GraphcError:
+    """A layer with variables made inside another's forward (`nn.Dense(4)(x)` there): params
+    missed its variables, so fit silently never trained them."""
+    return GraphcError(f"{type(layer).__name__} {layer.name!r} is made or called inside "
+                       f"another layer's forward but no layer holds it (an attribute, or a "
+                       f"list or dict in one, not starting with '_'): params would miss its "
+                       f"variables and fit would never train them; create it in __init__\n"
+                       f"  at {user_line()}")
+
+
 def takes_training(forward) -> bool:
     """Whether forward takes `training=`: PyTorch's `def forward(self, x)` does not (its
     layers still follow the caller's mode); it failed with a TypeError."""
@@ -145,9 +155,10 @@ class Layer:
         for x in inputs:
             if not isinstance(x, Node):
                 raise GraphcError(f"{self.name}: call the layer on graph nodes, got "
-                                  f"{type(x).__name__}")
+                                  f"{type(x).__name__}\n  at {user_line()}")
         if not inputs:
-            raise GraphcError(f"{self.name}: call the layer on at least one graph node")
+            raise GraphcError(f"{self.name}: call the layer on at least one graph node\n"
+                              f"  at {user_line()}")
         if options:
             takes = inspect.signature(self.forward).parameters
             if not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
@@ -157,6 +168,7 @@ class Layer:
                                           f"argument {key!r}\n  at {user_line()}")
         if training is None:
             training = _training.get()
+        unheld = self.path is None and _outer_call.get() is not None
         if self.path is None:
             self.place(())
         token = _training.set(bool(training))
@@ -167,6 +179,8 @@ class Layer:
                 if not self.built:
                     self.build(*inputs)
                     self.built = True
+                if unheld and (self.own_params or self.own_state):
+                    raise unheld_error(self)
                 self.place_children()         # including layers that build() created
                 if training and self.state_call is not _outer_call.get():
                     self.own_state_updates = []
