@@ -87,3 +87,13 @@ def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> No
                     f"{n.op}({got}): the input declared {format_shape(x.shape)} is 1 along "
                     f"axis {k}, known only at run time, against {out[lead + k]} (dims known "
                     f"only at run time do not broadcast: declare it 1)\n  at {n.where}")
+
+
+def check_result(n: Node, out: np.ndarray) -> None:
+    """A kernel's value has its node's dtype and shape (a user's kernel returning x[:1] or
+    float64 flowed on as another shape or dtype than the graph declares)."""
+    if out.dtype != n.dtype or out.ndim != len(n.shape) or any(
+            isinstance(d, int) and d != k for d, k in zip(n.shape, out.shape)):
+        raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)} "
+                          f"{out.dtype.name}, but its shape rule gives "
+                          f"{format_shape(n.shape)} {n.dtype.name}\n  at {n.where}")

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from graphc.feeds import check_feed, fits, refuse_unknown_broadcast  # noqa: F401
+from graphc.feeds import check_feed, check_result, fits, \
+    refuse_unknown_broadcast  # noqa: F401
 from graphc.guards import paused_gc, storage_lock, storage_locks  # noqa: F401
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
 from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
@@ -363,16 +364,6 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
         raise GraphcError(f"{op}({args}{''.join(f', {k}={v!r}' for k, v in attrs.items())}): "
                           f"its shape rule failed ({type(e).__name__}: {e}); it must return "
                           f"(shape, dtype[, attrs])\n  at {where}") from e
-
-
-def check_result(n: Node, out: np.ndarray) -> None:
-    """A kernel's value has its node's dtype and shape (a user's kernel returning x[:1] or
-    float64 flowed on as another shape or dtype than the graph declares)."""
-    if out.dtype != n.dtype or out.ndim != len(n.shape) or any(
-            isinstance(d, int) and d != k for d, k in zip(n.shape, out.shape)):
-        raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)} "
-                          f"{out.dtype.name}, but its shape rule gives "
-                          f"{format_shape(n.shape)} {n.dtype.name}\n  at {n.where}")
 
 
 # graphs -------------------------------------------------------------------------------
