@@ -583,3 +583,23 @@ def test_a_layer_made_inside_forward_is_refused_unless_it_has_no_variables():
         raises_here(lambda: Inline(hide)(x), "Dense 'dense' is made or called inside another "
                     "layer's forward but no layer holds it")
     assert len(Free()(x).shape) == 2
+
+
+def test_layer_seeds_and_norm_axes_are_checked_where_given():
+    """nn.Sequential([...], seed='a') or seed=-1 failed at the first call with NumPy's
+    ValueError (seed=1.5 silently seeded 1); LayerNorm(axis='last') with TypeError in
+    graphc's norm.py. Probes that held: sizes, rates, activations, heads, initial states of
+    the other layers are refused with a GraphcError."""
+    x = gc.placeholder((None, 5, 8), "float32", name="x")
+    for seed in ("a", -1, 1.5, True):
+        raises_here(lambda: nn.Sequential([nn.Dense(2)], seed=seed), "seed must be an int")
+    assert nn.Dense(2, seed=np.int64(3))(x).shape == (None, 5, 2)
+    for norm in (nn.LayerNorm(axis="last"), nn.BatchNorm(axis=(1.0,))):
+        raises_here(lambda: norm(x), "axis must be an int or a tuple of ints")
+    for make, what in ((lambda: nn.Embedding(0, 4), "vocab must be"),
+                       (lambda: nn.MultiHeadAttention(3)(x), "does not split into 3 heads"),
+                       (lambda: nn.LSTM(4)(x, initial_state=gc.placeholder((None, 4))),
+                        "h0 and c0"),
+                       (lambda: nn.Conv2D(2, 0), "kernel_size must be")):
+        with pytest.raises(gc.GraphcError, match=what):
+            make()

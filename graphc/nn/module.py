@@ -130,6 +130,10 @@ class Layer:
         if name is not None and not isinstance(name, str):   # failed at the first call
             raise GraphcError(f"{type(self).__name__}: name must be a str, got {name!r}\n"
                               f"  at {user_line()}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):   # 'a', -1: ValueError at the first call
+            raise GraphcError(f"{type(self).__name__}: seed must be an int >= 0 or None, got "
+                              f"{seed!r}\n  at {user_line()}")
         self.auto_named = name is None
         self.name = name or self.kind
         self.seed = seed
