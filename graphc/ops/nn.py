@@ -23,7 +23,8 @@ __all__ = ["softmax", "log_softmax", "softmax_cross_entropy", "binary_cross_entr
 
 def softmax_infer(x, *, axis=-1):
     dtype = need_float(x)
-    if not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool) \
+            or not -x.ndim <= axis < x.ndim:       # axis=True was axis 1
         raise ShapeError(f"axis must be one int in [{-x.ndim}, {x.ndim}), got {axis!r}")
     return x.shape, dtype, {"axis": int(axis) % x.ndim}
 

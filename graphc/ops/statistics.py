@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import OpDef, ShapeError, apply, constant, register
-from graphc.ops.common import need_float, norm_axes
+from graphc.ops.common import keep_flag, need_float, norm_axes
 from graphc.ops.reduce import expand_back, max_infer, mean, reduced_shape, scalar_sym
 
 __all__ = ["min", "prod", "logsumexp", "argmax", "argmin", "var", "std"]
@@ -78,7 +78,7 @@ def arg_infer(x, *, axis=None, keepdims=False):
     if x.ndim == 0:
         raise ShapeError("needs an input of rank >= 1")
     axes = norm_axes(axis, x.ndim)
-    keepdims = bool(keepdims)
+    keepdims = keep_flag(keepdims)
     return reduced_shape(x.shape, axes, keepdims), np.dtype(np.int64), {
         "axis": None if axis is None else axes[0], "keepdims": keepdims}
 
