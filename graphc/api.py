@@ -57,7 +57,8 @@ def register_op(op: OpDef) -> OpDef:
 def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
     """An input fed at each call; None (or a name) in `shape` is a size fixed per call.
     An int is a 1-d shape, as in NumPy (`placeholder(3)` raised TypeError; TF's argument
-    order, `placeholder("float32", shape)`, made a shape of the letters)."""
+    order, `placeholder("float32", shape)`, made a shape of the letters). dtype=None is the
+    default, float32 (it was NumPy's float64)."""
     check_name(name, "placeholder")
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
@@ -74,7 +75,7 @@ def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
             raise GraphcError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape}\n"
                               f"  at {user_line()}")
     scope, _ = _context.get()
-    return Node("placeholder", (), {}, tuple(dims), _dtype(dtype, "placeholder", name), name,
+    return Node("placeholder", (), {}, tuple(dims), _dtype(dtype or "float32", "placeholder", name), name,
                 user_line(), scope)
 
 

@@ -45,6 +45,7 @@ def test_placeholder_shapes_as_numpy_takes_them():
         raises_here(lambda: gc.placeholder(shape), "shape must be a tuple")
     raises_here(lambda: gc.placeholder("float32", (2, 3)), "shape must be a tuple")
     raises_here(lambda: gc.placeholder((2, -1)), "bad dimension -1")
+    assert gc.placeholder((2,), None).dtype == gc.placeholder((2,)).dtype == "float32"
     for dtype, want in ((np.float32, "float32"), (np.dtype("f8"), "float64"), (float, "float64"),
                         (int, "int64"), (bool, "bool"), ("f2", "float16")):
         assert gc.placeholder((2,), dtype).dtype == want
