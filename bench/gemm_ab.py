@@ -10,7 +10,9 @@ per-round ratios on / ref, off / ref and on / off (steadier than ratios of media
 machine), and the best step times; with one BLAS thread the same ratios in the calling
 thread's CPU time (what other processes holding the core do not add). `--off` names the
 rules the "off" build goes without instead: gemm (all of them), vector (bias updates as GEMV:
-blas.pays_vector), mean (a vector's mean as one dot product: rules.mean_form).
+blas.pays_vector), mean (a vector's mean as one dot product: rules.mean_form), transposed
+(products stored transposed at several BLAS threads: layout.transposed_pays; run it with
+BENCH_THREADS=2).
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run  # noqa: E402  (the reference on the path, BLAS threads pinned, the workloads)
 
-from graphc.runtime import blas, rules  # noqa: E402
+from graphc.runtime import blas, layout, rules  # noqa: E402
 
 OFF = {"gemm": (blas, "GEMM", {}), "vector": (blas, "pays_vector", lambda *a: False),
-       "mean": (rules, "mean_form", lambda *a: None)}
+       "mean": (rules, "mean_form", lambda *a: None),
+       "transposed": (layout, "transposed_pays", lambda *a: False)}
 
 
 def build(name, off_rules=("gemm",)):

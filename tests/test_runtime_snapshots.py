@@ -49,8 +49,10 @@ WORKLOADS = {
     "cnn_b64": lambda: (wl.graphc_cnn_nchw(params(CNN), 64),
                         [np.zeros((64, 1, 28, 28), np.float32), labels(64)]),
 }
-# the conv lowering asks the BLAS's thread count (winograd.pays): each file is for one count
+# the conv lowering asks the BLAS's thread count (winograd.pays), the layouts too (a product
+# stored transposed, layout.transposed_pays): each file is for one count
 WORKLOADS["cnn_b64_2threads"] = WORKLOADS["cnn_b64"]
+WORKLOADS["mlp_b32_2threads"] = WORKLOADS["mlp_b32"]
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))

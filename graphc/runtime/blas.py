@@ -139,7 +139,14 @@ def combine(c, t, alpha, beta):
 def prepare(c, a, b, ta, tb, alpha, beta) -> list:
     """[c, a, b, the BLAS function, its arguments as ctypes objects, the argument positions
     of c's, a's and b's addresses] for c = alpha op(a) op(b) + beta c; the function None when
-    these arrays need NumPy."""
+    these arrays need NumPy. An F-ordered c (stored transposed, runtime/layout.py) is
+    c.T = op(b).T @ op(a).T over the C-ordered c.T: the same call, a and b swapped."""
+    if c.ndim == 2 and not c.flags.c_contiguous and c.flags.f_contiguous:
+        seen = prepare(c.T, b, a, not tb, not ta, alpha, beta)
+        seen[:3] = [c, a, b]
+        if seen[3] is not None:
+            seen[5] = (12, 9, 7)
+        return seen
     routine = GEMM.get(c.dtype.char)
     la, lb = layout(a, ta), layout(b, tb)
     if routine is None or not alpha or not beta or not (a.dtype == c.dtype == b.dtype) \

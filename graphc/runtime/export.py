@@ -461,9 +461,11 @@ def export(fn, path, example=()) -> str:
 
 
 def buffer_expr(value: np.ndarray, dtype: str) -> str:
-    """A planned buffer in its layout: C order, or channels-last (runtime/layout.py)."""
+    """A planned buffer in its layout: C order, channels-last or transposed (runtime/layout.py)."""
     if value.ndim == 4 and not value.flags.c_contiguous \
             and value.transpose(0, 2, 3, 1).flags.c_contiguous:
         n, c, h, w = value.shape
         return f"np.empty({(n, h, w, c)}, {dtype}).transpose(0, 3, 1, 2)"
+    if value.ndim == 2 and not value.flags.c_contiguous and value.flags.f_contiguous:
+        return f"np.empty({value.shape[::-1]}, {dtype}).T"      # stored transposed
     return f"np.empty({value.shape}, {dtype})"

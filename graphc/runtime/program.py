@@ -42,6 +42,7 @@ class Plan:
     profile_ns: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)   # per step, its comment's line (from 0)
     names: dict = field(default_factory=dict)   # id(node) -> its name in the comments (%3)
+    layouts: dict = field(default_factory=dict)  # id(node) -> its buffer's layout, if not C
     text: str | None = None                     # the source, once printed
 
     @property
@@ -51,9 +52,18 @@ class Plan:
             lines = self.code.split("\n")
             names = self.names
             for (n, _, _), at in zip(self.steps, self.notes):
-                lines[at] = f"    # {format_node(n, names)}"
+                lines[at] = step_comment(n, names, self.layouts)
             self.text = "\n".join(lines)
         return self.text
+
+
+def step_comment(n: Node, names: dict, layouts: dict) -> str:
+    """A step's listing comment: its printed node, and its buffer's layout when not C order
+    (runtime/layout.py)."""
+    form = layouts.get(id(n))
+    stored = "" if form is None else \
+        f"  [stored {'channels-last' if form == layout.LAST else form}]"
+    return f"    # {format_node(n, names)}{stored}"
 
 
 class Lowering(FusedLowering):
@@ -228,7 +238,7 @@ class Lowering(FusedLowering):
         text = "\n".join(lines) + "\n"
         if text.count("\n") != len(lines):    # a line of several lines: its notes now
             for (n, _, _), at in zip(steps, self.notes):
-                lines[at] = f"    # {format_node(n, self.names)}"
+                lines[at] = step_comment(n, self.names, self.layouts)
             text, self.notes = "\n".join(lines) + "\n", []
         return text, steps
 
@@ -499,4 +509,4 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views,
-                notes=low.notes, names=low.names)
+                notes=low.notes, names=low.names, layouts=low.layouts)

@@ -323,7 +323,7 @@ def vector_sum(low, d) -> bool | None:
     """For a sum of a 2-D array over one axis (which sum_code makes a product with ones), of
     its input's dtype: whether the axis is 0 (ones @ a = a.T @ ones, a GEMV of a.T); None for
     any other node."""
-    if d.op != "sum" or low.layouts.get(id(d.inputs[0])) is not None \
+    if d.op != "sum" or low.layouts.get(id(d.inputs[0])) not in (None, layout.TRANSPOSED) \
             or d.dtype != d.inputs[0].dtype:
         return None
     shape = low.shapes[id(d.inputs[0])][0]
