@@ -17,10 +17,19 @@ valgrind/callgrind.h, called through ctypes). The ways:
   run quiet    `run` under the call's errstate
   call         the compiled call `f(x)` (the plan's generated entry)
   general      the general call path (`Function.locked_call`)
+The workload "tiny" (a (3, 4) product) counts the call path's parts instead: `run`, the
+plan's generated entry called directly, the call, the general path, and alone the errstate
+switch the entry makes, `np.errstate(all="ignore")` entered, the lock taken and given back,
+the Ctrl-C flag set and cleared (`--steps 1000`: the parts are ~100-10,000 instructions).
 Printed per way: instructions per step (Ir), the difference to the reference's, and with
---cache (callgrind's cache simulator: its own L1 / last-level model, not this CPU's) the L1
-and last-level data read/write misses per step. --functions A,B lists the functions whose
-exclusive counts per step (--event, Ir by default) differ most between ways A and B.
+--cache (callgrind's cache simulator: LRU, no prefetching) the L1 and last-level data
+read/write misses per step. Valgrind reads this AMD EPYC's last level as one 256 MB
+direct-mapped cache (so: no misses at all); `--ll` sets it, by default to the per-core L2
+(512 KiB, 8 ways), where a step's misses happen (L3 is 32 MiB, shared by the host's
+tenants). --functions A,B lists the functions whose exclusive counts per step (--event, Ir
+by default) differ most between ways A and B.
+Slow: valgrind runs a 512-row GEMM step in ~2 s of CPU even uninstrumented, ~3-5 s counted
+(mlp_infer_b512 with the defaults: ~25 min on a loaded 2-core machine); count few steps.
 The counts include OpenBLAS's kernels: at one BLAS thread (set here) they are the same code as
 outside valgrind (valgrind reports the host's CPU features; no AVX-512 here either way).
 """
@@ -42,6 +51,8 @@ void cg_dump(const char *s) { CALLGRIND_DUMP_STATS_AT(s); }
 void cg_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; }
 """
 WAYS = ("empty", "reference", "ref quiet", "plan.run", "run quiet", "call", "general")
+TINY = ("empty", "plan.run", "entry", "call", "general", "errstate", "np.errstate", "lock",
+        "held")
 
 
 def marks_library(folder: str) -> str:
@@ -54,8 +65,42 @@ def marks_library(folder: str) -> str:
 
 
 # inside valgrind -----------------------------------------------------------------------------
-def ways_for(name: str) -> tuple[dict, object]:
-    """The ways above for one workload (as bench/aa.py builds them) and a check value."""
+def tiny_ways() -> dict:
+    """The call path's parts on a graph of one (3, 4) product: the plan's `run`, the entry
+    called directly, the compiled call, the general path, and the entry's pieces alone."""
+    import numpy as np
+
+    import graphc as gc
+    from graphc.runtime.function import _ERRSTATE, _QUIET
+    x = gc.placeholder((None, 4), "float32", name="x")
+    f = gc.function([x], x * 2.0)
+    a = np.ones((3, 4), np.float32)
+    f(a)
+    run, entry, lock, state = f.last_plan.run, f.entry, f.locks[0], sys.modules[
+        "graphc.runtime.atomic"].STATE
+    quiet, loud = _ERRSTATE.set, _ERRSTATE.reset
+
+    def errstate(i):
+        loud(quiet(_QUIET))
+
+    def locks(i):
+        lock.acquire()
+        lock.release()
+
+    def held(i):
+        state.held = True
+        state.held = False
+
+    return {"empty": lambda i: None, "plan.run": lambda i: run(a), "entry": lambda i: entry((a,)),
+            "call": lambda i: f(a), "general": lambda i: f.locked_call((a,)),
+            "errstate": errstate, "np.errstate": lambda i: np.errstate(all="ignore").__enter__(),
+            "lock": locks, "held": held}
+
+
+def ways_for(name: str) -> dict:
+    """The ways above for one workload, as bench/aa.py builds them ("tiny": `tiny_ways`)."""
+    if name == "tiny":
+        return tiny_ways()
     from run import BUILD, batches_for, common, wl   # bench/run.py: reference, workloads
 
     from graphc.runtime.function import _ERRSTATE, _QUIET
@@ -98,11 +143,12 @@ def inside(a) -> None:
     lib.cg_dump.argtypes = [ctypes.c_char_p]
     for workload in a.workloads.split(","):
         ways = ways_for(workload)
-        for name in a.ways.split(","):      # Python 3.11 specializes its bytecode after
-            for i in range(a.prewarm):      # some dozens of runs: steady state, uncounted
+        names = [w for w in (TINY if workload == "tiny" else a.ways.split(",")) if w in ways]
+        for name in names:                # Python 3.11 quickens a function's bytecode after
+            for i in range(a.prewarm):    # 8 calls: steady state, not counted
                 ways[name](i)
         lib.cg_start()
-        for name in a.ways.split(","):
+        for name in names:
             way = ways[name]
             for i in range(a.warm):
                 way(i)
@@ -141,7 +187,7 @@ def count(a, lib: str, folder: str) -> dict:
     """{workload: {way: (events per step, dump path)}} from one valgrind run."""
     out = os.path.join(folder, "cg.out")
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-           *(["--cache-sim=yes"] if a.cache else []),
+           *(["--cache-sim=yes", f"--LL={a.ll}"] if a.cache else []),
            sys.executable, os.path.abspath(__file__), "--inside", a.workloads, "--lib", lib,
            "--ways", a.ways, "--steps", str(a.steps), "--warm", str(a.warm),
            "--prewarm", str(a.prewarm)]
@@ -167,7 +213,7 @@ def report(workload: str, found: dict, a) -> None:
     print(f"{workload}: per step, mean of {a.steps} steps after {a.warm} warm (1 BLAS thread)")
     print(f"  {'way':<11}" + "".join(f"{c:>13}" for c in cols)
           + f"{'Ir - empty':>13}{'Ir - ref':>11}{'/ ref':>8}")
-    for way in a.ways.split(","):
+    for way in (TINY if workload == "tiny" else a.ways.split(",")):
         if way not in found:
             continue
         ev = found[way][0]
@@ -196,9 +242,12 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="counted steps per way")
     ap.add_argument("--warm", type=int, default=4,
                     help="steps per way before counting (instrumented: the caches' state)")
-    ap.add_argument("--prewarm", type=int, default=100,
-                    help="steps per way before instrumenting (the interpreter's state)")
+    ap.add_argument("--prewarm", type=int, default=12,
+                    help="steps per way before instrumenting (Python 3.11 quickens a "
+                    "function's bytecode after 8 calls)")
     ap.add_argument("--cache", action="store_true", help="simulate caches (misses per step)")
+    ap.add_argument("--ll", default="524288,8,64", help="the simulated last-level cache: "
+                    "bytes,ways,line (default: this host's per-core L2)")
     ap.add_argument("--functions", default="", help="two ways A,B: per-function Ir of B - A")
     ap.add_argument("--event", default="Ir", help="the event --functions compares (with "
                     "--cache: D1mr, D1mw, DLmr, DLmw too)")
