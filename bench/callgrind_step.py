@@ -21,7 +21,10 @@ The workload "tiny" (a (3, 4) product) counts the call path's parts instead: `ru
 plan's generated entry called directly, the call, the general path, and alone the errstate
 switch the entry makes, `np.errstate(all="ignore")` entered, the lock taken and given back,
 the Ctrl-C flag set and cleared (`--steps 1000`: the parts are ~100-10,000 instructions).
-Printed per way: instructions per step (Ir), the difference to the reference's, and with
+Printed per way: instructions per step (Ir), of them in glibc's memset/memcpy (`mem*`: large
+blocks go through `rep stos`/`rep movs`, which callgrind counts once per byte: a GEMM with
+beta = 0 zeroing its output first shows as ~1 instruction per byte), the difference to the
+reference's, and with
 --cache (callgrind's cache simulator: LRU, no prefetching) the L1 and last-level data
 read/write misses per step. Valgrind reads this AMD EPYC's last level as one 256 MB
 direct-mapped cache (so: no misses at all); `--ll` sets it, by default to the per-core L2
@@ -50,6 +53,9 @@ void cg_zero(void) { CALLGRIND_ZERO_STATS; }
 void cg_dump(const char *s) { CALLGRIND_DUMP_STATS_AT(s); }
 void cg_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; }
 """
+# glibc's large memset/memcpy are `rep stos`/`rep movs`: callgrind counts every iteration (one
+# per byte), so their share of Ir is shown apart
+MEM = re.compile(r":__(memset|memmove|memcpy)\w*$")
 WAYS = ("empty", "reference", "ref quiet", "plan.run", "run quiet", "call", "general")
 TINY = ("empty", "plan.run", "entry", "call", "general", "errstate", "np.errstate", "lock",
         "held")
@@ -201,6 +207,7 @@ def count(a, lib: str, folder: str) -> dict:
             key, ev = totals(path)
             if key != "?":
                 workload, way = key.split("/", 1)
+                ev["mem*"] = sum(v for k, v in functions(path).items() if MEM.search(k))
                 found.setdefault(workload, {})[way] = ({k: v / a.steps for k, v in ev.items()},
                                                        path)
     return found
@@ -209,10 +216,10 @@ def count(a, lib: str, folder: str) -> dict:
 def report(workload: str, found: dict, a) -> None:
     ref = found.get("reference", (None,))[0]
     base = found.get("empty", (None,))[0]
-    cols = ["Ir"] + (["D1mr", "D1mw", "DLmr", "DLmw"] if a.cache else [])
+    cols = ["Ir", "mem*"] + (["D1mr", "D1mw", "DLmr", "DLmw"] if a.cache else [])
     print(f"{workload}: per step, mean of {a.steps} steps after {a.warm} warm (1 BLAS thread)")
     print(f"  {'way':<11}" + "".join(f"{c:>13}" for c in cols)
-          + f"{'Ir - empty':>13}{'Ir - ref':>11}{'/ ref':>8}")
+          + f"{'Ir - empty':>13}{'Ir - ref':>11}{'/ ref':>8}{'w/o mem*':>10}")
     for way in (TINY if workload == "tiny" else a.ways.split(",")):
         if way not in found:
             continue
@@ -220,6 +227,7 @@ def report(workload: str, found: dict, a) -> None:
         row = "".join(f"{ev.get(c, 0):>13,.0f}" for c in cols)
         net = ev["Ir"] - (base["Ir"] if base and way != "empty" else 0)
         diff = (f"{ev['Ir'] - ref['Ir']:>11,.0f}{ev['Ir'] / ref['Ir']:>8.4f}"
+                f"{(ev['Ir'] - ev['mem*']) / (ref['Ir'] - ref['mem*']):>10.4f}"
                 if ref and way not in ("empty",) else "")
         print(f"  {way:<11}{row}{net:>13,.0f}{diff}")
     if a.functions:
