@@ -55,7 +55,16 @@ def register_op(op: OpDef) -> OpDef:
 
 
 def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
-    """An input fed at each call; None (or a name) in `shape` is a size fixed per call."""
+    """An input fed at each call; None (or a name) in `shape` is a size fixed per call.
+    An int is a 1-d shape, as in NumPy (`placeholder(3)` raised TypeError; TF's argument
+    order, `placeholder("float32", shape)`, made a shape of the letters). dtype=None is the
+    default, float32 (it was NumPy's float64)."""
+    check_name(name, "placeholder")
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list, np.ndarray)):
+        raise GraphcError(f"placeholder {name!r}: the shape must be a tuple of ints, None or "
+                          f"names (e.g. (None, 3)), got {shape!r}\n  at {user_line()}")
     dims = []
     for d in shape:
         if isinstance(d, (int, np.integer)) and d >= 0:
@@ -66,17 +75,28 @@ def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
             raise GraphcError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape}\n"
                               f"  at {user_line()}")
     scope, _ = _context.get()
-    return Node("placeholder", (), {}, tuple(dims), _dtype(dtype, "placeholder", name), name,
+    return Node("placeholder", (), {}, tuple(dims), _dtype(dtype or "float32", "placeholder", name), name,
                 user_line(), scope)
 
 
 def variable(value, dtype=None, name: str | None = None) -> Node:
     """A parameter with storage: read and assign it through `.value`."""
-    arr = np.array(value, dtype=dtype)
+    check_name(name, "variable")
+    try:
+        arr = np.array(value, dtype=dtype)
+    except (TypeError, ValueError) as e:    # a ragged list: NumPy's bare ValueError
+        raise GraphcError(f"variable {name!r}: cannot make an array of {str(value)[:40]} "
+                          f"({e})\n  at {user_line()}") from None
     _dtype(arr.dtype, "variable", name)
     scope, _ = _context.get()
     return Node("variable", (), {}, arr.shape, arr.dtype, name, user_line(), scope,
                 data=[arr])
+
+
+def check_name(name, what: str) -> None:
+    """A node's name is a str or None: an int name broke save_params (TypeError)."""
+    if name is not None and not isinstance(name, str):
+        raise GraphcError(f"{what}: name must be a str, got {name!r}\n  at {user_line()}")
 
 
 def _dtype(dtype, what: str, name) -> np.dtype:

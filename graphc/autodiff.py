@@ -62,8 +62,13 @@ def vjp(outputs: Sequence[Node] | Node, wrt: Sequence[Node] | Node,
 def reverse_walk(outputs, wrt, cotangents, disconnected: str,
                  leaves: bool = False) -> list[Node] | Node:
     single = isinstance(wrt, Node)
-    wrt = [wrt] if single else list(wrt)
-    outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
+    try:                   # grad(cost, None), vjp(None, ...): TypeError "not iterable"
+        wrt = [wrt] if single else list(wrt)
+        outputs = [outputs] if isinstance(outputs, Node) else list(outputs)
+    except TypeError:
+        bad = wrt if not isinstance(wrt, list) else outputs
+        raise GraphcError(f"grad/vjp: expected a node or a list of nodes, got "
+                          f"{type(bad).__name__}\n  at {user_line()}") from None
     cotangents = [cotangents] if not isinstance(cotangents, (list, tuple)) else list(cotangents)
     if len(cotangents) != len(outputs):
         raise GraphcError(f"vjp: {len(outputs)} outputs but {len(cotangents)} cotangents"
@@ -77,7 +82,7 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str,
                               f"\n  at {user_line()}")
         if not differentiable(w):
             raise GraphcError(f"grad: cannot differentiate with respect to {w.label()} of "
-                              f"integer/bool dtype {w.dtype.name}")
+                              f"integer/bool dtype {w.dtype.name}\n  at {user_line()}")
 
     order = toposort(outputs)
     wanted = {id(w) for w in wrt}
@@ -101,6 +106,10 @@ def reverse_walk(outputs, wrt, cotangents, disconnected: str,
             totals[id(node)] = g
             if not node.inputs or leaves and id(node) in wanted:
                 continue
+            if node.opdef.vjp is None:      # a user's op declared without one: TypeError
+                raise GraphcError(f"grad: op {node.op!r} has no VJP rule (give its OpDef "
+                                  f"vjp=), so {node.label()} {format_shape(node.shape)} cannot "
+                                  f"be differentiated\n  at {node.where}")
             grads = node.opdef.vjp(g, node, *node.inputs, **node.attrs)
             for x, gx in zip(node.inputs, grads):
                 if gx is None or id(x) not in depends:
@@ -290,6 +299,14 @@ def check_grad(cost: Node, wrt, feeds: dict, eps: float | None = None,
     if unseeded:
         raise GraphcError(f"check_grad: the cost draws random values without a seed "
                           f"({unseeded[0].op} built at {unseeded[0].where}); give it a seed")
+    if not isinstance(feeds, dict):      # a list of arrays: AttributeError 'items'
+        raise GraphcError(f"check_grad: feeds must be a dict {{placeholder: array}}, got "
+                          f"{type(feeds).__name__}\n  at {user_line()}")
+    for what, v in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not v >= 0):
+            raise GraphcError(f"check_grad: {what} must be a number >= 0, got {v!r}\n"
+                              f"  at {user_line()}")
     feeds = {k: np.array(v, dtype=k.dtype) for k, v in feeds.items()}
     analytic = evaluate(grad(cost, ws), feeds)
     worst, checked, failed = None, 0, 0

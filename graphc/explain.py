@@ -44,12 +44,22 @@ def shared(nodes: Sequence[Node]) -> list[Node]:
 
 
 def explain(nodes, latex: bool = False) -> str:
-    """Each node's formula, shared subexpressions named once (`let z1 = x·W1 + b1`)."""
+    """Each node's formula, shared subexpressions named once (`let z1 = x·W1 + b1`).
+
+    `nodes`: a node, a list or a dict (label -> node) of them, a Graph, or a compiled Function
+    (its graph as built: the outputs, then each update's new value, `new W`)."""
     if isinstance(nodes, Node):
         nodes = [nodes]
-    if isinstance(nodes, dict):
+    graph = nodes if isinstance(nodes, Graph) else getattr(nodes, "original", None)
+    if isinstance(graph, Graph):        # a Graph or Function was a TypeError (not iterable)
+        labels = [n.name or f"out{k}" for k, n in enumerate(graph.outputs)] \
+            + [f"new {v.name or f'W{k}'}" for k, (v, _) in enumerate(graph.updates)]
+        nodes = list(graph.outputs) + [new for _, new in graph.updates]
+    elif isinstance(nodes, dict):
         labels, nodes = list(nodes.keys()), list(nodes.values())
     else:
+        if not hasattr(nodes, "__iter__") or isinstance(nodes, (str, bytes)):
+            nodes = [nodes]             # explain(None): a GraphcError below, not TypeError
         nodes = list(nodes)
         labels = [getattr(n, "name", None) or f"out{k}" for k, n in enumerate(nodes)]
     as_graph(nodes, "explain")          # a non-node is a GraphcError, not AttributeError

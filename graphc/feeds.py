@@ -10,6 +10,7 @@ import numpy as np
 
 from graphc.listing import format_shape
 from graphc.opdef import GraphcError
+from graphc.scope import user_line
 
 if TYPE_CHECKING:
     from graphc.ir import Node
@@ -21,7 +22,16 @@ def short_repr(value) -> str:
 
 
 def check_feed(ph: Node, value) -> np.ndarray:
-    """The fed value as an array of the placeholder's dtype and rank, or a clear error."""
+    """The fed value as an array of the placeholder's dtype and rank, or a clear error that
+    names the user's line (the call) and where the placeholder was built: it named neither."""
+    try:
+        return checked_feed(ph, value)
+    except GraphcError as e:
+        raise GraphcError(f"{e}\n  at {user_line()} (placeholder built at {ph.where})") \
+            from None
+
+
+def checked_feed(ph: Node, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         if type(value) is not np.ndarray:   # np.matrix, masked: the plan runs plain arrays
             value = np.asarray(value)
@@ -77,3 +87,13 @@ def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> No
                     f"{n.op}({got}): the input declared {format_shape(x.shape)} is 1 along "
                     f"axis {k}, known only at run time, against {out[lead + k]} (dims known "
                     f"only at run time do not broadcast: declare it 1)\n  at {n.where}")
+
+
+def check_result(n: Node, out: np.ndarray) -> None:
+    """A kernel's value has its node's dtype and shape (a user's kernel returning x[:1] or
+    float64 flowed on as another shape or dtype than the graph declares)."""
+    if out.dtype != n.dtype or out.ndim != len(n.shape) or any(
+            isinstance(d, int) and d != k for d, k in zip(n.shape, out.shape)):
+        raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)} "
+                          f"{out.dtype.name}, but its shape rule gives "
+                          f"{format_shape(n.shape)} {n.dtype.name}\n  at {n.where}")

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from graphc.ir import OPS, GraphcError, Node, toposort
+from graphc.ir import OPS, GraphcError, Node, toposort, user_line
 from graphc.ops.fused import decomposition
 from graphc.symbolic import (Broadcast, Elementwise, Opaque, Sum, is_scalar_broadcast,
                              labelled, scalar_sym, sigmoid)
@@ -287,6 +287,12 @@ def within_sympy(what: str):
 
 def formula(node: Node, simplify: bool = True):
     """A sympy expression for the node's value in the names of its placeholders/variables."""
+    if not isinstance(node, Node):     # formula(3.0), formula([y]): AttributeError, TypeError
+        hint = "; for several nodes, a Graph or a Function: gc.explain" \
+            if hasattr(node, "__iter__") or hasattr(node, "graph") or hasattr(node, "outputs") \
+            else ""
+        raise GraphcError(f"formula: needs one graph node, got {type(node).__name__}{hint}\n"
+                          f"  at {user_line()}")
     with within_sympy("formula"):
         expr = build([node])[id(node)]
         expr = tidy(expr) if simplify else expr

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from graphc.feeds import check_feed, fits, refuse_unknown_broadcast  # noqa: F401
+from graphc.feeds import check_feed, check_result, fits, \
+    refuse_unknown_broadcast  # noqa: F401
 from graphc.guards import paused_gc, storage_lock, storage_locks  # noqa: F401
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
 from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
@@ -144,7 +145,8 @@ class Node:
         raise GraphcError("a graph node has no truth value; use gc.where / gc.greater")
 
     def __iter__(self):
-        raise GraphcError(f"cannot iterate over a graph node {format_shape(self.shape)}")
+        raise GraphcError(f"cannot iterate over a graph node {format_shape(self.shape)}"
+                          f"\n  at {user_line()}")
 
     # operator overloads build nodes through the op table ------------------------------
     def __add__(self, o): return apply("add", self, o)
@@ -298,6 +300,8 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
     """A node holding a fixed array (read-only)."""
     if isinstance(value, Node):
         raise GraphcError(f"constant() needs an array, got a graph node {value!r}")
+    if name is not None and not isinstance(name, str):
+        raise GraphcError(f"constant: name must be a str, got {name!r}\n  at {user_line()}")
     try:
         dtype = None if dtype is None else np.dtype(dtype)
     except TypeError:
@@ -326,7 +330,11 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
 def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
           _scope: tuple | None = None, _grad_of: Node | None = None, **attrs) -> Node:
     """Build a node of `op`: convert scalars, run the shape/dtype rule, record the user line."""
-    opdef = OPS[op]
+    try:
+        opdef = OPS[op]
+    except (KeyError, TypeError):     # gc.apply("nope", x) was a bare KeyError
+        raise GraphcError(f"unknown op {op!r} (register it with gc.register_op)\n"
+                          f"  at {_where or user_line()}") from None
     nodes = [i for i in inputs if isinstance(i, Node)]
     if len(nodes) == len(inputs):           # no scalars to convert (passes, grad)
         nodes = inputs
@@ -342,14 +350,20 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
     where = _where or user_line()
     try:
         shape, dtype, *canonical = opdef.infer(*nodes, **attrs)
+        if canonical:             # the rule may normalise attributes (axis=-1 -> axis=(1,))
+            attrs = canonical[0]
+        scope, grad_of = _context.get()
+        return Node(op, nodes, attrs, shape, dtype, _name, where,
+                    scope if _scope is None else _scope,
+                    grad_of if _grad_of is None else _grad_of)
     except ShapeError as e:
         args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
         raise GraphcError(f"{op}({args}): {e}\n  at {where}") from None
-    if canonical:                 # the rule may normalise attributes (axis=-1 -> axis=(1,))
-        attrs = canonical[0]
-    scope, grad_of = _context.get()
-    return Node(op, nodes, attrs, shape, dtype, _name, where,
-                scope if _scope is None else _scope, grad_of if _grad_of is None else _grad_of)
+    except Exception as e:   # an attribute the rule does not take, a rule's own bug or result
+        args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
+        raise GraphcError(f"{op}({args}{''.join(f', {k}={v!r}' for k, v in attrs.items())}): "
+                          f"its shape rule failed ({type(e).__name__}: {e}); it must return "
+                          f"(shape, dtype[, attrs])\n  at {where}") from e
 
 
 # graphs -------------------------------------------------------------------------------
@@ -388,7 +402,12 @@ class Graph:
             roots = self.outputs + tuple([x for pair in self.updates for x in pair])
         else:                       # a fused group's body: thousands of small graphs
             self.updates, roots = (), self.outputs
-        self.nodes = toposort(roots)
+        try:
+            self.nodes = toposort(roots)
+        except AttributeError:      # gc.Graph([3]): "'int' object has no attribute 'inputs'"
+            bad = next(x for x in roots if not isinstance(x, Node))
+            raise GraphcError(f"Graph: outputs and updates must be graph nodes, got "
+                              f"{type(bad).__name__}\n  at {user_line()}") from None
 
     @property
     def placeholders(self) -> list[Node]:
@@ -434,7 +453,8 @@ def as_graph(obj, what: str = "graph") -> Graph:
     if all(isinstance(n, Node) for n in nodes):
         return Graph(nodes)
     bad = next(type(n).__name__ for n in nodes if not isinstance(n, Node))
-    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}")
+    raise GraphcError(f"{what}: outputs must be graph nodes, a Graph or a Function, got {bad}"
+                      f"\n  at {user_line()}")
 
 
 DRAW: list = []    # viz's repr_svg, registered by graphc/__init__ (drawing sits above the IR)
@@ -478,7 +498,10 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
                 shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
-            values[id(n)] = out if opdef.items else np.asarray(out)
+            if not opdef.items:         # a Python number or list takes the node's dtype
+                out = out if isinstance(out, np.ndarray) else np.asarray(out, n.dtype)
+                check_result(n, out)
+            values[id(n)] = out
             if opdef.elementwise or n.op == "broadcast_to":
                 refuse_unknown_broadcast(n, [values[id(i)].shape for i in n.inputs],
                                          values[id(n)].shape)

@@ -259,6 +259,9 @@ def scan(fn: Callable, init, xs=None, length: int | None = None, reverse: bool =
     that fn reads (variables, inputs) become inputs of the loop. length: the number of steps
     when there is no xs. reverse: run from the last slice to the first (ys keep xs' order)."""
     where = user_line()
+    if not callable(fn):        # scan(3, ...) was a TypeError inside scan
+        raise GraphcError(f"scan: fn must be a function (carry, x) -> (carry, y), got "
+                          f"{type(fn).__name__}\n  at {where}")
     init_nodes, init_form = flatten(init, "init")
     x_nodes, x_form = flatten(xs, "xs")
     for x in x_nodes:

@@ -17,9 +17,19 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))   # the graphc package
 _line_mark = contextvars.ContextVar("graphc_line_mark", default=(None, ""))
 
 
-@contextlib.contextmanager
 def name_scope(name: str):
-    """Nodes built inside get `name` appended to their scope (layers use this for grouping)."""
+    """Nodes built inside get `name` appended to their scope (layers use this for grouping).
+    A str: name_scope(3) or (None) saved a graph gc.load refused, and broke render(collapse)
+    and inspect."""
+    if not isinstance(name, str):
+        from graphc.opdef import GraphcError
+        raise GraphcError(f"name_scope: the name must be a str, got {name!r}\n"
+                          f"  at {user_line()}")
+    return _name_scope(name)
+
+
+@contextlib.contextmanager
+def _name_scope(name: str):
     scope, grad_of = _context.get()
     token = _context.set((scope + (name,), grad_of))
     try:

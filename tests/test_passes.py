@@ -103,7 +103,7 @@ def test_eliminate_dead_code_drops_self_updates_and_unused_nodes():
 def test_simplify_identities_listing_and_values():
     x = gc.placeholder((2, 3), name="x")
     y = gc.placeholder((3,), name="y")
-    a = -(-(x * 1.0 + 0.0)) + (y - y) + gc.exp(gc.log(gc.sigmoid(x)))
+    a = -(-(x * 1.0 - 0.0)) + (y - y) + gc.exp(gc.log(gc.sigmoid(x)))
     b = gc.transpose(gc.transpose(a)) * 2.0 + 3.0 * gc.reshape(gc.reshape(x, (3, 2)), (2, 3))
     g = Graph([b])
     out = P.simplify(g)
@@ -171,15 +171,15 @@ def test_simplify_removes_the_leftovers_of_vjp_rules():
 
 
 def test_sum_over_unit_axes_and_sum_of_broadcast():
-    x = gc.placeholder((4, 1), name="x")
+    x = gc.placeholder((4, 1), "int64", name="x")        # floats keep the sum: -0.0 -> 0.0
     g = Graph([gc.sum(x, axis=1), gc.sum(gc.broadcast_to(gc.constant(2.0), (4, 5)))])
     out = P.simplify(g)
     assert str(out) == listing("""
-        %0 = placeholder()  # (4, 1) float32 'x'
-        %1 = reshape(%0, shape=(4,))  # (4,) float32
+        %0 = placeholder()  # (4, 1) int64 'x'
+        %1 = reshape(%0, shape=(4,))  # (4,) int64
         %2 = constant(40.)  # () float32
         return %1, %2""")
-    same_values(g, out, {x: rand(4, 1)})
+    same_values(g, out, {x: np.arange(4).reshape(4, 1)})
 
 
 # the driver ----------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def test_optimize_is_deterministic():
 def test_optimize_accepts_nodes_lists_and_a_pass_list():
     x = gc.placeholder((3,), name="x")
     assert len(gc.optimize(x * 1.0).nodes) == 1
-    assert len(gc.optimize([x + 0.0, x], passes=[P.simplify]).nodes) == 1
+    assert len(gc.optimize([x - 0.0, x], passes=[P.simplify]).nodes) == 1
     assert len(gc.optimize(x * 1.0, passes=[]).nodes) == 3
 
 

@@ -151,6 +151,36 @@ def test_an_mlp_step_stores_its_first_layer_transposed_only_on_several_threads(
     assert "xp.gemm(w1, x0," in f.source and "xp.gemv(w2," in f.source
 
 
+def test_no_value_stays_transposed_when_an_elementwise_reader_of_its_shape_is_c_ordered(
+        monkeypatch):
+    """A narrow layer's weight gradient x.T @ g (64 rows) read by the SGD update that writes
+    the C-ordered variable, and a product read by an output's elementwise step, stay in C
+    order (a ufunc over mixed layouts ran 2-4x slower than the product saved: probe29);
+    values as eval either way."""
+    monkeypatch.setattr(blas, "threads", lambda: 2)
+    r = np.random.default_rng(5)
+    x = gc.placeholder((None, 64), "float32", "x")
+    w = gc.variable(r.standard_normal((64, 256)).astype(np.float32) * 0.1, name="W")
+    v = gc.variable(r.standard_normal((256, 300)).astype(np.float32) * 0.1, name="V")
+    h = gc.relu(x @ w)
+    loss = gc.sum(h)
+    (g,) = gc.grad(loss, [w])
+    out = gc.tanh(h @ v)         # the output reads the product elementwise: C order
+    f = gc.function([x], [loss, out], updates=[(w, w - 0.01 * g)])
+    feed = r.standard_normal((32, 64)).astype(np.float32)
+    want = evaluate([loss, out, w - 0.01 * g], {x: feed})
+    got = f(feed)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.value, want[2], rtol=1e-5, atol=1e-6)
+    assert layout.transposed_pays(32, 256, 64, 2) and layout.transposed_pays(64, 256, 32, 2)
+    for line in f.source.splitlines():
+        if "[stored transposed]" in line:
+            assert "transpose_a=True" not in line, line
+    assert not any("(32, 300)" in line and "[stored transposed]" in line
+                   for line in f.source.splitlines())
+
+
 def test_a_plan_keeps_the_layouts_it_was_made_with(monkeypatch):
     """The thread count is asked when a plan is made: later calls of that plan run it as it
     is (values unchanged), and a plan for another batch asks again."""

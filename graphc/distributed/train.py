@@ -44,6 +44,7 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
     """
     need_dask()
     client = get_client(client)
+    train.check_model(model, "distributed.fit", optimizer)
     x, y, y_local = check_inputs(x, y)
     batch_size = whole(batch_size, "fit: batch_size")
     loss_fn = losses_mod.get(loss)

@@ -79,6 +79,29 @@ def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
     return ACTIVATIONS[activation]
 
 
+def no_super(layer) -> GraphcError:
+    return GraphcError(f"{type(layer).__name__}.__init__ must call super().__init__() before "
+                       f"the layer is used\n  at {user_line()}")
+
+
+def unheld_error(layer) -> GraphcError:
+    """A layer with variables made inside another's forward (`nn.Dense(4)(x)` there): params
+    missed its variables, so fit silently never trained them."""
+    return GraphcError(f"{type(layer).__name__} {layer.name!r} is made or called inside "
+                       f"another layer's forward but no layer holds it (an attribute, or a "
+                       f"list or dict in one, not starting with '_'): params would miss its "
+                       f"variables and fit would never train them; create it in __init__\n"
+                       f"  at {user_line()}")
+
+
+def takes_training(forward) -> bool:
+    """Whether forward takes `training=`: PyTorch's `def forward(self, x)` does not (its
+    layers still follow the caller's mode); it failed with a TypeError."""
+    params = inspect.signature(forward).parameters.values()
+    return any(p.name == "training" and p.kind != p.POSITIONAL_ONLY
+               or p.kind == p.VAR_KEYWORD for p in params)
+
+
 def unique(items) -> list:
     """Items in first-seen order, each once (a shared layer's variables count once)."""
     seen, out = set(), []
@@ -87,6 +110,11 @@ def unique(items) -> list:
             seen.add(id(item))
             out.append(item)
     return out
+
+
+LAYER_ATTRS = frozenset({"auto_named", "name", "seed", "path", "opens_scope", "own_params",
+                         "own_kernels", "own_state", "own_state_updates", "state_call",
+                         "built", "output_shape", "trainable"})
 
 
 class Layer:
@@ -99,6 +127,13 @@ class Layer:
     kind = "layer"
 
     def __init__(self, name: str | None = None, seed: int | None = None):
+        if name is not None and not isinstance(name, str):   # failed at the first call
+            raise GraphcError(f"{type(self).__name__}: name must be a str, got {name!r}\n"
+                              f"  at {user_line()}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):   # 'a', -1: ValueError at the first call
+            raise GraphcError(f"{type(self).__name__}: seed must be an int >= 0 or None, got "
+                              f"{seed!r}\n  at {user_line()}")
         self.auto_named = name is None
         self.name = name or self.kind
         self.seed = seed
@@ -111,22 +146,23 @@ class Layer:
         self.state_call = None          # the outer call that recorded own_state_updates
         self.built = False
         self.output_shape = None
+        self.trainable = True      # Keras's flag: False freezes this layer and those inside
 
     # calling ---------------------------------------------------------------------------
     def __call__(self, *inputs: Node, training: bool | None = None, **options):
         """The layer's output node(s); `options` (an attention mask, a recurrent layer's
         initial state) go to its forward as they are."""
         if "own_params" not in vars(self):
-            raise GraphcError(f"{type(self).__name__}.__init__ must call super().__init__() "
-                              "before the layer is used")
+            raise no_super(self)
         if inputs and isinstance(inputs[-1], bool) and training is None:
             *inputs, training = inputs       # the first API's layer(x, training), kept
         for x in inputs:
             if not isinstance(x, Node):
                 raise GraphcError(f"{self.name}: call the layer on graph nodes, got "
-                                  f"{type(x).__name__}")
+                                  f"{type(x).__name__}\n  at {user_line()}")
         if not inputs:
-            raise GraphcError(f"{self.name}: call the layer on at least one graph node")
+            raise GraphcError(f"{self.name}: call the layer on at least one graph node\n"
+                              f"  at {user_line()}")
         if options:
             takes = inspect.signature(self.forward).parameters
             if not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
@@ -136,6 +172,7 @@ class Layer:
                                           f"argument {key!r}\n  at {user_line()}")
         if training is None:
             training = _training.get()
+        unheld = self.path is None and _outer_call.get() is not None
         if self.path is None:
             self.place(())
         token = _training.set(bool(training))
@@ -146,15 +183,24 @@ class Layer:
                 if not self.built:
                     self.build(*inputs)
                     self.built = True
+                if unheld and (self.own_params or self.own_state):
+                    raise unheld_error(self)
                 self.place_children()         # including layers that build() created
                 if training and self.state_call is not _outer_call.get():
                     self.own_state_updates = []
                     self.state_call = _outer_call.get()
-                out = self.forward(*inputs, training=bool(training), **options)
+                if takes_training(self.forward):
+                    options["training"] = bool(training)
+                out = self.forward(*inputs, **options)
         finally:
             _training.reset(token)
             if outer_token is not None:
                 _outer_call.reset(outer_token)
+        if not (isinstance(out, Node) or isinstance(out, (tuple, list))
+                and all(isinstance(o, Node) for o in out)):   # None, 3, a dict: TypeError
+            raise GraphcError(f"{type(self).__name__} {self.name!r}: forward must return a "
+                              f"graph node or a tuple/list of them, got {type(out).__name__}"
+                              f"\n  at {user_line()}")
         self.output_shape = out.shape if isinstance(out, Node) else tuple(o.shape for o in out)
         return out
 
@@ -165,7 +211,15 @@ class Layer:
         """Create the variables, now that the inputs' shapes are known."""
 
     def forward(self, *inputs: Node, training: bool):
-        raise NotImplementedError(f"{type(self).__name__} must define forward")
+        raise GraphcError(f"{type(self).__name__} must define forward(self, x, training)\n"
+                          f"  at {user_line()}")
+
+    def __getattr__(self, attr: str):
+        """Called only for attributes not found: Layer.__init__'s own, when a subclass's
+        __init__ forgot super().__init__() (`model.params` was an AttributeError)."""
+        if attr in LAYER_ATTRS and "own_params" not in vars(self):
+            raise no_super(self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     # naming ----------------------------------------------------------------------------
     def named_children(self) -> list[tuple[str, Layer]]:
@@ -239,13 +293,14 @@ class Layer:
                 return new
         return var
 
-    def walk(self) -> Iterator[Layer]:
-        """This layer and every layer inside it, each once, parents first."""
+    def walk(self, trainable: bool = False) -> Iterator[Layer]:
+        """This layer and every layer inside it, each once, parents first; `trainable`:
+        not those with `trainable = False` nor the layers inside them."""
         seen = set()
         stack = [self]
         while stack:
             layer = stack.pop()
-            if id(layer) in seen:
+            if id(layer) in seen or trainable and not layer.trainable:
                 continue
             seen.add(id(layer))
             yield layer
@@ -253,8 +308,10 @@ class Layer:
 
     @property
     def params(self) -> list[Node]:
-        """The trained variables of this layer and the layers inside it."""
-        return unique(p for layer in self.walk() for p in layer.own_params)
+        """The trained variables of this layer and the layers inside it; a layer set
+        `trainable = False` (Keras's way to freeze it) is left out: the optimizer, fit and
+        gd.fit leave it as it is. `layer.trainable = False` was silently ignored."""
+        return unique(p for layer in self.walk(trainable=True) for p in layer.own_params)
 
     @property
     def kernels(self) -> list[Node]:
@@ -267,8 +324,9 @@ class Layer:
 
     @property
     def variables(self) -> list[Node]:
-        """params + state: what `save_params` writes and `load_params` restores."""
-        return self.params + self.state
+        """params (frozen ones too) + state: what `save_params` writes and `load_params`
+        restores."""
+        return unique(p for layer in self.walk() for p in layer.own_params) + self.state
 
     @property
     def state_updates(self) -> list[tuple[Node, Node]]:
@@ -296,7 +354,7 @@ class Layer:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
+        return f"<{type(self).__name__} {vars(self).get('name', '?')!r}>"   # even before init
 
 
 def show_shape(shape) -> str:
@@ -328,18 +386,23 @@ class Model(Layer):
 
     def named_children(self) -> list[tuple[str, Layer]]:
         """Layers held in attributes (in assignment order), lists/tuples and dicts of them."""
-        found = []
+        found: list[tuple[str, Layer]] = []
         for attr, value in vars(self).items():
-            if attr.startswith("_"):
-                continue
-            if isinstance(value, Layer):
-                found.append((attr, value))
-            elif isinstance(value, (list, tuple)):
-                found += [(f"{attr}_{i}", v) for i, v in enumerate(value)
-                          if isinstance(v, Layer)]
-            elif isinstance(value, dict):
-                found += [(f"{attr}_{k}", v) for k, v in value.items() if isinstance(v, Layer)]
+            if not attr.startswith("_"):
+                held_layers(attr, value, found, set())
         return unique_children(found)
+
+
+def held_layers(name: str, value, found: list, seen: set) -> None:
+    """The layers in an attribute's value, at any depth of lists, tuples and dicts
+    (`blocks_0_1`): layers in a list of lists were silently left out of params and fit."""
+    if isinstance(value, Layer):
+        found.append((name, value))
+    elif isinstance(value, (list, tuple, dict)) and id(value) not in seen:
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            held_layers(f"{name}_{key}", item, found, seen)
 
 
 def unique_children(found):
@@ -368,6 +431,8 @@ class Sequential(Model):
             if not isinstance(layer, Layer):
                 raise GraphcError(f"Sequential: item {i} is not a layer: {layer!r}\n"
                                   f"  at {user_line()}")
+            if any(layer is earlier for earlier in self.layers[:i]):
+                continue          # applied again, sharing its weights (PyTorch allows it)
             if layer.auto_named:
                 layer.name = f"{layer.kind}_{i}"
             if layer.name in names:

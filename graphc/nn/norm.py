@@ -24,7 +24,11 @@ def normalize(x: Node, axes: tuple[int, ...], eps: float):
 
 
 def positive_axes(layer: Layer, axis, x: Node) -> tuple[int, ...]:
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+    if not isinstance(axes, (tuple, list)) or not all(    # axis="last": TypeError
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+        raise GraphcError(f"{type(layer).__name__} {layer.name!r}: axis must be an int or a "
+                          f"tuple of ints, got {axis!r} (built at {x.where})")
     out = []
     for a in axes:
         if not -x.ndim <= a < x.ndim:

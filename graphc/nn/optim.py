@@ -56,7 +56,19 @@ class Optimizer:
         return self.variables
 
     def checked(self, params, what: str) -> list[Node]:
-        params = list(params)
+        """A list of distinct float variables: one variable, or a model (its params, as
+        torch.optim.Adam(model.parameters())) was a TypeError, a variable given twice made
+        two updates of it, an int variable failed in grad without the line."""
+        name = f"{type(self).__name__}.{what}"
+        if isinstance(params, Node):
+            params = [params]
+        elif hasattr(params, "params") and not isinstance(params, (list, tuple)):
+            params = params.params
+        try:
+            params = list(params)
+        except TypeError:
+            raise GraphcError(f"{name}: parameters must be a list of variables, got "
+                              f"{type(params).__name__}\n  at {user_line()}") from None
         if not params:
             raise GraphcError(f"{type(self).__name__}.{what}: no parameters to train "
                               f"(call the model on an input first)\n  at {user_line()}")
@@ -64,6 +76,13 @@ class Optimizer:
             if not isinstance(p, Node) or p.op != "variable":
                 raise GraphcError(f"{type(self).__name__}.{what}: parameters must be "
                                   f"variables, got {p!r}\n  at {user_line()}")
+            if p.dtype.kind != "f":
+                raise GraphcError(f"{name}: parameter {p.label()} is {p.dtype.name}; only "
+                                  f"float variables are trained\n  at {user_line()}")
+        if len({id(p) for p in params}) < len(params):
+            twice = next(p for k, p in enumerate(params) if any(p is q for q in params[:k]))
+            raise GraphcError(f"{name}: parameter {twice.label()} is given twice\n"
+                              f"  at {user_line()}")
         return params
 
     def pairs(self, params: list[Node], grads: list[Node]) -> Updates:

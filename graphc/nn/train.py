@@ -14,7 +14,8 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, check_feed
 from graphc.nn import losses as losses_mod
-from graphc.nn.module import whole
+from graphc.nn.module import Layer, whole
+from graphc.scope import user_line
 
 try:
     from tqdm import tqdm
@@ -104,6 +105,22 @@ def run_batches(step, x, y, batch_size: int, order=None, bar=None):
     return total / count(x), np.concatenate(outs)
 
 
+def check_model(model, what: str, optimizer=None) -> None:
+    """A layer or model, or an object that acts as one (called with `training=`, listing
+    `params`); a plain function failed with TypeError "unexpected keyword argument
+    'training'". And an optimizer object (nn.SGD, the class, or "adam", failed in
+    `updates` with TypeError / AttributeError)."""
+    if not isinstance(model, Layer) and not (callable(model) and hasattr(model, "params")):
+        raise GraphcError(f"{what}: the model must be an nn layer or model (nn.Sequential, "
+                          f"a subclass of nn.Model), got {type(model).__name__}\n"
+                          f"  at {user_line()}")
+    if optimizer is not None and (isinstance(optimizer, type)
+                                  or not callable(getattr(optimizer, "updates", None))):
+        name = getattr(optimizer, "__name__", None) or repr(optimizer)
+        raise GraphcError(f"{what}: the optimizer must be an optimizer object, e.g. "
+                          f"nn.Adam(1e-3) or nn.SGD(0.1), got {name}\n  at {user_line()}")
+
+
 def check_data(x, y, what: str):
     for name, a in (("x", x), ("y", y)):
         for part in (a if isinstance(a, tuple) else (a,)):
@@ -134,6 +151,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     the optimizer continues from its state, so fit(epochs=2) equals fit(epochs=1) followed by
     fit(epochs=2, initial_epoch=1) (also after save_params/load_params of model and optimizer).
     """
+    check_model(model, "fit", optimizer)
     x, y = check_data(x, y, "fit")
     batch_size = whole(batch_size, "fit: batch_size")
     orders = epoch_orders(count(x), epochs, initial_epoch, seed)
@@ -224,6 +242,7 @@ def evaluation_step(model, loss_fn, xp, yp):
 
 def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[str, float]:
     """Loss (and accuracy for classification) of the model in evaluation mode."""
+    check_model(model, "evaluate")
     x, y = check_data(x, y, "evaluate")
     batch_size = whole(batch_size, "evaluate: batch_size")
     loss_fn = losses_mod.get(loss)
@@ -239,6 +258,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256, metric="auto") -> dict[st
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs in evaluation mode, batch by batch (x: an array or a tuple)."""
+    check_model(model, "predict")
     x = as_inputs(x, "predict")
     batch_size = whole(batch_size, "predict: batch_size")
     xp = as_list(input_placeholders(x))

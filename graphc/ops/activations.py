@@ -51,8 +51,9 @@ def gelu(x, approximate: str = "none"):
     "tanh" the tanh approximation of the original BERT/GPT-2 code)."""
     if approximate == "none":
         return x * 0.5 * (1.0 + apply("erf", x * (1.0 / math.sqrt(2.0))))
-    if approximate == "tanh":
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
+    if approximate == "tanh":      # tanh is +-1 from |x| = 10 on: the clip changes no
+        t = clip(x, -10.0, 10.0)    # value, and keeps x^3 finite (float16: from 41 on)
+        inner = math.sqrt(2.0 / math.pi) * (t + 0.044715 * (t * t * t))
         return 0.5 * x * (1.0 + apply("tanh", inner))
     raise GraphcError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}\n"
                       f"  at {user_line()}")
@@ -65,13 +66,22 @@ def silu(x):
 
 def leaky_relu(x, negative_slope: float = 0.01):
     """x where x > 0, else negative_slope * x (the slope is taken at 0, as PyTorch)."""
-    return apply("where", apply("greater", x, 0), x, x * float(negative_slope))
+    return apply("where", apply("greater", x, 0), x, x * number(negative_slope,
+                                                                "leaky_relu: negative_slope"))
 
 
 def elu(x, alpha: float = 1.0):
     """x where x > 0, else alpha * (exp(x) - 1); exp only sees x <= 0, so no inf*0 = nan."""
     neg = apply("minimum", x, 0)
-    return apply("where", apply("greater", x, 0), x, float(alpha) * (apply("exp", neg) - 1.0))
+    return apply("where", apply("greater", x, 0), x,
+                 number(alpha, "elu: alpha") * (apply("exp", neg) - 1.0))
+
+
+def number(v, what: str) -> float:
+    """A Python number (float('a') was a bare ValueError, float(node) a TypeError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise GraphcError(f"{what} must be a number, got {v!r}\n  at {user_line()}")
+    return float(v)
 
 
 def clip(x, lo=None, hi=None):

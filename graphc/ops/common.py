@@ -71,6 +71,15 @@ def a_dtype(dtype) -> np.dtype:
     return dt
 
 
+def keep_flag(keepdims) -> bool:
+    """keepdims as a bool: `x.sum(0, 1)` (meant as axes 0 and 1) kept axis 0 silently as
+    keepdims=1, and keepdims="no" was True."""
+    if isinstance(keepdims, (bool, np.bool_)):
+        return bool(keepdims)
+    raise ShapeError(f"keepdims must be True or False, got {keepdims!r} (several axes are "
+                     f"one tuple: x.sum((0, 1)))")
+
+
 def norm_axes(axis, ndim: int) -> tuple[int, ...]:
     """axis=None|int|tuple -> sorted tuple of non-negative axes, checked against ndim."""
     if axis is None:

@@ -30,8 +30,10 @@ elementwise("div", np.divide, lambda g, out, a, b: (g / b, -g * out / b), lambda
             dtype_rule=need_float)
 elementwise("neg", np.negative, lambda g, out, x: (-g,), lambda x: -x)
 def pow_vjp(g, out, a, b):
+    """b a^(b-1), 0 where b = 0 (a^0 is 1: 0 * 0^-1 would be NaN at a = 0, as PyTorch masks);
+    out log a where a > 0, else 0."""
     base = a if a.dtype.kind == "f" else apply("cast", a, dtype=g.dtype.name)  # log(int) too
-    return (g * b * apply("pow", a, b - 1),
+    return (apply("where", apply("equal", b, 0), 0.0, g * b * apply("pow", a, b - 1)),
             where0(apply("greater", a, 0), g * out * apply("log", apply("abs", base))))
 
 

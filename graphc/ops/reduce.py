@@ -5,7 +5,7 @@ import numpy as np
 import sympy as sp
 
 from graphc.ir import OpDef, ShapeError, apply, constant, format_shape, register
-from graphc.ops.common import broadcast_shapes, norm_axes, promote
+from graphc.ops.common import broadcast_shapes, keep_flag, norm_axes, promote
 
 __all__ = ["sum", "mean", "max", "size", "argmax_mask", "matmul"]
 
@@ -26,8 +26,8 @@ def reduced_shape(shape, axes, keepdims):
 def reduce_infer(x, *, axis=None, keepdims=False):
     axes = norm_axes(axis, x.ndim)
     dtype = np.dtype(np.int64) if x.dtype == bool else x.dtype   # sum of bools counts
-    return reduced_shape(x.shape, axes, keepdims), dtype, {"axis": axes,
-                                                           "keepdims": bool(keepdims)}
+    keepdims = keep_flag(keepdims)
+    return reduced_shape(x.shape, axes, keepdims), dtype, {"axis": axes, "keepdims": keepdims}
 
 
 def expand_back(g, x, axis, keepdims):
@@ -174,8 +174,8 @@ def mean(x, axis=None, keepdims: bool = False):
     if total.dtype == np.float16:   # as NumPy, through float32: a count over 65504 is inf
         return apply("cast", mean(apply("cast", x, dtype="float32"), axis, keepdims),
                      dtype="float16")
-    if total.dtype.kind != "f":
-        total = apply("cast", total, dtype="float32")
+    if total.dtype.kind != "f":     # summed as float32: a sum in int8 or uint8 wraps around
+        total = apply("sum", apply("cast", x, dtype="float32"), axis=axes, keepdims=keepdims)
     dims = [x.shape[a] for a in axes]
     if all(isinstance(d, int) for d in dims):
         count = constant(np.asarray(np.prod(dims), dtype=total.dtype))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import OpDef, ShapeError, apply, constant, register
-from graphc.ops.common import need_float, norm_axes
+from graphc.ops.common import keep_flag, need_float, norm_axes
 from graphc.ops.reduce import expand_back, max_infer, mean, reduced_shape, scalar_sym
 
 __all__ = ["min", "prod", "logsumexp", "argmax", "argmin", "var", "std"]
@@ -27,13 +27,18 @@ def prod_kernel(x, *, axis, keepdims):
 
 
 def prod_vjp(g, out, x, *, axis, keepdims):
-    """d out / d x_i = product of the others; exact with zeros (out / x would give 0/0)."""
+    """d out / d x_i = the product of the others: out / x_i where x_i != 0; at a zero, the
+    product of the nonzero ones times the other zeros (one other at most: with two, 0 to
+    second order). Each form holds near x (a mask is a constant to autodiff), so the gradient's
+    gradient is exact too (out / x alone would give 0/0; a constant 0 would lose it)."""
     zero = apply("equal", x, 0)
     safe = apply("where", zero, 1.0, x)                      # x with its zeros set to 1
     nonzero = apply("prod", safe, axis=axis, keepdims=True)  # product of the nonzero ones
-    zeros = apply("sum", apply("cast", zero, dtype=x.dtype.name), axis=axis, keepdims=True)
-    others = apply("where", zero, apply("where", apply("equal", zeros, 1), nonzero, 0.0),
-                   apply("where", apply("equal", zeros, 0), nonzero, 0.0) / safe)
+    zeros = apply("sum", apply("cast", zero, dtype="int64"), axis=axis, keepdims=True)
+    other = apply("sum", apply("where", zero, x, 0.0), axis=axis, keepdims=True) - x
+    at_zero = apply("where", apply("equal", zeros, 1), nonzero,
+                    apply("where", apply("equal", zeros, 2), nonzero * other, 0.0))
+    others = apply("where", zero, at_zero, expand_back(out, x, axis, keepdims) / safe)
     return (expand_back(g, x, axis, keepdims) * others,)
 
 
@@ -52,7 +57,7 @@ def lse_infer(x, *, axis=None, keepdims=False):
 
 
 def lse_kernel(x, *, axis, keepdims):
-    m = np.max(x, axis=axis, keepdims=True)
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # empty: log(0) = -inf too
     m = np.where(np.isfinite(m), m, 0)                       # all -inf: log(0) = -inf
     out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
     return out if keepdims else np.squeeze(out, axis=axis)
@@ -73,7 +78,7 @@ def arg_infer(x, *, axis=None, keepdims=False):
     if x.ndim == 0:
         raise ShapeError("needs an input of rank >= 1")
     axes = norm_axes(axis, x.ndim)
-    keepdims = bool(keepdims)
+    keepdims = keep_flag(keepdims)
     return reduced_shape(x.shape, axes, keepdims), np.dtype(np.int64), {
         "axis": None if axis is None else axes[0], "keepdims": keepdims}
 

@@ -67,8 +67,8 @@ def same_size(a: Node, b: Node) -> bool:
 def sum_unit_axes(n: Node, x: Node) -> Node | None:
     """Summing over axes of size 1 only drops them."""
     axes = n.attrs["axis"]
-    if not all(x.shape[a] == 1 for a in axes):
-        return None
+    if not all(x.shape[a] == 1 for a in axes) or n.dtype.kind == "f" and x.dtype.kind == "f":
+        return None                            # NumPy's float sum of a -0.0 alone is 0.0
     if n.attrs["keepdims"]:
         return fit(x, n)                       # a sum of bools counts: int64
     return fit(apply("reshape", x, shape=n.shape), n) if static(n.shape) else None
@@ -182,6 +182,16 @@ def exact_neg(x: Node, n: Node) -> bool:
     return x.dtype == n.dtype or x.dtype.kind == "f"
 
 
+def signed_zero(n: Node, kept: Node, zero: Node, negative: bool) -> bool:
+    """Dropping `zero` keeps every value of `kept`: in integers, or when each zero has the
+    given sign. x + -0.0 and x - 0.0 are x for every float x; x + 0.0 and x - -0.0 turn a -0.0
+    into 0.0 (then 1 / x is inf where x's is -inf), and 0.0 - x is 0.0 where -x is -0.0."""
+    if n.dtype.kind in "biu" or kept.dtype.kind in "biu":
+        return True
+    arr = const_value(zero)
+    return arr is not None and bool(np.all(np.signbit(arr) == negative))
+
+
 def exact_zero(n: Node) -> bool:
     """x * 0 and x - x are 0 in integers only: a float x may be inf or NaN (NaN then, as
     eval computes) or negative (-0.0); which the graph cannot know of a computed value."""
@@ -189,16 +199,19 @@ def exact_zero(n: Node) -> bool:
 
 
 SIMPLIFY = [
-    # x+0 -> x
-    Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0) else None, needs=CONSTANT),
-    # 0+x -> x
-    Rule("zero_add", "add", lambda n, a, b: fit(b, n) if is_value(a, 0) else None, needs=CONSTANT),
-    # x-0 -> x
-    Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0) else None, needs=CONSTANT),
-    # 0-x -> -x
+    # x+0 -> x (-0.0 in floats)
+    Rule("add_zero", "add", lambda n, a, b: fit(a, n) if is_value(b, 0)
+         and signed_zero(n, a, b, True) else None, needs=CONSTANT),
+    # 0+x -> x (-0.0 in floats)
+    Rule("zero_add", "add", lambda n, a, b: fit(b, n) if is_value(a, 0)
+         and signed_zero(n, b, a, True) else None, needs=CONSTANT),
+    # x-0 -> x (+0.0 in floats)
+    Rule("sub_zero", "sub", lambda n, a, b: fit(a, n) if is_value(b, 0)
+         and signed_zero(n, a, b, False) else None, needs=CONSTANT),
+    # 0-x -> -x (-0.0 in floats)
     Rule("zero_sub", "sub",
-         lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n) else None,
-         needs=CONSTANT),
+         lambda n, a, b: fit(-b, n) if is_value(a, 0) and exact_neg(b, n)
+         and signed_zero(n, b, a, True) else None, needs=CONSTANT),
     # x-x -> zeros
     Rule("sub_self", "sub", lambda n, a, b: zeros(n) if a is b and exact_zero(n) else None),
     # x*1 -> x
@@ -217,9 +230,10 @@ SIMPLIFY = [
     Rule("div_one", "div", lambda n, a, b: fit(a, n) if is_value(b, 1) else None, needs=CONSTANT),
     # --x -> x
     Rule("neg_neg", "neg", lambda n, x: x.inputs[0] if x.op == "neg" else None, needs=("neg",)),
-    # -(a-b) -> b-a
+    # -(a-b) -> b-a (integers: -(a - a) is -0.0)
     Rule("neg_sub", "neg",
-         lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" else None, needs=("sub",)),
+         lambda n, x: x.inputs[1] - x.inputs[0] if x.op == "sub" and exact_zero(n) else None,
+         needs=("sub",)),
     # a+-b -> a-b
     Rule("add_neg", "add",
          lambda n, a, b: a - b.inputs[0] if b.op == "neg" and exact_neg(b, n) else None,

@@ -21,7 +21,7 @@ from graphc.runtime import atomic
 from graphc.runtime.instrument import Table, profile_run, profile_table
 from graphc.runtime.program import Plan, lower
 from graphc.runtime.shapes import resolve
-from graphc.scope import frame_line
+from graphc.scope import frame_line, user_line
 
 
 # plans kept per Function, least recently used evicted first (documented in the README)
@@ -118,7 +118,7 @@ class Function:
         if len(args) != len(self.inputs):
             names = ", ".join(ph.label() for ph in self.inputs)
             raise GraphcError(f"function takes {len(self.inputs)} inputs ({names}), "
-                              f"got {len(args)}")
+                              f"got {len(args)}\n  at {user_line()}")
         out = []
         for ph, value in zip(self.inputs, args):
             if self.cast_feeds and isinstance(value, np.ndarray) and value.dtype != ph.dtype \
@@ -131,7 +131,8 @@ class Function:
                 if isinstance(d, str):     # a named dim must be the same size everywhere
                     if sizes.setdefault(d, n) != n:
                         raise GraphcError(f"feed for placeholder {ph.label()}: dimension "
-                                          f"{d!r} is {n} here but {sizes[d]} in another feed")
+                                          f"{d!r} is {n} here but {sizes[d]} in another feed"
+                                          f"\n  at {user_line()}")
         return out
 
     def fast_plan(self, args) -> Plan | None:
@@ -258,7 +259,13 @@ class Function:
         """The generated code of the latest plan (a plan for batch size 1 if never called)."""
         if self.last_plan is None:
             with self.locks[0]:
-                self.plan_for([dummy_feed(p) for p in self.inputs])
+                try:
+                    self.plan_for([dummy_feed(p) for p in self.inputs])
+                except GraphcError as e:   # x + c of (None, 3), (5, 3): size 1 is refused
+                    raise GraphcError(f"{e}\n(Function.source and plan_report show the plan of "
+                                      "the latest call; before any call, the plan of size 1 "
+                                      "for each unknown dim, which this Function cannot run: "
+                                      "call it once first)") from None
         return self.last_plan.source
 
     def export(self, path, *example) -> str:

@@ -123,7 +123,32 @@ def choose(low, kinds: dict) -> dict[int, str]:
                         and low.shapes[id(m)] == low.shapes[key] for m, _ in readers[key]) \
                 and transposed_product(low, n, neutral=True):
             chosen[key] = TRANSPOSED
-    return chosen
+    return settled(low, chosen, readers, candidates)
+
+
+def settled(low, chosen: dict, readers: dict, candidates: list) -> dict:
+    """`chosen` without the transposed values an elementwise step of their shape reads in C
+    order (an update writing its C-ordered variable from x.T @ g stored transposed: the ufunc
+    over mixed layouts ran 2-4x slower than the product saved), nor elementwise ones no
+    longer reading a transposed value; repeated until none is dropped."""
+    nodes = {id(n): n for n in candidates}
+    while True:
+        drop = [key for key, form in chosen.items()
+                if form == TRANSPOSED and not consistent(low, nodes[key], chosen, readers)]
+        if not drop:
+            return chosen
+        for key in drop:
+            del chosen[key]
+
+
+def consistent(low, n, chosen: dict, readers: dict) -> bool:
+    shape = low.shapes[id(n)]
+    if n.op not in PRODUCTS and not any(chosen.get(id(x)) == TRANSPOSED
+                                        and low.shapes[id(x)] == shape for x in n.inputs):
+        return False
+    return all(chosen.get(id(m)) == TRANSPOSED for m, _ in readers[id(n)]
+               if (m.op == "fused" or m.op != "sum" and elementwise(m))
+               and low.shapes[id(m)] == shape)
 
 
 def elementwise(n) -> bool:
