@@ -15,6 +15,7 @@ import pytest
 import graphc as gc
 from graphc.ir import evaluate
 from graphc.runtime import blas, layout
+from tests.helpers import eval_trajectory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,15 +63,7 @@ def test_random_dense_chains_train_as_eval_with_transposed_products(seed, monkey
     x, dtype, params, loss, updates = random_chain(seed)
     r = np.random.default_rng(seed)
     batches = [r.standard_normal((n, x.shape[1])).astype(dtype) for n in (24, 2, 24, 96)]
-    start = [v.value.copy() for v in params]
-    want = []
-    for a in batches:
-        vals = evaluate([loss] + [u for _, u in updates], {x: a})
-        for v, val in zip(params, vals[1:]):
-            v.value = val
-        want.append((vals[0], [v.value.copy() for v in params]))
-    for v, s0 in zip(params, start):
-        v.value = s0
+    want = eval_trajectory(x, loss, updates, batches)
     f = gc.function([x], loss, updates=updates)
     tol = 1e-4 if dtype == "float32" else 1e-9
     for i, (a, (loss_want, values_want)) in enumerate(zip(batches, want)):
