@@ -21,30 +21,20 @@ import random
 import statistics
 import time
 
-from run import BUILD, batches_for, common, wl   # bench/run.py: the reference, the workloads
+from run import Workload   # bench/run.py: the reference, the workloads
 
 from graphc.runtime.function import _ERRSTATE, _QUIET   # the call's errstate (NumPy >= 2)
 
 
 def ways_for(name: str) -> tuple[dict, object, object]:
     """The ways to put in graphc's slot, the reference's step and the baseline's."""
-    kind, B, train = common.workload_spec(name)
-    build, Ref, Mine = BUILD[kind]
-    params, ref_batches, batches = batches_for(kind, name)
-    if not train:
-        build = wl.graphc_mlp_infer
-        batches, ref_batches = [x[:1] for x in batches], [x[:1] for x in ref_batches]
-    f = build(params, B)
+    w = Workload(name)
+    batches, ref_batches = w.batches, w.ref_batches
+    f = w.build()
     f(*batches[0])
     run = f.last_plan.run
-
-    def ref_step():
-        ref = Ref(params, B) if train else Ref(params, B, train=False)
-        return ref.step if train else ref.forward
-
-    mine = Mine(params, B)
-    mine_step = mine.step if train else mine.forward
-    ref, ref2 = ref_step(), ref_step()
+    mine_step = w.mine_step()
+    ref, ref2 = w.ref_step(), w.ref_step()
     quiet, loud, state = _ERRSTATE.set, _ERRSTATE.reset, _QUIET
 
     def quiet_run(i):

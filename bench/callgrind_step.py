@@ -107,20 +107,15 @@ def ways_for(name: str) -> dict:
     """The ways above for one workload, as bench/aa.py builds them ("tiny": `tiny_ways`)."""
     if name == "tiny":
         return tiny_ways()
-    from run import BUILD, batches_for, common, wl   # bench/run.py: reference, workloads
+    from run import Workload     # bench/run.py: the reference, the workloads
 
     from graphc.runtime.function import _ERRSTATE, _QUIET
-    kind, B, train = common.workload_spec(name)
-    build, Ref, _ = BUILD[kind]
-    params, ref_batches, batches = batches_for(kind, name)
-    if not train:
-        build = wl.graphc_mlp_infer
-        batches, ref_batches = [x[:1] for x in batches], [x[:1] for x in ref_batches]
-    f = build(params, B)
+    w = Workload(name)
+    batches, ref_batches = w.batches, w.ref_batches
+    f = w.build()
     f(*batches[0])
     run = f.last_plan.run
-    ref = Ref(params, B) if train else Ref(params, B, train=False)
-    ref_step = ref.step if train else ref.forward
+    ref_step = w.ref_step()
     quiet, loud = _ERRSTATE.set, _ERRSTATE.reset
 
     def quietly(step, feeds):

@@ -53,21 +53,42 @@ def batches_for(kind, name):
     return params, batches, batches
 
 
+class Workload:
+    """One workload as every bench script takes it: `build()` compiles graphc's step,
+    `ref_step()` / `mine_step()` make the reference's / the baseline's, and the batches of
+    graphc (NCHW images) and of the reference. Inference times the MLP's forward of x alone
+    (its check value is the logits' sum)."""
+
+    def __init__(self, name: str):
+        kind, self.B, self.train = common.workload_spec(name)
+        self.make, self.Ref, self.Mine = BUILD[kind]
+        self.params, self.ref_batches, self.batches = batches_for(kind, name)
+        if not self.train:
+            self.make = wl.graphc_mlp_infer
+            self.ref_batches = [b[:1] for b in self.ref_batches]
+            self.batches = [b[:1] for b in self.batches]
+
+    def build(self):
+        return self.make(self.params, self.B)
+
+    def ref_step(self):
+        if not self.train:
+            return self.Ref(self.params, self.B, train=False).forward
+        return self.Ref(self.params, self.B).step
+
+    def mine_step(self):
+        mine = self.Mine(self.params, self.B)
+        return mine.step if self.train else mine.forward
+
+
 def run_workload(name, steps):
-    kind, B, train = common.workload_spec(name)
-    build_g, Ref, Mine = BUILD[kind]
-    params, ref_batches, batches = batches_for(kind, name)
-    if not train:         # inference: the logits of x; the check value is their sum
-        build_g = wl.graphc_mlp_infer
-        ref_batches, batches = [b[:1] for b in ref_batches], [b[:1] for b in batches]
+    w = Workload(name)
+    ref_batches, batches = w.ref_batches, w.batches
     t0 = time.perf_counter()
-    f = build_g(params, B)
+    f = w.build()
     first = float(np.sum(f(*batches[0])))
     compile_s = time.perf_counter() - t0
-    ref, mine = (Ref(params, B), Mine(params, B)) if train else \
-        (Ref(params, B, train=False), Mine(params, B))
-    ref_step = ref.step if train else ref.forward
-    mine_step = mine.step if train else mine.forward
+    ref_step, mine_step = w.ref_step(), w.mine_step()
     loss_ref = float(np.sum(ref_step(*ref_batches[0])))
     loss_mine = float(np.sum(mine_step(*batches[0])))
     runners = {"graphc": lambda i: f(*batches[i % 4]),
@@ -95,22 +116,17 @@ def peak_memory(name, impl):
     """Peak traced MB of building `impl` ("graphc" or "reference") and two steps, in this
     process (call it in a fresh one: see memory_column)."""
     import tracemalloc
-    kind, B, train = common.workload_spec(name)
-    build_g, Ref, _ = BUILD[kind]
-    params, ref_batches, batches = batches_for(kind, name)
-    if not train:
-        build_g = wl.graphc_mlp_infer
-        ref_batches, batches = [b[:1] for b in ref_batches], [b[:1] for b in batches]
+    w = Workload(name)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     if impl == "graphc":
-        f = build_g(params, B)
+        f = w.build()
         step = lambda b: f(*b)  # noqa: E731
-        feed = batches
+        feed = w.batches
     else:
-        ref = Ref(params, B) if train else Ref(params, B, train=False)
-        step = (lambda b: ref.step(*b)) if train else (lambda b: ref.forward(*b))
-        feed = ref_batches
+        ref = w.ref_step()
+        step = lambda b: ref(*b)  # noqa: E731
+        feed = w.ref_batches
     for b in feed[:2]:
         step(b)
     peak = tracemalloc.get_traced_memory()[1]

@@ -24,16 +24,10 @@ def main():
     a = ap.parse_args()
     root = os.path.abspath(a.root)
     sys.path[:0] = [os.path.join(root, "bench"), root]
-    from run import BUILD, batches_for, common, wl    # that tree's bench/run.py
-    kind, b, train = common.workload_spec(a.workload)
-    build, Ref, _ = BUILD[kind]
-    params, ref_batches, batches = batches_for(kind, a.workload)
-    if not train:
-        build = wl.graphc_mlp_infer
-        batches, ref_batches = [x[:1] for x in batches], [x[:1] for x in ref_batches]
-    f = build(params, b)
-    ref = Ref(params, b) if train else Ref(params, b, train=False)
-    ref_step = ref.step if train else ref.forward
+    from run import Workload    # that tree's bench/run.py
+    w = Workload(a.workload)
+    batches, ref_batches = w.batches, w.ref_batches
+    f, ref_step = w.build(), w.ref_step()
     ways = {"graphc": lambda i: f(*batches[i % 4]),
             "reference": lambda i: ref_step(*ref_batches[i % 4])}
     for way in ways.values():

@@ -75,8 +75,8 @@ def placeholder(shape: Shape, dtype="float32", name: str | None = None) -> Node:
             raise GraphcError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape}\n"
                               f"  at {user_line()}")
     scope, _ = _context.get()
-    return Node("placeholder", (), {}, tuple(dims), _dtype(dtype or "float32", "placeholder", name), name,
-                user_line(), scope)
+    dtype = _dtype("float32" if dtype is None else dtype, "placeholder", name)
+    return Node("placeholder", (), {}, tuple(dims), dtype, name, user_line(), scope)
 
 
 def variable(value, dtype=None, name: str | None = None) -> Node:

@@ -359,6 +359,8 @@ def apply(op: str, *inputs, _where: str | None = None, _name: str | None = None,
     except ShapeError as e:
         args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
         raise GraphcError(f"{op}({args}): {e}\n  at {where}") from None
+    except GraphcError:
+        raise
     except Exception as e:   # an attribute the rule does not take, a rule's own bug or result
         args = ", ".join(f"{format_shape(n.shape)} {n.dtype.name}" for n in nodes)
         raise GraphcError(f"{op}({args}{''.join(f', {k}={v!r}' for k, v in attrs.items())}): "

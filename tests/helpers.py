@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 import graphc as gc
-from graphc.ir import Node, toposort
+from graphc.ir import Node, evaluate, toposort
 
 
 @dataclass
@@ -108,3 +108,19 @@ def verify_grad(build, inputs, rtol=1e-4, atol=1e-6, seed=0):
 
 def ops_in(node: Node) -> set[str]:
     return {n.op for n in toposort([node])}
+
+
+def eval_trajectory(x, loss, updates, batches) -> list:
+    """(loss, variables' values after the step) per batch, stepped by eval from the variables'
+    values now, which are then put back: what a compiled step must reproduce."""
+    params = [v for v, _ in updates]
+    start = [v.value.copy() for v in params]
+    want = []
+    for a in batches:
+        vals = evaluate([loss] + [u for _, u in updates], {x: a})
+        for v, val in zip(params, vals[1:]):
+            v.value = val
+        want.append((vals[0], [v.value.copy() for v in params]))
+    for v, s0 in zip(params, start):
+        v.value = s0
+    return want

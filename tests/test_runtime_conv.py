@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import OPS, evaluate
+from graphc.ir import OPS
 from graphc.runtime import blas, conv
+from tests.helpers import eval_trajectory
 
 RNG = np.random.default_rng(7)
 
@@ -255,16 +256,8 @@ def test_random_deep_conv_pool_stacks_train_as_eval(seed):
     params.append(gc.variable(r.standard_normal((flat.shape[1], 5)).astype(dtype) * 0.2))
     loss = gc.mean(gc.tanh(flat @ params[-1]) ** 2)
     updates = [(v, v - 0.1 * g) for v, g in zip(params, gc.grad(loss, params))]
-    start = [v.value.copy() for v in params]
     batches = [r.standard_normal((n, c, h, w)).astype(dtype) for n in (3, 1, 4)]
-    want = []
-    for a in batches:
-        vals = evaluate([loss] + [u for _, u in updates], {x: a})
-        for v, val in zip(params, vals[1:]):
-            v.value = val
-        want.append((vals[0], [v.value.copy() for v in params]))
-    for v, s0 in zip(params, start):
-        v.value = s0
+    want = eval_trajectory(x, loss, updates, batches)
     f = gc.function([x], loss, updates=updates)
     tol = 1e-4 if dtype == "float32" else 1e-9
     for a, (loss_want, values_want) in zip(batches, want):
