@@ -97,17 +97,18 @@ def row_calls(rows=(24, 24, 2, 65, 1, 64), k=300, dtype="float64", seed=1):
 
 def readers(h, x):
     """Outputs reading h (B, 256), a product stored transposed at 2 threads when every reader
-    keeps it so: elementwise steps of its shape stored transposed too (a chain: ReLU, where,
-    a cast, masks), sums over one axis, products. The other kinds of step read t, made
+    keeps it so: elementwise steps of its shape stored transposed too (a chain: ReLU,
+    maximum, sigmoid), sums over one axis, products. The other kinds of step read t, made
     elementwise from another product of x (C order: a value read in C order by an
-    elementwise step of its shape is not stored transposed, layout.settled)."""
+    elementwise step of its shape, a cast or a mask too, is not stored transposed,
+    layout.settled)."""
     r = np.random.default_rng(3)
     v = gc.variable(r.standard_normal((256, 5)).astype(h.dtype))
     w2 = gc.variable(r.standard_normal((x.shape[1], 256)).astype(h.dtype) * 0.05)
     u = gc.relu(h) * 2.0 - 0.5
-    s = gc.where(u > 0.1, u, u * 0.1)
-    c = gc.cast(s, "float32" if h.dtype == np.float64 else "float64") * 3.0
     t = gc.tanh(x @ w2)
+    s = gc.maximum(u, u * 0.1) + gc.sigmoid(u)
+    c = gc.cast(t, "float32" if h.dtype == np.float64 else "float64") * 3.0
     idx = gc.constant(np.array([0, 7, 3, 255]))
     return [
         gc.sum(u, axis=0), gc.sum(s, axis=1), s @ v, gc.transpose(x) @ u, gc.sum(c, axis=0),
