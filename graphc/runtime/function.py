@@ -19,7 +19,8 @@ from graphc.ir import (Graph, GraphcError, Node, check_feed, format_node, format
                        paused_gc, storage_locks, _repr_svg)
 from graphc.runtime import atomic
 from graphc.runtime.instrument import Table, profile_run, profile_table
-from graphc.runtime.program import Plan, lower
+from graphc.runtime.plan import Plan
+from graphc.runtime.program import lower
 from graphc.runtime.shapes import resolve
 from graphc.scope import frame_line, user_line
 

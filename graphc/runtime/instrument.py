@@ -10,7 +10,7 @@ from graphc.ir import GraphcError, format_node, format_shape
 
 if TYPE_CHECKING:                 # program.py imports this module
     from graphc.ir import Graph
-    from graphc.runtime.program import Plan
+    from graphc.runtime.plan import Plan
 
 
 def check_step(steps: list, names: dict):
