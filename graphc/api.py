@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import METHODS, OPS, GraphcError, Node, OpDef, Shape, _context, apply, constant, \
-    name_scope, register, user_line
+from graphc.ir import METHODS, OPS, USER_OPS, GraphcError, Node, OpDef, Shape, _context, apply, \
+    constant, name_scope, register, user_line
 from graphc.ops import activations, elementwise, indexing, layout, linalg, nn, random, reduce, \
     shape, statistics
 from graphc.ops import image, integer, trig
@@ -51,6 +51,7 @@ def register_op(op: OpDef) -> OpDef:
     if op.name in OPS:
         raise GraphcError(f"op {op.name!r} is already registered (by {OPS[op.name].kernel!r}); "
                           "pick another name")
+    USER_OPS.add(op.name)
     return register(op)
 
 

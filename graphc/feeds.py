@@ -89,11 +89,22 @@ def refuse_unknown_broadcast(n: Node, shapes: Sequence[tuple], out: tuple) -> No
                     f"only at run time do not broadcast: declare it 1)\n  at {n.where}")
 
 
-def check_result(n: Node, out: np.ndarray) -> None:
-    """A kernel's value has its node's dtype and shape (a user's kernel returning x[:1] or
-    float64 flowed on as another shape or dtype than the graph declares)."""
-    if out.dtype != n.dtype or out.ndim != len(n.shape) or any(
-            isinstance(d, int) and d != k for d, k in zip(n.shape, out.shape)):
+def check_result(n: Node, out: np.ndarray, shape: tuple) -> None:
+    """A kernel's value has its node's dtype and `shape` (the node's, or its rule's at the run's
+    shapes): a user's kernel returning x[:1] or float64 flowed on as another shape or dtype
+    than the graph declares."""
+    if out.dtype != n.dtype or out.ndim != len(shape) or any(
+            isinstance(d, int) and d != k for d, k in zip(shape, out.shape)):
         raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)} "
                           f"{out.dtype.name}, but its shape rule gives "
-                          f"{format_shape(n.shape)} {n.dtype.name}\n  at {n.where}")
+                          f"{format_shape(shape)} {n.dtype.name}\n  at {n.where}")
+
+
+def checked_kernel(kernel, n: Node, shape: tuple, *args) -> np.ndarray:
+    """A user's kernel as a compiled step calls it: its value checked as `evaluate` checks it,
+    against the plan's shape for the node (the buffers of the steps after it have that shape:
+    another would be broadcast into them)."""
+    out = kernel(*args)
+    out = out if isinstance(out, np.ndarray) else np.asarray(out, n.dtype)
+    check_result(n, out, shape)
+    return out

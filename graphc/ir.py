@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from graphc.feeds import check_feed, check_result, fits, \
+from graphc.feeds import check_feed, check_result, checked_kernel, fits, \
     refuse_unknown_broadcast  # noqa: F401
 from graphc.guards import paused_gc, storage_lock, storage_locks  # noqa: F401
 from graphc.listing import format_attr, format_listing, format_node, format_shape  # noqa: F401
-from graphc.opdef import OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
+from graphc.opdef import OPS, USER_OPS, GraphcError, OpDef, ShapeError, register  # noqa: F401
 from graphc.scope import _context, backward_of, context_grad_of, lines_below, name_scope, \
     user_line  # noqa: F401
 
@@ -469,6 +469,16 @@ def _repr_svg(obj):
 
 # the reference interpreter ------------------------------------------------------------
 
+def rule_shape(n: Node, args: list) -> tuple:
+    """n's shape by its rule at its inputs' run-time shapes: what a user's kernel must return
+    (a dim known only at run time is the rule's to say, as for the compiled plan's buffers)."""
+    if all(isinstance(d, int) for d in n.shape):
+        return n.shape
+    ins = [x if x.shape == a.shape else Node("placeholder", (), {}, a.shape, x.dtype, x.name,
+                                              x.where) for x, a in zip(n.inputs, args)]
+    return tuple(OPS[n.op].infer(*ins, **n.attrs)[0])
+
+
 def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
     """Run the kernels in topological order: the oracle passes and the runtime are tested on."""
     order = toposort(outputs)
@@ -491,18 +501,19 @@ def evaluate(outputs: Sequence[Node], feeds: dict) -> list[np.ndarray]:
             opdef = OPS[n.op]
             extra = {"rng": rngs.setdefault(id(n), np.random.default_rng(n.attrs.get("seed")))} \
                 if opdef.random else {}
+            args = [values[id(i)] for i in n.inputs]
             try:
                 with np.errstate(all="ignore"):
-                    out = opdef.kernel(*[values[id(i)] for i in n.inputs], **n.attrs, **extra)
+                    out = opdef.kernel(*args, **n.attrs, **extra)
             except GraphcError:
                 raise
             except Exception as e:
-                shapes = ", ".join(format_shape(values[id(i)].shape) for i in n.inputs)
+                shapes = ", ".join(format_shape(a.shape) for a in args)
                 raise GraphcError(f"{n.op}({shapes}) failed at run time: {e}\n"
                                   f"  at {n.where}") from None
             if not opdef.items:         # a Python number or list takes the node's dtype
                 out = out if isinstance(out, np.ndarray) else np.asarray(out, n.dtype)
-                check_result(n, out)
+                check_result(n, out, rule_shape(n, args) if n.op in USER_OPS else n.shape)
             values[id(n)] = out
             if opdef.elementwise or n.op == "broadcast_to":
                 refuse_unknown_broadcast(n, [values[id(i)].shape for i in n.inputs],

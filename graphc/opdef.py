@@ -42,6 +42,8 @@ class OpDef:
 
 
 OPS: dict[str, OpDef] = {}
+USER_OPS: set[str] = set()      # ops a user registered (gc.register_op): their kernels are
+                                # checked against their rules when they run
 
 
 def register(op: OpDef) -> OpDef:

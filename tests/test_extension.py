@@ -1,5 +1,6 @@
 """User-defined ops (gc.OpDef + gc.register_op): build, differentiate, compile, save and load
 in a fresh process once the module registering the op is imported."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -94,3 +95,27 @@ def test_register_op_refuses_bad_declarations():
         gc.register_op("neg")
     with pytest.raises(gc.GraphcError, match="identifier"):
         gc.register_op(gc.OpDef("my op", lambda x: (x.shape, x.dtype), np.negative))
+
+
+@pytest.mark.parametrize("name, kernel, got", [
+    ("firstrow_bug", lambda x: x[:1] * 2, "(1, 4) float64"),
+    ("widened_bug", lambda x: x.astype(np.float32), "(3, 4) float32")])
+def test_a_user_kernel_that_breaks_its_rule_is_refused_by_eval_and_compiled_alike(name, kernel,
+                                                                                   got):
+    """A kernel returning x[:1] where its rule gives x's (None, 4): the compiled plan took
+    the rule's (3, 4) for it and broadcast the row into the next step (eval refused the add;
+    returned as an output, both returned it); a kernel's wrong dtype flowed on compiled."""
+    gc.register_op(gc.OpDef(name, lambda x: (x.shape, x.dtype, {}), kernel))
+    try:
+        x = gc.placeholder((None, 4), "float64", name="x")
+        xv = np.arange(12.).reshape(3, 4)
+        for out in (gc.apply(name, x), gc.apply(name, x) + x):
+            want = f"the kernel of {name} returned {got}, but its shape rule gives (3, 4) " \
+                "float64"
+            with pytest.raises(gc.GraphcError, match=re.escape(want)):
+                out.eval({x: xv})
+            f = gc.function([x], out)
+            with pytest.raises(gc.GraphcError, match=re.escape(want)):
+                f(xv)
+    finally:
+        del OPS[name]

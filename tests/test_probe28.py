@@ -515,7 +515,7 @@ def test_a_users_op_declared_wrong_is_a_graphc_error_at_the_users_line():
     raises_here(lambda: gc.grad(gc.sum(no_vjp(x)), [x]), "op 'p28_no_vjp' has no VJP rule")
     wide = own_op("p28_wide", same, lambda x: x.astype(np.float64))
     raises_here(lambda: wide(x).eval({x: a}), "the kernel of p28_wide returned (2, 3) float64",
-                "shape rule gives (?, 3) float32")
+                "shape rule gives (2, 3) float32")
     listed = own_op("p28_listed", same, lambda x: x.tolist())
     out = listed(x).eval({x: a})
     assert out.dtype == np.float32 and out.shape == (2, 3)

@@ -19,7 +19,7 @@ import textwrap
 
 import numpy as np
 
-from graphc.ir import GraphcError, fits, format_node, format_shape
+from graphc.ir import GraphcError, checked_kernel, fits, format_node, format_shape
 from graphc.runtime import atomic, backend, blas
 from graphc.runtime.inline import Writer
 from graphc.runtime.instrument import step_text
@@ -191,6 +191,8 @@ class Export:
             elif isinstance(value, functools.partial) \
                     and isinstance(value.keywords.get("step"), BodyStep):
                 lines += self.loop(name, value, ctx)
+            elif isinstance(value, functools.partial) and value.func is checked_kernel:
+                lines.append(f"{name} = {self.w.expr(value.args[0], ctx)}")  # a user's kernel
             else:
                 lines.append(f"{name} = {self.w.expr(value, ctx)}")
         return lines

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from graphc.ir import OPS, Graph, Node
+from graphc.ir import OPS, USER_OPS, Graph, Node, checked_kernel
 from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.fused_lowering import FusedLowering
 from graphc.runtime.instrument import check_step, holder
@@ -452,7 +452,10 @@ class Lowering(FusedLowering):
         if n.op == "scan":        # the body runs through its own plan, made once
             attrs["step"] = self.loops[id(n)] = loop.body_step(n.attrs["body"], self.check)
         fname = f"{n.op}_{i}"
-        self.ns[fname] = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
+        kernel = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
+        if n.op in USER_OPS and not opdef.items:
+            kernel = functools.partial(checked_kernel, kernel, n, self.shapes[id(n)][0])
+        self.ns[fname] = kernel
         return fname
 
 
