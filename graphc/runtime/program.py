@@ -98,6 +98,15 @@ class Lowering(FusedLowering):
         self.ns[name] = arr
         return name
 
+    def dtype_name(self, dtype) -> str:
+        """A plan name for a dtype object: NumPy parses a dtype string like '<f4' on every
+        call, ~5 us of code out of the caches after a step (bench/cold_call.py)."""
+        dtype = np.dtype(dtype)
+        text = dtype.name if dtype.isnative and dtype.name.isidentifier() else dtype.str
+        name = "dt_" + "".join(c if c.isalnum() else "_" for c in text)
+        self.ns[name] = dtype
+        return name
+
     # the whole function ----------------------------------------------------------------
     def build(self) -> tuple[str, list]:
         g = self.graph
@@ -173,7 +182,7 @@ class Lowering(FusedLowering):
             add("")
             if k in fresh:      # its own line: the step's code may still be shared
                 shape, dtype = shapes[k]
-                add(f"    {o} = xp.empty({tuple(shape)}, {np.dtype(dtype).str!r})")
+                add(f"    {o} = xp.empty({tuple(shape)}, {self.dtype_name(dtype)})")
             add(f"    {code}")
             if n.op == "fused" and k not in known:
                 fused_at.append(len(lines) - 1)
