@@ -94,3 +94,49 @@ def test_a_float16_pooling_gradient_goes_where_eval_sends_it_when_the_bias_makes
     for what, got in compiled_runs([x], [gx, y], feeds):
         for k, (v, u) in enumerate(zip(got, want)):
             assert_same(v, u, f"{what} output {k}")
+
+
+# signed zeros between the ops ---------------------------------------------------------------
+
+def test_a_where_with_a_negative_zero_keeps_it_compiled():
+    """where(c, x, -0.0) was lowered as where(c, x, 0.0) (x's bits times c: +0.0 where c is
+    False), so 1 / it was inf where eval's is -inf, optimized or not."""
+    x, c = gc.placeholder((5,), "float32", "x"), gc.placeholder((5,), "bool", "c")
+    outs = [1.0 / gc.where(c, x, -0.0), 1.0 / gc.where(c, x, 0.0), gc.where(c, x, -0.0)]
+    feeds = {x: np.array([0.0, -0.0, 2.0, -3.0, 0.0], np.float32),
+             c: np.array([True, False, True, False, False])}
+    want = evaluate(outs, feeds)
+    assert want[0].tolist() == [np.inf, -np.inf, 0.5, -np.inf, -np.inf]
+    for what, got in compiled_runs([x, c], outs, feeds, check=False):
+        for k, (v, u) in enumerate(zip(got, want)):
+            assert_same(v, u, f"{what} output {k}")
+            assert np.array_equal(np.signbit(v), np.signbit(u)), f"{what} output {k}"
+
+
+def test_a_negative_scalar_factor_is_not_moved_into_a_masked_value():
+    """push_scalar_factors moved -2.0 of -2.0 * where(c, broadcast(tanh v), 0) down to tanh v:
+    where(c, -2.0 * ., 0) is +0.0 where c is False, -2.0 * 0.0 is -0.0, so 1 / it was +inf for
+    eval's -inf (a negative factor is left where it is now; a positive one keeps every sign)."""
+    v, c = gc.placeholder((3,), "float32", "v"), gc.placeholder((4, 3), "bool", "c")
+    masked = gc.where(c, gc.broadcast_to(gc.tanh(v), (4, 3)), 0.0)
+    outs = [1.0 / (-2.0 * masked), 1.0 / (masked * -2.0)]
+    feeds = {v: np.array([0.5, -0.5, 0.0], np.float32), c: np.arange(12).reshape(4, 3) % 2 == 0}
+    want = evaluate(outs, feeds)
+    assert np.isneginf(want[0][0, 1]) and np.isneginf(want[1][0, 1])
+    for what, got in compiled_runs([v, c], outs, feeds, check=False):
+        for k, (x, u) in enumerate(zip(got, want)):
+            assert_same(x, u, f"{what} output {k}", rtol=1e-6)
+
+
+def test_nested_wheres_of_zeros_of_two_signs_keep_the_outer_zero():
+    """where(c, where(c, x, -0.0), 0.0) was simplified to the inner where: -0.0 where eval
+    gives 0.0 (1 / it: -inf for inf)."""
+    x, c = gc.placeholder((4,), "float32", "x"), gc.placeholder((4,), "bool", "c")
+    outs = [1.0 / gc.where(c, gc.where(c, x, -0.0), 0.0),
+            1.0 / gc.where(c, gc.where(c, x, 0.0), -0.0)]
+    feeds = {x: np.ones(4, np.float32), c: np.array([True, False, True, False])}
+    want = evaluate(outs, feeds)
+    assert want[0].tolist() == [1, np.inf, 1, np.inf]
+    for what, got in compiled_runs([x, c], outs, feeds, check=False):
+        for k, (v, u) in enumerate(zip(got, want)):
+            assert_same(v, u, f"{what} output {k}")

@@ -90,7 +90,9 @@ def sum_broadcast(n: Node, x: Node) -> Node | None:
 
 
 def where_chain(n: Node, c: Node, a: Node, b: Node) -> Node | None:
-    if a.op == "where" and a.inputs[0] is c and is_value(b, 0) and is_value(a.inputs[2], 0):
+    """The inner where's zero stands for the outer's: of one sign (a -0.0 is not 0.0)."""
+    if a.op == "where" and a.inputs[0] is c and is_value(b, 0) and is_value(a.inputs[2], 0) \
+            and np.signbit(const_value(b)).any() == np.signbit(const_value(a.inputs[2])).any():
         return fit(a, n)
     return None
 
