@@ -140,3 +140,35 @@ def test_nested_wheres_of_zeros_of_two_signs_keep_the_outer_zero():
     for what, got in compiled_runs([x, c], outs, feeds, check=False):
         for k, (v, u) in enumerate(zip(got, want)):
             assert_same(v, u, f"{what} output {k}")
+
+
+# unrolled loops -----------------------------------------------------------------------------
+
+def test_an_unrolled_loop_reads_each_step_of_a_sequence_as_the_loop_does():
+    """unroll_loops took x[t] as sum(x[t:t+1], axis=0): a float sum of one -0.0 is 0.0, so
+    1 / x_t was inf where the loop's is -inf (and the final carry inf for NaN)."""
+    xs, h0 = gc.placeholder((3, 2), "float32", "xs"), gc.placeholder((2,), "float32", "h0")
+    h_last, ys = gc.scan(lambda h, x: (h + 1.0 / x, 1.0 / x), h0, xs)
+    feeds = {xs: np.array([[-0.0, 1.0], [2.0, -0.0], [0.0, -4.0]], np.float32),
+             h0: np.zeros(2, np.float32)}
+    want = evaluate([h_last, ys], feeds)
+    assert want[1][0, 0] == -np.inf
+    for what, got in compiled_runs([xs, h0], [h_last, ys], feeds, check=False):
+        for k, (v, u) in enumerate(zip(got, want)):
+            assert_same(v, u, f"{what} output {k}")
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "float16"])
+def test_an_unrolled_loop_over_a_sequence_keeps_its_dtype(dtype):
+    """The same x[t] as a sum turned a bool step into int64: a loop returning its bool steps
+    as ys gave int64 ys ([[1, 0], ...] for [[True, False], ...]) once unrolled."""
+    xs, h0 = gc.placeholder((3, 2), dtype, "xs"), gc.placeholder((2,), "float32", "h0")
+    h_last, ys = gc.scan(lambda h, x: (h + gc.cast(x, "float32"), x), h0, xs)
+    xv = np.arange(6).reshape(3, 2) % 2 == 0 if dtype == "bool" else \
+        np.array([[1, 2], [3, 127], [100, 5]]).astype(dtype)
+    feeds = {xs: xv, h0: np.ones(2, np.float32)}
+    want = evaluate([h_last, ys], feeds)
+    assert want[1].dtype == np.dtype(dtype)
+    for what, got in compiled_runs([xs, h0], [h_last, ys], feeds):
+        for k, (v, u) in enumerate(zip(got, want)):
+            assert_same(v, u, f"{what} output {k}")
