@@ -5,11 +5,13 @@ Function, the standalone export. One test per bug found, each failing before its
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.ir import evaluate
+from graphc.ir import Graph, evaluate
 from graphc.runtime import blas
 
 
@@ -172,3 +174,216 @@ def test_an_unrolled_loop_over_a_sequence_keeps_its_dtype(dtype):
     for what, got in compiled_runs([xs, h0], [h_last, ys], feeds):
         for k, (v, u) in enumerate(zip(got, want)):
             assert_same(v, u, f"{what} output {k}")
+
+
+# random graphs aimed at the rules' preconditions and at the planner ------------------------
+
+SEEDS = int(os.environ.get("GRAPHC_PROBE30", "0"))
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.0, 0.5, np.inf, -np.inf, np.nan, 1e30, 1e-40, 3.0, -7.5]
+
+
+def special_feed(r, shape, dtype):
+    """Random values of dtype, 40 % of them the edges (+-0, +-inf, NaN, huge, denormal; an
+    integer type's extremes)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return r.random(shape) < 0.5
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        edges = [0, 1, 2, 100, info.max, info.min, info.max - 1] + ([-1, -100] if dtype.kind
+                                                                     == "i" else [])
+        return r.choice(np.array(edges, np.int64), shape).astype(dtype)
+    with np.errstate(all="ignore"):
+        a = r.standard_normal(shape).astype(dtype)
+        hit = r.random(shape) < 0.4
+        a[hit] = r.choice(np.array(SPECIAL), int(hit.sum())).astype(dtype)
+    return a
+
+
+def random_rule_graph(seed: int):
+    """Elementwise and shape ops over two placeholders of one dtype (float16/32/64, int8,
+    uint8, int32, int64, bool) and a shape with size-0 or size-1 dims, each op chosen to meet
+    a rule's precondition: x +- 0.0 / -0.0, 0 - x, x * 1, x * -1, x / 1, --x, a + -b, -a * -b,
+    exp(log x), T(T x), reshape(reshape x), sums over unit axes and of broadcasts, casts,
+    where(c, x, x), where with constant conditions, where(c, x, +-0) (and nested), relu(x) > 0,
+    constant scalar factors of masked values; outputs: three of the values made."""
+    r = np.random.default_rng(seed)
+    dtype = str(r.choice(["float32", "float64", "float16"] if r.random() < 0.6 else
+                         ["int8", "uint8", "int32", "int64", "bool", "float32"]))
+    shape = [(3, 4), (1, 4), (3, 1), (0, 4), (2, 3, 4), (4,), ()][int(r.integers(7))]
+    xs = [gc.placeholder(shape, dtype, f"x{i}") for i in range(2)]
+    pool = list(xs)
+
+    def const(like, full):
+        arr = special_feed(r, like.shape if full else (), like.dtype)
+        return gc.constant(np.asarray(arr, like.dtype))
+    zero = {"+": 0.0, "-": -0.0}
+    makers = [
+        lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
+        lambda a, b: a + gc.constant(np.asarray(zero[r.choice(["+", "-"])], a.dtype)),
+        lambda a, b: gc.constant(np.asarray(zero[r.choice(["+", "-"])], a.dtype)) - a,
+        lambda a, b: a * gc.constant(np.asarray(r.choice([1, -1]), a.dtype)),
+        lambda a, b: a / gc.constant(np.asarray(1, a.dtype)) if a.dtype.kind == "f" else -a,
+        lambda a, b: -(-a), lambda a, b: a + (-b), lambda a, b: (-a) * (-b),
+        lambda a, b: gc.exp(gc.log(gc.exp(a))) if a.dtype.kind == "f" else a - b,
+        lambda a, b: gc.transpose(gc.transpose(a)) if a.ndim >= 2 else a * b,
+        lambda a, b: gc.reshape(gc.reshape(a, (-1,)), a.shape) if a.ndim else a,
+        lambda a, b: gc.sum(a, axis=0, keepdims=True) if a.ndim and a.shape[0] == 1 else a,
+        lambda a, b: gc.sum(gc.broadcast_to(const(a, False), (2,) + a.shape), axis=0),
+        lambda a, b: gc.cast(a, str(r.choice(["float32", "float64", "int8", "uint8",
+                                                "int64", "bool", "float16"]))),
+        lambda a, b: gc.where(a > b, a, a) if a.dtype.kind != "b" else gc.where(a, b, b),
+        lambda a, b: gc.where(gc.constant(np.asarray(r.random() < 0.5)), a, b),
+        lambda a, b: gc.where(a > b, a, gc.constant(np.asarray(zero[r.choice(["+", "-"])],
+                                                               a.dtype))),
+        lambda a, b: gc.where(b > a, gc.where(b > a, a, 0.0), -0.0) if a.dtype.kind == "f"
+        else a,
+        lambda a, b: gc.relu(a) > 0.0 if a.dtype.kind == "f" else a > b,
+        lambda a, b: gc.constant(np.asarray(r.choice([-2.0, 0.5]), a.dtype)) * gc.where(
+            a > b, gc.tanh(b), 0.0) if a.dtype.kind == "f" else a * b,
+        lambda a, b: gc.maximum(a, const(a, r.random() < 0.5)),
+        lambda a, b: gc.minimum(a, b) if a.dtype.kind != "b" else a,
+    ]
+    for _ in range(int(r.integers(3, 10))):
+        a = pool[int(r.integers(len(pool)))]
+        b = pool[int(r.integers(len(pool)))]
+        try:
+            with np.errstate(all="ignore"):
+                y = makers[int(r.integers(len(makers)))](a, b if b.shape == a.shape else a)
+        except gc.GraphcError:           # an op the dtype does not take (log of int8, ...)
+            continue
+        pool.append(y)
+    outs = [pool[-1]] + [pool[int(r.integers(len(pool)))] for _ in range(2)]
+    feeds = {x: special_feed(r, x.shape, x.dtype) for x in xs}
+    return xs, outs, feeds
+
+
+def assert_values_agree(got, want, what):
+    """Same dtype and shape; NaN, +-inf and the sign of every zero where want has them; other
+    values to rounding (a sum of a broadcast is a product)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    if want.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    rtol = 2e-3 if want.dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=0, equal_nan=True, err_msg=what)
+    zero = want == 0
+    np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]), err_msg=what)
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 40))
+def test_random_graphs_at_the_rules_edges_compute_what_eval_computes(seed):
+    xs, outs, feeds = random_rule_graph(seed)
+    with np.errstate(all="ignore"):
+        want = evaluate(outs, feeds)
+        for what, got in compiled_runs(xs, outs, feeds, check=False):
+            for k, (g, w) in enumerate(zip(got, want)):
+                assert_values_agree(g, w, f"seed {seed} {what} output {k}")
+
+
+def random_planner_graph(seed: int):
+    """A random DAG for the memory planner over x (?, 4), three (4, 4) variables and a
+    vector: products, views (transposes, reshapes, slices, rows, broadcasts) read again after
+    elementwise steps that may run in place, concatenations, reductions; outputs that alias
+    (one value twice, views of each other, variables); updates from that pool, so they read
+    each other's variables, directly or through views, and may be outputs too."""
+    r = np.random.default_rng(seed)
+    dtype, n = str(r.choice(["float64", "float32"])), 4
+    x = gc.placeholder((None, n), dtype, "x")
+    vs = [gc.variable(r.standard_normal((n, n)).astype(dtype) * 0.5, name=f"V{i}")
+          for i in range(3)]
+    vec = gc.variable(r.standard_normal(n).astype(dtype), name="vec")
+    rows, mats, vecs = [x, gc.tanh(x)], list(vs), [vec]
+
+    def pick(pool):
+        return pool[int(r.integers(len(pool)))]
+    makers = [
+        lambda: rows.append(pick(rows) @ pick(mats)),
+        lambda: mats.append(gc.transpose(pick(mats))),
+        lambda: mats.append(gc.reshape(gc.reshape(pick(mats), (-1,)) * 0.9, (n, n))),
+        lambda: rows.append(gc.exp(pick(rows) * 0.1) - pick(rows)),
+        lambda: vecs.append(gc.sum(pick(rows), axis=0)),
+        lambda: mats.append(pick(mats) * gc.tanh(pick(mats)) + 0.5),
+        lambda: rows.append(gc.concat([pick(rows)[:, :2], pick(rows)[:, 2:]], axis=1)),
+        lambda: vecs.append(pick(mats)[1]),
+        lambda: mats.append(gc.where(pick(mats) > 0.0, pick(mats), -pick(mats))),
+        lambda: rows.append(pick(rows) + pick(vecs)),
+        lambda: mats.append(gc.transpose(pick(rows)) @ pick(rows)),
+        lambda: vecs.append(gc.max(pick(mats), axis=1) - pick(vecs)),
+        lambda: mats.append(gc.broadcast_to(pick(vecs), (n, n)) * 0.7),
+        lambda: rows.append(gc.relu(pick(rows)) * 0.9),
+        lambda: mats.append(gc.expand_dims(pick(vecs), 1) + pick(mats)),
+        lambda: mats.append(gc.flip(pick(mats), axis=1) * gc.sin(pick(mats))),
+    ]
+    for _ in range(int(r.integers(5, 14))):
+        makers[int(r.integers(len(makers)))]()
+    outs = [pick(p) for p in (rows, mats, vecs, rows, mats)]
+    outs.append(outs[int(r.integers(len(outs)))])
+    updates = [(v, pick(mats)) for v in vs if r.random() < 0.7]
+    if r.random() < 0.5:
+        updates.append((vec, pick(vecs)))
+    if updates and r.random() < 0.3:
+        outs.append(updates[0][1])
+    calls = [r.standard_normal((m, n)).astype(dtype) for m in (3, 3, 1, 3, 5)]
+    return x, outs, updates, calls, dtype
+
+
+def eval_calls(x, outs, updates, calls, every):
+    """eval's outputs and variable values after each call (every update computed first)."""
+    want = []
+    for a in calls:
+        vals = evaluate(outs + [u for _, u in updates], {x: a})
+        for (var, _), val in zip(updates, vals[len(outs):]):
+            var.value = val
+        want.append(([np.array(v) for v in vals[:len(outs)]], [v.value.copy() for v in every]))
+    return want
+
+
+@pytest.mark.parametrize("seed", range(SEEDS or 24))
+def test_random_planner_graphs_agree_everywhere_over_calls(seed, tmp_path, monkeypatch):
+    """Optimized or not, check_numerics, two BLAS threads, the export: over five calls of
+    two batch sizes, outputs and variables as eval's, the feed untouched, each call's
+    results unchanged by the later calls and never a variable's memory."""
+    from tests.helpers import load_module
+    x, outs, updates, calls, dtype = random_planner_graph(seed)
+    every = list(dict.fromkeys([v for v, _ in updates] + [
+        n for n in Graph(outs).nodes if n.op == "variable"]))
+    start = [v.value.copy() for v in every]
+    want = eval_calls(x, outs, updates, calls, every)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    for opt, check, threads, export in ((False, False, 1, False), (True, False, 1, False),
+                                        (True, True, 1, False), (True, False, 2, False),
+                                        (True, False, 1, True)):
+        monkeypatch.setattr(blas, "threads", lambda t=threads: t)
+        for var, s in zip(every, start):
+            var.value = s.copy()
+        f = gc.function([x], outs, updates=updates, optimize=opt, check_numerics=check)
+        run, state = f, None
+        if export:
+            for a in calls:
+                f(a)                          # a plan per batch size, then the start again
+            for var, s in zip(every, start):
+                var.value = s.copy()
+            mod = load_module(f.export(str(tmp_path / f"p{seed}.py")), f"probe30_{seed}")
+            run, state = mod.run, mod.state
+        kept = []
+        for k, (a, (wo, wv)) in enumerate(zip(calls, want)):
+            what = f"seed {seed} optimize={opt} check={check} threads={threads} " \
+                   f"export={export} call {k}"
+            fed = a.copy()
+            got = run(a)
+            np.testing.assert_array_equal(a, fed, err_msg=f"{what}: the feed was written")
+            for j, (g, w) in enumerate(zip(got, wo)):
+                np.testing.assert_allclose(g, w, **tol, err_msg=f"{what} output {j}")
+            for var, w, s in zip(every, wv, start):
+                value = var.value if state is None else state.get(var.name, s)
+                np.testing.assert_allclose(value, w, **tol, err_msg=f"{what} {var.name}")
+                for g in got:
+                    assert not np.shares_memory(g, value), f"{what}: an output is {var.name}"
+            kept.append((got, [g.copy() for g in got]))
+        for k, (got, copies) in enumerate(kept):
+            for g, c in zip(got, copies):
+                np.testing.assert_array_equal(g, c, err_msg=f"call {k}'s result changed")
+    for var, s in zip(every, start):
+        var.value = s.copy()
