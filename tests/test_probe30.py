@@ -64,7 +64,8 @@ def test_a_sum_of_a_pooling_gradient_over_nan_windows_equals_eval(bias):
     """sum(max_pool2d_grad(g, x)) over H, W was rewritten to sum(g) ("every g lands once"),
     but a window whose maximum is NaN routes its g nowhere (eval and every kernel): the bias
     gradient of a pooled map with NaN windows was 5.0 where eval's is 0.0. Now the rule fires
-    only for a g already 0 at such windows (the CNN's where(pool(x) + b > 0, ., 0) mask)."""
+    for a g already 0 at such windows (the CNN's where(pool(x) + b > 0, ., 0) mask), else
+    for where(pool(x) == pool(x), g, 0)."""
     x = gc.placeholder((1, 1, 2, 4), "float64", "x")
     w = gc.placeholder((1, 1, 1, 2), "float64", "w")
     b = gc.variable(np.array(0.5), name="b") if bias else None

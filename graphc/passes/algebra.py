@@ -162,15 +162,17 @@ def from_pool(v: Node, x: Node, attrs: dict) -> bool:
 
 def sum_pool_grad(n: Node, x: Node) -> Node | None:
     """sum(max_pool2d_grad(g, x)) over H and W (and more) -> sum(g): every g lands once,
-    but a window whose maximum is NaN routes its g nowhere (the kernels and eval), so g must
-    be 0 there: where(pool(x) (+ b, relu) > c, ., 0), as the CNN's masked gradient is."""
+    but a window whose maximum is NaN routes its g nowhere (the kernels and eval): g as it is
+    when already 0 there (where(pool(x) (+ b, relu) > c, ., 0), the CNN's masked gradient),
+    else where(top == top, g, 0), top = pool(x) (the forward's own, merged by CSE)."""
     axes = n.attrs["axis"]
     if x.op != "max_pool2d_grad" or 2 not in axes or 3 not in axes:
         return None
-    g = x.inputs[0]
+    g, src = x.inputs
     if g.op != "where" or not is_value(g.inputs[2], 0) or g.inputs[0].op != "greater" \
-            or not from_pool(g.inputs[0].inputs[0], x.inputs[1], x.attrs):
-        return None
+            or not from_pool(g.inputs[0].inputs[0], src, x.attrs):
+        top = apply("max_pool2d", src, **x.attrs)
+        g = apply("where", apply("equal", top, top), g, zeros(g))
     return fit(apply("sum", g, axis=axes, keepdims=n.attrs["keepdims"]), n)
 
 
