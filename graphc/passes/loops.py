@@ -74,15 +74,23 @@ def stacked(values: list[Node]) -> Node | None:
     return apply("concat", *[apply("reshape", v, shape=dims) for v in values], axis=0)
 
 
+def step_of(x: Node, t: int) -> Node:
+    """x[t], exactly as the loop gives it: a reshape of the slice (a sum over its axis of
+    size 1 turned a -0.0 into 0.0 and bools into int64: the unrolled ys came back int64)."""
+    shape = tuple(d if isinstance(d, int) else -1 for d in x.shape[1:])
+    return apply("reshape", apply("slice", x, axis=0, start=t, stop=t + 1), shape=shape)
+
+
 def unroll(n: Node, inputs: list[Node], steps: int) -> list[Node] | None:
     """The values of loop n's items, on `inputs`, as `steps` inlined copies of its body."""
     a = n.attrs
     init, seqs, caps = loop_parts(inputs, a["carries"], a["xs"])
     carry, rows, saved = list(init), [], []
+    if any(sum(not isinstance(d, int) for d in x.shape[1:]) > 1 for x in seqs):
+        return None                         # x[t] would need a reshape with two -1s
     for t in (range(steps - 1, -1, -1) if a["reverse"] else range(steps)):
         saved.append(carry)
-        xt = [apply("sum", apply("slice", x, axis=0, start=t, stop=t + 1), axis=(0,))
-              for x in seqs]
+        xt = [step_of(x, t) for x in seqs]
         outs = inline(a["body"], carry + xt + list(caps))
         carry, rows = outs[:a["carries"]], rows + [outs[a["carries"]:]]
     if a["reverse"]:

@@ -70,10 +70,12 @@ def factor_key(s: Node) -> tuple:
 
 
 def sinks_by_factor(graph: Graph) -> dict[tuple, dict[int, tuple]]:
-    """factor -> {id(mul): (x, s)} for each mul(x, s) of a finite, nonzero 0-d float
+    """factor -> {id(mul): (x, s)} for each mul(x, s) of a finite, positive 0-d float
     constant s and a larger x that a linear op made (else nothing could move); the factors
     with the most products first. Not in float16: its range is too narrow to move a factor
-    (lr 1e-5 into the seed 1 / 1024 underflows to 0, and every update with it)."""
+    (lr 1e-5 into the seed 1 / 1024 underflows to 0, and every update with it). Not a
+    negative s: s * where(c, x, 0) is -0.0 where c is False, where(c, s * x, 0) +0.0 (and
+    so are zeros a sum makes: s * (a @ b) against (s * a) @ b), so 1 / it was +inf for -inf."""
     groups: dict[tuple, dict[int, tuple]] = {}
     checked: dict[int, bool] = {}          # id(constant) -> usable as a factor
     for n in graph.nodes:
@@ -85,7 +87,7 @@ def sinks_by_factor(graph: Graph) -> dict[tuple, dict[int, tuple]]:
             ok = checked.get(id(s))
             if ok is None:
                 ok = checked[id(s)] = s.dtype == n.dtype and bool(np.isfinite(s.data)) \
-                    and s.data != 0 and n.dtype.itemsize >= 4
+                    and s.data > 0 and n.dtype.itemsize >= 4
             if ok and x.shape == n.shape:
                 groups.setdefault(factor_key(s), {})[id(n)] = (x, s)
                 break

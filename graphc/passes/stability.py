@@ -25,9 +25,10 @@ MAX_FACTORS = 12      # products flattened deeper than this are left alone (line
 
 
 def factors(n: Node, out: tuple[list, list, list], depth: int = 0) -> None:
-    """Flatten n as sign * prod(num) / prod(den) through mul, div and neg."""
+    """Flatten n as sign * prod(num) / prod(den) through float mul, div and neg (an integer
+    product is one factor: regrouped, it would wrap where it did not, or the reverse)."""
     sign, num, den = out
-    if depth < MAX_FACTORS and len(num) + len(den) < MAX_FACTORS:
+    if depth < MAX_FACTORS and len(num) + len(den) < MAX_FACTORS and n.dtype.kind == "f":
         if n.op == "mul":
             factors(n.inputs[0], out, depth + 1)
             factors(n.inputs[1], out, depth + 1)
@@ -44,8 +45,11 @@ def factors(n: Node, out: tuple[list, list, list], depth: int = 0) -> None:
 
 
 def product(xs: list[Node], n: Node) -> Node:
+    """The factors multiplied in n's float dtype: an integer factor met only floats in n
+    (`a * (g / p) * p` of int8 a, g: a * g in int8 wrapped, 16 for 10000)."""
     if not xs:
         return constant(1.0, dtype=n.dtype)
+    xs = [x if x.dtype.kind == "f" else apply("cast", x, dtype=n.dtype.name) for x in xs]
     total = xs[0]
     for x in xs[1:]:
         total = total * x

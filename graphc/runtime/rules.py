@@ -38,9 +38,10 @@ def OPS_size(low, n):  # noqa: N802
 def where_zero(n, shape_of) -> bool:
     """where(c, g, 0) with g of the result's shape and dtype: g * c for integers; for floats g's
     bits times c as integers (one pass, exact: +0.0 where c is False, whatever g holds
-    there)."""
+    there; so not for a -0.0, which it turned into +0.0)."""
     return n.op == "where" and n.inputs[0].dtype == bool and n.inputs[2].op == "constant" \
         and n.inputs[2].data.size == 1 and float(n.inputs[2].data.reshape(())) == 0.0 \
+        and not np.signbit(n.inputs[2].data).any() \
         and shape_of(n.inputs[1]) == shape_of(n) and n.inputs[1].dtype == n.dtype
 
 
