@@ -4,7 +4,7 @@ import pytest
 import sympy as sp
 
 import graphc as gc
-from graphc.ir import OPS
+from graphc.ir import OPS, apply
 from tests.helpers import Row
 
 rng = np.random.default_rng(0)
@@ -137,3 +137,22 @@ def test_relu_and_maximum_conventions_at_the_kink():
     feeds = {x: np.array([1.0, 2.0, 3.0]), y: np.array([1.0, 5.0, 0.0])}
     np.testing.assert_array_equal(gx.eval(feeds), [1, 0, 1])    # a tie: one winner
     np.testing.assert_array_equal(gy.eval(feeds), [0, 1, 0])
+
+
+@pytest.mark.parametrize("dtype, low", [("float32", -88.0), ("float64", -708.0), ("float16", -11.0)])
+def test_sigmoid_is_accurate_relative_to_its_value_on_the_negative_side(dtype, low):
+    """sigmoid was (tanh(x/2) + 1) / 2: 1 + tanh cancels for x < 0 (float32: 4.5e-6 relative
+    error at -5, 0 from -17 on where 1 / (1 + e^-x) gives 2e-9; float64: 0 from -38 on), so a
+    log(sigmoid(x)) was -inf where PyTorch gives -17. Eval, compiled, a dense's activation and
+    the export alike, to a few ulps of the exact value down to where it underflows."""
+    x = gc.placeholder((None,), dtype, name="x")
+    xv = np.concatenate([np.linspace(low, 30, 997), [-np.inf, np.inf, -0.0]]).astype(dtype)
+    exact = 1 / (1 + np.exp(-xv.astype(np.longdouble)))
+    w = gc.constant(np.ones((1, 1), dtype))
+    dense = apply("dense", gc.reshape(x, (-1, 1)), w, gc.constant(np.zeros(1, dtype)),
+                  activation="sigmoid")
+    f = gc.function([x], [gc.sigmoid(x), gc.reshape(dense, (-1,))])
+    eps = np.finfo(dtype).eps
+    for got in [gc.sigmoid(x).eval({x: xv}), *f(xv)]:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, exact.astype(np.float64), rtol=8 * eps, atol=0)

@@ -20,7 +20,11 @@ def to_bool(*xs):
 
 
 def sigmoid_kernel(x):
-    return (np.tanh(x * 0.5) + 1) * 0.5   # stable for any x, one ufunc chain
+    """1 / (1 + e^-x), accurate to a few ulps everywhere: for x < 0, e^-x is large and the
+    sum adds 1 to it exactly enough (the tanh form's 1 + tanh(x/2) cancelled: 0 from -17 on
+    in float32). e^-x overflows to inf only where the result is below the smallest normal
+    number (0 there, as PyTorch; the callers ignore NumPy's overflow flag)."""
+    return 1 / (1 + np.exp(-x))
 
 
 elementwise("add", np.add, lambda g, out, a, b: (g, g), lambda a, b: a + b)

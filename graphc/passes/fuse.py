@@ -189,7 +189,7 @@ def share_softplus_sigmoid(graph: Graph) -> Graph:
     parts: m = max(z, 0), n = min(z, 0), l = log1p(exp(n - m)) (n - m is -|z| exactly), then
     softplus = m + l (the lowering's own form) and sigmoid = exp(n - l) (1 / (1 + exp(-z))
     for z >= 0, exp(z) / (1 + exp(z)) below: stable for any z, inf included). Two ufuncs for
-    the sigmoid instead of four (its tanh form) and no second exp(-|z|); m, n and l become
+    the sigmoid instead of four and no second exp(-|z|); m, n and l become
     group outputs that both groups read. Float32 and float64 only (where this is as exact
     as the ops' own forms)."""
     pairs: dict[Node, dict[str, Node]] = {}

@@ -4,7 +4,7 @@ An elementwise op whose registered kernel is a NumPy ufunc needs nothing here: i
 derived from the kernel (`xp.log1p({0}, out={o})`; `xp` is the backend namespace, backend.py),
 so adding such an op is its declaration and a test row. `SPECIAL` holds the templates of the
 elementwise ops whose kernel is not a ufunc. Every template reads each input before it first
-writes `{o}`, or reads it only through `{o}`. `{half}`, `{one}`, `{zero}` are 0-d arrays of the
+writes `{o}`, or reads it only through `{o}`. `{one}`, `{zero}` are 0-d arrays of the
 op's dtype (a Python scalar operand costs NumPy a conversion); `{zeros}` is an array of zeros
 of the result's shape.
 """
@@ -18,8 +18,8 @@ from graphc.ir import OPS
 from graphc.runtime.backend import xp
 
 SPECIAL = {
-    "sigmoid": ("xp.multiply({0}, {half}, out={o}); xp.tanh({o}, out={o}); "
-                "xp.add({o}, {one}, out={o}); xp.multiply({o}, {half}, out={o})"),
+    "sigmoid": ("xp.negative({0}, out={o}); xp.exp({o}, out={o}); xp.add({o}, {one}, out={o}); "
+                "xp.divide({one}, {o}, out={o})"),
     # {zeros}: zeros of the result's shape (a scalar operand misses NumPy's SIMD loop)
     "relu": "xp.maximum({0}, {zeros}, out={o})",
     "softplus": "xp.logaddexp({zero}, {0}, out={o})",

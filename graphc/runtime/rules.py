@@ -111,14 +111,14 @@ def op_code(low, op: str, dtype, shape, a: list[str], o: str, full: bool) -> str
 
 
 def scalars(low, dtype) -> dict[str, str]:
-    """Names of the plan's 0-d constants 0, 0.5 and 1 of `dtype`, made on first use."""
+    """Names of the plan's 0-d constants 0 and 1 of `dtype`, made on first use."""
     hit = low.cache.get(("scalars of", dtype))     # by the dtype as given: asked per body node
     if hit is not None:
         return hit
     key = ("scalars", np.dtype(dtype).str)
     if key not in low.cache:
         low.cache[key] = {k: low.const(np.array(v, dtype))
-                          for k, v in (("zero", 0), ("half", 0.5), ("one", 1))}
+                          for k, v in (("zero", 0), ("one", 1))}
     low.cache[("scalars of", dtype)] = low.cache[key]
     return low.cache[key]
 
