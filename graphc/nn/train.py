@@ -15,6 +15,7 @@ import graphc as gc
 from graphc.ir import GraphcError, check_feed
 from graphc.nn import losses as losses_mod
 from graphc.nn.module import Layer, whole
+from graphc.opdef import OPS
 from graphc.scope import user_line
 
 try:
@@ -175,6 +176,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     out = out or sys.stdout
     n_batches = -(-count(x) // batch_size)
     for epoch, order in orders:
+        reseed(train_step, epoch)
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
@@ -227,6 +229,18 @@ def shuffled(n: int, epochs: int, initial_epoch: int, seed: int):
         order = rng.permutation(n)
         if epoch > initial_epoch:
             yield epoch, order
+
+
+def reseed(step: gc.Function, epoch: int) -> None:
+    """Start the generators of step's random ops (Dropout's masks) at (their seed, the
+    epoch): each fit compiles a new step whose generators started at the seed again, so a
+    resumed or continued fit drew the masks of its first epoch where the uninterrupted one
+    drew those of its later epochs. Ops without a seed keep drawing from the OS's entropy."""
+    for n in step.graph.nodes:
+        seed = n.attrs.get("seed")
+        if getattr(OPS.get(n.op), "random", False) and seed is not None:
+            start = np.random.default_rng([seed, epoch]).bit_generator.state
+            step.rngs.setdefault(id(n), np.random.default_rng(seed)).bit_generator.state = start
 
 
 def record(history, prefix, loss, metric_fn, outs, y):

@@ -1,0 +1,172 @@
+"""probe32: a hostile newcomer trains as a PyTorch/Keras user would -- optimizers against NumPy,
+fit, checkpoints, pickles and copies, calls that fail, Ctrl-C, threads; one test per bug found,
+each failing before its fix, plus the probes that found nothing but guard a promise.
+"""
+from __future__ import annotations
+
+import _thread
+import copy
+import os
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import nn
+
+HERE = os.path.basename(__file__)
+
+
+def data(n=37, features=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, features)).astype(np.float32),
+            rng.integers(0, classes, n))
+
+
+def mlp(dropout=True, seed=1):
+    layers = [nn.Dense(8, "relu"), nn.BatchNorm()] + ([nn.Dropout(0.3)] if dropout else [])
+    return nn.Sequential(layers + [nn.Dense(3)], seed=seed)
+
+
+def values(variables):
+    return [np.array(v.value) for v in variables]
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# fit: resuming --------------------------------------------------------------------------------
+
+def test_a_resumed_fit_with_dropout_equals_the_uninterrupted_one(tmp_path):
+    """README: fit(epochs=2) equals fit(epochs=1), then fit(epochs=2, initial_epoch=1) (also
+    after save_params / load_params). With Dropout it did not: each fit compiles a new step
+    whose mask generator started again from the layer's seed, so epoch 2 drew epoch 1's masks
+    (losses 1.340 vs 1.231). Now each epoch's masks come from (the op's seed, the epoch)."""
+    x, y = data()
+    whole, opt = mlp(), nn.Adam(1e-2)
+    h_whole = nn.fit(whole, "softmax_cross_entropy", opt, x, y, epochs=3, batch_size=6,
+                     verbose=0)
+    first, opt1 = mlp(), nn.Adam(1e-2)
+    nn.fit(first, "softmax_cross_entropy", opt1, x, y, epochs=1, batch_size=6, verbose=0)
+    nn.save_params(first, tmp_path / "model.npz")
+    nn.save_params(opt1, tmp_path / "adam.npz")
+    # the same objects go on ...
+    h_on = nn.fit(first, "softmax_cross_entropy", opt1, x, y, epochs=3, initial_epoch=1,
+                  batch_size=6, verbose=0)
+    # ... and a fresh model and optimizer resume from the files
+    again, opt2 = mlp(), nn.Adam(1e-2)
+    again(gc.placeholder((None, 6), "float32"))
+    opt2.build(again.params)
+    nn.load_params(again, tmp_path / "model.npz")
+    nn.load_params(opt2, tmp_path / "adam.npz")
+    h_again = nn.fit(again, "softmax_cross_entropy", opt2, x, y, epochs=3, initial_epoch=1,
+                     batch_size=6, verbose=0)
+    assert h_on["loss"] == h_whole["loss"][1:] and h_again["loss"] == h_whole["loss"][1:]
+    assert same(values(first.variables), values(whole.variables))
+    assert same(values(again.variables + opt2.variables), values(whole.variables + opt.variables))
+    # each epoch draws its own masks, and again the same when it is run again
+    xp = gc.placeholder((None, 6), "float32")
+    f = gc.function([xp], gc.dropout(xp, 0.5, seed=7, training=True))
+    masks = {}
+    for epoch in (1, 2, 1):
+        nn.train.reseed(f, epoch)
+        masks.setdefault(epoch, []).append(f(np.ones((4, 6), np.float32)) != 0)
+    assert np.array_equal(*masks[1]) and not np.array_equal(masks[1][0], masks[2][0])
+
+
+# copies and pickles of models and optimizers ------------------------------------------------
+
+def test_a_copied_or_pickled_model_and_optimizer_train_on_as_the_original():
+    """`copy.deepcopy((model, opt))` (to branch a training run) silently restarted the copy's
+    Adam moments at zero while its step count went on: the optimizer found a parameter's
+    state by id(p), and the copy's parameters have other ids. `pickle.dumps(model)` failed
+    with "Can't pickle <lambda>" (the activations by name were lambdas). Now both copies take
+    the same next steps as the original."""
+    x, y = data()
+    model, opt = mlp(dropout=False), nn.Adam(1e-2)
+    nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=1, batch_size=6, verbose=0)
+    copies = [copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))]
+    for m, o in copies:
+        assert not any(np.shares_memory(a.value, b.value)
+                       for a, b in zip(m.variables, model.variables))
+        assert same(values(m.variables + o.variables), values(model.variables + opt.variables))
+    history = nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=2, initial_epoch=1,
+                     batch_size=6, verbose=0)
+    for m, o in copies:
+        assert nn.fit(m, "softmax_cross_entropy", o, x, y, epochs=2, initial_epoch=1,
+                      batch_size=6, verbose=0) == history
+        assert same(values(m.variables + o.variables), values(model.variables + opt.variables))
+        assert len(o.slots) == len(opt.slots)        # no second, fresh set of moments
+    for activation in ["relu", "gelu_tanh", "softmax", None, "linear"]:
+        layer = nn.Dense(2, activation)
+        layer(gc.placeholder((None, 3), "float64"))
+        pickle.loads(pickle.dumps(layer))
+
+
+# checkpoints while another thread trains ----------------------------------------------------
+
+def test_parameters_saved_or_loaded_while_another_thread_trains_are_one_steps(tmp_path):
+    """save_params read the arrays as a call of another thread wrote them: a checkpoint held
+    A after step k+1 and B after step k (18 of 30 saves were torn); load_params assigned one
+    variable after the other, so a call between two assignments saw half a checkpoint. Both
+    now hold the variables' storage locks, as compiled calls do (and load defers Ctrl-C)."""
+    shape = (200, 200)
+    a, b = gc.variable(np.zeros(shape), name="A"), gc.variable(np.zeros(shape), name="B")
+    one = gc.placeholder((), "float64")
+    train = gc.function([one], [], updates=[(a, a + one), (b, b + one)])
+    gap = gc.function([], [gc.max(gc.abs(a - b))])
+    stop, gaps = threading.Event(), []
+
+    def training():
+        while not stop.is_set():
+            train(np.float64(1.0))
+
+    def watching(done):
+        while not done.is_set():
+            gaps.append(float(gap()[0]))
+
+    path = tmp_path / "ab.npz"
+    torn = 0
+    thread = threading.Thread(target=training)
+    thread.start()
+    try:
+        for k in range(20):
+            nn.save_params([a, b], path)
+            with np.load(path) as saved:
+                torn += not (np.ptp(saved["A"]) == 0 and np.array_equal(saved["A"], saved["B"]))
+            np.savez(path, A=np.full(shape, -k - 1.0), B=np.full(shape, -k - 1.0))
+            done = threading.Event()
+            watcher = threading.Thread(target=watching, args=(done,))
+            watcher.start()
+            nn.load_params([a, b], path)
+            time.sleep(0.002)
+            done.set()
+            watcher.join()
+    finally:
+        stop.set()
+        thread.join()
+    assert torn == 0 and gaps and max(gaps) == 0.0
+
+
+def test_ctrl_c_while_parameters_load_leaves_all_old_or_all_new(tmp_path, monkeypatch):
+    """A Ctrl-C between two assignments of load_params left a model half loaded; it is now
+    raised once every variable holds the file's value (as in a compiled call's writes)."""
+    a, b = gc.variable(np.zeros(3), name="a"), gc.variable(np.zeros(3), name="b")
+    np.savez(tmp_path / "ab.npz", a=np.ones(3), b=np.ones(3))
+    copyto, calls = np.copyto, []
+
+    def interrupted(*args, **kwargs):      # Ctrl-C arrives while the first value is copied
+        copyto(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            _thread.interrupt_main()
+
+    monkeypatch.setattr(np, "copyto", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        nn.load_params([a, b], tmp_path / "ab.npz")
+    monkeypatch.undo()
+    assert len(calls) == 2 and a.value.tolist() == b.value.tolist() == [1.0, 1.0, 1.0]
