@@ -55,21 +55,35 @@ def hyper(v, what: str, low: float = 0.0, below: float | None = None) -> float:
     return f
 
 
+def identity(x: Node) -> Node:
+    return x
+
+
+def gelu_tanh(x: Node) -> Node:
+    return gc.gelu(x, approximate="tanh")
+
+
+def softmax(x: Node) -> Node:
+    return gc.softmax(x, axis=-1)
+
+
+def log_softmax(x: Node) -> Node:
+    return gc.log_softmax(x, axis=-1)
+
+
+# functions of the module, not lambdas: a layer holds its activation, and a model that held a
+# lambda could not be pickled ("Can't pickle <function <lambda>>")
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
-    "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
-    "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),
-    "gelu": lambda x: gc.gelu(x), "gelu_tanh": lambda x: gc.gelu(x, approximate="tanh"),
-    "silu": lambda x: gc.silu(x), "swish": lambda x: gc.silu(x),
-    "leaky_relu": lambda x: gc.leaky_relu(x), "elu": lambda x: gc.elu(x),
-    "softmax": lambda x: gc.softmax(x, axis=-1),
-    "log_softmax": lambda x: gc.log_softmax(x, axis=-1),
+    "relu": gc.relu, "sigmoid": gc.sigmoid, "tanh": gc.tanh, "softplus": gc.softplus,
+    "gelu": gc.gelu, "gelu_tanh": gelu_tanh, "silu": gc.silu, "swish": gc.silu,
+    "leaky_relu": gc.leaky_relu, "elu": gc.elu, "softmax": softmax, "log_softmax": log_softmax,
 }
 
 
 def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
     """The function for an activation name ('relu', 'gelu', ...), a callable, or None."""
     if activation is None or activation == "linear":
-        return lambda x: x
+        return identity
     if callable(activation):
         return activation
     if activation not in ACTIVATIONS:

@@ -100,6 +100,19 @@ class Optimizer:
                      for v, new in pairs]
         return pairs
 
+    def __getstate__(self) -> dict:
+        """The slots without their keys: id(p) is another number in a copy (copy.deepcopy
+        of (model, optimizer), a pickle), which then found no state, restarted every moment
+        at zero and went on with Adam's step count."""
+        state = dict(self.__dict__)
+        state["slots"] = [(what, p, var) for (_, what), (p, var) in self.slots.items()]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["slots"] = {(id(p), what): (p, var) for what, p, var in state["slots"]}
+        self.__dict__.update(state)
+
     def start(self, params: list[Node]) -> Updates:
         """Pairs shared by every parameter (e.g. Adam's step count)."""
         return []
