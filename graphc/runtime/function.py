@@ -159,8 +159,11 @@ class Function:
             atomic.install()
             with paused_gc():      # a big plan makes many small objects and no cycles
                 shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
-                plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
-                             tag=" x ".join(map(format_shape, sig)))
+                try:
+                    plan = lower(self.graph, self.inputs, shapes, self.check_numerics,
+                                 self.rngs, tag=" x ".join(map(format_shape, sig)))
+                except MemoryError:
+                    raise out_of_memory(self.graph, shapes, sig) from None
                 del shapes    # freed before the collector is back on: not walked at its end
             plan.accepts, plan.entry = entries(self, plan, sig)
             self.plans[sig] = plan
@@ -374,6 +377,22 @@ def step_error(graph: Graph, steps: list, e: Exception, entry=None,
             return GraphcError(f"step {k} failed at run time: {type(e).__name__}: {e}\n"
                                f"  {format_node(node, names)}\n  at {node.where}")
     return GraphcError(f"compiled function failed: {type(e).__name__}: {e}")
+
+
+def out_of_memory(graph: Graph, shapes: dict, sig: tuple) -> GraphcError:
+    """A plan whose buffers do not fit in memory (a huge batch): NumPy's MemoryError named an
+    array of uint8 (the buffers' arena), not a value; name the largest value and its line."""
+    def size(n: Node) -> int:
+        shape, dtype = shapes[id(n)]
+        return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+
+    big = max((n for n in graph.nodes if id(n) in shapes), key=size)
+    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+    shape = format_shape(shapes[id(big)][0])
+    return GraphcError(f"the plan for feeds {', '.join(map(format_shape, sig))} does not fit "
+                       f"in memory: its largest value is {shape} {big.dtype.name} "
+                       f"({size(big) / 2 ** 30:.3g} GiB)\n  {format_node(big, names)}\n"
+                       f"  at {big.where}\n  (called at {user_line()})")
 
 
 MISS = object()        # an entry's answer to feeds that are not its plan's usual ones
