@@ -170,3 +170,58 @@ def test_ctrl_c_while_parameters_load_leaves_all_old_or_all_new(tmp_path, monkey
         nn.load_params([a, b], tmp_path / "ab.npz")
     monkeypatch.undo()
     assert len(calls) == 2 and a.value.tolist() == b.value.tolist() == [1.0, 1.0, 1.0]
+
+
+# calls that fail ------------------------------------------------------------------------------
+
+def test_a_batch_too_big_for_memory_names_the_value_and_changes_nothing():
+    """A batch whose plan cannot be allocated raised NumPy's "Unable to allocate 2.62 TiB for
+    an array with shape (2880000000064,) and data type uint8" (the plan's arena), naming
+    neither a node nor a line. Now a GraphcError names the largest value, its shape and the
+    line that built it; variables, optimizer state and the plan cache are as before, and the
+    next call is right."""
+    x = gc.placeholder((None, 3), "float64", name="x")
+    w = gc.variable(np.full((3, 3), 0.1), name="W")
+    h = x @ w
+    outer = gc.reshape(h, (-1, 1)) * gc.reshape(h, (1, -1))      # (3N, 3N)
+    cost = gc.mean(outer)
+    opt = nn.Adam(1e-3)
+    f = gc.function([x], cost, updates=opt.updates(cost, [w]))
+    small = np.ones((4, 3))
+    f(small)
+    before = values([w] + opt.variables)
+    with pytest.raises(gc.GraphcError) as e:
+        f(np.ones((200_000, 3)))
+    text = str(e.value)
+    assert "does not fit in memory" in text and "(600000, 600000) float64" in text, text
+    assert "mul(" in text and f"{HERE}:" in text
+    assert same(values([w] + opt.variables), before) and len(f.plans) == 1
+    expected = cost.eval({x: small})
+    assert f(small) == pytest.approx(expected) and not same(values([w]), before[:1])
+
+
+def test_errors_of_fit_data_name_the_users_line():
+    """fit's checks of x, y and validation_data named no line ("fit validation_data: 20
+    examples but 5 targets"); a list of two input arrays (one array to NumPy) said "2 examples
+    but 20 targets" without saying why. Now every one names the line of the call, and the
+    list says to pass a tuple; nothing was trained."""
+    x, y = data(n=20)
+    model = mlp(dropout=False)
+    calls = [lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), x, y[:5], verbose=0),
+             lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), [x, x], y, verbose=0),
+             lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), x, y, verbose=0,
+                            validation_data=(x, y[:5])),
+             lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), x, y, verbose=0,
+                            validation_data=[x]),
+             lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), x, y, verbose=0,
+                            validation_data=((x, x), y)),
+             lambda: nn.fit(model, "softmax_cross_entropy", nn.SGD(), (x, x[:3]), y,
+                            verbose=0),
+             lambda: nn.evaluate(model, "softmax_cross_entropy", x[:0], y[:0])]
+    for call in calls:
+        with pytest.raises(gc.GraphcError) as e:
+            call()
+        assert f"{HERE}:" in str(e.value), str(e.value)
+    with pytest.raises(gc.GraphcError, match="x is a list: one array"):
+        calls[1]()
+    assert model.variables == []

@@ -73,7 +73,7 @@ def as_inputs(x, what: str):
         x = tuple(np.asarray(a) for a in x)
         if len({len(a) for a in x}) != 1:
             raise GraphcError(f"{what}: the inputs have different numbers of examples "
-                              f"{[len(a) for a in x]}")
+                              f"{[len(a) for a in x]}\n  at {user_line()}")
         return x
     return np.asarray(x)
 
@@ -127,12 +127,16 @@ def check_data(x, y, what: str):
         for part in (a if isinstance(a, tuple) else (a,)):
             if isinstance(part, gc.Node) or np.ndim(part) == 0:   # len() failed: TypeError
                 raise GraphcError(f"{what}: {name} must be an array of examples (or, for x, a "
-                                  f"tuple of them), got {part!r}")
+                                  f"tuple of them), got {part!r}\n  at {user_line()}")
+    listed = isinstance(x, list)
     x, y = as_inputs(x, what), np.asarray(y)
     if count(x) != len(y):
-        raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
+        hint = " (x is a list: one array, as NumPy reads it; the inputs of a model with " \
+               "several are a tuple)" if listed else ""
+        raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets{hint}\n"
+                          f"  at {user_line()}")
     if count(x) == 0:                    # said as "0 examples but 0 targets" before
-        raise GraphcError(f"{what}: no examples (x and y are empty)")
+        raise GraphcError(f"{what}: no examples (x and y are empty)\n  at {user_line()}")
     return x, y
 
 
@@ -200,12 +204,12 @@ def check_validation(data, xp, yp):
     pair of the wrong shape or dtype failed after the first epoch had trained the model."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise GraphcError(f"fit: validation_data must be a pair (x, y), got "
-                          f"{type(data).__name__}")
+                          f"{type(data).__name__}\n  at {user_line()}")
     vx, vy = check_data(*data, "fit validation_data")
     parts = list(vx) if isinstance(vx, tuple) else [vx]
     if len(parts) != len(as_list(xp)):
         raise GraphcError(f"fit validation_data: {len(parts)} inputs, but the model is "
-                          f"trained on {len(as_list(xp))}")
+                          f"trained on {len(as_list(xp))}\n  at {user_line()}")
     for ph, part in zip(as_list(xp) + [yp], parts + [vy]):
         try:
             check_feed(ph, part[:1])
