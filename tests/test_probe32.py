@@ -225,3 +225,19 @@ def test_errors_of_fit_data_name_the_users_line():
     with pytest.raises(gc.GraphcError, match="x is a list: one array"):
         calls[1]()
     assert model.variables == []
+
+
+def test_a_regression_of_several_outputs_reports_no_accuracy():
+    """fit(model, "mse", ...) of 3 real-valued outputs reported an "accuracy" (the share of
+    rows whose largest output is where the target's largest is); the 'auto' metric promises
+    none for regression. Integer labels, one-hot and probability targets keep it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    targets = (x @ rng.normal(size=(4, 3))).astype(np.float32)
+    model = nn.Sequential([nn.Dense(3)], seed=0)
+    assert list(nn.fit(model, "mse", nn.SGD(0.01), x, targets, epochs=1, verbose=0)) == ["loss"]
+    assert list(nn.evaluate(model, "mse", x, targets)) == ["loss"]
+    labels = rng.integers(0, 3, 20)
+    soft = rng.dirichlet(np.ones(3), 20).astype(np.float32)
+    for y in (labels, np.eye(3, dtype=np.float32)[labels], soft):
+        assert "accuracy" in nn.evaluate(model, "softmax_cross_entropy", x, y)

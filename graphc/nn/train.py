@@ -41,7 +41,11 @@ def pick_metric(metric, out_shape, y: np.ndarray) -> Callable | None:
     if metric != "auto":
         return metric
     if len(out_shape) >= 2 and out_shape[-1] not in (None, 1) and y.ndim >= len(out_shape) - 1:
-        return accuracy
+        # targets of the prediction's shape are one-hot or probabilities (in [0, 1]); others
+        # are a regression of several outputs, whose "accuracy" compared argmaxes
+        if y.ndim == len(out_shape) - 1 or y.size == 0 or (y.min() >= 0 and y.max() <= 1):
+            return accuracy
+        return None
     if np.isin(y, (0, 1)).all():
         return accuracy
     return None
