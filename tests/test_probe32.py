@@ -241,3 +241,29 @@ def test_a_regression_of_several_outputs_reports_no_accuracy():
     soft = rng.dirichlet(np.ones(3), 20).astype(np.float32)
     for y in (labels, np.eye(3, dtype=np.float32)[labels], soft):
         assert "accuracy" in nn.evaluate(model, "softmax_cross_entropy", x, y)
+
+
+def test_the_resume_recipe_works_for_an_optimizer_without_state(tmp_path):
+    """README's resume: opt.build(model.params), load_params of model and optimizer, fit on.
+    With plain SGD (no state) load_params(opt) refused: "the model has no variables yet ...
+    (an optimizer: optimizer.build(model.params))", which had just been called. A built
+    optimizer (or a called model) without variables now loads nothing; unbuilt ones still
+    say so, and a missing file is still an error."""
+    x, y = data(n=20)
+    model, opt = mlp(dropout=False), nn.SGD(0.1)
+    nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=1, verbose=0)
+    nn.save_params(model, tmp_path / "model.npz")
+    nn.save_params(opt, tmp_path / "sgd.npz")
+    again, opt2 = mlp(dropout=False), nn.SGD(0.1)
+    with pytest.raises(gc.GraphcError, match="optimizer.build"):
+        nn.load_params(opt2, tmp_path / "sgd.npz")
+    again(gc.placeholder((None, 6), "float32"))
+    assert opt2.build(again.params) == []
+    nn.load_params(again, tmp_path / "model.npz")
+    nn.load_params(opt2, tmp_path / "sgd.npz")
+    with pytest.raises(gc.GraphcError, match="cannot read"):
+        nn.load_params(opt2, tmp_path / "nothing.npz")
+    h = nn.fit(model, "softmax_cross_entropy", opt, x, y, epochs=2, initial_epoch=1, verbose=0)
+    assert nn.fit(again, "softmax_cross_entropy", opt2, x, y, epochs=2, initial_epoch=1,
+                  verbose=0) == h
+    assert same(values(again.variables), values(model.variables))

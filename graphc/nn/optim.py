@@ -40,6 +40,7 @@ class Optimizer:
         self.lr = lr
         self.variables: list[Node] = []     # the state of the last `updates` call
         self.slots: dict[tuple[int, str], tuple[Node, Node]] = {}   # (id(p), what) -> (p, var)
+        self.built = False                  # `build` or `updates` ran: its state exists
 
     def updates(self, loss: Node, params: Sequence[Node]) -> Updates:
         """Update pairs for one training step on `loss`; a parameter seen by an earlier call
@@ -87,7 +88,7 @@ class Optimizer:
 
     def pairs(self, params: list[Node], grads: list[Node]) -> Updates:
         """Every parameter's update pairs from its gradient; self.variables: their state."""
-        self.variables = []
+        self.variables, self.built = [], True
         with gc.name_scope(self.kind):
             pairs = self.start(params)
             for p, g in zip(params, grads):

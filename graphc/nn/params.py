@@ -50,8 +50,9 @@ def save_params(params, path: str | os.PathLike) -> None:
 
 def load_params(params, path: str | os.PathLike) -> None:
     """Assign the values saved in `path` to the variables of the same names (all or none)."""
-    params = variables_of(params)
-    if not params:
+    built = getattr(params, "built", False)   # a called model, a built optimizer: they
+    params = variables_of(params)              # may have no variables (plain SGD has none)
+    if not params and not built:
         raise GraphcError("load_params: the model has no variables yet; layers create them "
                           "on their first call, so call the model on an input (model(x)) first "
                           "(an optimizer: optimizer.build(model.params))")
