@@ -267,3 +267,31 @@ def test_the_resume_recipe_works_for_an_optimizer_without_state(tmp_path):
     assert nn.fit(again, "softmax_cross_entropy", opt2, x, y, epochs=2, initial_epoch=1,
                   verbose=0) == h
     assert same(values(again.variables), values(model.variables))
+
+
+def test_a_graph_saved_while_another_thread_trains_holds_one_steps_values(tmp_path):
+    """gc.save read the variables' arrays as a call of another thread wrote them (A after
+    step k+1, B after step k); it now copies them under their storage locks."""
+    shape = (200, 200)
+    a, b = gc.variable(np.zeros(shape), name="A"), gc.variable(np.zeros(shape), name="B")
+    one = gc.placeholder((), "float64")
+    train = gc.function([one], [], updates=[(a, a + one), (b, b + one)])
+    stop = threading.Event()
+
+    def training():
+        while not stop.is_set():
+            train(np.float64(1.0))
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    torn = 0
+    try:
+        for _ in range(20):
+            gc.save(a - b, tmp_path / "gap")
+            gap = gc.load(tmp_path / "gap.json")
+            a_saved, b_saved = (n.value for n in gap.inputs)
+            torn += not (np.ptp(a_saved) == 0 and np.array_equal(a_saved, b_saved))
+    finally:
+        stop.set()
+        thread.join()
+    assert torn == 0
