@@ -295,3 +295,32 @@ def test_a_graph_saved_while_another_thread_trains_holds_one_steps_values(tmp_pa
         stop.set()
         thread.join()
     assert torn == 0
+
+
+def test_a_frozen_batchnorm_keeps_its_statistics_and_runs_in_inference_mode():
+    """`base.trainable = False` (Keras's flag) left gamma and beta alone but fit still updated
+    the frozen BatchNorm's running statistics (README: fit leaves a frozen layer's variables
+    as they are). Now a BatchNorm frozen itself or inside a frozen layer normalizes with its
+    running statistics while training too, as Keras does, and keeps them; unfrozen, it
+    trains and updates them again."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(20, 4)) * 3 + 2).astype(np.float32)
+    y = rng.integers(0, 2, 20)
+    base = nn.Sequential([nn.Dense(5, "relu"), nn.BatchNorm()], name="base")
+    model = nn.Sequential([base, nn.Dense(2)], seed=0)
+    xp = gc.placeholder((None, 4), "float32")
+    model(xp)
+    bn = base.layers[1]
+    bn.running_mean.value = np.full(5, 0.5, np.float32)
+    bn.running_var.value = np.full(5, 4.0, np.float32)
+    for frozen in (base, bn):
+        frozen.trainable = False
+        kept = values(frozen.variables)
+        nn.fit(model, "softmax_cross_entropy", nn.Adam(0.1), x, y, epochs=1, verbose=0)
+        assert same(values(frozen.variables), kept)
+        train_out = gc.function([xp], model(xp, training=True))(x)
+        eval_out = gc.function([xp], model(xp, training=False))(x)
+        np.testing.assert_array_equal(train_out, eval_out)
+        frozen.trainable = True
+    nn.fit(model, "softmax_cross_entropy", nn.Adam(0.1), x, y, epochs=1, verbose=0)
+    assert not np.array_equal(bn.running_mean.value, kept[-2])

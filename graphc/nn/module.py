@@ -28,6 +28,14 @@ _training = contextvars.ContextVar("graphc_training", default=True)
 # the outermost layer call in progress: a layer called twice inside it (shared by two inputs)
 # keeps the state updates of both calls, in order; a later outer call starts afresh
 _outer_call = contextvars.ContextVar("graphc_outer_call", default=None)
+# inside a frozen layer (`trainable = False` on it or on a layer holding it): BatchNorm runs in
+# inference mode there, as in Keras, so fit leaves every variable of a frozen layer as it is
+_frozen = contextvars.ContextVar("graphc_frozen", default=False)
+
+
+def frozen() -> bool:
+    """Whether the layer being called is frozen, or held by a frozen layer."""
+    return _frozen.get()
 
 
 def whole(v, what: str, least: int = 1) -> int:
@@ -192,6 +200,7 @@ class Layer:
         token = _training.set(bool(training))
         outer = _outer_call.get()
         outer_token = _outer_call.set(object()) if outer is None else None
+        frozen_token = None if self.trainable else _frozen.set(True)
         try:
             with self.scope():
                 if not self.built:
@@ -208,6 +217,8 @@ class Layer:
                 out = self.forward(*inputs, **options)
         finally:
             _training.reset(token)
+            if frozen_token is not None:
+                _frozen.reset(frozen_token)
             if outer_token is not None:
                 _outer_call.reset(outer_token)
         if not (isinstance(out, Node) or isinstance(out, (tuple, list))
