@@ -324,3 +324,58 @@ def test_a_frozen_batchnorm_keeps_its_statistics_and_runs_in_inference_mode():
         frozen.trainable = True
     nn.fit(model, "softmax_cross_entropy", nn.Adam(0.1), x, y, epochs=1, verbose=0)
     assert not np.array_equal(bn.running_mean.value, kept[-2])
+
+
+# Ctrl-C and threads ---------------------------------------------------------------------------
+
+SLOW = {"go": threading.Event()}
+
+
+def slow_kernel(x):
+    """In a thread other than the main one, waits for SLOW["go"]: a long call that holds its
+    variables' locks meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        SLOW["go"].wait(10)
+    return x * 1.0
+
+
+if "probe32_slow" not in gc.ir.OPS:
+    gc.register_op(gc.OpDef("probe32_slow", lambda x: (x.shape, x.dtype, {}),
+                            kernel=slow_kernel, vjp=lambda g, out, x: (g,), elementwise=True))
+
+
+@pytest.mark.parametrize("planned", [False, True])   # the general path; a plan's entry
+def test_ctrl_c_while_waiting_for_another_threads_call_is_raised_at_once(planned):
+    """A call waiting for the locks of a call running in another thread held Ctrl-C until it
+    had the locks: 4.8 s for a 5 s call, for ever for one that hangs (a notebook's interrupt
+    did nothing). Now it is raised within ~0.05 s, the locks already taken are given back
+    (another thread's call of one of them runs), nothing ran, and every call works after."""
+    SLOW["go"] = threading.Event()
+    b = gc.variable(np.zeros(3), name="B")       # B's lock ranks before A's
+    bump_b = gc.function([], [], updates=[(b, b + 1.0)])
+    a = gc.variable(np.zeros(3), name="A")
+    slow = gc.function([], [], updates=[(a, gc.apply("probe32_slow", a + 1.0))])
+    both = gc.function([], [], updates=[(a, a + 10.0), (b, b + 10.0)])  # takes B, waits for A
+    if planned:
+        both()
+    start_a, start_b = float(a.value[0]), float(b.value[0])
+    runner = threading.Thread(target=slow)
+    runner.start()
+    try:
+        time.sleep(0.1)
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            both()
+        assert time.monotonic() - start < 2.0 and runner.is_alive()
+        other = threading.Thread(target=bump_b)     # B was given back
+        other.start()
+        other.join(2.0)
+        assert not other.is_alive() and b.value.tolist() == [start_b + 1.0] * 3
+    finally:
+        SLOW["go"].set()
+        runner.join()
+        timer.join()
+    both()
+    assert a.value.tolist() == [start_a + 11.0] * 3 and b.value.tolist() == [start_b + 11] * 3

@@ -188,8 +188,9 @@ class Function:
         main, state = atomic.get_ident() == atomic.MAIN, atomic.STATE
         if main:
             state.held = True          # a Ctrl-C between two acquires would leak the first
-        for take in self.takes:
-            take()
+        for k, take in enumerate(self.takes):
+            if not take(False):              # another thread's call holds it: a Ctrl-C
+                atomic.wait(self.locks, k)   # while waiting is raised, not kept until then
         try:
             if main:
                 state.held = False
@@ -437,7 +438,7 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     names: dict = {"_run": plan.run, "_MISS": MISS, "_GraphcError": GraphcError,
                    "_get_ident": atomic.get_ident, "_MAIN": atomic.MAIN,
                    "_state": atomic.STATE, "_raise_pending": atomic.raise_pending,
-                   "_form": fn.form}
+                   "_form": fn.form, "_wait": atomic.wait, "_locks": fn.locks}
     guard = feed_guard(sig, fn.dtypes, fn, names)
     for k, lock in enumerate(fn.locks):
         names[f"_lock{k}"] = lock
@@ -464,7 +465,8 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     lines = ["def accepts(_a):", f"    return {guard}", "",
              "def entry(_a):", f"    if not ({guard}):", "        return _MISS",
              "    _main = _get_ident() == _MAIN", "    if _main:", "        _state.held = True",
-             *[f"    _lock{k}.acquire()" for k in range(len(fn.locks))], "    try:",
+             *[f"    if not _lock{k}.acquire(False): _wait(_locks, {k})"
+               for k in range(len(fn.locks))], "    try:",
              "        if _main:", "            _state.held = False",
              "            if _state.pending is not None:", "                _raise_pending()",
              *body, "    except _GraphcError:", "        raise", "    except Exception as _e:",
