@@ -379,3 +379,55 @@ def test_ctrl_c_while_waiting_for_another_threads_call_is_raised_at_once(planned
         timer.join()
     both()
     assert a.value.tolist() == [start_a + 11.0] * 3 and b.value.tolist() == [start_b + 11] * 3
+
+
+# Dask ---------------------------------------------------------------------------------------
+
+def test_distributed_fit_with_a_worker_that_stops_answering_fails_in_time():
+    """A worker that hangs (SIGSTOP here; a machine cut off looks alike) made gd.fit's step
+    fail after `timeout` seconds, as promised, but its cleanup then waited for every worker
+    to unregister the replica plugin: the call hung until the scheduler dropped the worker
+    (worker-ttl, minutes). The cleanup now waits at most `timeout` seconds."""
+    distributed = pytest.importorskip("distributed")
+    import signal
+
+    import graphc.distributed as gd
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+    client = distributed.Client(cluster)
+    stopped, outcome = [], []
+    try:
+        client.wait_for_workers(2, timeout=60)
+        victim = sorted(client.ncores())[1]
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        x, y = data(n=64, features=5)
+
+        def training():
+            try:
+                gd.fit(nn.Sequential([nn.Dense(3)], seed=0), "softmax_cross_entropy",
+                       nn.SGD(0.1), x, y, client=client, epochs=10_000, batch_size=8,
+                       verbose=0, timeout=2.0)
+                outcome.append("finished")
+            except gc.GraphcError as e:
+                outcome.append(str(e))
+
+        def replica_version(dask_worker) -> int:
+            return max([getattr(p, "version", -1) for n, p in dask_worker.plugins.items()
+                        if n.startswith("graphc-fit-")], default=-1)
+
+        thread = threading.Thread(target=training, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not stopped:
+            if client.run(replica_version, workers=[victim]).get(victim, -1) >= 2:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            time.sleep(0.02)
+        assert stopped
+        thread.join(40)             # 2 s for the step, at most 2 s for the cleanup
+        assert not thread.is_alive() and "within timeout=2" in outcome[0], outcome
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        client.close()
+        cluster.close()
