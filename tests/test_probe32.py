@@ -431,3 +431,238 @@ def test_distributed_fit_with_a_worker_that_stops_answering_fails_in_time():
             os.kill(pid, signal.SIGCONT)
         client.close()
         cluster.close()
+
+
+# promises that held (guards) ------------------------------------------------------------------
+
+def numpy_steps(kind, w, grad, lrs, **h):
+    """An independent NumPy version of each optimizer's update over several steps."""
+    state = {"v": np.zeros_like(w), "m": np.zeros_like(w), "s": np.zeros_like(w)}
+    out = []
+    for t, lr in enumerate(lrs, start=1):
+        g = grad(w)
+        if kind == "sgd":
+            state["v"] = h["momentum"] * state["v"] - lr * g
+            w = w + state["v"]
+        elif kind == "rmsprop":
+            state["s"] = h["rho"] * state["s"] + (1 - h["rho"]) * g * g
+            w = w - lr * g / (np.sqrt(state["s"]) + h["eps"])
+        else:
+            state["m"] = h["beta1"] * state["m"] + (1 - h["beta1"]) * g
+            state["s"] = h["beta2"] * state["s"] + (1 - h["beta2"]) * g * g
+            m_hat, v_hat = state["m"] / (1 - h["beta1"] ** t), state["s"] / (1 - h["beta2"] ** t)
+            w = w - lr * m_hat / (np.sqrt(v_hat) + h["eps"])
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize("kind, make, hyper", [
+    ("sgd", nn.SGD, {"momentum": 0.0}),
+    ("sgd", nn.SGD, {"momentum": 0.9}),
+    ("adam", nn.Adam, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
+    ("adam", nn.Adam, {"beta1": 0.5, "beta2": 0.6, "eps": 1e-3}),
+    ("rmsprop", nn.RMSProp, {"rho": 0.8, "eps": 1e-7}),
+])
+def test_optimizers_match_numpy_with_a_schedule_and_weight_decay(kind, make, hyper):
+    """Five steps of a least-squares fit with L2 (weight decay as a loss term), the learning
+    rate a variable changed between steps (a schedule): every step equals NumPy's."""
+    rng = np.random.default_rng(0)
+    xs, ys, w0 = rng.normal(size=(16, 5)), rng.normal(size=(16, 3)), rng.normal(size=(5, 3))
+    decay, lrs = 1e-2, [0.1, 0.1, 0.03, 0.01, 0.0]
+    x, y = gc.placeholder((None, 5), "float64"), gc.placeholder((None, 3), "float64")
+    w, lr = gc.variable(w0.copy(), name="W"), gc.variable(np.float64(0.1), name="lr")
+    cost = gc.mean((x @ w - y) ** 2) + decay * gc.sum(w * w)
+    step = gc.function([x, y], cost, updates=make(lr, **hyper).updates(cost, [w]))
+    got = []
+    for value in lrs:
+        lr.value = value
+        step(xs, ys)
+        got.append(w.value.copy())
+    want = numpy_steps(kind, w0, lambda v: 2 * xs.T @ (xs @ v - ys) / ys.size + 2 * decay * v,
+                       lrs, **hyper)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_fit_shuffles_reproducibly_and_trains_alike_on_labels_or_one_hot():
+    """Same seed: same history and weights; integer labels and one-hot targets: the same
+    training; a last batch of 1 and batches of 1 run (BatchNorm keeps its statistics for a
+    batch of one row, where PyTorch refuses it)."""
+    x, y = data(n=37)
+    runs = []
+    for targets in (y, y, np.eye(3, dtype=np.float32)[y]):
+        model = mlp()
+        runs.append((nn.fit(model, "softmax_cross_entropy", nn.Adam(1e-2), x, targets,
+                            epochs=2, batch_size=6, verbose=0), values(model.variables)))
+    assert runs[0][0] == runs[1][0] and same(runs[0][1], runs[1][1])
+    np.testing.assert_allclose(runs[2][0]["loss"], runs[0][0]["loss"], rtol=1e-6)
+    other = nn.fit(mlp(), "softmax_cross_entropy", nn.Adam(1e-2), x, y, epochs=2,
+                   batch_size=6, seed=1, verbose=0)
+    assert other["loss"] != runs[0][0]["loss"]
+    model = mlp()
+    h = nn.fit(model, "softmax_cross_entropy", nn.SGD(0.01), x, y, epochs=1, batch_size=1,
+               verbose=0)
+    bn = model.layers[1]
+    assert np.isfinite(h["loss"][0]) and (bn.running_var.value == 1).all()
+
+
+def test_batchnorm_follows_pytorchs_formulas_in_training_and_evaluation():
+    """Training: the batch's biased variance normalizes; the running variance takes the
+    unbiased one with momentum; evaluation reads the running statistics (NCHW channels)."""
+    rng = np.random.default_rng(0)
+    x = gc.placeholder((None, 3, 4, 4), "float64")
+    bn = nn.BatchNorm(momentum=0.2)
+    step = gc.function([x], bn(x, training=True), updates=bn.state_updates)
+    evaluate = gc.function([x], bn(x, training=False))
+    mean, var = np.zeros(3), np.ones(3)
+    for _ in range(3):
+        batch = rng.normal(size=(5, 3, 4, 4)) * 3 + 1
+        out = step(batch)
+        m, v, n = batch.mean((0, 2, 3)), batch.var((0, 2, 3)), 5 * 16
+        np.testing.assert_allclose(out, (batch - m[:, None, None]) / np.sqrt(
+            v[:, None, None] + 1e-5), atol=1e-12)
+        mean, var = 0.8 * mean + 0.2 * m, 0.8 * var + 0.2 * v * n / (n - 1)
+        np.testing.assert_allclose(bn.running_mean.value, mean, atol=1e-12)
+        np.testing.assert_allclose(bn.running_var.value, var, atol=1e-12)
+    batch = rng.normal(size=(2, 3, 4, 4))
+    np.testing.assert_allclose(evaluate(batch), (batch - mean[:, None, None]) / np.sqrt(
+        var[:, None, None] + 1e-5), atol=1e-12)
+
+
+FAIL = {"on": False}
+
+
+def failing_kernel(v):
+    if FAIL["on"]:
+        raise ValueError("boom")
+    return v * 1.0
+
+
+if "probe32_fails" not in gc.ir.OPS:
+    gc.register_op(gc.OpDef("probe32_fails", lambda v: (v.shape, v.dtype, {}),
+                            kernel=failing_kernel, vjp=lambda g, out, v: (g,), elementwise=True))
+
+
+def test_a_failing_step_at_any_point_leaves_every_variable_and_slot_as_it_was():
+    """A user kernel raising in the gradient, in an update's value or in a velocity; a NaN
+    caught by check_numerics; a label out of range: the call raises a GraphcError naming the
+    step and the line, every parameter, slot and step count is as before, the next call is
+    right."""
+    rng = np.random.default_rng(0)
+    xs, labels = rng.normal(size=(4, 5)), np.array([0, 1, 2, 0])
+    for place in ("gradient", "value", "slot"):
+        for make in (lambda: nn.SGD(0.1, momentum=0.9), lambda: nn.Adam(0.1),
+                     lambda: nn.RMSProp(0.1)):
+            x, y = gc.placeholder((None, 5), "float64"), gc.placeholder((None,), "int64")
+            w, b = gc.variable(np.ones((5, 3)), name="W"), gc.variable(np.zeros(3), name="b")
+            cost = gc.mean(gc.softmax_cross_entropy(x @ w + b, y))
+            opt = make()
+            gw, gb = gc.grad(cost, [w, b])
+            if place == "gradient":
+                gb = gc.apply("probe32_fails", gb)
+            pairs = opt.pairs([w, b], [gw, gb])
+            pairs = [(v, gc.apply("probe32_fails", new)
+                      if (place == "value" and v is b) or (place == "slot" and v is pairs[0][0])
+                      else new) for v, new in pairs]
+            for check in (False, True):
+                step = gc.function([x, y], cost, updates=pairs, check_numerics=check)
+                step(xs, labels)
+                before = values([w, b] + opt.variables)
+                for bad in ("kernel", "label", "nan"):
+                    FAIL["on"] = bad == "kernel"
+                    feeds = (xs, labels + 3 * (bad == "label"))
+                    if bad == "nan":
+                        if not check:
+                            continue
+                        feeds = (np.where(xs > 1, np.nan, xs), labels)
+                    with pytest.raises(gc.GraphcError) as e:
+                        step(*feeds)
+                    FAIL["on"] = False
+                    assert f"{HERE}:" in str(e.value)
+                    assert same(values([w, b] + opt.variables), before), (place, bad)
+                expected = cost.eval({x: xs, y: labels})
+                assert step(xs, labels) == pytest.approx(expected)
+
+
+def test_ctrl_c_at_random_moments_of_training_steps_leaves_whole_steps():
+    """interrupt_main at random moments around 200 Adam steps of an MLP with BatchNorm: after
+    each, every variable is as before the call or every one has changed (whole steps)."""
+    import random
+    x = gc.placeholder((None, 20), "float64")
+    y = gc.placeholder((None,), "int64")
+    model = nn.Sequential([nn.Dense(32, "relu"), nn.BatchNorm(), nn.Dense(10)], seed=0)
+    opt = nn.Adam(1e-3)
+    cost = nn.losses.softmax_cross_entropy(model(x, training=True), y)
+    step = gc.function([x, y], cost, updates=opt.updates(cost, model.params)
+                       + model.state_updates)
+    rng = np.random.default_rng(0)
+    xs, labels = rng.normal(size=(64, 20)), rng.integers(0, 10, 64)
+    step(xs, labels)
+    variables = model.variables + opt.variables
+    random.seed(0)
+    interrupted = 0                  # interrupts that came inside a call
+    for _ in range(200):
+        before = values(variables)
+        timer = threading.Timer(random.random() * 0.001, _thread.interrupt_main)
+        inside = False
+        try:
+            timer.start()
+            inside = True
+            step(xs, labels)
+            inside = False
+            time.sleep(0.002)
+        except KeyboardInterrupt:
+            interrupted += inside
+        while True:                  # the interrupt, wherever it comes, is over after this
+            try:
+                timer.join()
+                time.sleep(0.002)
+                break
+            except KeyboardInterrupt:
+                pass
+        changed = [not np.array_equal(a, v.value) for a, v in zip(before, variables)]
+        assert all(changed) or not any(changed)
+    assert interrupted > 0
+
+
+def test_threads_calling_functions_that_share_variables_give_a_serial_result():
+    """Four threads: two call a Function updating (A, B), one a Function updating (B, C),
+    one reads A - (B - C) (always 0: never half an update) and one reads A.value; one Adam
+    step Function called from 4 threads equals the same number of calls in one thread."""
+    shape = (50, 50)
+    a, b, c = (gc.variable(np.zeros(shape), name=n) for n in "ABC")
+    one = gc.placeholder((), "float64")
+    ab = gc.function([one], [], updates=[(a, a + one), (b, b + one)])
+    bc = gc.function([one], [], updates=[(b, b + one), (c, c + one)])
+    gap = gc.function([], gc.max(gc.abs(a - (b - c))))
+    gaps = []
+    jobs = [lambda: [ab(np.float64(1)) for _ in range(100)],
+            lambda: [ab(np.float64(1)) for _ in range(100)],
+            lambda: [bc(np.float64(1)) for _ in range(100)],
+            lambda: gaps.extend(float(gap()) for _ in range(100)),
+            lambda: [a.value for _ in range(100)]]
+    threads = [threading.Thread(target=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads) and max(gaps) == 0.0
+    assert (a.value == 200).all() and (b.value == 300).all() and (c.value == 100).all()
+    x, y = gc.placeholder((None, 5), "float64"), gc.placeholder((None,), "int64")
+    w = gc.variable(np.full((5, 3), 0.1), name="W")
+    cost = gc.mean(gc.softmax_cross_entropy(x @ w, y))
+    opt = nn.Adam(0.01)
+    step = gc.function([x, y], cost, updates=opt.updates(cost, [w]))
+    xs, labels = np.random.default_rng(0).normal(size=(8, 5)), np.arange(8) % 3
+    threads = [threading.Thread(target=lambda: [step(xs, labels) for _ in range(25)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    threaded = values([w] + opt.variables)
+    w.value = np.full((5, 3), 0.1)
+    for v in opt.variables:
+        v.value = np.zeros(v.shape, v.dtype)
+    for _ in range(100):
+        step(xs, labels)
+    assert same(values([w] + opt.variables), threaded) and opt.t.value == 100
