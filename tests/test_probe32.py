@@ -328,6 +328,16 @@ def test_a_frozen_batchnorm_keeps_its_statistics_and_runs_in_inference_mode():
 
 # Ctrl-C and threads ---------------------------------------------------------------------------
 
+FAIL = {"on": False}
+
+
+def failing_kernel(v):
+    if FAIL["on"]:
+        raise ValueError("boom")
+    return v * 1.0
+
+
+
 SLOW = {"go": threading.Event()}
 
 
@@ -339,13 +349,22 @@ def slow_kernel(x):
     return x * 1.0
 
 
-if "probe32_slow" not in gc.ir.OPS:
-    gc.register_op(gc.OpDef("probe32_slow", lambda x: (x.shape, x.dtype, {}),
-                            kernel=slow_kernel, vjp=lambda g, out, x: (g,), elementwise=True))
+@pytest.fixture
+def user_ops():
+    """The tests' own ops, registered for one test only (the op table's tests and the fuzzer
+    want a row for every registered op)."""
+    for name, kernel in (("probe32_slow", slow_kernel), ("probe32_fails", failing_kernel)):
+        gc.register_op(gc.OpDef(name, lambda x: (x.shape, x.dtype, {}), kernel=kernel,
+                                vjp=lambda g, out, x: (g,), elementwise=True))
+    try:
+        yield
+    finally:
+        for name in ("probe32_slow", "probe32_fails"):
+            gc.ir.OPS.pop(name, None)
 
 
 @pytest.mark.parametrize("planned", [False, True])   # the general path; a plan's entry
-def test_ctrl_c_while_waiting_for_another_threads_call_is_raised_at_once(planned):
+def test_ctrl_c_while_waiting_for_another_threads_call_is_raised_at_once(planned, user_ops):
     """A call waiting for the locks of a call running in another thread held Ctrl-C until it
     had the locks: 4.8 s for a 5 s call, for ever for one that hangs (a notebook's interrupt
     did nothing). Now it is raised within ~0.05 s, the locks already taken are given back
@@ -528,21 +547,7 @@ def test_batchnorm_follows_pytorchs_formulas_in_training_and_evaluation():
         var[:, None, None] + 1e-5), atol=1e-12)
 
 
-FAIL = {"on": False}
-
-
-def failing_kernel(v):
-    if FAIL["on"]:
-        raise ValueError("boom")
-    return v * 1.0
-
-
-if "probe32_fails" not in gc.ir.OPS:
-    gc.register_op(gc.OpDef("probe32_fails", lambda v: (v.shape, v.dtype, {}),
-                            kernel=failing_kernel, vjp=lambda g, out, v: (g,), elementwise=True))
-
-
-def test_a_failing_step_at_any_point_leaves_every_variable_and_slot_as_it_was():
+def test_a_failing_step_at_any_point_leaves_every_variable_and_slot_as_it_was(user_ops):
     """A user kernel raising in the gradient, in an update's value or in a velocity; a NaN
     caught by check_numerics; a label out of range: the call raises a GraphcError naming the
     step and the line, every parameter, slot and step count is as before, the next call is
