@@ -31,7 +31,7 @@ from graphc.io_files import fsync_folder, folder_lock, open_regular, read_all, \
     remove_leftovers, replace, sha256_of, write_temp
 from graphc.io_format import FORMAT, VERSION, body_nodes, build_graph, check_graph, \
     encode_graph, field, indices, stored_specs
-from graphc.ir import Graph, GraphcError, Node, as_graph, toposort
+from graphc.ir import Graph, GraphcError, Node, as_graph, storage_locks, toposort
 
 MAX_BYTES = 1 << 32      # default limit on what one load reads (the .json and the arrays)
 STAGED = ".graphc-staged-"
@@ -64,7 +64,11 @@ def save(outputs, path, updates: Sequence[tuple[Node, Node]] = ()) -> str:
     nodes = with_grad_targets(graph)
     index = {id(n): i for i, n in enumerate(nodes)}
     arrays: dict[str, np.ndarray] = {}
-    records = encode_graph(nodes, index, "", arrays)
+    variables = [n for n in nodes if n.op == "variable"]
+    stored = {id(v.value) for v in variables}
+    with locked(storage_locks(variables)):     # the values of one moment: a call of another
+        records = encode_graph(nodes, index, "", arrays)        # thread writes them in place
+        arrays = {k: np.array(a) if id(a) in stored else a for k, a in arrays.items()}
     json_path, npz_path = file_paths(path)
     folder = os.path.dirname(os.path.abspath(json_path))
     with folder_lock(folder):
@@ -86,6 +90,18 @@ def save(outputs, path, updates: Sequence[tuple[Node, Node]] = ()) -> str:
         replace(staged, npz_path, "save")
         fsync_folder(folder)
     return json_path
+
+
+@contextlib.contextmanager
+def locked(locks: list):
+    """Hold `locks` (taken in the order given: the global order of storage_locks)."""
+    for lock in locks:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        for lock in reversed(locks):
+            lock.release()
 
 
 def document_text(header: dict, records: list[dict]) -> str:

@@ -5,8 +5,10 @@ worker rebuilds it through the op table and its shape rules, as `gc.load` does f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 
 import graphc as gc
 from graphc.ir import GraphcError
@@ -36,6 +38,20 @@ def get_client(client=None):
         raise GraphcError("no Dask client: pass client=Client(...) or create one first "
                           "(Client() starts a local cluster; Client('tcp://host:8786') "
                           "connects to a scheduler)") from None
+
+
+def forget_plugin(client, name: str, seconds: float) -> None:
+    """Unregister a worker plugin, waiting at most `seconds`. The scheduler forgets it at once,
+    then waits for every worker's answer, and a worker that hangs (stopped, cut off) answers
+    only when the scheduler drops it (worker-ttl, minutes): a fit that had failed on its
+    timeout then hung here. The rest finishes in the background."""
+    def unregister():
+        with contextlib.suppress(Exception):   # the plugin may never have reached a worker
+            client.unregister_worker_plugin(name)
+
+    thread = threading.Thread(target=unregister, name="graphc-unregister", daemon=True)
+    thread.start()
+    thread.join(seconds)
 
 
 def pack(outputs, updates=()) -> tuple[str, bytes]:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 import graphc as gc
-from graphc.distributed.common import get_client, need_dask, pack
+from graphc.distributed.common import forget_plugin, get_client, need_dask, pack
 from graphc.distributed.shards import Shards, is_dask
 from graphc.ir import GraphcError
 from graphc.nn import losses as losses_mod
@@ -74,10 +74,7 @@ def fit(model, loss, optimizer, x, y, *, client=None, epochs: int = 10, batch_si
     finally:
         if trainer is not None:
             trainer.shards.release()
-        try:
-            client.unregister_worker_plugin(name)
-        except Exception:      # noqa: BLE001 - the plugin may never have reached a worker
-            pass
+        forget_plugin(client, name, timeout)     # a hung worker never answers
 
 
 class Graphs(NamedTuple):

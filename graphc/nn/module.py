@@ -28,6 +28,14 @@ _training = contextvars.ContextVar("graphc_training", default=True)
 # the outermost layer call in progress: a layer called twice inside it (shared by two inputs)
 # keeps the state updates of both calls, in order; a later outer call starts afresh
 _outer_call = contextvars.ContextVar("graphc_outer_call", default=None)
+# inside a frozen layer (`trainable = False` on it or on a layer holding it): BatchNorm runs in
+# inference mode there, as in Keras, so fit leaves every variable of a frozen layer as it is
+_frozen = contextvars.ContextVar("graphc_frozen", default=False)
+
+
+def frozen() -> bool:
+    """Whether the layer being called is frozen, or held by a frozen layer."""
+    return _frozen.get()
 
 
 def whole(v, what: str, least: int = 1) -> int:
@@ -55,21 +63,35 @@ def hyper(v, what: str, low: float = 0.0, below: float | None = None) -> float:
     return f
 
 
+def identity(x: Node) -> Node:
+    return x
+
+
+def gelu_tanh(x: Node) -> Node:
+    return gc.gelu(x, approximate="tanh")
+
+
+def softmax(x: Node) -> Node:
+    return gc.softmax(x, axis=-1)
+
+
+def log_softmax(x: Node) -> Node:
+    return gc.log_softmax(x, axis=-1)
+
+
+# functions of the module, not lambdas: a layer holds its activation, and a model that held a
+# lambda could not be pickled ("Can't pickle <function <lambda>>")
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {
-    "relu": lambda x: gc.relu(x), "sigmoid": lambda x: gc.sigmoid(x),
-    "tanh": lambda x: gc.tanh(x), "softplus": lambda x: gc.softplus(x),
-    "gelu": lambda x: gc.gelu(x), "gelu_tanh": lambda x: gc.gelu(x, approximate="tanh"),
-    "silu": lambda x: gc.silu(x), "swish": lambda x: gc.silu(x),
-    "leaky_relu": lambda x: gc.leaky_relu(x), "elu": lambda x: gc.elu(x),
-    "softmax": lambda x: gc.softmax(x, axis=-1),
-    "log_softmax": lambda x: gc.log_softmax(x, axis=-1),
+    "relu": gc.relu, "sigmoid": gc.sigmoid, "tanh": gc.tanh, "softplus": gc.softplus,
+    "gelu": gc.gelu, "gelu_tanh": gelu_tanh, "silu": gc.silu, "swish": gc.silu,
+    "leaky_relu": gc.leaky_relu, "elu": gc.elu, "softmax": softmax, "log_softmax": log_softmax,
 }
 
 
 def activation_fn(activation: str | Callable | None) -> Callable[[Node], Node]:
     """The function for an activation name ('relu', 'gelu', ...), a callable, or None."""
     if activation is None or activation == "linear":
-        return lambda x: x
+        return identity
     if callable(activation):
         return activation
     if activation not in ACTIVATIONS:
@@ -178,6 +200,7 @@ class Layer:
         token = _training.set(bool(training))
         outer = _outer_call.get()
         outer_token = _outer_call.set(object()) if outer is None else None
+        frozen_token = None if self.trainable else _frozen.set(True)
         try:
             with self.scope():
                 if not self.built:
@@ -194,6 +217,8 @@ class Layer:
                 out = self.forward(*inputs, **options)
         finally:
             _training.reset(token)
+            if frozen_token is not None:
+                _frozen.reset(frozen_token)
             if outer_token is not None:
                 _outer_call.reset(outer_token)
         if not (isinstance(out, Node) or isinstance(out, (tuple, list))

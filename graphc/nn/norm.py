@@ -12,7 +12,7 @@ import numpy as np
 import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.layers import float_dtype
-from graphc.nn.module import Layer
+from graphc.nn.module import Layer, frozen
 
 
 def normalize(x: Node, axes: tuple[int, ...], eps: float):
@@ -80,7 +80,8 @@ class BatchNorm(Layer):
 
     PyTorch's conventions: running = (1 - momentum) * running + momentum * batch, so the
     default momentum=0.1 is Keras's momentum=0.9; the running variance takes the unbiased
-    batch variance, the normalization the biased one.
+    batch variance, the normalization the biased one. Frozen (`trainable = False`, on it or
+    a layer holding it), it runs in inference mode while training too, as in Keras.
     """
     kind = "batchnorm"
 
@@ -115,7 +116,7 @@ class BatchNorm(Layer):
         if x.ndim != self.ndim:
             raise GraphcError(f"BatchNorm {self.name!r} was built for rank {self.ndim}, got "
                               f"{format_shape(x.shape)} (built at {x.where})")
-        if training:
+        if training and not frozen():     # frozen: inference mode (Keras), stats kept
             y, mean, var = normalize(x, self.reduced, self.eps)
             self.record(x, mean, var)
         else:

@@ -40,6 +40,7 @@ class Optimizer:
         self.lr = lr
         self.variables: list[Node] = []     # the state of the last `updates` call
         self.slots: dict[tuple[int, str], tuple[Node, Node]] = {}   # (id(p), what) -> (p, var)
+        self.built = False                  # `build` or `updates` ran: its state exists
 
     def updates(self, loss: Node, params: Sequence[Node]) -> Updates:
         """Update pairs for one training step on `loss`; a parameter seen by an earlier call
@@ -87,7 +88,7 @@ class Optimizer:
 
     def pairs(self, params: list[Node], grads: list[Node]) -> Updates:
         """Every parameter's update pairs from its gradient; self.variables: their state."""
-        self.variables = []
+        self.variables, self.built = [], True
         with gc.name_scope(self.kind):
             pairs = self.start(params)
             for p, g in zip(params, grads):
@@ -99,6 +100,19 @@ class Optimizer:
             pairs = [(v, new if new.dtype == v.dtype else gc.cast(new, v.dtype))
                      for v, new in pairs]
         return pairs
+
+    def __getstate__(self) -> dict:
+        """The slots without their keys: id(p) is another number in a copy (copy.deepcopy
+        of (model, optimizer), a pickle), which then found no state, restarted every moment
+        at zero and went on with Adam's step count."""
+        state = dict(self.__dict__)
+        state["slots"] = [(what, p, var) for (_, what), (p, var) in self.slots.items()]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["slots"] = {(id(p), what): (p, var) for what, p, var in state["slots"]}
+        self.__dict__.update(state)
 
     def start(self, params: list[Node]) -> Updates:
         """Pairs shared by every parameter (e.g. Adam's step count)."""

@@ -15,6 +15,7 @@ import graphc as gc
 from graphc.ir import GraphcError, check_feed
 from graphc.nn import losses as losses_mod
 from graphc.nn.module import Layer, whole
+from graphc.opdef import OPS
 from graphc.scope import user_line
 
 try:
@@ -40,7 +41,11 @@ def pick_metric(metric, out_shape, y: np.ndarray) -> Callable | None:
     if metric != "auto":
         return metric
     if len(out_shape) >= 2 and out_shape[-1] not in (None, 1) and y.ndim >= len(out_shape) - 1:
-        return accuracy
+        # targets of the prediction's shape are one-hot or probabilities (in [0, 1]); others
+        # are a regression of several outputs, whose "accuracy" compared argmaxes
+        if y.ndim == len(out_shape) - 1 or y.size == 0 or (y.min() >= 0 and y.max() <= 1):
+            return accuracy
+        return None
     if np.isin(y, (0, 1)).all():
         return accuracy
     return None
@@ -72,7 +77,7 @@ def as_inputs(x, what: str):
         x = tuple(np.asarray(a) for a in x)
         if len({len(a) for a in x}) != 1:
             raise GraphcError(f"{what}: the inputs have different numbers of examples "
-                              f"{[len(a) for a in x]}")
+                              f"{[len(a) for a in x]}\n  at {user_line()}")
         return x
     return np.asarray(x)
 
@@ -126,12 +131,16 @@ def check_data(x, y, what: str):
         for part in (a if isinstance(a, tuple) else (a,)):
             if isinstance(part, gc.Node) or np.ndim(part) == 0:   # len() failed: TypeError
                 raise GraphcError(f"{what}: {name} must be an array of examples (or, for x, a "
-                                  f"tuple of them), got {part!r}")
+                                  f"tuple of them), got {part!r}\n  at {user_line()}")
+    listed = isinstance(x, list)
     x, y = as_inputs(x, what), np.asarray(y)
     if count(x) != len(y):
-        raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets")
+        hint = " (x is a list: one array, as NumPy reads it; the inputs of a model with " \
+               "several are a tuple)" if listed else ""
+        raise GraphcError(f"{what}: {count(x)} examples but {len(y)} targets{hint}\n"
+                          f"  at {user_line()}")
     if count(x) == 0:                    # said as "0 examples but 0 targets" before
-        raise GraphcError(f"{what}: no examples (x and y are empty)")
+        raise GraphcError(f"{what}: no examples (x and y are empty)\n  at {user_line()}")
     return x, y
 
 
@@ -175,6 +184,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 10, batch_size: int = 32,
     out = out or sys.stdout
     n_batches = -(-count(x) // batch_size)
     for epoch, order in orders:
+        reseed(train_step, epoch)
         bar = None
         if verbose and tqdm is not None:
             bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False,
@@ -198,12 +208,12 @@ def check_validation(data, xp, yp):
     pair of the wrong shape or dtype failed after the first epoch had trained the model."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise GraphcError(f"fit: validation_data must be a pair (x, y), got "
-                          f"{type(data).__name__}")
+                          f"{type(data).__name__}\n  at {user_line()}")
     vx, vy = check_data(*data, "fit validation_data")
     parts = list(vx) if isinstance(vx, tuple) else [vx]
     if len(parts) != len(as_list(xp)):
         raise GraphcError(f"fit validation_data: {len(parts)} inputs, but the model is "
-                          f"trained on {len(as_list(xp))}")
+                          f"trained on {len(as_list(xp))}\n  at {user_line()}")
     for ph, part in zip(as_list(xp) + [yp], parts + [vy]):
         try:
             check_feed(ph, part[:1])
@@ -227,6 +237,18 @@ def shuffled(n: int, epochs: int, initial_epoch: int, seed: int):
         order = rng.permutation(n)
         if epoch > initial_epoch:
             yield epoch, order
+
+
+def reseed(step: gc.Function, epoch: int) -> None:
+    """Start the generators of step's random ops (Dropout's masks) at (their seed, the
+    epoch): each fit compiles a new step whose generators started at the seed again, so a
+    resumed or continued fit drew the masks of its first epoch where the uninterrupted one
+    drew those of its later epochs. Ops without a seed keep drawing from the OS's entropy."""
+    for n in step.graph.nodes:
+        seed = n.attrs.get("seed")
+        if getattr(OPS.get(n.op), "random", False) and seed is not None:
+            start = np.random.default_rng([seed, epoch]).bit_generator.state
+            step.rngs.setdefault(id(n), np.random.default_rng(seed)).bit_generator.state = start
 
 
 def record(history, prefix, loss, metric_fn, outs, y):

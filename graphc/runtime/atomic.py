@@ -4,7 +4,8 @@ A compiled call holds its Function's lock (plan buffers are shared by calls) and
 lock of every variable it reads or writes, taken in one global order so two Functions that share
 variables never deadlock. The write phase of the updates (from the first write into a variable
 to the last) and the taking and giving back of locks run "held": a Ctrl-C that arrives then is
-kept and raised when the phase is over, so variables are all old or all new.
+kept and raised when the phase is over, so variables are all old or all new; one that comes
+while a lock is waited for (another thread's call holds it) gives back the locks taken.
 
 Python runs signal handlers in the main thread only, so only the main thread holds interrupts.
 The SIGINT handler is wrapped (once, the first time a plan is built in the main thread) by one
@@ -80,8 +81,25 @@ def acquire(locks: list) -> None:
     """Take the locks in order and stay held (a Ctrl-C between two of them would leak the
     first): the caller calls `release` inside the try whose finally calls `give_back`."""
     hold()
-    for lock in locks:
-        lock.acquire()
+    for k, lock in enumerate(locks):
+        if not lock.acquire(False):
+            wait(locks, k)
+
+
+POLL = 0.05     # seconds between looks for a Ctrl-C while waiting for another thread's call
+
+
+def wait(locks: list, k: int) -> None:
+    """Take locks[k], held by another thread's call, while locks[:k] are taken and the main
+    thread is held: a Ctrl-C that comes meanwhile gives back locks[:k] and is raised. A
+    blocking acquire kept it pending until that call ended (never, for a call that hangs)."""
+    lock, main = locks[k], get_ident() == _MAIN
+    while not lock.acquire(timeout=POLL):
+        if main and STATE.pending is not None:
+            for taken in reversed(locks[:k]):
+                taken.release()
+            STATE.held = False
+            raise_pending()
 
 
 def give_back(locks: list) -> None:

@@ -159,8 +159,11 @@ class Function:
             atomic.install()
             with paused_gc():      # a big plan makes many small objects and no cycles
                 shapes = resolve(self.graph, {id(p): a for p, a in zip(self.inputs, feeds)})
-                plan = lower(self.graph, self.inputs, shapes, self.check_numerics, self.rngs,
-                             tag=" x ".join(map(format_shape, sig)))
+                try:
+                    plan = lower(self.graph, self.inputs, shapes, self.check_numerics,
+                                 self.rngs, tag=" x ".join(map(format_shape, sig)))
+                except MemoryError:
+                    raise out_of_memory(self.graph, shapes, sig) from None
                 del shapes    # freed before the collector is back on: not walked at its end
             plan.accepts, plan.entry = entries(self, plan, sig)
             self.plans[sig] = plan
@@ -185,8 +188,9 @@ class Function:
         main, state = atomic.get_ident() == atomic.MAIN, atomic.STATE
         if main:
             state.held = True          # a Ctrl-C between two acquires would leak the first
-        for take in self.takes:
-            take()
+        for k, take in enumerate(self.takes):
+            if not take(False):              # another thread's call holds it: a Ctrl-C
+                atomic.wait(self.locks, k)   # while waiting is raised, not kept until then
         try:
             if main:
                 state.held = False
@@ -376,6 +380,22 @@ def step_error(graph: Graph, steps: list, e: Exception, entry=None,
     return GraphcError(f"compiled function failed: {type(e).__name__}: {e}")
 
 
+def out_of_memory(graph: Graph, shapes: dict, sig: tuple) -> GraphcError:
+    """A plan whose buffers do not fit in memory (a huge batch): NumPy's MemoryError named an
+    array of uint8 (the buffers' arena), not a value; name the largest value and its line."""
+    def size(n: Node) -> int:
+        shape, dtype = shapes[id(n)]
+        return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+
+    big = max((n for n in graph.nodes if id(n) in shapes), key=size)
+    names = {id(n): f"%{i}" for i, n in enumerate(graph.nodes)}
+    shape = format_shape(shapes[id(big)][0])
+    return GraphcError(f"the plan for feeds {', '.join(map(format_shape, sig))} does not fit "
+                       f"in memory: its largest value is {shape} {big.dtype.name} "
+                       f"({size(big) / 2 ** 30:.3g} GiB)\n  {format_node(big, names)}\n"
+                       f"  at {big.where}\n  (called at {user_line()})")
+
+
 MISS = object()        # an entry's answer to feeds that are not its plan's usual ones
 
 
@@ -418,7 +438,7 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     names: dict = {"_run": plan.run, "_MISS": MISS, "_GraphcError": GraphcError,
                    "_get_ident": atomic.get_ident, "_MAIN": atomic.MAIN,
                    "_state": atomic.STATE, "_raise_pending": atomic.raise_pending,
-                   "_form": fn.form}
+                   "_form": fn.form, "_wait": atomic.wait, "_locks": fn.locks}
     guard = feed_guard(sig, fn.dtypes, fn, names)
     for k, lock in enumerate(fn.locks):
         names[f"_lock{k}"] = lock
@@ -445,7 +465,8 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
     lines = ["def accepts(_a):", f"    return {guard}", "",
              "def entry(_a):", f"    if not ({guard}):", "        return _MISS",
              "    _main = _get_ident() == _MAIN", "    if _main:", "        _state.held = True",
-             *[f"    _lock{k}.acquire()" for k in range(len(fn.locks))], "    try:",
+             *[f"    if not _lock{k}.acquire(False): _wait(_locks, {k})"
+               for k in range(len(fn.locks))], "    try:",
              "        if _main:", "            _state.held = False",
              "            if _state.pending is not None:", "                _raise_pending()",
              *body, "    except _GraphcError:", "        raise", "    except Exception as _e:",
