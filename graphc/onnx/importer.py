@@ -44,7 +44,14 @@ def read_model(model):
             model = onnx.load(os.fspath(model))
         except Exception as e:   # a damaged file: protobuf's own error, said plainly
             raise GraphcError(f"cannot read ONNX model {what}: {e}") from None
-    if not isinstance(model, onnx.ModelProto):
+    elif isinstance(model, onnx.ModelProto):
+        # onnx.load(path) reads a model's external data from the model's folder; a model in
+        # memory has none, and NumPy would read the file from the working folder
+        outside = external_tensors(model.graph)
+        if outside:
+            raise GraphcError(f"tensor(s) {outside} of the model keep their data in an external "
+                              "file; load the model from its path (graphc.onnx.load(path))")
+    else:
         raise GraphcError(f"graphc.onnx.load needs a path or an onnx.ModelProto, got "
                           f"{type(model).__name__}")
     if not model.graph.output:   # an empty file parses as an empty ModelProto
@@ -54,6 +61,19 @@ def read_model(model):
         from onnx import inliner
         model = inliner.inline_local_functions(model)
     return model
+
+
+def external_tensors(graph) -> list[str]:
+    """Names of the tensors (initializers, attributes, in subgraphs too) stored outside."""
+    from onnx import TensorProto
+    tensors = list(graph.initializer)
+    graphs = []
+    for node in graph.node:
+        for a in node.attribute:
+            tensors += [a.t] * a.HasField("t") + list(a.tensors)
+            graphs += [a.g] * a.HasField("g") + list(a.graphs)
+    names = [t.name or "(unnamed)" for t in tensors if t.data_location == TensorProto.EXTERNAL]
+    return names + [n for g in graphs for n in external_tensors(g)]
 
 
 def model_opset(model) -> int:
@@ -134,6 +154,19 @@ def schema_check(node, opset: int) -> None:
     if old != new and old < SAME_ON_TENSORS.get(node.op_type, new):
         raise Unsupported(f"opset {opset} ({node.op_type}-{old}) is older than the supported "
                           f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
+
+
+def required_but_empty(node, opset: int) -> list[str]:
+    """The node's required inputs given as '' (an entry would meet None where it needs a
+    tensor), by their ONNX names."""
+    from onnx import defs
+    try:
+        formal = defs.get_schema(node.op_type, opset).inputs
+    except Exception:
+        return []
+    single = defs.OpSchema.FormalParameterOption.Single
+    return [f"{k} ({p.name})" for k, (name, p) in enumerate(zip(node.input, formal))
+            if not name and p.option == single]
 
 
 SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
@@ -321,6 +354,14 @@ class Importer:
             missing = [i for i in node.input if i and i not in self.env]
             if missing:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
+            empty = required_but_empty(node, self.opset)
+            if empty:
+                raise GraphcError(f"required input(s) {empty} are left empty ('')")
+            again = [o for o in node.output if o in self.env]
+            if again:
+                raise GraphcError(f"output(s) {again} already name another value (a graph "
+                                  "input, an initializer or an earlier node's output); ONNX "
+                                  "assigns each name once")
             args = [self.env[i] if i else None for i in node.input]
             ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime,
                       self.subgraph)

@@ -10,10 +10,10 @@ from graphc.onnx.table import Unsupported, onnx_op
 
 
 def reduce_axes(ctx, x, axes_in, axes_attr, noop):
-    """The axes to reduce (a tuple), or None for 'no reduction' (noop_with_empty_axes)."""
+    """The axes to reduce (a tuple); () for 'no reduction' (noop_with_empty_axes)."""
     axes = ctx.ints(axes_in, "axes") if axes_in is not None else axes_attr
     if not axes:
-        return None if noop else tuple(range(x.ndim))
+        return () if noop else tuple(range(x.ndim))
     return tuple(int(a) % x.ndim if x.ndim else 0 for a in axes)
 
 
@@ -28,11 +28,16 @@ def empty_value(op: str, dtype: np.dtype):
             "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
 
 
+# reductions that are the identity over no axes; the others still take their elementwise
+# steps there (ONNX: ReduceLogSum of no axes is log x, ReduceSumSquare x * x, ReduceL1 |x|)
+PLAIN = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceLogSumExp")
+
+
 def reduction(body):
     """An entry reducing with body(x, axes, keepdims) over ONNX's axes/keepdims/noop rules."""
     def build(ctx, x, axes_in=None, *, keepdims, noop_with_empty_axes, axes):
         axes = reduce_axes(ctx, x, axes_in, axes, noop_with_empty_axes)
-        if axes is None:
+        if not axes and ctx.op_type in PLAIN:
             return x
         if any(x.shape[a] == 0 for a in axes):       # no elements: a constant of the shape
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)

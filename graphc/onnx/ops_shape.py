@@ -159,10 +159,14 @@ def split(ctx, x, sizes=None, *, axis, num_outputs, split):
 
 def normalized(ctx, indices: Node, n) -> Node:
     """Indices with negative ones counted from the end (ONNX allows them)."""
+    unknown = f"negative indices into an axis of unknown size {n!r}"
     if indices.op == "constant":
-        return constant(np.where(indices.data < 0, indices.data + n, indices.data)
-                        .astype(np.int64))
-    ctx.need(isinstance(n, int), "negative indices into an unknown-size axis")
+        data = np.asarray(indices.data).astype(np.int64)
+        if (data < 0).any():
+            ctx.need(isinstance(n, int), unknown)
+            data = np.where(data < 0, data + n, data)
+        return constant(data)
+    ctx.need(isinstance(n, int), unknown)
     indices = gc.cast(indices, "int64")
     return gc.where(gc.less(indices, like(indices, 0)), indices + like(indices, n), indices)
 
@@ -175,7 +179,14 @@ def gather(ctx, x, indices, *, axis):
 
 @onnx_op("GatherElements", axis=0)
 def gather_elements(ctx, x, indices, *, axis):
+    """The output has the indices' shape: x's other axes are cut to it, where NumPy's
+    take_along_axis would broadcast the indices over them."""
     axis = norm(axis, x.ndim)
+    ctx.need(indices.ndim == x.ndim, f"indices of rank {indices.ndim} into rank {x.ndim}")
+    cut = tuple(slice(0, b) if k != axis and isinstance(b, int) and a != b and a != 1
+                else slice(None) for k, (a, b) in enumerate(zip(x.shape, indices.shape)))
+    if any(c != slice(None) for c in cut):
+        x = x[cut]
     return fn("take_along_axis")(x, normalized(ctx, indices, x.shape[axis]), axis=axis)
 
 

@@ -1,0 +1,171 @@
+"""probe31: a hostile probe of interchange (ONNX models built by hand against onnxruntime and
+onnx's reference evaluator, hostile and malformed models, graphc -> ONNX -> graphc round trips,
+the standalone NumPy export); one test per bug found, each failing before its fix, plus the
+probes that found nothing but guard a promise."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import graphc as gc  # noqa: E402
+import graphc.onnx as gonnx  # noqa: E402
+from graphc.ir import evaluate  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+make = helper.make_node
+
+
+def vi(name, shape, dtype=F):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def out(name):
+    """A graph output of no declared type (onnxruntime infers it)."""
+    return helper.make_empty_tensor_value_info(name)
+
+
+def model_of(nodes, inputs, outputs, inits=(), opset=18):
+    graph = helper.make_graph(nodes, "probe31", inputs, outputs,
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def ort_run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def agree(model, feeds, rtol=1e-5):
+    """The imported model, evaluated and compiled, computes what onnxruntime computes."""
+    assert gonnx.check(model) == []
+    want = ort_run(model, feeds)
+    m = gonnx.load(model)
+    outs = list(m.outputs.values())
+    evaluated = evaluate(outs, {m.inputs[k]: v for k, v in feeds.items()})
+    compiled = gc.function([m.inputs[k] for k in feeds], outs)(*feeds.values())
+    for got in (evaluated, compiled):
+        got = list(got) if isinstance(got, (list, tuple)) else [got]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            g = np.asarray(g)
+            assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype)
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol)
+
+
+# reductions over no axes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+                                "ReduceLogSumExp", "ReduceSum", "ReduceMax"])
+@pytest.mark.parametrize("axes", [None, []])
+def test_a_reduction_over_no_axes_keeps_its_elementwise_steps(op, axes):
+    """noop_with_empty_axes=1 with no axes imported as the input itself; ONNX says the
+    composite reductions still take their elementwise steps (ReduceLogSum is log x,
+    ReduceSumSquare x * x, ReduceL1 |x|): they returned x unchanged."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    if op == "ReduceLogSum":
+        x = np.abs(x) + 0.1
+    inputs, inits = ["x"], []
+    if axes is not None:
+        inputs, inits = ["x", "axes"], [("axes", np.array(axes, np.int64))]
+    model = model_of([make(op, inputs, ["y"], noop_with_empty_axes=1)], [vi("x", [2, 3, 4])],
+                     [out("y")], inits)
+    agree(model, {"x": x})
+
+
+# gathering -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("index_shape", [(1, 1, 1), (1, 2, 3), (2, 3, 1)])
+def test_gather_elements_gives_the_indices_shape(axis, index_shape):
+    """GatherElements' output has the indices' shape, which may be smaller than the data's on
+    the other axes; NumPy's take_along_axis broadcast the indices over them instead: (2, 3, 1)
+    indices along axis 1 of a (2, 3, 4) input gave (2, 1, 4) where ONNX gives (2, 3, 1)...
+    (the negative indices are counted from the end)."""
+    rng = np.random.default_rng(1)
+    indices = rng.integers(-2, 2, index_shape)
+    model = model_of([make("GatherElements", ["x", "i"], ["y"], axis=axis)],
+                     [vi("x", [2, 3, 4])], [out("y")], [("i", indices)])
+    agree(model, {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("op", ["Gather", "GatherElements"])
+def test_constant_indices_into_a_dynamic_axis(op):
+    """Constant indices along an axis of unknown size (the batch) met NumPy as `indices +
+    'N'` (a UFuncTypeError in the message) even when none is negative; now non-negative ones
+    import, and negative ones are refused naming the node and the axis."""
+    indices = np.zeros((1, 3, 4), np.int64) + np.array([0, 1, 0, 1])
+    model = model_of([make(op, ["x", "i"], ["y"], axis=0)], [vi("x", ["N", 3, 4])], [out("y")],
+                     [("i", indices)])
+    x = np.random.default_rng(2).standard_normal((3, 3, 4)).astype(np.float32)
+    agree(model, {"x": x})
+    model = model_of([make(op, ["x", "i"], ["y"], axis=0)], [vi("x", ["N", 3, 4])], [out("y")],
+                     [("i", -1 - indices)])
+    with pytest.raises(gc.GraphcError, match=rf"'{op}_0' \({op}\): negative indices into an "
+                                             r"axis of unknown size 'N'"):
+        gonnx.load(model)
+
+
+# malformed models ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodes,inputs", [
+    ([make("Relu", ["x"], ["a"]), make("Neg", ["x"], ["a"])], ["x"]),    # two producers
+    ([make("Relu", ["x"], ["x"])], ["x"]),                                 # over an input
+    ([make("Relu", ["x"], ["w"]), make("Add", ["w", "x"], ["a"])], ["x"]),  # over a weight
+])
+def test_a_name_assigned_twice_is_refused_naming_the_node(nodes, inputs):
+    """ONNX assigns each value name once (onnxruntime refuses the model); graphc took the last
+    assignment silently and computed something else."""
+    model = model_of(nodes, [vi(k, [3, 4]) for k in inputs], [out(nodes[-1].output[0])],
+                     [("w", np.ones((3, 4), np.float32))])
+    with pytest.raises(gc.GraphcError, match=r"ONNX node '\w+' \(\w+\): output\(s\) \['\w'\] "
+                                             r"already name another value"):
+        gonnx.load(model)
+
+
+def test_a_required_input_left_empty_is_named():
+    """Relu(''): the entry met None and said `relu(None): constant: unsupported value of dtype
+    object`; now the node's required input is named by its ONNX name."""
+    model = model_of([make("Relu", [""], ["y"])], [vi("x", [3])], [out("y")])
+    with pytest.raises(gc.GraphcError, match=r"'Relu_0' \(Relu\): required input\(s\) "
+                                             r"\['0 \(X\)'\] are left empty"):
+        gonnx.load(model)
+    clip = model_of([make("Clip", ["x", "", "hi"], ["y"])], [vi("x", [3])], [out("y")],
+                    [("hi", np.float32(0.5))])              # optional inputs may be empty
+    agree(clip, {"x": np.array([-1, 0.2, 3], np.float32)})
+
+
+def external_model(location):
+    """x + W, with W's data in the file `location` (relative to the model's folder)."""
+    model = model_of([make("Add", ["x", "W"], ["y"])], [vi("x", [3])], [out("y")],
+                     [("W", np.zeros(3, np.float32))])
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value=location)
+    return model
+
+
+def test_a_model_in_memory_never_reads_external_data_from_the_working_folder(tmp_path,
+                                                                            monkeypatch):
+    """A ModelProto whose weights live in an external file ('w.bin') was read from the
+    process's working folder (numpy_helper resolves the location against ''), whatever that
+    folder holds; a location outside it was onnx's bare ValidationError. Now a model in memory
+    with external data is refused; from its path, onnx reads the file beside the model."""
+    np.arange(3, dtype=np.float32).tofile(tmp_path / "w.bin")
+    monkeypatch.chdir(tmp_path)
+    for location in ("w.bin", "../w.bin", "nothere.bin"):
+        with pytest.raises(gc.GraphcError, match=r"tensor\(s\) \['W'\] of the model keep their "
+                                                 r"data in an external file"):
+            gonnx.load(external_model(location))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(external_model("w.bin").SerializeToString())
+    assert np.array_equal(gonnx.load(str(path)).params["W"].data, [0, 1, 2])
+    path.write_bytes(external_model("../w.bin").SerializeToString())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.onnx").write_bytes(path.read_bytes())
+    with pytest.raises(gc.GraphcError, match="points outside the directory"):
+        gonnx.load(str(tmp_path / "sub" / "m.onnx"))
