@@ -131,7 +131,7 @@ def test_a_required_input_left_empty_is_named():
     object`; now the node's required input is named by its ONNX name."""
     model = model_of([make("Relu", [""], ["y"])], [vi("x", [3])], [out("y")])
     with pytest.raises(gc.GraphcError, match=r"'Relu_0' \(Relu\): required input\(s\) "
-                                             r"\['0 \(X\)'\] are left empty"):
+                                             r"\['0 \(X\)'\] are missing or left empty"):
         gonnx.load(model)
     clip = model_of([make("Clip", ["x", "", "hi"], ["y"])], [vi("x", [3])], [out("y")],
                     [("hi", np.float32(0.5))])              # optional inputs may be empty
@@ -169,3 +169,63 @@ def test_a_model_in_memory_never_reads_external_data_from_the_working_folder(tmp
     (tmp_path / "sub" / "m.onnx").write_bytes(path.read_bytes())
     with pytest.raises(gc.GraphcError, match="points outside the directory"):
         gonnx.load(str(tmp_path / "sub" / "m.onnx"))
+
+
+# older opsets ----------------------------------------------------------------------------
+
+def older(opset):
+    """A small classifier as opset-`opset` exporters wrote it: ReduceMean/Squeeze/Unsqueeze
+    with attribute axes, Split with attribute sizes, Softmax over the flattened trailing axes
+    (axis 1 by default) and Add, Relu, Gemm whose definitions only gained types since."""
+    rng = np.random.default_rng(opset)
+    nodes = [make("Unsqueeze", ["x"], ["u"], axes=[1]),
+             make("ReduceMean", ["u"], ["m"], axes=[-1], keepdims=1),
+             make("Squeeze", ["m"], ["s"], axes=[1]),
+             make("Split", ["x"], ["a", "b"], axis=1, split=[2, 4]),
+             make("ReduceSum", ["b"], ["bs"], axes=[1], keepdims=1),
+             make("Add", ["a", "bs"], ["ab"]),
+             make("Concat", ["ab", "s", "x"], ["c"], axis=1),
+             make("Gemm", ["c", "w", "bias"], ["h"], transB=1),
+             make("Relu", ["h"], ["r"]),
+             make("Reshape", ["r", "shape"], ["r3"]),
+             make("Softmax", ["r3"], ["p"]),
+             make("LogSoftmax", ["r3"], ["lp"], axis=2)]
+    inits = [("w", rng.standard_normal((6, 9)).astype(np.float32)),
+             ("bias", rng.standard_normal(6).astype(np.float32)),
+             ("shape", np.array([-1, 3, 2], np.int64))]
+    return model_of(nodes, [vi("x", ["N", 6])], [out("p"), out("lp")], inits, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_models_of_opsets_11_and_12_import(opset):
+    """Opsets below 13 were refused wherever the op's version differed from its opset-13
+    version, even when it only gained types since (Add-7, Relu-6, Gemm-11...), and where an
+    attribute became an input (ReduceSum, Split, Squeeze, Unsqueeze) though the entries read
+    both; Softmax below 13 flattens the axes from `axis` on. Now they import and match
+    onnxruntime at two batch sizes."""
+    model = older(opset)
+    for batch in (2, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        agree(model, {"x": x})
+
+
+def test_an_older_op_that_differs_is_still_refused_naming_it():
+    """Clip-6 (min and max attributes) is not what Clip-13 is: refused before anything runs."""
+    model = model_of([make("Clip", ["x"], ["y"], min=-1.0, max=1.0)], [vi("x", [3])],
+                     [out("y")], opset=10)
+    with pytest.raises(gc.GraphcError, match=r"'Clip_0' \(Clip\): opset 10 \(Clip-6\) is older "
+                                             r"than the supported opsets 13\+ \(Clip-13\)"):
+        gonnx.load(model)
+
+
+@pytest.mark.parametrize("outputs", [["y"], ["y", "mask"]])
+def test_inference_dropout_with_a_dynamic_batch(outputs):
+    """Dropout in inference (as exporters leave it) built its mask as a constant of x's shape,
+    so a dynamic batch was refused ('Dropout's mask needs a static shape') even when the mask
+    was not asked for."""
+    model = model_of([make("Dropout", ["x", "ratio", "training"], outputs)],
+                     [vi("x", ["N", 3])], [out(o) for o in outputs],
+                     [("ratio", np.float32(0.3)), ("training", np.array(False))])
+    for batch in (2, 5):
+        agree(model, {"x": np.random.default_rng(batch).standard_normal((batch, 3))
+                      .astype(np.float32)})

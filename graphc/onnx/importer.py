@@ -136,24 +136,38 @@ def attribute_values(node, entry) -> dict:
     return {**entry.attrs, **given}
 
 
-# older versions that differ from the one at opset 13 only in what graphc does not import or
-# what they add (sequence types in If/Loop bodies; Scan's negative axes; Constant's attributes)
-SAME_ON_TENSORS = {"If": 11, "Loop": 11, "Scan": 9, "Constant": 9}
+# older versions whose differences from the one in force at opset 13 graphc's entries take:
+# what graphc does not import (sequence types in If/Loop bodies; Constant's attributes), an
+# attribute that became an input (axes, split: the entries read either), Scan's negative axes,
+# Softmax's flattening of the axes from `axis` on (the entries flatten at opsets below 13)
+SAME_ON_TENSORS = {"If": 11, "Loop": 11, "Scan": 9, "Constant": 9, "ReduceSum": 1, "Split": 2,
+                   "Squeeze": 1, "Unsqueeze": 1, "Softmax": 1, "LogSoftmax": 1, "Hardmax": 1}
+
+
+def signature(schema) -> tuple:
+    """What a node of the op may say: attributes with their defaults, inputs, outputs."""
+    return (sorted((a.name, a.type, str(a.default_value)) for a in schema.attributes.values()),
+            [(p.name, p.option) for p in schema.inputs],
+            [(p.name, p.option) for p in schema.outputs])
 
 
 def schema_check(node, opset: int) -> None:
-    """Older opsets are imported where the op's definition is the one in force at opset 13."""
+    """Older opsets are imported where the op's definition then says what the one in force at
+    opset 13 says: the same attributes (and defaults), inputs and outputs, as when a version
+    only adds types (Add-7, Relu-6, ReduceMean-11...), or a difference listed above."""
     if opset >= MIN_OPSET:
         return
     from onnx import defs
     try:
-        old = defs.get_schema(node.op_type, opset).since_version
-        new = defs.get_schema(node.op_type, MIN_OPSET).since_version
+        old = defs.get_schema(node.op_type, opset)
+        new = defs.get_schema(node.op_type, MIN_OPSET)
     except Exception:
         raise Unsupported(f"no schema of {node.op_type} at opset {opset}") from None
-    if old != new and old < SAME_ON_TENSORS.get(node.op_type, new):
-        raise Unsupported(f"opset {opset} ({node.op_type}-{old}) is older than the supported "
-                          f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
+    if old.since_version < SAME_ON_TENSORS.get(node.op_type, new.since_version) \
+            and signature(old) != signature(new):
+        raise Unsupported(f"opset {opset} ({node.op_type}-{old.since_version}) is older than "
+                          f"the supported opsets {MIN_OPSET}+ ({node.op_type}-"
+                          f"{new.since_version}), and differs from it")
 
 
 def required_but_empty(node, opset: int) -> list[str]:
@@ -165,7 +179,8 @@ def required_but_empty(node, opset: int) -> list[str]:
     except Exception:
         return []
     single = defs.OpSchema.FormalParameterOption.Single
-    return [f"{k} ({p.name})" for k, (name, p) in enumerate(zip(node.input, formal))
+    given = list(node.input) + [""] * (len(formal) - len(node.input))
+    return [f"{k} ({p.name})" for k, (name, p) in enumerate(zip(given, formal))
             if not name and p.option == single]
 
 
@@ -356,7 +371,7 @@ class Importer:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
             empty = required_but_empty(node, self.opset)
             if empty:
-                raise GraphcError(f"required input(s) {empty} are left empty ('')")
+                raise GraphcError(f"required input(s) {empty} are missing or left empty ('')")
             again = [o for o in node.output if o in self.env]
             if again:
                 raise GraphcError(f"output(s) {again} already name another value (a graph "

@@ -6,6 +6,7 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import fn, like, need_float
+from graphc.onnx.ops_shape import norm, reshape_to, static
 from graphc.onnx.table import Unsupported, onnx_op
 
 
@@ -150,18 +151,22 @@ def gemm(ctx, a, b, c=None, *, alpha, beta, transA, transB):
     return out
 
 
-# the softmax family (opset 13: one axis, default -1) -----------------------------------
+# the softmax family ----------------------------------------------------------------------
 
-@onnx_op("Softmax", axis=-1)
-def softmax(ctx, x, *, axis):
-    return gc.softmax(x, axis=axis)
+def over_axis(body):
+    """An entry for body(x, axis): at opset 13+ over one axis (default -1); below (default 1)
+    over each row of x seen as a matrix of its axes before `axis` by the axes from it on."""
+    def build(ctx, x, *, axis):
+        if ctx.opset >= 13 or x.ndim == 0:
+            return body(x, -1 if axis is None else axis)
+        axis = norm(1 if axis is None else axis, x.ndim)
+        if axis == x.ndim - 1:
+            return body(x, -1)
+        rows = static(x, "input", x.shape[axis:])
+        return reshape_to(body(gc.reshape(x, (-1, int(np.prod(rows)))), -1), x.shape)
+    return build
 
 
-@onnx_op("LogSoftmax", axis=-1)
-def log_softmax(ctx, x, *, axis):
-    return gc.log_softmax(x, axis=axis)
-
-
-@onnx_op("Hardmax", axis=-1)
-def hardmax(ctx, x, *, axis):
-    return back(gc.argmax_mask(x, axis=axis), x)
+onnx_op("Softmax", axis=None)(over_axis(lambda x, axis: gc.softmax(x, axis=axis)))
+onnx_op("LogSoftmax", axis=None)(over_axis(lambda x, axis: gc.log_softmax(x, axis=axis)))
+onnx_op("Hardmax", axis=None)(over_axis(lambda x, axis: back(gc.argmax_mask(x, axis=axis), x)))

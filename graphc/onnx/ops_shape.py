@@ -15,10 +15,12 @@ from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 INT_MAX = 2 ** 62
 
 
-def static(x: Node, what: str = "input") -> tuple[int, ...]:
-    if not all(isinstance(d, int) for d in x.shape):
+def static(x: Node, what: str = "input", dims=None) -> tuple[int, ...]:
+    """x's shape (or those of its `dims`), which must be known."""
+    dims = x.shape if dims is None else tuple(dims)
+    if not all(isinstance(d, int) for d in dims):
         raise Unsupported(f"{what} needs a static shape, got {x.shape}")
-    return x.shape
+    return dims
 
 
 def reshape_to(x: Node, shape) -> Node:
@@ -396,7 +398,9 @@ def dropout(ctx, x, ratio=None, training_mode=None, *, seed):
     r = 0.5 if ratio is None else float(ctx.const(ratio, "ratio"))
     if training and r > 0:
         raise Unsupported("training-mode Dropout (random; graphc imports inference graphs)")
-    return x, constant(np.ones(static(x, "Dropout's mask"), bool))
+    if all(isinstance(d, int) for d in x.shape):
+        return x, constant(np.ones(x.shape, bool))
+    return x, gc.ones_like(x, dtype="bool")        # a mask of the batch's size
 
 
 @onnx_op("ReverseSequence", const=(1,), batch_axis=1, time_axis=0)
