@@ -4,6 +4,8 @@ the standalone NumPy export); one test per bug found, each failing before its fi
 probes that found nothing but guard a promise."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -229,3 +231,62 @@ def test_inference_dropout_with_a_dynamic_batch(outputs):
     for batch in (2, 5):
         agree(model, {"x": np.random.default_rng(batch).standard_normal((batch, 3))
                       .astype(np.float32)})
+
+
+# hostile models: every one a GraphcError naming the node, before anything runs ---------------
+
+def damaged(tensor):
+    """W of dims (5, 5) that holds 6 values."""
+    tensor.dims[:] = [5, 5]
+    return tensor
+
+
+def ints(values):
+    return np.array(values, np.int64)
+
+
+HOSTILE = {   # name: (nodes, extra inputs, initializers, what the message says)
+    # raw ValueError / KeyError / StopIteration before
+    "damaged initializer": ([make("Add", ["x", "w"], ["y"])], [], "damaged",
+                            r"initializer 'w' is damaged: cannot reshape array of size 6"),
+    "damaged attribute": ([make("Constant", [], ["y"], value=damaged(numpy_helper.from_array(
+        np.ones((2, 3), np.float32))))], [], [], r"'Constant_0' \(Constant\): attribute "
+                                                  r"'value' is damaged"),
+    "unknown type code": ([make("Cast", ["x"], ["y"], to=999)], [], [],
+                          r"'Cast_0' \(Cast\): .* data type 999 \(no ONNX type\)"),
+    "repeated axes": ([make("Unsqueeze", ["x", "a"], ["y"])], [], [("a", ints([0, 0]))],
+                      r"'Unsqueeze_0' \(Unsqueeze\): axes that repeat"),
+    "zero delta": ([make("Range", ["s", "e", "d"], ["y"])], [],
+                   [("s", ints(0)), ("e", ints(5)), ("d", ints(0))],
+                   r"'Range_0' \(Range\): delta 0"),
+    "an extra input": ([make("Relu", ["x", "x"], ["y"])], [], [],
+                       r"'Relu_0' \(Relu\): 2 inputs given; Relu takes at most 1"),
+    # imported silently before, computing something onnxruntime refuses
+    "axes out of range": ([make("ReduceSum", ["x", "a"], ["y"])], [], [("a", ints([5]))],
+                          r"'ReduceSum_0' \(ReduceSum\): axis 5 is out of range for rank 2"),
+    "arg axis out of range": ([make("ArgMax", ["x"], ["y"], axis=3)], [], [],
+                              r"'ArgMax_0' \(ArgMax\): axis 3 is out of range for rank 2"),
+    "norm axis out of range": ([make("LayerNormalization", ["x", "s"], ["y"], axis=3)], [],
+                               [("s", np.ones(3, np.float32))], r"axis 3 is out of range"),
+    "flatten axis out of range": ([make("Flatten", ["x"], ["y"], axis=5)], [], [],
+                                  r"'Flatten_0' \(Flatten\): axis 5 is out of range"),
+    "pads too few": ([make("Pad", ["x", "p"], ["y"])], [], [("p", ints([1, 1]))],
+                     r"'Pad_0' \(Pad\): 2 pads for 2 axes \(it takes 4"),
+    "expand that cannot": ([make("Expand", ["x", "s"], ["y"])], [], [("s", ints([4, 3]))],
+                           r"'Expand_0' \(Expand\): cannot expand \(2, 3\) to \[4, 3\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_model_is_a_graphc_error_naming_its_node(name):
+    nodes, inputs, inits, words = HOSTILE[name]
+    if inits == "damaged":
+        inits = []
+        model = model_of(nodes, [vi("x", [2, 3])] + inputs, [out("y")])
+        model.graph.initializer.append(damaged(numpy_helper.from_array(
+            np.ones((2, 3), np.float32), "w")))
+    else:
+        model = model_of(nodes, [vi("x", [2, 3])] + inputs, [out("y")], inits)
+    with pytest.raises(gc.GraphcError, match=words):
+        gonnx.load(model)
+    assert any(re.search(words, e) for e in gonnx.check(model)), gonnx.check(model)

@@ -89,10 +89,23 @@ def np_dtype(elem_type: int, what: str) -> np.dtype:
     except Exception:
         dt = np.dtype(object)
     if dt.kind not in "biuf" or dt.name in ("bfloat16",) or "float8" in dt.name:
-        name = helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        try:
+            name = helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        except Exception:               # not an ONNX type at all
+            name = f"{elem_type} (no ONNX type)"
         raise Unsupported(f"{what} has data type {name.replace('TensorProto.', '')}, which "
                           "graphc does not support (bool, ints, uints, float16/32/64 only)")
     return dt
+
+
+def tensor_array(tensor, what: str) -> np.ndarray:
+    """A TensorProto's values; a damaged one (its data does not fill its dims) is named."""
+    from onnx import numpy_helper
+    np_dtype(tensor.data_type, what)
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:
+        raise GraphcError(f"{what} is damaged: {e} (dims {list(tensor.dims)})") from None
 
 
 def value_type(vi) -> tuple[tuple, np.dtype]:
@@ -112,7 +125,7 @@ def value_type(vi) -> tuple[tuple, np.dtype]:
 
 def attribute_values(node, entry) -> dict:
     """The node's attributes as Python values, defaults applied; unknown ones are Unsupported."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
     given = {}
     for a in node.attribute:
         if a.name not in entry.attrs:
@@ -125,8 +138,7 @@ def attribute_values(node, entry) -> dict:
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
             v = [s.decode() for s in v]
         elif a.type == a.TENSOR:
-            np_dtype(v.data_type, f"attribute {a.name!r}")
-            v = numpy_helper.to_array(v)
+            v = tensor_array(v, f"attribute {a.name!r}")
         elif a.type in (a.GRAPHS, a.SPARSE_TENSOR, a.TYPE_PROTO):
             raise Unsupported(f"attribute {a.name!r} holds a list of subgraphs or a type")
         given[a.name] = v
@@ -170,18 +182,21 @@ def schema_check(node, opset: int) -> None:
                           f"{new.since_version}), and differs from it")
 
 
-def required_but_empty(node, opset: int) -> list[str]:
-    """The node's required inputs given as '' (an entry would meet None where it needs a
-    tensor), by their ONNX names."""
+def inputs_problem(node, opset: int) -> str | None:
+    """What is wrong with the node's inputs by the op's schema: too many, or a required one
+    missing or '' (an entry would meet None where it needs a tensor); None if nothing."""
     from onnx import defs
     try:
         formal = defs.get_schema(node.op_type, opset).inputs
     except Exception:
-        return []
-    single = defs.OpSchema.FormalParameterOption.Single
+        return None
+    option = defs.OpSchema.FormalParameterOption
+    if (not formal or formal[-1].option != option.Variadic) and len(node.input) > len(formal):
+        return f"{len(node.input)} inputs given; {node.op_type} takes at most {len(formal)}"
     given = list(node.input) + [""] * (len(formal) - len(node.input))
-    return [f"{k} ({p.name})" for k, (name, p) in enumerate(zip(given, formal))
-            if not name and p.option == single]
+    empty = [f"{k} ({p.name})" for k, (name, p) in enumerate(zip(given, formal))
+             if not name and p.option == option.Single]
+    return f"required input(s) {empty} are missing or left empty ('')" if empty else None
 
 
 SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
@@ -273,7 +288,6 @@ class Importer:
     def subgraph(self, graph, values: list[Node]) -> list[Node]:
         """The outputs of a subgraph (a loop body, a branch) with its inputs bound to `values`;
         it reads the enclosing graph's values by name."""
-        from onnx import numpy_helper
         if len(graph.input) != len(values):
             raise Unsupported(f"subgraph {graph.name!r} takes {len(graph.input)} inputs, the "
                               f"op gives {len(values)}")
@@ -281,7 +295,7 @@ class Importer:
         try:
             self.env.update((vi.name, v) for vi, v in zip(graph.input, values))
             for init in graph.initializer:
-                arr = numpy_helper.to_array(init)
+                arr = tensor_array(init, f"initializer {init.name!r}")
                 self.env[init.name] = constant(arr, dtype=arr.dtype, name=init.name)
             for i, node in enumerate(graph.node):
                 self.import_node(node, i)
@@ -302,13 +316,11 @@ class Importer:
                     "dynamic dim); give the input a fixed size"))
 
     def leaves(self, graph, frozen) -> dict[str, Node]:
-        from onnx import numpy_helper
         params = {}
         for init in graph.initializer:
             try:
-                np_dtype(init.data_type, f"initializer {init.name!r}")
-                arr = numpy_helper.to_array(init)
-            except Unsupported as e:
+                arr = tensor_array(init, f"initializer {init.name!r}")
+            except GraphcError as e:
                 self.fail(f"initializer {init.name!r}", e)
                 self.poisoned.add(init.name)
                 continue
@@ -358,7 +370,7 @@ class Importer:
                 raise Unsupported(f"op type {node.op_type} is not supported")
             schema_check(node, self.opset)
             attrs = attribute_values(node, entry)
-        except Unsupported as e:
+        except GraphcError as e:
             self.fail(where, e)
             self.poisoned.update(node.output)
             return
@@ -369,9 +381,9 @@ class Importer:
             missing = [i for i in node.input if i and i not in self.env]
             if missing:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
-            empty = required_but_empty(node, self.opset)
-            if empty:
-                raise GraphcError(f"required input(s) {empty} are missing or left empty ('')")
+            problem = inputs_problem(node, self.opset)
+            if problem:
+                raise GraphcError(problem)
             again = [o for o in node.output if o in self.env]
             if again:
                 raise GraphcError(f"output(s) {again} already name another value (a graph "

@@ -9,13 +9,13 @@ from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_nn import average_pool, batch_positions
-from graphc.onnx.ops_shape import pad_axis, reshape_to, static
+from graphc.onnx.ops_shape import norm, pad_axis, reshape_to, static
 from graphc.onnx.table import REQUIRED, onnx_op
 
 
 def cumulative(op):
     def build(ctx, x, axis, *, exclusive, reverse):
-        a = int(ctx.const(axis, "axis").reshape(-1)[0]) % x.ndim
+        a = norm(int(ctx.const(axis, "axis").reshape(-1)[0]), x.ndim)
         out = apply(op, x, axis=a, reverse=bool(reverse))
         if exclusive:            # shift by one: the identity element enters at the start
             n = static(x)[a]
@@ -35,7 +35,7 @@ onnx_op("CumProd", const=(1,), exclusive=0, reverse=0)(cumulative("cumprod"))
 
 @onnx_op("TopK", const=(1,), axis=-1, largest=1, sorted=1)
 def top_k(ctx, x, k, *, axis, largest, sorted):
-    axis = axis % x.ndim
+    axis = norm(axis, x.ndim)
     k = int(ctx.const(k, "K").reshape(-1)[0])
     order = gc.argsort(x, axis=axis, descending=bool(largest))
     idx = gc.slice(order, axis, 0, k)
@@ -75,7 +75,7 @@ def compress(ctx, x, condition, *, axis):
     keep = np.flatnonzero(ctx.const(condition, "condition")).astype(np.int64)
     if axis is None:
         return gc.take(reshape_to(x, (int(np.prod(static(x))),)), constant(keep), axis=0)
-    return gc.take(x, constant(keep), axis=axis % x.ndim)
+    return gc.take(x, constant(keep), axis=norm(axis, x.ndim))
 
 
 @onnx_op("LpPool", p=2, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None,

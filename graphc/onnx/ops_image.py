@@ -16,7 +16,7 @@ import numpy as np
 
 from graphc import api as gc
 from graphc.ir import GraphcError, constant
-from graphc.onnx.ops_shape import pad_axis, static
+from graphc.onnx.ops_shape import norm, pad_axis, static
 from graphc.onnx.table import Unsupported, onnx_op
 
 
@@ -149,7 +149,7 @@ def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
 @onnx_op("CenterCropPad", const=(1,), axes=None)
 def center_crop_pad(ctx, x, shape, *, axes):
     target = ctx.ints(shape, "shape")
-    axes = list(range(x.ndim)) if axes is None else [a % x.ndim for a in axes]
+    axes = list(range(x.ndim)) if axes is None else [norm(a, x.ndim) for a in axes]
     for a, want in zip(axes, target):
         n = static(x)[a]
         if want < n:
@@ -191,7 +191,7 @@ def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
     if axis is None:                      # DFT-20: an input (default -2); DFT-17: attribute 1
         axis = int(ctx.const(axis_in, "axis").reshape(-1)[0]) if axis_in is not None else \
             (-2 if ctx.opset >= 20 else 1)
-    axis = axis % x.ndim
+    axis = norm(axis, x.ndim)
     ctx.need(axis != x.ndim - 1, "a DFT along the real/imaginary axis")
     n = static(x, "DFT")[axis]
     length = int(ctx.const(dft_length, "dft_length").reshape(-1)[0]) if dft_length is not None \

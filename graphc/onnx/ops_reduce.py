@@ -15,7 +15,7 @@ def reduce_axes(ctx, x, axes_in, axes_attr, noop):
     axes = ctx.ints(axes_in, "axes") if axes_in is not None else axes_attr
     if not axes:
         return () if noop else tuple(range(x.ndim))
-    return tuple(int(a) % x.ndim if x.ndim else 0 for a in axes)
+    return tuple(norm(int(a), x.ndim) if x.ndim else 0 for a in axes)
 
 
 def empty_value(op: str, dtype: np.dtype):
@@ -110,7 +110,7 @@ for _name, _body in BODIES.items():
 def arg_reduce(name: str):
     """The first (or last) winner's position: the sum of argmax_mask * position."""
     def build(ctx, x, *, axis, keepdims, select_last_index):
-        axis = int(axis) % x.ndim
+        axis = norm(int(axis), x.ndim)
         n = x.shape[axis]
         ctx.need(isinstance(n, int) and n > 0, "an arg-reduction over an empty or unknown axis")
         ctx.need(name == "argmax" or x.dtype.kind in "fi", f"ArgMin of {x.dtype.name}")

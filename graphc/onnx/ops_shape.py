@@ -71,6 +71,7 @@ def reshape(ctx, x, shape, *, allowzero):
 
 @onnx_op("Flatten", axis=1)
 def flatten(ctx, x, *, axis):
+    ctx.need(-x.ndim <= axis <= x.ndim, f"axis {axis} is out of range for rank {x.ndim}")
     axis = axis % x.ndim if x.ndim and axis != x.ndim else axis
     lead, rest = x.shape[:axis], x.shape[axis:]
     size = [int(np.prod(p)) if all(isinstance(d, int) for d in p) else None
@@ -90,8 +91,10 @@ def squeeze(ctx, x, axes_in=None, *, axes):
 @onnx_op("Unsqueeze", const=(1,), axes=None)
 def unsqueeze(ctx, x, axes_in=None, *, axes):
     axes = ctx.ints(axes_in, "axes", axes)
+    ctx.need(axes is not None, "no axes")
     ndim = x.ndim + len(axes)
     axes = {norm(a, ndim) for a in axes}
+    ctx.need(len(axes) == ndim - x.ndim, "axes that repeat")
     dims, rest = [], iter(x.shape)
     for i in range(ndim):
         dims.append(1 if i in axes else next(rest))
@@ -199,6 +202,10 @@ def expand(ctx, x, shape):
     a = (1,) * (ndim - x.ndim) + tuple(x.shape)
     b = (1,) * (ndim - len(target)) + tuple(target)
     out = tuple(q if p == 1 else p for p, q in zip(a, b))
+    if any(isinstance(p, int) and isinstance(q, int) and 1 not in (p, q) and p != q
+           for p, q in zip(a, b)):
+        raise GraphcError(f"cannot expand {x.shape} to {target}: sizes differ where neither is "
+                          "1")
     if any(q != 1 and (q is None or q != p) for p, q in zip(a, b) if not isinstance(p, int)) \
             or any(not isinstance(d, int) and p == 1 for p, d in zip(a, out)):
         raise Unsupported(f"expanding {x.shape} to {target}: unknown sizes")
@@ -282,6 +289,7 @@ def full_at_run_time(ctx, shape, value):
 def range_(ctx, start, limit, delta):
     s, e, d = (ctx.const(v, w) for v, w in ((start, "start"), (limit, "limit"),
                                               (delta, "delta")))
+    ctx.need(bool(d != 0), "delta 0 (a range that never ends)")
     n = max(int(np.ceil((e - s) / d)), 0)
     return constant((s + np.arange(n) * d).astype(s.dtype), dtype=s.dtype)
 
@@ -346,6 +354,8 @@ def space_to_depth(ctx, x, *, blocksize, mode):
 def pad(ctx, x, pads, value=None, axes=None, *, mode):
     pads = ctx.ints(pads, "pads")
     axes = [norm(a, x.ndim) for a in ctx.ints(axes, "axes", list(range(x.ndim)))]
+    ctx.need(len(pads) == 2 * len(axes), f"{len(pads)} pads for {len(axes)} axes (it takes "
+             f"{2 * len(axes)}: a start and an end per axis)")
     ctx.need(mode in ("constant", "edge", "reflect", "wrap"), f"mode {mode!r}")
     fill = like(x, 0) if value is None else gc.cast(value, x.dtype) if value.op != "constant" \
         else constant(np.asarray(value.data).astype(x.dtype))
