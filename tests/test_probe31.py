@@ -78,6 +78,17 @@ def test_a_reduction_over_no_axes_keeps_its_elementwise_steps(op, axes):
     agree(model, {"x": x})
 
 
+@pytest.mark.parametrize("axes", [[1], [-1], [1, 2]])
+def test_log_sum_exp_without_keepdims_over_a_dynamic_batch(axes):
+    """ReduceLogSumExp with keepdims=0 reshaped its kept-dims result to a shape holding the
+    batch's name: 'target shape ('N', 4) must be a tuple of ints'."""
+    model = model_of([make("ReduceLogSumExp", ["x", "axes"], ["y"], keepdims=0)],
+                     [vi("x", ["N", 3, 4])], [out("y")], [("axes", np.array(axes, np.int64))])
+    for batch in (2, 5):
+        agree(model, {"x": np.random.default_rng(batch).standard_normal((batch, 3, 4))
+                      .astype(np.float32)})
+
+
 # gathering -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("axis", [0, 1, -1])

@@ -85,9 +85,7 @@ def log_sum_exp(x, axes, keep):
     m = gc.max(x, axis=axes, keepdims=True)
     m = gc.where(apply("isinf", m), like(m, 0), m)         # all -inf: log 0, no nan
     out = gc.log(gc.sum(gc.exp(x - m), axis=axes, keepdims=True)) + m
-    if not keep:
-        out = gc.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in axes))
-    return out
+    return out if keep else gc.squeeze(out, axis=axes)     # the batch may be of unknown size
 
 
 BODIES = {
