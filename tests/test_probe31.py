@@ -301,3 +301,43 @@ def test_a_hostile_model_is_a_graphc_error_naming_its_node(name):
     with pytest.raises(gc.GraphcError, match=words):
         gonnx.load(model)
     assert any(re.search(words, e) for e in gonnx.check(model)), gonnx.check(model)
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_upsample_of_old_models_matches_onnxruntime(opset, mode):
+    """Upsample (opsets 7-9: old detectors' and segmenters' upsampling) had no entry; it is
+    Resize with asymmetric coordinates and nearest rounding down (scales an attribute at 7)."""
+    scales = [1.0, 1.0, 1.5, 2.5]
+    if opset == 7:
+        node, inits = make("Upsample", ["x"], ["y"], mode=mode, scales=scales), []
+    else:
+        node = make("Upsample", ["x", "s"], ["y"], mode=mode)
+        inits = [("s", np.array(scales, np.float32))]
+    model = model_of([node], [vi("x", [2, 3, 4, 5])], [out("y")], inits, opset=opset)
+    agree(model, {"x": np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+                  .astype(np.float32)})
+
+
+def test_scatter_and_dropout_of_opsets_9_and_10():
+    """Scatter (opsets 9-10's ScatterElements) had no entry; Dropout-7/10 (a ratio attribute)
+    was refused as older than 13."""
+    model = model_of([make("Scatter", ["x", "i", "u"], ["s"], axis=1),
+                      make("Dropout", ["s"], ["y"], ratio=0.3)],
+                     [vi("x", [2, 4]), vi("u", [2, 2])], [out("y")],
+                     [("i", np.array([[0, 3], [1, -2]], np.int64))], opset=10)
+    rng = np.random.default_rng(1)
+    agree(model, {"x": rng.standard_normal((2, 4)).astype(np.float32),
+                  "u": rng.standard_normal((2, 2)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("op,opset", [("Upsample", 10), ("Scatter", 13)])
+def test_an_op_deprecated_at_the_models_opset_is_refused(op, opset):
+    """As onnxruntime refuses them: the op's opset says use Resize / ScatterElements."""
+    node = make("Upsample", ["x", "s"], ["y"]) if op == "Upsample" \
+        else make("Scatter", ["x", "s", "x"], ["y"])
+    model = model_of([node], [vi("x", [1, 1, 2, 2])], [out("y")],
+                     [("s", np.ones(4, np.float32 if op == "Upsample" else np.int64))],
+                     opset=opset)
+    with pytest.raises(gc.GraphcError, match=rf"{op} is deprecated at opset {opset}"):
+        gonnx.load(model)

@@ -151,9 +151,11 @@ def attribute_values(node, entry) -> dict:
 # older versions whose differences from the one in force at opset 13 graphc's entries take:
 # what graphc does not import (sequence types in If/Loop bodies; Constant's attributes), an
 # attribute that became an input (axes, split: the entries read either), Scan's negative axes,
-# Softmax's flattening of the axes from `axis` on (the entries flatten at opsets below 13)
+# Softmax's flattening of the axes from `axis` on (the entries flatten at opsets below 13),
+# Dropout's ratio attribute and mask type, Upsample's scales attribute
 SAME_ON_TENSORS = {"If": 11, "Loop": 11, "Scan": 9, "Constant": 9, "ReduceSum": 1, "Split": 2,
-                   "Squeeze": 1, "Unsqueeze": 1, "Softmax": 1, "LogSoftmax": 1, "Hardmax": 1}
+                   "Squeeze": 1, "Unsqueeze": 1, "Softmax": 1, "LogSoftmax": 1, "Hardmax": 1,
+                   "Dropout": 7, "Upsample": 7}
 
 
 def signature(schema) -> tuple:
@@ -166,15 +168,21 @@ def signature(schema) -> tuple:
 def schema_check(node, opset: int) -> None:
     """Older opsets are imported where the op's definition then says what the one in force at
     opset 13 says: the same attributes (and defaults), inputs and outputs, as when a version
-    only adds types (Add-7, Relu-6, ReduceMean-11...), or a difference listed above."""
-    if opset >= MIN_OPSET:
-        return
+    only adds types (Add-7, Relu-6, ReduceMean-11...), or a difference listed above. An op
+    its opset no longer has (Upsample from 10, Scatter from 11) is refused, as onnxruntime does."""
     from onnx import defs
     try:
         old = defs.get_schema(node.op_type, opset)
-        new = defs.get_schema(node.op_type, MIN_OPSET)
+        new = defs.get_schema(node.op_type, max(opset, MIN_OPSET))
     except Exception:
+        if opset >= MIN_OPSET:
+            return
         raise Unsupported(f"no schema of {node.op_type} at opset {opset}") from None
+    if old.deprecated:
+        raise Unsupported(f"{node.op_type} is deprecated at opset {opset} (since "
+                          f"{node.op_type}-{old.since_version})")
+    if opset >= MIN_OPSET:
+        return
     if old.since_version < SAME_ON_TENSORS.get(node.op_type, new.since_version) \
             and signature(old) != signature(new):
         raise Unsupported(f"opset {opset} ({node.op_type}-{old.since_version}) is older than "

@@ -47,6 +47,11 @@ def scatter_elements(ctx, data, indices, updates, *, axis, reduction):
     return gc.scatter_elements(data, indices, updates, axis=axis, reduction=reduction)
 
 
+@onnx_op("Scatter", axis=0)             # opsets 9-10's name of ScatterElements
+def scatter(ctx, data, indices, updates, *, axis):
+    return gc.scatter_elements(data, indices, updates, axis=axis, reduction="none")
+
+
 @onnx_op("ScatterND", reduction="none")
 def scatter_nd(ctx, data, indices, updates, *, reduction):
     return gc.scatter_nd(data, indices, updates, reduction=reduction)

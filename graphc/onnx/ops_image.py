@@ -146,6 +146,19 @@ def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
     return y
 
 
+@onnx_op("Upsample", const=(1,), mode="nearest", scales=None)
+def upsample(ctx, x, scales_in=None, *, mode, scales):
+    """Resize as opsets 7-9 wrote it (old models' upsampling): the output position over the
+    scale is the input position, which `nearest` rounds down; scales an attribute at 7."""
+    scales = ctx.const(scales_in, "scales") if scales_in is not None else scales
+    ctx.need(scales is not None, "no scales")
+    ctx.need(mode in ("nearest", "linear", "bilinear"), f"mode {mode!r}")
+    return resize(ctx, x, None, constant(np.asarray(scales, np.float32)), None, antialias=0,
+                  axes=None, coordinate_transformation_mode="asymmetric", cubic_coeff_a=-0.75,
+                  exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy="stretch",
+                  mode="nearest" if mode == "nearest" else "linear", nearest_mode="floor")
+
+
 @onnx_op("CenterCropPad", const=(1,), axes=None)
 def center_crop_pad(ctx, x, shape, *, axes):
     target = ctx.ints(shape, "shape")

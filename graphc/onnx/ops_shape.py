@@ -402,15 +402,18 @@ def pad_axis(ctx, x, axis, before, after, mode, fill):
     return fn("take")(x, constant(idx.astype(np.int64)), axis=axis)
 
 
-@onnx_op("Dropout", const=(1, 2), seed=None)
-def dropout(ctx, x, ratio=None, training_mode=None, *, seed):
+@onnx_op("Dropout", const=(1, 2), seed=None, ratio=None)
+def dropout(ctx, x, ratio_in=None, training_mode=None, *, seed, ratio):
+    """Inference: x itself and a mask of ones (bool; x's type before opset 10, whose ratio
+    is an attribute and whose mode is the runtime's)."""
     training = training_mode is not None and bool(ctx.const(training_mode, "training_mode"))
-    r = 0.5 if ratio is None else float(ctx.const(ratio, "ratio"))
+    r = 0.5 if ratio_in is None else float(ctx.const(ratio_in, "ratio"))
     if training and r > 0:
         raise Unsupported("training-mode Dropout (random; graphc imports inference graphs)")
+    dtype = np.dtype(bool) if ctx.opset >= 10 else x.dtype
     if all(isinstance(d, int) for d in x.shape):
-        return x, constant(np.ones(x.shape, bool))
-    return x, gc.ones_like(x, dtype="bool")        # a mask of the batch's size
+        return x, constant(np.ones(x.shape, dtype))
+    return x, gc.ones_like(x, dtype=dtype.name)        # a mask of the batch's size
 
 
 @onnx_op("ReverseSequence", const=(1,), batch_axis=1, time_axis=0)
