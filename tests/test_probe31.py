@@ -341,3 +341,42 @@ def test_an_op_deprecated_at_the_models_opset_is_refused(op, opset):
                      opset=opset)
     with pytest.raises(gc.GraphcError, match=rf"{op} is deprecated at opset {opset}"):
         gonnx.load(model)
+
+
+# input_values -----------------------------------------------------------------------------
+
+def shape_model():
+    """y = reshape(x + W, s): W an initializer that is also a graph input (a default), s the
+    shape input an entry must read as a constant."""
+    graph = helper.make_graph([make("Add", ["x", "W"], ["a"]), make("Reshape", ["a", "s"], ["y"])],
+                              "probe31", [vi("x", [2, 3]), vi("W", [3]), vi("s", [2], I64)],
+                              [out("y")], [numpy_helper.from_array(np.ones(3, np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("values,words", [
+    ({"s": [3, 2], "shape": [3, 2]}, r"input_values: \['shape'\] are not inputs of the model "
+                                     r"\(its inputs: \['x', 'W', 's'\]\)"),
+    ({"s": "abc"}, r"input_values\['s'\]: .*invalid literal"),
+    ({"s": np.array([3.7, 2.2])}, r"input_values\['s'\]: .*expected dtype int64, got float64"),
+    ({"s": [3, 2], "x": np.ones((3, 3), np.float32)},
+     r"input_values\['x'\]: .*expected shape \(2, 3\), got \(3, 3\)"),
+])
+def test_input_values_are_checked_as_feeds(values, words):
+    """A misspelt name was ignored (the error then blamed the node that needed the value),
+    'abc' was a raw ValueError, [3.7, 2.2] became the shape [3, 2] and a value of the wrong
+    shape was taken; now each is refused as a feed of that input would be."""
+    with pytest.raises(gc.GraphcError, match=words):
+        gonnx.load(shape_model(), input_values=values)
+
+
+def test_input_values_override_an_initializer_that_is_also_an_input():
+    """onnxruntime lets a feed replace such an initializer; input_values ignored the value."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    w = np.array([10, 20, 30], np.float32)
+    want = ort_run(shape_model(), {"x": x, "W": w, "s": np.array([3, 2], np.int64)})[0]
+    m = gonnx.load(shape_model(), input_values={"W": w, "s": [3, 2]})
+    assert list(m.inputs) == ["x"]
+    np.testing.assert_array_equal(m.outputs["y"].eval({m.inputs["x"]: x}), want)

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from graphc.feeds import checked_feed
 from graphc.ir import GraphcError, Node, constant, evaluate, name_scope, toposort
 from graphc.onnx.table import REQUIRED, TABLE, Ctx, RuntimeSizes, Unsupported
 
@@ -325,7 +326,14 @@ class Importer:
 
     def leaves(self, graph, frozen) -> dict[str, Node]:
         params = {}
+        unknown = sorted(set(self.input_values) - {vi.name for vi in graph.input})
+        if unknown:
+            self.fail("input_values", GraphcError(
+                f"{unknown} are not inputs of the model (its inputs: "
+                f"{[vi.name for vi in graph.input]})"))
         for init in graph.initializer:
+            if init.name in self.input_values:    # an input whose initializer is a default
+                continue
             try:
                 arr = tensor_array(init, f"initializer {init.name!r}")
             except GraphcError as e:
@@ -357,11 +365,16 @@ class Importer:
                 self.fail(f"graph input {vi.name!r}", e)
                 self.poisoned.add(vi.name)
                 continue
-            if vi.name in self.input_values:
-                arr = np.asarray(self.input_values[vi.name], dtype=dtype)
+            node = placeholder(shape, dtype=dtype, name=vi.name)
+            if vi.name in self.input_values:   # checked as a feed of the input would be
+                try:
+                    arr = checked_feed(node, self.input_values[vi.name])
+                except GraphcError as e:
+                    self.fail(f"input_values[{vi.name!r}]", e)
+                    self.poisoned.add(vi.name)
+                    continue
                 node = constant(arr, dtype=dtype, name=vi.name)
             else:
-                node = placeholder(shape, dtype=dtype, name=vi.name)
                 inputs[vi.name] = node
             node.where = f"ONNX graph input {vi.name!r}"
             self.env[vi.name] = node
