@@ -380,3 +380,30 @@ def test_input_values_override_an_initializer_that_is_also_an_input():
     m = gonnx.load(shape_model(), input_values={"W": w, "s": [3, 2]})
     assert list(m.inputs) == ["x"]
     np.testing.assert_array_equal(m.outputs["y"].eval({m.inputs["x"]: x}), want)
+
+
+# export ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-13)])
+def test_square_log1p_expm1_and_a_float_trunc_divide_export(dtype, rtol, tmp_path):
+    """gc.square, gc.log1p and gc.expm1 had no export rule (save refused them, though the README
+    names only the fused ops and cumprod); a float trunc_divide was exported as Div, without
+    the truncation (7.25 / -2 gave -3.625 where graphc gives -3). log1p and expm1 keep their
+    accuracy near 0 (Goldberg's and Kahan's forms), and -1, +-inf, nan, in onnxruntime too."""
+    x = gc.placeholder((None,), dtype, name="x")
+    y = gc.placeholder((None,), dtype, name="y")
+    outs = {"square": gc.square(x), "log1p": gc.log1p(x), "expm1": gc.expm1(x),
+            "trunc_divide": gc.trunc_divide(x, y)}
+    outs["grad"] = gc.grad(gc.sum(gc.log1p(gc.abs(x)) + gc.expm1(0.1 * x) + gc.square(x)),
+                           [x])[0]
+    path = str(tmp_path / "m.onnx")
+    gonnx.save(path, {"x": x, "y": y}, outs)
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    xs = np.array([0, 1e-12, -1e-12, 1e-7, -1e-5, 0.3, -0.7, -1, 2, 30, -800, 800, np.inf,
+                   -np.inf, np.nan, -5.5, 7.25], dtype)
+    ys = np.array([1, 3, -3, 2, -2, 0.4, 0.3, 5, -1.5, 7, 3, -3, 2, 2, 1, 2, -2], dtype)
+    with np.errstate(all="ignore"):
+        want = gc.function([x, y], list(outs.values()))(xs, ys)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for name, got, w in zip(outs, sess.run(None, {"x": xs, "y": ys}), want):
+        np.testing.assert_allclose(got, w, rtol=rtol, atol=0, err_msg=name)

@@ -22,7 +22,7 @@ SAME_NAME = {
     "greater": "Greater", "greater_equal": "GreaterOrEqual", "less": "Less",
     "less_equal": "LessOrEqual", "equal": "Equal", "logical_and": "And", "logical_or": "Or",
     "logical_xor": "Xor", "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr",
-    "bitwise_xor": "BitwiseXor", "trunc_divide": "Div", "div": "Div",
+    "bitwise_xor": "BitwiseXor", "div": "Div",
     "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign",
     "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu", "softplus": "Softplus",
     "floor": "Floor", "ceil": "Ceil", "round": "Round", "logical_not": "Not",
@@ -133,6 +133,13 @@ def shift(e, n, a):
 @rule("trunc")
 def trunc(e, n, a):
     return e.node("Mul", [e.node("Sign", a), e.node("Floor", [e.node("Abs", a)])])
+
+
+@rule("trunc_divide")
+def trunc_divide(e, n, a):
+    """Div rounds toward zero on integers only: a float quotient is truncated after it."""
+    q = e.node("Div", [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)])
+    return trunc(e, n, [q]) if n.dtype.kind == "f" else q
 
 
 @rule("cast")
