@@ -407,3 +407,29 @@ def test_square_log1p_expm1_and_a_float_trunc_divide_export(dtype, rtol, tmp_pat
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for name, got, w in zip(outs, sess.run(None, {"x": xs, "y": ys}), want):
         np.testing.assert_allclose(got, w, rtol=rtol, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,axis", [((None, 3, 4), (1, 2)), ((None, 3, 4, 2), (1, 3)),
+                                        ((2, 3, 4), None)])
+def test_the_gradient_of_a_max_over_several_axes_exports(shape, axis, tmp_path):
+    """max's gradient routes through argmax_mask, whose export took one axis only: the
+    gradient of gc.max(x) over all of a static x, or over (1, 2), was refused. Now the axes
+    are moved last and flattened (the first maximum in C order, as the kernel picks it); the
+    model runs in onnxruntime and loads back, at two batch sizes where the batch is free."""
+    x = gc.placeholder(shape, "float32", name="x")
+    m = gc.max(x, axis=axis)
+    outs = {"m": m, "dx": gc.grad(gc.sum(m * m), [x])[0]}
+    path = str(tmp_path / "m.onnx")
+    gonnx.save(path, {"x": x}, outs)
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    f = gc.function([x], list(outs.values()))
+    back = gonnx.load(path)
+    g = gc.function([back.inputs["x"]], [back.outputs[k] for k in outs])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in ((2, 5) if shape[0] is None else shape[:1]):
+        xs = np.random.default_rng(batch).standard_normal((batch,) + shape[1:]).astype(np.float32)
+        xs[0, 0] = xs.max()                   # a tie: the first maximum takes the gradient
+        want = f(xs)
+        for got in (sess.run(None, {"x": xs}), g(xs)):
+            for a, w in zip(got, want):
+                np.testing.assert_allclose(a, w, rtol=1e-6)

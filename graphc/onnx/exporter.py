@@ -235,13 +235,25 @@ def size(e, n, a):
 
 @rule("argmax_mask")
 def argmax_mask(e, n, a):
+    """Over several axes (a max over all of x): the axes moved last and flattened into one, as
+    the kernel does (the first maximum in C order), and the mask put back in x's layout."""
     axes = n.attrs["axis"]
-    if len(axes) != 1 or not isinstance(n.shape[axes[0]], int):
-        raise GraphcError("argmax_mask: export supports one axis of static size")
-    axis = axes[0]
-    top = e.node("ArgMax", a, axis=axis, keepdims=1)
-    rng = np.arange(n.shape[axis]).reshape([-1 if i == axis else 1 for i in range(n.ndim)])
-    return e.cast(e.node("Equal", [top, e.const(rng.astype(np.int64))]), np.bool_, n.dtype)
+    sizes = [n.shape[i] for i in axes]
+    if not all(isinstance(d, int) for d in sizes):
+        raise GraphcError("argmax_mask: export needs the reduced axes' sizes")
+    if len(axes) == 1:
+        axis = axes[0]
+        top = e.node("ArgMax", a, axis=axis, keepdims=1)
+        rng = np.arange(sizes[0]).reshape([-1 if i == axis else 1 for i in range(n.ndim)])
+        return e.cast(e.node("Equal", [top, e.const(rng.astype(np.int64))]), np.bool_, n.dtype)
+    keep = [i for i in range(n.ndim) if i not in axes]
+    moved = e.node("Transpose", a, perm=keep + list(axes))       # Reshape's 0: keep that dim
+    flat = e.node("Reshape", [moved, e.ints([0] * len(keep) + [int(np.prod(sizes))])])
+    top = e.node("ArgMax", [flat], axis=-1, keepdims=1)
+    mask = e.node("Equal", [top, e.const(np.arange(int(np.prod(sizes)), dtype=np.int64))])
+    mask = e.node("Reshape", [mask, e.ints([0] * len(keep) + sizes)])
+    back = e.node("Transpose", [mask], perm=[int(i) for i in np.argsort(keep + list(axes))])
+    return e.cast(back, np.bool_, n.dtype)
 
 
 @rule("softmax", "log_softmax")
