@@ -288,6 +288,19 @@ HOSTILE = {   # name: (nodes, extra inputs, initializers, what the message says)
 }
 
 
+HOSTILE.update({   # types ONNX does not allow, which NumPy promoted silently
+    "mixed types": ([make("Add", ["x", "w"], ["y"])], [], [("w", np.ones(3))],
+                    r"'Add_0' \(Add\): inputs 0 \(A\) and 1 \(B\) must have one type, got "
+                    r"float32 and float64"),
+    "float indices": ([make("Gather", ["x", "i"], ["y"])], [], [("i", np.zeros(2, np.float32))],
+                      r"'Gather_0' \(Gather\): input 1 \(indices\) is float32, which Gather does "
+                      r"not take"),
+    "bool into Relu": ([make("Cast", ["x"], ["b"], to=TensorProto.BOOL),
+                        make("Relu", ["b"], ["y"])], [], [],
+                       r"'Relu_1' \(Relu\): input 0 \(X\) is bool"),
+})
+
+
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_a_hostile_model_is_a_graphc_error_naming_its_node(name):
     nodes, inputs, inits, words = HOSTILE[name]
@@ -433,3 +446,13 @@ def test_the_gradient_of_a_max_over_several_axes_exports(shape, axis, tmp_path):
         for got in (sess.run(None, {"x": xs}), g(xs)):
             for a, w in zip(got, want):
                 np.testing.assert_allclose(a, w, rtol=1e-6)
+
+
+def test_a_graph_output_of_another_type_than_declared_is_named():
+    """The model says y is int64; its node computes float32 (onnxruntime refuses the model;
+    graphc handed back float32 under the name)."""
+    model = model_of([make("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3], I64)])
+    with pytest.raises(gc.GraphcError, match=r"graph output 'y': is declared tensor\(int64\), "
+                                             r"but its node computes float32"):
+        gonnx.load(model)
+

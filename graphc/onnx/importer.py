@@ -208,6 +208,47 @@ def inputs_problem(node, opset: int) -> str | None:
     return f"required input(s) {empty} are missing or left empty ('')" if empty else None
 
 
+def onnx_type(dtype: np.dtype) -> str:
+    """'tensor(float)' for float32: how ONNX's type constraints name a dtype."""
+    from onnx import TensorProto, helper
+    return f"tensor({TensorProto.DataType.Name(helper.np_dtype_to_tensor_dtype(dtype)).lower()})"
+
+
+def declared_type(elem_type: int) -> str:
+    from onnx import TensorProto
+    try:
+        return f"tensor({TensorProto.DataType.Name(elem_type).lower()})"
+    except ValueError:
+        return f"type {elem_type}"
+
+
+def types_problem(node, opset: int, args: list) -> str | None:
+    """Inputs whose types the op's schema does not allow: an input of a type its constraint
+    leaves out (float indices), or two inputs of one type parameter that differ (Add of
+    float32 and float64), where NumPy would promote silently and onnxruntime refuses."""
+    from onnx import defs
+    try:
+        schema = defs.get_schema(node.op_type, opset)
+    except Exception:
+        return None
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    formal = list(schema.inputs)
+    if formal and formal[-1].option == defs.OpSchema.FormalParameterOption.Variadic:
+        formal += [formal[-1]] * (len(args) - len(formal))
+    bound: dict[str, tuple] = {}
+    for k, (p, x) in enumerate(zip(formal, args)):
+        if x is None or not p.is_homogeneous:
+            continue
+        have = onnx_type(x.dtype)
+        if have not in allowed.get(p.type_str, {p.type_str}):
+            return f"input {k} ({p.name}) is {x.dtype.name}, which {node.op_type} does not take"
+        first = bound.setdefault(p.type_str, (k, p.name, x.dtype))
+        if first[2] != x.dtype:
+            return (f"inputs {first[0]} ({first[1]}) and {k} ({p.name}) must have one type, "
+                    f"got {first[2].name} and {x.dtype.name}")
+    return None
+
+
 SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
 
 
@@ -287,8 +328,13 @@ class Importer:
             self.import_node(node, i)
         outputs = {}
         for vi in graph.output:
+            declared = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
             if vi.name in self.env:
-                outputs[vi.name] = self.env[vi.name]
+                outputs[vi.name] = out = self.env[vi.name]
+                if declared and onnx_type(out.dtype) != declared_type(declared):
+                    self.fail(f"graph output {vi.name!r}", GraphcError(
+                        f"is declared {declared_type(declared)}, but its node computes "
+                        f"{out.dtype.name}"))
             elif vi.name not in self.poisoned:
                 self.fail(f"graph output {vi.name!r}", GraphcError("is produced by no node"))
         self.refuse_stand_ins(list(outputs.values()))
@@ -411,6 +457,9 @@ class Importer:
                                   "input, an initializer or an earlier node's output); ONNX "
                                   "assigns each name once")
             args = [self.env[i] if i else None for i in node.input]
+            problem = types_problem(node, self.opset, args)
+            if problem:
+                raise GraphcError(problem)
             ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime,
                       self.subgraph)
             self.scope.append(where)
