@@ -456,3 +456,30 @@ def test_a_graph_output_of_another_type_than_declared_is_named():
                                              r"but its node computes float32"):
         gonnx.load(model)
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size,stride", [((3, 3), (2, 2)), ((2, 2), (1, 1)), ((2, 2), (2, 2))])
+def test_max_pool_gradients_export_with_overlapping_windows(dtype, size, stride, tmp_path):
+    """max_pool2d_grad exported as MaxUnpool, refused for overlapping windows (3x3 stride 2,
+    as ResNets pool: a position may be the maximum of two windows, whose gradients add) and
+    failing in onnxruntime in float64 (no MaxUnpool kernel); now a ScatterElements that adds.
+    onnxruntime and the model loaded back give graphc's values at two batch sizes, ties too."""
+    x = gc.placeholder((None, 2, 7, 6), dtype, name="x")
+    y = gc.max_pool2d(x, size, stride)
+    w = gc.constant(np.random.default_rng(0).standard_normal((1,) + y.shape[1:]).astype(dtype))
+    outs = {"y": y, "dx": gc.grad(gc.sum(y * w), [x])[0]}
+    path = str(tmp_path / "m.onnx")
+    gonnx.save(path, {"x": x}, outs)
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    f = gc.function([x], list(outs.values()))
+    back = gonnx.load(path)
+    g = gc.function([back.inputs["x"]], [back.outputs[k] for k in outs])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (2, 3):
+        xs = np.random.default_rng(batch).standard_normal((batch, 2, 7, 6)).astype(dtype)
+        xs[0, 0, :3, :3] = 5.0                    # ties: the first maximum takes the gradient
+        want = f(xs)
+        for got in (sess.run(None, {"x": xs}), g(xs)):
+            for a, b in zip(got, want):      # the adds may run in another order
+                np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)

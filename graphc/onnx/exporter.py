@@ -327,17 +327,21 @@ def pool(e, n, a):
 
 @rule("max_pool2d_grad")
 def max_pool_grad(e, n, a):
-    """g put back where each window's maximum was: MaxPool's indices, then MaxUnpool."""
+    """g put back where each window's maximum was: MaxPool's indices, then a ScatterElements
+    that adds over x flattened (the indices count in it): where windows overlap a position may
+    be the maximum of several, whose g add up (MaxUnpool keeps one, and has no float64)."""
     size, stride = n.attrs["size"], n.attrs["stride"]
-    if any(s < k for s, k in zip(stride, size)):
-        raise GraphcError("max_pool2d_grad: export supports non-overlapping windows only")
     x = n.inputs[1]
     out, idx = e.fresh("pooled"), e.fresh("indices")
     e.nodes.append(e.helper.make_node("MaxPool", [a[1]], [out, idx], name=e.fresh("MaxPool"),
                                       kernel_shape=list(size), strides=list(stride)))
     g = e.cast(a[0], n.inputs[0].dtype, n.dtype)
-    return e.node("MaxUnpool", [g, idx, e.shape_of(x, a[1])], kernel_shape=list(size),
-                  strides=list(stride))
+    shape = e.shape_of(x, a[1])
+    zero = e.numpy_helper.from_array(np.zeros(1, n.dtype), "zero")
+    flat = [e.node("Reshape", [v, e.ints([-1])]) for v in (idx, g)]
+    zeros = e.node("Reshape", [e.node("ConstantOfShape", [shape], value=zero), e.ints([-1])])
+    added = e.node("ScatterElements", [zeros] + flat, axis=0, reduction="add")
+    return e.node("Reshape", [added, shape])
 
 
 @rule("avg_pool2d_grad")
