@@ -483,3 +483,22 @@ def test_max_pool_gradients_export_with_overlapping_windows(dtype, size, stride,
         for got in (sess.run(None, {"x": xs}), g(xs)):
             for a, b in zip(got, want):      # the adds may run in another order
                 np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_recurrent_ops_with_per_sample_sequence_lengths(op, gates, direction):
+    """sequence_lens shorter than the sequence (padded batches, as packed sequences export)
+    were refused; now a sample's state stops at its length and its outputs past it are 0, a
+    reverse pass starting at the sample's own last step, as onnxruntime computes."""
+    rng = np.random.default_rng(gates)
+    dirs, hidden, steps, batch = (2 if direction == "bidirectional" else 1), 3, 5, 3
+    inits = [("w", rng.standard_normal((dirs, gates * hidden, 4)).astype(np.float32) * 0.5),
+             ("r", rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * 0.5),
+             ("b", rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32) * 0.3),
+             ("lens", np.array([5, 3, 1], np.int32)),
+             ("h0", rng.standard_normal((dirs, batch, hidden)).astype(np.float32))]
+    model = model_of([make(op, ["x", "w", "r", "b", "lens", "h0"], ["y", "y_h"],
+                           hidden_size=hidden, direction=direction)],
+                     [vi("x", [steps, batch, 4])], [out("y"), out("y_h")], inits, opset=22)
+    agree(model, {"x": rng.standard_normal((steps, batch, 4)).astype(np.float32)})

@@ -162,9 +162,11 @@ def recurrent(cell, gates: int, default_acts):
         t_len = x.shape[0]
         ctx.need(isinstance(t_len, int), f"a sequence of unknown length {t_len!r} (the "
                                          "steps are unrolled)")
-        if seq_lens is not None:
-            lens = ctx.const(seq_lens, "sequence_lens")
-            ctx.need(np.all(lens == t_len), "sequence_lens shorter than the sequence")
+        lens = None if seq_lens is None else np.asarray(ctx.const(seq_lens, "sequence_lens"))
+        if lens is not None and np.all(lens == t_len):
+            lens = None
+        ctx.need(lens is None or (lens.ndim == 1 and np.all((lens >= 1) & (lens <= t_len))),
+                 f"sequence_lens {np.ravel(lens).tolist()}: each must be from 1 to {t_len}")
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
         ctx.need(direction in dirs, f"direction={direction!r}")
         acts_all = activation_fns(ctx, activations, default_acts, len(dirs[direction]))
@@ -181,8 +183,16 @@ def recurrent(cell, gates: int, default_acts):
             steps = range(t_len - 1, -1, -1) if backwards else range(t_len)
             outs = {}
             for t in steps:
-                state = cell(x[t] @ wk, state, rk, bias, rb, peep, acts_all[k], h_size, extra)
-                outs[t] = state["h"]
+                new = cell(x[t] @ wk, state, rk, bias, rb, peep, acts_all[k], h_size, extra)
+                if lens is None:
+                    state = new
+                    outs[t] = state["h"]
+                    continue
+                # past a sample's length: its state stays, its output is 0 (a reverse pass
+                # starts at its own last step)
+                live = constant((t < lens).reshape(-1, 1))
+                state = {s: gc.where(live, new[s], state[s]) for s in new}
+                outs[t] = gc.where(live, new["h"], constant(np.zeros((), x.dtype)))
             ys.append(gc.stack([outs[t] for t in range(t_len)], axis=0))   # (T, B, H)
             hs.append(state["h"])
             cs.append(state["c"])
