@@ -502,3 +502,20 @@ def test_recurrent_ops_with_per_sample_sequence_lengths(op, gates, direction):
                            hidden_size=hidden, direction=direction)],
                      [vi("x", [steps, batch, 4])], [out("y"), out("y_h")], inits, opset=22)
     agree(model, {"x": rng.standard_normal((steps, batch, 4)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_recurrent_ops_with_clip(op, gates):
+    """clip (the gates' inputs bounded to [-clip, clip]) was refused; LSTM with peepholes too."""
+    rng = np.random.default_rng(gates)
+    hidden, steps, batch = 3, 4, 2
+    inputs = ["x", "w", "r", "b", "", ""] + (["", "p"] if op == "LSTM" else [])
+    inits = [("w", rng.standard_normal((1, gates * hidden, 4)).astype(np.float32) * 1.5),
+             ("r", rng.standard_normal((1, gates * hidden, hidden)).astype(np.float32) * 1.5),
+             ("b", rng.standard_normal((1, 2 * gates * hidden)).astype(np.float32))]
+    if op == "LSTM":
+        inits.append(("p", rng.standard_normal((1, 3 * hidden)).astype(np.float32)))
+    model = model_of([make(op, inputs, ["y", "y_h"], hidden_size=hidden, clip=0.3)],
+                     [vi("x", [steps, "N", 4])], [out("y"), out("y_h")], inits, opset=22)
+    for n in (batch, batch + 3):
+        agree(model, {"x": rng.standard_normal((steps, n, 4)).astype(np.float32)})

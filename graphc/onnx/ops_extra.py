@@ -152,7 +152,7 @@ def recurrent(cell, gates: int, default_acts):
               direction, layout, clip, activations: list, activation_alpha, activation_beta,
               **extra):
         need_float(x)
-        ctx.need(clip is None, "clip")
+        ctx.need(clip is None or clip > 0, f"clip {clip}")
         ctx.need(not activation_alpha and not activation_beta, "activation_alpha/beta")
         ctx.need(not extra.get("input_forget"), "input_forget")
         if layout:
@@ -170,6 +170,8 @@ def recurrent(cell, gates: int, default_acts):
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
         ctx.need(direction in dirs, f"direction={direction!r}")
         acts_all = activation_fns(ctx, activations, default_acts, len(dirs[direction]))
+        if clip is not None:       # the gates' inputs are clipped (not LSTM's output one)
+            acts_all = [[clipped(f, clip) for f in acts[:2]] + acts[2:] for acts in acts_all]
         h_size = hidden_size or static(r)[2]
         ys, hs, cs = [], [], []
         for k, backwards in enumerate(dirs[direction]):
@@ -203,6 +205,10 @@ def recurrent(cell, gates: int, default_acts):
             yh, yc = gc.transpose(yh, (1, 0, 2)), gc.transpose(yc, (1, 0, 2))
         return y, yh, yc
     return build
+
+
+def clipped(act, bound: float):
+    return lambda v: act(gc.clip(v, -bound, bound))
 
 
 def zero_state(x, size: int):
