@@ -519,3 +519,28 @@ def test_recurrent_ops_with_clip(op, gates):
                      [vi("x", [steps, "N", 4])], [out("y"), out("y_h")], inits, opset=22)
     for n in (batch, batch + 3):
         agree(model, {"x": rng.standard_normal((steps, n, 4)).astype(np.float32)})
+
+
+def test_the_gradient_of_a_concat_of_two_dynamic_parts_exports(tmp_path):
+    """concat_part (concat's gradient when two parts have run-time sizes, e.g. two batches
+    concatenated) had no export rule; now a Slice between run-time offsets (Shape, Add) that
+    runs in onnxruntime; loading it back is refused naming the Slice, as for any run-time
+    size used as a value."""
+    a = gc.placeholder((None, 3), "float32", name="a")
+    b = gc.placeholder((None, 3), "float32", name="b")
+    c = gc.placeholder((2, 3), "float32", name="c")
+    y = gc.tanh(gc.concat([a, c, b], axis=0))
+    grads = gc.grad(gc.sum(y * y * gc.constant(np.arange(3, dtype=np.float32))), [a, b, c])
+    path = str(tmp_path / "m.onnx")
+    gonnx.save(path, {"a": a, "b": b, "c": c}, {"da": grads[0], "db": grads[1], "dc": grads[2]})
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    f = gc.function([a, b, c], grads)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for na, nb in ((1, 4), (3, 2)):
+        feeds = [rng.standard_normal((n, 3)).astype(np.float32) for n in (na, nb, 2)]
+        for got, want in zip(sess.run(None, dict(zip("abc", feeds))), f(*feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(gc.GraphcError, match=r"\(Slice\): input 'ends' depends on a size known "
+                                             r"only at run time"):
+        gonnx.load(path)

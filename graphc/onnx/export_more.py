@@ -172,3 +172,21 @@ def expm1(e, n, a):
     y = e.node("Where", [e.node("Equal", [u, scalar(e, 1, n.dtype)]), x, y])
     y = e.node("Where", [e.node("Equal", [u, scalar(e, 0, n.dtype)]), scalar(e, -1, n.dtype), y])
     return e.node("Where", [e.node("IsInf", [u]), u, y])
+
+
+@rule("concat_part")
+def concat_part(e, n, a):
+    """concat's gradient where two or more parts have sizes known only at run time: g sliced
+    between the sizes of the parts before this one (Shape of each, added) and past it."""
+    axis, index = n.attrs["axis"], n.attrs["index"]
+    xs, names = n.inputs[1:], a[1:]
+
+    def size(k):
+        d = xs[k].shape[axis]
+        return e.ints([d]) if isinstance(d, int) else \
+            e.node("Shape", [names[k]], start=axis, end=axis + 1)
+    start = e.ints([0])
+    for k in range(index):
+        start = e.node("Add", [start, size(k)])
+    stop = e.node("Add", [start, size(index)])
+    return e.node("Slice", [a[0], start, stop, e.ints([axis])])
