@@ -136,3 +136,57 @@ def random(e, n, a):
                       scale=n.attrs["std"], **seed)
     return e.node("RandomUniformLike", a, dtype=to, low=n.attrs["low"], high=n.attrs["high"],
                   **seed)
+
+
+# ONNX has no Square, Log1p or Expm1 -------------------------------------------------------
+
+@rule("square")
+def square(e, n, a):
+    return e.node("Mul", [a[0], a[0]])
+
+
+def scalar(e, value, dtype):
+    return e.const(np.asarray(value, dtype))
+
+
+@rule("log1p")
+def log1p(e, n, a):
+    """log(u) * x / (u - 1) with u = 1 + x (Goldberg: no round-off for small x), x itself
+    where u rounds to 1, and inf at inf."""
+    x, one = a[0], scalar(e, 1, n.dtype)
+    u = e.node("Add", [one, x])
+    d = e.node("Sub", [u, one])
+    y = e.node("Div", [e.node("Mul", [e.node("Log", [u]), x]), d])
+    y = e.node("Where", [e.node("Equal", [d, scalar(e, 0, n.dtype)]), x, y])
+    return e.node("Where", [e.node("IsInf", [x], detect_negative=0), x, y])
+
+
+@rule("expm1")
+def expm1(e, n, a):
+    """(u - 1) * x / log(u) with u = exp(x) (Kahan), x where u rounds to 1, -1 where it
+    underflows to 0, inf at inf."""
+    x = a[0]
+    u = e.node("Exp", [x])
+    y = e.node("Div", [e.node("Mul", [e.node("Sub", [u, scalar(e, 1, n.dtype)]), x]),
+                       e.node("Log", [u])])
+    y = e.node("Where", [e.node("Equal", [u, scalar(e, 1, n.dtype)]), x, y])
+    y = e.node("Where", [e.node("Equal", [u, scalar(e, 0, n.dtype)]), scalar(e, -1, n.dtype), y])
+    return e.node("Where", [e.node("IsInf", [u]), u, y])
+
+
+@rule("concat_part")
+def concat_part(e, n, a):
+    """concat's gradient where two or more parts have sizes known only at run time: g sliced
+    between the sizes of the parts before this one (Shape of each, added) and past it."""
+    axis, index = n.attrs["axis"], n.attrs["index"]
+    xs, names = n.inputs[1:], a[1:]
+
+    def size(k):
+        d = xs[k].shape[axis]
+        return e.ints([d]) if isinstance(d, int) else \
+            e.node("Shape", [names[k]], start=axis, end=axis + 1)
+    start = e.ints([0])
+    for k in range(index):
+        start = e.node("Add", [start, size(k)])
+    stop = e.node("Add", [start, size(index)])
+    return e.node("Slice", [a[0], start, stop, e.ints([axis])])

@@ -22,7 +22,7 @@ SAME_NAME = {
     "greater": "Greater", "greater_equal": "GreaterOrEqual", "less": "Less",
     "less_equal": "LessOrEqual", "equal": "Equal", "logical_and": "And", "logical_or": "Or",
     "logical_xor": "Xor", "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr",
-    "bitwise_xor": "BitwiseXor", "trunc_divide": "Div", "div": "Div",
+    "bitwise_xor": "BitwiseXor", "div": "Div",
     "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign",
     "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu", "softplus": "Softplus",
     "floor": "Floor", "ceil": "Ceil", "round": "Round", "logical_not": "Not",
@@ -135,6 +135,13 @@ def trunc(e, n, a):
     return e.node("Mul", [e.node("Sign", a), e.node("Floor", [e.node("Abs", a)])])
 
 
+@rule("trunc_divide")
+def trunc_divide(e, n, a):
+    """Div rounds toward zero on integers only: a float quotient is truncated after it."""
+    q = e.node("Div", [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)])
+    return trunc(e, n, [q]) if n.dtype.kind == "f" else q
+
+
 @rule("cast")
 def cast(e, n, a):
     if n.inputs[0].dtype == n.dtype:
@@ -228,13 +235,25 @@ def size(e, n, a):
 
 @rule("argmax_mask")
 def argmax_mask(e, n, a):
+    """Over several axes (a max over all of x): the axes moved last and flattened into one, as
+    the kernel does (the first maximum in C order), and the mask put back in x's layout."""
     axes = n.attrs["axis"]
-    if len(axes) != 1 or not isinstance(n.shape[axes[0]], int):
-        raise GraphcError("argmax_mask: export supports one axis of static size")
-    axis = axes[0]
-    top = e.node("ArgMax", a, axis=axis, keepdims=1)
-    rng = np.arange(n.shape[axis]).reshape([-1 if i == axis else 1 for i in range(n.ndim)])
-    return e.cast(e.node("Equal", [top, e.const(rng.astype(np.int64))]), np.bool_, n.dtype)
+    sizes = [n.shape[i] for i in axes]
+    if not all(isinstance(d, int) for d in sizes):
+        raise GraphcError("argmax_mask: export needs the reduced axes' sizes")
+    if len(axes) == 1:
+        axis = axes[0]
+        top = e.node("ArgMax", a, axis=axis, keepdims=1)
+        rng = np.arange(sizes[0]).reshape([-1 if i == axis else 1 for i in range(n.ndim)])
+        return e.cast(e.node("Equal", [top, e.const(rng.astype(np.int64))]), np.bool_, n.dtype)
+    keep = [i for i in range(n.ndim) if i not in axes]
+    moved = e.node("Transpose", a, perm=keep + list(axes))       # Reshape's 0: keep that dim
+    flat = e.node("Reshape", [moved, e.ints([0] * len(keep) + [int(np.prod(sizes))])])
+    top = e.node("ArgMax", [flat], axis=-1, keepdims=1)
+    mask = e.node("Equal", [top, e.const(np.arange(int(np.prod(sizes)), dtype=np.int64))])
+    mask = e.node("Reshape", [mask, e.ints([0] * len(keep) + sizes)])
+    back = e.node("Transpose", [mask], perm=[int(i) for i in np.argsort(keep + list(axes))])
+    return e.cast(back, np.bool_, n.dtype)
 
 
 @rule("softmax", "log_softmax")
@@ -308,17 +327,21 @@ def pool(e, n, a):
 
 @rule("max_pool2d_grad")
 def max_pool_grad(e, n, a):
-    """g put back where each window's maximum was: MaxPool's indices, then MaxUnpool."""
+    """g put back where each window's maximum was: MaxPool's indices, then a ScatterElements
+    that adds over x flattened (the indices count in it): where windows overlap a position may
+    be the maximum of several, whose g add up (MaxUnpool keeps one, and has no float64)."""
     size, stride = n.attrs["size"], n.attrs["stride"]
-    if any(s < k for s, k in zip(stride, size)):
-        raise GraphcError("max_pool2d_grad: export supports non-overlapping windows only")
     x = n.inputs[1]
     out, idx = e.fresh("pooled"), e.fresh("indices")
     e.nodes.append(e.helper.make_node("MaxPool", [a[1]], [out, idx], name=e.fresh("MaxPool"),
                                       kernel_shape=list(size), strides=list(stride)))
     g = e.cast(a[0], n.inputs[0].dtype, n.dtype)
-    return e.node("MaxUnpool", [g, idx, e.shape_of(x, a[1])], kernel_shape=list(size),
-                  strides=list(stride))
+    shape = e.shape_of(x, a[1])
+    zero = e.numpy_helper.from_array(np.zeros(1, n.dtype), "zero")
+    flat = [e.node("Reshape", [v, e.ints([-1])]) for v in (idx, g)]
+    zeros = e.node("Reshape", [e.node("ConstantOfShape", [shape], value=zero), e.ints([-1])])
+    added = e.node("ScatterElements", [zeros] + flat, axis=0, reduction="add")
+    return e.node("Reshape", [added, shape])
 
 
 @rule("avg_pool2d_grad")

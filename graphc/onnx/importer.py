@@ -12,10 +12,11 @@ import os
 
 import numpy as np
 
+from graphc.feeds import checked_feed
 from graphc.ir import GraphcError, Node, constant, evaluate, name_scope, toposort
+from graphc.onnx.schemas import (declared_type, inputs_problem, onnx_type, schema_check,
+                                 types_problem)
 from graphc.onnx.table import REQUIRED, TABLE, Ctx, RuntimeSizes, Unsupported
-
-MIN_OPSET = 13
 
 
 class OnnxModel:
@@ -44,7 +45,14 @@ def read_model(model):
             model = onnx.load(os.fspath(model))
         except Exception as e:   # a damaged file: protobuf's own error, said plainly
             raise GraphcError(f"cannot read ONNX model {what}: {e}") from None
-    if not isinstance(model, onnx.ModelProto):
+    elif isinstance(model, onnx.ModelProto):
+        # onnx.load(path) reads a model's external data from the model's folder; a model in
+        # memory has none, and NumPy would read the file from the working folder
+        outside = external_tensors(model.graph)
+        if outside:
+            raise GraphcError(f"tensor(s) {outside} of the model keep their data in an external "
+                              "file; load the model from its path (graphc.onnx.load(path))")
+    else:
         raise GraphcError(f"graphc.onnx.load needs a path or an onnx.ModelProto, got "
                           f"{type(model).__name__}")
     if not model.graph.output:   # an empty file parses as an empty ModelProto
@@ -54,6 +62,19 @@ def read_model(model):
         from onnx import inliner
         model = inliner.inline_local_functions(model)
     return model
+
+
+def external_tensors(graph) -> list[str]:
+    """Names of the tensors (initializers, attributes, in subgraphs too) stored outside."""
+    from onnx import TensorProto
+    tensors = list(graph.initializer)
+    graphs = []
+    for node in graph.node:
+        for a in node.attribute:
+            tensors += [a.t] * a.HasField("t") + list(a.tensors)
+            graphs += [a.g] * a.HasField("g") + list(a.graphs)
+    names = [t.name or "(unnamed)" for t in tensors if t.data_location == TensorProto.EXTERNAL]
+    return names + [n for g in graphs for n in external_tensors(g)]
 
 
 def model_opset(model) -> int:
@@ -69,10 +90,23 @@ def np_dtype(elem_type: int, what: str) -> np.dtype:
     except Exception:
         dt = np.dtype(object)
     if dt.kind not in "biuf" or dt.name in ("bfloat16",) or "float8" in dt.name:
-        name = helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        try:
+            name = helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        except Exception:               # not an ONNX type at all
+            name = f"{elem_type} (no ONNX type)"
         raise Unsupported(f"{what} has data type {name.replace('TensorProto.', '')}, which "
                           "graphc does not support (bool, ints, uints, float16/32/64 only)")
     return dt
+
+
+def tensor_array(tensor, what: str) -> np.ndarray:
+    """A TensorProto's values; a damaged one (its data does not fill its dims) is named."""
+    from onnx import numpy_helper
+    np_dtype(tensor.data_type, what)
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:
+        raise GraphcError(f"{what} is damaged: {e} (dims {list(tensor.dims)})") from None
 
 
 def value_type(vi) -> tuple[tuple, np.dtype]:
@@ -92,7 +126,7 @@ def value_type(vi) -> tuple[tuple, np.dtype]:
 
 def attribute_values(node, entry) -> dict:
     """The node's attributes as Python values, defaults applied; unknown ones are Unsupported."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
     given = {}
     for a in node.attribute:
         if a.name not in entry.attrs:
@@ -105,8 +139,7 @@ def attribute_values(node, entry) -> dict:
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
             v = [s.decode() for s in v]
         elif a.type == a.TENSOR:
-            np_dtype(v.data_type, f"attribute {a.name!r}")
-            v = numpy_helper.to_array(v)
+            v = tensor_array(v, f"attribute {a.name!r}")
         elif a.type in (a.GRAPHS, a.SPARSE_TENSOR, a.TYPE_PROTO):
             raise Unsupported(f"attribute {a.name!r} holds a list of subgraphs or a type")
         given[a.name] = v
@@ -114,26 +147,6 @@ def attribute_values(node, entry) -> dict:
     if missing:
         raise Unsupported(f"required attribute(s) {missing} missing")
     return {**entry.attrs, **given}
-
-
-# older versions that differ from the one at opset 13 only in what graphc does not import or
-# what they add (sequence types in If/Loop bodies; Scan's negative axes; Constant's attributes)
-SAME_ON_TENSORS = {"If": 11, "Loop": 11, "Scan": 9, "Constant": 9}
-
-
-def schema_check(node, opset: int) -> None:
-    """Older opsets are imported where the op's definition is the one in force at opset 13."""
-    if opset >= MIN_OPSET:
-        return
-    from onnx import defs
-    try:
-        old = defs.get_schema(node.op_type, opset).since_version
-        new = defs.get_schema(node.op_type, MIN_OPSET).since_version
-    except Exception:
-        raise Unsupported(f"no schema of {node.op_type} at opset {opset}") from None
-    if old != new and old < SAME_ON_TENSORS.get(node.op_type, new):
-        raise Unsupported(f"opset {opset} ({node.op_type}-{old}) is older than the supported "
-                          f"opsets {MIN_OPSET}+ ({node.op_type}-{new})")
 
 
 SHAPE_ONLY = ("Shape", "Size")      # read only their input's shape, never its values
@@ -215,8 +228,13 @@ class Importer:
             self.import_node(node, i)
         outputs = {}
         for vi in graph.output:
+            declared = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
             if vi.name in self.env:
-                outputs[vi.name] = self.env[vi.name]
+                outputs[vi.name] = out = self.env[vi.name]
+                if declared and onnx_type(out.dtype) != declared_type(declared):
+                    self.fail(f"graph output {vi.name!r}", GraphcError(
+                        f"is declared {declared_type(declared)}, but its node computes "
+                        f"{out.dtype.name}"))
             elif vi.name not in self.poisoned:
                 self.fail(f"graph output {vi.name!r}", GraphcError("is produced by no node"))
         self.refuse_stand_ins(list(outputs.values()))
@@ -225,7 +243,6 @@ class Importer:
     def subgraph(self, graph, values: list[Node]) -> list[Node]:
         """The outputs of a subgraph (a loop body, a branch) with its inputs bound to `values`;
         it reads the enclosing graph's values by name."""
-        from onnx import numpy_helper
         if len(graph.input) != len(values):
             raise Unsupported(f"subgraph {graph.name!r} takes {len(graph.input)} inputs, the "
                               f"op gives {len(values)}")
@@ -233,7 +250,7 @@ class Importer:
         try:
             self.env.update((vi.name, v) for vi, v in zip(graph.input, values))
             for init in graph.initializer:
-                arr = numpy_helper.to_array(init)
+                arr = tensor_array(init, f"initializer {init.name!r}")
                 self.env[init.name] = constant(arr, dtype=arr.dtype, name=init.name)
             for i, node in enumerate(graph.node):
                 self.import_node(node, i)
@@ -254,13 +271,18 @@ class Importer:
                     "dynamic dim); give the input a fixed size"))
 
     def leaves(self, graph, frozen) -> dict[str, Node]:
-        from onnx import numpy_helper
         params = {}
+        unknown = sorted(set(self.input_values) - {vi.name for vi in graph.input})
+        if unknown:
+            self.fail("input_values", GraphcError(
+                f"{unknown} are not inputs of the model (its inputs: "
+                f"{[vi.name for vi in graph.input]})"))
         for init in graph.initializer:
+            if init.name in self.input_values:    # an input whose initializer is a default
+                continue
             try:
-                np_dtype(init.data_type, f"initializer {init.name!r}")
-                arr = numpy_helper.to_array(init)
-            except Unsupported as e:
+                arr = tensor_array(init, f"initializer {init.name!r}")
+            except GraphcError as e:
                 self.fail(f"initializer {init.name!r}", e)
                 self.poisoned.add(init.name)
                 continue
@@ -289,11 +311,16 @@ class Importer:
                 self.fail(f"graph input {vi.name!r}", e)
                 self.poisoned.add(vi.name)
                 continue
-            if vi.name in self.input_values:
-                arr = np.asarray(self.input_values[vi.name], dtype=dtype)
+            node = placeholder(shape, dtype=dtype, name=vi.name)
+            if vi.name in self.input_values:   # checked as a feed of the input would be
+                try:
+                    arr = checked_feed(node, self.input_values[vi.name])
+                except GraphcError as e:
+                    self.fail(f"input_values[{vi.name!r}]", e)
+                    self.poisoned.add(vi.name)
+                    continue
                 node = constant(arr, dtype=dtype, name=vi.name)
             else:
-                node = placeholder(shape, dtype=dtype, name=vi.name)
                 inputs[vi.name] = node
             node.where = f"ONNX graph input {vi.name!r}"
             self.env[vi.name] = node
@@ -310,7 +337,7 @@ class Importer:
                 raise Unsupported(f"op type {node.op_type} is not supported")
             schema_check(node, self.opset)
             attrs = attribute_values(node, entry)
-        except Unsupported as e:
+        except GraphcError as e:
             self.fail(where, e)
             self.poisoned.update(node.output)
             return
@@ -321,7 +348,18 @@ class Importer:
             missing = [i for i in node.input if i and i not in self.env]
             if missing:
                 raise GraphcError(f"input(s) {missing} are produced by no earlier node")
+            problem = inputs_problem(node, self.opset)
+            if problem:
+                raise GraphcError(problem)
+            again = [o for o in node.output if o in self.env]
+            if again:
+                raise GraphcError(f"output(s) {again} already name another value (a graph "
+                                  "input, an initializer or an earlier node's output); ONNX "
+                                  "assigns each name once")
             args = [self.env[i] if i else None for i in node.input]
+            problem = types_problem(node, self.opset, args)
+            if problem:
+                raise GraphcError(problem)
             ctx = Ctx(node.op_type, name, self.opset, len(node.output), self.runtime,
                       self.subgraph)
             self.scope.append(where)

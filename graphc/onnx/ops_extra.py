@@ -9,13 +9,13 @@ from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_nn import average_pool, batch_positions
-from graphc.onnx.ops_shape import pad_axis, reshape_to, static
+from graphc.onnx.ops_shape import norm, pad_axis, reshape_to, static
 from graphc.onnx.table import REQUIRED, onnx_op
 
 
 def cumulative(op):
     def build(ctx, x, axis, *, exclusive, reverse):
-        a = int(ctx.const(axis, "axis").reshape(-1)[0]) % x.ndim
+        a = norm(int(ctx.const(axis, "axis").reshape(-1)[0]), x.ndim)
         out = apply(op, x, axis=a, reverse=bool(reverse))
         if exclusive:            # shift by one: the identity element enters at the start
             n = static(x)[a]
@@ -35,7 +35,7 @@ onnx_op("CumProd", const=(1,), exclusive=0, reverse=0)(cumulative("cumprod"))
 
 @onnx_op("TopK", const=(1,), axis=-1, largest=1, sorted=1)
 def top_k(ctx, x, k, *, axis, largest, sorted):
-    axis = axis % x.ndim
+    axis = norm(axis, x.ndim)
     k = int(ctx.const(k, "K").reshape(-1)[0])
     order = gc.argsort(x, axis=axis, descending=bool(largest))
     idx = gc.slice(order, axis, 0, k)
@@ -45,6 +45,11 @@ def top_k(ctx, x, k, *, axis, largest, sorted):
 @onnx_op("ScatterElements", axis=0, reduction="none")
 def scatter_elements(ctx, data, indices, updates, *, axis, reduction):
     return gc.scatter_elements(data, indices, updates, axis=axis, reduction=reduction)
+
+
+@onnx_op("Scatter", axis=0)             # opsets 9-10's name of ScatterElements
+def scatter(ctx, data, indices, updates, *, axis):
+    return gc.scatter_elements(data, indices, updates, axis=axis, reduction="none")
 
 
 @onnx_op("ScatterND", reduction="none")
@@ -75,7 +80,7 @@ def compress(ctx, x, condition, *, axis):
     keep = np.flatnonzero(ctx.const(condition, "condition")).astype(np.int64)
     if axis is None:
         return gc.take(reshape_to(x, (int(np.prod(static(x))),)), constant(keep), axis=0)
-    return gc.take(x, constant(keep), axis=axis % x.ndim)
+    return gc.take(x, constant(keep), axis=norm(axis, x.ndim))
 
 
 @onnx_op("LpPool", p=2, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None,
@@ -147,7 +152,7 @@ def recurrent(cell, gates: int, default_acts):
               direction, layout, clip, activations: list, activation_alpha, activation_beta,
               **extra):
         need_float(x)
-        ctx.need(clip is None, "clip")
+        ctx.need(clip is None or clip > 0, f"clip {clip}")
         ctx.need(not activation_alpha and not activation_beta, "activation_alpha/beta")
         ctx.need(not extra.get("input_forget"), "input_forget")
         if layout:
@@ -157,12 +162,16 @@ def recurrent(cell, gates: int, default_acts):
         t_len = x.shape[0]
         ctx.need(isinstance(t_len, int), f"a sequence of unknown length {t_len!r} (the "
                                          "steps are unrolled)")
-        if seq_lens is not None:
-            lens = ctx.const(seq_lens, "sequence_lens")
-            ctx.need(np.all(lens == t_len), "sequence_lens shorter than the sequence")
+        lens = None if seq_lens is None else np.asarray(ctx.const(seq_lens, "sequence_lens"))
+        if lens is not None and np.all(lens == t_len):
+            lens = None
+        ctx.need(lens is None or (lens.ndim == 1 and np.all((lens >= 1) & (lens <= t_len))),
+                 f"sequence_lens {np.ravel(lens).tolist()}: each must be from 1 to {t_len}")
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
         ctx.need(direction in dirs, f"direction={direction!r}")
         acts_all = activation_fns(ctx, activations, default_acts, len(dirs[direction]))
+        if clip is not None:       # the gates' inputs are clipped (not LSTM's output one)
+            acts_all = [[clipped(f, clip) for f in acts[:2]] + acts[2:] for acts in acts_all]
         h_size = hidden_size or static(r)[2]
         ys, hs, cs = [], [], []
         for k, backwards in enumerate(dirs[direction]):
@@ -176,8 +185,16 @@ def recurrent(cell, gates: int, default_acts):
             steps = range(t_len - 1, -1, -1) if backwards else range(t_len)
             outs = {}
             for t in steps:
-                state = cell(x[t] @ wk, state, rk, bias, rb, peep, acts_all[k], h_size, extra)
-                outs[t] = state["h"]
+                new = cell(x[t] @ wk, state, rk, bias, rb, peep, acts_all[k], h_size, extra)
+                if lens is None:
+                    state = new
+                    outs[t] = state["h"]
+                    continue
+                # past a sample's length: its state stays, its output is 0 (a reverse pass
+                # starts at its own last step)
+                live = constant((t < lens).reshape(-1, 1))
+                state = {s: gc.where(live, new[s], state[s]) for s in new}
+                outs[t] = gc.where(live, new["h"], constant(np.zeros((), x.dtype)))
             ys.append(gc.stack([outs[t] for t in range(t_len)], axis=0))   # (T, B, H)
             hs.append(state["h"])
             cs.append(state["c"])
@@ -188,6 +205,10 @@ def recurrent(cell, gates: int, default_acts):
             yh, yc = gc.transpose(yh, (1, 0, 2)), gc.transpose(yc, (1, 0, 2))
         return y, yh, yc
     return build
+
+
+def clipped(act, bound: float):
+    return lambda v: act(gc.clip(v, -bound, bound))
 
 
 def zero_state(x, size: int):

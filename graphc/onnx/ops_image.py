@@ -16,7 +16,7 @@ import numpy as np
 
 from graphc import api as gc
 from graphc.ir import GraphcError, constant
-from graphc.onnx.ops_shape import pad_axis, static
+from graphc.onnx.ops_shape import norm, pad_axis, static
 from graphc.onnx.table import Unsupported, onnx_op
 
 
@@ -146,10 +146,23 @@ def resize(ctx, x, roi=None, scales=None, sizes=None, *, antialias, axes,
     return y
 
 
+@onnx_op("Upsample", const=(1,), mode="nearest", scales=None)
+def upsample(ctx, x, scales_in=None, *, mode, scales):
+    """Resize as opsets 7-9 wrote it (old models' upsampling): the output position over the
+    scale is the input position, which `nearest` rounds down; scales an attribute at 7."""
+    scales = ctx.const(scales_in, "scales") if scales_in is not None else scales
+    ctx.need(scales is not None, "no scales")
+    ctx.need(mode in ("nearest", "linear", "bilinear"), f"mode {mode!r}")
+    return resize(ctx, x, None, constant(np.asarray(scales, np.float32)), None, antialias=0,
+                  axes=None, coordinate_transformation_mode="asymmetric", cubic_coeff_a=-0.75,
+                  exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy="stretch",
+                  mode="nearest" if mode == "nearest" else "linear", nearest_mode="floor")
+
+
 @onnx_op("CenterCropPad", const=(1,), axes=None)
 def center_crop_pad(ctx, x, shape, *, axes):
     target = ctx.ints(shape, "shape")
-    axes = list(range(x.ndim)) if axes is None else [a % x.ndim for a in axes]
+    axes = list(range(x.ndim)) if axes is None else [norm(a, x.ndim) for a in axes]
     for a, want in zip(axes, target):
         n = static(x)[a]
         if want < n:
@@ -191,7 +204,7 @@ def dft(ctx, x, dft_length=None, axis_in=None, *, inverse, onesided, axis):
     if axis is None:                      # DFT-20: an input (default -2); DFT-17: attribute 1
         axis = int(ctx.const(axis_in, "axis").reshape(-1)[0]) if axis_in is not None else \
             (-2 if ctx.opset >= 20 else 1)
-    axis = axis % x.ndim
+    axis = norm(axis, x.ndim)
     ctx.need(axis != x.ndim - 1, "a DFT along the real/imaginary axis")
     n = static(x, "DFT")[axis]
     length = int(ctx.const(dft_length, "dft_length").reshape(-1)[0]) if dft_length is not None \

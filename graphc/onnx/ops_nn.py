@@ -15,7 +15,7 @@ from graphc import api as gc
 from graphc.ir import Node, apply, constant
 from graphc.onnx.ops_math import like, need_float
 from graphc.onnx.ops_reduce import back
-from graphc.onnx.ops_shape import pad_axis, reshape_to, static
+from graphc.onnx.ops_shape import norm, pad_axis, reshape_to, static
 from graphc.onnx.table import REQUIRED, Unsupported, onnx_op
 
 CONV_ATTRS = dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
@@ -379,7 +379,7 @@ def moments(x, axes):
 def layer_norm(ctx, x, scale, b=None, *, axis, epsilon, stash_type):
     need_float(x)
     ctx.need(stash_type == 1, f"stash_type={stash_type}")
-    axes = tuple(range(axis % x.ndim, x.ndim))
+    axes = tuple(range(norm(axis, x.ndim), x.ndim))
     xf = gc.cast(x, "float32") if x.dtype == np.float16 else x
     mean, centered, var = moments(xf, axes)
     inv = like(xf, 1) / gc.sqrt(var + like(xf, epsilon))
@@ -393,7 +393,7 @@ def layer_norm(ctx, x, scale, b=None, *, axis, epsilon, stash_type):
 def rms_norm(ctx, x, scale, *, axis, epsilon, stash_type):
     need_float(x)
     ctx.need(stash_type == 1, f"stash_type={stash_type}")
-    axes = tuple(range(axis % x.ndim, x.ndim))
+    axes = tuple(range(norm(axis, x.ndim), x.ndim))
     xf = gc.cast(x, "float32") if x.dtype == np.float16 else x
     ms = gc.mean(xf * xf, axis=axes, keepdims=True)
     return back(xf / gc.sqrt(ms + like(xf, epsilon)), x) * scale
@@ -432,7 +432,7 @@ def lp_norm(ctx, x, *, axis, p):
 @onnx_op("MeanVarianceNormalization", axes=(0, 2, 3))
 def mvn(ctx, x, *, axes):
     need_float(x)
-    _, centered, var = moments(x, tuple(a % x.ndim for a in axes))
+    _, centered, var = moments(x, tuple(norm(a, x.ndim) for a in axes))
     return centered / (gc.sqrt(var) + like(x, 1e-9))
 
 

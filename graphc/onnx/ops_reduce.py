@@ -6,15 +6,16 @@ import numpy as np
 from graphc import api as gc
 from graphc.ir import apply, constant
 from graphc.onnx.ops_math import fn, like, need_float
+from graphc.onnx.ops_shape import norm, reshape_to, static
 from graphc.onnx.table import Unsupported, onnx_op
 
 
 def reduce_axes(ctx, x, axes_in, axes_attr, noop):
-    """The axes to reduce (a tuple), or None for 'no reduction' (noop_with_empty_axes)."""
+    """The axes to reduce (a tuple); () for 'no reduction' (noop_with_empty_axes)."""
     axes = ctx.ints(axes_in, "axes") if axes_in is not None else axes_attr
     if not axes:
-        return None if noop else tuple(range(x.ndim))
-    return tuple(int(a) % x.ndim if x.ndim else 0 for a in axes)
+        return () if noop else tuple(range(x.ndim))
+    return tuple(norm(int(a), x.ndim) if x.ndim else 0 for a in axes)
 
 
 def empty_value(op: str, dtype: np.dtype):
@@ -28,11 +29,16 @@ def empty_value(op: str, dtype: np.dtype):
             "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
 
 
+# reductions that are the identity over no axes; the others still take their elementwise
+# steps there (ONNX: ReduceLogSum of no axes is log x, ReduceSumSquare x * x, ReduceL1 |x|)
+PLAIN = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceLogSumExp")
+
+
 def reduction(body):
     """An entry reducing with body(x, axes, keepdims) over ONNX's axes/keepdims/noop rules."""
     def build(ctx, x, axes_in=None, *, keepdims, noop_with_empty_axes, axes):
         axes = reduce_axes(ctx, x, axes_in, axes, noop_with_empty_axes)
-        if axes is None:
+        if not axes and ctx.op_type in PLAIN:
             return x
         if any(x.shape[a] == 0 for a in axes):       # no elements: a constant of the shape
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)
@@ -79,9 +85,7 @@ def log_sum_exp(x, axes, keep):
     m = gc.max(x, axis=axes, keepdims=True)
     m = gc.where(apply("isinf", m), like(m, 0), m)         # all -inf: log 0, no nan
     out = gc.log(gc.sum(gc.exp(x - m), axis=axes, keepdims=True)) + m
-    if not keep:
-        out = gc.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in axes))
-    return out
+    return out if keep else gc.squeeze(out, axis=axes)     # the batch may be of unknown size
 
 
 BODIES = {
@@ -104,7 +108,7 @@ for _name, _body in BODIES.items():
 def arg_reduce(name: str):
     """The first (or last) winner's position: the sum of argmax_mask * position."""
     def build(ctx, x, *, axis, keepdims, select_last_index):
-        axis = int(axis) % x.ndim
+        axis = norm(int(axis), x.ndim)
         n = x.shape[axis]
         ctx.need(isinstance(n, int) and n > 0, "an arg-reduction over an empty or unknown axis")
         ctx.need(name == "argmax" or x.dtype.kind in "fi", f"ArgMin of {x.dtype.name}")
@@ -145,18 +149,22 @@ def gemm(ctx, a, b, c=None, *, alpha, beta, transA, transB):
     return out
 
 
-# the softmax family (opset 13: one axis, default -1) -----------------------------------
+# the softmax family ----------------------------------------------------------------------
 
-@onnx_op("Softmax", axis=-1)
-def softmax(ctx, x, *, axis):
-    return gc.softmax(x, axis=axis)
+def over_axis(body):
+    """An entry for body(x, axis): at opset 13+ over one axis (default -1); below (default 1)
+    over each row of x seen as a matrix of its axes before `axis` by the axes from it on."""
+    def build(ctx, x, *, axis):
+        if ctx.opset >= 13 or x.ndim == 0:
+            return body(x, -1 if axis is None else axis)
+        axis = norm(1 if axis is None else axis, x.ndim)
+        if axis == x.ndim - 1:
+            return body(x, -1)
+        rows = static(x, "input", x.shape[axis:])
+        return reshape_to(body(gc.reshape(x, (-1, int(np.prod(rows)))), -1), x.shape)
+    return build
 
 
-@onnx_op("LogSoftmax", axis=-1)
-def log_softmax(ctx, x, *, axis):
-    return gc.log_softmax(x, axis=axis)
-
-
-@onnx_op("Hardmax", axis=-1)
-def hardmax(ctx, x, *, axis):
-    return back(gc.argmax_mask(x, axis=axis), x)
+onnx_op("Softmax", axis=None)(over_axis(lambda x, axis: gc.softmax(x, axis=axis)))
+onnx_op("LogSoftmax", axis=None)(over_axis(lambda x, axis: gc.log_softmax(x, axis=axis)))
+onnx_op("Hardmax", axis=None)(over_axis(lambda x, axis: back(gc.argmax_mask(x, axis=axis), x)))

@@ -15,10 +15,12 @@ from graphc.onnx.table import REQUIRED, RUNTIME, Unsupported, onnx_op
 INT_MAX = 2 ** 62
 
 
-def static(x: Node, what: str = "input") -> tuple[int, ...]:
-    if not all(isinstance(d, int) for d in x.shape):
+def static(x: Node, what: str = "input", dims=None) -> tuple[int, ...]:
+    """x's shape (or those of its `dims`), which must be known."""
+    dims = x.shape if dims is None else tuple(dims)
+    if not all(isinstance(d, int) for d in dims):
         raise Unsupported(f"{what} needs a static shape, got {x.shape}")
-    return x.shape
+    return dims
 
 
 def reshape_to(x: Node, shape) -> Node:
@@ -69,6 +71,7 @@ def reshape(ctx, x, shape, *, allowzero):
 
 @onnx_op("Flatten", axis=1)
 def flatten(ctx, x, *, axis):
+    ctx.need(-x.ndim <= axis <= x.ndim, f"axis {axis} is out of range for rank {x.ndim}")
     axis = axis % x.ndim if x.ndim and axis != x.ndim else axis
     lead, rest = x.shape[:axis], x.shape[axis:]
     size = [int(np.prod(p)) if all(isinstance(d, int) for d in p) else None
@@ -88,8 +91,10 @@ def squeeze(ctx, x, axes_in=None, *, axes):
 @onnx_op("Unsqueeze", const=(1,), axes=None)
 def unsqueeze(ctx, x, axes_in=None, *, axes):
     axes = ctx.ints(axes_in, "axes", axes)
+    ctx.need(axes is not None, "no axes")
     ndim = x.ndim + len(axes)
     axes = {norm(a, ndim) for a in axes}
+    ctx.need(len(axes) == ndim - x.ndim, "axes that repeat")
     dims, rest = [], iter(x.shape)
     for i in range(ndim):
         dims.append(1 if i in axes else next(rest))
@@ -159,10 +164,14 @@ def split(ctx, x, sizes=None, *, axis, num_outputs, split):
 
 def normalized(ctx, indices: Node, n) -> Node:
     """Indices with negative ones counted from the end (ONNX allows them)."""
+    unknown = f"negative indices into an axis of unknown size {n!r}"
     if indices.op == "constant":
-        return constant(np.where(indices.data < 0, indices.data + n, indices.data)
-                        .astype(np.int64))
-    ctx.need(isinstance(n, int), "negative indices into an unknown-size axis")
+        data = np.asarray(indices.data).astype(np.int64)
+        if (data < 0).any():
+            ctx.need(isinstance(n, int), unknown)
+            data = np.where(data < 0, data + n, data)
+        return constant(data)
+    ctx.need(isinstance(n, int), unknown)
     indices = gc.cast(indices, "int64")
     return gc.where(gc.less(indices, like(indices, 0)), indices + like(indices, n), indices)
 
@@ -175,7 +184,14 @@ def gather(ctx, x, indices, *, axis):
 
 @onnx_op("GatherElements", axis=0)
 def gather_elements(ctx, x, indices, *, axis):
+    """The output has the indices' shape: x's other axes are cut to it, where NumPy's
+    take_along_axis would broadcast the indices over them."""
     axis = norm(axis, x.ndim)
+    ctx.need(indices.ndim == x.ndim, f"indices of rank {indices.ndim} into rank {x.ndim}")
+    cut = tuple(slice(0, b) if k != axis and isinstance(b, int) and a != b and a != 1
+                else slice(None) for k, (a, b) in enumerate(zip(x.shape, indices.shape)))
+    if any(c != slice(None) for c in cut):
+        x = x[cut]
     return fn("take_along_axis")(x, normalized(ctx, indices, x.shape[axis]), axis=axis)
 
 
@@ -186,6 +202,10 @@ def expand(ctx, x, shape):
     a = (1,) * (ndim - x.ndim) + tuple(x.shape)
     b = (1,) * (ndim - len(target)) + tuple(target)
     out = tuple(q if p == 1 else p for p, q in zip(a, b))
+    if any(isinstance(p, int) and isinstance(q, int) and 1 not in (p, q) and p != q
+           for p, q in zip(a, b)):
+        raise GraphcError(f"cannot expand {x.shape} to {target}: sizes differ where neither is "
+                          "1")
     if any(q != 1 and (q is None or q != p) for p, q in zip(a, b) if not isinstance(p, int)) \
             or any(not isinstance(d, int) and p == 1 for p, d in zip(a, out)):
         raise Unsupported(f"expanding {x.shape} to {target}: unknown sizes")
@@ -269,6 +289,7 @@ def full_at_run_time(ctx, shape, value):
 def range_(ctx, start, limit, delta):
     s, e, d = (ctx.const(v, w) for v, w in ((start, "start"), (limit, "limit"),
                                               (delta, "delta")))
+    ctx.need(bool(d != 0), "delta 0 (a range that never ends)")
     n = max(int(np.ceil((e - s) / d)), 0)
     return constant((s + np.arange(n) * d).astype(s.dtype), dtype=s.dtype)
 
@@ -333,6 +354,8 @@ def space_to_depth(ctx, x, *, blocksize, mode):
 def pad(ctx, x, pads, value=None, axes=None, *, mode):
     pads = ctx.ints(pads, "pads")
     axes = [norm(a, x.ndim) for a in ctx.ints(axes, "axes", list(range(x.ndim)))]
+    ctx.need(len(pads) == 2 * len(axes), f"{len(pads)} pads for {len(axes)} axes (it takes "
+             f"{2 * len(axes)}: a start and an end per axis)")
     ctx.need(mode in ("constant", "edge", "reflect", "wrap"), f"mode {mode!r}")
     fill = like(x, 0) if value is None else gc.cast(value, x.dtype) if value.op != "constant" \
         else constant(np.asarray(value.data).astype(x.dtype))
@@ -379,13 +402,18 @@ def pad_axis(ctx, x, axis, before, after, mode, fill):
     return fn("take")(x, constant(idx.astype(np.int64)), axis=axis)
 
 
-@onnx_op("Dropout", const=(1, 2), seed=None)
-def dropout(ctx, x, ratio=None, training_mode=None, *, seed):
+@onnx_op("Dropout", const=(1, 2), seed=None, ratio=None)
+def dropout(ctx, x, ratio_in=None, training_mode=None, *, seed, ratio):
+    """Inference: x itself and a mask of ones (bool; x's type before opset 10, whose ratio
+    is an attribute and whose mode is the runtime's)."""
     training = training_mode is not None and bool(ctx.const(training_mode, "training_mode"))
-    r = 0.5 if ratio is None else float(ctx.const(ratio, "ratio"))
+    r = 0.5 if ratio_in is None else float(ctx.const(ratio_in, "ratio"))
     if training and r > 0:
         raise Unsupported("training-mode Dropout (random; graphc imports inference graphs)")
-    return x, constant(np.ones(static(x, "Dropout's mask"), bool))
+    dtype = np.dtype(bool) if ctx.opset >= 10 else x.dtype
+    if all(isinstance(d, int) for d in x.shape):
+        return x, constant(np.ones(x.shape, dtype))
+    return x, gc.ones_like(x, dtype=dtype.name)        # a mask of the batch's size
 
 
 @onnx_op("ReverseSequence", const=(1,), batch_axis=1, time_axis=0)
