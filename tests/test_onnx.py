@@ -216,8 +216,8 @@ EXPORTS = {     # one small graph per group of ops: (build, inputs)
     "trig": (lambda a: gc.tan(a * 0.3) + gc.arcsin(a * 0.2) + gc.arctanh(a * 0.2)
              + gc.cosh(a), [f32(3, 4)]),
     "rounding": (lambda a, b: gc.floor(a) + gc.ceil(b) + gc.round(a * b) + gc.mod(a, b + 5.0)
-                 + gc.fmod(a, b + 5.0), [f32(3, 4), f32(3, 4)]),
-    "integers": (lambda a, b: gc.trunc_divide(a, b) + gc.bitwise_xor(a, b)
+                 + gc.fmod(a, b + 5.0) + (a * 7.0) // (b + 5.0), [f32(3, 4), f32(3, 4)]),
+    "integers": (lambda a, b: gc.trunc_divide(a, b) + a // b + gc.bitwise_xor(a, b)
                  + gc.mod(a, b) + gc.left_shift(a, gc.constant(np.int32(1))),
                  [np.array([[-7, 5, 9]], np.int32), np.array([[2, -3, 4]], np.int32)]),
     "reductions": (lambda a: gc.concat([gc.min(a, axis=1), gc.prod(a, axis=1),

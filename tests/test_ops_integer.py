@@ -31,6 +31,8 @@ ROWS = [
     Row("mod", gc.mod, [ints, divs], np.mod, grad=False),
     Row("fmod", gc.fmod, [num, den], np.fmod),
     Row("fmod", gc.fmod, [ints, divs], np.fmod, grad=False),
+    Row("floor_divide", gc.floor_divide, [ints, divs], np.floor_divide, grad=False),
+    Row("floor_divide", gc.floor_divide, [num, den], np.floor_divide, grad=False),
     Row("trunc_divide", gc.trunc_divide, [ints, divs], trunc_div, grad=False),
     Row("trunc_divide", gc.trunc_divide, [num, den], lambda a, b: np.trunc(a / b), grad=False),
     Row("bitwise_and", gc.bitwise_and, [bits, shifts], np.bitwise_and, grad=False),
@@ -51,6 +53,21 @@ def test_trunc_divide_rounds_toward_zero_not_down():
     a, b = np.array([-3, 3, -3, 3], np.int64), np.array([2, 2, -2, -2], np.int64)
     x, y = gc.placeholder((4,), "int64"), gc.placeholder((4,), "int64")
     assert gc.trunc_divide(x, y).eval({x: a, y: b}).tolist() == [-1, 1, 1, -1]
+
+
+def test_python_operators_floor_divide_and_remainder_as_numpy():
+    """x // y and x % y on nodes (and numbers on either side) are NumPy's floor_divide and
+    mod: rounding down and the divisor's sign, as Python; // was a TypeError."""
+    a, b = np.array([-7, 7, -3, 5]), np.array([2, -2, 4, -3])
+    x, y = gc.placeholder((4,), "int64"), gc.placeholder((4,), "int64")
+    feeds = {x: a, y: b}
+    for node, want in ((x // y, a // b), (x % y, a % b), (7 // x, 7 // a), (x % 3, a % 3),
+                       (-9 % y, -9 % b), (x // 2, a // 2)):
+        np.testing.assert_array_equal(node.eval(feeds), want)
+        np.testing.assert_array_equal(gc.function([x, y], node)(a, b), want)
+    f = gc.placeholder((3,), "float64")
+    v = np.array([1.0, -2.5, 7.25])
+    np.testing.assert_array_equal((f // 0.1).eval({f: v}), v // 0.1)   # 1 // 0.1 is 9.0
 
 
 def test_integer_ops_reject_floats_and_name_the_op():

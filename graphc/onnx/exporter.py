@@ -117,6 +117,22 @@ def mod(e, n, a):
     return e.node("Mod", a, fmod=int(n.op == "fmod"))
 
 
+@rule("floor_divide")
+def floor_divide(e, n, a):
+    """Integers: (a - a mod b) / b, exact (Mod with fmod=0 has b's sign, as Python). Floats as
+    NumPy (and Python) do, not floor(a / b) (1 // 0.1 is 9.0): m = fmod(a, b), the quotient
+    (a - m) / b rounded, less 1 where m and b have opposite signs."""
+    a, b = [e.cast(x, i.dtype, n.dtype) for x, i in zip(a, n.inputs)]
+    if n.dtype.kind != "f":
+        return e.node("Div", [e.node("Sub", [a, e.node("Mod", [a, b])]), b])
+    m = e.node("Mod", [a, b], fmod=1)
+    zero = e.const(np.zeros((), n.dtype))
+    negative = [e.node("Less", [x, zero]) for x in (m, b)]
+    off = e.node("And", [e.node("Not", [e.node("Equal", [m, zero])]), e.node("Xor", negative)])
+    q = e.node("Round", [e.node("Div", [e.node("Sub", [a, m]), b])])
+    return e.node("Sub", [q, e.cast(off, np.bool_, n.dtype)])
+
+
 @rule("left_shift", "right_shift")
 def shift(e, n, a):
     """BitShift takes unsigned ints; a signed left shift is the same bits as an unsigned one."""

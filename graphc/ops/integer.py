@@ -11,9 +11,9 @@ import sympy as sp
 from graphc.ir import ShapeError, apply
 from graphc.ops.common import elementwise, promote
 
-__all__ = ["floor", "ceil", "round", "trunc", "mod", "fmod", "trunc_divide", "bitwise_and",
-           "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift", "right_shift",
-           "logical_and", "logical_or", "logical_xor", "isnan", "isinf"]
+__all__ = ["floor", "ceil", "round", "trunc", "mod", "fmod", "floor_divide", "trunc_divide",
+           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift",
+           "right_shift", "logical_and", "logical_or", "logical_xor", "isnan", "isinf"]
 
 
 def need_int(*xs):
@@ -67,6 +67,8 @@ elementwise("round", np.rint, zero)            # halves to even, as NumPy and ON
 elementwise("trunc", np.trunc, zero)
 elementwise("mod", np.mod, quotient_vjp("floor"), sp.Mod)        # sign of b, as Python
 elementwise("fmod", np.fmod, quotient_vjp("trunc"))               # sign of a, as C
+elementwise("floor_divide", np.floor_divide, zero, lambda a, b: sp.floor(a / b),   # a // b
+            dtype_rule=quotient_dtype)
 elementwise("trunc_divide", trunc_divide_kernel, zero, dtype_rule=quotient_dtype)
 elementwise("bitwise_and", np.bitwise_and, zero, dtype_rule=need_int)
 elementwise("bitwise_or", np.bitwise_or, zero, dtype_rule=need_int)
@@ -89,6 +91,7 @@ def round(x): return apply("round", x)        # noqa: A001  (NumPy's name)
 def trunc(x): return apply("trunc", x)
 def mod(a, b): return apply("mod", a, b)
 def fmod(a, b): return apply("fmod", a, b)
+def floor_divide(a, b): return apply("floor_divide", a, b)
 def trunc_divide(a, b): return apply("trunc_divide", a, b)
 def bitwise_and(a, b): return apply("bitwise_and", a, b)
 def bitwise_or(a, b): return apply("bitwise_or", a, b)
