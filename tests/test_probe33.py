@@ -1,0 +1,84 @@
+"""probe33: a hostile probe of what landed this session -- sigmoid as 1 / (1 + e^-x), user ops
+checked against their rules, the compiled call's lock wait, fresh outputs' dtypes, probe30's
+pass changes -- against eval: optimized or not, check_numerics, several calls of two batch
+sizes, the standalone export, with NumPy's warnings as errors. One test per bug found, each
+failing before its fix, then guards of what held.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import OPS
+
+
+@pytest.fixture
+def user_op():
+    """Register the test's own ops for one test only (the op table's tests want a row for
+    every registered op)."""
+    names = []
+
+    def register(name, infer, kernel, **kw):
+        gc.register_op(gc.OpDef(name, infer, kernel, **kw))
+        names.append(name)
+    try:
+        yield register
+    finally:
+        for name in names:
+            OPS.pop(name, None)
+
+
+def same_rule(x, **attrs):
+    return x.shape, x.dtype, attrs
+
+
+# user ops in fused groups ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel, got", [
+    (lambda x: x[:1] * 2, "(1, 4) float32"),
+    (lambda x: x.astype(np.float64), "(3, 4) float64")])
+def test_a_user_kernel_that_breaks_its_rule_is_refused_inside_a_fused_group(user_op, kernel,
+                                                                             got):
+    """An elementwise user op fused with others: its kernel was called raw inside the group
+    and its value copied into the group's buffer (casting='unsafe'), so a row broadcast over
+    the batch and a float64 value were taken where eval and optimize=False refuse them."""
+    user_op("probe33_bad", same_rule, kernel, vjp=lambda g, out, x: (g,), elementwise=True)
+    x = gc.placeholder((None, 4), "float32", name="x")
+    y = gc.exp(gc.apply("probe33_bad", x)) * 2 + x
+    xv = np.ones((3, 4), np.float32)
+    want = re.escape(f"the kernel of probe33_bad returned {got}, but its shape rule gives "
+                     "(3, 4) float32")
+    with pytest.raises(gc.GraphcError, match=want):
+        y.eval({x: xv})
+    for opt, check in ((False, False), (True, False), (True, True)):
+        f = gc.function([x], y, optimize=opt, check_numerics=check)
+        with pytest.raises(gc.GraphcError, match=want + r"[\s\S]*test_probe33.py"):
+            f(xv)
+
+
+def test_a_correct_user_kernel_in_fused_groups_of_one_form_runs_as_eval(user_op, tmp_path):
+    """Two groups of the same form and a correct user kernel (a list, a view of its input):
+    each as eval computes it, over calls of two batch sizes and in the export."""
+    from tests.helpers import load_module
+    user_op("probe33_neg", same_rule, lambda x: (-x).tolist(), vjp=lambda g, out, x: (-g,),
+            elementwise=True)
+    user_op("probe33_view", same_rule, lambda x: x, vjp=lambda g, out, x: (g,),
+            elementwise=True)
+    x = gc.placeholder((None, 3), "float64", name="x")
+    outs = [gc.exp(gc.apply("probe33_neg", x)) * 2 + 1,
+            gc.exp(gc.apply("probe33_neg", x + 1)) * 2 + 1,
+            gc.apply("probe33_view", x) * 3 + x]
+    f = gc.function([x], outs)
+    feeds = [np.arange(6.).reshape(2, 3), np.arange(3.).reshape(1, 3)]
+    for xv in feeds + feeds:
+        kept = xv.copy()
+        for got, want in zip(f(xv), [o.eval({x: xv}) for o in outs]):
+            np.testing.assert_allclose(got, want, rtol=1e-15)
+        np.testing.assert_array_equal(xv, kept)
+    mod = load_module(f.export(str(tmp_path / "p33.py")), "probe33_fused_export")
+    for got, want in zip(mod.run(feeds[0]), [o.eval({x: feeds[0]}) for o in outs]):
+        np.testing.assert_allclose(got, want, rtol=1e-15)
