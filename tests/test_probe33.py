@@ -82,3 +82,24 @@ def test_a_correct_user_kernel_in_fused_groups_of_one_form_runs_as_eval(user_op,
     mod = load_module(f.export(str(tmp_path / "p33.py")), "probe33_fused_export")
     for got, want in zip(mod.run(feeds[0]), [o.eval({x: feeds[0]}) for o in outs]):
         np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
+def test_a_user_op_whose_shape_the_values_decide_is_refused_compiled_as_that(user_op):
+    """A rule leaving a dim to the values ((None,) for x[x > 0]): the plan takes the first
+    call's shape by a dry run, and a later call of the same input shape with another count
+    was refused as a kernel breaking its rule ("its shape rule gives (2,)"), which it does not
+    break (eval runs it). The error now says what a compiled function cannot do."""
+    user_op("probe33_positives", lambda x: ((None,), x.dtype, {}), lambda x: x[x > 0])
+    x = gc.placeholder((None,), "float64", name="x")
+    y = gc.apply("probe33_positives", x) * 2
+    first, other = np.array([1., -1, 2]), np.array([1., 2, 3])
+    np.testing.assert_array_equal(y.eval({x: other}), [2., 4, 6])
+    for opt in (True, False):
+        f = gc.function([x], y, optimize=opt)
+        np.testing.assert_array_equal(f(first), [2., 4])
+        with pytest.raises(gc.GraphcError, match=re.escape(
+                "the kernel of probe33_positives returned (3,), where this compiled plan has "
+                "(2,): its shape rule gives (?,), a shape the values decide") +
+                r"[\s\S]*test_probe33.py"):
+            f(other)
+        np.testing.assert_array_equal(f(first[::-1]), [4., 2])

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numpy as np
 
-from graphc.ir import OPS, USER_OPS, Graph, Node, checked_kernel
+from graphc.ir import OPS, USER_OPS, Graph, Node, checked_kernel, rule_shape
 from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.fused_lowering import FusedLowering
 from graphc.runtime.instrument import check_step, holder
@@ -463,7 +464,11 @@ class Lowering(FusedLowering):
         fname = f"{n.op}_{i}"
         kernel = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         if n.op in USER_OPS and not opdef.items:
-            kernel = functools.partial(checked_kernel, kernel, n, self.shapes[id(n)][0])
+            ins = [types.SimpleNamespace(shape=self.shapes[id(x)][0]) for x in n.inputs]
+            rule = rule_shape(n, ins)      # open dims: the plan's shape is the dry run's
+            kernel = functools.partial(checked_kernel, kernel, n, self.shapes[id(n)][0],
+                                       rule=None if all(isinstance(d, int) for d in rule)
+                                       else rule)
         self.ns[fname] = kernel
         return fname
 
