@@ -103,3 +103,42 @@ def test_a_user_op_whose_shape_the_values_decide_is_refused_compiled_as_that(use
                 r"[\s\S]*test_probe33.py"):
             f(other)
         np.testing.assert_array_equal(f(first[::-1]), [4., 2])
+
+
+# the compiled call's locks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_user_kernel_calling_its_own_function_is_refused_not_wrong(user_op, optimize, fused):
+    """A user's kernel calling the Function that runs it, with feeds of the same shapes: the
+    locks are re-entrant, so the inner call ran the same plan and wrote over the buffers the
+    outer call was still reading (its result silently wrong). Refused now, naming the user's
+    line; another shape (another plan) and another Function of the same graph still run."""
+    box, inner = {}, []
+
+    def kernel(a):
+        if box:
+            f, feed = box.popitem()
+            inner.append(f(feed))
+        return a * 1.0
+    user_op("probe33_calls", same_rule, kernel, elementwise=fused)
+    x = gc.placeholder((None, 3), "float64", name="x")
+    W = gc.variable(np.eye(3), name="W")
+    t = gc.tanh(x @ W)
+    row = gc.sum(t * 3, axis=1, keepdims=True) @ gc.constant(np.ones((1, 3)))
+    u = gc.apply("probe33_calls", row)
+    out = gc.sum(((u + 1) * 2 + t) @ W, axis=1)
+    xv = np.arange(6.).reshape(2, 3) / 10
+    want = out.eval({x: xv})
+    f = gc.function([x], out, optimize=optimize)
+    np.testing.assert_allclose(f(xv), want, rtol=1e-14)
+    box[f] = np.full((2, 3), 0.5)
+    with pytest.raises(gc.GraphcError, match=r"called from inside its own call[\s\S]*"
+                                             r"test_probe33.py"):
+        f(xv)
+    np.testing.assert_allclose(f(xv), want, rtol=1e-14)     # not left refusing
+    for other, feed in ((f, np.full((4, 3), 0.5)),
+                        (gc.function([x], out, optimize=optimize), np.full((2, 3), 0.5))):
+        box[other] = feed
+        np.testing.assert_allclose(f(xv), want, rtol=1e-14)
+        np.testing.assert_allclose(inner.pop(), out.eval({x: feed}), rtol=1e-14)

@@ -482,4 +482,12 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views,
-                notes=low.notes, names=low.names, layouts=low.layouts)
+                notes=low.notes, names=low.names, layouts=low.layouts,
+                busy=[False] if runs_user_code(graph) else None)
+
+
+def runs_user_code(graph: Graph) -> bool:
+    """Whether a graph's kernels include a user's (in a fused group or loop body too): only
+    such code can call the Function back while its plan's buffers are in use."""
+    return any(n.op in USER_OPS or any(isinstance(v, Graph) and runs_user_code(v)
+                                       for v in n.attrs.values()) for n in graph.nodes)
