@@ -142,3 +142,31 @@ def test_a_user_kernel_calling_its_own_function_is_refused_not_wrong(user_op, op
         box[other] = feed
         np.testing.assert_allclose(f(xv), want, rtol=1e-14)
         np.testing.assert_allclose(inner.pop(), out.eval({x: feed}), rtol=1e-14)
+
+
+# dtypes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", [">", "<"])
+@pytest.mark.parametrize("dtype", ["f4", "f8", "i4", "f2"])
+def test_nodes_of_arrays_in_another_byte_order_have_native_dtypes(order, dtype):
+    """A '>f4' placeholder, variable or constant kept that dtype as its node's: x * 2 was
+    '<f4' but sum(x) '>f4' (compiled and eval), and no update of a '>f4' variable was
+    accepted ("update of 'W' (3,) float32: new value has (3,) float32")."""
+    dt = np.dtype(order + dtype)
+    x = gc.placeholder((None, 3), dt, name="x")
+    W = gc.variable(np.arange(3).astype(dt), name="W")
+    c = gc.constant(np.arange(3).astype(dt))
+    native = dt.newbyteorder("=")
+    assert x.dtype.str == W.dtype.str == c.dtype.str == native.str
+    assert W.value.dtype.str == c.data.dtype.str == native.str
+    outs = [x * W + c, gc.sum(x * c, axis=0), gc.where(gc.greater(x, c), x, W)]
+    xv = np.arange(6).reshape(2, 3).astype(dt)
+    start = W.value.copy()
+    want = [o.eval({x: xv}) for o in outs]
+    for opt in (True, False):
+        W.value = start
+        f = gc.function([x], outs, updates=[(W, W + c)], optimize=opt)
+        for got, w in zip(f(xv), want):
+            assert got.dtype.str == w.dtype.str == native.str
+            np.testing.assert_array_equal(got, w)
+        np.testing.assert_array_equal(W.value, start * 2)
