@@ -170,3 +170,22 @@ def test_nodes_of_arrays_in_another_byte_order_have_native_dtypes(order, dtype):
             assert got.dtype.str == w.dtype.str == native.str
             np.testing.assert_array_equal(got, w)
         np.testing.assert_array_equal(W.value, start * 2)
+
+
+# probe30's rules on other graphs --------------------------------------------------------------
+
+def test_the_sum_of_a_pooling_gradient_whose_g_is_another_pool_compiles():
+    """sum_pool_grad's where(top == top, g, 0) took its zero from zeros(g), None for a g of
+    unknown dims that none of its inputs has (a pool of another input): the optimizer raised
+    "where(..., None): constant: unsupported value of dtype object" naming the user's line."""
+    x = gc.placeholder((None, 2, 5, 5), "float64", name="x")
+    w = gc.placeholder((None, 2, 5, 5), "float64", name="w")
+    loss = gc.sum(gc.max_pool2d(x, 2) * gc.max_pool2d(w, 2))
+    out = gc.sum(gc.grad(loss, [x])[0], axis=(2, 3))
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((2, 3, 2, 5, 5))
+    xv[0, 0, :2, :2] = np.nan
+    want = out.eval({x: xv, w: wv})
+    for opt in (True, False):
+        got = gc.function([x, w], out, optimize=opt)(xv, wv)
+        np.testing.assert_allclose(got, want, rtol=1e-14)
