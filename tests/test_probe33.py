@@ -189,3 +189,97 @@ def test_the_sum_of_a_pooling_gradient_whose_g_is_another_pool_compiles():
     for opt in (True, False):
         got = gc.function([x, w], out, optimize=opt)(xv, wv)
         np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+# guards of what held ------------------------------------------------------------------------
+
+SPECIAL = [-np.inf, np.inf, np.nan, -0.0, 0.0, -1e4, -120, -89, -20, -11.5, -5, -1e-8, 3, 17,
+           40, 1e4]
+
+
+def logistic(x):
+    """sigmoid in float64, exact to rounding for every x."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        return np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_sigmoid_at_special_values_is_eval_everywhere_without_a_warning(dtype, tmp_path):
+    """Alone, fused with other ops (silu, with a softplus sharing its exp), optimized or not,
+    check_numerics on finite values, the export: eval's values (to rounding where a pass
+    regroups them), no NumPy warning; eval within 4 ulps of the float64 logistic where that
+    is a normal number (below it: 0 or a subnormal)."""
+    from tests.helpers import load_module
+    with np.errstate(over="ignore"):
+        xv = np.array(SPECIAL, dtype)
+    x = gc.placeholder((None,), dtype, name="x")
+    outs = [gc.sigmoid(x), gc.silu(x) * 2 + 1, gc.softplus(x) + gc.sigmoid(x)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        want = [o.eval({x: xv}) for o in outs]
+        ref = logistic(xv)
+        normal = ref >= np.finfo(dtype).tiny
+        err = np.abs(want[0][normal] - ref[normal]) / np.spacing(ref[normal].astype(dtype))
+        assert err.max() <= 4, err
+        assert not np.signbit(want[0][~np.isnan(xv)]).any()
+        finite = np.isfinite(xv)
+        for opt, check in ((True, False), (False, False), (True, True)):
+            f = gc.function([x], outs, optimize=opt, check_numerics=check)
+            for feed in ((xv[finite],) if check else (xv, xv[:4], xv)):
+                ws = [o.eval({x: feed}) for o in outs]
+                for got, w in zip(f(feed), ws):
+                    assert got.dtype == w.dtype
+                    np.testing.assert_allclose(got, w, rtol=4 * np.finfo(dtype).eps,
+                                               atol=np.finfo(dtype).tiny, equal_nan=True)
+        f = gc.function([x], outs)
+        f(xv)
+        mod = load_module(f.export(str(tmp_path / f"sig_{dtype}.py")), f"probe33_sig_{dtype}")
+        for got, w in zip(mod.run(xv), f(xv)):
+            np.testing.assert_array_equal(got, w)
+
+
+def test_sigmoids_first_and_second_derivatives_at_large_inputs_compiled_and_eval():
+    """s(1 - s) and s(1 - s)(1 - 2s) in float64 from -700 to 40 (relative to the values, tiny
+    as they are), compiled and eval; finite differences where they resolve."""
+    xv = np.array([-700., -100, -40, -5, -0.5, 0, 0.5, 5, 30])
+    x = gc.placeholder((None,), "float64", name="x")
+    g = gc.grad(gc.sum(gc.sigmoid(x)), [x])[0]
+    gg = gc.grad(gc.sum(g), [x])[0]
+    s = logistic(xv)
+    for got in ([g.eval({x: xv}), gg.eval({x: xv})], gc.function([x], [g, gg])(xv)):
+        np.testing.assert_allclose(got[0], s * (1 - s), rtol=1e-13, atol=0)
+        np.testing.assert_allclose(got[1], s * (1 - s) * (1 - 2 * s), rtol=1e-12, atol=0)
+    h, mid = 1e-6, np.abs(xv) < 10
+    fd = (logistic(xv[mid] + h) - logistic(xv[mid] - h)) / (2 * h)
+    np.testing.assert_allclose(gc.function([x], g)(xv)[mid], fd, rtol=1e-8)
+
+
+def test_threads_calling_functions_whose_user_kernel_calls_another_sharing_variables(user_op):
+    """f's user kernel calls g, which updates a variable f updates too (re-entrant storage
+    locks, another plan); two threads call f while a third calls g: no deadlock, no update
+    lost (each f call adds 2 to W, each g call 1)."""
+    import threading
+    G = {}
+    user_op("probe33_callg", same_rule, lambda a: (G["g"](a[:1]), a * 1.0)[1])
+    x = gc.placeholder((None, 2), "float64", name="x")
+    W = gc.variable(np.zeros(2), name="W")
+    V = gc.variable(np.zeros(2), name="V")
+    G["g"] = gc.function([x], gc.sum(x + W), updates=[(W, W + 1)])
+    f = gc.function([x], gc.apply("probe33_callg", x * W), updates=[(W, W + 1), (V, V + 1)])
+    calls, errors = 30, []
+
+    def run(fn):
+        try:
+            for _ in range(calls):
+                fn(np.ones((2, 2)))
+        except Exception as e:      # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in (f, f, G["g"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+    np.testing.assert_array_equal(W.value, [5 * calls] * 2)
+    np.testing.assert_array_equal(V.value, [2 * calls] * 2)
