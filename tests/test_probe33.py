@@ -283,3 +283,18 @@ def test_threads_calling_functions_whose_user_kernel_calls_another_sharing_varia
     assert not any(t.is_alive() for t in threads) and not errors, errors
     np.testing.assert_array_equal(W.value, [5 * calls] * 2)
     np.testing.assert_array_equal(V.value, [2 * calls] * 2)
+
+
+def test_onnx_save_of_a_graph_with_a_user_op_names_the_node(user_op, tmp_path):
+    """The error named only the op ("no ONNX export for op(s) ['probe33_neg']"): now also its
+    inputs' shapes and the user's line, as every user error does."""
+    pytest.importorskip("onnx")
+    import graphc.onnx as gonnx
+    user_op("probe33_neg", same_rule, np.negative, elementwise=True)
+    x = gc.placeholder((None, 3), "float32", name="x")
+    y = gc.apply("probe33_neg", x) * 2
+    with pytest.raises(gc.GraphcError, match=re.escape(
+            "no ONNX export for op(s) ['probe33_neg']\n  probe33_neg((?, 3) float32) built at "
+            "test_probe33.py:")):
+        gonnx.save(str(tmp_path / "m.onnx"), [x], [y])
+    assert not (tmp_path / "m.onnx").exists()
