@@ -298,3 +298,20 @@ def test_onnx_save_of_a_graph_with_a_user_op_names_the_node(user_op, tmp_path):
             "test_probe33.py:")):
         gonnx.save(str(tmp_path / "m.onnx"), [x], [y])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_export_that_cannot_write_a_fused_user_kernel_names_the_op(user_op, tmp_path):
+    """A user's kernel in a fused group has a plan name of its own (kernel_<op>_<k>): the
+    export's error names the op, not that name."""
+    import threading
+    lock = threading.Lock()
+
+    def kernel(x):
+        with lock:
+            return -x
+    user_op("probe33_locked", same_rule, kernel, elementwise=True)
+    x = gc.placeholder((None, 3), "float64", name="x")
+    f = gc.function([x], gc.exp(gc.apply("probe33_locked", x)) * 2)
+    f(np.ones((2, 3)))
+    with pytest.raises(gc.GraphcError, match=re.escape("the kernel of op 'probe33_locked' (")):
+        f.export(str(tmp_path / "locked.py"))
