@@ -88,7 +88,8 @@ def variable(value, dtype=None, name: str | None = None) -> Node:
     except (TypeError, ValueError) as e:    # a ragged list: NumPy's bare ValueError
         raise GraphcError(f"variable {name!r}: cannot make an array of {str(value)[:40]} "
                           f"({e})\n  at {user_line()}") from None
-    _dtype(arr.dtype, "variable", name)
+    if _dtype(arr.dtype, "variable", name) != arr.dtype:   # '>f4': stored in native order
+        arr = arr.astype(_dtype(arr.dtype, "variable", name))
     scope, _ = _context.get()
     return Node("variable", (), {}, arr.shape, arr.dtype, name, user_line(), scope,
                 data=[arr])
@@ -108,4 +109,6 @@ def _dtype(dtype, what: str, name) -> np.dtype:
             from None
     if dt.kind not in "biuf":
         raise GraphcError(f"{what} {name!r}: unsupported dtype {dt.name}\n  at {user_line()}")
-    return dt
+    # a node's dtype is in native byte order (what ops give): a '>f4' placeholder's x * 2 was
+    # '<f4' and sum(x) '>f4', and no update of a '>f4' variable matched it ("float32: float32")
+    return dt if dt.isnative else dt.newbyteorder("=")

@@ -100,11 +100,21 @@ def check_result(n: Node, out: np.ndarray, shape: tuple) -> None:
                           f"{format_shape(shape)} {n.dtype.name}\n  at {n.where}")
 
 
-def checked_kernel(kernel, n: Node, shape: tuple, *args) -> np.ndarray:
+def checked_kernel(kernel, n: Node, shape: tuple, *args, rule: tuple | None = None) -> np.ndarray:
     """A user's kernel as a compiled step calls it: its value checked as `evaluate` checks it,
     against the plan's shape for the node (the buffers of the steps after it have that shape:
-    another would be broadcast into them)."""
+    another would be broadcast into them). `rule`: the rule's shape when it leaves a dim to
+    the values (the plan took the first call's): another such shape is refused as that, not
+    as a broken rule (eval runs it)."""
     out = kernel(*args)
     out = out if isinstance(out, np.ndarray) else np.asarray(out, n.dtype)
+    if rule is not None and out.shape != shape and out.dtype == n.dtype and out.ndim == len(
+            rule) and all(not isinstance(d, int) or d == k for d, k in zip(rule, out.shape)):
+        raise GraphcError(f"the kernel of {n.op} returned {format_shape(out.shape)}, where "
+                          f"this compiled plan has {format_shape(shape)}: its shape rule gives "
+                          f"{format_shape(rule)}, a shape the values decide, which a compiled "
+                          f"function takes from the first call of each input shape (eval "
+                          f"runs it; a rule giving every dim from the shapes compiles)"
+                          f"\n  at {n.where}")
     check_result(n, out, shape)
     return out

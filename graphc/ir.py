@@ -325,6 +325,8 @@ def constant(value, dtype=None, name: str | None = None) -> Node:
     if arr.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray) \
             and not isinstance(value, np.generic):
         arr = arr.astype(np.float32)       # Python floats default to float32, as in DL
+    if not arr.dtype.isnative:             # '>f8': a node's dtype is in native byte order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     arr.setflags(write=False)
     scope, grad_of = _context.get()
     return Node("constant", (), {}, arr.shape, arr.dtype, name, user_line(), scope, grad_of,

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from graphc.ir import Graph, GraphcError, Node
+from graphc.ir import Graph, GraphcError, Node, format_shape
 
 OPSET = 18
 INT_MAX = 2 ** 63 - 1
@@ -447,9 +447,14 @@ def build_model(inputs, outputs, opset: int | None = None):
         raise GraphcError("graphc.onnx.save: an input or output is named '', which ONNX reads "
                           "as 'no value'")
     graph = Graph(list(outs.values()))
-    missing = sorted({n.op for n in all_nodes(graph) if n.inputs and n.op not in RULES})
+    missing: dict[str, Node] = {}      # op -> its first node: the error names where it is
+    for n in all_nodes(graph):
+        if n.inputs and n.op not in RULES:
+            missing.setdefault(n.op, n)
     if missing:
-        raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {missing}")
+        raise GraphcError(f"graphc.onnx.save: no ONNX export for op(s) {sorted(missing)}" + "".join(
+            f"\n  {op}({', '.join(f'{format_shape(x.shape)} {x.dtype.name}' for x in n.inputs)})"
+            f" built at {n.where}" for op, n in sorted(missing.items())))
     e = Emitter(taken=frozenset(ins) | frozenset(outs))
     names: dict[int, str] = {id(n): k for k, n in ins.items()}
     emit_nodes(e, graph.nodes, names)

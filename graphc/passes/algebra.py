@@ -172,7 +172,8 @@ def sum_pool_grad(n: Node, x: Node) -> Node | None:
     if g.op != "where" or not is_value(g.inputs[2], 0) or g.inputs[0].op != "greater" \
             or not from_pool(g.inputs[0].inputs[0], src, x.attrs):
         top = apply("max_pool2d", src, **x.attrs)
-        g = apply("where", apply("equal", top, top), g, zeros(g))
+        # a 0-d zero: zeros(g) is None for a g of unknown dims that no input of g has
+        g = apply("where", apply("equal", top, top), g, constant(np.zeros((), g.dtype)))
     return fit(apply("sum", g, axis=axes, keepdims=n.attrs["keepdims"]), n)
 
 

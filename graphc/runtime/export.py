@@ -19,7 +19,7 @@ import textwrap
 
 import numpy as np
 
-from graphc.ir import GraphcError, checked_kernel, fits, format_node, format_shape
+from graphc.ir import OPS, GraphcError, checked_kernel, fits, format_node, format_shape
 from graphc.runtime import atomic, backend, blas
 from graphc.runtime.inline import Writer
 from graphc.runtime.instrument import step_text
@@ -205,8 +205,9 @@ class Export:
                 and graph.nodes[int(m.group(2))].op == m.group(1):
             n = graph.nodes[int(m.group(2))]
             return f"the kernel of {format_node(n, names)} (built at {n.where})"
-        if name.startswith("kernel_"):
-            return f"the kernel of op {name[7:]!r}"
+        if name.startswith("kernel_"):     # kernel_<op>, or kernel_<op>_<k> for a user's op
+            op = name[7:] if name[7:] in OPS else re.sub(r"_\d+\Z", "", name[7:])
+            return f"the kernel of op {op!r}"
         return f"the plan's name {name!r}"
 
     def loop(self, name: str, kernel, ctx: str) -> list[str]:

@@ -8,6 +8,7 @@ signatures (a plan holds its buffers; a loop over many batch sizes must not grow
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections import OrderedDict
 from typing import Sequence
@@ -219,6 +220,11 @@ class Function:
                 plan = self.plan_for(args)
             if self.updated:
                 args = self.unshared(args)
+        busy = plan.busy
+        if busy is not None:
+            if busy[0]:
+                raise reentered()
+            busy[0] = True
         try:
             if _ERRSTATE is None:
                 with np.errstate(all="ignore"):
@@ -232,6 +238,9 @@ class Function:
             raise
         except Exception as e:
             raise self.step_error(plan, e) from None
+        finally:
+            if busy is not None:
+                busy[0] = False
 
     def unshared(self, feeds) -> list:
         """The feeds, each copied when it is (a view of) a variable this call updates."""
@@ -423,6 +432,23 @@ def feed_guard(sig: tuple, dtypes: tuple, fn: Function, names: dict) -> str:
     return " and ".join(tests)
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reentered() -> GraphcError:
+    """A call of a plan's Function from inside a call of that plan (a user's kernel calling
+    it): the locks let the same thread in, and the call wrote over the buffers the first
+    call was still reading (its results silently wrong)."""
+    frame = sys._getframe(1)      # past graphc's frames and its generated code's (entries)
+    while frame is not None and frame.f_code.co_filename.startswith(("<graphc", _PACKAGE)):
+        frame = frame.f_back
+    where = frame_line(frame)
+    return GraphcError(f"a Function was called from inside its own call (by a user's "
+                       f"kernel it runs) with feeds of the same shapes: that call would write "
+                       f"over the buffers the first one is using; call another Function "
+                       f"(gc.function of the same graph) there\n  at {where}")
+
+
 INLINE_LINES = 400    # a plan this short gets its run's code inlined into its entry
 
 
@@ -462,16 +488,22 @@ def entries(fn: Function, plan: Plan, sig: tuple) -> tuple:
         body = ["        _token = _quiet(_QUIET)", "        try:", *run, "        finally:",
                 "            _loud(_token)"]
     ret = "_out[0]" if fn.single else "_form(_out)" if fn.form is tuple else "_out"
+    busy = []
+    if plan.busy is not None:      # a plan running a user's code: a call from inside is refused
+        names.update(_busy=plan.busy, _reentered=reentered)
+        busy = ["    _mine = False", "        if _busy[0]:", "            raise _reentered()",
+                "        _busy[0] = _mine = True", "        if _mine:",
+                "            _busy[0] = False"]
     lines = ["def accepts(_a):", f"    return {guard}", "",
              "def entry(_a):", f"    if not ({guard}):", "        return _MISS",
              "    _main = _get_ident() == _MAIN", "    if _main:", "        _state.held = True",
              *[f"    if not _lock{k}.acquire(False): _wait(_locks, {k})"
-               for k in range(len(fn.locks))], "    try:",
+               for k in range(len(fn.locks))], *busy[:1], "    try:",
              "        if _main:", "            _state.held = False",
              "            if _state.pending is not None:", "                _raise_pending()",
-             *body, "    except _GraphcError:", "        raise", "    except Exception as _e:",
-             "        raise _failed(_e) from None", "    finally:", "        if _main:",
-             "            _state.held = True",
+             *busy[1:4], *body, "    except _GraphcError:", "        raise",
+             "    except Exception as _e:", "        raise _failed(_e) from None", "    finally:",
+             *busy[4:], "        if _main:", "            _state.held = True",
              *[f"        _lock{k}.release()" for k in reversed(range(len(fn.locks)))],
              "        if _main:", "            _state.held = False",
              "            if _state.pending is not None:", "                _raise_pending()",

@@ -31,6 +31,8 @@ class Plan:
     names: dict = field(default_factory=dict)   # id(node) -> its name in the comments (%3)
     layouts: dict = field(default_factory=dict)  # id(node) -> its buffer's layout, if not C
     text: str | None = None                     # the source, once printed
+    busy: list | None = None     # [True] while a call runs it, for a plan that runs a
+                                 # user's code (which may call its Function again)
 
     @property
     def source(self) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numpy as np
 
-from graphc.ir import OPS, USER_OPS, Graph, Node, checked_kernel
+from graphc.ir import OPS, USER_OPS, Graph, Node, checked_kernel, rule_shape
 from graphc.runtime import atomic, backend, blas, emit, layout, loop, lowering, planner, rules
 from graphc.runtime.fused_lowering import FusedLowering
 from graphc.runtime.instrument import check_step, holder
@@ -463,7 +464,11 @@ class Lowering(FusedLowering):
         fname = f"{n.op}_{i}"
         kernel = functools.partial(opdef.kernel, **attrs) if attrs else opdef.kernel
         if n.op in USER_OPS and not opdef.items:
-            kernel = functools.partial(checked_kernel, kernel, n, self.shapes[id(n)][0])
+            ins = [types.SimpleNamespace(shape=self.shapes[id(x)][0]) for x in n.inputs]
+            rule = rule_shape(n, ins)      # open dims: the plan's shape is the dry run's
+            kernel = functools.partial(checked_kernel, kernel, n, self.shapes[id(n)][0],
+                                       rule=None if all(isinstance(d, int) for d in rule)
+                                       else rule)
         self.ns[fname] = kernel
         return fname
 
@@ -477,4 +482,12 @@ def lower(graph: Graph, inputs: list[Node], shapes: dict, check_numerics: bool =
     ns["check"] = check_step(steps, low.names)
     exec(compile(source, f"<graphc plan {tag}>", "exec"), ns)
     return Plan(source, ns["run"], steps, low.kinds, ns=ns, loops=low.loops, views=low.views,
-                notes=low.notes, names=low.names, layouts=low.layouts)
+                notes=low.notes, names=low.names, layouts=low.layouts,
+                busy=[False] if runs_user_code(graph) else None)
+
+
+def runs_user_code(graph: Graph) -> bool:
+    """Whether a graph's kernels include a user's (in a fused group or loop body too): only
+    such code can call the Function back while its plan's buffers are in use."""
+    return any(n.op in USER_OPS or any(isinstance(v, Graph) and runs_user_code(v)
+                                       for v in n.attrs.values()) for n in graph.nodes)

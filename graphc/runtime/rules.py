@@ -5,11 +5,12 @@ Shapes are concrete here: a plan is built for one feed signature.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-from graphc.ir import OPS
+from graphc.ir import OPS, USER_OPS, checked_kernel
 from graphc.runtime import blas, emit, layout
 
 
@@ -80,8 +81,11 @@ def elementwise_code(low, n, a: list[str], o: str, shape_of) -> str:
         return (f"xp.multiply({a[1]}, {a[0]}, out={o}); "
                 f"xp.copyto({o}, {zero}, where=xp.logical_not({a[0]}))")
     if emit.template(n.op) is None:        # the op's kernel, its new array copied into o
-        name = f"kernel_{n.op}"
-        low.ns[name] = OPS[n.op].kernel
+        name, kernel = f"kernel_{n.op}", OPS[n.op].kernel
+        if n.op in USER_OPS:   # a user's: its value checked as eval checks it, per body node
+            name = f"{name}_{len(low.ns)}"
+            kernel = functools.partial(checked_kernel, kernel, n, shape_of(n))
+        low.ns[name] = kernel
         low.kernel_calls.append(n.op)
         return f"xp.copyto({o}, {name}({', '.join(a)}), casting='unsafe')"
     if n.op in ("maximum", "minimum"):     # a scalar operand as a full array: NumPy's SIMD path

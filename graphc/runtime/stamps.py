@@ -13,6 +13,7 @@ node) are kept per form the same way, by position in the body.
 """
 from __future__ import annotations
 
+from graphc.ir import USER_OPS
 from graphc.runtime import rules
 
 SLOT = "\x00"        # around a slot's name in a stamp: O (the output), A<k> (input k), C<j>
@@ -116,14 +117,16 @@ def stamped(low, n, a: list[str], o: str) -> str | None:
 
 def record(low, key, n, write) -> Stamp:
     """The stamp of the code write() gives (slots for names), kept under key unless that
-    code made plan constants of its own (beyond the shared scalars): such a form is then
-    written op by op."""
+    code made plan constants of its own (beyond the shared scalars) or calls a user's kernel
+    (checked against its own body node, which the error names): such a form is then written
+    op by op."""
     before, calls = low.nconst, len(low.kernel_calls)
     stamp = Stamp(write(), low.kernel_calls[calls:],
                   [j for j, b in enumerate(n.attrs["body"].nodes) if b.op == "constant"])
     made = {f"k{i}" for i in range(before, low.nconst)}
     scalars = {name for k, v in low.cache.items() if k[0] == "scalars" for name in v.values()}
-    low.stamps[key] = stamp if made <= scalars else None
+    user = any(op in USER_OPS for op in stamp.kernel_calls)    # names its body node
+    low.stamps[key] = stamp if made <= scalars and not user else None
     return stamp
 
 
