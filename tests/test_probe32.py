@@ -605,7 +605,9 @@ def test_ctrl_c_at_random_moments_of_training_steps_leaves_whole_steps():
     variables = model.variables + opt.variables
     random.seed(0)
     interrupted = 0                  # interrupts that came inside a call
-    for _ in range(200):
+    for k in range(2000):            # a loaded machine's timer threads come late: go on longer
+        if k >= 200 and interrupted >= 10:
+            break
         before = values(variables)
         timer = threading.Timer(random.random() * 0.001, _thread.interrupt_main)
         inside = False
