@@ -178,4 +178,5 @@ class Embedding(Layer):
             raise GraphcError(f"Embedding {self.name!r}: ids must be integers, got "
                               f"{ids.dtype.name} {format_shape(ids.shape)} (built at "
                               f"{ids.where}); cast them with gc.cast(ids, 'int64')")
-        return gc.take(self.E, ids, axis=0)
+        # wrap=False: an id < 0 is an error, as in PyTorch and Keras, not a row from the end
+        return gc.take(self.E, ids, axis=0, wrap=False)
