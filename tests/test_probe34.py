@@ -401,3 +401,41 @@ def test_conv_pool_flatten_dense_against_nchw_reference(stride, padding, tmp_pat
     np.testing.assert_allclose(gc.function([x], model_out)(xv), want, rtol=1e-10)
     np.testing.assert_allclose(gc.function([x], gap)(xv), c.mean((2, 3)), rtol=1e-10)
     grads_match_fd(model_out, {x: xv}, [x, conv.W, conv.b])
+
+
+def tf_same(size, k, s):
+    """TensorFlow's documented 'SAME' padding (PyTorch's 'same' at stride 1 is the same
+    split): out = ceil(size / s), the total padding halved, the odd one at the end."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("kernel,stride", [((3, 4), 1), ((2, 2), 2), ((3, 3), 2), (5, 1)])
+def test_conv_padding_same_and_valid(kernel, stride, tmp_path):
+    x = gc.placeholder((None, 2, 7, 6), "float64", name="x")
+    same = nn.Conv2D(3, kernel, stride=stride, padding="same", name="same")
+    valid = nn.Conv2D(3, kernel, stride=stride, padding="valid", name="valid")
+    ys, yv = same(x), valid(x)
+    kh, kw = same.kernel_size
+    assert ys.shape[2:] == (-(-7 // stride), -(-6 // stride))
+    same.b.value = valid.b.value = r(3)
+    valid.W.value = same.W.value
+    xa, xb = r(2, 2, 7, 6), r(1, 2, 7, 6)
+    got = compiled_eval_export(tmp_path, [x], ys, [(xa,), (xb,)], "same")
+    pads = tf_same(7, kh, stride) + tf_same(6, kw, stride)
+    for y, xv in zip(got, (xa, xb)):
+        np.testing.assert_allclose(y, conv_ref(xv, same.W.value, same.b.value, stride, pads),
+                                   rtol=1e-10)
+    np.testing.assert_allclose(gc.function([x], yv)(xa), conv_ref(
+        xa, same.W.value, same.b.value, stride, (0, 0, 0, 0)), rtol=1e-10)
+    grads_match_fd(ys, {x: xb}, [x, same.W, same.b])
+
+
+def test_conv_padding_errors():
+    with pytest.raises(gc.GraphcError, match="'same' or 'valid', got 'full'"):
+        nn.Conv2D(3, 3, padding="full")
+    x = gc.placeholder((None, 2, None, None), "float64", name="x")
+    assert nn.Conv2D(3, 3, padding="same", name="s1")(x).shape[1] == 3
+    with pytest.raises(gc.GraphcError, match="'same' with stride 2 needs known image sizes"):
+        nn.Conv2D(3, 3, stride=2, padding="same", name="s2")(x)

@@ -14,6 +14,7 @@ import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importable from here)
     ACTIVATIONS, Layer, Model, Sequential, activation_fn, hyper, whole)
+from graphc.scope import user_line
 
 
 def pair(v, what: str) -> tuple[int, int]:
@@ -79,6 +80,9 @@ class Conv2D(Layer):
         super().__init__(name, seed)
         self.filters = whole(filters, "Conv2D: filters")
         self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise GraphcError(f"Conv2D: padding is an int, a pair, 'same' or 'valid', got "
+                              f"{padding!r}\n  at {user_line()}")
         self.stride, self.padding, self.use_bias = stride, padding, use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
@@ -94,10 +98,36 @@ class Conv2D(Layer):
                                        dtype)
 
     def forward(self, x, training):
-        y = gc.conv2d(x, self.W, stride=self.stride, padding=self.padding)
+        padding = self.padding
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            x, padding = self.pad_same(x)
+        y = gc.conv2d(x, self.W, stride=self.stride, padding=padding)
         if self.use_bias:
             y = y + gc.reshape(self.b, (self.filters, 1, 1))
         return self.activation(y)
+
+
+    def pad_same(self, x):
+        """padding='same' (Keras's, and PyTorch's at stride 1): ceil(size / stride) outputs,
+        the total padding split with the odd one after (bottom, right), as both do. An even
+        kernel pads unevenly: those zeros are a `gc.pad` before the convolution."""
+        pads = []
+        for axis, k, s in zip((2, 3), self.kernel_size, pair(self.stride, "Conv2D: stride")):
+            size = x.shape[axis]
+            if s == 1:
+                total = k - 1
+            elif isinstance(size, int):
+                total = max((-(-size // s) - 1) * s + k - size, 0)
+            else:
+                raise GraphcError(f"Conv2D {self.name!r}: padding='same' with stride {s} needs "
+                                  f"known image sizes, got {format_shape(x.shape)} (built at "
+                                  f"{x.where})")
+            pads.append((total // 2, total - total // 2))
+        if all(before == after for before, after in pads):
+            return x, (pads[0][0], pads[1][0])
+        return gc.pad(x, ((0, 0), (0, 0)) + tuple(pads)), 0
 
 
 class MaxPool2D(Layer):
