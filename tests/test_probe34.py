@@ -439,3 +439,24 @@ def test_conv_padding_errors():
     assert nn.Conv2D(3, 3, padding="same", name="s1")(x).shape[1] == 3
     with pytest.raises(gc.GraphcError, match="'same' with stride 2 needs known image sizes"):
         nn.Conv2D(3, 3, stride=2, padding="same", name="s2")(x)
+
+
+def test_rms_norm_as_pytorch(tmp_path):
+    """torch.nn.RMSNorm: y = x / sqrt(mean(x^2 over the normalized dims) + eps) * weight,
+    eps=None meaning torch.finfo(dtype).eps."""
+    x = gc.placeholder((None, 3, 4), "float64", name="x")
+    last, both = nn.RMSNorm(name="rms"), nn.RMSNorm(axis=(-2, -1), eps=1e-6, name="rms2")
+    y1, y2 = last(x), both(x)
+    assert [p.name for p in last.params] == ["rms/gamma"] and both.gamma.shape == (3, 4)
+    last.gamma.value, both.gamma.value = r(4), r(3, 4)
+    xa, xb = r(2, 3, 4), r(5, 3, 4)
+    got = compiled_eval_export(tmp_path, [x], y1, [(xa,), (xb,)], "rms")
+    for y, xv in zip(got, (xa, xb)):
+        want = xv / np.sqrt((xv ** 2).mean(-1, keepdims=True) + np.finfo(float).eps)
+        np.testing.assert_allclose(y, want * last.gamma.value, rtol=1e-12)
+    want = xa / np.sqrt((xa ** 2).mean((1, 2), keepdims=True) + 1e-6) * both.gamma.value
+    np.testing.assert_allclose(gc.function([x], y2)(xa), want, rtol=1e-12)
+    grads_match_fd(y1, {x: xa}, [x, last.gamma])
+    grads_match_fd(y2, {x: xa}, [x, both.gamma])
+    plain = nn.RMSNorm(affine=False, name="plain")
+    assert plain(x).eval({x: xa}).shape == xa.shape and plain.params == []
