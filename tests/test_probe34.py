@@ -460,3 +460,86 @@ def test_rms_norm_as_pytorch(tmp_path):
     grads_match_fd(y2, {x: xa}, [x, both.gamma])
     plain = nn.RMSNorm(affine=False, name="plain")
     assert plain(x).eval({x: xa}).shape == xa.shape and plain.params == []
+
+
+def test_attention_bh_mask_order_float_mask_and_other_key_value_sizes():
+    """attn_mask (B*H, Tq, Tk): example b, head h at b*H + h (PyTorch); a float mask is added
+    to the scores; k and v of their own feature sizes (PyTorch's kdim, vdim)."""
+    q = gc.placeholder((2, 3, 4), "float64", name="q")
+    kv = gc.placeholder((2, 5, 4), "float64", name="kv")
+    mha = nn.MultiHeadAttention(2, name="m")
+    m3 = RNG.random((4, 3, 5)) < 0.4
+    pad = np.array([[0, 0, 0, 1, 1], [1, 0, 0, 0, 0]], bool)
+    out = mha(q, kv, attn_mask=m3, key_padding_mask=pad)
+    randomize(mha)
+    qv, kvv = r(2, 3, 4), r(2, 5, 4)
+    mask = m3.reshape(2, 2, 3, 5) | pad[:, None, None, :]
+    np.testing.assert_allclose(gc.function([q, kv], out)(qv, kvv),
+                               mha_ref_heads(mha, qv, kvv, kvv, mask), rtol=1e-10, atol=1e-12)
+    fm = np.where(RNG.random((3, 5)) < 0.3, -np.inf, r(3, 5))
+    fm[:, 0] = 0.0                                    # no row fully masked
+    out2 = mha(q, kv, attn_mask=fm)
+    want = mha_ref_heads(mha, qv, kvv, kvv, np.isinf(fm), add=np.where(np.isinf(fm), 0, fm))
+    np.testing.assert_allclose(gc.function([q, kv], out2)(qv, kvv), want, rtol=1e-10)
+    k = gc.placeholder((None, 5, 6), "float64", name="k")
+    v = gc.placeholder((None, 5, 2), "float64", name="v")
+    cross = nn.MultiHeadAttention(2, name="kdim")
+    out3 = cross(q, k, v)
+    randomize(cross)
+    kv6, v2 = r(2, 5, 6), r(2, 5, 2)
+    np.testing.assert_allclose(gc.function([q, k, v], out3)(qv, kv6, v2),
+                               mha_ref_heads(cross, qv, kv6, v2, None), rtol=1e-10)
+    grads_match_fd(out3, {q: qv, k: kv6, v: v2}, [q, k, v] + cross.params)
+
+
+def mha_ref_heads(mha, q, k, v, mask, add=0.0):
+    """As mha_ref, with a per-head bool mask (B, H, Tq, Tk) or (Tq, Tk) and an additive
+    float mask."""
+    h = mha.num_heads
+    full = {w: np.concatenate(list(getattr(mha, f"W_{w}").value), axis=1) for w in "qkv"}
+    bias = {w: getattr(mha, f"b_{w}").value.reshape(-1) for w in "qkv"}
+    wo = np.concatenate(list(mha.W_o.value), axis=0)
+
+    def heads(x, w):
+        y = x @ full[w] + bias[w]
+        return y.reshape(y.shape[0], y.shape[1], h, -1).transpose(0, 2, 1, 3)
+
+    qh, kh, vh = heads(q, "q"), heads(k, "k"), heads(v, "v")
+    s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(qh.shape[-1]) + add
+    if mask is not None:
+        s = np.where(mask, -np.inf, s)
+        s = np.where(np.broadcast_to(mask, s.shape).all(-1, keepdims=True), 0.0, s)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    o = (e / e.sum(-1, keepdims=True)) @ vh
+    return o.transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1) @ wo + mha.b_o.value
+
+
+def test_norms_over_images_and_several_axes():
+    x = gc.placeholder((None, 3, 2, 2), "float64", name="x")
+    xv = r(4, 3, 2, 2)
+    bn, last, ln = (nn.BatchNorm(name="bn"), nn.BatchNorm(axis=-1, name="last"),
+                    nn.LayerNorm(axis=(-2, -1), name="ln"))
+    step = gc.function([x], [bn(x), last(x), ln(x)], updates=bn.state_updates
+                       + last.state_updates)
+    got = step(xv)
+    for y, axes in zip(got, ((0, 2, 3), (0, 1, 2), (2, 3))):
+        m, v = xv.mean(axes, keepdims=True), xv.var(axes, keepdims=True)
+        np.testing.assert_allclose(y, (xv - m) / np.sqrt(v + 1e-5), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(last.running_var.value,
+                               0.9 + 0.1 * xv.var((0, 1, 2)) * 24 / 23, rtol=1e-12)
+    assert ln.gamma.shape == (2, 2)          # PyTorch's normalized_shape
+
+
+def test_lstm_empty_sequence_returns_and_differentiates_the_initial_state():
+    xs = gc.placeholder((None, None, 3), "float64", name="xs")
+    h0 = gc.placeholder((None, 4), "float64", name="h0")
+    c0 = gc.placeholder((None, 4), "float64", name="c0")
+    lstm = nn.LSTM(4, return_state=True, name="l")
+    out, h, c = lstm(xs, initial_state=(h0, c0))
+    hv, cv = r(2, 4), r(2, 4)
+    f = gc.function([xs, h0, c0], [out, h, c] + gc.grad(gc.sum(out * 2) + gc.sum(c), [h0, c0]))
+    o, hh, cc, gh, gcc = f(np.zeros((2, 0, 3)), hv, cv)
+    np.testing.assert_array_equal(o, hv)
+    np.testing.assert_array_equal(cc, cv)
+    np.testing.assert_array_equal(gh, np.full((2, 4), 2.0))
+    np.testing.assert_array_equal(gcc, np.ones((2, 4)))
