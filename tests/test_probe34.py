@@ -543,3 +543,29 @@ def test_lstm_empty_sequence_returns_and_differentiates_the_initial_state():
     np.testing.assert_array_equal(cc, cv)
     np.testing.assert_array_equal(gh, np.full((2, 4), 2.0))
     np.testing.assert_array_equal(gcc, np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("padding_idx,row", [(0, 0), (-1, 5)])
+def test_embedding_padding_idx_as_pytorch(padding_idx, row, tmp_path):
+    """torch.nn.Embedding(padding_idx=p): row p starts at zeros and gets no gradient (it is
+    not updated by training); a negative p counts from the end."""
+    ids = gc.placeholder((None, 3), "int64", name="ids")
+    e = nn.Embedding(6, 2, dtype="float64", padding_idx=padding_idx, name="emb")
+    out = e(ids)
+    assert not e.E.value[row].any() and e.E.value[(row + 1) % 6].any()
+    v = np.array([[row, 1, row], [2, 1, 4]])
+    w = r(2, 3, 2)
+    f = gc.function([ids], [out] + gc.grad(gc.sum(out * gc.constant(w)), [e.E]))
+    y, g = f(v)
+    np.testing.assert_array_equal(y, e.E.value[v])
+    want = np.zeros((6, 2))
+    np.add.at(want, v.ravel(), w.reshape(-1, 2))
+    want[row] = 0
+    np.testing.assert_allclose(g, want, rtol=1e-12)
+    e.E.value = r(6, 2)                       # a loaded table: the padding row is read as is
+    np.testing.assert_array_equal(f(v)[0], e.E.value[v])
+    mod = load_module(f.export(tmp_path / "pad.py"), f"probe34_pad{row}")
+    for a, b in zip(mod.run(v), f(v)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(gc.GraphcError, match=r"padding_idx must be an int in \[-6, 6\)"):
+        nn.Embedding(6, 2, padding_idx=6)

@@ -188,20 +188,31 @@ class Embedding(Layer):
     """Rows of a (vocab, dim) table picked by integer ids: (..., ) -> (..., dim).
 
     A gather (`gc.take`), not one_hot(ids) @ E: its cost does not grow with the vocabulary,
-    and its gradient adds up the rows of repeated ids. Initialized N(0, 1) as in PyTorch.
+    and its gradient adds up the rows of repeated ids. Initialized N(0, 1) as in PyTorch;
+    `padding_idx` (PyTorch's) starts its row at zeros and gives it no gradient.
     """
     kind = "embedding"
 
     def __init__(self, vocab: int, dim: int, init=None, dtype="float32",
-                 name: str | None = None, seed: int | None = None):
+                 padding_idx: int | None = None, name: str | None = None,
+                 seed: int | None = None):
         super().__init__(name, seed)
         self.vocab, self.dim = whole(vocab, "Embedding: vocab"), whole(dim, "Embedding: dim")
         self.dtype = dtype
         self.init = init or standard_normal
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                    or not -self.vocab <= padding_idx < self.vocab:
+                raise GraphcError(f"Embedding: padding_idx must be an int in [{-self.vocab}, "
+                                  f"{self.vocab}), got {padding_idx!r}\n  at {user_line()}")
+            padding_idx = int(padding_idx) % self.vocab        # PyTorch's: -1 is vocab - 1
+        self.padding_idx = padding_idx
 
     def build(self, ids):
         self.E = self.add_variable("E", (self.vocab, self.dim), self.init, self.vocab,
                                    self.dim, np.dtype(self.dtype))
+        if self.padding_idx is not None:       # PyTorch: the padding row starts at zeros
+            self.E.value[self.padding_idx] = 0
 
     def forward(self, ids, training):
         if ids.dtype.kind not in "iu":
@@ -209,4 +220,10 @@ class Embedding(Layer):
                               f"{ids.dtype.name} {format_shape(ids.shape)} (built at "
                               f"{ids.where}); cast them with gc.cast(ids, 'int64')")
         # wrap=False: an id < 0 is an error, as in PyTorch and Keras, not a row from the end
-        return gc.take(self.E, ids, axis=0, wrap=False)
+        out = gc.take(self.E, ids, axis=0, wrap=False)
+        if self.padding_idx is None:
+            return out
+        # PyTorch's padding_idx: the padding row gets no gradient (it stays as it is)
+        pad = gc.expand_dims(gc.equal(ids, gc.constant(np.asarray(self.padding_idx,
+                                                                    ids.dtype))), -1)
+        return gc.where(pad, gc.stop_gradient(out), out)
