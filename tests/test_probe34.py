@@ -569,3 +569,20 @@ def test_embedding_padding_idx_as_pytorch(padding_idx, row, tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(gc.GraphcError, match=r"padding_idx must be an int in \[-6, 6\)"):
         nn.Embedding(6, 2, padding_idx=6)
+
+
+def test_new_layer_options_export_to_onnx(tmp_path):
+    """Embedding(padding_idx), RMSNorm and Conv2D(padding='same', uneven) as ONNX graphs run
+    by onnxruntime give the compiled function's values."""
+    ort = pytest.importorskip("onnxruntime")
+    from graphc import onnx as gonnx
+    ids = gc.placeholder((2, 3), "int64", name="ids")
+    x = gc.placeholder((2, 2, 7, 6), "float32", name="x")   # onnxruntime: no float64 Conv
+    emb, rms = nn.Embedding(6, 4, dtype="float64", padding_idx=0, name="e"), nn.RMSNorm()
+    conv = nn.Conv2D(3, (2, 2), stride=2, padding="same", name="c")
+    a, b = rms(emb(ids)), conv(x)
+    gonnx.save(tmp_path / "m.onnx", {"ids": ids, "x": x}, {"a": a, "b": b})
+    iv, xv = np.array([[0, 1, 5], [2, 0, 3]]), r(2, 2, 7, 6).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"ids": iv, "x": xv})
+    for g, want in zip(got, gc.function([ids, x], [a, b])(iv, xv)):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
