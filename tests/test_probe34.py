@@ -586,3 +586,28 @@ def test_new_layer_options_export_to_onnx(tmp_path):
     got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"ids": iv, "x": xv})
     for g, want in zip(got, gc.function([ids, x], [a, b])(iv, xv)):
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+
+
+def pool_ref(x, k, s, pads):
+    """PyTorch's MaxPool2d: max over windows of x padded with -inf (never chosen)."""
+    (t, b), (le, ri) = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (le, ri)), constant_values=-np.inf)
+    ho, wo = (xp.shape[2] - k) // s + 1, (xp.shape[3] - k) // s + 1
+    return np.stack([np.stack([xp[:, :, i * s:i * s + k, j * s:j * s + k].max((2, 3))
+                               for j in range(wo)], -1) for i in range(ho)], -2)
+
+
+@pytest.mark.parametrize("k,s,padding", [(3, 2, 1), (2, 2, "same"), (3, 2, "same"),
+                                         (2, 1, "valid"), (3, 1, "same")])
+def test_max_pool_padding_as_pytorch_and_keras(k, s, padding, tmp_path):
+    x = gc.placeholder((None, 2, 7, 6), "float64", name="x")
+    y = nn.MaxPool2D(k, stride=s, padding=padding, name="pool")(x)
+    pads = {"valid": ((0, 0), (0, 0)), "same": (tf_same(7, k, s), tf_same(6, k, s))}.get(
+        padding, ((padding, padding),) * 2 if isinstance(padding, int) else None)
+    xa, xb = -5 - RNG.random((2, 2, 7, 6)), r(1, 2, 7, 6)    # all negative: not a 0 pad
+    got = compiled_eval_export(tmp_path, [x], y, [(xa,), (xb,)], f"pool{k}{s}{padding}")
+    for g, xv in zip(got, (xa, xb)):
+        np.testing.assert_allclose(g, pool_ref(xv, k, s, pads), rtol=1e-12)
+    grads_match_fd(y, {x: xb}, [x])
+    with pytest.raises(gc.GraphcError, match="at most half the window"):
+        nn.MaxPool2D(2, padding=2, name="big")(x)

@@ -17,12 +17,12 @@ from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importabl
 from graphc.scope import user_line
 
 
-def pair(v, what: str) -> tuple[int, int]:
+def pair(v, what: str, least: int = 1) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)):
-        return whole(v, what), whole(v, what)
+        return whole(v, what, least), whole(v, what, least)
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise GraphcError(f"{what} must be an int or a pair, got {v!r}")
-    return whole(v[0], what), whole(v[1], what)
+    return whole(v[0], what, least), whole(v[1], what, least)
 
 
 def float_dtype(x: Node) -> np.dtype:
@@ -80,9 +80,7 @@ class Conv2D(Layer):
         super().__init__(name, seed)
         self.filters = whole(filters, "Conv2D: filters")
         self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise GraphcError(f"Conv2D: padding is an int, a pair, 'same' or 'valid', got "
-                              f"{padding!r}\n  at {user_line()}")
+        check_padding("Conv2D", padding)
         self.stride, self.padding, self.use_bias = stride, padding, use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
@@ -102,44 +100,71 @@ class Conv2D(Layer):
         if padding == "valid":
             padding = 0
         elif padding == "same":
-            x, padding = self.pad_same(x)
+            pads = same_padding(self, x, self.kernel_size, self.stride)
+            if all(before == after for before, after in pads):
+                padding = (pads[0][0], pads[1][0])
+            else:                  # an even kernel: the extra zero row/column is a gc.pad
+                x, padding = gc.pad(x, ((0, 0), (0, 0)) + pads), 0
         y = gc.conv2d(x, self.W, stride=self.stride, padding=padding)
         if self.use_bias:
             y = y + gc.reshape(self.b, (self.filters, 1, 1))
         return self.activation(y)
 
 
-    def pad_same(self, x):
-        """padding='same' (Keras's, and PyTorch's at stride 1): ceil(size / stride) outputs,
-        the total padding split with the odd one after (bottom, right), as both do. An even
-        kernel pads unevenly: those zeros are a `gc.pad` before the convolution."""
-        pads = []
-        for axis, k, s in zip((2, 3), self.kernel_size, pair(self.stride, "Conv2D: stride")):
-            size = x.shape[axis]
-            if s == 1:
-                total = k - 1
-            elif isinstance(size, int):
-                total = max((-(-size // s) - 1) * s + k - size, 0)
-            else:
-                raise GraphcError(f"Conv2D {self.name!r}: padding='same' with stride {s} needs "
-                                  f"known image sizes, got {format_shape(x.shape)} (built at "
-                                  f"{x.where})")
-            pads.append((total // 2, total - total // 2))
-        if all(before == after for before, after in pads):
-            return x, (pads[0][0], pads[1][0])
-        return gc.pad(x, ((0, 0), (0, 0)) + tuple(pads)), 0
+def check_padding(what: str, padding) -> None:
+    if isinstance(padding, str) and padding not in ("same", "valid"):
+        raise GraphcError(f"{what}: padding is an int, a pair, 'same' or 'valid', got "
+                          f"{padding!r}\n  at {user_line()}")
+
+
+def same_padding(layer: Layer, x: Node, kernel, stride) -> tuple:
+    """((top, bottom), (left, right)) of padding='same' (Keras's, and PyTorch's at stride
+    1): ceil(size / stride) outputs, the total padding split with the odd one after, as
+    both do."""
+    pads = []
+    for axis, k, s in zip((2, 3), pair(kernel, "kernel size"), pair(stride, "stride")):
+        size = x.shape[axis]
+        if s == 1:
+            total = k - 1
+        elif isinstance(size, int):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+        else:
+            raise GraphcError(f"{type(layer).__name__} {layer.name!r}: padding='same' with "
+                              f"stride {s} needs known image sizes, got "
+                              f"{format_shape(x.shape)} (built at {x.where})")
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
 
 
 class MaxPool2D(Layer):
-    """Max over size x size windows of NCHW images (stride defaults to size)."""
+    """Max over size x size windows of NCHW images (stride defaults to size). `padding`
+    (an int, a pair, 'valid' or 'same') pads with -inf, so padding is never the max: PyTorch's
+    MaxPool2d(padding=1) of ResNet's stem, Keras's MaxPooling2D(padding='same')."""
     kind = "maxpool2d"
 
-    def __init__(self, size=2, stride=None, name: str | None = None):
+    def __init__(self, size=2, stride=None, padding=0, name: str | None = None):
         super().__init__(name)
-        self.size, self.stride = size, stride
+        check_padding("MaxPool2D", padding)
+        self.size, self.stride, self.padding = size, stride, padding
 
     def forward(self, x, training):
-        return gc.max_pool2d(x, self.size, stride=self.stride)
+        stride = self.size if self.stride is None else self.stride
+        if self.padding == "same":
+            pads = same_padding(self, x, self.size, stride)
+        elif self.padding == "valid":
+            pads = ((0, 0), (0, 0))
+        else:
+            ph, pw = pair(self.padding, "MaxPool2D: padding", least=0)
+            kh, kw = pair(self.size, "MaxPool2D: size")
+            if 2 * ph > kh or 2 * pw > kw:        # else a window could hold only padding
+                raise GraphcError(f"MaxPool2D {self.name!r}: padding {(ph, pw)} must be at "
+                                  f"most half the window {(kh, kw)} (as PyTorch)\n  at "
+                                  f"{user_line()}")
+            pads = ((ph, ph), (pw, pw))
+        if any(pads[0] + pads[1]):
+            neg = float("-inf") if x.dtype.kind == "f" else int(np.iinfo(x.dtype).min)
+            x = gc.pad(x, ((0, 0), (0, 0)) + pads, value=neg)
+        return gc.max_pool2d(x, self.size, stride=stride)
 
 
 class Flatten(Layer):
