@@ -1,7 +1,7 @@
 """Normalization layers: LayerNorm and RMSNorm (per example), BatchNorm (per channel, running
 stats).
 
-Both are compositions of mean, subtraction and sqrt, so their gradients are graphs that the
+All are compositions of mean, subtraction and sqrt, so their gradients are graphs that the
 optimizer and the pictures see like any other. BatchNorm keeps its running mean and variance
 in variables: the evaluation graph reads them, and each training call records their new
 values as update pairs (`layer.state_updates`) that `fit` adds to the optimizer's.
