@@ -14,14 +14,15 @@ import graphc as gc
 from graphc.ir import GraphcError, Node, format_shape
 from graphc.nn.module import (  # noqa: F401  (Layer, Sequential: also importable from here)
     ACTIVATIONS, Layer, Model, Sequential, activation_fn, hyper, whole)
+from graphc.scope import user_line
 
 
-def pair(v, what: str) -> tuple[int, int]:
+def pair(v, what: str, least: int = 1) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)):
-        return whole(v, what), whole(v, what)
+        return whole(v, what, least), whole(v, what, least)
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise GraphcError(f"{what} must be an int or a pair, got {v!r}")
-    return whole(v[0], what), whole(v[1], what)
+    return whole(v[0], what, least), whole(v[1], what, least)
 
 
 def float_dtype(x: Node) -> np.dtype:
@@ -79,6 +80,7 @@ class Conv2D(Layer):
         super().__init__(name, seed)
         self.filters = whole(filters, "Conv2D: filters")
         self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
+        check_padding("Conv2D", padding)
         self.stride, self.padding, self.use_bias = stride, padding, use_bias
         self.activation = activation_fn(activation)
         self.kernel_init, self.bias_init = kernel_init, bias_init
@@ -94,22 +96,75 @@ class Conv2D(Layer):
                                        dtype)
 
     def forward(self, x, training):
-        y = gc.conv2d(x, self.W, stride=self.stride, padding=self.padding)
+        padding = self.padding
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            pads = same_padding(self, x, self.kernel_size, self.stride)
+            if all(before == after for before, after in pads):
+                padding = (pads[0][0], pads[1][0])
+            else:                  # an even kernel: the extra zero row/column is a gc.pad
+                x, padding = gc.pad(x, ((0, 0), (0, 0)) + pads), 0
+        y = gc.conv2d(x, self.W, stride=self.stride, padding=padding)
         if self.use_bias:
             y = y + gc.reshape(self.b, (self.filters, 1, 1))
         return self.activation(y)
 
 
+def check_padding(what: str, padding) -> None:
+    if isinstance(padding, str) and padding not in ("same", "valid"):
+        raise GraphcError(f"{what}: padding is an int, a pair, 'same' or 'valid', got "
+                          f"{padding!r}\n  at {user_line()}")
+
+
+def same_padding(layer: Layer, x: Node, kernel, stride) -> tuple:
+    """((top, bottom), (left, right)) of padding='same' (Keras's, and PyTorch's at stride
+    1): ceil(size / stride) outputs, the total padding split with the odd one after, as
+    both do."""
+    pads = []
+    for axis, k, s in zip((2, 3), pair(kernel, "kernel size"), pair(stride, "stride")):
+        size = x.shape[axis]
+        if s == 1:
+            total = k - 1
+        elif isinstance(size, int):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+        else:
+            raise GraphcError(f"{type(layer).__name__} {layer.name!r}: padding='same' with "
+                              f"stride {s} needs known image sizes, got "
+                              f"{format_shape(x.shape)} (built at {x.where})")
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
 class MaxPool2D(Layer):
-    """Max over size x size windows of NCHW images (stride defaults to size)."""
+    """Max over size x size windows of NCHW images (stride defaults to size). `padding`
+    (an int, a pair, 'valid' or 'same') pads with -inf, so padding is never the max: PyTorch's
+    MaxPool2d(padding=1) of ResNet's stem, Keras's MaxPooling2D(padding='same')."""
     kind = "maxpool2d"
 
-    def __init__(self, size=2, stride=None, name: str | None = None):
+    def __init__(self, size=2, stride=None, padding=0, name: str | None = None):
         super().__init__(name)
-        self.size, self.stride = size, stride
+        check_padding("MaxPool2D", padding)
+        self.size, self.stride, self.padding = size, stride, padding
 
     def forward(self, x, training):
-        return gc.max_pool2d(x, self.size, stride=self.stride)
+        stride = self.size if self.stride is None else self.stride
+        if self.padding == "same":
+            pads = same_padding(self, x, self.size, stride)
+        elif self.padding == "valid":
+            pads = ((0, 0), (0, 0))
+        else:
+            ph, pw = pair(self.padding, "MaxPool2D: padding", least=0)
+            kh, kw = pair(self.size, "MaxPool2D: size")
+            if 2 * ph > kh or 2 * pw > kw:        # else a window could hold only padding
+                raise GraphcError(f"MaxPool2D {self.name!r}: padding {(ph, pw)} must be at "
+                                  f"most half the window {(kh, kw)} (as PyTorch)\n  at "
+                                  f"{user_line()}")
+            pads = ((ph, ph), (pw, pw))
+        if any(pads[0] + pads[1]):
+            neg = float("-inf") if x.dtype.kind == "f" else int(np.iinfo(x.dtype).min)
+            x = gc.pad(x, ((0, 0), (0, 0)) + pads, value=neg)
+        return gc.max_pool2d(x, self.size, stride=stride)
 
 
 class Flatten(Layer):
@@ -158,24 +213,42 @@ class Embedding(Layer):
     """Rows of a (vocab, dim) table picked by integer ids: (..., ) -> (..., dim).
 
     A gather (`gc.take`), not one_hot(ids) @ E: its cost does not grow with the vocabulary,
-    and its gradient adds up the rows of repeated ids. Initialized N(0, 1) as in PyTorch.
+    and its gradient adds up the rows of repeated ids. Initialized N(0, 1) as in PyTorch;
+    `padding_idx` (PyTorch's) starts its row at zeros and gives it no gradient.
     """
     kind = "embedding"
 
     def __init__(self, vocab: int, dim: int, init=None, dtype="float32",
-                 name: str | None = None, seed: int | None = None):
+                 padding_idx: int | None = None, name: str | None = None,
+                 seed: int | None = None):
         super().__init__(name, seed)
         self.vocab, self.dim = whole(vocab, "Embedding: vocab"), whole(dim, "Embedding: dim")
         self.dtype = dtype
         self.init = init or standard_normal
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                    or not -self.vocab <= padding_idx < self.vocab:
+                raise GraphcError(f"Embedding: padding_idx must be an int in [{-self.vocab}, "
+                                  f"{self.vocab}), got {padding_idx!r}\n  at {user_line()}")
+            padding_idx = int(padding_idx) % self.vocab        # PyTorch's: -1 is vocab - 1
+        self.padding_idx = padding_idx
 
     def build(self, ids):
         self.E = self.add_variable("E", (self.vocab, self.dim), self.init, self.vocab,
                                    self.dim, np.dtype(self.dtype))
+        if self.padding_idx is not None:       # PyTorch: the padding row starts at zeros
+            self.E.value[self.padding_idx] = 0
 
     def forward(self, ids, training):
         if ids.dtype.kind not in "iu":
             raise GraphcError(f"Embedding {self.name!r}: ids must be integers, got "
                               f"{ids.dtype.name} {format_shape(ids.shape)} (built at "
                               f"{ids.where}); cast them with gc.cast(ids, 'int64')")
-        return gc.take(self.E, ids, axis=0)
+        # wrap=False: an id < 0 is an error, as in PyTorch and Keras, not a row from the end
+        out = gc.take(self.E, ids, axis=0, wrap=False)
+        if self.padding_idx is None:
+            return out
+        # PyTorch's padding_idx: the padding row gets no gradient (it stays as it is)
+        pad = gc.expand_dims(gc.equal(ids, gc.constant(np.asarray(self.padding_idx,
+                                                                    ids.dtype))), -1)
+        return gc.where(pad, gc.stop_gradient(out), out)

@@ -1,6 +1,7 @@
-"""Normalization layers: LayerNorm (per example) and BatchNorm (per channel, running stats).
+"""Normalization layers: LayerNorm and RMSNorm (per example), BatchNorm (per channel, running
+stats).
 
-Both are compositions of mean, subtraction and sqrt, so their gradients are graphs that the
+All are compositions of mean, subtraction and sqrt, so their gradients are graphs that the
 optimizer and the pictures see like any other. BatchNorm keeps its running mean and variance
 in variables: the evaluation graph reads them, and each training call records their new
 values as update pairs (`layer.state_updates`) that `fit` adds to the optimizer's.
@@ -72,6 +73,37 @@ class LayerNorm(Layer):
                               f"{format_shape(x.shape)} (built at {x.where})")
         y, _, _ = normalize(x, self.axes, self.eps)
         return y * self.gamma + self.beta if self.affine else y
+
+
+class RMSNorm(Layer):
+    """x / sqrt(mean(x^2) + eps) * gamma over `axis` of each example: LayerNorm without the
+    centering and beta (PyTorch's nn.RMSNorm, Keras's RMSNormalization; LLaMA's and T5's
+    norm). eps=None is PyTorch's default, the dtype's machine epsilon (Keras: 1e-6)."""
+    kind = "rmsnorm"
+
+    def __init__(self, axis=-1, eps: float | None = None, affine: bool = True,
+                 name: str | None = None):
+        super().__init__(name)
+        self.axis, self.eps, self.affine = axis, eps, affine
+
+    def build(self, x):
+        self.ndim = x.ndim
+        self.axes = positive_axes(self, self.axis, x)
+        need_known(self, x, self.axes, "normalized")
+        shape = tuple(x.shape[a] if a in self.axes else 1 for a in range(self.axes[0], x.ndim))
+        dtype = float_dtype(x)
+        if self.eps is None:
+            self.eps = float(np.finfo(dtype).eps)
+        if self.affine:
+            n = int(np.prod(shape))
+            self.gamma = self.add_variable("gamma", shape, "ones", n, n, dtype)
+
+    def forward(self, x, training):
+        if x.ndim != self.ndim:
+            raise GraphcError(f"RMSNorm {self.name!r} was built for rank {self.ndim}, got "
+                              f"{format_shape(x.shape)} (built at {x.where})")
+        y = x / gc.sqrt(gc.mean(x * x, axis=self.axes, keepdims=True) + self.eps)
+        return y * self.gamma if self.affine else y
 
 
 class BatchNorm(Layer):

@@ -27,29 +27,34 @@ def one_axis(axis, ndim: int) -> int:
     return norm_axes(int(axis), ndim)[0]
 
 
-def check_bounds(indices: np.ndarray, size: int, what: str):
-    """Out-of-range indices are a run-time error (NumPy's wrap-around for negatives stays)."""
-    if indices.size and (indices.min() < -size or indices.max() >= size):
-        bad = indices[(indices < -size) | (indices >= size)].ravel()[0]
-        raise IndexError(f"{what}: index {bad} is out of bounds for size {size}")
+def check_bounds(indices: np.ndarray, size: int, what: str, wrap: bool = True):
+    """Out-of-range indices are a run-time error (NumPy's wrap-around for negatives stays,
+    unless wrap=False: an embedding's id -1 is an error in PyTorch and Keras, not the last
+    row)."""
+    low = -size if wrap else 0
+    if indices.size and (indices.min() < low or indices.max() >= size):
+        bad = indices[(indices < low) | (indices >= size)].ravel()[0]
+        within = "" if wrap else f" (0 to {size - 1})"
+        raise IndexError(f"{what}: index {bad} is out of bounds for size {size}{within}")
 
 
 # take(x, indices, axis): x's axis replaced by the indices' shape (np.take) --------------
 
-def take_infer(x, indices, *, axis=0):
+def take_infer(x, indices, *, axis=0, wrap=True):
     need_int(indices)
     if x.ndim == 0:
         raise ShapeError("cannot take from a scalar")
     axis = one_axis(axis, x.ndim)
-    return x.shape[:axis] + indices.shape + x.shape[axis + 1:], x.dtype, {"axis": axis}
+    attrs = {"axis": axis} if wrap else {"axis": axis, "wrap": False}   # listings unchanged
+    return x.shape[:axis] + indices.shape + x.shape[axis + 1:], x.dtype, attrs
 
 
-def take_kernel(x, indices, *, axis):
-    check_bounds(indices, x.shape[axis], "take")
+def take_kernel(x, indices, *, axis, wrap=True):
+    check_bounds(indices, x.shape[axis], "take", wrap)
     return np.take(x, indices, axis=axis)
 
 
-def take_vjp(g, out, x, indices, *, axis):
+def take_vjp(g, out, x, indices, *, axis, wrap=True):
     return apply("scatter_add", g, indices, x, axis=axis), None
 
 
@@ -144,10 +149,13 @@ register(OpDef(
 
 # the public builders ------------------------------------------------------------------
 
-def take(x, indices, axis: int = 0):
+def take(x, indices, axis: int = 0, wrap: bool = True):
     """Elements of x at integer `indices` (any shape) along `axis`, as np.take; an embedding
-    lookup is take(E, ids). The gradient scatter-adds: repeated indices accumulate."""
-    return apply("take", x, indices, axis=axis)
+    lookup is take(E, ids). The gradient scatter-adds: repeated indices accumulate.
+    wrap=False makes a negative index an error instead of counting from the end."""
+    if wrap:
+        return apply("take", x, indices, axis=axis)
+    return apply("take", x, indices, axis=axis, wrap=False)
 
 
 def take_along_axis(x, indices, axis: int):
