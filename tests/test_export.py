@@ -290,6 +290,33 @@ def test_a_users_op_kernel_is_inlined_with_what_it_reads(tmp_path):
         del OPS["weighted_squash"]
 
 
+def test_a_parse_failing_once_as_cpython_311_can_is_retried(tmp_path, monkeypatch):
+    """CPython 3.11's ast.parse raises SystemError ("AST constructor recursion depth mismatch")
+    when another thread parses at the same moment (gh-106905): a full test run met it once
+    while exporting a user's kernel; export parses again."""
+    import ast
+
+    from graphc.runtime import inline
+    calls, parse = [], ast.parse
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=90, after=65)")
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(inline.ast, "parse", flaky)
+    inline.parsed.cache_clear()
+    gc.register_op(gc.OpDef("lambda_twice", lambda x: (x.shape, x.dtype, {}), lambda x: 2 * x))
+    try:
+        x = gc.placeholder((3,), dtype="float64", name="x")
+        g = gc.function([x], apply("lambda_twice", x))
+        check_export(g, [[np.arange(3.0)]], [[np.arange(3.0)], [-np.ones(3)]], tmp_path)
+        assert len(calls) >= 2       # the lambda's file parsed after the failure
+    finally:
+        del OPS["lambda_twice"]
+
+
 def import_file(path):
     spec = importlib.util.spec_from_file_location(f"exported_{abs(hash(str(path)))}", path)
     module = importlib.util.module_from_spec(spec)

@@ -257,7 +257,7 @@ def importable(obj):
 
 def source_of(f, ctx: str) -> str:
     try:
-        source = textwrap.dedent(inspect.getsource(f))
+        source = textwrap.dedent(retried(inspect.getsource, f))
     except (OSError, TypeError):
         raise GraphcError(f"export: {ctx} calls {f.__qualname__} (from {f.__module__}), "
                           f"whose source is not available (defined interactively?): "
@@ -268,9 +268,22 @@ def source_of(f, ctx: str) -> str:
     return source.rstrip() + "\n"
 
 
+def retried(parse, *args):
+    """parse(*args) (ast.parse, inspect.getsource), again on a SystemError: CPython 3.11 keeps
+    the AST constructor's recursion depth in one global, and another thread parsing at the same
+    moment made it raise "AST constructor recursion depth mismatch" (gh-106905), once in a
+    full test run."""
+    for attempt in range(3):
+        try:
+            return parse(*args)
+        except SystemError:
+            if attempt == 2:
+                raise
+
+
 @functools.lru_cache(maxsize=None)
 def parsed(filename: str):
-    return ast.parse("".join(linecache.getlines(filename)))
+    return retried(ast.parse, "".join(linecache.getlines(filename)))
 
 
 def lambda_source(f, ctx: str) -> str:
@@ -310,7 +323,7 @@ def pinned_defaults(f, source: str) -> dict:
 
 
 def function_node(f, source: str):
-    tree = ast.parse(source if f.__name__ != "<lambda>" else f"({source})")
+    tree = retried(ast.parse, source if f.__name__ != "<lambda>" else f"({source})")
     return next(n for n in ast.walk(tree)
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
